@@ -1,0 +1,118 @@
+"""Pieces shared by every TTT op path: the recurrent state, the inner LayerNorm and its fused backward, input checks.
+
+Layout (library-wide): activations ``[B, T, H, D]``; per-token gates ``[B, T, H]``; inner-model state per batch row
+and head ``[B, H, ...]``. The math is in ``README.md`` next to this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class TTTState(NamedTuple):
+    """Recurrent state of a TTT op, valid at any token position.
+
+    Attributes:
+        params (tuple[Tensor, ...]): the inner model at the start of the current mini-batch.
+            TTT-Linear: ``(W [B, H, D, D], b [B, H, D])``;
+            TTT-MLP: ``(W1 [B, H, D, F], b1 [B, H, F], W2 [B, H, F, D], b2 [B, H, D])`` with ``F = 4 D`` by default.
+        grads (tuple[Tensor, ...]): gated gradients accumulated since that start, ``sum_j lr_j * grad l(params; x_j)``
+            over the ``offset`` tokens already seen in the mini-batch; same shapes as ``params`` (zeros at a boundary).
+        offset (int): tokens seen in the current mini-batch, ``0 <= offset < mini_batch_size``.
+    """
+
+    params: tuple[Tensor, ...]
+    grads: tuple[Tensor, ...]
+    offset: int = 0
+
+    @classmethod
+    def from_params(cls, params: Sequence[Tensor], batch_size: int) -> TTTState:
+        """Start state from per-head inner parameters ``[H, ...]`` tiled over the batch (differentiably)."""
+        tiled = tuple(p.unsqueeze(0).expand(batch_size, *p.shape) for p in params)
+        return cls(tiled, tuple(torch.zeros_like(p) for p in tiled), 0)
+
+    def materialize(self, tau: Tensor) -> tuple[Tensor, ...]:
+        """The inner model after the last seen token: ``params - tau[offset - 1] * grads`` (``params`` at a boundary)."""
+        if self.offset == 0:
+            return self.params
+        t = tau[self.offset - 1]
+        return tuple(p - t * g for p, g in zip(self.params, self.grads))
+
+
+def layer_norm(z: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Per-head LayerNorm over the last dim; ``weight``/``bias`` broadcast against ``z`` (e.g. ``[H, D]``)."""
+    mu = z.mean(-1, keepdim=True)
+    var = (z - mu).pow(2).mean(-1, keepdim=True)
+    return (z - mu) * torch.rsqrt(var + eps) * weight + bias
+
+
+def ln_fused_l2_bwd(z: Tensor, target: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Closed-form ``d/dz  1/2 ||LN(z) - target||^2`` (sum over the last dim), LayerNorm and L2 fused.
+
+    Args:
+        z (Tensor): ``[..., D]`` pre-norm inner output.
+        target (Tensor): ``[..., D]`` reconstruction target ``XV - XK``.
+        weight, bias (Tensor): LayerNorm scale/shift broadcastable to ``z``.
+    Returns:
+        Tensor: ``[..., D]`` gradient with respect to ``z``.
+    """
+    d = z.shape[-1]
+    mu = z.mean(-1, keepdim=True)
+    var = (z - mu).pow(2).mean(-1, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    xhat = (z - mu) * rstd
+    g = (weight * xhat + bias - target) * weight
+    return (d * g - g.sum(-1, keepdim=True) - xhat * (g * xhat).sum(-1, keepdim=True)) * (rstd / d)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU with the tanh approximation, as in the authors' code."""
+    return F.gelu(x, approximate="tanh")
+
+
+def gelu_bwd(x: Tensor) -> Tensor:
+    """Derivative of the tanh-approximate GELU at ``x``."""
+    c = 0.7978845608028654  # sqrt(2 / pi)
+    t = torch.tanh(c * (x + 0.044715 * x.pow(3)))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+
+
+def check_inputs(
+    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor, ln_bias: Tensor,
+    state: TTTState, n_params: int,
+) -> None:
+    """Raise a clear error naming the problem for any inconsistent op input."""
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, T, H, D], got shape {tuple(q.shape)}")
+    B, T, H, D = q.shape
+    for name, x in (("k", k), ("v", v)):
+        if x.shape != q.shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but q has {tuple(q.shape)}; both must be [B, T, H, D]")
+    if not q.is_floating_point():
+        raise TypeError(f"q/k/v must be floating point, got {q.dtype}")
+    if lr.shape != (B, T, H):
+        raise ValueError(f"lr must be [B, T, H] = {(B, T, H)}, got {tuple(lr.shape)}")
+    if tau.dim() != 1 or tau.numel() < 1:
+        raise ValueError(f"tau must be a 1-D tensor of length mini_batch_size >= 1, got shape {tuple(tau.shape)}")
+    for name, x in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
+        if x.shape != (H, D):
+            raise ValueError(f"{name} must be [H, D] = {(H, D)}, got {tuple(x.shape)}")
+    if not isinstance(state, TTTState) or len(state.params) != n_params or len(state.grads) != n_params:
+        kind = "TTT-Linear (W, b)" if n_params == 2 else "TTT-MLP (W1, b1, W2, b2)"
+        raise ValueError(f"state must be a TTTState holding the {kind} inner model")
+    if not 0 <= state.offset < tau.numel():
+        raise ValueError(f"state.offset {state.offset} must lie in [0, mini_batch_size={tau.numel()})")
+    for p, g in zip(state.params, state.grads):
+        if p.shape[:2] != (B, H) or g.shape != p.shape:
+            raise ValueError(
+                f"state tensors must be [B={B}, H={H}, ...] with grads shaped like params; got params "
+                f"{[tuple(x.shape) for x in state.params]}, grads {[tuple(x.shape) for x in state.grads]}"
+            )
+    W = state.params[0]
+    if W.shape[2] != D or state.params[-1].shape[-1] != D:
+        raise ValueError(f"state was built for head_dim {W.shape[2]}, inputs have head_dim {D}")
