@@ -37,7 +37,7 @@ class TTTState(NamedTuple):
         return cls(tiled, tuple(torch.zeros_like(p) for p in tiled), 0)
 
     def materialize(self, tau: Tensor) -> tuple[Tensor, ...]:
-        """The inner model after the last seen token: ``params - tau[offset - 1] * grads`` (``params`` at a boundary)."""
+        """Inner model after the last seen token: ``params - tau[offset - 1] * grads`` (``params`` at a boundary)."""
         if self.offset == 0:
             return self.params
         t = tau[self.offset - 1]

@@ -38,7 +38,7 @@ def _naive_ttt(
     params, grads, offset = state
 
     def inner_loss(p: tuple[Tensor, ...], xk: Tensor, xv: Tensor) -> Tensor:
-        # l(W; x) = 1/2 ||LN(f_res(XK; W)) - (XV - XK)||^2, summed over D; summed over (B, H), whose params are separate.
+        # l(W; x) = 1/2 ||LN(f_res(XK; W)) - (XV - XK)||^2 summed over D, and over (B, H) (separate params).
         return 0.5 * (layer_norm(f_res(p, xk), ln_weight, ln_bias, eps) - (xv - xk)).pow(2).sum()
 
     grad_fn = torch.func.grad(inner_loss)
