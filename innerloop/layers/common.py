@@ -1,0 +1,101 @@
+"""Building blocks shared by every backbone: RMSNorm, SwiGLU MLP, RoPE, and a causal depthwise conv with state.
+
+Layout: ``[B, T, C]`` for hidden states, ``[B, T, H, D]`` for per-head tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back (as Llama and the TTT authors do).
+
+    Args:
+        dim (int): normalised width.
+        eps (float, Optional): added to the mean square. Default: ``1e-6``.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))`` without biases. Parameter names follow Llama's ``gate_proj/up_proj/down_proj``.
+
+    Args:
+        dim (int): input and output width.
+        hidden (int): intermediate width.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rope_angles(positions: Tensor, head_dim: int, theta: float = 1e4) -> tuple[Tensor, Tensor]:
+    """Cos/sin tables for RoPE on interleaved pairs ``(x[2i], x[2i+1])``, angle ``pos * theta^(-2i/head_dim)``.
+
+    Args:
+        positions (Tensor): ``[T]`` integer positions.
+        head_dim (int): even head dimension ``D``.
+        theta (float, Optional): RoPE base. Default: ``1e4``.
+    Returns:
+        tuple[Tensor, Tensor]: ``cos, sin`` of shape ``[T, D // 2]`` in float32.
+    """
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    ang = positions.float()[:, None] * inv_freq[None, :]
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved pairs of ``x`` ``[B, T, H, D]`` by tables ``[T, D // 2]`` (the EasyLM/JAX convention)."""
+    x2 = x.float().unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
+    c, s = cos[:, None, :], sin[:, None, :]  # [T, 1, D/2]
+    a, b = x2[..., 0], x2[..., 1]
+    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(x.dtype)
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal 1-D convolution over time with a decode state (the last ``kernel - 1`` inputs).
+
+    Parameter names (``conv.weight [C, 1, K]``, ``conv.bias [C]``) match ``nn.Conv1d(groups=C)``.
+
+    Args:
+        channels (int): ``C``.
+        kernel_size (int, Optional): ``K``. Default: 4.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=True)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> Tensor:
+        """Zero state ``[B, C, K - 1]`` (inputs before the sequence start are zeros)."""
+        return torch.zeros(batch_size, self.conv.in_channels, self.kernel_size - 1, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Args: x ``[B, T, C]``; state ``[B, C, K - 1]`` or None. Returns ``(y [B, T, C], new state)``."""
+        xt = x.transpose(1, 2)  # [B, C, T]
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        full = torch.cat([state.to(x.dtype), xt], dim=-1)  # [B, C, K - 1 + T]
+        y = F.conv1d(full, self.conv.weight, self.conv.bias, groups=xt.shape[1])
+        return y.transpose(1, 2), full[..., full.shape[-1] - (self.kernel_size - 1):]
