@@ -1,0 +1,57 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from innerloop.layers.common import CausalConv1d, RMSNorm, SwiGLU, apply_rope, rope_angles
+from innerloop.testing import assert_close
+
+
+def _rope_rotate_half(x, positions, theta=1e4):
+    """RoPE the Llama/HF way after moving interleaved pairs to halves (the EasyLM permutation), then back."""
+    B, T, H, D = x.shape
+    halves = x.unflatten(-1, (D // 2, 2)).transpose(-1, -2).flatten(-2)  # [x0, x2, ..., x1, x3, ...]
+    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    ang = positions.double()[:, None] * inv
+    cos, sin = torch.cat([ang, ang], -1).cos()[:, None], torch.cat([ang, ang], -1).sin()[:, None]
+    rot = torch.cat([-halves[..., D // 2 :], halves[..., : D // 2]], -1)
+    out = halves * cos + rot * sin
+    return out.unflatten(-1, (2, D // 2)).transpose(-1, -2).flatten(-2)
+
+
+@pytest.mark.parametrize("T", [1, 5, 17])
+def test_rope_matches_permuted_rotate_half(T):
+    x = torch.randn(2, T, 3, 8, dtype=torch.float64)
+    pos = torch.arange(T) % 16
+    cos, sin = rope_angles(pos, 8)
+    assert_close("rope", _rope_rotate_half(x, pos), apply_rope(x, cos, sin).double(), atol=1e-6, rtol=1e-6)
+
+
+def test_rope_preserves_norm_and_rejects_odd_dim():
+    x = torch.randn(1, 7, 2, 16)
+    cos, sin = rope_angles(torch.arange(7), 16)
+    assert_close("norm", x.norm(dim=-1), apply_rope(x, cos, sin).norm(dim=-1))
+    with pytest.raises(ValueError, match="even head dimension"):
+        rope_angles(torch.arange(3), 7)
+
+
+@pytest.mark.parametrize("splits", [(9,), (4, 1, 4), (1, 1, 1, 6), (2, 7)])
+def test_causal_conv_state_equivalence(splits):
+    conv = CausalConv1d(6, kernel_size=4)
+    x = torch.randn(2, sum(splits), 6)
+    full, _ = conv(x)
+    ref = F.conv1d(x.transpose(1, 2), conv.conv.weight, conv.conv.bias, padding=3, groups=6)[..., : x.shape[1]]
+    assert_close("conv vs padded", ref.transpose(1, 2), full)
+    state, outs, t = None, [], 0
+    for n in splits:
+        y, state = conv(x[:, t : t + n], state)
+        outs.append(y)
+        t += n
+    assert_close("conv chunks", full, torch.cat(outs, 1))
+
+
+def test_rmsnorm_and_swiglu():
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    norm = RMSNorm(8).double()
+    assert_close("rms", x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt(), norm(x))
+    mlp = SwiGLU(8, 12).double()
+    assert_close("swiglu", mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)), mlp(x))
