@@ -82,31 +82,52 @@ def gelu_bwd(x: Tensor) -> Tensor:
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
 
 
+def loss_grad(z: Tensor, xk: Tensor, xv: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """Gradient of the inner loss wrt the pre-norm inner output ``z = f_res(XK)``, shapes ``[..., D]``.
+
+    With LayerNorm: ``d/dz 1/2 ||LN(z) - (XV - XK)||^2``; without (``weight is None``): ``z - XV``.
+    """
+    if weight is None:
+        return z - xv
+    return ln_fused_l2_bwd(z, xv - xk, weight, bias, eps)
+
+
+def inner_output(zbar: Tensor, xq: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """The op output from the test-view inner output ``zbar = f_res(XQ; W_t)``: ``XQ + LN(zbar)``, or ``zbar``."""
+    if weight is None:
+        return zbar
+    return xq + layer_norm(zbar, weight, bias, eps)
+
+
 def check_inputs(
-    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor, ln_bias: Tensor,
+    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
     state: TTTState, n_params: int,
 ) -> None:
     """Raise a clear error naming the problem for any inconsistent op input."""
-    if q.dim() != 4:
-        raise ValueError(f"q must be [B, T, H, D], got shape {tuple(q.shape)}")
+    if not isinstance(q, Tensor) or q.dim() != 4:
+        raise ValueError(f"q must be [B, T, H, D], got shape {tuple(getattr(q, 'shape', ()))}")
     B, T, H, D = q.shape
     for name, x in (("k", k), ("v", v)):
         if x.shape != q.shape:
             raise ValueError(f"{name} has shape {tuple(x.shape)} but q has {tuple(q.shape)}; both must be [B, T, H, D]")
-    if not q.is_floating_point():
-        raise TypeError(f"q/k/v must be floating point, got {q.dtype}")
+    for name, x in (("q", q), ("k", k), ("v", v), ("lr", lr), ("tau", tau)):
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {x.dtype}")
     if lr.shape != (B, T, H):
         raise ValueError(f"lr must be [B, T, H] = {(B, T, H)}, got {tuple(lr.shape)}")
     if tau.dim() != 1 or tau.numel() < 1:
         raise ValueError(f"tau must be a 1-D tensor of length mini_batch_size >= 1, got shape {tuple(tau.shape)}")
-    for name, x in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
-        if x.shape != (H, D):
-            raise ValueError(f"{name} must be [H, D] = {(H, D)}, got {tuple(x.shape)}")
+    if (ln_weight is None) != (ln_bias is None):
+        raise ValueError("ln_weight and ln_bias must both be tensors (LayerNorm in f) or both None (no LN, no residual)")
+    if ln_weight is not None:
+        for name, x in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
+            if x.shape != (H, D):
+                raise ValueError(f"{name} must be [H, D] = {(H, D)}, got {tuple(x.shape)}")
     if not isinstance(state, TTTState) or len(state.params) != n_params or len(state.grads) != n_params:
         kind = "TTT-Linear (W, b)" if n_params == 2 else "TTT-MLP (W1, b1, W2, b2)"
         raise ValueError(f"state must be a TTTState holding the {kind} inner model")
-    if not 0 <= state.offset < tau.numel():
-        raise ValueError(f"state.offset {state.offset} must lie in [0, mini_batch_size={tau.numel()})")
+    if not isinstance(state.offset, int) or not 0 <= state.offset < tau.numel():
+        raise ValueError(f"state.offset {state.offset} must be an int in [0, mini_batch_size={tau.numel()})")
     for p, g in zip(state.params, state.grads):
         if p.shape[:2] != (B, H) or g.shape != p.shape:
             raise ValueError(
@@ -114,5 +135,12 @@ def check_inputs(
                 f"{[tuple(x.shape) for x in state.params]}, grads {[tuple(x.shape) for x in state.grads]}"
             )
     W = state.params[0]
-    if W.shape[2] != D or state.params[-1].shape[-1] != D:
-        raise ValueError(f"state was built for head_dim {W.shape[2]}, inputs have head_dim {D}")
+    if W.dim() != 4 or W.shape[2] != D or state.params[-1].shape[-1] != D:
+        raise ValueError(f"state was built for head_dim {W.shape[2] if W.dim() > 2 else '?'}, inputs have head_dim {D}")
+    F_ = W.shape[3]
+    expected = [(D, F_), (F_,)] if n_params == 2 else [(D, F_), (F_,), (F_, D), (D,)]
+    if n_params == 2 and F_ != D:
+        raise ValueError(f"TTT-Linear state W must be [B, H, D, D], got {tuple(W.shape)}")
+    for i, (p, shp) in enumerate(zip(state.params, expected)):
+        if tuple(p.shape[2:]) != shp:
+            raise ValueError(f"state.params[{i}] must be [B, H, {', '.join(map(str, shp))}], got {tuple(p.shape)}")
