@@ -1,6 +1,16 @@
 """TTT-Linear and TTT-MLP ops: reference, dual-form chunked, and recurrent paths with one signature."""
 
 from ._common import TTTState
+from .chunk import chunk_ttt_linear, chunk_ttt_mlp
 from .naive import naive_ttt_linear, naive_ttt_mlp
+from .recurrent import recurrent_ttt_linear, recurrent_ttt_mlp
 
-__all__ = ["TTTState", "naive_ttt_linear", "naive_ttt_mlp"]
+__all__ = [
+    "TTTState",
+    "chunk_ttt_linear",
+    "chunk_ttt_mlp",
+    "naive_ttt_linear",
+    "naive_ttt_mlp",
+    "recurrent_ttt_linear",
+    "recurrent_ttt_mlp",
+]

@@ -118,7 +118,7 @@ def check_inputs(
     if tau.dim() != 1 or tau.numel() < 1:
         raise ValueError(f"tau must be a 1-D tensor of length mini_batch_size >= 1, got shape {tuple(tau.shape)}")
     if (ln_weight is None) != (ln_bias is None):
-        raise ValueError("ln_weight and ln_bias must both be tensors (LayerNorm in f) or both None (no LN, no residual)")
+        raise ValueError("ln_weight and ln_bias must both be tensors (LayerNorm in f) or both None (no LN/residual)")
     if ln_weight is not None:
         for name, x in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
             if x.shape != (H, D):

@@ -1,0 +1,43 @@
+"""The sequential scan over full mini-batches of TTT-MLP (dual form), operands precomputed by the caller.
+
+Layout as in ``_scan_linear``: blocks ``[n, N, b, .]``, ``w1a [N, D+1, F]``, ``w2a [N, F+1, D]`` (bias as last row).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import gelu, gelu_bwd
+from ._scan_linear import _lgrad
+
+
+def full_scan_mlp(
+    ws: list[Tensor], xqa: Tensor, xka: Tensor, tgt: Tensor, lr: Tensor, tau: Tensor,
+    lnw: Tensor | None, lnb: Tensor | None, eps: float,
+) -> tuple[Tensor, list[Tensor]]:
+    """Dual form over ``n`` full mini-batches from a boundary; as ``full_scan_linear`` with ``ws = [w1a, w2a]``."""
+    w1a, w2a = ws
+    n, b = xqa.shape[0], xqa.shape[2]
+    eta = tau[:, None] * lr.unsqueeze(-2)  # [n, N, b, b]
+    attn1 = torch.tril(xqa @ xka.mT) * eta
+    tril_eta = torch.tril(eta)
+    lr_last = (tau[-1] * lr).unsqueeze(-1)  # [n, N, b, 1]
+    kupd = (lr_last * xka).mT  # [n, N, D+1, b]
+    xcat = torch.cat([xka, xqa], dim=2)  # [n, N, 2b, D+1]
+    out = []
+    for i in range(n):
+        w2, b2 = w2a[:, :-1], w2a[:, -1:]
+        zz = xcat[i] @ w1a  # [N, 2b, F]
+        z1 = zz[:, :b]
+        x2 = gelu(z1)
+        g2 = _lgrad(torch.baddbmm(b2, x2, w2), tgt[i], lnw, lnb, eps)  # [N, b, D]
+        g1 = (g2 @ w2.mT) * gelu_bwd(z1)  # [N, b, F]
+        xbar2 = gelu(torch.baddbmm(zz[:, b:], attn1[i], g1, alpha=-1))
+        attn2 = torch.tril(xbar2 @ x2.mT) * eta[i] + tril_eta[i]
+        zbar2 = torch.baddbmm(b2, xbar2, w2) - attn2 @ g2
+        out.append(zbar2)
+        w1a = torch.baddbmm(w1a, kupd[i], g1, alpha=-1)
+        e = lr_last[i]  # [N, b, 1]
+        w2a = w2a - torch.cat([x2, torch.ones_like(e)], dim=-1).mT @ (e * g2)
+    return torch.stack(out), [w1a, w2a]
