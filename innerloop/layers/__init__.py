@@ -1,0 +1,20 @@
+"""Sequence-mixer layers (``nn.Module``s over the ops); importing a mixer module registers it by name."""
+
+# Mixer modules, imported for their registration side effect (one line each).
+from . import ttt  # noqa: F401  "ttt_linear", "ttt_mlp"
+from .common import RMSNorm, SwiGLU
+from .registry import MIXERS, build_mixer, register_mixer
+from .ttt import TTTMLP, TTTLayerState, TTTLinear, set_ttt_lr_mult, ttt_lr_mult_schedule
+
+__all__ = [
+    "MIXERS",
+    "RMSNorm",
+    "SwiGLU",
+    "TTTLayerState",
+    "TTTLinear",
+    "TTTMLP",
+    "build_mixer",
+    "register_mixer",
+    "set_ttt_lr_mult",
+    "ttt_lr_mult_schedule",
+]

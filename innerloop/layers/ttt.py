@@ -1,0 +1,341 @@
+"""TTT-Linear and TTT-MLP sequence mixers (Sun et al., 2024), numerically the authors' layers.
+
+Spec: ``shared/docs/ttt.md`` §1; the inner-loop math is in ``innerloop/ops/ttt/README.md``. Parameter names and shapes
+follow the authors' PyTorch layer, so their checkpoints map one to one (``innerloop.models.official``).
+
+Layout: hidden states ``[B, T, C]``; per-head views ``[B, T, H, D]`` with ``C = H * D``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from innerloop.ops import ttt as ttt_ops
+from innerloop.ops.ttt import TTTState
+
+from .common import CausalConv1d, apply_rope, rope_angles
+from .registry import register_mixer
+
+logger = logging.getLogger(__name__)
+_warned: set[str] = set()
+MODES = ("chunk", "recurrent", "naive")
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``apply_rope`` keeping float64 (``common.apply_rope`` rounds through float32; gradcheck needs float64)."""
+    if x.dtype != torch.float64:
+        return apply_rope(x, cos, sin)
+    x2 = x.unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
+    c, s = cos[:, None, :].double(), sin[:, None, :].double()
+    a, b = x2[..., 0], x2[..., 1]
+    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2)
+
+
+class TTTLayerState(NamedTuple):
+    """Decode state of a TTT layer: O(1) in the sequence length.
+
+    Attributes:
+        ttt (TTTState): inner model at the current mini-batch start, its accumulated gated gradients and offset.
+        conv_q, conv_k (Tensor | None): ``[B, C, K - 1]`` causal-conv states (``share_qk`` only, else None).
+        position (int): tokens seen so far; RoPE and the position weights use ``position mod mini_batch_size``.
+    """
+
+    ttt: TTTState
+    conv_q: Tensor | None
+    conv_k: Tensor | None
+    position: int
+
+
+def ttt_lr_mult_schedule(step: int, ttt_base_lr: float, ttt_base_lr_init: float, ttt_base_lr_warmup: int) -> float:
+    """Inner-LR multiplier of the authors' TTT-MLP recipe: linear from ``init / base`` to 1 over ``warmup`` steps.
+
+    Args:
+        step (int): outer (optimizer) step, 0-based.
+        ttt_base_lr (float): the layer's base inner LR (0.1 for TTT-MLP).
+        ttt_base_lr_init (float): base LR at step 0 (0.01 in the authors' scripts).
+        ttt_base_lr_warmup (int): warm-up steps (10% of training); ``<= 0`` disables the warm-up.
+    Returns:
+        float: the multiplier, to be set with :func:`set_ttt_lr_mult`.
+
+    Examples:
+        >>> ttt_lr_mult_schedule(0, 0.1, 0.01, 480), ttt_lr_mult_schedule(480, 0.1, 0.01, 480)
+        (0.1, 1.0)
+    """
+    if ttt_base_lr <= 0:
+        raise ValueError(f"ttt_base_lr must be > 0, got {ttt_base_lr}")
+    if ttt_base_lr_warmup <= 0:
+        return 1.0
+    start = ttt_base_lr_init / ttt_base_lr
+    frac = min(max(step, 0) / ttt_base_lr_warmup, 1.0)
+    return start + (1.0 - start) * frac
+
+
+def set_ttt_lr_mult(model: nn.Module, mult: float) -> int:
+    """Set the inner-LR multiplier ``lr_mult`` of every TTT layer in ``model``; returns how many were set."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, TTTBase):
+            m.lr_mult = float(mult)
+            n += 1
+    return n
+
+
+class TTTBase(nn.Module):
+    """Shared machinery of :class:`TTTLinear` and :class:`TTTMLP` (projections, gate, RoPE, norms, state).
+
+    Args:
+        hidden_size (int): model width ``C``.
+        num_heads (int): heads ``H``; ``C`` must be divisible by ``H``.
+        mini_batch_size (int, Optional): inner mini-batch ``b``. Default: 16.
+        ttt_base_lr (float | None, Optional): base inner LR; None uses the paper's (1.0 Linear, 0.1 MLP). Default: None.
+        rope_theta (float, Optional): RoPE base (applied with position mod ``b``). Default: ``1e4``.
+        share_qk (bool, Optional): Mamba backbone: one Q/K projection then two causal depthwise convs. Default: False.
+        use_gate (bool, Optional): Mamba backbone: ``gelu_tanh(X θ_g) ⊙`` before ``o_proj``. Default: False.
+        conv_kernel (int, Optional): kernel of the ``share_qk`` convs. Default: 4.
+        mode (str, Optional): op path, ``'chunk'`` (dual form; one-token calls use ``'recurrent'``), ``'recurrent'``
+            or ``'naive'``. A path not yet available falls back to ``'naive'``, warning once. Default: ``'chunk'``.
+        initializer_range (float, Optional): std of the normal init of projections and inner weights. Default: 0.02.
+        eps (float, Optional): epsilon of the inner LayerNorm. Default: ``1e-6``.
+    """
+
+    kind: str = ""  # "linear" | "mlp", set by subclasses
+    default_base_lr: float = 1.0
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        mini_batch_size: int = 16,
+        ttt_base_lr: float | None = None,
+        rope_theta: float = 1e4,
+        share_qk: bool = False,
+        use_gate: bool = False,
+        conv_kernel: int = 4,
+        mode: str = "chunk",
+        initializer_range: float = 0.02,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if num_heads < 1 or hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+        if (hidden_size // num_heads) % 2:
+            raise ValueError(f"head_dim {hidden_size // num_heads} must be even (RoPE on pairs)")
+        if mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
+        if conv_kernel < 1:
+            raise ValueError(f"conv_kernel must be >= 1, got {conv_kernel}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        C, H = hidden_size, num_heads
+        self.hidden_size, self.num_heads, self.head_dim = C, H, C // H
+        self.mini_batch_size, self.rope_theta, self.mode, self.eps = mini_batch_size, rope_theta, mode, eps
+        self.ttt_base_lr = self.default_base_lr if ttt_base_lr is None else float(ttt_base_lr)
+        self.lr_mult = 1.0  # outer-training warm-up of the inner LR (ttt_lr_mult_schedule); not saved
+        self.share_qk, self.use_gate, self.initializer_range = share_qk, use_gate, initializer_range
+
+        self.q_proj = nn.Linear(C, C, bias=False)
+        self.k_proj = None if share_qk else nn.Linear(C, C, bias=False)
+        self.v_proj = nn.Linear(C, C, bias=False)
+        self.o_proj = nn.Linear(C, C, bias=False)
+        self.conv_q = CausalConv1d(C, conv_kernel) if share_qk else None
+        self.conv_k = CausalConv1d(C, conv_kernel) if share_qk else None
+        self.g_proj = nn.Linear(C, C, bias=False) if use_gate else None
+        self.learnable_ttt_lr_weight = nn.Parameter(torch.empty(H, 1, C))  # θ_lr, gate reads the full-width input
+        self.learnable_ttt_lr_bias = nn.Parameter(torch.empty(H, 1))
+        self.register_buffer("token_idx", 1.0 / torch.arange(1, mini_batch_size + 1), persistent=False)
+        self.learnable_token_idx = nn.Parameter(torch.empty(mini_batch_size))  # offsets on τ_i = 1/(i+1)
+        self.ttt_norm_weight = nn.Parameter(torch.empty(H, self.head_dim))
+        self.ttt_norm_bias = nn.Parameter(torch.empty(H, self.head_dim))
+        self.post_norm = nn.LayerNorm(C, eps=1e-6)
+        self._init_inner_params()
+        self.reset_parameters()
+
+    def _init_inner_params(self) -> None:
+        raise NotImplementedError
+
+    def inner_params(self) -> tuple[Tensor, ...]:
+        """The learnable initial inner model W0 per head, in the op's layout (biases ``[H, F]``)."""
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        """Initialise as the authors do: normal(0, std) projections/gate/inner weights, zero biases, unit norms."""
+        std = self.initializer_range
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.g_proj):
+            if lin is not None:
+                nn.init.normal_(lin.weight, std=std)
+        for conv in (self.conv_q, self.conv_k):
+            if conv is not None:
+                conv.conv.reset_parameters()  # PyTorch Conv1d default, as the authors
+        nn.init.normal_(self.learnable_ttt_lr_weight, std=std)
+        nn.init.zeros_(self.learnable_ttt_lr_bias)
+        nn.init.zeros_(self.learnable_token_idx)
+        nn.init.ones_(self.ttt_norm_weight)
+        nn.init.zeros_(self.ttt_norm_bias)
+        self.post_norm.reset_parameters()
+        for name, p in self.named_parameters(recurse=False):
+            if name.startswith("W"):
+                nn.init.normal_(p, std=std)
+            elif name.startswith("b") and name[1:].isdigit():
+                nn.init.zeros_(p)
+
+    def _op(self, T: int):
+        mode = "recurrent" if self.mode == "chunk" and T == 1 else self.mode
+        fn = getattr(ttt_ops, f"{mode}_ttt_{self.kind}", None)
+        if fn is None:
+            if mode not in _warned:
+                _warned.add(mode)
+                logger.warning("innerloop.ops.ttt has no %s_ttt_%s yet; using the naive reference", mode, self.kind)
+            fn = getattr(ttt_ops, f"naive_ttt_{self.kind}")
+        return fn
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
+        """Start state: the learnable inner model tiled over the batch (differentiably), zero conv states.
+
+        Returns:
+            TTTLayerState: inner params ``[B, H, ...]``, zero grads, offset 0; conv states ``[B, C, K - 1]`` or None.
+        """
+        params = tuple(p if dtype is None else p.to(dtype) for p in self.inner_params())
+        params = tuple(p if device is None else p.to(device) for p in params)
+        conv_dtype = dtype or self.q_proj.weight.dtype
+        cq = self.conv_q.init_state(batch_size, device, conv_dtype) if self.conv_q is not None else None
+        ck = self.conv_k.init_state(batch_size, device, conv_dtype) if self.conv_k is not None else None
+        return TTTLayerState(TTTState.from_params(params, batch_size), cq, ck, 0)
+
+    def _check(self, x: Tensor, state: TTTLayerState | None) -> None:
+        if x.dim() != 3:
+            raise ValueError(f"{type(self).__name__} expects x of shape [B, T, C], got {tuple(x.shape)}")
+        if x.shape[-1] != self.hidden_size:
+            raise ValueError(f"input width {x.shape[-1]} != hidden_size {self.hidden_size}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be floating point, got {x.dtype}")
+        w = self.q_proj.weight.dtype
+        if x.dtype != w and not torch.is_autocast_enabled():
+            raise TypeError(f"input dtype {x.dtype} != parameter dtype {w}; cast the input or the module")
+        if state is None:
+            return
+        if not isinstance(state, TTTLayerState):
+            raise TypeError(f"state must be a TTTLayerState from {type(self).__name__}.init_state, got {type(state)}")
+        ref = self.inner_params()
+        got = state.ttt.params
+        B = x.shape[0]
+        ok = len(got) == len(ref) and all(g.shape == (B, *r.shape) for g, r in zip(got, ref))
+        if not ok:
+            raise ValueError(
+                f"state does not fit this {type(self).__name__} (batch {B}): inner params "
+                f"{[tuple(g.shape) for g in got]}, expected {[(B, *r.shape) for r in ref]}"
+            )
+        if (state.conv_q is None) == self.share_qk or (state.conv_k is None) == self.share_qk:
+            raise ValueError(f"state conv states do not match share_qk={self.share_qk}; built by another config?")
+        if self.share_qk:
+            want = (B, self.hidden_size, self.conv_q.kernel_size - 1)
+            if state.conv_q.shape != want or state.conv_k.shape != want:
+                got = (tuple(state.conv_q.shape), tuple(state.conv_k.shape))
+                raise ValueError(f"conv states must be {want}, got {got}")
+        if state.ttt.offset != state.position % self.mini_batch_size:
+            raise ValueError(
+                f"state offset {state.ttt.offset} != position {state.position} mod mini_batch_size "
+                f"{self.mini_batch_size}; was it built with another mini_batch_size?"
+            )
+
+    def lr_gate(self, x: Tensor) -> Tensor:
+        """Per-token inner LR ``base_lr · lr_mult · σ(θ_lr,h · x + β_h) / D``: x ``[B, T, C]`` -> ``[B, T, H]``."""
+        w = self.learnable_ttt_lr_weight[:, 0, :]  # [H, C]
+        z = x @ w.t() + self.learnable_ttt_lr_bias[:, 0]
+        return (self.ttt_base_lr * self.lr_mult / self.head_dim) * torch.sigmoid(z)
+
+    def tau(self) -> Tensor:
+        """Position weights ``τ_i = max(0, 1/(i+1) + learnable_token_idx[i])``, ``[b]``."""
+        return torch.clamp_min(self.token_idx + self.learnable_token_idx, 0.0)
+
+    def forward(self, x: Tensor, state: TTTLayerState | None = None) -> tuple[Tensor, TTTLayerState]:
+        """Run the layer on ``x`` ``[B, T, C]`` starting from ``state`` (None = start of a sequence).
+
+        Returns:
+            tuple[Tensor, TTTLayerState]: ``y [B, T, C]`` and the state after the last token. Running a sequence
+            whole equals running it in chunks of any sizes with the state carried.
+        """
+        self._check(x, state)
+        B, T, C = x.shape
+        H, D = self.num_heads, self.head_dim
+        if state is None:
+            state = self.init_state(B, x.device, x.dtype)
+        cq = ck = None
+        if self.share_qk:
+            xq = self.q_proj(x)
+            XQ, cq = self.conv_q(xq, state.conv_q)
+            XK, ck = self.conv_k(xq, state.conv_k)
+        else:
+            XQ, XK = self.q_proj(x), self.k_proj(x)
+        XV = self.v_proj(x)
+        XQ, XK, XV = (t.reshape(B, T, H, D) for t in (XQ, XK, XV))
+        pos = (state.position + torch.arange(T, device=x.device)) % self.mini_batch_size
+        cos, sin = rope_angles(pos, D, self.rope_theta)
+        XQ, XK = _rope(XQ, cos, sin), _rope(XK, cos, sin)
+        o, ttt_state = self._op(T)(
+            XQ, XK, XV, self.lr_gate(x), self.tau(), self.ttt_norm_weight, self.ttt_norm_bias, state.ttt, self.eps
+        )
+        y = self.post_norm(o.reshape(B, T, C))
+        if self.use_gate:
+            y = F.gelu(self.g_proj(x), approximate="tanh") * y
+        return self.o_proj(y), TTTLayerState(ttt_state, cq, ck, state.position + T)
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, mini_batch_size={self.mini_batch_size}, "
+            f"ttt_base_lr={self.ttt_base_lr}, share_qk={self.share_qk}, use_gate={self.use_gate}, mode={self.mode!r}"
+        )
+
+
+@register_mixer("ttt_linear")
+class TTTLinear(TTTBase):
+    """TTT-Linear: inner model ``f(x) = x + LN(x W1 + b1)`` per head, trained by mini-batch GD while reading.
+
+    Parameters beyond :class:`TTTBase`: ``W1 [H, D, D]`` (normal init), ``b1 [H, 1, D]`` (zeros). Arguments as
+    :class:`TTTBase`; ``ttt_base_lr`` defaults to 1.0.
+
+    Examples:
+        >>> layer = TTTLinear(32, 4, mini_batch_size=4, mode="naive")
+        >>> y, state = layer(torch.randn(2, 6, 32))
+        >>> y.shape, state.position
+        (torch.Size([2, 6, 32]), 6)
+    """
+
+    kind = "linear"
+    default_base_lr = 1.0
+
+    def _init_inner_params(self) -> None:
+        H, D = self.num_heads, self.head_dim
+        self.W1 = nn.Parameter(torch.empty(H, D, D))
+        self.b1 = nn.Parameter(torch.empty(H, 1, D))
+
+    def inner_params(self) -> tuple[Tensor, ...]:
+        return (self.W1, self.b1[:, 0])
+
+
+@register_mixer("ttt_mlp")
+class TTTMLP(TTTBase):
+    """TTT-MLP: inner model ``f(x) = x + LN(gelu_tanh(x W1 + b1) W2 + b2)`` per head, hidden width ``4 D``.
+
+    Parameters beyond :class:`TTTBase`: ``W1 [H, D, 4D]``, ``b1 [H, 1, 4D]``, ``W2 [H, 4D, D]``, ``b2 [H, 1, D]``.
+    Arguments as :class:`TTTBase`; ``ttt_base_lr`` defaults to 0.1 (warm it up with :func:`ttt_lr_mult_schedule`).
+    """
+
+    kind = "mlp"
+    default_base_lr = 0.1
+
+    def _init_inner_params(self) -> None:
+        H, D = self.num_heads, self.head_dim
+        self.W1 = nn.Parameter(torch.empty(H, D, 4 * D))
+        self.b1 = nn.Parameter(torch.empty(H, 1, 4 * D))
+        self.W2 = nn.Parameter(torch.empty(H, 4 * D, D))
+        self.b2 = nn.Parameter(torch.empty(H, 1, D))
+
+    def inner_params(self) -> tuple[Tensor, ...]:
+        return (self.W1, self.b1[:, 0], self.W2, self.b2[:, 0])
+
