@@ -2,6 +2,7 @@
 
 # Mixer modules, imported for their registration side effect (one line each).
 from . import ttt  # noqa: F401  "ttt_linear", "ttt_mlp"
+from .attention import CausalSelfAttention, KVCache  # noqa: F401  "attention"
 from .common import RMSNorm, SwiGLU
 from .registry import MIXERS, build_mixer, register_mixer
 from .ttt import TTTMLP, TTTLayerState, TTTLinear, set_ttt_lr_mult, ttt_lr_mult_schedule
