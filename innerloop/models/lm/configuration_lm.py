@@ -1,0 +1,122 @@
+"""Configuration of the causal LM over any registered sequence mixer (TTT, attention, ...)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from innerloop.layers import MIXERS
+
+BACKBONES = ("transformer", "mamba")
+
+# The paper's sizes (Table 3; ttt.md §1.7). Llama tokenizer vocabulary.
+PRESETS: dict[str, dict[str, int]] = {
+    "125m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12),
+    "350m": dict(hidden_size=1024, intermediate_size=2736, num_hidden_layers=24, num_attention_heads=16),
+    "760m": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+    "1b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=32),
+}
+
+
+@dataclass
+class LMConfig:
+    """Causal LM: embedding -> ``num_hidden_layers`` blocks -> RMSNorm -> lm_head.
+
+    Block (``backbone='transformer'``): ``h += mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h))``.
+    ``backbone='mamba'`` adds ``h += CausalConv(RMSNorm(h))`` first and makes TTT mixers share the Q/K projection
+    (two causal convs) and gate their output, as in the paper's "(M)" models.
+
+    Mixer options (``mini_batch_size`` ... ``mode``) are passed to the mixer when its constructor takes them (so an
+    attention mixer gets ``rope_theta`` only); ``mixer_options`` are passed verbatim on top.
+
+    Args:
+        vocab_size (int, Optional): Default: 32000 (Llama tokenizer).
+        hidden_size, intermediate_size, num_hidden_layers, num_attention_heads (int, Optional): sizes. Default: 125m.
+        rms_norm_eps (float, Optional): Default: ``1e-6``.
+        initializer_range (float, Optional): std of the normal init of every Linear and the embedding. Default: 0.02.
+        tie_word_embeddings (bool, Optional): lm_head shares the embedding matrix. Default: True.
+        mixer (str, Optional): registered mixer name (``innerloop.layers.MIXERS``). Default: ``'ttt_linear'``.
+        backbone (str, Optional): ``'transformer'`` or ``'mamba'``. Default: ``'transformer'``.
+        mini_batch_size (int, Optional): TTT inner mini-batch. Default: 16.
+        ttt_base_lr (float | None, Optional): TTT base inner LR; None = 1.0 (Linear) / 0.1 (MLP). Default: None.
+        rope_theta (float, Optional): RoPE base. Default: ``1e4``.
+        conv_kernel (int, Optional): kernel of the Mamba-backbone convs. Default: 4.
+        pre_conv, share_qk, use_gate (bool | None, Optional): None = ``backbone == 'mamba'``. Default: None.
+        mode (str, Optional): TTT op path (``'chunk'``, ``'recurrent'``, ``'naive'``). Default: ``'chunk'``.
+        mixer_options (dict, Optional): extra mixer kwargs. Default: ``{}``.
+
+    Examples:
+        >>> cfg = LMConfig.from_preset("125m", backbone="mamba")
+        >>> cfg.hidden_size, cfg.pre_conv, cfg.mixer_kwargs()["share_qk"]
+        (768, True, True)
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 768
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    mixer: str = "ttt_linear"
+    backbone: str = "transformer"
+    mini_batch_size: int = 16
+    ttt_base_lr: float | None = None
+    rope_theta: float = 1e4
+    conv_kernel: int = 4
+    pre_conv: bool | None = None
+    share_qk: bool | None = None
+    use_gate: bool | None = None
+    mode: str = "chunk"
+    mixer_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {self.mixer!r}; known mixers: {sorted(MIXERS)}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        mamba = self.backbone == "mamba"
+        for name in ("pre_conv", "share_qk", "use_gate"):
+            if getattr(self, name) is None:
+                setattr(self, name, mamba)
+
+    def mixer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``build_mixer(self.mixer, hidden_size, num_attention_heads, **kwargs)``."""
+        offered = dict(
+            mini_batch_size=self.mini_batch_size, ttt_base_lr=self.ttt_base_lr, rope_theta=self.rope_theta,
+            conv_kernel=self.conv_kernel, share_qk=self.share_qk, use_gate=self.use_gate, mode=self.mode,
+            initializer_range=self.initializer_range,
+        )
+        accepted = inspect.signature(MIXERS[self.mixer].__init__).parameters
+        kwargs = {k: v for k, v in offered.items() if k in accepted}
+        return {**kwargs, **self.mixer_options}
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> LMConfig:
+        """A config with the paper's sizes for ``name`` (``PRESETS``) and ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable), round-trips through :meth:`from_dict`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise an error listing them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown LMConfig keys: {unknown}")
+        return cls(**d)

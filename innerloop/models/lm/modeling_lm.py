@@ -1,0 +1,188 @@
+"""Plain-PyTorch causal LM over any registered mixer, with a recurrent/cached state for decoding.
+
+Layout: token ids ``[B, T]``, hidden states ``[B, T, C]``, logits ``[B, T, V]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from innerloop.layers import RMSNorm, SwiGLU, build_mixer
+from innerloop.layers.common import CausalConv1d
+
+from .configuration_lm import LMConfig
+
+
+class BlockState(NamedTuple):
+    """State of one block: the pre-conv state ``[B, C, K - 1]`` (Mamba backbone, else None) and the mixer's state."""
+
+    conv: Tensor | None
+    mixer: Any
+
+
+class LMState(NamedTuple):
+    """State of the whole LM after ``position`` tokens: one :class:`BlockState` per layer (O(1) in T for TTT)."""
+
+    layers: tuple[BlockState, ...]
+    position: int
+
+
+@dataclass
+class CausalLMOutput:
+    """``logits [B, T, V]`` (at least float32), ``loss`` (next-token CE, given labels) and the ``state`` after."""
+
+    logits: Tensor
+    loss: Tensor | None
+    state: LMState
+
+
+class Block(nn.Module):
+    """``[h += Conv(RMSNorm(h))]; h += mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h))`` (the conv only if pre_conv)."""
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        C, eps = config.hidden_size, config.rms_norm_eps
+        self.conv_norm = RMSNorm(C, eps) if config.pre_conv else None
+        self.conv = CausalConv1d(C, config.conv_kernel) if config.pre_conv else None
+        self.seq_norm = RMSNorm(C, eps)
+        self.mixer = build_mixer(config.mixer, C, config.num_attention_heads, **config.mixer_kwargs())
+        self.ffn_norm = RMSNorm(C, eps)
+        self.mlp = SwiGLU(C, config.intermediate_size)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> BlockState:
+        conv = self.conv.init_state(batch_size, device, dtype) if self.conv is not None else None
+        return BlockState(conv, self.mixer.init_state(batch_size, device, dtype))
+
+    def forward(self, h: Tensor, state: BlockState | None = None) -> tuple[Tensor, BlockState]:
+        conv_state = None
+        if self.conv is not None:
+            y, conv_state = self.conv(self.conv_norm(h), None if state is None else state.conv)
+            h = h + y
+        y, mixer_state = self.mixer(self.seq_norm(h), None if state is None else state.mixer)
+        h = h + y
+        h = h + self.mlp(self.ffn_norm(h))
+        return h, BlockState(conv_state, mixer_state)
+
+
+def sample_next(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample one token per row from ``logits [B, V]``; ``temperature == 0`` is greedy. Returns ``[B]`` long."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p (>= 1 token)
+        logits = logits.scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+class CausalLM(nn.Module):
+    """Token embedding -> blocks -> RMSNorm -> lm_head (tied to the embedding by default).
+
+    Args:
+        config (LMConfig): sizes, mixer and backbone.
+
+    Examples:
+        >>> cfg = LMConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                num_attention_heads=4, mini_batch_size=4)
+        >>> model = CausalLM(cfg)
+        >>> out = model(torch.randint(0, 99, (2, 7)))
+        >>> out.logits.shape, out.state.position
+        (torch.Size([2, 7, 99]), 7)
+    """
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # As HF/the TTT authors: every Linear and the embedding ~ N(0, initializer_range), Linear biases zero.
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
+        """State before the first token (also what ``forward(state=None)`` starts from)."""
+        w = self.embed_tokens.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        return LMState(tuple(b.init_state(batch_size, device, dtype) for b in self.layers), 0)
+
+    def forward(self, input_ids: Tensor, state: LMState | None = None, labels: Tensor | None = None) -> CausalLMOutput:
+        """Run ``input_ids [B, T]`` from ``state`` (None = sequence start).
+
+        Args:
+            input_ids (Tensor): ``[B, T]`` token ids in ``[0, vocab_size)``.
+            state (LMState, Optional): state after earlier tokens of the same sequences. Default: None.
+            labels (Tensor, Optional): ``[B, T]`` targets aligned with ``input_ids`` (shifted inside, as HF);
+                ``-100`` is ignored. Default: None.
+        Returns:
+            CausalLMOutput: ``logits [B, T, V]`` (>= float32), ``loss`` or None, ``state`` after the last token.
+        """
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+            got = f"{input_ids.dtype} {tuple(input_ids.shape)}"
+            raise ValueError(f"input_ids must be an integer [B, T] tensor, got {got}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{input_ids.min()}, "
+                             f"{input_ids.max()}]")
+        if state is not None and (not isinstance(state, LMState) or len(state.layers) != len(self.layers)):
+            raise ValueError(f"state must be an LMState with {len(self.layers)} layers (from init_state / forward)")
+        h = self.embed_tokens(input_ids)
+        new_states = []
+        for i, block in enumerate(self.layers):
+            h, s = block(h, None if state is None else state.layers[i])
+            new_states.append(s)
+        logits = self.lm_head(self.norm(h))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32, as the authors
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        position = (0 if state is None else state.position) + input_ids.shape[1]
+        return CausalLMOutput(logits, loss, LMState(tuple(new_states), position))
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        top_p: float | None = None, generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Prefill ``input_ids [B, T]`` once, then decode ``max_new_tokens`` one at a time from the state.
+
+        Returns:
+            Tensor: ``[B, T + max_new_tokens]``, the prompt followed by the sampled tokens.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+            raise ValueError(f"generate needs a non-empty prompt [B, T], got {tuple(input_ids.shape)}")
+        out = self(input_ids)
+        tokens = [input_ids]
+        for i in range(max_new_tokens):
+            nxt = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)[:, None]
+            tokens.append(nxt)
+            if i + 1 < max_new_tokens:
+                out = self(nxt, out.state)
+        return torch.cat(tokens, dim=1)

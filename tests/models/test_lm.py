@@ -1,0 +1,170 @@
+"""CausalLM: state equivalence for both backbones and inner models, causality, loss, generate, any mixer, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from innerloop.layers import MIXERS, register_mixer
+from innerloop.models.lm import PRESETS, CausalLM, LMConfig, LMState
+from innerloop.testing import assert_close
+
+TINY = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            mini_batch_size=4)
+VARIANTS = [
+    pytest.param(m, bb, id=f"{m}-{bb}") for m in ("ttt_linear", "ttt_mlp") for bb in ("transformer", "mamba")
+]
+
+
+class CumMean(nn.Module):
+    """A toy causal mixer (running mean of a projection) with a (sum, count) state: proves the LM is mixer-agnostic."""
+
+    def __init__(self, hidden_size: int, num_heads: int, rope_theta: float = 1e4) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        return (torch.zeros(batch_size, self.proj.out_features, device=device, dtype=dtype), 0)
+
+    def forward(self, x, state=None):
+        total, n = state if state is not None else self.init_state(x.shape[0], x.device, x.dtype)
+        csum = total[:, None] + self.proj(x).cumsum(1)
+        counts = n + torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)
+        return csum / counts[:, None], (csum[:, -1], n + x.shape[1])
+
+
+if "test_cummean" not in MIXERS:
+    register_mixer("test_cummean")(CumMean)
+
+
+def make_model(mixer: str, backbone: str, **kw) -> CausalLM:
+    model = CausalLM(LMConfig(**{**TINY, **kw}, mixer=mixer, backbone=backbone)).double()
+    with torch.no_grad():  # perturb zero/one-initialised parameters so every one matters
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name or "learnable" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def run_in_chunks(model: CausalLM, ids: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, LMState]:
+    logits, state, start = [], None, 0
+    for n in sizes:
+        out = model(ids[:, start : start + n], state)
+        logits.append(out.logits)
+        state, start = out.state, start + n
+    assert start == ids.shape[1]
+    return torch.cat(logits, 1), state
+
+
+@pytest.mark.parametrize(("mixer", "backbone"), VARIANTS)
+def test_state_equivalence(mixer, backbone):
+    model = make_model(mixer, backbone)
+    ids = torch.randint(0, 99, (2, 14))
+    full = model(ids)
+    steps, s_steps = run_in_chunks(model, ids, [5] + [1] * 9)  # prefix + token-by-token
+    chunks, s_chunks = run_in_chunks(model, ids, [3, 5, 1, 5])  # prefix + odd chunks across boundaries
+    assert_close("prefix + steps", full.logits, steps)
+    assert_close("odd chunks", full.logits, chunks)
+    assert s_steps.position == s_chunks.position == full.state.position == 14
+    for lf, ls in zip(full.state.layers, s_chunks.layers):
+        for r, g in zip(lf.mixer.ttt.params + lf.mixer.ttt.grads, ls.mixer.ttt.params + ls.mixer.ttt.grads):
+            assert_close("final inner state", r, g)
+        if backbone == "mamba":
+            assert_close("pre-conv state", lf.conv, ls.conv)
+
+
+@pytest.mark.parametrize(("mixer", "backbone"), VARIANTS)
+def test_causal_and_loss(mixer, backbone):
+    model = make_model(mixer, backbone)
+    ids = torch.randint(0, 99, (2, 10))
+    ids2 = ids.clone()
+    ids2[:, 6:] = (ids2[:, 6:] + 1) % 99
+    a, b = model(ids, labels=ids), model(ids2)
+    assert_close("prefix unaffected by future", a.logits[:, :6], b.logits[:, :6])
+    assert (a.logits[:, 6:] - b.logits[:, 6:]).abs().max() > 1e-4
+    ref = nn.functional.cross_entropy(a.logits[:, :-1].reshape(-1, 99), ids[:, 1:].reshape(-1))
+    assert_close("loss", ref, a.loss)
+    a.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_state_is_constant_size():
+    model = make_model("ttt_linear", "mamba")
+    numel = lambda s: sum(t.numel() for t in _tensors(s))  # noqa: E731
+    s1 = model(torch.randint(0, 99, (1, 3))).state
+    s2 = model(torch.randint(0, 99, (1, 37))).state
+    assert numel(s1) == numel(s2)
+
+
+def _tensors(x):
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (tuple, list)):
+        for y in x:
+            yield from _tensors(y)
+
+
+def test_any_registered_mixer():
+    model = make_model("test_cummean", "mamba")  # share_qk/use_gate are TTT-only: not passed to this mixer
+    ids = torch.randint(0, 99, (2, 9))
+    steps, _ = run_in_chunks(model, ids, [4, 1, 1, 3])
+    assert_close("toy mixer chunks", model(ids).logits, steps)
+    assert model.generate(ids[:, :2], 4, temperature=0).shape == (2, 6)
+
+
+def test_generate_matches_greedy_full_recompute():
+    model = make_model("ttt_mlp", "transformer")
+    prompt = torch.randint(0, 99, (2, 5))
+    out = model.generate(prompt, 7, temperature=0)
+    ids = prompt
+    for _ in range(7):  # recompute the whole sequence each step, no state
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+    g = torch.Generator().manual_seed(3)
+    s1 = model.generate(prompt, 6, temperature=0.9, top_k=20, top_p=0.8, generator=g)
+    s2 = model.generate(prompt, 6, temperature=0.9, top_k=20, top_p=0.8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(s1, s2) and torch.equal(s1[:, :5], prompt) and s1.shape == (2, 11)
+
+
+def test_tied_and_init():
+    model = CausalLM(LMConfig(**TINY))
+    assert model.lm_head.weight is model.embed_tokens.weight
+    untied = CausalLM(LMConfig(**TINY, tie_word_embeddings=False))
+    assert untied.lm_head.weight is not untied.embed_tokens.weight
+    assert abs(untied.layers[0].mlp.up_proj.weight.std().item() - 0.02) < 0.005
+
+
+def test_config():
+    cfg = LMConfig.from_preset("350m", backbone="mamba", mixer="ttt_mlp")
+    sizes = (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads)
+    assert sizes == (1024, 2736, 24, 16)
+    assert cfg.pre_conv and cfg.share_qk and cfg.use_gate
+    assert set(PRESETS) == {"125m", "350m", "760m", "1b"}
+    assert LMConfig.from_dict(cfg.to_dict()) == cfg
+    kw = LMConfig(mixer="ttt_mlp").mixer_kwargs()
+    assert kw["share_qk"] is False and kw["mini_batch_size"] == 16 and kw["ttt_base_lr"] is None
+    assert LMConfig(mixer="test_cummean").mixer_kwargs() == {"rope_theta": 1e4}
+    with pytest.raises(ValueError, match="unknown LMConfig keys"):
+        LMConfig.from_dict({"hidden": 3})
+    with pytest.raises(ValueError, match="unknown mixer"):
+        LMConfig(mixer="nope")
+    with pytest.raises(ValueError, match="backbone"):
+        LMConfig(backbone="rwkv")
+    with pytest.raises(ValueError, match="divisible"):
+        LMConfig(hidden_size=30, num_attention_heads=4)
+
+
+def test_errors():
+    model = make_model("ttt_linear", "transformer")
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        model(torch.randint(0, 99, (5,)))
+    with pytest.raises(ValueError, match="token ids"):
+        model(torch.tensor([[1, 99]]))
+    with pytest.raises(ValueError, match="LMState"):
+        model(torch.randint(0, 99, (1, 3)), state=LMState((), 0))
+    with pytest.raises(ValueError, match="labels"):
+        model(torch.randint(0, 99, (1, 3)), labels=torch.randint(0, 99, (1, 4)))
+    other = make_model("ttt_mlp", "transformer")
+    with pytest.raises(ValueError, match="does not fit"):
+        model(torch.randint(0, 99, (1, 3)), state=other.init_state(1))
