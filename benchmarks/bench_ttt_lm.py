@@ -348,31 +348,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ints = lambda s: [int(x) for x in csv(s)]  # noqa: E731
     p.add_argument("--models", type=csv, default=list(OURS + OFFICIAL), help=",".join(OURS + OFFICIAL))
     p.add_argument("--modes", type=csv, default=["fwd", "train", "decode"], help="comma list of fwd,train,decode")
-    p.add_argument("--lengths", type=ints, default=[512, 2048, 8192])
-    p.add_argument("--batches", type=ints, default=[1, 4])
-    p.add_argument("--positions", type=ints, default=[1024, 4096, 16384], help="decode positions")
+    p.add_argument("--lengths", type=ints, help="default 512,2048,8192")
+    p.add_argument("--batches", type=ints, help="default 1,4")
+    p.add_argument("--positions", type=ints, help="decode positions; default 1024,4096,16384")
     p.add_argument("--decode-batch", type=int, default=1)
-    p.add_argument("--decode-steps", type=int, default=32, help="timed single-token steps per position")
+    p.add_argument("--decode-steps", type=int, help="timed single-token steps per position; default 32")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, help="default 1")
+    p.add_argument("--repeats", type=int, help="default 5")
     p.add_argument("--max-seconds", type=float, default=20.0, help="per row: stop repeating (>= 3 reps) after this")
     p.add_argument("--official", default="/tmp/ttt_official.py", help="path of the authors' ttt.py")
     p.add_argument("--official-max-train-tokens", type=int, default=8192)
     p.add_argument("--official-max-fwd-tokens", type=int, default=32768)
-    p.add_argument("--matmul-size", type=int, default=2048)
+    p.add_argument("--matmul-size", type=int, help="default 2048")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--mini-batch", type=int, default=16)
     p.add_argument("--intermediate", type=int, default=None, help="SwiGLU width; default Llama's rule (768 at 256)")
-    p.add_argument("--quick", action="store_true", help="smoke run: L=128, B=1, positions 64,128, 2 repeats")
+    p.add_argument("--quick", action="store_true", help="smoke run defaults: L=128, B=1, positions 64,128, 2 repeats")
     p.add_argument("--json", nargs="?", const="-", default=None, help="write results as JSON to PATH (or stdout)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.lengths, args.batches, args.positions = [128], [1], [64, 128]
-        args.repeats, args.warmup, args.decode_steps, args.matmul_size = 2, 1, 3, 256
+    # Row and repeat settings not given on the command line: --quick's smoke values, else the full run's.
+    full = dict(lengths=[512, 2048, 8192], batches=[1, 4], positions=[1024, 4096, 16384], repeats=5, warmup=1,
+                decode_steps=32, matmul_size=2048)
+    quick = dict(lengths=[128], batches=[1], positions=[64, 128], repeats=2, warmup=1, decode_steps=3, matmul_size=256)
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     unknown = set(args.models) - set(OURS + OFFICIAL) | set(args.modes) - {"fwd", "train", "decode"}
     if unknown:
         p.error(f"unknown models/modes: {sorted(unknown)}")
