@@ -1,0 +1,53 @@
+"""Meta-SGD (Li et al. 2017): MAML with a learned per-parameter inner learning rate (same shape as each parameter).
+
+The learning rates are parameters of this module, so ``meta_sgd.parameters()`` hands both the initialisation and
+the learning rates to the outer optimizer. Only the update rule differs from MAML: ``phi = theta - alpha * g`` with
+``alpha`` a tensor per parameter (elementwise).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from innerloop.meta.functional import LossFn, select
+from innerloop.meta.maml import MAML, Names
+
+__all__ = ["MetaSGD"]
+
+
+class MetaSGD(MAML):
+    """MAML with learned elementwise inner learning rates.
+
+    Args:
+        model (nn.Module): the network.
+        lr (float): initial value of every learned learning rate. Default: 0.01.
+        steps, first_order, loss_fn, adapt, vectorize: as in :class:`MAML`.
+
+    Examples:
+        >>> from innerloop.models.meta_nets import SinusoidMLP
+        >>> m = MetaSGD(SinusoidMLP(), lr=0.01)
+        >>> sorted(m.inner_lr())[:2]
+        ['head.bias', 'head.weight']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.01,
+        steps: int = 1,
+        first_order: bool = False,
+        loss_fn: LossFn | None = None,
+        adapt: Names = None,
+        vectorize: bool | str = "auto",
+    ) -> None:
+        super().__init__(model, lr, steps, first_order, loss_fn, adapt, vectorize)
+        params = dict(model.named_parameters())
+        self.lr_names = select(params, adapt)
+        # ParameterDict keys may not contain ".", so the learned rates are a list aligned with ``lr_names``.
+        self.lrs = nn.ParameterList(
+            [nn.Parameter(torch.full_like(params[k].detach(), float(lr))) for k in self.lr_names]
+        )
+
+    def inner_lr(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.lr_names, self.lrs))
