@@ -3,7 +3,7 @@
 Inner problem per task: ``phi* = argmin_phi L_s(phi) + lam/2 ||phi - theta||^2``, solved approximately by ``steps``
 of gradient descent (no graph kept). At the solution ``d phi*/d theta = (I + H/lam)^{-1}`` with ``H`` the Hessian of
 ``L_s`` at ``phi*``, so the task meta-gradient is ``g = (I + H/lam)^{-1} grad L_q(phi*)``, found by ``cg_steps`` of
-conjugate gradient using Hessian-vector products (``jvp`` of ``grad``). Fixed iteration counts keep it vmappable.
+conjugate gradient using Hessian-vector products (``grad`` of ``grad``). Fixed iteration counts keep it vmappable.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, jvp
+from torch.func import grad
 
 from innerloop.meta.functional import LR, LossFn, Params, adapt, forward, map_tasks
 from innerloop.meta.maml import MAML, MetaOutput, _accuracy, check_batch
@@ -91,15 +91,16 @@ class IMAML(MAML):
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Tensor, Tensor]:
             phi = self.adapt_params(params, sx, sy)
 
-            def query_loss(p: Params) -> tuple[Tensor, Tensor]:
+            def query_loss(p: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
                 pred = forward(self.module, p, qx, buffers)
-                return self.loss_fn(pred, qy), _accuracy(pred, qy)
+                loss = self.loss_fn(pred, qy)
+                return loss, (loss, _accuracy(pred, qy))
 
             gq, (lq, acc) = grad(query_loss, has_aux=True)(phi)
             support_grad = grad(lambda p: self.task_loss(p, sx, sy))
 
-            def matvec(v: Params) -> Params:  # (I + H / lam) v
-                hv = jvp(support_grad, (phi,), (v,))[1]
+            def matvec(v: Params) -> Params:  # (I + H / lam) v, H v by reverse-over-reverse
+                hv = grad(lambda p: _dot(support_grad(p), v))(phi)
                 return {k: v[k] + hv[k] / self.lam for k in v}
 
             return conjugate_gradient(matvec, gq, self.cg_steps), lq.detach(), acc

@@ -1,0 +1,174 @@
+"""Algorithms: Reptile == its definition, ANIL leaves the body alone, Meta-SGD learns its rates, iMAML == the exact
+implicit gradient on a quadratic, the stateful clone()/adapt() API == the vectorised core."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from innerloop.data import SinusoidTasks, TaskBatch
+from innerloop.meta import ANIL, IMAML, MAML, MetaSGD, Reptile, conjugate_gradient, make_task_loss
+from innerloop.models.meta_nets import SinusoidMLP
+from innerloop.testing import assert_close
+
+
+def small_mlp(dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(0)
+    return SinusoidMLP(hidden=8).to(dtype)
+
+
+def sin_batch(n=3, k=5, dtype=torch.float64) -> TaskBatch:
+    return SinusoidTasks(shots=k, seed=1, dtype=dtype).batch(0, n)
+
+
+def test_reptile_update_equals_definition():
+    model, batch, eps, alpha, steps = small_mlp(), sin_batch(), 0.3, 0.02, 4
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    task_loss = make_task_loss(model, F.mse_loss)
+    adapted = []
+    for i in range(len(batch)):  # explicit SGD per task on support + query
+        x = torch.cat([batch.support_x[i], batch.query_x[i]])
+        y = torch.cat([batch.support_y[i], batch.query_y[i]])
+        w = {k: v.clone().requires_grad_() for k, v in theta.items()}
+        for _ in range(steps):
+            grads = torch.autograd.grad(task_loss(w, x, y), list(w.values()))
+            w = {k: (v - alpha * g).detach().requires_grad_() for (k, v), g in zip(w.items(), grads)}
+        adapted.append(w)
+    want = {k: theta[k] + eps * torch.stack([a[k] - theta[k] for a in adapted]).mean(0) for k in theta}
+
+    reptile = Reptile(model, lr=alpha, steps=steps, loss_fn=F.mse_loss)
+    opt = torch.optim.SGD(model.parameters(), lr=eps)
+    opt.zero_grad()
+    reptile.meta_backward(batch)
+    opt.step()
+    for k, p in model.named_parameters():
+        assert_close(f"reptile {k}", want[k], p.detach())
+        assert (p.detach() - theta[k]).abs().max() > 0
+
+
+def test_anil_keeps_body_and_adapts_head():
+    model, batch = small_mlp(), sin_batch()
+    anil = ANIL(model, lr=0.1, steps=2, loss_fn=F.mse_loss)
+    params = anil.params()
+    fast = anil.adapt_params(params, batch.support_x[0], batch.support_y[0])
+    for k in params:
+        if k.startswith("head."):
+            assert (fast[k] - params[k]).abs().max() > 0, k
+        else:
+            assert fast[k] is params[k], f"body parameter {k} changed in the inner loop"
+    out = anil.meta_loss(batch)
+    grads = dict(zip(params, torch.autograd.grad(out.loss, list(params.values()))))
+    assert grads["body.0.weight"].abs().max() > 0  # the body still learns in the outer loop
+    # equals MAML with adapt="head" and differs from full MAML
+    same = MAML(model, lr=0.1, steps=2, loss_fn=F.mse_loss, adapt="head").meta_loss(batch)
+    full = MAML(model, lr=0.1, steps=2, loss_fn=F.mse_loss).meta_loss(batch)
+    assert_close("anil == maml(adapt=head)", same.loss, out.loss)
+    assert (full.loss - out.loss).abs() > 1e-6
+    with pytest.raises(ValueError, match="no parameter matches"):
+        ANIL(model, head="classifier")
+
+
+def test_meta_sgd_rates_are_learned_and_match_loop():
+    model, batch = small_mlp(), sin_batch()
+    msgd = MetaSGD(model, lr=0.05, steps=1, loss_fn=F.mse_loss)
+    assert len(list(msgd.parameters())) == 2 * len(list(model.parameters()))
+    with torch.no_grad():
+        for i, r in enumerate(msgd.lrs):
+            r.mul_(1 + 0.1 * i)
+    out = msgd.meta_loss(batch)
+    out.loss.backward()
+    assert all(r.grad is not None and r.grad.abs().max() > 0 for r in msgd.lrs)
+    # reference: elementwise rates in an explicit autograd loop
+    task_loss = make_task_loss(model, F.mse_loss)
+    params, rates = dict(model.named_parameters()), msgd.inner_lr()
+    total = 0.0
+    for i in range(len(batch)):
+        grads = torch.autograd.grad(
+            task_loss(params, batch.support_x[i], batch.support_y[i]), list(params.values()), create_graph=True
+        )
+        fast = {k: v - rates[k] * g for (k, v), g in zip(params.items(), grads)}
+        total = total + task_loss(fast, batch.query_x[i], batch.query_y[i])
+    assert_close("meta-sgd loss", total / len(batch), out.loss)
+    rate_grads = torch.autograd.grad(total / len(batch), list(msgd.lrs))
+    for r, g in zip(msgd.lrs, rate_grads):
+        assert_close("meta-sgd lr grad", g, r.grad)
+
+
+def test_conjugate_gradient_solves_spd_system():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
+    b = {"x": torch.randn(6, generator=g, dtype=torch.float64)}
+    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, iters=12)  # extra iterations are harmless
+    assert_close("cg", torch.linalg.solve(a, b["x"]), x["x"])
+
+
+def test_imaml_matches_exact_implicit_gradient_on_quadratic():
+    """L_s(w) = mean((X_s w - y_s)^2) = w'A_s w/2 - c_s'w + const. phi* = (A_s + lam I)^-1 (c_s + lam theta);
+    exact meta-gradient = (I + A_s / lam)^-1 (A_q phi* - c_q)."""
+    d, k, lam = 4, 8, 2.0
+    torch.manual_seed(0)
+    model = nn.Linear(d, 1, bias=False).double()
+    g = torch.Generator().manual_seed(2)
+    sx, qx = torch.randn(2, 2, k, d, generator=g, dtype=torch.float64)
+    sy, qy = torch.randn(2, 2, k, 1, generator=g, dtype=torch.float64)
+    imaml = IMAML(model, lr=0.1, steps=300, lam=lam, cg_steps=d, loss_fn=F.mse_loss)
+    imaml.meta_backward(TaskBatch(sx, sy, qx, qy))
+    theta, eye = model.weight.detach()[0], torch.eye(d, dtype=torch.float64)
+    want = []
+    for i in range(2):
+        As, cs = 2 * sx[i].T @ sx[i] / k, 2 * sx[i].T @ sy[i, :, 0] / k
+        Aq, cq = 2 * qx[i].T @ qx[i] / k, 2 * qx[i].T @ qy[i, :, 0] / k
+        phi = torch.linalg.solve(As + lam * eye, cs + lam * theta)
+        want.append(torch.linalg.solve(eye + As / lam, Aq @ phi - cq))
+    assert_close("imaml implicit grad", torch.stack(want).mean(0), model.weight.grad[0], atol=1e-8, rtol=1e-6)
+    loop = IMAML(model, lr=0.1, steps=300, lam=lam, cg_steps=d, loss_fn=F.mse_loss, vectorize=False)
+    grads, _, _ = loop.implicit_grads(TaskBatch(sx, sy, qx, qy))
+    assert_close("imaml loop == vmap", model.weight.grad, grads["weight"].mean(0))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_clone_adapt_matches_vectorised(first_order):
+    model, batch = small_mlp(), sin_batch()
+    maml = MAML(model, lr=0.1, steps=2, first_order=first_order, loss_fn=F.mse_loss)
+    x = batch.support_x[0]
+    learner = maml.clone()
+    assert_close("clone output", model(x), learner(x))
+    assert_close("clone of clone output", model(x), learner.clone()(x))
+    total = 0.0
+    for i in range(len(batch)):
+        learner = maml.clone()
+        for _ in range(2):
+            learner.adapt(F.mse_loss(learner(batch.support_x[i]), batch.support_y[i]))
+        total = total + F.mse_loss(learner(batch.query_x[i]), batch.query_y[i])
+    want = torch.autograd.grad(total / len(batch), list(model.parameters()))
+    out = maml.meta_loss(batch)
+    got = torch.autograd.grad(out.loss, list(model.parameters()))
+    for (k, _), a, b in zip(model.named_parameters(), want, got):
+        assert_close(f"clone/adapt vs core {k}", a, b)
+
+
+def test_evaluate_curve_starts_at_unadapted_loss():
+    model, batch = small_mlp(), sin_batch()
+    maml = MAML(model, lr=0.01, loss_fn=F.mse_loss)
+    losses, acc = maml.evaluate(batch, steps=3)
+    assert losses.shape == (3, 4) and acc is None
+    with torch.no_grad():
+        pre = torch.stack([F.mse_loss(model(batch.query_x[i]), batch.query_y[i]) for i in range(3)])
+    assert_close("eval step 0", pre, losses[:, 0])
+    assert_close("eval step 1", maml.meta_loss(batch).task_losses.detach(), losses[:, 1])
+
+
+def test_mismatched_support_query_shapes_error():
+    model, batch = small_mlp(), sin_batch()
+    bad = TaskBatch(batch.support_x, batch.support_y[:, :3], batch.query_x, batch.query_y)
+    with pytest.raises(ValueError, match="support inputs"):
+        MAML(model).meta_loss(bad)
+    bad = TaskBatch(batch.support_x, batch.support_y, batch.query_x[:2], batch.query_y[:2])
+    with pytest.raises(ValueError, match="tasks"):
+        MAML(model).meta_loss(bad)
+    bad = TaskBatch(batch.support_x, batch.support_y, batch.query_x.repeat(1, 1, 2), batch.query_y)
+    with pytest.raises(ValueError, match="example shapes"):
+        MAML(model).meta_loss(bad)
