@@ -6,7 +6,8 @@ and head ``[B, H, ...]``. The math is in ``README.md`` next to this file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -22,7 +23,8 @@ class TTTState(NamedTuple):
             TTT-Linear: ``(W [B, H, D, D], b [B, H, D])``;
             TTT-MLP: ``(W1 [B, H, D, F], b1 [B, H, F], W2 [B, H, F, D], b2 [B, H, D])`` with ``F = 4 D`` by default.
         grads (tuple[Tensor, ...]): gated gradients accumulated since that start, ``sum_j lr_j * grad l(params; x_j)``
-            over the ``offset`` tokens already seen in the mini-batch; same shapes as ``params`` (zeros at a boundary).
+            over the ``offset`` tokens already seen in the mini-batch; same shapes as ``params`` (zeros at a boundary;
+            every op ignores them when ``offset == 0``).
         offset (int): tokens seen in the current mini-batch, ``0 <= offset < mini_batch_size``.
     """
 
@@ -144,3 +146,33 @@ def check_inputs(
     for i, (p, shp) in enumerate(zip(state.params, expected)):
         if tuple(p.shape[2:]) != shp:
             raise ValueError(f"state.params[{i}] must be [B, H, {', '.join(map(str, shp))}], got {tuple(p.shape)}")
+
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def fp32_recurrence(fn: Callable[..., tuple[Tensor, TTTState]]) -> Callable[..., tuple[Tensor, TTTState]]:
+    """Run a fast path in float32 when autocast is on or inputs are fp16/bf16 (the scan is a long recurrence).
+
+    The inputs and state are upcast, autocast is disabled inside, the output is returned in the autocast dtype (or
+    the input dtype) and the state stays float32.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(q, k, v, lr, tau, ln_weight, ln_bias, state, eps=1e-6):
+        dev = q.device.type if isinstance(q, Tensor) else "cpu"
+        autocast = torch.is_autocast_enabled(dev)
+        if not isinstance(q, Tensor) or not q.is_floating_point() or (not autocast and q.dtype not in _LOW):
+            return fn(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
+        out_dtype = torch.get_autocast_dtype(dev) if autocast else q.dtype
+
+        def up(x):
+            return x.float() if isinstance(x, Tensor) and x.is_floating_point() and x.dtype in _LOW else x
+
+        st = TTTState(tuple(map(up, state.params)), tuple(map(up, state.grads)), state.offset) \
+            if isinstance(state, TTTState) else state
+        with torch.autocast(dev, enabled=False):
+            o, s = fn(*map(up, (q, k, v, lr, tau, ln_weight, ln_bias)), st, eps)
+        return o.to(out_dtype), s
+
+    return wrapper

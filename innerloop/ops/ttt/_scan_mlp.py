@@ -9,29 +9,30 @@ import torch
 from torch import Tensor
 
 from ._common import gelu, gelu_bwd
-from ._scan_linear import _lgrad
+from ._scan_linear import inner_grad
 
 
 def full_scan_mlp(
-    ws: list[Tensor], xqa: Tensor, xka: Tensor, tgt: Tensor, lr: Tensor, tau: Tensor,
+    ws: list[Tensor], xcat: Tensor, tgt: Tensor, lr: Tensor, tau: Tensor,
     lnw: Tensor | None, lnb: Tensor | None, eps: float,
 ) -> tuple[Tensor, list[Tensor]]:
     """Dual form over ``n`` full mini-batches from a boundary; as ``full_scan_linear`` with ``ws = [w1a, w2a]``."""
     w1a, w2a = ws
-    n, b = xqa.shape[0], xqa.shape[2]
+    n, b = xcat.shape[0], xcat.shape[2] // 2
+    xka, xqa = xcat[:, :, :b], xcat[:, :, b:]
+    tb, w2sq = (tgt, None) if lnw is None else ((lnb - tgt) * lnw, lnw * lnw)
     eta = tau[:, None] * lr.unsqueeze(-2)  # [n, N, b, b]
     attn1 = torch.tril(xqa @ xka.mT) * eta
     tril_eta = torch.tril(eta)
     lr_last = (tau[-1] * lr).unsqueeze(-1)  # [n, N, b, 1]
     kupd = (lr_last * xka).mT  # [n, N, D+1, b]
-    xcat = torch.cat([xka, xqa], dim=2)  # [n, N, 2b, D+1]
     out = []
     for i in range(n):
         w2, b2 = w2a[:, :-1], w2a[:, -1:]
         zz = xcat[i] @ w1a  # [N, 2b, F]
         z1 = zz[:, :b]
         x2 = gelu(z1)
-        g2 = _lgrad(torch.baddbmm(b2, x2, w2), tgt[i], lnw, lnb, eps)  # [N, b, D]
+        g2 = inner_grad(torch.baddbmm(b2, x2, w2), tb[i], w2sq, eps)[0]  # [N, b, D]
         g1 = (g2 @ w2.mT) * gelu_bwd(z1)  # [N, b, F]
         xbar2 = gelu(torch.baddbmm(zz[:, b:], attn1[i], g1, alpha=-1))
         attn2 = torch.tril(xbar2 @ x2.mT) * eta[i] + tril_eta[i]

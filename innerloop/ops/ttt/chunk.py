@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._common import TTTState, check_inputs, gelu, gelu_bwd, inner_output, ln_fused_l2_bwd
+from ._common import TTTState, check_inputs, fp32_recurrence, gelu, gelu_bwd, inner_output, ln_fused_l2_bwd
 from ._scan_linear import full_scan_linear
 from ._scan_mlp import full_scan_mlp
 
@@ -44,6 +44,37 @@ def _unpack(wa: Tensor, B: int, H: int) -> tuple[Tensor, Tensor]:
     """Inverse of :func:`_pack`."""
     wa = wa.reshape(B, H, *wa.shape[1:])
     return wa[:, :, :-1], wa[:, :, -1]
+
+
+def _full_mini_batches(
+    mlp: bool, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, s: int, n: int, ws: list[Tensor],
+    lnw: Tensor | None, lnb: Tensor | None, eps: float,
+) -> tuple[list[Tensor], Tensor]:
+    """The ``n`` full mini-batches starting at token ``s`` (on a boundary): blocks, scan and output.
+
+    Returns the weights after the last mini-batch and the op output ``[N, n*b, D]``.
+    """
+    B, _, H, D = q.shape
+    N, bsz = B * H, tau.numel()
+
+    def blocks(x: Tensor) -> Tensor:  # [B, T, H, ...] -> [n, B, H, b, ...] (a strided view)
+        x = x[:, s : s + n * bsz].unflatten(1, (n, bsz))
+        return x.permute(1, 0, 3, 2, *range(4, x.dim()))
+
+    xcat = q.new_empty(n, B, H, 2 * bsz, D + 1)  # [XK, 1; XQ, 1]: one strided copy each, no cat
+    xcat[..., D] = 1
+    xcat[..., :bsz, :D] = blocks(k)
+    xcat[..., bsz:, :D] = blocks(q)
+    xcat = xcat.view(n, N, 2 * bsz, D + 1)
+    vb = blocks(v).reshape(n, N, bsz, D)
+    tgt = vb if lnw is None else vb - xcat[:, :, :bsz, :D]
+    lrb = blocks(lr).reshape(n, N, bsz)
+    zbar, ws = (full_scan_mlp if mlp else full_scan_linear)(ws, xcat, tgt, lrb, tau, lnw, lnb, eps)
+    if lnw is None:
+        o = zbar
+    else:  # XQ + LN(zbar), all mini-batches at once
+        o = torch.addcmul(lnb + xcat[:, :, bsz:, :D], torch.nn.functional.layer_norm(zbar, [D], eps=eps), lnw)
+    return ws, o.view(n, N, bsz, D).transpose(0, 1).reshape(N, n * bsz, D)
 
 
 def _segment_linear(
@@ -112,7 +143,10 @@ def _chunk_ttt(
             return z - tgt
         return ln_fused_l2_bwd(z, tgt, lnw, lnb, eps)
 
-    xq, xk, xv, lrn = (_heads_to_batch(x) for x in (q, k, v, lr))  # [N, T, D], lr [N, T]
+    c0 = min(T, bsz - off) if off else 0
+    n = (T - c0) // bsz
+    edge = [i for i in range(T) if i < c0 or i >= c0 + n * bsz]  # tokens of the partial segments
+    xq, xk, xv, lrn = (_heads_to_batch(x[:, edge]) for x in (q, k, v, lr))  # [N, len(edge), D], lr [N, len(edge)]
     tgt = xv if lnw is None else xv - xk  # loss target
     xqa, xka = _augment(xq), _augment(xk)
     if mlp:
@@ -123,6 +157,8 @@ def _chunk_ttt(
         accs = [_pack(*state.grads)] if off else None
 
     def segment(s: int, e: int, o: int, acc: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
+        if s >= c0:  # trailing remainder: positions in the edge tensors
+            s, e = s - n * bsz, e - n * bsz
         args = (xqa[:, s:e], xka[:, s:e], tgt[:, s:e], lrn[:, s:e], tau[o : o + e - s], lgrad)
         if mlp:
             zbar, *upd = _segment_mlp(ws[0], ws[1], acc, *args)
@@ -130,29 +166,22 @@ def _chunk_ttt(
             zbar, *upd = _segment_linear(ws[0], None if acc is None else acc[0], *args)
         return zbar, upd
 
-    zbars = []
-    c0 = min(T, bsz - off) if off else 0
+    pieces = []  # outputs [N, t, D] of the leading segment, the full mini-batches, the remainder
     if c0:  # leading partial mini-batch
         zbar, accs = segment(0, c0, off, accs)
-        zbars.append(zbar)
+        pieces.append(inner_output(zbar, xq[:, :c0], lnw, lnb, eps))
         if off + c0 == bsz:  # commit
             ws = [w - tau[-1] * a for w, a in zip(ws, accs)]
             accs = None
-    n = (T - c0) // bsz
     if n:
-        s, e = c0, c0 + n * bsz
-        blocks = [x[:, s:e].reshape(N, n, bsz, x.shape[-1]).transpose(0, 1) for x in (xqa, xka, tgt)]
-        lr_blk = lrn[:, s:e].reshape(N, n, bsz).transpose(0, 1)  # [n, N, b]
-        scan = full_scan_mlp if mlp else full_scan_linear
-        zbar, ws = scan(ws, *blocks, lr_blk, tau, lnw, lnb, eps)  # zbar [n, N, b, D]
-        zbars.append(zbar.transpose(0, 1).reshape(N, n * bsz, D))
+        ws, o_full = _full_mini_batches(mlp, q, k, v, lr, tau, c0, n, ws, lnw, lnb, eps)
+        pieces.append(o_full)
     r = T - c0 - n * bsz
     if r:  # trailing remainder starts on a boundary
         zbar, accs = segment(T - r, T, 0, None)
-        zbars.append(zbar)
-    zbar = torch.cat(zbars, dim=1) if zbars else xq.new_zeros(N, 0, D)
-    o = inner_output(zbar, xq, lnw, lnb, eps)  # [N, T, D]
-    o = o.reshape(B, H, T, D).transpose(1, 2)
+        pieces.append(inner_output(zbar, xq[:, c0:], lnw, lnb, eps))
+    o = torch.cat(pieces, dim=1) if len(pieces) != 1 else pieces[0]
+    o = o.reshape(B, H, T, D).transpose(1, 2) if pieces else q.clone()
 
     params = tuple(p for w in ws for p in _unpack(w, B, H))
     if accs is None:
@@ -162,6 +191,7 @@ def _chunk_ttt(
     return o, TTTState(params, grads, (off + T) % bsz)
 
 
+@fp32_recurrence
 def chunk_ttt_linear(
     q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
     state: TTTState, eps: float = 1e-6,
@@ -190,6 +220,7 @@ def chunk_ttt_linear(
     return _chunk_ttt(False, q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
 
 
+@fp32_recurrence
 def chunk_ttt_mlp(
     q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
     state: TTTState, eps: float = 1e-6,

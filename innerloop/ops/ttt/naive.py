@@ -36,6 +36,8 @@ def _naive_ttt(
     check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, n_params)
     b = tau.numel()
     params, grads, offset = state
+    if offset == 0:  # at a boundary nothing is accumulated: grads are zeros by definition (ignored)
+        grads = tuple(torch.zeros_like(g) for g in grads)
 
     def inner_loss(p: tuple[Tensor, ...], xk: Tensor, xv: Tensor) -> Tensor:
         # l(W; x) = 1/2 ||LN(f_res(XK; W)) - (XV - XK)||^2 summed over D, and over (B, H) (separate params);

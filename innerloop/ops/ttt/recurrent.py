@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import TTTState, check_inputs, gelu, gelu_bwd, inner_output, loss_grad
+from ._common import TTTState, check_inputs, fp32_recurrence, gelu, gelu_bwd, inner_output, loss_grad
 
 
 def _vecmat(x: Tensor, w: Tensor) -> Tensor:
@@ -30,6 +30,8 @@ def _recurrent_ttt(
     check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, 4 if mlp else 2)
     bsz = tau.numel()
     params, grads, off = state.params, state.grads, state.offset
+    if off == 0:  # grads are zeros at a boundary (ignored, as in every path)
+        grads = tuple(torch.zeros_like(g) for g in grads)
     outs = []
     for t in range(q.shape[1]):
         xq, xk, xv, gate = q[:, t], k[:, t], v[:, t], lr[:, t]  # [B, H, D], gate [B, H]
@@ -63,6 +65,7 @@ def _recurrent_ttt(
     return o, TTTState(params, grads, off)
 
 
+@fp32_recurrence
 def recurrent_ttt_linear(
     q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
     state: TTTState, eps: float = 1e-6,
@@ -90,6 +93,7 @@ def recurrent_ttt_linear(
     return _recurrent_ttt(False, q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
 
 
+@fp32_recurrence
 def recurrent_ttt_mlp(
     q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
     state: TTTState, eps: float = 1e-6,
