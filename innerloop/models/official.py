@@ -83,6 +83,14 @@ def official_to_lm_config(config: Mapping[str, Any] | Any, mode: str = "chunk") 
     )
 
 
+# Per-block renames, official -> ours (first match wins; the more specific prefixes come first).
+_BLOCK_RENAMES = (
+    ("seq_modeling_block.conv_q.", "mixer.conv_q.conv."), ("seq_modeling_block.conv_k.", "mixer.conv_k.conv."),
+    ("seq_modeling_block.", "mixer."), ("conv.norm.", "conv_norm."), ("conv.conv.", "conv.conv."), ("mlp.", "mlp."),
+    ("seq_norm.", "seq_norm."), ("ffn_norm.", "ffn_norm."),
+)
+
+
 def official_key_to_ours(key: str) -> str | None:
     """Our parameter name for an official ``TTTForCausalLM`` state-dict key (None if it is not one we know)."""
     if key == "lm_head.weight":
@@ -94,13 +102,24 @@ def official_key_to_ours(key: str) -> str | None:
     if not m:
         return None
     i, rest = m.groups()
-    for src, dst in (("seq_modeling_block.conv_q.", "mixer.conv_q.conv."), ("seq_modeling_block.conv_k.",
-                     "mixer.conv_k.conv."), ("seq_modeling_block.", "mixer."), ("conv.norm.", "conv_norm."),
-                     ("conv.conv.", "conv.conv."), ("mlp.", "mlp."), ("seq_norm.", "seq_norm."),
-                     ("ffn_norm.", "ffn_norm.")):
+    for src, dst in _BLOCK_RENAMES:
         if rest.startswith(src):
             return f"layers.{i}.{dst}{rest[len(src):]}"
     return None
+
+
+def ours_to_official_key(name: str) -> str:
+    """Inverse of :func:`official_key_to_ours` (used to name missing keys in the official layout)."""
+    if name in ("embed_tokens.weight", "norm.weight"):
+        return f"model.{name}"
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)", name)
+    if not m:
+        return name
+    i, rest = m.groups()
+    for src, dst in _BLOCK_RENAMES:
+        if rest.startswith(dst) and not (dst == "mixer." and rest.startswith(("mixer.conv_q.", "mixer.conv_k."))):
+            return f"model.layers.{i}.{src}{rest[len(dst):]}"
+    return name
 
 
 def load_official_ttt(
@@ -143,7 +162,7 @@ def load_official_ttt(
         else:
             converted[name] = value
     needed = [k for k in ours if not (tied and k == "lm_head.weight")]
-    missing = [k for k in needed if k not in converted]
+    missing = [ours_to_official_key(k) for k in needed if k not in converted]
     problems = []
     both = tied and "lm_head.weight" in converted and "embed_tokens.weight" in converted
     if both and not torch.equal(converted["lm_head.weight"], converted["embed_tokens.weight"]):
@@ -151,7 +170,7 @@ def load_official_ttt(
     if unknown:
         problems.append(f"unknown keys ({len(unknown)}): {_short(unknown)}")
     if missing:
-        problems.append(f"missing keys ({len(missing)}, our names): {_short(missing)}")
+        problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
     if shapes:
         problems.append(f"wrong shapes ({len(shapes)}): {_short(shapes)}")
     if problems:
