@@ -63,8 +63,8 @@ def ttt_lr_mult_schedule(step: int, ttt_base_lr: float, ttt_base_lr_init: float,
         float: the multiplier, to be set with :func:`set_ttt_lr_mult`.
 
     Examples:
-        >>> ttt_lr_mult_schedule(0, 0.1, 0.01, 480), ttt_lr_mult_schedule(480, 0.1, 0.01, 480)
-        (0.1, 1.0)
+        >>> [round(ttt_lr_mult_schedule(s, 0.1, 0.01, 480), 4) for s in (0, 240, 480, 1000)]
+        [0.1, 0.55, 1.0, 1.0]
     """
     if ttt_base_lr <= 0:
         raise ValueError(f"ttt_base_lr must be > 0, got {ttt_base_lr}")
@@ -215,7 +215,7 @@ class TTTBase(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"input must be floating point, got {x.dtype}")
         w = self.q_proj.weight.dtype
-        if x.dtype != w and not torch.is_autocast_enabled():
+        if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"input dtype {x.dtype} != parameter dtype {w}; cast the input or the module")
         if state is None:
             return
