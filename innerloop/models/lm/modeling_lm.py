@@ -146,7 +146,10 @@ class CausalLM(nn.Module):
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
             got = f"{input_ids.dtype} {tuple(input_ids.shape)}"
             raise ValueError(f"input_ids must be an integer [B, T] tensor, got {got}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+        # Range check on CPU only: on an accelerator it would synchronise every decode step.
+        if input_ids.device.type == "cpu" and input_ids.numel() and (
+            input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size
+        ):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{input_ids.min()}, "
                              f"{input_ids.max()}]")
         if state is not None and (not isinstance(state, LMState) or len(state.layers) != len(self.layers)):
