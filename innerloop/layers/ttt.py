@@ -200,11 +200,11 @@ class TTTBase(nn.Module):
         Returns:
             TTTLayerState: inner params ``[B, H, ...]``, zero grads, offset 0; conv states ``[B, C, K - 1]`` or None.
         """
-        params = tuple(p if dtype is None else p.to(dtype) for p in self.inner_params())
-        params = tuple(p if device is None else p.to(device) for p in params)
-        conv_dtype = dtype or self.q_proj.weight.dtype
-        cq = self.conv_q.init_state(batch_size, device, conv_dtype) if self.conv_q is not None else None
-        ck = self.conv_k.init_state(batch_size, device, conv_dtype) if self.conv_k is not None else None
+        w = self.q_proj.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        params = tuple(p.to(device=device, dtype=dtype) for p in self.inner_params())
+        cq = self.conv_q.init_state(batch_size, device, dtype) if self.conv_q is not None else None
+        ck = self.conv_k.init_state(batch_size, device, dtype) if self.conv_k is not None else None
         return TTTLayerState(TTTState.from_params(params, batch_size), cq, ck, 0)
 
     def _check(self, x: Tensor, state: TTTLayerState | None) -> None:
