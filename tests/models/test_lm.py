@@ -168,3 +168,15 @@ def test_errors():
     other = make_model("ttt_mlp", "transformer")
     with pytest.raises(ValueError, match="does not fit"):
         model(torch.randint(0, 99, (1, 3)), state=other.init_state(1))
+
+
+def test_bf16_autocast_cpu():
+    model = CausalLM(LMConfig(**TINY, mixer="ttt_mlp", backbone="mamba"))
+    ids = torch.randint(0, 99, (2, 13))
+    ref = model(ids).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    assert out.logits.dtype == torch.float32
+    assert_close("bf16 autocast logits", ref, out.logits, ratio=2e-2)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
