@@ -1,7 +1,7 @@
 """Sinusoid regression tasks exactly as in MAML (Finn et al. 2017, Sec. 5.1).
 
 A task is ``y = A sin(x - phase)`` with ``A ~ U[0.1, 5]``, ``phase ~ U[0, pi]``, inputs ``x ~ U[-5, 5]``; K support and
-Q query points are drawn independently for each task. Batch ``i`` of a sampler is a pure function of ``(seed, i)``,
+Q query points are drawn independently for each task. Task ``i`` of a sampler is a pure function of ``(seed, i)``,
 so training resumes exactly and evaluation tasks are fixed.
 """
 
@@ -27,12 +27,12 @@ def sinusoid(x: Tensor, amplitude: Tensor, phase: Tensor) -> Tensor:
 
 
 class SinusoidTasks:
-    """Seeded sampler of sinusoid meta-batches.
+    """Seeded sampler of sinusoid tasks.
 
     Args:
         shots (int): support points K per task. Default: 10.
         query_shots (int, Optional): query points per task. Default: same as ``shots``.
-        seed (int): base seed; batch ``i`` uses a generator seeded from ``(seed, i)``. Default: 0.
+        seed (int): base seed; task ``i`` uses a generator seeded from ``(seed, i)``. Default: 0.
         dtype (torch.dtype): float dtype of the tensors. Default: torch.float32.
 
     Examples:
@@ -50,16 +50,26 @@ class SinusoidTasks:
         self.seed = seed
         self.dtype = dtype
 
-    def _generator(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+    def tasks(self, ids: range | list[int]) -> TaskBatch:
+        """The tasks with the given ids; ``info`` holds their ``amplitude`` and ``phase`` ``[N]``."""
+        amp, phase, xs = [], [], []
+        k, q = self.shots, self.query_shots
+        for i in ids:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            ap = torch.rand(2, generator=g, dtype=torch.float64)
+            amp.append(AMPLITUDE[0] + (AMPLITUDE[1] - AMPLITUDE[0]) * ap[0])
+            phase.append(PHASE[0] + (PHASE[1] - PHASE[0]) * ap[1])
+            u = torch.rand(k + q, 1, generator=g, dtype=torch.float64)
+            xs.append(INPUT_RANGE[0] + (INPUT_RANGE[1] - INPUT_RANGE[0]) * u)
+        a, p, x = torch.stack(amp), torch.stack(phase), torch.stack(xs)  # [N], [N], [N, K + Q, 1]
+        y = sinusoid(x, a, p)
+        x, y = x.to(self.dtype), y.to(self.dtype)
+        return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], {"amplitude": a, "phase": p})
 
     def batch(self, index: int, tasks: int) -> TaskBatch:
-        """Meta-batch number ``index`` of ``tasks`` tasks; ``info`` holds ``amplitude`` and ``phase`` ``[N]``."""
-        g = self._generator(index)
-        amp = torch.empty(tasks, dtype=torch.float64).uniform_(*AMPLITUDE, generator=g)
-        phase = torch.empty(tasks, dtype=torch.float64).uniform_(*PHASE, generator=g)
-        k, q = self.shots, self.query_shots
-        x = torch.empty(tasks, k + q, 1, dtype=torch.float64).uniform_(*INPUT_RANGE, generator=g)
-        y = sinusoid(x, amp, phase)
-        x, y = x.to(self.dtype), y.to(self.dtype)
-        return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], {"amplitude": amp, "phase": phase})
+        """Meta-batch number ``index``: tasks ``index * tasks ... (index + 1) * tasks - 1``."""
+        return self.tasks(range(index * tasks, (index + 1) * tasks))
+
+    def eval_batch(self, start: int, tasks: int) -> TaskBatch:
+        """Tasks ``start ... start + tasks - 1`` (for a fixed evaluation set)."""
+        return self.tasks(range(start, start + tasks))

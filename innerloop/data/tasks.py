@@ -136,5 +136,9 @@ class Taskset:
 
     def batch(self, index: int, tasks: int) -> TaskBatch:
         """Meta-batch ``index``: tasks ``index * tasks ... index * tasks + tasks - 1`` stacked on dim 0."""
-        parts = [self.sample(index * tasks + t) for t in range(tasks)]
+        return self.eval_batch(index * tasks, tasks)
+
+    def eval_batch(self, start: int, tasks: int) -> TaskBatch:
+        """Tasks ``start ... start + tasks - 1`` stacked on dim 0 (a slice of a fixed evaluation set)."""
+        parts = [self.sample(start + t) for t in range(tasks)]
         return TaskBatch(*(torch.stack(p) for p in zip(*parts)))

@@ -184,28 +184,30 @@ class MAML(nn.Module):
         out.loss.backward()
         return MetaOutput(out.loss.detach(), out.task_losses.detach(), None if out.accuracy is None else out.accuracy)
 
-    def evaluate(self, batch: Any, steps: int) -> tuple[Tensor, Tensor | None]:
-        """Query loss (and accuracy) after 0, 1, ..., ``steps`` inner steps, without building a meta-graph.
+    def evaluate(self, batch: Any, steps: int | list[int]) -> tuple[Tensor, Tensor | None]:
+        """Query loss (and accuracy) after adapting with each number of inner steps, without a meta-graph.
+
+        Args:
+            batch: the meta-batch.
+            steps (int | list[int]): step counts to report; an int ``S`` means ``0, 1, ..., S``. Each count is adapted
+                from the meta-parameters with :meth:`adapt_params`, so every variant (Meta-SGD rates, iMAML's
+                proximal term) is evaluated with its own inner loop.
 
         Returns:
-            (Tensor [N, steps + 1], Tensor [N, steps + 1] | None): per-task losses, accuracies (classification).
+            (Tensor [N, len(steps)], Tensor [N, len(steps)] | None): per-task losses, accuracies (classification).
         """
         check_batch(batch)
+        counts = list(range(steps + 1)) if isinstance(steps, int) else list(steps)
         params = {k: v.detach() for k, v in self.params().items()}
-        lr = self.inner_lr()
-        lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
-        names = select(params, self.adapt_names)
         buffers = dict(self.module.named_buffers())
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-            fast, losses, accs = params, [], []
-            for s in range(steps + 1):
-                pred = forward(self.module, fast, qx, buffers)
+            losses, accs = [], []
+            for s in counts:
+                fast = self.adapt_params(params, sx, sy, steps=s, first_order=True) if s else params
+                pred = forward(self.module, {k: v.detach() for k, v in fast.items()}, qx, buffers)
                 losses.append(self.loss_fn(pred, qy))
                 accs.append(_accuracy(pred, qy))
-                if s < steps:
-                    step_lr = lr if not isinstance(lr, list | tuple) else lr[min(s, len(lr) - 1)]
-                    fast = adapt(lambda p: self.task_loss(p, sx, sy), fast, 1, step_lr, True, names)
             return torch.stack(losses), torch.stack(accs)
 
         with torch.no_grad():

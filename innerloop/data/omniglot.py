@@ -1,0 +1,180 @@
+"""Omniglot (Lake et al. 2015) for N-way K-shot tasks, 28x28, with the MAML split.
+
+Reads the two original zips (``images_background.zip``, ``images_evaluation.zip``) or their extracted folders
+(``images_background/<Alphabet>/characterNN/*.png``, also under ``omniglot-py/``). Every image is resized to 28x28
+with Lanczos (as the MAML data script does) and inverted so strokes are 1. The decoded array (1623 x 20 x 28 x 28
+uint8, 25 MB) is cached under ``$INNERLOOP_CACHE`` (default ``~/.cache/innerloop``).
+
+MAML split: the 1,623 characters (both zips) are shuffled with a fixed seed; the first 1,200 are for meta-training
+(1,100 train + 100 validation, as in cbfinn/maml) and the remaining 423 for meta-test. Training classes are
+augmented with rotations by 90, 180 and 270 degrees as new classes (4,400 classes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["OmniglotClasses", "load_omniglot", "omniglot_split", "download_omniglot", "SPLIT_SEED"]
+
+ZIPS = ("images_background", "images_evaluation")
+URL = "https://github.com/brendenlake/omniglot/raw/master/python/{}.zip"
+# md5 of the upstream zips (the only published checksums); a local rebuild may differ (see data README).
+UPSTREAM_MD5 = {
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+SPLIT_SEED = 1
+_PNG = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/(character\d+)/([^/]+\.png)$")
+
+
+def _sources(root: Path) -> list[tuple[str, Path]]:
+    """``[(split_name, path to zip or folder)]`` found under ``root``; raises if ``root`` is not Omniglot."""
+    found = []
+    for name in ZIPS:
+        for cand in (
+            root / name,
+            root / "omniglot-py" / name,
+            root / f"{name}.zip",
+            root / "omniglot-py" / f"{name}.zip",
+        ):
+            if cand.exists():
+                found.append((name, cand))
+                break
+    if len(found) != 2:
+        raise FileNotFoundError(
+            f"{root} is not an Omniglot root: expected images_background and images_evaluation (zips or extracted "
+            f"folders, optionally under omniglot-py/); found {[str(p) for _, p in found] or 'neither'}"
+        )
+    return found
+
+
+def _decode(data: bytes, size: int) -> Tensor:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("L").resize((size, size), Image.LANCZOS)
+        pix = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size)
+    return 255 - pix  # strokes (black in the PNG) become bright
+
+
+def _read_all(root: Path, size: int) -> tuple[Tensor, list[str]]:
+    chars: dict[str, list[tuple[str, bytes]]] = {}
+    for _, src in _sources(root):
+        if src.suffix == ".zip":
+            with zipfile.ZipFile(src) as z:
+                entries = [(n, z) for n in z.namelist()]
+                for n, zz in entries:
+                    m = _PNG.search(n)
+                    if m:
+                        chars.setdefault(f"{m[1]}/{m[2]}/{m[3]}", []).append((m[4], zz.read(n)))
+        else:
+            for path in sorted(src.rglob("*.png")):
+                m = _PNG.search(path.as_posix())
+                if m:
+                    chars.setdefault(f"{m[1]}/{m[2]}/{m[3]}", []).append((m[4], path.read_bytes()))
+    if not chars:
+        raise FileNotFoundError(f"{root} holds no Omniglot PNGs (<split>/<Alphabet>/characterNN/*.png)")
+    names = sorted(chars)
+    counts = {len(chars[n]) for n in names}
+    if len(counts) != 1:
+        raise ValueError(f"Omniglot characters must all have the same number of drawers, found {sorted(counts)}")
+    images = torch.stack([torch.stack([_decode(d, size) for _, d in sorted(chars[n])]) for n in names])
+    return images, names  # [C, drawers, size, size] uint8
+
+
+def load_omniglot(root: str | Path, size: int = 28, cache: bool = True) -> tuple[Tensor, list[str]]:
+    """All characters as ``uint8 [C, drawers, size, size]`` (strokes bright) and their ``split/Alphabet/characterNN``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not hold the two Omniglot zips/folders or has no PNGs in that layout.
+    """
+    root = Path(root)
+    srcs = _sources(root)
+    key = hashlib.sha1(repr([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime) for _, p in srcs]).encode())
+    cache_dir = Path(os.environ.get("INNERLOOP_CACHE", Path.home() / ".cache" / "innerloop"))
+    cache_file = cache_dir / f"omniglot{size}_{key.hexdigest()[:12]}.pt"
+    if cache and cache_file.exists():
+        blob = torch.load(cache_file, weights_only=False)
+        return blob["images"], blob["names"]
+    images, names = _read_all(root, size)
+    if cache:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save({"images": images, "names": names}, tmp)
+        os.replace(tmp, cache_file)
+    return images, names
+
+
+def omniglot_split(names: list[str], seed: int = SPLIT_SEED, train: int = 1100, val: int = 100) -> dict[str, Tensor]:
+    """Character indices of the MAML split: shuffled with ``seed``; ``train`` + ``val`` first, the rest is test."""
+    if train + val >= len(names):
+        raise ValueError(f"split {train}+{val} leaves no test characters out of {len(names)}")
+    perm = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))
+    return {"train": perm[:train], "validation": perm[train : train + val], "test": perm[train + val :]}
+
+
+class OmniglotClasses:
+    """A labelled dataset over some Omniglot characters, optionally with rotated copies as extra classes.
+
+    Args:
+        images (Tensor): ``uint8 [C, drawers, H, W]`` from :func:`load_omniglot`.
+        characters (Tensor): indices into ``images`` to use.
+        rotations (tuple[int, ...]): multiples of 90 degrees; each rotation of each character is its own class.
+            Default: (0,).
+
+    ``images(indices)`` returns ``float32 [n, 1, H, W]`` in [0, 1].
+    """
+
+    def __init__(self, images: Tensor, characters: Tensor, rotations: tuple[int, ...] = (0,)) -> None:
+        self.data = images
+        self.characters = torch.as_tensor(characters, dtype=torch.long)
+        self.rotations = tuple(rotations)
+        drawers = images.shape[1]
+        n_classes = len(self.characters) * len(self.rotations)
+        self.labels = torch.arange(n_classes).repeat_interleave(drawers)
+        self.drawers = drawers
+
+    def images(self, indices: Tensor) -> Tensor:
+        cls, drawer = indices // self.drawers, indices % self.drawers
+        char = self.characters[cls // len(self.rotations)]
+        rot = cls % len(self.rotations)
+        x = self.data[char, drawer].float().div_(255)  # [n, H, W]
+        out = torch.empty_like(x)
+        for r_i, r in enumerate(self.rotations):
+            m = rot == r_i
+            if m.any():
+                out[m] = torch.rot90(x[m], r // 90, dims=(1, 2))
+        return out.unsqueeze(1)
+
+
+def download_omniglot(
+    root: str | Path, md5: dict[str, str] | None = None, sha256: dict[str, str] | None = None
+) -> Path:
+    """Download the two zips from the official repository into ``root`` and verify their checksums.
+
+    The upstream md5s are checked by default (the only ones published); pass ``sha256={name: hex}`` to pin
+    sha256 as well. Never called by tests.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    md5 = UPSTREAM_MD5 if md5 is None else md5
+    for name in ZIPS:
+        dest = root / f"{name}.zip"
+        if not dest.exists():
+            tmp = dest.with_suffix(".part")
+            urllib.request.urlretrieve(URL.format(name), tmp)
+            os.replace(tmp, dest)
+        data = dest.read_bytes()
+        for algo, expected in (("md5", (md5 or {}).get(name)), ("sha256", (sha256 or {}).get(name))):
+            if expected and hashlib.new(algo, data).hexdigest() != expected:
+                raise ValueError(f"{dest}: {algo} {hashlib.new(algo, data).hexdigest()} != expected {expected}")
+    return root

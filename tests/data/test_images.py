@@ -1,0 +1,133 @@
+"""Omniglot (a tiny generated copy in the original layout, zips and folders; the real data only for its layout) and
+mini-ImageNet (a tiny generated split-CSV + image-folder copy)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+PIL = pytest.importorskip("PIL", reason="Pillow is needed for the image data sets (pip install innerloop[vision])")
+from PIL import Image  # noqa: E402
+
+from innerloop.data.benchmarks import get_tasksets  # noqa: E402
+from innerloop.data.miniimagenet import MiniImageNet  # noqa: E402
+from innerloop.data.omniglot import OmniglotClasses, load_omniglot, omniglot_split  # noqa: E402
+
+REAL = Path("/work/shared/data/omniglot")
+
+
+def _png(path_or_none, value: int, size=(105, 105)):
+    im = Image.new("1", size, 1)
+    im.paste(0, (10 * value % 80, 10, 10 * value % 80 + 20, 60))  # a black stroke whose position encodes value
+    return im
+
+
+def make_omniglot(root: Path, as_zip: bool, chars=(3, 2), drawers=4) -> Path:
+    for split, n_alpha in zip(("images_background", "images_evaluation"), chars):
+        files = {}
+        cid = 0
+        for a in range(n_alpha):
+            for c in range(2):
+                cid += 1
+                for d in range(drawers):
+                    files[f"{split}/Alpha{a}/character{c + 1:02d}/{cid:04d}_{d + 1:02d}.png"] = _png(None, cid + d)
+        if as_zip:
+            with zipfile.ZipFile(root / f"{split}.zip", "w") as z:
+                for name, im in files.items():
+                    p = root / "tmp.png"
+                    im.save(p)
+                    z.write(p, name)
+                    p.unlink()
+        else:
+            for name, im in files.items():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                im.save(root / name)
+    return root
+
+
+def test_omniglot_zip_and_folder_agree(tmp_path, monkeypatch):
+    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "z").mkdir()
+    (tmp_path / "f").mkdir()
+    iz, nz = load_omniglot(make_omniglot(tmp_path / "z", True))
+    i_f, nf = load_omniglot(make_omniglot(tmp_path / "f", False))
+    assert iz.shape == (10, 4, 28, 28) and iz.dtype == torch.uint8
+    assert nz == nf and torch.equal(iz, i_f)
+    assert iz.float().mean() < 128  # strokes bright on a dark background
+    cached, _ = load_omniglot(tmp_path / "z")  # second load from the cache
+    assert torch.equal(cached, iz)
+
+
+def test_omniglot_classes_and_rotations(tmp_path, monkeypatch):
+    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "z").mkdir()
+    images, names = load_omniglot(make_omniglot(tmp_path / "z", True))
+    ds = OmniglotClasses(images, torch.tensor([0, 3]), rotations=(0, 90, 180, 270))
+    assert len(torch.unique(ds.labels)) == 8
+    x = ds.images(torch.tensor([0, 4, 8]))  # char 0 drawer 0 at 0, 90, 180 degrees
+    assert x.shape == (3, 1, 28, 28)
+    assert torch.equal(x[1, 0], torch.rot90(x[0, 0], 1)) and torch.equal(x[2, 0], torch.rot90(x[0, 0], 2))
+    split = omniglot_split(names, train=5, val=2)
+    assert sorted(torch.cat(list(split.values())).tolist()) == list(range(10))
+
+
+def test_omniglot_bad_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an Omniglot root"):
+        load_omniglot(tmp_path)
+    (tmp_path / "images_background").mkdir()
+    (tmp_path / "images_evaluation").mkdir()
+    with pytest.raises(FileNotFoundError, match="no Omniglot PNGs"):
+        load_omniglot(tmp_path, cache=False)
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="shared Omniglot copy not present")
+def test_real_omniglot_layout():
+    """The shared zips hold 964 + 659 characters x 20 drawers in the original layout (names only, fast)."""
+    import re
+
+    chars = set()
+    for name in ("images_background", "images_evaluation"):
+        with zipfile.ZipFile(REAL / f"{name}.zip") as z:
+            chars |= {m[1] for n in z.namelist() if (m := re.search(r"^(.*/character\d+)/[^/]+\.png$", n))}
+    assert len(chars) == 1623
+
+
+@pytest.mark.slow
+def test_real_omniglot_tasks():
+    train, _, test = get_tasksets("omniglot", ways=5, shots=1, eval_tasks=600)
+    assert len(train.classes) == 4400 and len(test.classes) == 423 and len(test) == 600
+    b = test.eval_batch(0, 2)
+    assert b.support_x.shape == (2, 5, 1, 28, 28)
+
+
+def make_miniimagenet(root: Path, classes=4, per_class=3) -> Path:
+    (root / "images").mkdir(parents=True)
+    for split, offset in (("train", 0), ("val", 10), ("test", 20)):
+        rows = ["filename,label"]
+        for c in range(classes):
+            for i in range(per_class):
+                fn = f"n{offset + c:08d}{i:04d}.jpg"
+                Image.new("RGB", (30 + i, 20), (40 * c, 10 * i, 200)).save(root / "images" / fn)
+                rows.append(f"{fn},n{offset + c:08d}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_miniimagenet_folder(tmp_path):
+    root = make_miniimagenet(tmp_path / "mini")
+    ds = MiniImageNet(root, "validation", image_size=12)
+    assert len(ds.class_names) == 4 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    x = ds.images(torch.tensor([0, 4]))
+    assert x.shape == (2, 3, 12, 12) and x.min() >= 0 and x.max() <= 1
+    train, val, test = get_tasksets("miniimagenet", ways=3, shots=1, query_shots=2, root=root, eval_tasks=5)
+    b = test.eval_batch(0, 5)
+    assert b.support_x.shape == (5, 3, 3, 84, 84) and b.query_y.shape == (5, 6)
+    with pytest.raises(ValueError, match="ways=5 is more than the 4 classes"):
+        get_tasksets("miniimagenet", ways=5, shots=1, root=root)
+    with pytest.raises(ValueError, match="exceeds the 3 examples"):
+        get_tasksets("miniimagenet", ways=2, shots=2, query_shots=2, root=root)
+    with pytest.raises(FileNotFoundError, match="not a mini-ImageNet root"):
+        MiniImageNet(tmp_path, "train")
