@@ -79,6 +79,13 @@ def run_variant(mod, layer_type: str, mamba: bool, dtype: torch.dtype, mode: str
     res["decode_vs_official_decode"] = max_abs(ref_dec, our_dec)
     res["official_decode_vs_official_forward"] = max_abs(ref_dec, official(input_ids=ids).logits)
     res["our_decode_vs_official_forward"] = max_abs(our_dec, official(input_ids=ids).logits)
+    # Multi-token chunks starting mid-mini-batch (the authors' cache cannot do this) vs their full forward.
+    chunks, state, start = [], None, 0
+    for n in (5, 7, 9, 19):
+        mine = ours(ids[:, start : start + n], state)
+        chunks.append(mine.logits)
+        state, start = mine.state, start + n
+    res["our_odd_chunks_vs_official_forward"] = max_abs(torch.cat(chunks, 1), official(input_ids=ids).logits)
     # Sensitivity: how far the logits move when inner learning is switched off (so the Δs above are meaningful).
     for m in ours.modules():
         if hasattr(m, "lr_mult"):
