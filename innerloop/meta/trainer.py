@@ -52,6 +52,7 @@ class MetaConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     seed: int = 0
+    max_seconds: float = 0.0  # stop training early after this wall time (0 = no limit); resumable
     data_root: str = ""  # Omniglot zips/folder or mini-ImageNet root; default $INNERLOOP_DATA/<task>
     device: str = "cpu"
     vectorize: str = "auto"  # auto | true | false
@@ -193,8 +194,15 @@ def train(cfg: MetaConfig, progress: bool = True, evaluate: bool = True) -> dict
             if bar is not None:
                 bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses, accs = [], []
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+        out_of_time = cfg.max_seconds > 0 and time.perf_counter() - t0 > cfg.max_seconds
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
             save(done)
+        if out_of_time:
+            if losses:
+                writer.writerow({"iteration": done, "loss": sum(losses) / len(losses),
+                                 "accuracy": sum(accs) / len(accs) if accs else "",
+                                 "seconds": round(time.perf_counter() - t0, 3)})  # fmt: skip
+            break
         if bar is not None:
             bar.update(1)
     if bar is not None:
