@@ -180,3 +180,19 @@ def test_bf16_autocast_cpu():
     assert_close("bf16 autocast logits", ref, out.logits, ratio=2e-2)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("mixer", "backbone"), VARIANTS)
+def test_cuda_decode_and_autocast(mixer, backbone):
+    model = CausalLM(LMConfig(**{**TINY, "mini_batch_size": 16}, mixer=mixer, backbone=backbone)).cuda()
+    ids = torch.randint(0, 99, (2, 37), device="cuda")
+    full = model(ids, labels=ids)
+    full.loss.backward()
+    steps, _ = run_in_chunks(model, ids, [21] + [1] * 16)
+    assert_close("cuda prefix + steps", full.logits, steps, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf = model(ids).logits
+    assert_close("cuda bf16 autocast", full.logits, bf, ratio=2e-2)
+    g = torch.Generator("cuda").manual_seed(0)
+    assert model.generate(ids[:, :4], 6, temperature=0.7, top_k=10, top_p=0.9, generator=g).shape == (2, 10)
