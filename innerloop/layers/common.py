@@ -65,9 +65,13 @@ def rope_angles(positions: Tensor, head_dim: int, theta: float = 1e4) -> tuple[T
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs of ``x`` ``[B, T, H, D]`` by tables ``[T, D // 2]`` (the EasyLM/JAX convention)."""
-    x2 = x.float().unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
-    c, s = cos[:, None, :], sin[:, None, :]  # [T, 1, D/2]
+    """Rotate interleaved pairs of ``x`` ``[B, T, H, D]`` by tables ``[T, D // 2]`` (the EasyLM/JAX convention).
+
+    Computed in at least float32 (float64 stays float64) and returned in ``x``'s dtype.
+    """
+    dt = torch.promote_types(x.dtype, torch.float32)
+    x2 = x.to(dt).unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
+    c, s = cos[:, None, :].to(dt), sin[:, None, :].to(dt)  # [T, 1, D/2]
     a, b = x2[..., 0], x2[..., 1]
     return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(x.dtype)
 

@@ -26,16 +26,6 @@ _warned: set[str] = set()
 MODES = ("chunk", "recurrent", "naive")
 
 
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """``apply_rope`` keeping float64 (``common.apply_rope`` rounds through float32; gradcheck needs float64)."""
-    if x.dtype != torch.float64:
-        return apply_rope(x, cos, sin)
-    x2 = x.unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
-    c, s = cos[:, None, :].double(), sin[:, None, :].double()
-    a, b = x2[..., 0], x2[..., 1]
-    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2)
-
-
 class TTTLayerState(NamedTuple):
     """Decode state of a TTT layer: O(1) in the sequence length.
 
@@ -276,7 +266,7 @@ class TTTBase(nn.Module):
         XQ, XK, XV = (t.reshape(B, T, H, D) for t in (XQ, XK, XV))
         pos = (state.position + torch.arange(T, device=x.device)) % self.mini_batch_size
         cos, sin = rope_angles(pos, D, self.rope_theta)
-        XQ, XK = _rope(XQ, cos, sin), _rope(XK, cos, sin)
+        XQ, XK = apply_rope(XQ, cos, sin), apply_rope(XK, cos, sin)
         o, ttt_state = self._op(T)(
             XQ, XK, XV, self.lr_gate(x), self.tau(), self.ttt_norm_weight, self.ttt_norm_bias, state.ttt, self.eps
         )

@@ -55,3 +55,11 @@ def test_rmsnorm_and_swiglu():
     assert_close("rms", x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt(), norm(x))
     mlp = SwiGLU(8, 12).double()
     assert_close("swiglu", mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)), mlp(x))
+
+
+def test_rope_keeps_float64_and_low_precision_dtype():
+    cos, sin = rope_angles(torch.arange(5), 8)
+    x = torch.randn(1, 5, 2, 8, dtype=torch.float64, requires_grad=True)
+    assert apply_rope(x, cos, sin).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+    assert apply_rope(x.detach().bfloat16(), cos, sin).dtype == torch.bfloat16
