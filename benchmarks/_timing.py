@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -83,8 +84,18 @@ def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, repeats: in
     return 2 * n**3 / t.median / 1e9
 
 
+def git_revision(path: str | os.PathLike | None = None) -> str | None:
+    """``git describe --always --dirty`` of the checkout at ``path`` (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=path, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def environment() -> dict:
-    """Torch version, thread count, CPU model and core count: printed with every benchmark table."""
+    """Torch version, thread count, CPU model and core count, git revision: printed with every benchmark table."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -98,4 +109,5 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git": git_revision(os.path.dirname(os.path.abspath(__file__))),
     }

@@ -377,6 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    for k in ("lengths", "batches", "positions", "models", "modes"):
+        setattr(args, k, list(dict.fromkeys(getattr(args, k))))  # drop repeats, keep order
     unknown = set(args.models) - set(OURS + OFFICIAL) | set(args.modes) - {"fwd", "train", "decode"}
     if unknown:
         p.error(f"unknown models/modes: {sorted(unknown)}")
@@ -390,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     size = Size(args.hidden, args.heads, args.layers, args.vocab, args.mini_batch, args.intermediate)
     env = environment()
-    print(f"torch {env['torch']}, {env['threads']} threads, {env['cpu']} ({env['cpu_count']} cores), fp32; {size}")
+    print(f"torch {env['torch']}, {env['threads']} threads, {env['cpu']} ({env['cpu_count']} cores), fp32, "
+          f"git {env['git']}; {size}")
     peak = matmul_gflops(args.matmul_size) if "fwd" in args.modes else None
     rows = run_rows(args, size)
     print(tables(rows, args, peak))
