@@ -1,0 +1,153 @@
+"""Language-model evaluation: validation loss / bits per byte, and loss by token position over long documents.
+
+Works with any model whose ``forward(input_ids [B, T], state=None)`` returns an object with ``.logits [B, T, V]`` and
+``.state`` (:class:`innerloop.models.lm.CausalLM`): long documents run chunk by chunk from the carried state, so
+evaluation goes beyond the training context in O(chunk) memory for recurrent mixers (a KV cache for attention).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_windows", "write_position_csv"]
+
+LN2 = math.log(2.0)
+
+
+def lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-token cross-entropy (nats) of ``model(inputs [B, T]).logits`` against ``targets [B, T]``."""
+    logits = model(inputs).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def val_windows(tokens: Tensor, context: int, num_windows: int) -> tuple[Tensor, Tensor]:
+    """``num_windows`` evenly spaced windows of ``tokens``: inputs and next-token targets, both ``[n, context]``."""
+    n = len(tokens)
+    if n <= context:
+        raise ValueError(f"validation split of {n} tokens is smaller than one context window of {context} + 1; "
+                         f"use a smaller --context or a larger --val-fraction")  # fmt: skip
+    starts = torch.linspace(0, n - context - 1, num_windows).long().unique()
+    w = tokens[starts[:, None] + torch.arange(context + 1)].long()
+    return w[:, :-1], w[:, 1:]
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, tokens: Tensor, context: int, batch_size: int = 16,
+                num_windows: int = 128) -> dict[str, float]:  # fmt: skip
+    """Validation loss (nats/token) and bits per byte (byte tokens) over fixed evenly spaced windows.
+
+    Returns:
+        dict: ``{"loss": float, "bpb": float}``.
+    """
+    device = next(model.parameters()).device
+    x, y = val_windows(tokens, context, num_windows)
+    total, count = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        logits = model(xb).logits
+        total += F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum").item()
+        count += yb.numel()
+    loss = total / count
+    return {"loss": loss, "bpb": loss / LN2}
+
+
+@torch.no_grad()
+def loss_by_position(model: nn.Module, docs: list[Tensor], length: int, chunk: int = 256,
+                     batch_size: int = 4) -> Tensor:  # fmt: skip
+    """Mean next-token loss at every position ``0..length-1`` over the documents at least ``length + 1`` long.
+
+    Each document's first ``length + 1`` tokens run through the model ``chunk`` tokens at a time, carrying the state
+    (the paper's Figure 2, right: does the model keep improving as it reads further?).
+
+    Args:
+        model (nn.Module): a stateful LM (``forward(ids, state) -> .logits, .state``).
+        docs (list[Tensor]): ``[N_i]`` token tensors.
+        length (int): positions to score.
+        chunk (int, Optional): tokens per forward call. Default: 256.
+        batch_size (int, Optional): documents per batch. Default: 4.
+    Returns:
+        Tensor: ``[length]`` float64 mean loss (nats) per position.
+    """
+    long_docs = [d for d in docs if len(d) > length]
+    if not long_docs:
+        longest = max((len(d) for d in docs), default=0)
+        raise ValueError(f"no document has more than {length} tokens (longest: {longest}); lower --length")
+    device = next(model.parameters()).device
+    total = torch.zeros(length, dtype=torch.float64)
+    for i in range(0, len(long_docs), batch_size):
+        w = torch.stack([d[: length + 1] for d in long_docs[i : i + batch_size]]).long().to(device)  # [b, L + 1]
+        state = None
+        for s in range(0, length, chunk):
+            e = min(s + chunk, length)
+            out = model(w[:, s:e], state)
+            state = out.state
+            nll = F.cross_entropy(out.logits.float().transpose(1, 2), w[:, s + 1 : e + 1], reduction="none")  # [b, c]
+            total[s:e] += nll.sum(0).double().cpu()
+    return total / len(long_docs)
+
+
+def bucket(losses: Tensor, width: int) -> list[tuple[int, int, float]]:
+    """``(start, end, mean loss)`` over consecutive buckets of ``width`` positions."""
+    return [(s, min(s + width, len(losses)), losses[s : s + width].mean().item()) for s in range(0, len(losses), width)]
+
+
+def write_position_csv(curves: dict[str, Tensor], path: str | Path, width: int) -> None:
+    """Write ``name, position_start, position_end, loss, bpb`` rows for every curve bucketed by ``width``."""
+    with Path(path).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "position_start", "position_end", "loss", "bpb"])
+        for name, losses in curves.items():
+            for s, e, v in bucket(losses, width):
+                w.writerow([name, s, e, f"{v:.6f}", f"{v / LN2:.6f}"])
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'innerloop[plot]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: int, train_context: int = 0) -> None:
+    """PNG of bits per byte against token position (bucketed by ``width``), one line per curve."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, losses in curves.items():
+        rows = bucket(losses, width)
+        ax.plot([(s + e) / 2 for s, e, _ in rows], [v / LN2 for *_, v in rows], marker=".", label=name)
+    if train_context:
+        ax.axvline(train_context, color="gray", ls="--", lw=1, label="training context")
+    ax.set_xlabel("token position")
+    ax.set_ylabel("bits per byte")
+    ax.set_title("Loss by token position")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str | Path, xlabel: str, ylabel: str,
+                title: str = "") -> None:  # fmt: skip
+    """PNG of several ``name -> (xs, ys)`` line series."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

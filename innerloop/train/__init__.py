@@ -1,0 +1,12 @@
+"""Training: a model-agnostic :class:`Trainer` (callbacks, exact resume, DDP) and language-model runs."""
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, lr_at
+from .distributed import DistInfo, setup_distributed
+from .lm import load_run, train_lm
+from .trainer import Callback, ConfigMismatchError, Trainer, TrainingDivergedError
+
+__all__ = [
+    "Callback", "ConfigMismatchError", "DistInfo", "TrainConfig", "Trainer", "TrainingDivergedError",
+    "latest_checkpoint", "load_checkpoint", "load_run", "lr_at", "save_checkpoint", "setup_distributed", "train_lm",
+]  # fmt: skip

@@ -1,0 +1,125 @@
+"""``TrainConfig``: everything that defines a language-model run (saved as ``config.json``; CLI flags come from it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from innerloop.layers import MIXERS
+from innerloop.models.lm import LMConfig
+
+__all__ = ["RESUME_FREE_KEYS", "TrainConfig", "lr_at"]
+
+# Keys that may change when a run resumes: they do not change what is computed, only how it is run or reported.
+RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "max_seconds",
+                              "tensorboard", "eval_batches", "eval_every", "progress"})  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """A byte/token LM training run. Sizes are the model's; ``batch_size`` is the *global* batch (sequences per step).
+
+    Tokens per optimizer step are ``batch_size * context``; each of ``world_size * grad_accum`` micro-batches holds
+    ``batch_size / (world_size * grad_accum)`` sequences.
+    """
+
+    # model (-> LMConfig)
+    mixer: str = "ttt_linear"  # any registered mixer: innerloop.layers.MIXERS
+    backbone: str = "transformer"  # transformer | mamba
+    hidden_size: int = 128
+    intermediate_size: int = 0  # 0 = 2 * hidden_size (SwiGLU, so ~3x hidden_size^2 weights per MLP... x2)
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    mini_batch_size: int = 16  # TTT inner mini-batch
+    ttt_base_lr: float = 0.0  # 0 = the mixer's default (1.0 TTT-Linear, 0.1 TTT-MLP)
+    mode: str = "chunk"  # TTT op path
+    tokenizer: str = "bytes"  # bytes (vocab 256); BPE is future work (issue 3)
+    # data
+    data: str = ""  # "" = bundled tiny-shakespeare; else a .txt file or a folder of .txt files (documents)
+    val_fraction: float = 0.1  # last fraction (of the bytes, or of the documents for a folder) held out
+    context: int = 128  # training sequence length T
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1  # on matrices only (dim >= 2), as nanoGPT
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 = off
+    ttt_lr_warmup_steps: int = -1  # TTT inner-LR warm-up; -1 = 10% of steps for ttt_mlp (authors' recipe), else 0
+    ttt_base_lr_init: float = 0.01  # inner base LR at step 0 of that warm-up
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    eval_every: int = 200  # steps between validation evaluations (0 = only at the end)
+    eval_batches: int = 8  # validation windows = eval_batches * batch_size
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    max_seconds: float = 0.0  # stop (and checkpoint) after this much training time; 0 = no limit; resumable
+    tensorboard: bool = False  # also log to <out>/tb (needs the tensorboard package)
+    out: str = "runs/lm/default"
+
+    def __post_init__(self) -> None:
+        if self.mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {self.mixer!r}; known mixers: {sorted(MIXERS)}")
+        if self.tokenizer != "bytes":
+            raise ValueError(f"tokenizer must be 'bytes' (byte-level, vocab 256), got {self.tokenizer!r}")
+        positive = ("context", "steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batches")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
+
+    def lm_config(self, vocab_size: int = 256) -> LMConfig:
+        """The model's :class:`LMConfig` (validated there: sizes, heads, backbone)."""
+        return LMConfig(
+            vocab_size=vocab_size, hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size or 2 * self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+            mixer=self.mixer, backbone=self.backbone, mini_batch_size=self.mini_batch_size,
+            ttt_base_lr=self.ttt_base_lr or None, mode=self.mode,
+        )  # fmt: skip
+
+    def resolved_ttt_warmup(self) -> int:
+        if self.ttt_lr_warmup_steps >= 0:
+            return self.ttt_lr_warmup_steps
+        return self.steps // 10 if self.mixer == "ttt_mlp" else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {unknown}")
+        return cls(**d)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr``, then cosine to ``lr*min_lr_ratio``.
+
+    Examples:
+        >>> cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0)
+        >>> [round(lr_at(s, cfg), 3) for s in (0, 9, 10, 55, 100)]
+        [0.1, 1.0, 1.0, 0.5, 0.0]
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    frac = min((step - cfg.warmup_steps) / span, 1.0)
+    low = cfg.lr * cfg.min_lr_ratio
+    return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * frac))

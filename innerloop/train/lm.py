@@ -1,0 +1,172 @@
+"""Language-model runs: data + model + :class:`Trainer` for a :class:`TrainConfig`, and re-loading a finished run.
+
+A run directory holds ``config.json`` (fully resolved), ``log.csv``, ``metrics.json``, ``checkpoints/`` and
+``loss_curve.png``. Training again in the same directory resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from innerloop.data.corpus import load_documents, split_corpus
+from innerloop.data.text import random_windows
+from innerloop.eval.lm import evaluate_lm, lm_loss, plot_curves
+from innerloop.layers import set_ttt_lr_mult, ttt_lr_mult_schedule
+from innerloop.layers.ttt import TTTBase
+from innerloop.models.lm import CausalLM
+
+from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, read_json
+from .config import TrainConfig
+from .distributed import DistInfo, resolve_device, setup_distributed
+from .logging import read_log
+from .trainer import Callback, Trainer
+
+__all__ = ["LMData", "TTTLRWarmup", "count_params", "load_data", "load_run", "plot_log", "train_lm"]
+
+
+@dataclass
+class LMData:
+    """Training/validation byte tokens ``[N]`` (uint8) and the validation documents."""
+
+    train: Tensor
+    val: Tensor
+    val_docs: list[Tensor]
+
+
+def load_data(cfg: TrainConfig) -> LMData:
+    """Load ``cfg.data`` (bundled tiny-shakespeare if empty) and split it; too-small splits are clear errors."""
+    train, val, val_docs = split_corpus(load_documents(cfg.data or None), cfg.val_fraction)
+    name = cfg.data or "tiny-shakespeare"
+    for split, t in (("training", train), ("validation", val)):
+        if len(t) <= cfg.context + 1:
+            raise ValueError(f"the {split} split of {name} has {len(t)} bytes, not more than one context window of "
+                             f"{cfg.context} + 1; use a larger corpus or a smaller --context")  # fmt: skip
+    return LMData(train, val, val_docs)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters counted once (tied embeddings count once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TTTLRWarmup(Callback):
+    """The authors' TTT-MLP recipe: the inner base LR grows linearly from ``init`` to its value over ``steps``."""
+
+    def __init__(self, steps: int, init: float) -> None:
+        self.steps, self.init = steps, init
+
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
+        for m in trainer.model.modules():
+            if isinstance(m, TTTBase):
+                m.lr_mult = ttt_lr_mult_schedule(step, m.ttt_base_lr, self.init, self.steps)
+
+    def on_eval(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+
+class _WriteConfig(Callback):
+    """Write ``config.json`` once the trainer has checked that a resumed checkpoint matches the config."""
+
+    def __init__(self, extra: dict[str, Any]) -> None:
+        self.extra = extra
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.dist.is_main:
+            body = {**trainer.cfg.to_dict(), "resolved": self.extra}
+            atomic_write_text(trainer.out / "config.json", json.dumps(body, indent=2) + "\n")
+
+
+def make_batch_fn(cfg: TrainConfig, tokens: Tensor, dist_info: DistInfo):
+    """Global batch ``step`` is a pure function of ``(seed, step)``; this rank gets its contiguous rows of it."""
+    world = dist_info.world_size
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size * grad_accum = "
+                         f"{world} * {cfg.grad_accum}")  # fmt: skip
+    local = cfg.batch_size // world
+    lo = dist_info.rank * local
+
+    def batch_fn(step: int) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x, y = random_windows(tokens, cfg.batch_size, cfg.context, g)
+        return x[lo : lo + local].to(dist_info.device), y[lo : lo + local].to(dist_info.device)
+
+    return batch_fn
+
+
+def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback] | None = None,
+             dist_info: DistInfo | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train (or resume) the run ``cfg.out``; write ``metrics.json`` and ``loss_curve.png``. Returns the metrics."""
+    dist_info = dist_info or setup_distributed(cfg.device)
+    data = load_data(cfg)
+    seed_everything(cfg.seed)
+    model = CausalLM(cfg.lm_config()).to(dist_info.device)
+    n_params = count_params(model)
+    cbs: list[Callback] = [_WriteConfig({"lm_config": model.config.to_dict(), "params": n_params,
+                                         "device": dist_info.device, "world_size": dist_info.world_size,
+                                         "ttt_lr_warmup_steps": cfg.resolved_ttt_warmup()})]  # fmt: skip
+    if cfg.resolved_ttt_warmup() > 0:
+        cbs.append(TTTLRWarmup(cfg.resolved_ttt_warmup(), cfg.ttt_base_lr_init))
+    cbs += callbacks or []
+    eval_windows = cfg.eval_batches * cfg.batch_size
+
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+        set_ttt_lr_mult(m, 1.0)  # evaluate with the full inner LR whatever the warm-up says
+        return evaluate_lm(m, data.val, cfg.context, cfg.batch_size, eval_windows)
+
+    trainer = Trainer(
+        model, cfg, make_batch_fn(cfg, data.train, dist_info), lm_loss, eval_fn, cbs, dist_info,
+        tokens_per_step=cfg.batch_size * cfg.context, progress=progress,
+    )  # fmt: skip
+    summary = trainer.fit()
+    metrics = {"mixer": cfg.mixer, "params": n_params, "context": cfg.context, **summary}
+    if dist_info.is_main:
+        atomic_write_text(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        with contextlib.suppress(ImportError):  # matplotlib is optional
+            plot_log(Path(cfg.out) / "log.csv", Path(cfg.out) / "loss_curve.png", cfg.mixer)
+    return metrics
+
+
+def plot_log(log_csv: str | Path | dict[str, str | Path], path: str | Path, name: str = "train") -> None:
+    """Loss curves (training and validation bits per byte against tokens) from one or several ``log.csv``."""
+    logs = log_csv if isinstance(log_csv, dict) else {name: log_csv}
+    series = {}
+    for label, p in logs.items():
+        rows = read_log(p)
+        series[f"{label} train"] = ([int(r["tokens"]) for r in rows], [float(r["loss"]) / np.log(2) for r in rows])
+        val = [r for r in rows if r["val_bpb"]]
+        if val:
+            series[f"{label} val"] = ([int(r["tokens"]) for r in val], [float(r["val_bpb"]) for r in val])
+    plot_curves(series, path, "training tokens", "bits per byte", "Loss curves")
+
+
+def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfig]:
+    """The model of run directory ``out`` (latest checkpoint) and its config."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        raise FileNotFoundError(f"{out}/config.json not found: give a run directory made by `innerloop lm train`")
+    body = read_json(out / "config.json")
+    body.pop("resolved", None)
+    cfg = TrainConfig.from_dict(body)
+    path = latest_checkpoint(out / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(f"{out} has no checkpoint yet (checkpoints/latest missing)")
+    device = resolve_device(device)
+    model = CausalLM(cfg.lm_config()).to(device)
+    load_checkpoint(path, model, map_location=device)
+    model.eval()
+    return model, cfg
