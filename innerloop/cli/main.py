@@ -11,6 +11,7 @@ import importlib
 # subcommand -> module defining ``register(subparsers)``; imported only when the CLI starts.
 COMMANDS = {
     "demo": "innerloop.cli.demo",
+    "lm": "innerloop.cli.lm",
     "meta": "innerloop.cli.meta",
 }
 

@@ -1,0 +1,178 @@
+"""``innerloop lm train|eval|generate|compare``: byte-level language models over any registered mixer.
+
+Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainConfig`. Examples::
+
+    innerloop lm train --mixer ttt_linear --steps 2000 --out runs/lm/ttt      # again with the same --out resumes
+    innerloop lm eval --run runs/lm/ttt                                         # val loss / bits per byte
+    innerloop lm eval --run runs/books/ttt_linear runs/books/attention --length 8192 --out runs/books/position
+    innerloop lm generate --run runs/lm/ttt --prompt "ROMEO:" --max-new-tokens 400 --temperature 0.8 --top-p 0.95
+    innerloop lm compare --mixers ttt_linear ttt_mlp attention --target-params 1000000 --steps 1000 --out runs/cmp
+    torchrun --standalone --nproc_per_node=2 -m innerloop lm train --batch-size 32 --out runs/lm/ddp
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+from innerloop.train.config import TrainConfig
+
+_SKIP_COMPARE = {"mixer", "out"}
+
+
+def _add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=f"default: {f.default}")
+        else:
+            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=typ, default=None, help=f"default: {f.default}")
+
+
+def _config(args: argparse.Namespace, skip: set[str] = frozenset(), **extra) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if f.name not in skip and getattr(args, f.name) is not None}  # fmt: skip
+    return TrainConfig(**{**values, **extra})
+
+
+def _clean_errors(func):
+    """Turn the library's clear errors into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+            print(f"innerloop lm {args.lm_command}: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lm", help="byte-level language models: train, eval, generate, compare")
+    lsub = p.add_subparsers(dest="lm_command", required=True)
+
+    t = lsub.add_parser("train", help="train a byte LM (resumes if --out holds a checkpoint)")
+    _add_config_flags(t)
+    t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    t.set_defaults(func=run_train)
+
+    e = lsub.add_parser("eval", help="validation loss / bits per byte, and loss by token position (--length)")
+    e.add_argument("--run", nargs="+", required=True, help="run directories made by `innerloop lm train`")
+    e.add_argument("--data", default=None, help="evaluate on this file/folder's held-out split (default: the run's)")
+    e.add_argument("--length", type=int, default=0, help="score positions 0..length-1 of long held-out documents")
+    e.add_argument("--chunk", type=int, default=0, help="tokens per forward call, state carried (default: context)")
+    e.add_argument("--bucket", type=int, default=0, help="positions per plotted point (default: length / 32)")
+    e.add_argument("--gutenberg", action="store_true", help="strip Project Gutenberg headers/footers (books)")
+    e.add_argument("--out", default=None, help="folder for position.csv/png (default: the first run)")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=run_eval)
+
+    g = lsub.add_parser("generate", help="sample bytes from a trained run, streamed to the terminal")
+    g.add_argument("--run", required=True)
+    g.add_argument("--prompt", default="\n")
+    g.add_argument("--max-new-tokens", type=int, default=500)
+    g.add_argument("--temperature", type=float, default=0.8, help=">= 0; 0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely bytes; 0 = off")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 = off")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--device", default="auto")
+    g.set_defaults(func=run_generate)
+
+    c = lsub.add_parser("compare", help="train several mixers at ~equal parameter count and token budget")
+    c.add_argument("--mixers", nargs="+", default=["ttt_linear", "attention"])
+    c.add_argument("--target-params", type=float, default=0, help="size each model to ~this many params (0 = same "
+                   "hidden size for all)")  # fmt: skip
+    c.add_argument("--out", default=None, help="comparison folder (default: runs/compare/<time>)")
+    c.add_argument("--no-progress", action="store_true")
+    _add_config_flags(c, _SKIP_COMPARE)
+    c.set_defaults(func=run_compare)
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+@_clean_errors
+def run_train(args: argparse.Namespace) -> int:
+    from innerloop.train.lm import train_lm
+
+    extra = {} if args.out else {"out": f"runs/lm/{args.mixer or TrainConfig.mixer}-{_stamp()}"}
+    cfg = _config(args, **extra)
+    m = train_lm(cfg, progress=not args.no_progress)
+    if m:
+        print(f"{cfg.out}: {m['steps']} steps, val bits/byte {m.get('val_bpb', float('nan')):.4f}, "
+              f"{m['tokens_per_s']:,.0f} train tokens/s, {m['params']:,} params")  # fmt: skip
+    return 0
+
+
+@_clean_errors
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from innerloop.data.corpus import load_documents, split_corpus
+    from innerloop.eval.lm import evaluate_lm, loss_by_position, plot_loss_by_position, write_position_csv
+    from innerloop.train.checkpoint import atomic_write_text
+    from innerloop.train.lm import load_run
+
+    curves, results = {}, {}
+    for run in args.run:
+        model, cfg = load_run(run, args.device)
+        docs = load_documents(args.data if args.data is not None else (cfg.data or None), gutenberg=args.gutenberg)
+        _, val, val_docs = split_corpus(docs, cfg.val_fraction)
+        m = evaluate_lm(model, val, cfg.context, cfg.batch_size, cfg.eval_batches * cfg.batch_size)
+        name = Path(run).name
+        results[name] = m
+        print(f"{run}: val loss {m['loss']:.4f} nats/byte, {m['bpb']:.4f} bits/byte")
+        if args.length:
+            with torch.no_grad():
+                curves[name] = loss_by_position(model, val_docs, args.length, args.chunk or cfg.context)
+    out = Path(args.out or args.run[0])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval.json", json.dumps(results, indent=2) + "\n")
+    if curves:
+        width = args.bucket or max(args.length // 32, 1)
+        write_position_csv(curves, out / "position.csv", width)
+        try:
+            plot_loss_by_position(curves, out / "position.png", width, cfg.context)
+        except ImportError as e:
+            print(f"(no plot: {e})", file=sys.stderr)
+        print(f"loss by position: {out / 'position.csv'}, {out / 'position.png'}")
+    return 0
+
+
+@_clean_errors
+def run_generate(args: argparse.Namespace) -> int:
+    from innerloop.eval.generate import check_sampling, stdout_writer, stream_generate
+    from innerloop.train.lm import load_run
+
+    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    model, _ = load_run(args.run, args.device)
+    prompt = args.prompt.encode("utf-8")
+    sys.stdout.buffer.write(prompt)
+    stream_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                    write=stdout_writer())  # fmt: skip
+    sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+    return 0
+
+
+@_clean_errors
+def run_compare(args: argparse.Namespace) -> int:
+    from innerloop.train.compare import compare, format_table
+
+    out = args.out or f"runs/compare/{_stamp()}"
+    cfg = _config(args, _SKIP_COMPARE, out=out)
+    rows = compare(cfg, args.mixers, out, int(args.target_params), progress=not args.no_progress)
+    print(format_table(rows))
+    print(f"written: {out}/results.md, results.csv, loss_curves.png")
+    return 0
