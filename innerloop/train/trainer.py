@@ -108,6 +108,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.last_eval: dict[str, float] = {}
         self.stopped_early = False
+        self.should_stop = False  # a callback may set this in on_step_end: checkpoint and stop after this step
 
     # ---- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -225,6 +226,9 @@ class Trainer:
                 logs = {"step": self.step, "loss": loss, "lr": lr_at(step, cfg), "grad_norm": norm}
                 done = self.step == cfg.steps
                 out_of_time = cfg.max_seconds > 0 and self.train_seconds >= cfg.max_seconds and not done
+                for cb in self.callbacks:
+                    cb.on_step_end(self, step, logs)
+                out_of_time = out_of_time or (self.should_stop and not done)
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or done or out_of_time:
                     logs.update({f"val_{k}": v for k, v in self.evaluate().items()})
                 if logger is not None and (self.step % cfg.log_every == 0 or done or out_of_time or "val_loss" in logs):
@@ -233,8 +237,6 @@ class Trainer:
                     logger.log({**logs, "loss": sum(window) / len(window), "tokens": tokens,
                                 "tokens_per_s": tokens / max(self.train_seconds, 1e-9),
                                 "train_seconds": self.train_seconds})  # fmt: skip
-                for cb in self.callbacks:
-                    cb.on_step_end(self, step, logs)
                 if self.step % cfg.checkpoint_every == 0 or done or out_of_time:
                     self.save()
                 if bar is not None:
