@@ -1,0 +1,181 @@
+"""Classic recurrent mixers (Elman RNN, LSTM, GRU) behind the mixer interface.
+
+Fast path: ``torch.nn.RNN/LSTM/GRU`` (fused kernels); reference: the cells written from their equations in
+``innerloop.ops.rnn`` with the same weights (``mode='naive'``). Layout: ``x [B, T, C]``; states ``[L, B, S]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from innerloop.ops.rnn import naive_gru, naive_lstm, naive_rnn, weights_of
+
+from .registry import register_mixer
+
+MODES = ("fused", "naive", "chunk")  # 'chunk' (LMConfig's default mode name) means 'fused' here
+
+
+class RNNState(NamedTuple):
+    """Recurrent state: ``h [L, B, S]`` and, for the LSTM, the cell ``c [L, B, S]`` (None otherwise)."""
+
+    h: Tensor
+    c: Tensor | None = None
+
+
+class _RecurrentMixer(nn.Module):
+    """Shared plumbing: a ``torch.nn`` recurrent core of width ``S`` over ``C``-wide inputs, then ``S -> C``.
+
+    Args:
+        hidden_size (int): model width ``C`` (input and output of the mixer).
+        num_heads (int): ignored; accepted for the mixer interface.
+        state_size (int | None, Optional): recurrent width ``S``; None = ``C``. If ``S != C`` a bias-free
+            ``out_proj`` maps ``S -> C``. Default: None.
+        num_layers (int, Optional): stacked recurrent layers. Default: 1.
+        bias (bool, Optional): recurrent biases. Default: True.
+        mode (str, Optional): ``'fused'`` (torch.nn kernels; ``'chunk'`` is a synonym) or ``'naive'`` (the cells
+            from ``innerloop.ops.rnn``, same weights). Default: ``'fused'``.
+    """
+
+    core_cls: type[nn.RNNBase] = nn.RNN
+    has_cell = False
+
+    def __init__(self, hidden_size: int, num_heads: int = 1, *, state_size: int | None = None, num_layers: int = 1,
+                 bias: bool = True, mode: str = "fused", **core_kwargs) -> None:
+        super().__init__()
+        S = hidden_size if state_size is None else state_size
+        for name, v in (("hidden_size", hidden_size), ("state_size", S), ("num_layers", num_layers)):
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.hidden_size, self.state_size, self.num_layers = hidden_size, S, num_layers
+        self.mode = "fused" if mode == "chunk" else mode
+        self.core = self.core_cls(hidden_size, S, num_layers=num_layers, bias=bias, batch_first=True, **core_kwargs)
+        self.out_proj = nn.Linear(S, hidden_size, bias=False) if hidden_size != S else None
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> RNNState:
+        """Zero state(s) ``[L, B, S]``."""
+        w = self.core.weight_hh_l0
+        shape = (self.num_layers, batch_size, self.state_size)
+        z = lambda: torch.zeros(shape, device=device or w.device, dtype=dtype or w.dtype)  # noqa: E731
+        return RNNState(z(), z() if self.has_cell else None)
+
+    def _check(self, x: Tensor, state: RNNState | None, lengths: Tensor | None) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"{type(self).__name__} expects x of shape [B, T, {self.hidden_size}], "
+                             f"got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError("expected at least one token, got T = 0")
+        if state is not None:
+            if not isinstance(state, RNNState) or (state.c is None) == self.has_cell:
+                raise TypeError(f"state must be an RNNState from {type(self).__name__}.init_state / forward")
+            want = (self.num_layers, x.shape[0], self.state_size)
+            for s in (state.h,) if state.c is None else (state.h, state.c):
+                if tuple(s.shape) != want:
+                    raise ValueError(f"state tensors must be [L, B, S] = {list(want)}, got {tuple(s.shape)}")
+        if lengths is not None and lengths.shape != (x.shape[0],):
+            raise ValueError(f"lengths must be [B] = [{x.shape[0]}], got {tuple(lengths.shape)}")
+
+    def _fused(self, x: Tensor, state: RNNState, lengths: Tensor | None) -> tuple[Tensor, RNNState]:
+        hx = (state.h, state.c) if self.has_cell else state.h
+        if lengths is None:
+            y, hn = self.core(x, hx)
+        else:
+            lengths = lengths.cpu()
+            if lengths.min() < 1 or lengths.max() > x.shape[1]:
+                raise ValueError(f"lengths must lie in [1, T = {x.shape[1]}], got [{int(lengths.min())}, "
+                                 f"{int(lengths.max())}]")
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            y, hn = self.core(packed, hx)
+            y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        return y, RNNState(*hn) if self.has_cell else RNNState(hn)
+
+    def _naive(self, x: Tensor, state: RNNState, lengths: Tensor | None) -> tuple[Tensor, RNNState]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: RNNState | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, RNNState]:
+        """Run ``x [B, T, C]`` from ``state`` (None = zeros).
+
+        Args:
+            x (Tensor): ``[B, T, C]``.
+            state (RNNState, Optional): state after the earlier tokens. Default: None.
+            lengths (Tensor, Optional): ``[B]`` valid lengths (padded batch, as a packed sequence): outputs past a
+                length are zero and each row's state is taken at its last valid token. Default: None.
+        Returns:
+            tuple[Tensor, RNNState]: ``y [B, T, C]`` and the state after the last (valid) token.
+        """
+        self._check(x, state, lengths)
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        y, state = (self._fused if self.mode == "fused" else self._naive)(x, state, lengths)
+        if self.out_proj is not None:
+            y = self.out_proj(y)
+        return y, state
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, state_size={self.state_size}, mode={self.mode!r}"
+
+
+@register_mixer("rnn")
+class RNN(_RecurrentMixer):
+    """Elman RNN mixer ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (``torch.nn.RNN``).
+
+    Arguments as :class:`_RecurrentMixer`, plus ``nonlinearity`` (``'tanh'`` or ``'relu'``, Default: ``'tanh'``).
+
+    Examples:
+        >>> layer = RNN(16, 1, state_size=32, num_layers=2)
+        >>> y, state = layer(torch.randn(3, 5, 16))
+        >>> y.shape, tuple(state.h.shape)
+        (torch.Size([3, 5, 16]), (2, 3, 32))
+    """
+
+    core_cls = nn.RNN
+
+    def __init__(self, hidden_size: int, num_heads: int = 1, *, state_size: int | None = None, num_layers: int = 1,
+                 bias: bool = True, mode: str = "fused", nonlinearity: str = "tanh") -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(hidden_size, num_heads, state_size=state_size, num_layers=num_layers, bias=bias, mode=mode,
+                         nonlinearity=nonlinearity)
+
+    def _naive(self, x, state, lengths):
+        y, h = naive_rnn(x, weights_of(self.core), state.h, self.core.nonlinearity, lengths)
+        return y, RNNState(h)
+
+
+@register_mixer("lstm")
+class LSTM(_RecurrentMixer):
+    """LSTM mixer (``torch.nn.LSTM``; gates ``i, f, g, o``); state ``(h, c)``. Arguments as :class:`_RecurrentMixer`.
+
+    Examples:
+        >>> y, state = LSTM(16)(torch.randn(2, 7, 16))
+        >>> tuple(state.h.shape), tuple(state.c.shape)
+        ((1, 2, 16), (1, 2, 16))
+    """
+
+    core_cls = nn.LSTM
+    has_cell = True
+
+    def _naive(self, x, state, lengths):
+        y, (h, c) = naive_lstm(x, weights_of(self.core), (state.h, state.c), lengths)
+        return y, RNNState(h, c)
+
+
+@register_mixer("gru")
+class GRU(_RecurrentMixer):
+    """GRU mixer (``torch.nn.GRU``; gates ``r, z, n``). Arguments as :class:`_RecurrentMixer`."""
+
+    core_cls = nn.GRU
+
+    def _naive(self, x, state, lengths):
+        y, h = naive_gru(x, weights_of(self.core), state.h, lengths)
+        return y, RNNState(h)
+
+
+__all__ = ["GRU", "LSTM", "RNN", "RNNState"]
