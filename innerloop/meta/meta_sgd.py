@@ -28,7 +28,7 @@ class MetaSGD(MAML):
         >>> from innerloop.models.meta_nets import SinusoidMLP
         >>> m = MetaSGD(SinusoidMLP(), lr=0.01)
         >>> sorted(m.inner_lr())[:2]
-        ['head.bias', 'head.weight']
+        ['body.0.bias', 'body.0.weight']
     """
 
     def __init__(
