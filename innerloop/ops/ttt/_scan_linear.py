@@ -2,12 +2,12 @@
 
 Operands are precomputed by the caller for all mini-batches at once; blocks are ``[n, N, ., .]`` (mini-batch major,
 so ``x[i]`` is contiguous), ``N = B * H``. The bias is the weight's last row: ``wa [N, D+1, D]`` and the inputs
-``xcat = [XK, 1; XQ, 1]`` ``[n, N, 2b, D+1]`` (one matmul gives ``XK W + b`` and ``XQ W + b``).
+``xcat = [XK, 1; XQ, 1]`` ``[n, N, 2b, D+1]`` (``xka``/``xqa`` are its two halves).
 
 Per mini-batch ``i`` (weights ``W_i``): ``G = dl/dZ(XK W_i)``, ``zbar_i = XQ W_i - attn_i G``,
 ``W_{i+1} = W_i - kupd_i G`` with ``attn_i = eta ⊙ tril(XQ XK^T + 1)`` and ``kupd_i = (tau_{b-1} lr ⊙ XK)^T``.
-The backward recomputes ``G`` from the stored ``W_i`` and runs the scan in reverse; the derivative of the inner
-LayerNorm-L2 gradient is derived in ``README.md``.
+The backward reuses the forward's per-step intermediates and runs the recursion in reverse; the derivative of the
+inner LayerNorm-L2 gradient is derived in ``README.md``.
 """
 
 from __future__ import annotations
@@ -50,24 +50,33 @@ def inner_grad_vjp(z: Tensor, g: Tensor, saved: tuple[Tensor, ...] | None, w2: T
 
 
 class LinearScan(torch.autograd.Function):
-    """``(wa0, xcat, attn, kupd, tb, w2) -> (zbar [n, N, b, D], wa_n)``; see the module docstring."""
+    """``(wa0, xka, xqa, attn, kupd, tb, w2) -> (zbar [n, N, b, D], wa_n)``; see the module docstring.
+
+    Only what depends on the previous mini-batch stays in the loop: ``G_i`` and ``W_{i+1}`` (forward) and
+    ``dZk_i`` and the running weight gradient (backward); ``XQ W_i - attn_i G_i`` and every other product is one
+    batched matmul over all mini-batches before or after the loop.
+    """
 
     @staticmethod
-    def forward(ctx, wa0: Tensor, xcat: Tensor, attn: Tensor, kupd: Tensor, tb: Tensor, w2: Tensor | None,
-                eps: float) -> tuple[Tensor, Tensor]:
-        n, N, b2, _ = xcat.shape
-        b = b2 // 2
-        w_all = wa0.new_empty(n + 1, *wa0.shape)  # W_i at every mini-batch start, kept for the backward
+    def forward(ctx, wa0: Tensor, xka: Tensor, xqa: Tensor, attn: Tensor, kupd: Tensor, tb: Tensor,
+                w2: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+        n = xka.shape[0]
+        w_all = wa0.new_empty(n + 1, *wa0.shape)  # W_i at every mini-batch start
         w_all[0] = wa0
-        out = wa0.new_empty(n, N, b, wa0.shape[-1])
+        zs, gs, saved = [], [], []
         for i in range(n):
-            zz = torch.bmm(xcat[i], w_all[i])  # [N, 2b, D]
-            g, _ = inner_grad(zz[:, :b], tb[i], w2, eps)
-            torch.baddbmm(zz[:, b:], attn[i], g, alpha=-1, out=out[i])
+            z = torch.bmm(xka[i], w_all[i])  # [N, b, D]
+            g, sv = inner_grad(z, tb[i], w2, eps)
             torch.baddbmm(w_all[i], kupd[i], g, alpha=-1, out=w_all[i + 1])
-        ctx.save_for_backward(w_all, xcat, attn, kupd, tb, w2)
-        ctx.eps = eps
-        return out, w_all[n].clone()
+            zs.append(z)
+            gs.append(g)
+            saved.append(sv)
+        g_all = torch.stack(gs)  # [n, N, b, D]
+        zbar = torch.matmul(xqa, w_all[:n]).sub_(torch.matmul(attn, g_all))
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(w_all, xka, xqa, attn, kupd, g_all, w2)
+            ctx.inner = (zs, saved)
+        return zbar, w_all[n].clone()
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, dwn: Tensor | None):
@@ -76,34 +85,31 @@ class LinearScan(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, dout: Tensor | None, dwn: Tensor | None):
-        w_all, xcat, attn, kupd, tb, w2 = ctx.saved_tensors
-        n, N, b2, _ = xcat.shape
-        b = b2 // 2
-        dw = torch.zeros_like(w_all[0]) if dwn is None else dwn.clone()
+        w_all, xka, xqa, attn, kupd, g_all, w2 = ctx.saved_tensors
+        zs, saved = ctx.inner
+        n = xka.shape[0]
         if dout is None:
-            dout = w_all.new_zeros(n, N, b, w_all.shape[-1])
-        dxcat, dattn, dkupd, dtb = (torch.empty_like(x) for x in (xcat, attn, kupd, tb))
-        dw2 = None if w2 is None else torch.zeros_like(tb[0])
-        dzz = w_all.new_empty(N, b2, w_all.shape[-1])
+            dout = torch.zeros_like(g_all)
+        # dW_i = S_i + R_i: S_i = dwn + sum_{j>=i} XQ_j^T dout_j (no recursion), R_i = sum_{j>=i} XK_j^T dZk_j.
+        s_all = torch.zeros_like(w_all)
+        s_all[:n] = torch.matmul(xqa.mT, dout).flip(0).cumsum(0).flip(0)
+        if dwn is not None:
+            s_all += dwn
+        base = torch.matmul(attn.mT, dout).add_(torch.matmul(kupd.mT, s_all[1:])).neg_()  # dG_i without R_{i+1}
+        r_all = torch.zeros_like(w_all)
+        dzs, dtbs, dw2s = [None] * n, [None] * n, [None] * n
         for i in reversed(range(n)):
-            wi = w_all[i]
-            zz = torch.bmm(xcat[i], wi)
-            z = zz[:, :b]
-            g, saved = inner_grad(z, tb[i], w2, ctx.eps)
-            dz_bar = dout[i]
-            dg = torch.baddbmm(torch.bmm(attn[i].mT, dz_bar), kupd[i].mT, dw, beta=-1, alpha=-1)
-            torch.bmm(dz_bar, g.mT, out=dattn[i])  # negated after the loop
-            torch.bmm(dw, g.mT, out=dkupd[i])
-            dz, dtb[i], dw2_i = inner_grad_vjp(z, g, saved, w2, dg)
-            if dw2 is not None:
-                dw2.add_(dw2_i)
-            dzz[:, :b] = dz
-            dzz[:, b:] = dz_bar
-            torch.bmm(dzz, wi.mT, out=dxcat[i])
-            dw.baddbmm_(xcat[i].mT, dzz)
-        if dw2 is not None:
-            dw2 = dw2.sum(1, keepdim=True)
-        return dw, dxcat, dattn.neg_(), dkupd.neg_(), dtb, dw2, None
+            dg = torch.baddbmm(base[i], kupd[i].mT, r_all[i + 1], alpha=-1)
+            dzs[i], dtbs[i], dw2s[i] = inner_grad_vjp(zs[i], g_all[i], saved[i], w2, dg)
+            torch.baddbmm(r_all[i + 1], xka[i].mT, dzs[i], out=r_all[i])
+        dw_all = s_all.add_(r_all)
+        w_t = w_all[:n].mT
+        dxka = torch.matmul(torch.stack(dzs), w_t)
+        dxqa = torch.matmul(dout, w_t)
+        dattn = torch.matmul(dout, g_all.mT).neg_()
+        dkupd = torch.matmul(dw_all[1:], g_all.mT).neg_()
+        dw2 = None if w2 is None else torch.stack(dw2s).sum((0, 2)).unsqueeze(1)
+        return dw_all[0], dxka, dxqa, dattn, dkupd, torch.stack(dtbs), dw2, None
 
 
 def full_scan_linear(
@@ -125,5 +131,5 @@ def full_scan_linear(
         tb, w2 = tgt, None
     else:
         tb, w2 = (lnb - tgt) * lnw, lnw * lnw
-    zbar, wa = LinearScan.apply(ws[0], xcat, attn, kupd, tb, w2, eps)
+    zbar, wa = LinearScan.apply(ws[0], xka, xqa, attn, kupd, tb, w2, eps)
     return zbar, [wa]

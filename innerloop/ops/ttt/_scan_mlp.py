@@ -22,23 +22,23 @@ def full_scan_mlp(
     xka, xqa = xcat[:, :, :b], xcat[:, :, b:]
     tb, w2sq = (tgt, None) if lnw is None else ((lnb - tgt) * lnw, lnw * lnw)
     eta = tau[:, None] * lr.unsqueeze(-2)  # [n, N, b, b]
-    attn1 = torch.tril(xqa @ xka.mT) * eta
+    attn1 = torch.tril(xqa @ xka.mT) * eta  # ones column: + tril(eta) (first-layer bias)
     tril_eta = torch.tril(eta)
     lr_last = (tau[-1] * lr).unsqueeze(-1)  # [n, N, b, 1]
     kupd = (lr_last * xka).mT  # [n, N, D+1, b]
+    w2, b2 = w2a[:, :-1], w2a[:, -1:]  # [N, F, D], [N, 1, D]: kept apart so the loop needs no cat
     out = []
     for i in range(n):
-        w2, b2 = w2a[:, :-1], w2a[:, -1:]
-        zz = xcat[i] @ w1a  # [N, 2b, F]
+        zz = xcat[i] @ w1a  # [N, 2b, F]: XK W1 + b1 and XQ W1 + b1
         z1 = zz[:, :b]
         x2 = gelu(z1)
         g2 = inner_grad(torch.baddbmm(b2, x2, w2), tb[i], w2sq, eps)[0]  # [N, b, D]
         g1 = (g2 @ w2.mT) * gelu_bwd(z1)  # [N, b, F]
         xbar2 = gelu(torch.baddbmm(zz[:, b:], attn1[i], g1, alpha=-1))
-        attn2 = torch.tril(xbar2 @ x2.mT) * eta[i] + tril_eta[i]
-        zbar2 = torch.baddbmm(b2, xbar2, w2) - attn2 @ g2
-        out.append(zbar2)
+        attn2 = torch.addcmul(tril_eta[i], torch.tril(xbar2 @ x2.mT), eta[i])
+        out.append(torch.baddbmm(torch.baddbmm(b2, xbar2, w2), attn2, g2, alpha=-1))
         w1a = torch.baddbmm(w1a, kupd[i], g1, alpha=-1)
-        e = lr_last[i]  # [N, b, 1]
-        w2a = w2a - torch.cat([x2, torch.ones_like(e)], dim=-1).mT @ (e * g2)
-    return torch.stack(out), [w1a, w2a]
+        eg2 = lr_last[i] * g2
+        w2 = torch.baddbmm(w2, x2.mT, eg2, alpha=-1)
+        b2 = b2 - eg2.sum(1, keepdim=True)
+    return torch.stack(out), [w1a, torch.cat([w2, b2], dim=1)]
