@@ -112,14 +112,25 @@ def test_chunk_gradcheck(model, ln):
 
 
 @pytest.mark.parametrize("model", ["linear", "mlp"])
-def test_chunk_bf16_autocast(model):
-    tensors, off = make_inputs(2, 100, 2, 16, model, dtype=torch.float32, lr_scale=0.05)
+@pytest.mark.parametrize("path", ["chunk", "recurrent"])
+@pytest.mark.parametrize("mode", ["autocast", "bf16-inputs"])
+def test_bf16(mode, path, model):
+    """Low precision runs (fp32 recurrence inside), has no NaN in outputs or grads, and stays close to fp64."""
+    tensors, off = make_inputs(2, 100 if path == "chunk" else 40, 2, 16, model, dtype=torch.float32, lr_scale=0.05)
     ref, _ = call(OPS["naive", model], [None if t is None else t.double() for t in tensors], off)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        o, s = call(OPS["chunk", model], tensors, off)
+    if mode == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            o, s = call(OPS[path, model], tensors, off)
+            o.float().sum().backward()
+        leaves = tensors[:5]
+    else:
+        low = [t.detach().bfloat16().requires_grad_() for t in tensors[:5]] + tensors[5:]
+        o, s = call(OPS[path, model], low, off)
         o.float().sum().backward()
-    assert not torch.isnan(o).any() and all(not torch.isnan(t.grad).any() for t in tensors[:5])
-    assert_close(f"bf16 chunk-{model} o", ref, o.double(), ratio=2e-2)
+        leaves = low[:5]
+    assert o.dtype == torch.bfloat16 and s.params[0].dtype == torch.float32
+    assert all(not torch.isnan(t.grad).any() for t in leaves)
+    assert_close(f"{mode} {path}-{model} o", ref, o.double(), ratio=2e-2)
 
 
 def _run_pieces(model, tensors, offset, sizes, kinds):
