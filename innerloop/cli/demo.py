@@ -109,9 +109,8 @@ def run(args: argparse.Namespace) -> int:
     print("[3/3] sample from TTT-Linear (temperature 0.8, top-p 0.95, decoded byte by byte from its state):\n")
     model, _ = load_run(out / "ttt_linear", args.device)
     prompt = b"ROMEO:\n"
-    sys.stdout.buffer.write(prompt)
+    sys.stdout.write(prompt.decode())
     stream_generate(model, prompt, sample_bytes, temperature=0.8, top_p=0.95, seed=0, write=stdout_writer())
-    sys.stdout.buffer.write(b"\n\n")
-    sys.stdout.flush()
+    print("\n", flush=True)
     print(f"done in {time.perf_counter() - t_start:.0f} s. Results: {out / 'results.md'}")
     return 0

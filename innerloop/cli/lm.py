@@ -158,11 +158,10 @@ def run_generate(args: argparse.Namespace) -> int:
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
     model, _ = load_run(args.run, args.device)
     prompt = args.prompt.encode("utf-8")
-    sys.stdout.buffer.write(prompt)
+    sys.stdout.write(args.prompt)
     stream_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                     write=stdout_writer())  # fmt: skip
-    sys.stdout.buffer.write(b"\n")
-    sys.stdout.flush()
+    print(flush=True)
     return 0
 
 

@@ -1,0 +1,104 @@
+"""Evaluation and generation: bits per byte, loss by position with carried state, streaming sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from innerloop.eval import check_sampling, evaluate_lm, loss_by_position, stream_generate, val_windows
+from innerloop.eval.lm import plot_loss_by_position, write_position_csv
+from innerloop.models.lm import CausalLM, LMConfig
+
+
+def tiny_lm(mixer: str) -> CausalLM:
+    torch.manual_seed(0)
+    cfg = LMConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                   mini_batch_size=4, mixer=mixer)  # fmt: skip
+    return CausalLM(cfg).eval()
+
+
+def test_evaluate_lm_matches_manual_loss():
+    model = tiny_lm("attention")
+    tokens = torch.randint(0, 256, (500,), dtype=torch.uint8)
+    m = evaluate_lm(model, tokens, context=16, batch_size=3, num_windows=7)
+    x, y = val_windows(tokens, 16, 7)
+    assert x.shape == (7, 16) and torch.equal(x[:, 1:], y[:, :-1])
+    ref = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()).item()
+    assert m["loss"] == pytest.approx(ref, rel=1e-5)
+    assert m["bpb"] == pytest.approx(ref / math.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match="smaller than one context window"):
+        evaluate_lm(model, tokens[:10], context=16)
+
+
+@pytest.mark.parametrize("mixer", ["ttt_linear", "ttt_mlp", "attention"])
+def test_loss_by_position_with_state_equals_full_sequence(mixer):
+    model = tiny_lm(mixer)
+    docs = [torch.randint(0, 256, (n,), dtype=torch.uint8) for n in (60, 45, 70, 20)]  # the 20 is too short
+    L = 41
+    got = loss_by_position(model, docs, L, chunk=7, batch_size=2)  # odd chunk: state carried across 6 calls
+    ref = torch.zeros(L, dtype=torch.float64)
+    used = [d for d in docs if len(d) > L]
+    for d in used:
+        w = d[: L + 1].long()[None]
+        logits = model(w[:, :-1]).logits
+        ref += F.cross_entropy(logits[0].float(), w[0, 1:], reduction="none").double()
+    ref /= len(used)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no document has more than 100 tokens"):
+        loss_by_position(model, docs, 100)
+
+
+def test_position_csv_and_plot(tmp_path):
+    curves = {"a": torch.linspace(3, 1, 40, dtype=torch.float64), "b": torch.ones(40, dtype=torch.float64)}
+    write_position_csv(curves, tmp_path / "p.csv", width=10)
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "name,position_start,position_end,loss,bpb" and len(lines) == 1 + 8
+    pytest.importorskip("matplotlib")
+    plot_loss_by_position(curves, tmp_path / "p.png", width=10, train_context=16)
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])
+def test_stream_generate_greedy_equals_model_generate(mixer):
+    model = tiny_lm(mixer)
+    seen = []
+    out = stream_generate(model, b"ROMEO:", 12, temperature=0.0, write=seen.append)
+    ref = model.generate(torch.tensor([list(b"ROMEO:")]), 12, temperature=0.0)[0, 6:]
+    assert list(out) == ref.tolist() and b"".join(seen) == out
+
+
+def test_stream_generate_seeded_and_filters():
+    model = tiny_lm("ttt_linear")
+    a = stream_generate(model, b"\n", 20, temperature=1.0, top_k=5, top_p=0.9, seed=3)
+    b = stream_generate(model, b"\n", 20, temperature=1.0, top_k=5, top_p=0.9, seed=3)
+    assert a == b and len(a) == 20
+    # top_k=1 is greedy whatever the temperature
+    assert stream_generate(model, b"\n", 10, temperature=5.0, top_k=1, seed=0) == stream_generate(
+        model, b"\n", 10, temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(temperature=-0.1), "temperature must be >= 0"),
+        (dict(temperature=float("nan")), "temperature must be >= 0"),
+        (dict(top_k=-1), "top_k must be >= 1"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.01), r"top_p must be in \(0, 1\]"),
+        (dict(max_new_tokens=-5), "max_new_tokens must be >= 0"),
+    ],
+)
+def test_sampling_params_are_validated(kw, match):
+    args = {"temperature": 1.0, "top_k": None, "top_p": None, "max_new_tokens": 1, **kw}
+    with pytest.raises(ValueError, match=match):
+        check_sampling(**args)
+    with pytest.raises(ValueError, match=match):
+        stream_generate(tiny_lm("attention"), b"a", **args)
+
+
+def test_empty_prompt_is_an_error():
+    with pytest.raises(ValueError, match="prompt must not be empty"):
+        stream_generate(tiny_lm("attention"), b"", 3)
