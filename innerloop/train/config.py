@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # on matrices only (dim >= 2), as nanoGPT
     beta1: float = 0.9
     beta2: float = 0.95
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0  # 0 = off
     ttt_lr_warmup_steps: int = -1  # TTT inner-LR warm-up; -1 = 10% of steps for ttt_mlp (authors' recipe), else 0
     ttt_base_lr_init: float = 0.01  # inner base LR at step 0 of that warm-up

@@ -93,7 +93,7 @@ class Trainer:
         fused = self.dist.device.startswith("cuda")
         extra = {"fused": True} if fused else {}
         self.optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra
+            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, **extra
         )
         self.ddp_model = model
         if self.dist.enabled:
