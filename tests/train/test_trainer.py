@@ -205,3 +205,19 @@ def test_non_utf8_bytes_train(tmp_path):
     (tmp_path / "latin1.txt").write_bytes(bytes(range(256)) * 40)
     m = train_lm(tiny(tmp_path, steps=2, data=str(tmp_path / "latin1.txt")))
     assert math.isfinite(m["val_loss"])
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    m = train_lm(tiny(tmp_path, steps=2, dtype="bf16"))
+    assert math.isfinite(m["val_loss"]) and math.isfinite(m["final_train_loss"])
+
+
+def test_tensorboard_missing_is_a_clear_error(tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            train_lm(tiny(tmp_path, steps=1, tensorboard=True))
+    else:
+        train_lm(tiny(tmp_path, steps=1, tensorboard=True))
+        assert any((tmp_path / "run" / "tb").iterdir())
