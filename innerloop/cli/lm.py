@@ -127,7 +127,8 @@ def run_eval(args: argparse.Namespace) -> int:
     curves, results = {}, {}
     for run in args.run:
         model, cfg = load_run(run, args.device)
-        docs = load_documents(args.data if args.data is not None else (cfg.data or None), gutenberg=args.gutenberg)
+        data = args.data if args.data is not None else (cfg.data or None)
+        docs = load_documents(data, gutenberg=args.gutenberg or cfg.gutenberg)
         _, val, val_docs = split_corpus(docs, cfg.val_fraction)
         m = evaluate_lm(model, val, cfg.context, cfg.batch_size, cfg.eval_batches * cfg.batch_size)
         name = Path(run).name

@@ -38,6 +38,7 @@ class TrainConfig:
     tokenizer: str = "bytes"  # bytes (vocab 256); BPE is future work (issue 3)
     # data
     data: str = ""  # "" = bundled tiny-shakespeare; else a .txt file or a folder of .txt files (documents)
+    gutenberg: bool = False  # strip Project Gutenberg headers/licence footers from every document (books)
     val_fraction: float = 0.1  # last fraction (of the bytes, or of the documents for a folder) held out
     context: int = 128  # training sequence length T
     # optimisation

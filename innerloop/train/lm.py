@@ -44,7 +44,7 @@ class LMData:
 
 def load_data(cfg: TrainConfig) -> LMData:
     """Load ``cfg.data`` (bundled tiny-shakespeare if empty) and split it; too-small splits are clear errors."""
-    train, val, val_docs = split_corpus(load_documents(cfg.data or None), cfg.val_fraction)
+    train, val, val_docs = split_corpus(load_documents(cfg.data or None, cfg.gutenberg), cfg.val_fraction)
     name = cfg.data or "tiny-shakespeare"
     for split, t in (("training", train), ("validation", val)):
         if len(t) <= cfg.context + 1:
