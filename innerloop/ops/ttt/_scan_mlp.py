@@ -1,15 +1,159 @@
-"""The sequential scan over full mini-batches of TTT-MLP (dual form), operands precomputed by the caller.
+"""The sequential scan over full mini-batches of TTT-MLP (dual form) with a hand-written backward.
 
-Layout as in ``_scan_linear``: blocks ``[n, N, b, .]``, ``w1a [N, D+1, F]``, ``w2a [N, F+1, D]`` (bias as last row).
+Layout as in ``_scan_linear``: blocks ``[n, N, b, .]`` (mini-batch major), ``w1a [N, D+1, F]`` (bias as last row,
+inputs ``xcat = [XK, 1; XQ, 1]``), and the second layer kept as ``w2 [N, F, D]``, ``b2 [N, 1, D]``.
+
+Per mini-batch ``i`` (state ``W1_i, W2_i, b2_i``), train view: ``Zk = XK W1``, ``X2 = gelu(Zk)``,
+``G2 = dl/dZ(X2 W2 + b2)``, ``H = G2 W2^T``, ``G1 = H ⊙ gelu'(Zk)``; update ``W1 -= kupd G1``,
+``W2 -= X2^T (lr' ⊙ G2)``, ``b2 -= Σ lr' ⊙ G2`` (``lr' = tau_{b-1} lr``). Test view (not needed by the recursion,
+so batched over all mini-batches after the loop): ``Z̄1 = XQ W1 - attn1 G1``, ``X̄2 = gelu(Z̄1)``,
+``zbar = X̄2 W2 + b2 - (eta ⊙ tril(X̄2 X2^T + 1)) G2``. The backward is derived in ``README.md``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
-from ._common import gelu, gelu_bwd
-from ._scan_linear import inner_grad
+from ._scan_linear import inner_grad, inner_grad_vjp
+
+_gelu_bwd = torch.ops.aten.gelu_backward  # (grad, x) -> grad * gelu'(x), one fused kernel
+_gelu_out = functools.partial(torch._C._nn.gelu, approximate="tanh")
+_C = 0.7978845608028654  # sqrt(2 / pi)
+_A = 0.044715
+
+
+def _gelu(x: Tensor) -> Tensor:
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def _gelu_dd(x: Tensor) -> Tensor:
+    """Second derivative of the tanh-approximate GELU: ``(1 - t^2) (u' + x/2 (u'' - 2 t u'^2))``."""
+    x2 = x * x
+    t = torch.tanh(_C * x * (1 + _A * x2))
+    du = _C * (1 + 3 * _A * x2)
+    return (1 - t * t) * (du + 0.5 * x * (6 * _C * _A * x - 2 * t * du * du))
+
+
+class MLPScan(torch.autograd.Function):
+    """``(w1a0, w20, b20, xcat, attn1, eta, kupd, lrl, tb, w2sq) -> (zbar [n, N, b, D], w1a_n, w2_n, b2_n)``.
+
+    ``attn1 = eta ⊙ tril(XQa XKa^T)`` ``[n, N, b, b]``, ``eta_ij = tau_i lr_j``, ``kupd = (lr' ⊙ XKa)^T``,
+    ``lrl = lr'`` ``[n, N, b, 1]``, ``tb`` the LN-folded target and ``w2sq = gamma^2`` (or the target and None).
+    Saves the weights at every mini-batch start and ``G1``, ``G2``; the backward recomputes the rest of each
+    mini-batch in batched form and runs only the reverse recursion sequentially.
+    """
+
+    @staticmethod
+    def forward(ctx, w1a0, w20, b20, xcat, attn1, eta, kupd, lrl, tb, w2sq, eps):
+        n, N, b2x, _ = xcat.shape
+        b = b2x // 2
+        xk, xq = xcat[:, :, :b], xcat[:, :, b:]
+        w1 = w1a0.new_empty(n + 1, *w1a0.shape)
+        w2 = w20.new_empty(n + 1, *w20.shape)
+        b2 = b20.new_empty(n + 1, *b20.shape)
+        w1[0], w2[0], b2[0] = w1a0, w20, b20
+        F_, D = w20.shape[-2:]
+        g1s = w1a0.new_empty(n, N, b, F_)
+        g2s = w1a0.new_empty(n, N, b, D)
+        x2s = w1a0.new_empty(n, N, b, F_)
+        for i in range(n):
+            zk = torch.bmm(xk[i], w1[i])  # [N, b, F]
+            x2 = _gelu_out(zk, out=x2s[i])
+            g2 = inner_grad(torch.baddbmm(b2[i], x2, w2[i]), tb[i], w2sq, eps)[0]  # [N, b, D]
+            g2s[i] = g2
+            g1 = _gelu_bwd(torch.bmm(g2, w2[i].mT), zk, approximate="tanh")
+            g1s[i] = g1
+            torch.baddbmm(w1[i], kupd[i], g1, alpha=-1, out=w1[i + 1])
+            eg2 = lrl[i] * g2
+            torch.baddbmm(w2[i], x2.mT, eg2, alpha=-1, out=w2[i + 1])
+            torch.sub(b2[i], eg2.sum(1, keepdim=True), out=b2[i + 1])
+        # test view, all mini-batches at once
+        zbar1 = torch.matmul(xq, w1[:n]).sub_(torch.matmul(attn1, g1s))
+        xbar2 = _gelu(zbar1)
+        attn2 = torch.matmul(xbar2, x2s.mT).add_(1).tril_().mul_(eta)
+        zbar = torch.matmul(xbar2, w2[:n]).add_(b2[:n]).sub_(torch.matmul(attn2, g2s))
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(w1, w2, b2, xcat, attn1, eta, kupd, lrl, tb, w2sq, g1s, g2s)
+            ctx.eps = eps
+        return zbar, w1[n].clone(), w2[n].clone(), b2[n].clone()
+
+    @staticmethod
+    def backward(ctx, dout, dw1n, dw2n, db2n):
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):  # fp32 scan, like the forward
+            return MLPScan._backward(ctx, dout, dw1n, dw2n, db2n)
+
+    @staticmethod
+    def _backward(ctx, dout, dw1n, dw2n, db2n):
+        w1, w2, b2, xcat, attn1, eta, kupd, lrl, tb, w2sq, g1s, g2s = ctx.saved_tensors
+        n, N, b2x, _ = xcat.shape
+        b = b2x // 2
+        xk, xq = xcat[:, :, :b], xcat[:, :, b:]
+        w1s, w2s, b2s = w1[:n], w2[:n], b2[:n]
+        if dout is None:
+            dout = torch.zeros_like(g2s)
+        # recompute the train view (batched: every W_i is saved)
+        zk = torch.matmul(xk, w1s)  # [n, N, b, F]
+        x2 = _gelu(zk)
+        z2 = torch.matmul(x2, w2s).add_(b2s)
+        _, lnsaved = inner_grad(z2, tb, w2sq, ctx.eps)
+        h = torch.matmul(g2s, w2s.mT)  # [n, N, b, F]
+        hgdd = h.mul_(_gelu_dd(zk))  # h ⊙ gelu''(Zk)  (dZk gets dG1 ⊙ this)
+        # test view and its backward (no recursion)
+        zbar1 = torch.matmul(xq, w1s).sub_(torch.matmul(attn1, g1s))
+        xbar2 = _gelu(zbar1)
+        m1 = torch.matmul(xbar2, x2.mT).add_(1).tril_()  # tril(X̄2 X2^T + 1)
+        attn2 = m1 * eta
+        dattn2 = torch.matmul(dout, g2s.mT).neg_()
+        deta = dattn2 * m1
+        ds = (dattn2 * eta).tril_()
+        dg2t = torch.matmul(attn2.mT, dout).neg_()  # [n, N, b, D]
+        dxbar2 = torch.matmul(dout, w2s.mT).add_(torch.matmul(ds, x2))
+        dx2t = torch.matmul(ds.mT, xbar2)  # [n, N, b, F]
+        dzbar1 = _gelu_bwd(dxbar2, zbar1, approximate="tanh")
+        dattn1 = torch.matmul(dzbar1, g1s.mT).neg_()
+        dg1t = torch.matmul(attn1.mT, dzbar1).neg_()  # [n, N, b, F]
+        # reverse recursion over mini-batches; running gradients of the state after mini-batch i
+        gw1 = torch.zeros_like(w1[0]) if dw1n is None else dw1n.clone()
+        gw2 = torch.zeros_like(w2[0]) if dw2n is None else dw2n.clone()
+        gb2 = torch.zeros_like(b2[0]) if db2n is None else db2n.clone()
+        dz1cat = torch.cat([zk, zbar1], dim=2)  # [n, N, 2b, F]: [dZk; dZ̄1]
+        dz1cat[:, :, b:] = dzbar1
+        dkupd = torch.empty_like(kupd)
+        deg2 = torch.empty_like(g2s)
+        dz2s = torch.empty_like(g2s)
+        dtbs = torch.empty_like(g2s) if w2sq is not None else None
+        dsq = torch.empty_like(g2s) if w2sq is not None else None
+        x2cat = torch.cat([x2, xbar2], dim=2)  # [n, N, 2b, F]
+        for i in reversed(range(n)):
+            g1, g2 = g1s[i], g2s[i]
+            torch.bmm(gw1, g1.mT, out=dkupd[i])  # negated after the loop
+            dg1 = torch.baddbmm(dg1t[i], kupd[i].mT, gw1, alpha=-1)
+            de = torch.baddbmm(gb2, x2[i], gw2, out=deg2[i]).neg_()  # d(lr' ⊙ G2)
+            dx2 = torch.baddbmm(dx2t[i], lrl[i] * g2, gw2.mT, alpha=-1)
+            dh = _gelu_bwd(dg1, zk[i], approximate="tanh")
+            dg2 = torch.addcmul(dg2t[i], lrl[i], de).baddbmm_(dh, w2s[i])
+            if w2sq is None:
+                dz2 = dg2
+            else:
+                sv = tuple(t[i] for t in lnsaved)
+                dz2, dtbs[i], dsq[i] = inner_grad_vjp(z2[i], g2, sv, w2sq, dg2)
+            dz2s[i] = dz2
+            dx2.baddbmm_(dz2, w2s[i].mT)
+            dzk = dz1cat[i, :, :b]
+            torch.addcmul(_gelu_bwd(dx2, zk[i], approximate="tanh"), dg1, hgdd[i], out=dzk)
+            gw1.baddbmm_(xcat[i].mT, dz1cat[i])
+            gw2.baddbmm_(dh.mT, g2).baddbmm_(x2cat[i].mT, torch.cat([dz2, dout[i]], dim=1))
+            gb2 += dz2.sum(1, keepdim=True) + dout[i].sum(1, keepdim=True)
+        dxcat = torch.matmul(dz1cat, w1s.mT)
+        dlrl = torch.linalg.vecdot(deg2, g2s).unsqueeze(-1)
+        if w2sq is None:
+            dtb, dw2sq = dz2s.neg(), None
+        else:
+            dtb, dw2sq = dtbs, dsq.sum((0, 2)).unsqueeze(1)
+        return gw1, gw2, gb2, dxcat, dattn1, deta, dkupd.neg_(), dlrl, dtb, dw2sq, None
 
 
 def full_scan_mlp(
@@ -18,27 +162,12 @@ def full_scan_mlp(
 ) -> tuple[Tensor, list[Tensor]]:
     """Dual form over ``n`` full mini-batches from a boundary; as ``full_scan_linear`` with ``ws = [w1a, w2a]``."""
     w1a, w2a = ws
-    n, b = xcat.shape[0], xcat.shape[2] // 2
+    b = xcat.shape[2] // 2
     xka, xqa = xcat[:, :, :b], xcat[:, :, b:]
     tb, w2sq = (tgt, None) if lnw is None else ((lnb - tgt) * lnw, lnw * lnw)
     eta = tau[:, None] * lr.unsqueeze(-2)  # [n, N, b, b]
     attn1 = torch.tril(xqa @ xka.mT) * eta  # ones column: + tril(eta) (first-layer bias)
-    tril_eta = torch.tril(eta)
-    lr_last = (tau[-1] * lr).unsqueeze(-1)  # [n, N, b, 1]
-    kupd = (lr_last * xka).mT  # [n, N, D+1, b]
-    w2, b2 = w2a[:, :-1], w2a[:, -1:]  # [N, F, D], [N, 1, D]: kept apart so the loop needs no cat
-    out = []
-    for i in range(n):
-        zz = xcat[i] @ w1a  # [N, 2b, F]: XK W1 + b1 and XQ W1 + b1
-        z1 = zz[:, :b]
-        x2 = gelu(z1)
-        g2 = inner_grad(torch.baddbmm(b2, x2, w2), tb[i], w2sq, eps)[0]  # [N, b, D]
-        g1 = (g2 @ w2.mT) * gelu_bwd(z1)  # [N, b, F]
-        xbar2 = gelu(torch.baddbmm(zz[:, b:], attn1[i], g1, alpha=-1))
-        attn2 = torch.addcmul(tril_eta[i], torch.tril(xbar2 @ x2.mT), eta[i])
-        out.append(torch.baddbmm(torch.baddbmm(b2, xbar2, w2), attn2, g2, alpha=-1))
-        w1a = torch.baddbmm(w1a, kupd[i], g1, alpha=-1)
-        eg2 = lr_last[i] * g2
-        w2 = torch.baddbmm(w2, x2.mT, eg2, alpha=-1)
-        b2 = b2 - eg2.sum(1, keepdim=True)
-    return torch.stack(out), [w1a, torch.cat([w2, b2], dim=1)]
+    lrl = (tau[-1] * lr).unsqueeze(-1)  # [n, N, b, 1]
+    kupd = (lrl * xka).mT  # [n, N, D+1, b]
+    zbar, w1a, w2, b2 = MLPScan.apply(w1a, w2a[:, :-1], w2a[:, -1:], xcat, attn1, eta, kupd, lrl, tb, w2sq, eps)
+    return zbar, [w1a, torch.cat([w2, b2], dim=1)]
