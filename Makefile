@@ -14,7 +14,7 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e ".[train,plot,dev]"
+	$(BIN)/python -m pip install -q -e ".[train,plot,vision,bpe,dev]"
 
 demo: setup
 	$(BIN)/python -m innerloop demo
