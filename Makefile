@@ -12,7 +12,6 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 setup: $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q -e ".[train,plot,vision,bpe,dev]"
 
