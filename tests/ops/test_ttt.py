@@ -245,3 +245,65 @@ def test_state_of_other_model(path):
 def test_err_ratio_helper_sanity():
     x = torch.randn(100)
     assert err_ratio(x, x) == 0.0
+
+
+def _scan_mlp_autograd(ws, xcat, tgt, lr, tau, lnw, lnb, eps):
+    """Reference for ``full_scan_mlp``: the dual form of each full mini-batch, differentiated by autograd."""
+    from innerloop.ops.ttt._common import gelu, loss_grad
+
+    w1a, w2a = ws
+    b = xcat.shape[2] // 2
+    out = []
+    for i in range(xcat.shape[0]):
+        xka, xqa, t, lri = xcat[i, :, :b], xcat[i, :, b:], tgt[i], lr[i]
+        eta = tau[:, None] * lri[:, None, :]  # [N, b, b]
+        z1 = xka @ w1a
+        x2a = torch.cat([gelu(z1), torch.ones_like(z1[..., :1])], -1)
+        z2 = x2a @ w2a
+        g2 = loss_grad(z2, torch.zeros_like(t), t, lnw, lnb, eps)  # (xk, xv) = (0, t): target t either way
+        g1 = torch.func.vjp(gelu, z1)[1](g2 @ w2a[:, :-1].mT)[0]
+        xbar2a = torch.cat([gelu(xqa @ w1a - (torch.tril(xqa @ xka.mT) * eta) @ g1), torch.ones_like(z1[..., :1])], -1)
+        out.append(xbar2a @ w2a - (torch.tril(xbar2a @ x2a.mT) * eta) @ g2)
+        lrl = (tau[-1] * lri).unsqueeze(-1)
+        w1a = w1a - (lrl * xka).mT @ g1
+        w2a = w2a - (lrl * x2a).mT @ g2
+    return torch.stack(out), [w1a, w2a]
+
+
+@pytest.mark.parametrize("ln", [True, False], ids=["ln", "noln"])
+def test_scan_mlp_vs_autograd(ln):
+    """The hand-written TTT-MLP scan backward equals autograd through the per-mini-batch dual form (float64, 5 full
+    mini-batches of 4, every input and both ends of the state), including when the final state gets no gradient."""
+    from innerloop.ops.ttt._scan_mlp import full_scan_mlp
+
+    torch.manual_seed(3)
+    n, N, b, D, dt = 5, 3, 4, 5, torch.float64
+    F = 4 * D
+    xcat = torch.cat([torch.randn(n, N, 2 * b, D, dtype=dt), torch.ones(n, N, 2 * b, 1, dtype=dt)], -1)
+    tgt, lr = torch.randn(n, N, b, D, dtype=dt), 0.2 * torch.rand(n, N, b, dtype=dt)
+    tau = 1 / torch.arange(1, b + 1, dtype=dt) + 0.05 * torch.randn(b, dtype=dt)
+    ws = [0.4 * torch.randn(N, D + 1, F, dtype=dt), 0.4 * torch.randn(N, F + 1, D, dtype=dt)]
+    lnw, lnb = (1 + 0.2 * torch.randn(N, 1, D, dtype=dt), 0.2 * torch.randn(N, 1, D, dtype=dt)) if ln else (None, None)
+    leaves = [t for t in (*ws, xcat, tgt, lr, tau, lnw, lnb) if t is not None]
+    for t in leaves:
+        t.requires_grad_(True)
+    for with_state in (True, False):
+        res = []
+        for fn in (_scan_mlp_autograd, full_scan_mlp):
+            zbar, (w1n, w2n) = fn(ws, xcat, tgt, lr, tau, lnw, lnb, 1e-6)
+            gen = torch.Generator().manual_seed(7)
+            outs = [zbar, w1n, w2n] if with_state else [zbar]
+            loss = sum((x * torch.randn(x.shape, generator=gen, dtype=dt)).sum() for x in outs)
+            res.append([zbar, w1n, w2n, *torch.autograd.grad(loss, leaves)])
+        names = ["zbar", "w1n", "w2n"] + [f"d{i}" for i in range(len(leaves))]
+        for name, r, x in zip(names, *res):
+            assert_close(f"scan-mlp {name} (state grad {with_state})", r, x, **TOL[dt])
+
+
+def test_gelu_second_derivative():
+    from innerloop.ops.ttt._scan_mlp import _gelu, _gelu_dd
+
+    x = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=True)
+    (d1,) = torch.autograd.grad(_gelu(x).sum(), x, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), x)
+    assert_close("gelu''", d2, _gelu_dd(x.detach()), **TOL[torch.float64])

@@ -6,13 +6,11 @@ inputs ``xcat = [XK, 1; XQ, 1]``), and the second layer kept as ``w2 [N, F, D]``
 Per mini-batch ``i`` (state ``W1_i, W2_i, b2_i``), train view: ``Zk = XK W1``, ``X2 = gelu(Zk)``,
 ``G2 = dl/dZ(X2 W2 + b2)``, ``H = G2 W2^T``, ``G1 = H ⊙ gelu'(Zk)``; update ``W1 -= kupd G1``,
 ``W2 -= X2^T (lr' ⊙ G2)``, ``b2 -= Σ lr' ⊙ G2`` (``lr' = tau_{b-1} lr``). Test view (not needed by the recursion,
-so batched over all mini-batches after the loop): ``Z̄1 = XQ W1 - attn1 G1``, ``X̄2 = gelu(Z̄1)``,
+computed in the same loop without feeding back): ``Z̄1 = XQ W1 - attn1 G1``, ``X̄2 = gelu(Z̄1)``,
 ``zbar = X̄2 W2 + b2 - (eta ⊙ tril(X̄2 X2^T + 1)) G2``. The backward is derived in ``README.md``.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 from torch import Tensor
@@ -20,7 +18,6 @@ from torch import Tensor
 from ._scan_linear import inner_grad, inner_grad_vjp
 
 _gelu_bwd = torch.ops.aten.gelu_backward  # (grad, x) -> grad * gelu'(x), one fused kernel
-_gelu_out = functools.partial(torch._C._nn.gelu, approximate="tanh")
 _C = 0.7978845608028654  # sqrt(2 / pi)
 _A = 0.044715
 
@@ -42,43 +39,41 @@ class MLPScan(torch.autograd.Function):
 
     ``attn1 = eta ⊙ tril(XQa XKa^T)`` ``[n, N, b, b]``, ``eta_ij = tau_i lr_j``, ``kupd = (lr' ⊙ XKa)^T``,
     ``lrl = lr'`` ``[n, N, b, 1]``, ``tb`` the LN-folded target and ``w2sq = gamma^2`` (or the target and None).
-    Saves the weights at every mini-batch start and ``G1``, ``G2``; the backward recomputes the rest of each
-    mini-batch in batched form and runs only the reverse recursion sequentially.
+    Saves only the weights at every mini-batch start (without grad, two rolling slots); the backward recomputes
+    every mini-batch's forward in one batched pass and runs only the reverse recursion sequentially.
     """
 
     @staticmethod
     def forward(ctx, w1a0, w20, b20, xcat, attn1, eta, kupd, lrl, tb, w2sq, eps):
         n, N, b2x, _ = xcat.shape
         b = b2x // 2
-        xk, xq = xcat[:, :, :b], xcat[:, :, b:]
-        w1 = w1a0.new_empty(n + 1, *w1a0.shape)
-        w2 = w20.new_empty(n + 1, *w20.shape)
-        b2 = b20.new_empty(n + 1, *b20.shape)
+        keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else two rolling slots
+        slots = n + 1 if keep else 2
+        w1 = w1a0.new_empty(slots, *w1a0.shape)
+        w2 = w20.new_empty(slots, *w20.shape)
+        b2 = b20.new_empty(slots, *b20.shape)
         w1[0], w2[0], b2[0] = w1a0, w20, b20
-        F_, D = w20.shape[-2:]
-        g1s = w1a0.new_empty(n, N, b, F_)
-        g2s = w1a0.new_empty(n, N, b, D)
-        x2s = w1a0.new_empty(n, N, b, F_)
+        tril_eta = torch.tril(eta)  # the ones column of X̄2 X2^T + 1
+        zbar = w1a0.new_empty(n, N, b, w20.shape[-1])
         for i in range(n):
-            zk = torch.bmm(xk[i], w1[i])  # [N, b, F]
-            x2 = _gelu_out(zk, out=x2s[i])
-            g2 = inner_grad(torch.baddbmm(b2[i], x2, w2[i]), tb[i], w2sq, eps)[0]  # [N, b, D]
-            g2s[i] = g2
-            g1 = _gelu_bwd(torch.bmm(g2, w2[i].mT), zk, approximate="tanh")
-            g1s[i] = g1
-            torch.baddbmm(w1[i], kupd[i], g1, alpha=-1, out=w1[i + 1])
+            c, nx = (i, i + 1) if keep else (i % 2, (i + 1) % 2)
+            zz = torch.bmm(xcat[i], w1[c])  # [N, 2b, F]: XK W1 + b1 and XQ W1 + b1
+            zk = zz[:, :b]
+            x2 = _gelu(zk)
+            g2 = inner_grad(torch.baddbmm(b2[c], x2, w2[c]), tb[i], w2sq, eps)[0]  # [N, b, D]
+            g1 = _gelu_bwd(torch.bmm(g2, w2[c].mT), zk, approximate="tanh")  # [N, b, F]
+            xbar2 = _gelu(torch.baddbmm(zz[:, b:], attn1[i], g1, alpha=-1))
+            attn2 = torch.addcmul(tril_eta[i], torch.bmm(xbar2, x2.mT).tril_(), eta[i])
+            torch.baddbmm(torch.baddbmm(b2[c], xbar2, w2[c]), attn2, g2, alpha=-1, out=zbar[i])
+            torch.baddbmm(w1[c], kupd[i], g1, alpha=-1, out=w1[nx])
             eg2 = lrl[i] * g2
-            torch.baddbmm(w2[i], x2.mT, eg2, alpha=-1, out=w2[i + 1])
-            torch.sub(b2[i], eg2.sum(1, keepdim=True), out=b2[i + 1])
-        # test view, all mini-batches at once
-        zbar1 = torch.matmul(xq, w1[:n]).sub_(torch.matmul(attn1, g1s))
-        xbar2 = _gelu(zbar1)
-        attn2 = torch.matmul(xbar2, x2s.mT).add_(1).tril_().mul_(eta)
-        zbar = torch.matmul(xbar2, w2[:n]).add_(b2[:n]).sub_(torch.matmul(attn2, g2s))
-        if any(ctx.needs_input_grad):
-            ctx.save_for_backward(w1, w2, b2, xcat, attn1, eta, kupd, lrl, tb, w2sq, g1s, g2s)
+            torch.baddbmm(w2[c], x2.mT, eg2, alpha=-1, out=w2[nx])
+            torch.sub(b2[c], eg2.sum(1, keepdim=True), out=b2[nx])
+        if keep:
+            ctx.save_for_backward(w1, w2, b2, xcat, attn1, eta, kupd, lrl, tb, w2sq)
             ctx.eps = eps
-        return zbar, w1[n].clone(), w2[n].clone(), b2[n].clone()
+        last = n if keep else n % 2
+        return zbar, w1[last].clone(), w2[last].clone(), b2[last].clone()
 
     @staticmethod
     def backward(ctx, dout, dw1n, dw2n, db2n):
@@ -87,22 +82,23 @@ class MLPScan(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, dout, dw1n, dw2n, db2n):
-        w1, w2, b2, xcat, attn1, eta, kupd, lrl, tb, w2sq, g1s, g2s = ctx.saved_tensors
+        w1, w2, b2, xcat, attn1, eta, kupd, lrl, tb, w2sq = ctx.saved_tensors
         n, N, b2x, _ = xcat.shape
         b = b2x // 2
-        xk, xq = xcat[:, :, :b], xcat[:, :, b:]
         w1s, w2s, b2s = w1[:n], w2[:n], b2[:n]
-        if dout is None:
-            dout = torch.zeros_like(g2s)
-        # recompute the train view (batched: every W_i is saved)
-        zk = torch.matmul(xk, w1s)  # [n, N, b, F]
+        # recompute the forward (batched: every W_i is saved)
+        zz = torch.matmul(xcat, w1s)  # [n, N, 2b, F]
+        zk = zz[:, :, :b]
         x2 = _gelu(zk)
         z2 = torch.matmul(x2, w2s).add_(b2s)
-        _, lnsaved = inner_grad(z2, tb, w2sq, ctx.eps)
+        g2s, lnsaved = inner_grad(z2, tb, w2sq, ctx.eps)
+        if dout is None:
+            dout = torch.zeros_like(g2s)
         h = torch.matmul(g2s, w2s.mT)  # [n, N, b, F]
+        g1s = _gelu_bwd(h, zk, approximate="tanh")
         hgdd = h.mul_(_gelu_dd(zk))  # h ⊙ gelu''(Zk)  (dZk gets dG1 ⊙ this)
         # test view and its backward (no recursion)
-        zbar1 = torch.matmul(xq, w1s).sub_(torch.matmul(attn1, g1s))
+        zbar1 = zz[:, :, b:].sub_(torch.matmul(attn1, g1s))
         xbar2 = _gelu(zbar1)
         m1 = torch.matmul(xbar2, x2.mT).add_(1).tril_()  # tril(X̄2 X2^T + 1)
         attn2 = m1 * eta
@@ -119,7 +115,7 @@ class MLPScan(torch.autograd.Function):
         gw1 = torch.zeros_like(w1[0]) if dw1n is None else dw1n.clone()
         gw2 = torch.zeros_like(w2[0]) if dw2n is None else dw2n.clone()
         gb2 = torch.zeros_like(b2[0]) if db2n is None else db2n.clone()
-        dz1cat = torch.cat([zk, zbar1], dim=2)  # [n, N, 2b, F]: [dZk; dZ̄1]
+        dz1cat = torch.empty_like(zz)  # [n, N, 2b, F]: [dZk; dZ̄1]
         dz1cat[:, :, b:] = dzbar1
         dkupd = torch.empty_like(kupd)
         deg2 = torch.empty_like(g2s)
