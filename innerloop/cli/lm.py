@@ -1,4 +1,4 @@
-"""``innerloop lm train|eval|generate|compare``: byte-level language models over any registered mixer.
+"""``innerloop lm train|eval|generate|compare``: language models (bytes or a local BPE) over any registered mixer.
 
 Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainConfig`. Examples::
 
@@ -7,6 +7,7 @@ Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainC
     innerloop lm eval --run runs/books/ttt_linear runs/books/attention --length 8192 --out runs/books/position
     innerloop lm generate --run runs/lm/ttt --prompt "ROMEO:" --max-new-tokens 400 --temperature 0.8 --top-p 0.95
     innerloop lm compare --mixers ttt_linear ttt_mlp attention --target-params 1000000 --steps 1000 --out runs/cmp
+    innerloop lm train --tokenizer bpe --vocab-size 4096 --data books/ --cache-dir ~/.cache/innerloop --out runs/bpe
     torchrun --standalone --nproc_per_node=2 -m innerloop lm train --batch-size 32 --out runs/lm/ddp
 """
 
@@ -58,10 +59,10 @@ def _clean_errors(func):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lm", help="byte-level language models: train, eval, generate, compare")
+    p = sub.add_parser("lm", help="language models (bytes or BPE tokens): train, eval, generate, compare")
     lsub = p.add_subparsers(dest="lm_command", required=True)
 
-    t = lsub.add_parser("train", help="train a byte LM (resumes if --out holds a checkpoint)")
+    t = lsub.add_parser("train", help="train an LM (resumes if --out holds a checkpoint)")
     _add_config_flags(t)
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     t.set_defaults(func=run_train)
@@ -77,12 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=run_eval)
 
-    g = lsub.add_parser("generate", help="sample bytes from a trained run, streamed to the terminal")
+    g = lsub.add_parser("generate", help="sample text from a trained run, streamed to the terminal")
     g.add_argument("--run", required=True)
     g.add_argument("--prompt", default="\n")
     g.add_argument("--max-new-tokens", type=int, default=500)
     g.add_argument("--temperature", type=float, default=0.8, help=">= 0; 0 = greedy")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely bytes; 0 = off")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 = off")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--device", default="auto")
@@ -119,24 +120,27 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from innerloop.data.corpus import load_documents, split_corpus
     from innerloop.eval.lm import evaluate_lm, loss_by_position, plot_loss_by_position, write_position_csv
     from innerloop.train.checkpoint import atomic_write_text
-    from innerloop.train.lm import load_run
+    from innerloop.train.lm import load_data, load_run, load_run_tokenizer, token_bytes_of
 
     curves, results = {}, {}
     for run in args.run:
         model, cfg = load_run(run, args.device)
-        data = args.data if args.data is not None else (cfg.data or None)
-        docs = load_documents(data, gutenberg=args.gutenberg or cfg.gutenberg)
-        _, val, val_docs = split_corpus(docs, cfg.val_fraction)
-        m = evaluate_lm(model, val, cfg.context, cfg.batch_size, cfg.eval_batches * cfg.batch_size)
+        tok = load_run_tokenizer(run, cfg)
+        d = load_data(cfg, tok, data=args.data, gutenberg=args.gutenberg or cfg.gutenberg, out=run)
+        m = evaluate_lm(model, d.val, cfg.context, cfg.batch_size, cfg.eval_batches * cfg.batch_size,
+                        token_bytes=token_bytes_of(tok))  # fmt: skip
         name = Path(run).name
-        results[name] = m
-        print(f"{run}: val loss {m['loss']:.4f} nats/byte, {m['bpb']:.4f} bits/byte")
+        results[name] = {**m, "tokenizer": tok.ident}
+        print(f"{run}: val loss {m['loss']:.4f} nats/{'byte' if tok.name == 'bytes' else 'token'}, "
+              f"{m['bpb']:.4f} bits/byte")  # fmt: skip
         if args.length:
+            if tok.name != "bytes":
+                print(f"({run}: BPE run, loss by position is per token; its bpb column is bits per token)",
+                      file=sys.stderr)  # fmt: skip
             with torch.no_grad():
-                curves[name] = loss_by_position(model, val_docs, args.length, args.chunk or cfg.context)
+                curves[name] = loss_by_position(model, d.val_docs, args.length, args.chunk or cfg.context)
     out = Path(args.out or args.run[0])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "eval.json", json.dumps(results, indent=2) + "\n")
@@ -154,14 +158,14 @@ def run_eval(args: argparse.Namespace) -> int:
 @_clean_errors
 def run_generate(args: argparse.Namespace) -> int:
     from innerloop.eval.generate import check_sampling, stdout_writer, stream_generate
-    from innerloop.train.lm import load_run
+    from innerloop.train.lm import load_run, load_run_tokenizer
 
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
-    model, _ = load_run(args.run, args.device)
+    model, cfg = load_run(args.run, args.device)
     prompt = args.prompt.encode("utf-8")
     sys.stdout.write(args.prompt)
     stream_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                    write=stdout_writer())  # fmt: skip
+                    write=stdout_writer(), tokenizer=load_run_tokenizer(args.run, cfg))  # fmt: skip
     print(flush=True)
     return 0
 

@@ -1,6 +1,7 @@
 """Text corpora as byte documents: one file, a folder of ``.txt`` files (one document each), document-aware splits.
 
-Tokens are bytes (vocab 256), so any encoding works, UTF-8 or not.
+Documents are raw bytes, so any encoding works, UTF-8 or not; :mod:`innerloop.data.tokenizer` turns them into tokens
+and :mod:`innerloop.data.cache` stores the tokens on disk.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .text import load_bytes, split
+from .text import TINY_SHAKESPEARE, load_bytes, split
 
-__all__ = ["load_documents", "split_corpus", "strip_gutenberg"]
+__all__ = ["corpus_files", "load_documents", "num_val_docs", "read_document", "split_corpus", "strip_gutenberg",
+           "training_text"]  # fmt: skip
 
 _PG_START, _PG_END = b"*** START OF", b"*** END OF"
 
@@ -27,35 +29,61 @@ def strip_gutenberg(raw: bytes) -> bytes:
     return raw[:end] if end >= 0 else raw
 
 
-def load_documents(path: str | Path | None = None, gutenberg: bool = False) -> list[Tensor]:
-    """Documents as ``[N_i]`` uint8 tensors: the bundled tiny-shakespeare (``None``), one file, or every ``*.txt``
-    file of a folder (sorted by name, recursively).
-
-    Args:
-        path (str | Path, Optional): file or folder. Default: None (bundled tiny-shakespeare).
-        gutenberg (bool, Optional): strip Project Gutenberg headers/licence footers. Default: False.
-    """
+def corpus_files(path: str | Path | None = None) -> list[Path]:
+    """The files of a corpus, in document order: the bundled tiny-shakespeare (``None`` or ``""``), one file, or every
+    ``*.txt`` file of a folder (sorted by name, recursively)."""
     if path is None or str(path) == "":
-        return [load_bytes(None)]
+        return [TINY_SHAKESPEARE]
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise FileNotFoundError(f"folder {path} holds no .txt files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"text corpus {path} does not exist (give a .txt file or a folder of .txt files)")
+        return files
+    if path.is_file():
+        return [path]
+    raise FileNotFoundError(f"text corpus {path} does not exist (give a .txt file or a folder of .txt files)")
+
+
+def read_document(file: Path, gutenberg: bool = False) -> bytes:
+    """Bytes of one document (the bundled tiny-shakespeare is checksum-verified); maybe Gutenberg-stripped."""
+    raw = bytes(load_bytes(None).numpy()) if file == TINY_SHAKESPEARE else file.read_bytes()
+    return strip_gutenberg(raw) if gutenberg else raw
+
+
+def load_documents(path: str | Path | None = None, gutenberg: bool = False) -> list[Tensor]:
+    """Documents as ``[N_i]`` uint8 tensors: the bundled tiny-shakespeare (``None``), one file, or every ``*.txt``
+    file of a folder (sorted by name, recursively). Empty documents are skipped.
+
+    Args:
+        path (str | Path, Optional): file or folder. Default: None (bundled tiny-shakespeare).
+        gutenberg (bool, Optional): strip Project Gutenberg headers/licence footers. Default: False.
+    """
     docs = []
-    for f in files:
-        raw = f.read_bytes()
-        if gutenberg:
-            raw = strip_gutenberg(raw)
+    for f in corpus_files(path):
+        raw = read_document(f, gutenberg)
         if raw:
             docs.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
     if not docs:
         raise ValueError(f"text corpus {path} is empty")
     return docs
+
+
+def num_val_docs(num_docs: int, val_fraction: float) -> int:
+    """Documents held out for validation when a corpus has ``num_docs > 1``: ``max(1, round(n * val_fraction))``,
+    at most ``n - 1``."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    return min(max(1, round(num_docs * val_fraction)), num_docs - 1)
+
+
+def training_text(docs: list[bytes], val_fraction: float = 0.1) -> list[bytes]:
+    """The training side of :func:`split_corpus` as bytes (what a BPE tokenizer is trained on): the first
+    ``1 - val_fraction`` of one document, or the documents not held out."""
+    if len(docs) == 1:
+        num_val_docs(2, val_fraction)  # validates val_fraction
+        return [docs[0][: int(len(docs[0]) * (1 - val_fraction))]]
+    return docs[: -num_val_docs(len(docs), val_fraction)]
 
 
 def split_corpus(docs: list[Tensor], val_fraction: float = 0.1) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -64,11 +92,9 @@ def split_corpus(docs: list[Tensor], val_fraction: float = 0.1) -> tuple[Tensor,
     One document is split by bytes (first ``1 - val_fraction`` for training). Several documents are split by
     document (the last ``max(1, round(n * val_fraction))`` are held out), so no document is in both splits.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(docs) == 1:
         train, val = split(docs[0], val_fraction)
         return train, val, [val]
-    n_val = min(max(1, round(len(docs) * val_fraction)), len(docs) - 1)
+    n_val = num_val_docs(len(docs), val_fraction)
     val_docs = docs[-n_val:]
     return torch.cat(docs[:-n_val]), torch.cat(val_docs), val_docs

@@ -11,9 +11,12 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from innerloop.data.cache import gather_windows
 
 __all__ = ["evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_windows", "write_position_csv"]
 
@@ -26,22 +29,26 @@ def lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def val_windows(tokens: Tensor, context: int, num_windows: int) -> tuple[Tensor, Tensor]:
-    """``num_windows`` evenly spaced windows of ``tokens``: inputs and next-token targets, both ``[n, context]``."""
+def val_windows(tokens: Tensor | np.ndarray, context: int, num_windows: int) -> tuple[Tensor, Tensor]:
+    """``num_windows`` evenly spaced windows of ``tokens`` (a tensor or a token-cache memmap): inputs and next-token
+    targets, both ``[n, context]`` int64."""
     n = len(tokens)
     if n <= context:
         raise ValueError(f"validation split of {n} tokens is smaller than one context window of {context} + 1; "
                          f"use a smaller --context or a larger --val-fraction")  # fmt: skip
     starts = torch.linspace(0, n - context - 1, num_windows).long().unique()
-    w = tokens[starts[:, None] + torch.arange(context + 1)].long()
+    w = gather_windows(tokens, starts, context + 1)
     return w[:, :-1], w[:, 1:]
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, tokens: Tensor, context: int, batch_size: int = 16,
-                num_windows: int = 128) -> dict[str, float]:  # fmt: skip
-    """Validation loss (nats/token) and bits per byte (byte tokens) over fixed evenly spaced windows.
+def evaluate_lm(model: nn.Module, tokens: Tensor | np.ndarray, context: int, batch_size: int = 16,
+                num_windows: int = 128, token_bytes: Tensor | None = None) -> dict[str, float]:  # fmt: skip
+    """Validation loss (nats/token) and bits per byte over fixed evenly spaced windows.
 
+    Args:
+        token_bytes (Tensor, Optional): ``[V]`` bytes per token (BPE); bits per byte = total bits / bytes of the
+            predicted tokens. Default: None (byte tokens: bits per byte = bits per token).
     Returns:
         dict: ``{"loss": float, "bpb": float}``.
     """
@@ -54,11 +61,12 @@ def evaluate_lm(model: nn.Module, tokens: Tensor, context: int, batch_size: int 
         total += F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum").item()
         count += yb.numel()
     loss = total / count
-    return {"loss": loss, "bpb": loss / LN2}
+    n_bytes = count if token_bytes is None else int(token_bytes[y].sum())
+    return {"loss": loss, "bpb": total / LN2 / n_bytes}
 
 
 @torch.no_grad()
-def loss_by_position(model: nn.Module, docs: list[Tensor], length: int, chunk: int = 256,
+def loss_by_position(model: nn.Module, docs: list[Tensor | np.ndarray], length: int, chunk: int = 256,
                      batch_size: int = 4) -> Tensor:  # fmt: skip
     """Mean next-token loss at every position ``0..length-1`` over the documents at least ``length + 1`` long.
 
@@ -67,7 +75,7 @@ def loss_by_position(model: nn.Module, docs: list[Tensor], length: int, chunk: i
 
     Args:
         model (nn.Module): a stateful LM (``forward(ids, state) -> .logits, .state``).
-        docs (list[Tensor]): ``[N_i]`` token tensors.
+        docs (list[Tensor | np.ndarray]): ``[N_i]`` token tensors or token-cache memmaps (only the prefixes are read).
         length (int): positions to score.
         chunk (int, Optional): tokens per forward call. Default: 256.
         batch_size (int, Optional): documents per batch. Default: 4.
@@ -81,7 +89,7 @@ def loss_by_position(model: nn.Module, docs: list[Tensor], length: int, chunk: i
     device = next(model.parameters()).device
     total = torch.zeros(length, dtype=torch.float64)
     for i in range(0, len(long_docs), batch_size):
-        w = torch.stack([d[: length + 1] for d in long_docs[i : i + batch_size]]).long().to(device)  # [b, L + 1]
+        w = torch.stack([_prefix(d, length + 1) for d in long_docs[i : i + batch_size]]).to(device)  # [b, L + 1]
         state = None
         for s in range(0, length, chunk):
             e = min(s + chunk, length)
@@ -90,6 +98,13 @@ def loss_by_position(model: nn.Module, docs: list[Tensor], length: int, chunk: i
             nll = F.cross_entropy(out.logits.float().transpose(1, 2), w[:, s + 1 : e + 1], reduction="none")  # [b, c]
             total[s:e] += nll.sum(0).double().cpu()
     return total / len(long_docs)
+
+
+def _prefix(doc: Tensor | np.ndarray, n: int) -> Tensor:
+    """First ``n`` tokens of ``doc`` as ``[n]`` int64."""
+    if isinstance(doc, Tensor):
+        return doc[:n].long()
+    return torch.from_numpy(np.asarray(doc[:n]).astype(np.int64))
 
 
 def bucket(losses: Tensor, width: int) -> list[tuple[int, int, float]]:

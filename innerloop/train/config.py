@@ -14,7 +14,7 @@ __all__ = ["RESUME_FREE_KEYS", "TrainConfig", "lr_at"]
 
 # Keys that may change when a run resumes: they do not change what is computed, only how it is run or reported.
 RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "max_seconds",
-                              "tensorboard", "eval_batches", "eval_every", "progress"})  # fmt: skip
+                              "tensorboard", "eval_batches", "eval_every", "progress", "cache_dir"})  # fmt: skip
 
 
 @dataclass
@@ -35,12 +35,14 @@ class TrainConfig:
     mini_batch_size: int = 16  # TTT inner mini-batch
     ttt_base_lr: float = 0.0  # 0 = the mixer's default (1.0 TTT-Linear, 0.1 TTT-MLP)
     mode: str = "chunk"  # TTT op path
-    tokenizer: str = "bytes"  # bytes (vocab 256); BPE is future work (issue 3)
+    tokenizer: str = "bytes"  # bytes (vocab 256) | bpe (trained locally on the training split; needs `tokenizers`)
+    vocab_size: int = 0  # 0 = 256 for bytes, 2048 for bpe; bpe needs > 256 (may end smaller on tiny corpora)
     # data
     data: str = ""  # "" = bundled tiny-shakespeare; else a .txt file or a folder of .txt files (documents)
     gutenberg: bool = False  # strip Project Gutenberg headers/licence footers from every document (books)
     val_fraction: float = 0.1  # last fraction (of the bytes, or of the documents for a folder) held out
-    context: int = 128  # training sequence length T
+    context: int = 128  # training sequence length T (tokens)
+    cache_dir: str = ""  # token cache folder ("" = <out>/cache); share one between runs to encode a corpus once
     # optimisation
     steps: int = 1000
     batch_size: int = 16
@@ -71,8 +73,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"unknown mixer {self.mixer!r}; known mixers: {sorted(MIXERS)}")
-        if self.tokenizer != "bytes":
-            raise ValueError(f"tokenizer must be 'bytes' (byte-level, vocab 256), got {self.tokenizer!r}")
+        if self.tokenizer not in ("bytes", "bpe"):
+            raise ValueError(f"tokenizer must be 'bytes' (byte-level, vocab 256) or 'bpe', got {self.tokenizer!r}")
+        if self.tokenizer == "bytes" and self.vocab_size not in (0, 256):
+            raise ValueError(f"--tokenizer bytes has vocab_size 256, got --vocab-size {self.vocab_size}")
+        if self.tokenizer == "bpe" and self.vocab_size != 0 and not 256 < self.vocab_size < 2**32:
+            raise ValueError(f"--tokenizer bpe needs --vocab-size > 256 (256 bytes + merges), got {self.vocab_size}")
         positive = ("context", "steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batches")
         for name in positive:
             if getattr(self, name) < 1:
@@ -84,8 +90,19 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
 
-    def lm_config(self, vocab_size: int = 256) -> LMConfig:
-        """The model's :class:`LMConfig` (validated there: sizes, heads, backbone)."""
+    def resolved_vocab_size(self) -> int:
+        """Requested vocabulary: 256 for bytes, ``vocab_size`` (default 2048) for BPE."""
+        if self.tokenizer == "bytes":
+            return 256
+        return self.vocab_size or 2048
+
+    def lm_config(self, vocab_size: int | None = None) -> LMConfig:
+        """The model's :class:`LMConfig` (validated there: sizes, heads, backbone).
+
+        Args:
+            vocab_size (int, Optional): the tokenizer's actual size. Default: None (:meth:`resolved_vocab_size`).
+        """
+        vocab_size = vocab_size or self.resolved_vocab_size()
         return LMConfig(
             vocab_size=vocab_size, hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size or 2 * self.hidden_size,

@@ -1,7 +1,8 @@
 """Language-model runs: data + model + :class:`Trainer` for a :class:`TrainConfig`, and re-loading a finished run.
 
-A run directory holds ``config.json`` (fully resolved), ``log.csv``, ``metrics.json``, ``checkpoints/`` and
-``loss_curve.png``. Training again in the same directory resumes from the latest checkpoint.
+A run directory holds ``config.json`` (fully resolved), ``log.csv``, ``metrics.json``, ``checkpoints/``,
+``loss_curve.png``, ``tokenizer.json`` (``--tokenizer bpe``) and ``cache/`` (the token cache, unless ``--cache-dir``
+puts it elsewhere). Training again in the same directory resumes from the latest checkpoint, with the same tokenizer.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from innerloop.data.corpus import load_documents, split_corpus
-from innerloop.data.text import random_windows
+from innerloop.data.cache import open_cache, random_windows, split_cache
+from innerloop.data.corpus import corpus_files, read_document, training_text
+from innerloop.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, make_tokenizer
 from innerloop.eval.lm import evaluate_lm, lm_loss, plot_curves
 from innerloop.layers import set_ttt_lr_mult, ttt_lr_mult_schedule
 from innerloop.layers.ttt import TTTBase
@@ -30,27 +33,82 @@ from .distributed import DistInfo, resolve_device, setup_distributed
 from .logging import read_log
 from .trainer import Callback, Trainer
 
-__all__ = ["LMData", "TTTLRWarmup", "count_params", "load_data", "load_run", "plot_log", "train_lm"]
+__all__ = [
+    "LMData", "TTTLRWarmup", "count_params", "load_data", "load_run", "load_run_tokenizer", "plot_log", "run_tokenizer",
+    "token_bytes_of",
+    "train_lm",
+]  # fmt: skip
 
 
 @dataclass
 class LMData:
-    """Training/validation byte tokens ``[N]`` (uint8) and the validation documents."""
+    """Training/validation tokens ``[N]`` (read-only memmaps of the token cache, or tensors), the validation
+    documents and the tokenizer."""
 
-    train: Tensor
-    val: Tensor
-    val_docs: list[Tensor]
+    train: np.ndarray | Tensor
+    val: np.ndarray | Tensor
+    val_docs: list[np.ndarray | Tensor]
+    tokenizer: Tokenizer = field(default_factory=ByteTokenizer)
 
 
-def load_data(cfg: TrainConfig) -> LMData:
-    """Load ``cfg.data`` (bundled tiny-shakespeare if empty) and split it; too-small splits are clear errors."""
-    train, val, val_docs = split_corpus(load_documents(cfg.data or None, cfg.gutenberg), cfg.val_fraction)
-    name = cfg.data or "tiny-shakespeare"
-    for split, t in (("training", train), ("validation", val)):
+def _main_first(dist_info: DistInfo | None, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 first (it writes the tokenizer / token cache), then on the other ranks (they read)."""
+    if dist_info is None or not dist_info.enabled or not torch.distributed.is_initialized():
+        return fn()
+    if not dist_info.is_main:
+        torch.distributed.barrier()
+    out = fn()
+    if dist_info.is_main:
+        torch.distributed.barrier()
+    return out
+
+
+def run_tokenizer(cfg: TrainConfig) -> Tokenizer:
+    """The tokenizer of run ``cfg.out``: bytes, or the BPE saved there (trained on the training split and saved
+    there on the first call)."""
+
+    def texts() -> list[bytes]:
+        docs = [d for d in (read_document(f, cfg.gutenberg) for f in corpus_files(cfg.data or None)) if d]
+        if not docs:
+            raise ValueError(f"text corpus {cfg.data} is empty")
+        return training_text(docs, cfg.val_fraction)
+
+    return make_tokenizer(cfg.tokenizer, cfg.resolved_vocab_size(), cfg.out, texts)
+
+
+def cache_dir_of(cfg: TrainConfig, out: str | Path | None = None) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(out or cfg.out) / "cache"
+
+
+def load_data(cfg: TrainConfig, tokenizer: Tokenizer | None = None, dist_info: DistInfo | None = None,
+              data: str | None = None, gutenberg: bool | None = None,
+              out: str | Path | None = None) -> LMData:  # fmt: skip
+    """Tokens of ``data`` (default ``cfg.data``; bundled tiny-shakespeare if empty) from the token cache, split as
+    :func:`innerloop.data.cache.split_cache`; too-small splits are clear errors.
+
+    Args:
+        cfg (TrainConfig): the run (tokenizer, cache folder, split, context).
+        tokenizer (Tokenizer, Optional): Default: None (:func:`run_tokenizer`).
+        dist_info (DistInfo, Optional): under DDP rank 0 builds the tokenizer and cache first. Default: None.
+        data, gutenberg (Optional): another corpus than the run's (``lm eval --data``). Default: None (the run's).
+        out (str | Path, Optional): the run directory, if not ``cfg.out``. Default: None.
+    """
+    data = cfg.data if data is None else data
+    gutenberg = cfg.gutenberg if gutenberg is None else gutenberg
+
+    def load() -> LMData:
+        tok = tokenizer or run_tokenizer(cfg)
+        cache = open_cache(data or None, tok, cache_dir_of(cfg, out), gutenberg)
+        return LMData(*split_cache(cache, cfg.val_fraction), tokenizer=tok)
+
+    d = _main_first(dist_info, load)
+    name = data or "tiny-shakespeare"
+    unit = "bytes" if d.tokenizer.name == "bytes" else "tokens"
+    for split, t in (("training", d.train), ("validation", d.val)):
         if len(t) <= cfg.context + 1:
-            raise ValueError(f"the {split} split of {name} has {len(t)} bytes, not more than one context window of "
+            raise ValueError(f"the {split} split of {name} has {len(t)} {unit}, not more than one context window of "
                              f"{cfg.context} + 1; use a larger corpus or a smaller --context")  # fmt: skip
-    return LMData(train, val, val_docs)
+    return d
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -91,7 +149,7 @@ class _WriteConfig(Callback):
             atomic_write_text(trainer.out / "config.json", json.dumps(body, indent=2) + "\n")
 
 
-def make_batch_fn(cfg: TrainConfig, tokens: Tensor, dist_info: DistInfo):
+def make_batch_fn(cfg: TrainConfig, tokens: np.ndarray | Tensor, dist_info: DistInfo):
     """Global batch ``step`` is a pure function of ``(seed, step)``; this rank gets its contiguous rows of it."""
     world = dist_info.world_size
     if cfg.batch_size % (world * cfg.grad_accum):
@@ -112,21 +170,24 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
              dist_info: DistInfo | None = None) -> dict[str, Any]:  # fmt: skip
     """Train (or resume) the run ``cfg.out``; write ``metrics.json`` and ``loss_curve.png``. Returns the metrics."""
     dist_info = dist_info or setup_distributed(cfg.device)
-    data = load_data(cfg)
+    data = load_data(cfg, dist_info=dist_info)
     seed_everything(cfg.seed)
-    model = CausalLM(cfg.lm_config()).to(dist_info.device)
+    model = CausalLM(cfg.lm_config(data.tokenizer.vocab_size)).to(dist_info.device)
     n_params = count_params(model)
     cbs: list[Callback] = [_WriteConfig({"lm_config": model.config.to_dict(), "params": n_params,
                                          "device": dist_info.device, "world_size": dist_info.world_size,
-                                         "ttt_lr_warmup_steps": cfg.resolved_ttt_warmup()})]  # fmt: skip
+                                         "ttt_lr_warmup_steps": cfg.resolved_ttt_warmup(),
+                                         "tokenizer": data.tokenizer.ident,
+                                         "train_tokens": len(data.train), "val_tokens": len(data.val)})]  # fmt: skip
     if cfg.resolved_ttt_warmup() > 0:
         cbs.append(TTTLRWarmup(cfg.resolved_ttt_warmup(), cfg.ttt_base_lr_init))
     cbs += callbacks or []
     eval_windows = cfg.eval_batches * cfg.batch_size
+    token_bytes = token_bytes_of(data.tokenizer)
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         set_ttt_lr_mult(m, 1.0)  # evaluate with the full inner LR whatever the warm-up says
-        return evaluate_lm(m, data.val, cfg.context, cfg.batch_size, eval_windows)
+        return evaluate_lm(m, data.val, cfg.context, cfg.batch_size, eval_windows, token_bytes=token_bytes)
 
     trainer = Trainer(
         model, cfg, make_batch_fn(cfg, data.train, dist_info), lm_loss, eval_fn, cbs, dist_info,
@@ -139,6 +200,11 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
         with contextlib.suppress(ImportError):  # matplotlib is optional
             plot_log(Path(cfg.out) / "log.csv", Path(cfg.out) / "loss_curve.png", cfg.mixer)
     return metrics
+
+
+def token_bytes_of(tok: Tokenizer) -> Tensor | None:
+    """``[V]`` bytes per token for bits per byte (None for byte tokens: 1 each)."""
+    return None if tok.name == "bytes" else torch.from_numpy(tok.token_lengths())
 
 
 def plot_log(log_csv: str | Path | dict[str, str | Path], path: str | Path, name: str = "train") -> None:
@@ -166,7 +232,12 @@ def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfi
     if path is None:
         raise FileNotFoundError(f"{out} has no checkpoint yet (checkpoints/latest missing)")
     device = resolve_device(device)
-    model = CausalLM(cfg.lm_config()).to(device)
+    model = CausalLM(cfg.lm_config(load_run_tokenizer(out, cfg).vocab_size)).to(device)
     load_checkpoint(path, model, map_location=device)
     model.eval()
     return model, cfg
+
+
+def load_run_tokenizer(out: str | Path, cfg: TrainConfig) -> Tokenizer:
+    """The tokenizer run ``out`` was trained with (``tokenizer.json`` there for BPE)."""
+    return load_tokenizer(cfg.tokenizer, out)
