@@ -13,6 +13,7 @@ COMMANDS = {
     "demo": "innerloop.cli.demo",
     "lm": "innerloop.cli.lm",
     "meta": "innerloop.cli.meta",
+    "synth": "innerloop.cli.synth",
 }
 
 

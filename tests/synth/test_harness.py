@@ -1,0 +1,99 @@
+"""Synthetic-task harness: end to end in seconds for every mixer, run directory, learning, errors; the arm task."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from innerloop.cli.main import main
+from innerloop.synth import SynthConfig, SynthModel, count_params, match_hidden_size, train
+from innerloop.synth.arm import ArmTrajectory, forward_kinematics, simulate
+
+MIXERS = ["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear", "ttt_mlp"]
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_end_to_end_every_mixer(mixer, tmp_path):
+    cfg = SynthConfig(task="copy", mixer=mixer, hidden_size=16, steps=3, batch_size=4, train_length=3,
+                      eval_lengths=[3, 5], eval_batch_size=8, log_every=1, out=str(tmp_path))
+    m, model = train(cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["mixer"] == mixer
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert [e["length"] for e in saved["eval"]] == [3, 5]
+    assert [e["generalisation"] for e in saved["eval"]] == [False, True]
+    assert all(0 <= e["token_acc"] <= 1 and math.isfinite(e["loss"]) for e in saved["eval"])
+    assert saved["num_params"] == count_params(model)
+
+
+def test_learns_copy_beyond_baseline(tmp_path):
+    cfg = SynthConfig(task="copy", task_options={"vocab_size": 5}, mixer="gru", hidden_size=32, num_layers=1,
+                      steps=150, batch_size=32, lr=1e-2, train_length=2, eval_lengths=[2], out=str(tmp_path))
+    m, _ = train(cfg)
+    assert m["eval"][0]["token_acc"] > 0.9 > m["eval"][0]["baseline"]["token_acc"]
+
+
+def test_regression_and_tbptt_clipping_options(tmp_path):
+    cfg = SynthConfig(task="adding", mixer="lstm", hidden_size=8, steps=4, batch_size=4, train_length=6,
+                      min_train_length=2, tbptt_window=2, clip_norm=0.5, clip_value=0.1, out=str(tmp_path))
+    m, _ = train(cfg)
+    assert set(m["eval"][0]) >= {"mse", "baseline"} and m["eval"][0]["baseline"]["mse"] == pytest.approx(1 / 6)
+
+
+def test_equal_parameter_matching():
+    io = {"vocab_size": 10, "out_features": 10}
+    counts = {}
+    for mixer in ("rnn", "lstm", "attention", "mamba"):
+        h = match_hidden_size(mixer, 20000, 2, 2, **io)
+        counts[mixer] = count_params(SynthModel(mixer, h, 2, 2, **io))
+    assert all(abs(c - 20000) / 20000 < 0.15 for c in counts.values()), counts
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown mixer"):
+        train(SynthConfig(mixer="transformerxl", steps=1, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="unknown task"):
+        train(SynthConfig(task="sorting", steps=1, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="train_length"):
+        SynthConfig(train_length=0)
+    with pytest.raises(ValueError, match="eval_lengths"):
+        SynthConfig(eval_lengths=[0])
+    with pytest.raises(ValueError, match="too small"):
+        train(SynthConfig(task="mqar", task_options={"vocab_size": 4}, train_length=3, steps=1, out=str(tmp_path)))
+
+
+def test_cli_train_and_table(tmp_path, capsys):
+    assert main(["synth", "train", "--task", "reverse", "--mixer", "gru", "--steps", "2", "--hidden-size", "8",
+                 "--train-length", "2", "--task-option", "vocab_size=4", "--out", str(tmp_path / "r")]) == 0
+    assert "reverse / gru" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["task_options"] == {"vocab_size": 4}
+    assert main(["synth", "table", "--tasks", "adding", "--mixers", "rnn", "gru", "--steps", "2",
+                 "--target-params", "500", "--train-length", "2", "--out", str(tmp_path / "t")]) == 0
+    md = (tmp_path / "t" / "table.md").read_text()
+    assert "| adding | 2 | mse |" in md and "| adding | 4 | mse |" in md
+
+
+def test_arm_simulation_reaches_target():
+    g = torch.Generator().manual_seed(0)
+    task = ArmTrajectory()
+    q, target = task.trajectories(64, 120, g)
+    start = (forward_kinematics(q[:, 0]) - target).norm(dim=-1)
+    end = (forward_kinematics(q[:, -1]) - target).norm(dim=-1)
+    assert (end < start).float().mean() > 0.9 and end.median() < 0.05
+    assert (q[:, 1:] - q[:, :-1]).abs().max() <= task.max_step + 1e-6
+    # forward kinematics at known angles
+    fk = forward_kinematics(torch.tensor([[0.0, 0.0], [torch.pi / 2, -torch.pi / 2]]))
+    torch.testing.assert_close(fk, torch.tensor([[1.7, 0.0], [0.7, 1.0]]), atol=1e-6, rtol=0)
+    assert simulate(torch.zeros(2, 2), torch.tensor([[0.0, 1.0]] * 2), 3).shape == (2, 4, 2)
+
+
+def test_arm_run_writes_rollout_and_plot(tmp_path):
+    cfg = SynthConfig(task="arm", task_options={"horizon": 5, "context": 3}, mixer="gru", hidden_size=8, steps=2,
+                      batch_size=4, train_length=6, eval_batch_size=8, out=str(tmp_path))
+    m, _ = train(cfg)
+    assert set(m["rollout"]) == {"err_h1", "err_h5", "hold_still_h5"}
+    assert len(list(csv.DictReader((tmp_path / "rollout.csv").read_text().splitlines()))) == 5
+    assert (tmp_path / "trajectories.png").stat().st_size > 1000
