@@ -119,11 +119,16 @@ def _stale_reason(index_path: Path, bin_path: Path, files: list[Path], gutenberg
 def _build(bin_path: Path, index_path: Path, source: str | Path | None, files: list[Path], gutenberg: bool,
            tok: Tokenizer) -> None:  # fmt: skip
     dtype = _dtype_for(tok.vocab_size)
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.tmp")
+    try:
+        bin_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(tmp, "wb")  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        raise RuntimeError(f"cannot write the token cache in {bin_path.parent} ({type(e).__name__}: {e}); give a "
+                           f"writable --cache-dir") from e  # fmt: skip
     offsets, names, entries, h = [0], [], [], hashlib.sha256()
     try:
-        with open(tmp, "wb") as f:
+        with out as f:
             for file in files:
                 raw = read_document(file, gutenberg)
                 entries.append(_file_entry(file))
@@ -167,11 +172,7 @@ def open_cache(source: str | Path | None, tokenizer: Tokenizer, cache_dir: str |
     bin_path, index_path = _paths(Path(cache_dir), source, gutenberg, tokenizer)
     reason = _stale_reason(index_path, bin_path, files, gutenberg, tokenizer)
     if reason:
-        try:
-            _build(bin_path, index_path, source, files, gutenberg, tokenizer)
-        except PermissionError as e:
-            raise PermissionError(f"cannot write the token cache in {cache_dir} ({e}); give a writable "
-                                  f"--cache-dir") from e  # fmt: skip
+        _build(bin_path, index_path, source, files, gutenberg, tokenizer)
     index = json.loads(index_path.read_text())
     tokens = np.memmap(bin_path, dtype=np.dtype(index["dtype"]), mode="r", shape=(index["n_tokens"],))
     offsets = np.asarray(index["doc_offsets"], dtype=np.int64)
