@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 
 from innerloop.cli.main import main
 
@@ -77,3 +79,103 @@ def test_python_dash_m(tmp_path):
 
     r = subprocess.run([sys.executable, "-m", "innerloop", "lm", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "compare" in r.stdout
+
+
+# --- tokenizers and token caches through the CLI -------------------------------------------------------------------
+
+
+def small_corpus(tmp_path, n_bytes=60_000):
+    from innerloop.data.text import TINY_SHAKESPEARE
+
+    path = tmp_path / "small.txt"
+    path.write_bytes(TINY_SHAKESPEARE.read_bytes()[:n_bytes])
+    return path
+
+
+def test_bpe_train_eval_generate(tmp_path, capsys):
+    pytest.importorskip("tokenizers", reason="the HuggingFace tokenizers package (extra 'bpe') is not installed")
+    from innerloop.data.tokenizer import load_tokenizer
+
+    run, data = tmp_path / "bpe", small_corpus(tmp_path)
+    argv = ["lm", "train", "--steps", "3", "--out", str(run), "--data", str(data), "--tokenizer", "bpe",
+            "--vocab-size", "300", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    tok = load_tokenizer("bpe", run)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["tokenizer"] == "bpe" and cfg["resolved"]["tokenizer"] == tok.ident
+    assert 256 < tok.vocab_size <= 300 and cfg["resolved"]["lm_config"]["vocab_size"] == tok.vocab_size
+    assert cfg["resolved"]["train_tokens"] < 0.9 * 60_000 * 0.8  # BPE tokens, not bytes
+    assert len(list((run / "cache").glob("*.bin"))) == 1
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 < m["val_bpb"] < 0.75 * m["val_loss"] / math.log(2)  # bits per *byte*: a BPE token holds > 1 byte
+    capsys.readouterr()
+    assert main(["lm", "eval", "--run", str(run), "--length", "20", "--chunk", "7", "--bucket", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "nats/token" in out and "bits/byte" in out
+    assert json.loads((run / "eval.json").read_text())["bpe"]["tokenizer"] == tok.ident
+    assert main(["lm", "generate", "--run", str(run), "--prompt", "KING:", "--max-new-tokens", "8", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("KING:")
+    # the tokenizer file is the run's: without it eval/generate fail clearly instead of guessing
+    (run / "tokenizer.json").rename(run / "moved.json")
+    assert main(["lm", "generate", "--run", str(run)]) == 2
+    assert "tokenizer.json not found" in capsys.readouterr().err
+
+
+def test_resume_after_kill_is_exact_with_bpe_and_shared_cache(tmp_path):
+    pytest.importorskip("tokenizers", reason="the HuggingFace tokenizers package (extra 'bpe') is not installed")
+    from innerloop.train import Callback, TrainConfig, train_lm
+    from innerloop.train.lm import load_run
+
+    class Kill(Callback):
+        def on_step_start(self, trainer, step):
+            if step == 4:
+                raise KeyboardInterrupt
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.losses = {}
+
+        def on_step_end(self, trainer, step, logs):
+            self.losses[step] = logs["loss"]
+
+    data, cache = small_corpus(tmp_path), tmp_path / "shared_cache"
+
+    def cfg(name):
+        return TrainConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, context=32, batch_size=4,
+                           steps=6, warmup_steps=1, eval_every=3, eval_batches=1, log_every=1, checkpoint_every=2,
+                           data=str(data), tokenizer="bpe", vocab_size=300, cache_dir=str(cache),
+                           out=str(tmp_path / name))  # fmt: skip
+
+    a, b = Record(), Record()
+    m_a = train_lm(cfg("straight"), callbacks=[a])
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(cfg("killed"), callbacks=[b, Kill()])
+    m_b = train_lm(cfg("killed"), callbacks=[b])
+    assert a.losses == b.losses and len(a.losses) == 6 and m_a["val_loss"] == m_b["val_loss"]
+    assert len(list(cache.glob("*.bin"))) == 1  # both runs trained the same tokenizer: one cache, encoded once
+    wa, wb = load_run(tmp_path / "straight")[0].state_dict(), load_run(tmp_path / "killed")[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--tokenizer", "wordpiece"], "tokenizer must be 'bytes'"),
+        (["--tokenizer", "bytes", "--vocab-size", "1000"], "--tokenizer bytes has vocab_size 256"),
+        (["--tokenizer", "bpe", "--vocab-size", "100"], "needs --vocab-size > 256"),
+    ],
+)
+def test_bad_tokenizer_flags(tmp_path, capsys, flags, match):
+    assert main(["lm", "train", "--out", str(tmp_path / "x"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_missing_tokenizers_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    argv = ["lm", "train", "--steps", "1", "--out", str(tmp_path / "r"), "--data", str(small_corpus(tmp_path)),
+            "--tokenizer", "bpe", *TINY]  # fmt: skip
+    assert main(argv) == 2
+    assert "innerloop[bpe]" in capsys.readouterr().err
