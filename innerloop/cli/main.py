@@ -14,6 +14,7 @@ COMMANDS = {
     "lm": "innerloop.cli.lm",
     "meta": "innerloop.cli.meta",
     "synth": "innerloop.cli.synth",
+    "diagnose": "innerloop.cli.diagnose",
 }
 
 
