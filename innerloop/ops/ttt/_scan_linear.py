@@ -50,33 +50,38 @@ def inner_grad_vjp(z: Tensor, g: Tensor, saved: tuple[Tensor, ...] | None, w2: T
 
 
 class LinearScan(torch.autograd.Function):
-    """``(wa0, xka, xqa, attn, kupd, tb, w2) -> (zbar [n, N, b, D], wa_n)``; see the module docstring.
+    """``(wa0, xcat, attn, kupd, tb, w2) -> (zbar [n, N, b, D], wa_n)``; see the module docstring.
 
-    Only what depends on the previous mini-batch stays in the loop: ``G_i`` and ``W_{i+1}`` (forward) and
-    ``dZk_i`` and the running weight gradient (backward); ``XQ W_i - attn_i G_i`` and every other product is one
-    batched matmul over all mini-batches before or after the loop.
+    Forward: one ``[XK; XQ] W_i`` matmul per mini-batch gives both views; ``zbar_i`` is written in the loop, and the
+    weights of every mini-batch start are kept only when a gradient is needed (else two rolling slots: no large
+    fresh buffers, whose page faults cost more than the loop on CPU). Backward: only ``dZk_i`` and the running
+    weight gradient are sequential; every other product is one batched matmul over all mini-batches.
     """
 
     @staticmethod
-    def forward(ctx, wa0: Tensor, xka: Tensor, xqa: Tensor, attn: Tensor, kupd: Tensor, tb: Tensor,
+    def forward(ctx, wa0: Tensor, xcat: Tensor, attn: Tensor, kupd: Tensor, tb: Tensor,
                 w2: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
-        n = xka.shape[0]
-        w_all = wa0.new_empty(n + 1, *wa0.shape)  # W_i at every mini-batch start
+        n, N, b = xcat.shape[0], xcat.shape[1], xcat.shape[2] // 2
+        keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else two rolling slots
+        w_all = wa0.new_empty(n + 1 if keep else 2, *wa0.shape)
         w_all[0] = wa0
+        zbar = wa0.new_empty(n, N, b, wa0.shape[-1])
         zs, gs, saved = [], [], []
         for i in range(n):
-            z = torch.bmm(xka[i], w_all[i])  # [N, b, D]
+            c, nx = (i, i + 1) if keep else (i % 2, (i + 1) % 2)
+            zz = torch.bmm(xcat[i], w_all[c])  # [N, 2b, D]: XK W and XQ W
+            z, zq = zz[:, :b], zz[:, b:]
             g, sv = inner_grad(z, tb[i], w2, eps)
-            torch.baddbmm(w_all[i], kupd[i], g, alpha=-1, out=w_all[i + 1])
-            zs.append(z)
-            gs.append(g)
-            saved.append(sv)
-        g_all = torch.stack(gs)  # [n, N, b, D]
-        zbar = torch.matmul(xqa, w_all[:n]).sub_(torch.matmul(attn, g_all))
-        if any(ctx.needs_input_grad):
-            ctx.save_for_backward(w_all, xka, xqa, attn, kupd, g_all, w2)
+            torch.baddbmm(zq, attn[i], g, alpha=-1, out=zbar[i])
+            torch.baddbmm(w_all[c], kupd[i], g, alpha=-1, out=w_all[nx])
+            if keep:
+                zs.append(z)
+                gs.append(g)
+                saved.append(sv)
+        if keep:
+            ctx.save_for_backward(w_all, xcat, attn, kupd, torch.stack(gs), w2)
             ctx.inner = (zs, saved)
-        return zbar, w_all[n].clone()
+        return zbar, w_all[n if keep else n % 2].clone()
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, dwn: Tensor | None):
@@ -85,9 +90,10 @@ class LinearScan(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, dout: Tensor | None, dwn: Tensor | None):
-        w_all, xka, xqa, attn, kupd, g_all, w2 = ctx.saved_tensors
+        w_all, xcat, attn, kupd, g_all, w2 = ctx.saved_tensors
         zs, saved = ctx.inner
-        n = xka.shape[0]
+        n, b = xcat.shape[0], xcat.shape[2] // 2
+        xka, xqa = xcat[:, :, :b], xcat[:, :, b:]
         if dout is None:
             dout = torch.zeros_like(g_all)
         # dW_i = S_i + R_i: S_i = dwn + sum_{j>=i} XQ_j^T dout_j (no recursion), R_i = sum_{j>=i} XK_j^T dZk_j.
@@ -104,12 +110,11 @@ class LinearScan(torch.autograd.Function):
             torch.baddbmm(r_all[i + 1], xka[i].mT, dzs[i], out=r_all[i])
         dw_all = s_all.add_(r_all)
         w_t = w_all[:n].mT
-        dxka = torch.matmul(torch.stack(dzs), w_t)
-        dxqa = torch.matmul(dout, w_t)
+        dxcat = torch.matmul(torch.cat([torch.stack(dzs), dout], dim=2), w_t)
         dattn = torch.matmul(dout, g_all.mT).neg_()
         dkupd = torch.matmul(dw_all[1:], g_all.mT).neg_()
         dw2 = None if w2 is None else torch.stack(dw2s).sum((0, 2)).unsqueeze(1)
-        return dw_all[0], dxka, dxqa, dattn, dkupd, torch.stack(dtbs), dw2, None
+        return dw_all[0], dxcat, dattn, dkupd, torch.stack(dtbs), dw2, None
 
 
 def full_scan_linear(
@@ -131,5 +136,5 @@ def full_scan_linear(
         tb, w2 = tgt, None
     else:
         tb, w2 = (lnb - tgt) * lnw, lnw * lnw
-    zbar, wa = LinearScan.apply(ws[0], xka, xqa, attn, kupd, tb, w2, eps)
+    zbar, wa = LinearScan.apply(ws[0], xcat, attn, kupd, tb, w2, eps)
     return zbar, [wa]
