@@ -14,34 +14,20 @@ Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainC
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import sys
 import time
 from pathlib import Path
 
+from innerloop.cli._flags import add_dataclass_flags, dataclass_values
 from innerloop.train.config import TrainConfig
 
 _SKIP_COMPARE = {"mixer", "out"}
 
 
-def _add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=f"default: {f.default}")
-        else:
-            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=typ, default=None, help=f"default: {f.default}")
-
-
 def _config(args: argparse.Namespace, skip: set[str] = frozenset(), **extra) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if f.name not in skip and getattr(args, f.name) is not None}  # fmt: skip
-    return TrainConfig(**{**values, **extra})
+    return TrainConfig(**{**dataclass_values(args, TrainConfig, skip), **extra})
 
 
 def _clean_errors(func):
@@ -63,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lsub = p.add_subparsers(dest="lm_command", required=True)
 
     t = lsub.add_parser("train", help="train an LM (resumes if --out holds a checkpoint)")
-    _add_config_flags(t)
+    add_dataclass_flags(t, TrainConfig)
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     t.set_defaults(func=run_train)
 
@@ -95,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "hidden size for all)")  # fmt: skip
     c.add_argument("--out", default=None, help="comparison folder (default: runs/compare/<time>)")
     c.add_argument("--no-progress", action="store_true")
-    _add_config_flags(c, _SKIP_COMPARE)
+    add_dataclass_flags(c, TrainConfig, _SKIP_COMPARE)
     c.set_defaults(func=run_compare)
 
 

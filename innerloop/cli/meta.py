@@ -13,44 +13,28 @@ Running ``train`` again with the same ``--out`` resumes from the last checkpoint
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
+from innerloop.cli._flags import add_dataclass_flags, dataclass_values
 from innerloop.meta.trainer import MetaConfig
-
-
-def _add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    for f in dataclasses.fields(MetaConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if defaults else None
-        if f.type in ("bool", bool):
-            p.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
-            p.add_argument(flag, type=typ, default=default, help=f"default: {f.default}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("meta", help="gradient-based meta-learning (MAML family)")
     msub = p.add_subparsers(dest="meta_command", required=True)
     t = msub.add_parser("train", help="meta-train (resumes if --out holds a checkpoint), then evaluate")
-    _add_config_flags(t)
+    add_dataclass_flags(t, MetaConfig)
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     t.set_defaults(func=run_train)
     e = msub.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks")
-    _add_config_flags(e, defaults=False)
+    add_dataclass_flags(e, MetaConfig)
     e.add_argument("--split", default="test", choices=["validation", "test"])
     e.set_defaults(func=run_eval)
 
 
 def _config(args: argparse.Namespace, base: dict | None = None) -> MetaConfig:
-    values = dict(base or {})
-    for f in dataclasses.fields(MetaConfig):
-        v = getattr(args, f.name)
-        if v is not None:
-            values[f.name] = v
-    return MetaConfig(**values)
+    return MetaConfig(**{**(base or {}), **dataclass_values(args, MetaConfig)})
 
 
 def _print(metrics: dict) -> None:
