@@ -135,6 +135,6 @@ def full_scan_linear(
     if lnw is None:
         tb, w2 = tgt, None
     else:
-        tb, w2 = (lnb - tgt) * lnw, lnw * lnw
+        tb, w2 = torch.addcmul(lnb * lnw, tgt, lnw, value=-1), lnw * lnw  # (beta - t) gamma in one pass
     zbar, wa = LinearScan.apply(ws[0], xcat, attn, kupd, tb, w2, eps)
     return zbar, [wa]

@@ -160,7 +160,7 @@ def full_scan_mlp(
     w1a, w2a = ws
     b = xcat.shape[2] // 2
     xka, xqa = xcat[:, :, :b], xcat[:, :, b:]
-    tb, w2sq = (tgt, None) if lnw is None else ((lnb - tgt) * lnw, lnw * lnw)
+    tb, w2sq = (tgt, None) if lnw is None else (torch.addcmul(lnb * lnw, tgt, lnw, value=-1), lnw * lnw)
     eta = tau[:, None] * lr.unsqueeze(-2)  # [n, N, b, b]
     attn1 = torch.tril(xqa @ xka.mT) * eta  # ones column: + tril(eta) (first-layer bias)
     lrl = (tau[-1] * lr).unsqueeze(-1)  # [n, N, b, 1]
