@@ -93,28 +93,25 @@ class LinearScan(torch.autograd.Function):
         w_all, xcat, attn, kupd, g_all, w2 = ctx.saved_tensors
         zs, saved = ctx.inner
         n, b = xcat.shape[0], xcat.shape[2] // 2
-        xka, xqa = xcat[:, :, :b], xcat[:, :, b:]
         if dout is None:
             dout = torch.zeros_like(g_all)
-        # dW_i = S_i + R_i: S_i = dwn + sum_{j>=i} XQ_j^T dout_j (no recursion), R_i = sum_{j>=i} XK_j^T dZk_j.
-        s_all = torch.zeros_like(w_all)
-        s_all[:n] = torch.matmul(xqa.mT, dout).flip(0).cumsum(0).flip(0)
-        if dwn is not None:
-            s_all += dwn
-        base = torch.matmul(attn.mT, dout).add_(torch.matmul(kupd.mT, s_all[1:])).neg_()  # dG_i without R_{i+1}
-        r_all = torch.zeros_like(w_all)
-        dzs, dtbs, dw2s = [None] * n, [None] * n, [None] * n
+        # running gradient gw = dW_{i+1} of the weights after mini-batch i; dW_i = gw + [XK_i; XQ_i]^T [dZk_i; dout_i]
+        gw = torch.zeros_like(w_all[0]) if dwn is None else dwn.clone()
+        base = torch.matmul(attn.mT, dout).neg_()  # dG_i without the -kupd_i^T dW_{i+1} term
+        dzcat = g_all.new_empty(n, g_all.shape[1], 2 * b, g_all.shape[-1])  # [dZk; dout] per mini-batch
+        dzcat[:, :, b:] = dout
+        dkupd = torch.empty_like(kupd)
+        dtbs, dw2s = [None] * n, [None] * n
         for i in reversed(range(n)):
-            dg = torch.baddbmm(base[i], kupd[i].mT, r_all[i + 1], alpha=-1)
-            dzs[i], dtbs[i], dw2s[i] = inner_grad_vjp(zs[i], g_all[i], saved[i], w2, dg)
-            torch.baddbmm(r_all[i + 1], xka[i].mT, dzs[i], out=r_all[i])
-        dw_all = s_all.add_(r_all)
-        w_t = w_all[:n].mT
-        dxcat = torch.matmul(torch.cat([torch.stack(dzs), dout], dim=2), w_t)
+            torch.bmm(gw, g_all[i].mT, out=dkupd[i])  # negated after the loop
+            dg = torch.baddbmm(base[i], kupd[i].mT, gw, alpha=-1)
+            dz, dtbs[i], dw2s[i] = inner_grad_vjp(zs[i], g_all[i], saved[i], w2, dg)
+            dzcat[i, :, :b] = dz
+            gw.baddbmm_(xcat[i].mT, dzcat[i])
+        dxcat = torch.matmul(dzcat, w_all[:n].mT)
         dattn = torch.matmul(dout, g_all.mT).neg_()
-        dkupd = torch.matmul(dw_all[1:], g_all.mT).neg_()
         dw2 = None if w2 is None else torch.stack(dw2s).sum((0, 2)).unsqueeze(1)
-        return dw_all[0], dxcat, dattn, dkupd, torch.stack(dtbs), dw2, None
+        return gw, dxcat, dattn, dkupd.neg_(), torch.stack(dtbs), dw2, None
 
 
 def full_scan_linear(
