@@ -75,6 +75,8 @@ def _summary(m: dict) -> str:
     for e in m["eval"]:
         tag = "*" if e["generalisation"] else ""
         score = f"mse {e['mse']:.4f}" if "mse" in e else f"tok {e['token_acc']:.3f} seq {e['seq_acc']:.3f}"
+        if "loss" in e["baseline"]:
+            score = f"loss {e['loss']:.4f} " + score
         base = ", ".join(f"{k} {v:.3g}" for k, v in e["baseline"].items())
         parts.append(f"L={e['length']}{tag}: {score} (baseline {base})")
     return "; ".join(parts)
