@@ -52,36 +52,38 @@ def inner_grad_vjp(z: Tensor, g: Tensor, saved: tuple[Tensor, ...] | None, w2: T
 class LinearScan(torch.autograd.Function):
     """``(wa0, xcat, attn, kupd, tb, w2) -> (zbar [n, N, b, D], wa_n)``; see the module docstring.
 
-    Forward: one ``[XK; XQ] W_i`` matmul per mini-batch gives both views; ``zbar_i`` is written in the loop, and the
-    weights of every mini-batch start are kept only when a gradient is needed (else two rolling slots: no large
-    fresh buffers, whose page faults cost more than the loop on CPU). Backward: only ``dZk_i`` and the running
-    weight gradient are sequential; every other product is one batched matmul over all mini-batches.
+    Forward: one ``[XK; XQ] W_i`` matmul per mini-batch gives both views; ``zbar_i`` is written in the loop, and
+    the weights of every mini-batch start are kept only when a gradient is needed (else one buffer updated in
+    place: no large fresh buffers, whose page faults cost more than the loop on CPU). Backward: only ``dZk_i``
+    and the running weight gradient are sequential; every other product is one batched matmul over all mini-batches.
     """
 
     @staticmethod
     def forward(ctx, wa0: Tensor, xcat: Tensor, attn: Tensor, kupd: Tensor, tb: Tensor,
                 w2: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
         n, N, b = xcat.shape[0], xcat.shape[1], xcat.shape[2] // 2
-        keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else two rolling slots
-        w_all = wa0.new_empty(n + 1 if keep else 2, *wa0.shape)
+        keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else update in place
+        w_all = wa0.new_empty(n + 1 if keep else 1, *wa0.shape)
         w_all[0] = wa0
         zbar = wa0.new_empty(n, N, b, wa0.shape[-1])
         zs, gs, saved = [], [], []
         for i in range(n):
-            c, nx = (i, i + 1) if keep else (i % 2, (i + 1) % 2)
+            c = i if keep else 0
             zz = torch.bmm(xcat[i], w_all[c])  # [N, 2b, D]: XK W and XQ W
             z, zq = zz[:, :b], zz[:, b:]
             g, sv = inner_grad(z, tb[i], w2, eps)
             torch.baddbmm(zq, attn[i], g, alpha=-1, out=zbar[i])
-            torch.baddbmm(w_all[c], kupd[i], g, alpha=-1, out=w_all[nx])
-            if keep:
+            if not keep:
+                w_all[0].baddbmm_(kupd[i], g, alpha=-1)
+            else:
+                torch.baddbmm(w_all[i], kupd[i], g, alpha=-1, out=w_all[i + 1])
                 zs.append(z)
                 gs.append(g)
                 saved.append(sv)
         if keep:
             ctx.save_for_backward(w_all, xcat, attn, kupd, torch.stack(gs), w2)
             ctx.inner = (zs, saved)
-        return zbar, w_all[n if keep else n % 2].clone()
+        return zbar, w_all[n if keep else 0].clone()
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, dwn: Tensor | None):

@@ -39,16 +39,16 @@ class MLPScan(torch.autograd.Function):
 
     ``attn1 = eta ⊙ tril(XQa XKa^T)`` ``[n, N, b, b]``, ``eta_ij = tau_i lr_j``, ``kupd = (lr' ⊙ XKa)^T``,
     ``lrl = lr'`` ``[n, N, b, 1]``, ``tb`` the LN-folded target and ``w2sq = gamma^2`` (or the target and None).
-    Saves only the weights at every mini-batch start (without grad, two rolling slots); the backward recomputes
-    every mini-batch's forward in one batched pass and runs only the reverse recursion sequentially.
+    Saves only the weights at every mini-batch start (without grad, one buffer updated in place); the backward
+    recomputes every mini-batch's forward in one batched pass and runs only the reverse recursion sequentially.
     """
 
     @staticmethod
     def forward(ctx, w1a0, w20, b20, xcat, attn1, eta, kupd, lrl, tb, w2sq, eps):
         n, N, b2x, _ = xcat.shape
         b = b2x // 2
-        keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else two rolling slots
-        slots = n + 1 if keep else 2
+        keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else update in place
+        slots = n + 1 if keep else 1
         w1 = w1a0.new_empty(slots, *w1a0.shape)
         w2 = w20.new_empty(slots, *w20.shape)
         b2 = b20.new_empty(slots, *b20.shape)
@@ -56,7 +56,7 @@ class MLPScan(torch.autograd.Function):
         tril_eta = torch.tril(eta)  # the ones column of X̄2 X2^T + 1
         zbar = w1a0.new_empty(n, N, b, w20.shape[-1])
         for i in range(n):
-            c, nx = (i, i + 1) if keep else (i % 2, (i + 1) % 2)
+            c = i if keep else 0
             zz = torch.bmm(xcat[i], w1[c])  # [N, 2b, F]: XK W1 + b1 and XQ W1 + b1
             zk = zz[:, :b]
             x2 = _gelu(zk)
@@ -65,14 +65,19 @@ class MLPScan(torch.autograd.Function):
             xbar2 = _gelu(torch.baddbmm(zz[:, b:], attn1[i], g1, alpha=-1))
             attn2 = torch.addcmul(tril_eta[i], torch.bmm(xbar2, x2.mT).tril_(), eta[i])
             torch.baddbmm(torch.baddbmm(b2[c], xbar2, w2[c]), attn2, g2, alpha=-1, out=zbar[i])
-            torch.baddbmm(w1[c], kupd[i], g1, alpha=-1, out=w1[nx])
             eg2 = lrl[i] * g2
-            torch.baddbmm(w2[c], x2.mT, eg2, alpha=-1, out=w2[nx])
-            torch.sub(b2[c], eg2.sum(1, keepdim=True), out=b2[nx])
+            if keep:
+                torch.baddbmm(w1[i], kupd[i], g1, alpha=-1, out=w1[i + 1])
+                torch.baddbmm(w2[i], x2.mT, eg2, alpha=-1, out=w2[i + 1])
+                torch.sub(b2[i], eg2.sum(1, keepdim=True), out=b2[i + 1])
+            else:  # x2 and zz are fresh tensors, so the in-place update touches nothing still needed
+                w1[0].baddbmm_(kupd[i], g1, alpha=-1)
+                w2[0].baddbmm_(x2.mT, eg2, alpha=-1)
+                b2[0].sub_(eg2.sum(1, keepdim=True))
         if keep:
             ctx.save_for_backward(w1, w2, b2, xcat, attn1, eta, kupd, lrl, tb, w2sq)
             ctx.eps = eps
-        last = n if keep else n % 2
+        last = n if keep else 0
         return zbar, w1[last].clone(), w2[last].clone(), b2[last].clone()
 
     @staticmethod
