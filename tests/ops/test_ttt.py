@@ -270,11 +270,16 @@ def _scan_mlp_autograd(ws, xcat, tgt, lr, tau, lnw, lnb, eps):
     return torch.stack(out), [w1a, w2a]
 
 
+@pytest.mark.parametrize("group", [16, 2], ids=["one-group", "groups-of-2"])
 @pytest.mark.parametrize("ln", [True, False], ids=["ln", "noln"])
-def test_scan_mlp_vs_autograd(ln):
+def test_scan_mlp_vs_autograd(ln, group, monkeypatch):
     """The hand-written TTT-MLP scan backward equals autograd through the per-mini-batch dual form (float64, 5 full
-    mini-batches of 4, every input and both ends of the state), including when the final state gets no gradient."""
+    mini-batches of 4, every input and both ends of the state), including when the final state gets no gradient,
+    with the backward's batched recompute in one group or in groups of 2 mini-batches (carrying the state grads)."""
+    from innerloop.ops.ttt import _scan_mlp
     from innerloop.ops.ttt._scan_mlp import full_scan_mlp
+
+    monkeypatch.setattr(_scan_mlp, "_GROUP", group)
 
     torch.manual_seed(3)
     n, N, b, D, dt = 5, 3, 4, 5, torch.float64

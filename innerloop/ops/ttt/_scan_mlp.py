@@ -18,6 +18,7 @@ from torch import Tensor
 from ._scan_linear import inner_grad, inner_grad_vjp
 
 _gelu_bwd = torch.ops.aten.gelu_backward  # (grad, x) -> grad * gelu'(x), one fused kernel
+_GROUP = 16  # mini-batches per batched recompute in the backward
 _C = 0.7978845608028654  # sqrt(2 / pi)
 _A = 0.044715
 
@@ -88,17 +89,37 @@ class MLPScan(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, dout, dw1n, dw2n, db2n):
         w1, w2, b2, xcat, attn1, eta, kupd, lrl, tb, w2sq = ctx.saved_tensors
+        n = xcat.shape[0]
+        gw1 = torch.zeros_like(w1[0]) if dw1n is None else dw1n.clone()  # running gradients of the state
+        gw2 = torch.zeros_like(w2[0]) if dw2n is None else dw2n.clone()  # after the mini-batch being processed
+        gb2 = torch.zeros_like(b2[0]) if db2n is None else db2n.clone()
+        if dout is None:
+            dout = tb.new_zeros(tb.shape)
+        grads = [torch.empty_like(x) for x in (xcat, attn1, eta, kupd, lrl, tb)]
+        dsq = torch.empty_like(tb) if w2sq is not None else None
+        # groups of mini-batches, last first: the batched recompute stays in small buffers that the allocator
+        # reuses (one [n, N, b, 4D] buffer is above glibc's mmap threshold: a page fault per 4 KiB on every use)
+        for s in reversed(range(0, n, _GROUP)):
+            sl = slice(s, min(n, s + _GROUP))
+            gw1, gw2, gb2 = MLPScan._backward_group(
+                w1[sl], w2[sl], b2[sl], xcat[sl], attn1[sl], eta[sl], kupd[sl], lrl[sl], tb[sl], w2sq, ctx.eps,
+                dout[sl], gw1, gw2, gb2, [g[sl] for g in grads], None if dsq is None else dsq[sl])
+        dxcat, dattn1, deta, dkupd, dlrl, dtb = grads
+        dw2sq = None if dsq is None else dsq.sum((0, 2)).unsqueeze(1)
+        return gw1, gw2, gb2, dxcat, dattn1, deta, dkupd, dlrl, dtb, dw2sq, None
+
+    @staticmethod
+    def _backward_group(w1s, w2s, b2s, xcat, attn1, eta, kupd, lrl, tb, w2sq, eps, dout, gw1, gw2, gb2, outs, dsq):
+        """Backward over consecutive mini-batches ``[n, ...]``; writes the input gradients into ``outs`` (and ``dsq``)
+        and returns the running state gradients before the first of them."""
         n, N, b2x, _ = xcat.shape
         b = b2x // 2
-        w1s, w2s, b2s = w1[:n], w2[:n], b2[:n]
         # recompute the forward (batched: every W_i is saved)
         zz = torch.matmul(xcat, w1s)  # [n, N, 2b, F]
         zk = zz[:, :, :b]
         x2 = _gelu(zk)
         z2 = torch.matmul(x2, w2s).add_(b2s)
-        g2s, lnsaved = inner_grad(z2, tb, w2sq, ctx.eps)
-        if dout is None:
-            dout = torch.zeros_like(g2s)
+        g2s, lnsaved = inner_grad(z2, tb, w2sq, eps)
         h = torch.matmul(g2s, w2s.mT)  # [n, N, b, F]
         g1s = _gelu_bwd(h, zk, approximate="tanh")
         hgdd = h.mul_(_gelu_dd(zk))  # h ⊙ gelu''(Zk)  (dZk gets dG1 ⊙ this)
@@ -107,30 +128,24 @@ class MLPScan(torch.autograd.Function):
         xbar2 = _gelu(zbar1)
         m1 = torch.matmul(xbar2, x2.mT).add_(1).tril_()  # tril(X̄2 X2^T + 1)
         attn2 = m1 * eta
+        dxcat, dattn1, deta, dkupd, dlrl, dtb = outs
         dattn2 = torch.matmul(dout, g2s.mT).neg_()
-        deta = dattn2 * m1
+        torch.mul(dattn2, m1, out=deta)
         ds = (dattn2 * eta).tril_()
         dg2t = torch.matmul(attn2.mT, dout).neg_()  # [n, N, b, D]
         dxbar2 = torch.matmul(dout, w2s.mT).add_(torch.matmul(ds, x2))
         dx2t = torch.matmul(ds.mT, xbar2)  # [n, N, b, F]
         dzbar1 = _gelu_bwd(dxbar2, zbar1, approximate="tanh")
-        dattn1 = torch.matmul(dzbar1, g1s.mT).neg_()
+        torch.matmul(dzbar1, g1s.mT, out=dattn1).neg_()
         dg1t = torch.matmul(attn1.mT, dzbar1).neg_()  # [n, N, b, F]
-        # reverse recursion over mini-batches; running gradients of the state after mini-batch i
-        gw1 = torch.zeros_like(w1[0]) if dw1n is None else dw1n.clone()
-        gw2 = torch.zeros_like(w2[0]) if dw2n is None else dw2n.clone()
-        gb2 = torch.zeros_like(b2[0]) if db2n is None else db2n.clone()
+        # reverse recursion over the mini-batches
         dz1cat = torch.empty_like(zz)  # [n, N, 2b, F]: [dZk; dZ̄1]
         dz1cat[:, :, b:] = dzbar1
-        dkupd = torch.empty_like(kupd)
         deg2 = torch.empty_like(g2s)
-        dz2s = torch.empty_like(g2s)
-        dtbs = torch.empty_like(g2s) if w2sq is not None else None
-        dsq = torch.empty_like(g2s) if w2sq is not None else None
         x2cat = torch.cat([x2, xbar2], dim=2)  # [n, N, 2b, F]
         for i in reversed(range(n)):
             g1, g2 = g1s[i], g2s[i]
-            torch.bmm(gw1, g1.mT, out=dkupd[i])  # negated after the loop
+            torch.bmm(gw1, g1.mT, out=dkupd[i]).neg_()
             dg1 = torch.baddbmm(dg1t[i], kupd[i].mT, gw1, alpha=-1)
             de = torch.baddbmm(gb2, x2[i], gw2, out=deg2[i]).neg_()  # d(lr' ⊙ G2)
             dx2 = torch.baddbmm(dx2t[i], lrl[i] * g2, gw2.mT, alpha=-1)
@@ -138,23 +153,19 @@ class MLPScan(torch.autograd.Function):
             dg2 = torch.addcmul(dg2t[i], lrl[i], de).baddbmm_(dh, w2s[i])
             if w2sq is None:
                 dz2 = dg2
+                torch.neg(dz2, out=dtb[i])
             else:
                 sv = tuple(t[i] for t in lnsaved)
-                dz2, dtbs[i], dsq[i] = inner_grad_vjp(z2[i], g2, sv, w2sq, dg2)
-            dz2s[i] = dz2
+                dz2, dtb[i], dsq[i] = inner_grad_vjp(z2[i], g2, sv, w2sq, dg2)
             dx2.baddbmm_(dz2, w2s[i].mT)
             dzk = dz1cat[i, :, :b]
             torch.addcmul(_gelu_bwd(dx2, zk[i], approximate="tanh"), dg1, hgdd[i], out=dzk)
             gw1.baddbmm_(xcat[i].mT, dz1cat[i])
             gw2.baddbmm_(dh.mT, g2).baddbmm_(x2cat[i].mT, torch.cat([dz2, dout[i]], dim=1))
             gb2 += dz2.sum(1, keepdim=True) + dout[i].sum(1, keepdim=True)
-        dxcat = torch.matmul(dz1cat, w1s.mT)
-        dlrl = torch.linalg.vecdot(deg2, g2s).unsqueeze(-1)
-        if w2sq is None:
-            dtb, dw2sq = dz2s.neg(), None
-        else:
-            dtb, dw2sq = dtbs, dsq.sum((0, 2)).unsqueeze(1)
-        return gw1, gw2, gb2, dxcat, dattn1, deta, dkupd.neg_(), dlrl, dtb, dw2sq, None
+        torch.matmul(dz1cat, w1s.mT, out=dxcat)
+        torch.linalg.vecdot(deg2, g2s, out=dlrl.squeeze(-1))
+        return gw1, gw2, gb2
 
 
 def full_scan_mlp(
