@@ -45,8 +45,10 @@ def run_gradient_flow(mixers: list[str], out: str | Path, length: int = 100, hid
                       batch_size: int = 32, seed: int = 0) -> list[dict]:
     """For each mixer: gradient norms at init, after training without clipping, and after training with clipping.
 
-    Writes ``out/gradient_flow.csv`` (mixer, phase, distance, grad_norm) and ``out/gradient_flow.png``
-    (one panel per phase, log scale). Training is on the adding problem at ``length`` (``train_steps = 0`` skips it).
+    Writes ``out/gradient_flow.csv`` (mixer, phase, distance, grad_norm, relative = grad_norm / its value at
+    distance 0, which separates the decay with distance from the overall loss scale) and ``out/gradient_flow.png``
+    (relative norms, one panel per phase, log scale). Training is on the adding problem at ``length``
+    (``train_steps = 0`` skips it).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,10 +74,13 @@ def run_gradient_flow(mixers: list[str], out: str | Path, length: int = 100, hid
                 norms = torch.full((length,), float("nan"))
             else:
                 norms = gradient_norms(model, probe.inputs, probe.targets, probe.mask)
+            last = float(norms[-1])
             for t, v in enumerate(norms.tolist()):
-                rows.append({"mixer": mixer, "phase": phase, "distance": length - 1 - t, "grad_norm": v})
+                rel = v / last if last > 0 else float("nan")
+                rows.append({"mixer": mixer, "phase": phase, "distance": length - 1 - t, "grad_norm": v,
+                             "relative": rel})
     with open(out / "gradient_flow.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["mixer", "phase", "distance", "grad_norm"])
+        w = csv.DictWriter(f, fieldnames=["mixer", "phase", "distance", "grad_norm", "relative"])
         w.writeheader()
         w.writerows(rows)
     _plot(rows, out / "gradient_flow.png", length)
@@ -93,12 +98,12 @@ def _plot(rows: list[dict], path: Path, length: int) -> None:
     fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.8), sharey=True, squeeze=False)
     for ax, phase in zip(axes[0], phases):
         for m in mixers:
-            pts = sorted((r["distance"], r["grad_norm"]) for r in rows if r["mixer"] == m and r["phase"] == phase)
+            pts = sorted((r["distance"], r["relative"]) for r in rows if r["mixer"] == m and r["phase"] == phase)
             ax.plot([p[0] for p in pts], [max(p[1], 1e-30) for p in pts], label=m)
         ax.set_yscale("log")
         ax.set_title(phase)
         ax.set_xlabel("distance from the loss (steps)")
-    axes[0][0].set_ylabel("‖∂L/∂h_t‖")
+    axes[0][0].set_ylabel("‖∂L/∂h_t‖ / ‖∂L/∂h_{T-1}‖")
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(f"gradient flow on the adding problem, T = {length}")
     fig.tight_layout()
