@@ -132,3 +132,15 @@ def test_ttt_inner_cli(tmp_path, capsys):
     assert len(rows) == 12 and set(rows[0]) == {"mixer", "t", "W0", "W_prev", "W_t"}
     assert (tmp_path / "ttt_inner.png").stat().st_size > 1000
     assert "W_(t-1)" in capsys.readouterr().out
+
+
+def test_inner_losses_ttt_mlp_and_bad_layer():
+    torch.manual_seed(0)
+    from innerloop.layers import TTTMLP
+
+    layer = TTTMLP(8, 2, mini_batch_size=2, mode="naive")
+    losses = inner_losses(layer, torch.randn(2, 5, 8))
+    assert losses["W0"][0] == losses["W_prev"][0] and all(v.shape == (5,) for v in losses.values())
+    assert losses["W_prev"][1] != losses["W0"][1]  # the state moved after the first token
+    with pytest.raises(ValueError, match="TTTLinear/TTTMLP"):
+        inner_losses(torch.nn.Linear(2, 2), torch.randn(1, 2, 2))
