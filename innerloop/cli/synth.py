@@ -85,8 +85,11 @@ def _summary(m: dict) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from innerloop.synth import train
 
-    cfg = _config(args)
-    m, _ = train(cfg, progress=args.progress)
+    try:
+        cfg = _config(args)
+        m, _ = train(cfg, progress=args.progress)
+    except ValueError as e:  # bad task / mixer / length / vocab: one line, no traceback
+        raise SystemExit(f"innerloop synth train: {e}") from None
     print(f"{cfg.task} / {cfg.mixer} ({m['num_params']} params, hidden {m['hidden_size']}, "
           f"{m['train_seconds']:.1f} s): {_summary(m)}")
     if "rollout" in m:

@@ -121,8 +121,10 @@ def train(cfg: SynthConfig, progress: bool = False) -> tuple[dict[str, Any], Syn
     model = build_model(cfg, task)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    lo = cfg.min_train_length or cfg.train_length
-    lo = max(lo, task.min_length)
+    if cfg.train_length < task.min_length:
+        raise ValueError(f"task {cfg.task!r}: length must be >= {task.min_length}, got train_length "
+                         f"{cfg.train_length}")
+    lo = max(cfg.min_train_length or cfg.train_length, task.min_length)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     resolved = dataclasses.asdict(cfg) | {"hidden_size": model.hidden_size, "num_params": count_params(model)}

@@ -97,3 +97,10 @@ def test_arm_run_writes_rollout_and_plot(tmp_path):
     assert set(m["rollout"]) == {"err_h1", "err_h5", "hold_still_h5"}
     assert len(list(csv.DictReader((tmp_path / "rollout.csv").read_text().splitlines()))) == 5
     assert (tmp_path / "trajectories.png").stat().st_size > 1000
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="unknown mixer 'lstmm'"):
+        main(["synth", "train", "--mixer", "lstmm", "--steps", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="length must be >= 2"):
+        main(["synth", "train", "--task", "adding", "--train-length", "1", "--steps", "1", "--out", str(tmp_path)])
