@@ -52,7 +52,7 @@ def _full_mini_batches(
 ) -> tuple[list[Tensor], Tensor]:
     """The ``n`` full mini-batches starting at token ``s`` (on a boundary): blocks, scan and output.
 
-    Returns the weights after the last mini-batch and the op output ``[N, n*b, D]``.
+    Returns the weights after the last mini-batch and the op output ``[B, n*b, H, D]`` (contiguous).
     """
     B, _, H, D = q.shape
     N, bsz = B * H, tau.numel()
@@ -74,7 +74,7 @@ def _full_mini_batches(
         o = zbar
     else:  # XQ + LN(zbar), all mini-batches at once
         o = torch.addcmul(lnb + xcat[:, :, bsz:, :D], torch.nn.functional.layer_norm(zbar, [D], eps=eps), lnw)
-    return ws, o.view(n, N, bsz, D).transpose(0, 1).reshape(N, n * bsz, D)
+    return ws, o.view(n, B, H, bsz, D).permute(1, 0, 3, 2, 4).reshape(B, n * bsz, H, D)
 
 
 def _segment_linear(
@@ -166,10 +166,14 @@ def _chunk_ttt(
             zbar, *upd = _segment_linear(ws[0], None if acc is None else acc[0], *args)
         return zbar, upd
 
-    pieces = []  # outputs [N, t, D] of the leading segment, the full mini-batches, the remainder
+    pieces = []  # outputs [B, t, H, D] of the leading segment, the full mini-batches, the remainder
+
+    def to_bthd(o: Tensor) -> Tensor:  # [N, t, D] -> [B, t, H, D] (a view)
+        return o.view(B, H, o.shape[1], D).transpose(1, 2)
+
     if c0:  # leading partial mini-batch
         zbar, accs = segment(0, c0, off, accs)
-        pieces.append(inner_output(zbar, xq[:, :c0], lnw, lnb, eps))
+        pieces.append(to_bthd(inner_output(zbar, xq[:, :c0], lnw, lnb, eps)))
         if off + c0 == bsz:  # commit
             ws = [w - tau[-1] * a for w, a in zip(ws, accs)]
             accs = None
@@ -179,9 +183,9 @@ def _chunk_ttt(
     r = T - c0 - n * bsz
     if r:  # trailing remainder starts on a boundary
         zbar, accs = segment(T - r, T, 0, None)
-        pieces.append(inner_output(zbar, xq[:, c0:], lnw, lnb, eps))
-    o = torch.cat(pieces, dim=1) if len(pieces) != 1 else pieces[0]
-    o = o.reshape(B, H, T, D).transpose(1, 2) if pieces else q.clone()
+        pieces.append(to_bthd(inner_output(zbar, xq[:, c0:], lnw, lnb, eps)))
+    # one contiguous [B, T, H, D] when there are full mini-batches (so a layer's reshape to [B, T, H*D] is free)
+    o = (torch.cat(pieces, dim=1) if len(pieces) != 1 else pieces[0]) if pieces else q.clone()
 
     params = tuple(p for w in ws for p in _unpack(w, B, H))
     if accs is None:
