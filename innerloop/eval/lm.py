@@ -152,17 +152,17 @@ def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: in
 
 
 def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str | Path, xlabel: str, ylabel: str,
-                title: str = "") -> None:  # fmt: skip
-    """PNG of several ``name -> (xs, ys)`` line series."""
+                title: str = "", styles: dict[str, dict] | None = None) -> None:  # fmt: skip
+    """PNG of several ``name -> (xs, ys)`` line series; ``styles`` maps a name to extra ``plot`` kwargs."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name)
+        ax.plot(xs, ys, label=name, **(styles or {}).get(name, {}))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

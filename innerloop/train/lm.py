@@ -210,14 +210,17 @@ def token_bytes_of(tok: Tokenizer) -> Tensor | None:
 def plot_log(log_csv: str | Path | dict[str, str | Path], path: str | Path, name: str = "train") -> None:
     """Loss curves (training and validation bits per byte against tokens) from one or several ``log.csv``."""
     logs = log_csv if isinstance(log_csv, dict) else {name: log_csv}
-    series = {}
-    for label, p in logs.items():
+    series, styles = {}, {}
+    for i, (label, p) in enumerate(logs.items()):
         rows = read_log(p)
+        color = f"C{i % 10}"  # one colour per run: training solid, validation dashed with markers
         series[f"{label} train"] = ([int(r["tokens"]) for r in rows], [float(r["loss"]) / np.log(2) for r in rows])
+        styles[f"{label} train"] = dict(color=color, alpha=0.8)
         val = [r for r in rows if r["val_bpb"]]
         if val:
             series[f"{label} val"] = ([int(r["tokens"]) for r in val], [float(r["val_bpb"]) for r in val])
-    plot_curves(series, path, "training tokens", "bits per byte", "Loss curves")
+            styles[f"{label} val"] = dict(color=color, linestyle="--", marker="o")
+    plot_curves(series, path, "training tokens", "bits per byte", "Loss curves", styles)
 
 
 def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfig]:
