@@ -70,10 +70,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     Computed in at least float32 (float64 stays float64) and returned in ``x``'s dtype.
     """
     dt = torch.promote_types(x.dtype, torch.float32)
-    x2 = x.to(dt).unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
-    c, s = cos[:, None, :].to(dt), sin[:, None, :].to(dt)  # [T, 1, D/2]
-    a, b = x2[..., 0], x2[..., 1]
-    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(x.dtype)
+    pairs = torch.view_as_complex(x.to(dt).unflatten(-1, (-1, 2)).contiguous())  # [B, T, H, D/2]: x[2i] + i x[2i+1]
+    rot = torch.complex(cos.to(dt), sin.to(dt))[:, None, :]  # [T, 1, D/2]: e^{i angle}
+    return torch.view_as_real(pairs * rot).flatten(-2).to(x.dtype)  # one complex multiply rotates every pair
 
 
 class CausalConv1d(nn.Module):
