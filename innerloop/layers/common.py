@@ -44,7 +44,10 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if torch.is_grad_enabled():
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # inference: reuse the gate's buffer (the [B, T, hidden] temporaries are the block's largest allocations)
+        return self.down_proj(F.silu(self.gate_proj(x), inplace=True).mul_(self.up_proj(x)))
 
 
 def rope_angles(positions: Tensor, head_dim: int, theta: float = 1e4) -> tuple[Tensor, Tensor]:

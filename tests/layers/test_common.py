@@ -63,3 +63,11 @@ def test_rope_keeps_float64_and_low_precision_dtype():
     assert apply_rope(x, cos, sin).dtype == torch.float64
     assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
     assert apply_rope(x.detach().bfloat16(), cos, sin).dtype == torch.bfloat16
+
+
+def test_swiglu_inference_path_matches_training_path():
+    mlp = SwiGLU(8, 12)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        y_inf = mlp(x)
+    assert_close("swiglu no_grad", mlp(x).detach(), y_inf, atol=0, rtol=0)
