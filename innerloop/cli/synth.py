@@ -14,11 +14,11 @@ pair at about ``--target-params`` parameters and writes ``table.csv`` and ``tabl
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 from pathlib import Path
 
+from innerloop._io import write_csv
 from innerloop.synth.harness import SynthConfig
 
 _SKIP = {"task_options", "eval_lengths"}
@@ -117,10 +117,7 @@ def run_table(args: argparse.Namespace) -> int:
                              "score": round(score, 4), "seq_acc": round(e.get("seq_acc", float("nan")), 4),
                              "loss": round(e["loss"], 4), "seconds": round(m["train_seconds"], 1)})
             print(f"{task:>15} {mixer:>10}: {_summary(m)}", flush=True)
-    with open(root / "table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, root / "table.csv")
     (root / "table.md").write_text(_markdown(rows, args.mixers))
     print(f"wrote {root}/table.csv and table.md")
     return 0

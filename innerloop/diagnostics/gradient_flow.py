@@ -9,12 +9,12 @@ step's gradient must travel the whole distance.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from innerloop._io import pyplot, write_csv
 from innerloop.data.synthetic import make_task
 from innerloop.synth.harness import SynthConfig, train
 from innerloop.synth.model import SynthModel
@@ -79,19 +79,13 @@ def run_gradient_flow(mixers: list[str], out: str | Path, length: int = 100, hid
                 rel = v / last if last > 0 else float("nan")
                 rows.append({"mixer": mixer, "phase": phase, "distance": length - 1 - t, "grad_norm": v,
                              "relative": rel})
-    with open(out / "gradient_flow.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["mixer", "phase", "distance", "grad_norm", "relative"])
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, out / "gradient_flow.csv", ["mixer", "phase", "distance", "grad_norm", "relative"])
     _plot(rows, out / "gradient_flow.png", length)
     return rows
 
 
 def _plot(rows: list[dict], path: Path, length: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     phases = list(dict.fromkeys(r["phase"] for r in rows))
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))

@@ -12,7 +12,6 @@ reads a randomly initialised model: what the dynamics keep by themselves).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from innerloop._io import pyplot, write_csv
 from innerloop.layers import KVCache, RNNState
 from innerloop.synth.model import SynthModel
 
@@ -121,19 +121,13 @@ def run_retention(mixers: list[str], hidden_sizes: list[int], steps: list[int], 
                 acc = retention(m, h, n, vocab_size, n_train, n_test, train_steps, seed=seed)
                 rows.append({"mixer": m, "hidden_size": h, "steps": n, "probe_acc": acc, "chance": 1 / vocab_size})
                 print(f"{m:>10} hidden {h:>4} after {n:>4} steps: probe accuracy {acc:.3f}", flush=True)
-    with open(out / "retention.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, out / "retention.csv")
     _plot(rows, out / "retention.png", vocab_size)
     return rows
 
 
 def _plot(rows: list[dict], path: Path, vocab: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = list(dict.fromkeys(r["hidden_size"] for r in rows))
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))

@@ -15,13 +15,13 @@ initialisation); the losses are measured on windows of the last 10%.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from innerloop._io import pyplot, write_csv
 from innerloop.data.text import load_bytes, random_windows, split
 from innerloop.layers.common import apply_rope, rope_angles
 from innerloop.layers.ttt import TTTBase
@@ -104,19 +104,13 @@ def run_ttt_inner(out: str | Path, mixers: tuple[str, ...] = ("ttt_linear", "ttt
         means = {k: float(v.mean()) for k, v in losses.items()}
         print(f"{mixer}: mean inner loss  W0 {means['W0']:.4f}  W_(t-1) {means['W_prev']:.4f}  "
               f"W_t {means['W_t']:.4f}", flush=True)
-    with open(out / "ttt_inner.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, out / "ttt_inner.csv")
     _plot(rows, out / "ttt_inner.png", train_steps)
     return rows
 
 
 def _plot(rows: list[dict], path: Path, train_steps: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
     fig, axes = plt.subplots(1, len(mixers), figsize=(5.5 * len(mixers), 3.8), squeeze=False)

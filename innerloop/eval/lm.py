@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from innerloop._io import pyplot
 from innerloop.data.cache import gather_windows
 
 __all__ = ["evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_windows", "write_position_csv"]
@@ -122,20 +123,9 @@ def write_position_csv(curves: dict[str, Tensor], path: str | Path, width: int) 
                 w.writerow([name, s, e, f"{v:.6f}", f"{v / LN2:.6f}"])
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ImportError("plots need matplotlib: pip install 'innerloop[plot]'") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: int, train_context: int = 0) -> None:
     """PNG of bits per byte against token position (bucketed by ``width``), one line per curve."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, losses in curves.items():
         rows = bucket(losses, width)
@@ -154,7 +144,7 @@ def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: in
 def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str | Path, xlabel: str, ylabel: str,
                 title: str = "", styles: dict[str, dict] | None = None) -> None:  # fmt: skip
     """PNG of several ``name -> (xs, ys)`` line series; ``styles`` maps a name to extra ``plot`` kwargs."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 4.0))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, label=name, **(styles or {}).get(name, {}))

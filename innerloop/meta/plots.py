@@ -9,21 +9,14 @@ from typing import Any
 
 import torch
 
+from innerloop._io import pyplot
+
 __all__ = ["plot_learning_curve", "plot_sinusoid"]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_learning_curve(log_csv: str | Path, out: str | Path) -> Path:
     """Meta-training loss (and accuracy, if logged) against iteration."""
-    plt = _pyplot()
+    plt = pyplot()
     with Path(log_csv).open() as f:
         rows = list(csv.DictReader(f))
     it = [int(r["iteration"]) for r in rows]
@@ -49,7 +42,7 @@ def plot_sinusoid(algo: Any, cfg: Any, out: str | Path, task: int = 0, steps: tu
     from innerloop.data.sinusoid import SinusoidTasks, sinusoid
     from innerloop.meta.functional import forward
 
-    plt = _pyplot()
+    plt = pyplot()
     batch = SinusoidTasks(cfg.shots, 1, TEST_SEED).eval_batch(task, 1)
     grid = torch.linspace(-5, 5, 200).view(200, 1)
     truth = sinusoid(grid.double()[None], batch.info["amplitude"], batch.info["phase"])[0, :, 0]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from innerloop._io import pyplot
 from innerloop.data.synthetic import TASKS, SynthBatch, SyntheticTask
 
 __all__ = ["ArmTrajectory", "forward_kinematics", "simulate"]
@@ -132,10 +133,7 @@ class ArmTrajectory(SyntheticTask):
 
 
 def _plot(q: Tensor, pred: Tensor, target: Tensor, c: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
     for i, ax in enumerate(axes):
