@@ -28,4 +28,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: setup
-	$(BIN)/python benchmarks/bench_ttt.py
+	$(BIN)/python benchmarks/bench_ttt_lm.py --models ttt_linear,ttt_mlp,attention
