@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 from benchmarks._timing import environment, matmul_gflops, measure  # noqa: E402
 
 OURS = ("ttt_linear", "ttt_mlp", "attention")
+OTHER_MIXERS = ("mamba", "lstm", "gru", "rnn")  # selectable with --models; not in the default set
 OFFICIAL = ("official_linear", "official_mlp")
 TTT_BASE_LR = {"linear": 1.0, "mlp": 0.1}  # the authors' scripts: TTT-MLP trains with base lr 0.1
 
@@ -152,6 +153,11 @@ def mixer_flops(mixer: str, L: int, size: Size) -> float:
     """Forward FLOPs of one mixer layer over ``L`` tokens of one sequence."""
     d, nh, b = size.hidden, size.heads, size.mini_batch
     hd = d // nh
+    if mixer == "mamba":  # E = 2d, N = 16, rank ceil(d/16): in_proj, x_proj (Δ, B, C), dt_proj, out_proj
+        E, N, R = 2 * d, 16, -(-d // 16)
+        return L * 2 * (d * 2 * E + E * (R + 2 * N) + R * E + E * d)
+    if mixer in ("rnn", "lstm", "gru"):  # input and recurrent matmuls of 1 / 4 / 3 gates, state width d
+        return L * 2 * 2 * d * d * {"rnn": 1, "lstm": 4, "gru": 3}[mixer]
     proj = L * 4 * 2 * d * d  # q, k, v, o
     if mixer.endswith("attention"):
         return proj + 2 * 2 * d * L * (L + 1) / 2  # QK^T and PV over the causal triangle
@@ -346,7 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     ints = lambda s: [int(x) for x in csv(s)]  # noqa: E731
-    p.add_argument("--models", type=csv, default=list(OURS + OFFICIAL), help=",".join(OURS + OFFICIAL))
+    p.add_argument("--models", type=csv, default=list(OURS + OFFICIAL), help=",".join(OURS + OFFICIAL + OTHER_MIXERS))
     p.add_argument("--modes", type=csv, default=["fwd", "train", "decode"], help="comma list of fwd,train,decode")
     p.add_argument("--lengths", type=ints, help="default 512,2048,8192")
     p.add_argument("--batches", type=ints, help="default 1,4")
@@ -379,7 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, k, v)
     for k in ("lengths", "batches", "positions", "models", "modes"):
         setattr(args, k, list(dict.fromkeys(getattr(args, k))))  # drop repeats, keep order
-    unknown = set(args.models) - set(OURS + OFFICIAL) | set(args.modes) - {"fwd", "train", "decode"}
+    unknown = set(args.models) - set(OURS + OTHER_MIXERS + OFFICIAL) | set(args.modes) - {"fwd", "train", "decode"}
     if unknown:
         p.error(f"unknown models/modes: {sorted(unknown)}")
     args.official_max_tokens = {"fwd": args.official_max_fwd_tokens, "train": args.official_max_train_tokens}
