@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
+from innerloop._config import DictConfig
 from innerloop.layers import MIXERS
 from innerloop.models.lm import LMConfig
 
@@ -18,7 +17,7 @@ RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_chec
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """A byte/token LM training run. Sizes are the model's; ``batch_size`` is the *global* batch (sequences per step).
 
     Tokens per optimizer step are ``batch_size * context``; each of ``world_size * grad_accum`` micro-batches holds
@@ -115,17 +114,6 @@ class TrainConfig:
         if self.ttt_lr_warmup_steps >= 0:
             return self.ttt_lr_warmup_steps
         return self.steps // 10 if self.mixer == "ttt_mlp" else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {unknown}")
-        return cls(**d)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from innerloop._config import DictConfig
 from innerloop.layers import MIXERS
 
 BACKBONES = ("transformer", "mamba")
@@ -21,7 +21,7 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 @dataclass
-class LMConfig:
+class LMConfig(DictConfig):
     """Causal LM: embedding -> ``num_hidden_layers`` blocks -> RMSNorm -> lm_head.
 
     Block (``backbone='transformer'``): ``h += mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h))``.
@@ -107,16 +107,3 @@ class LMConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-serialisable), round-trips through :meth:`from_dict`."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise an error listing them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown LMConfig keys: {unknown}")
-        return cls(**d)
