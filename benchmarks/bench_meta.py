@@ -25,15 +25,20 @@ from innerloop.meta import MAML
 from innerloop.models.meta_nets import SinusoidMLP, omniglot_cnn
 
 
-def loop_step(maml: MAML, batch: TaskBatch, steps: int, opt: torch.optim.Optimizer) -> None:
-    opt.zero_grad()
+def loop_meta_loss(maml: MAML, batch: TaskBatch, steps: int) -> torch.Tensor:
+    """Mean query loss the learn2learn/higher way: one clone per task, adapted in a Python loop."""
     total = 0.0
     for i in range(len(batch)):
         learner = maml.clone()
         for _ in range(steps):
             learner.adapt(maml.loss_fn(learner(batch.support_x[i]), batch.support_y[i]))
         total = total + maml.loss_fn(learner(batch.query_x[i]), batch.query_y[i])
-    (total / len(batch)).backward()
+    return total / len(batch)
+
+
+def loop_step(maml: MAML, batch: TaskBatch, steps: int, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad()
+    loop_meta_loss(maml, batch, steps).backward()
     opt.step()
 
 
@@ -54,13 +59,7 @@ def omniglot_batch(tasks: int, ways: int, shots: int, device: str) -> TaskBatch:
 def check_same_grads(maml: MAML, batch: TaskBatch, steps: int) -> float:
     params = list(maml.parameters())
     g1 = torch.autograd.grad(maml.meta_loss(batch).loss, params)
-    total = 0.0
-    for i in range(len(batch)):
-        learner = maml.clone()
-        for _ in range(steps):
-            learner.adapt(maml.loss_fn(learner(batch.support_x[i]), batch.support_y[i]))
-        total = total + maml.loss_fn(learner(batch.query_x[i]), batch.query_y[i])
-    g2 = torch.autograd.grad(total / len(batch), params)
+    g2 = torch.autograd.grad(loop_meta_loss(maml, batch, steps), params)
     return max((a - b).abs().max().item() for a, b in zip(g1, g2))
 
 
