@@ -1,4 +1,7 @@
-"""Mamba-1 mixer (Gu & Dao, 2023) in pure PyTorch: selective SSM with input-dependent Δ, B, C and a causal conv.
+"""Mamba-1 mixer (Gu & Dao, 2023): selective SSM with input-dependent Δ, B, C and a causal conv.
+
+Pure PyTorch, except the scan: a fused kernel where the device has one (``innerloop.ops.selective_scan.fused``),
+else the pure-PyTorch chunked scan.
 
 The scan math is in ``innerloop/ops/selective_scan/README.md``. Parameter names follow the authors' ``Mamba`` block
 (``in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj``; the conv lives at ``conv.conv`` here).
@@ -16,13 +19,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from innerloop.ops.selective_scan import chunk_selective_scan, naive_selective_scan
+from innerloop.ops.selective_scan import (
+    chunk_selective_scan,
+    fused_scan_available,
+    fused_selective_scan,
+    naive_selective_scan,
+)
 
 from .common import CausalConv1d
 from .registry import register_mixer
 
 logger = logging.getLogger(__name__)
-MODES = ("chunk", "naive")
+MODES = ("fused", "chunk", "torch", "naive")  # 'chunk' (LMConfig's default mode name) means 'fused' here
+
+
+_WARNED: set[str] = set()
+
+
+def _fused_ok(device: torch.device) -> bool:
+    """Whether the fused scan runs on ``device``; warns once per device type when it falls back."""
+    if fused_scan_available(device):
+        return True
+    if device.type not in _WARNED:
+        _WARNED.add(device.type)
+        logger.warning("Mamba: no fused selective-scan kernel for %s here; using the pure-PyTorch chunked scan "
+                       "(mode='torch'). On a CPU machine this means no working C compiler (cc).", device.type)
+    return False
 
 
 class MambaState(NamedTuple):
@@ -72,9 +94,11 @@ class Mamba(nn.Module):
         dt_init_floor (float, Optional): lower clamp of the initial Δ. Default: ``1e-4``.
         dt_scale (float, Optional): scale of the uniform init of ``dt_proj.weight``. Default: 1.0.
         bias (bool, Optional): biases in ``in_proj`` / ``out_proj``. Default: False.
-        mode (str, Optional): scan path, ``'chunk'`` (fast; one-token calls take a single sequential step) or
-            ``'naive'`` (the reference loop). Default: ``'chunk'``.
-        chunk_size (int, Optional): chunk of the fast scan. Default: 32.
+        mode (str, Optional): scan path: ``'fused'`` (the device's fused kernel, falling back to ``'torch'`` with a
+            warning where there is none; ``'chunk'`` is a synonym), ``'torch'`` (the pure-PyTorch chunked scan) or
+            ``'naive'`` (the reference loop). One-token calls always take a single sequential step. Default:
+            ``'fused'``.
+        chunk_size (int, Optional): chunk of the fast scans (the fused kernel's backward checkpoints). Default: 32.
 
     Examples:
         >>> layer = Mamba(32, 4)
@@ -98,7 +122,7 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,
         dt_scale: float = 1.0,
         bias: bool = False,
-        mode: str = "chunk",
+        mode: str = "fused",
         chunk_size: int = 32,
     ) -> None:
         super().__init__()
@@ -115,7 +139,7 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(C / 16) if dt_rank is None else dt_rank
         if self.dt_rank < 1:
             raise ValueError(f"dt_rank must be >= 1, got {self.dt_rank}")
-        self.mode, self.chunk_size = mode, chunk_size
+        self.mode, self.chunk_size = ("fused" if mode == "chunk" else mode), chunk_size
         self.dt_min, self.dt_max, self.dt_init_floor, self.dt_scale = dt_min, dt_max, dt_init_floor, dt_scale
         self.in_proj = nn.Linear(C, 2 * E, bias=bias)
         self.conv = CausalConv1d(E, conv_kernel)
@@ -186,6 +210,8 @@ class Mamba(nn.Module):
         h0 = None if state is None else state.ssm
         if self.mode == "naive" or x.shape[1] == 1:
             y, ssm = naive_selective_scan(xs, delta, A, Bm, Cm, self.D, h0)
+        elif self.mode == "fused" and _fused_ok(x.device):
+            y, ssm = fused_selective_scan(xs, delta, A, Bm, Cm, self.D, h0, chunk_size=self.chunk_size)
         else:
             y, ssm = chunk_selective_scan(xs, delta, A, Bm, Cm, self.D, h0, chunk_size=self.chunk_size)
         y = y.to(x.dtype) * F.silu(z)

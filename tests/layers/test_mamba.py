@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from innerloop.layers import MIXERS, build_mixer
 from innerloop.layers.mamba import Mamba, MambaState
 from innerloop.models.lm import CausalLM, LMConfig
+from innerloop.ops.selective_scan import cpu_kernel_available
 from innerloop.testing import assert_close
+
+SCAN_MODES = ["naive", "torch", pytest.param("fused", marks=pytest.mark.skipif(
+    not cpu_kernel_available(), reason="no C compiler: fused CPU kernel not built"))]
 
 
 def make(C=16, dtype=torch.float64, **kw) -> Mamba:
@@ -52,7 +56,7 @@ def test_registered_and_init():
     assert layer.dt_proj.weight.abs().max() <= 2**-0.5
 
 
-@pytest.mark.parametrize("mode", ["chunk", "naive"])
+@pytest.mark.parametrize("mode", SCAN_MODES)
 def test_forward_matches_written_out_block(mode):
     layer = make(mode=mode, chunk_size=5)
     x = torch.randn(2, 13, 16, dtype=torch.float64)
@@ -61,8 +65,9 @@ def test_forward_matches_written_out_block(mode):
     assert isinstance(state, MambaState) and state.ssm.shape == (2, 32, 16)
 
 
-def test_modes_agree_with_grads():
-    chunk, naive = make(mode="chunk", chunk_size=8), make(mode="naive")
+@pytest.mark.parametrize("mode", SCAN_MODES[1:])
+def test_modes_agree_with_grads(mode):
+    chunk, naive = make(mode=mode, chunk_size=8), make(mode="naive")
     naive.load_state_dict(chunk.state_dict())
     x = torch.randn(2, 29, 16, dtype=torch.float64)
     outs = []
@@ -75,7 +80,7 @@ def test_modes_agree_with_grads():
         assert_close(name, r, f)
 
 
-@pytest.mark.parametrize("mode", ["chunk", "naive"])
+@pytest.mark.parametrize("mode", SCAN_MODES)
 def test_state_equivalence(mode):
     """Whole sequence == prefix + one-token steps == prefix + odd chunks, outputs and final state."""
     layer = make(mode=mode, chunk_size=4)
@@ -95,6 +100,23 @@ def test_state_equivalence(mode):
         ys.append(y_k)
     assert_close("odd chunks", y, torch.cat(ys, 1))
     assert_close("ssm state (chunks)", state.ssm, s.ssm)
+
+
+def test_fused_mode_falls_back_with_a_warning(monkeypatch, caplog):
+    """'chunk' (LMConfig's default name) means 'fused'; without a kernel the layer warns once and runs 'torch'."""
+    from innerloop.layers import mamba
+
+    assert Mamba(16, 1, mode="chunk").mode == "fused"
+    layer = make(mode="fused", chunk_size=8)
+    x = torch.randn(2, 19, 16, dtype=torch.float64)
+    monkeypatch.setattr(mamba, "fused_scan_available", lambda device: False)
+    monkeypatch.setattr(mamba, "_WARNED", set())
+    with caplog.at_level("WARNING", logger="innerloop.layers.mamba"):
+        y, _ = layer(x)
+        layer(x)
+    assert sum("no fused selective-scan kernel" in r.message for r in caplog.records) == 1
+    layer.mode = "naive"
+    assert_close("fallback == naive", layer(x)[0], y)
 
 
 def test_causal():

@@ -1,4 +1,5 @@
-"""chunk_selective_scan against the sequential reference: outputs, final states and every input gradient."""
+"""The fast selective scans (pure-PyTorch chunked, fused CPU kernel) against the sequential reference: outputs, final
+states and every input gradient."""
 
 from __future__ import annotations
 
@@ -6,8 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from innerloop.ops.selective_scan import chunk_selective_scan, naive_selective_scan
+from innerloop.ops.selective_scan import (
+    chunk_selective_scan,
+    cpu_fused_selective_scan,
+    cpu_kernel_available,
+    naive_selective_scan,
+)
 from innerloop.testing import assert_close
+
+needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="no C compiler: fused CPU kernel not built")
+FAST = {
+    "chunk": chunk_selective_scan,
+    "fused": pytest.param(cpu_fused_selective_scan, marks=needs_kernel),
+}
+FAST_IDS = list(FAST)
+FAST_FNS = list(FAST.values())
 
 NAMES = ("y", "final_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
 
@@ -31,6 +45,7 @@ def grads_of(fn, ins, dy, dh):
     return (y, h, *grads)
 
 
+@pytest.mark.parametrize("fn", FAST_FNS, ids=FAST_IDS)
 @pytest.mark.parametrize(("B", "T", "E", "N", "chunk", "dtype", "h0"), [
     pytest.param(1, 1, 3, 2, 4, torch.float64, True, id="T1-fp64"),
     pytest.param(2, 63, 5, 4, 16, torch.float64, True, id="T63-c16-fp64"),
@@ -38,24 +53,27 @@ def grads_of(fn, ins, dy, dh):
     pytest.param(3, 37, 4, 16, 7, torch.float64, True, id="T37-c7-N16-fp64"),
     pytest.param(2, 101, 8, 16, 32, torch.float32, True, id="T101-c32-fp32"),
     pytest.param(1, 64, 4, 4, 64, torch.float32, False, id="T64-c64-fp32-noh0"),
+    pytest.param(2, 45, 37, 5, 8, torch.float64, True, id="E37-3blocks-N5-fp64"),
+    pytest.param(3, 70, 48, 16, 64, torch.float32, False, id="E48-c64-fp32-noh0"),
 ])
-def test_chunk(B, T, E, N, chunk, dtype, h0):
+def test_fast_paths(fn, B, T, E, N, chunk, dtype, h0):
     ins = make_inputs(B, T, E, N, dtype, with_h0=h0)
     dy = torch.randn(B, T, E, dtype=dtype)
     dh = torch.randn(B, E, N, dtype=torch.promote_types(dtype, torch.float32))
     ref = grads_of(naive_selective_scan, ins, dy, dh)
-    fast = grads_of(lambda *a: chunk_selective_scan(*a, chunk_size=chunk), ins, dy, dh)
+    fast = grads_of(lambda *a: fn(*a, chunk_size=chunk), ins, dy, dh)
     names = [n for n in NAMES if h0 or n != "dh0"]
     tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
     for name, r, f in zip(names, ref, fast):
         assert_close(name, r, f, **tol)
 
 
-def test_chunk_no_skip_and_unused_state():
+@pytest.mark.parametrize("fn", FAST_FNS, ids=FAST_IDS)
+def test_no_skip_and_unused_state(fn):
     """D=None; a loss on y only (no final-state gradient) and on the state only."""
     u, delta, A, B, C, _, h0 = make_inputs(2, 21, 3, 4, torch.float64)
     y_r, h_r = naive_selective_scan(u, delta, A, B, C, None, h0)
-    y_f, h_f = chunk_selective_scan(u, delta, A, B, C, None, h0, chunk_size=8)
+    y_f, h_f = fn(u, delta, A, B, C, None, h0, chunk_size=8)
     assert_close("y", y_r, y_f)
     g_r = torch.autograd.grad(y_r.sum(), (u, A, h0), retain_graph=True)
     g_f = torch.autograd.grad(y_f.sum(), (u, A, h0), retain_graph=True)
@@ -67,13 +85,14 @@ def test_chunk_no_skip_and_unused_state():
         assert_close(name, r, f)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("fn", FAST_FNS, ids=FAST_IDS)
+def test_gradcheck(fn):
     ins = make_inputs(1, 7, 2, 3, torch.float64)
-    assert torch.autograd.gradcheck(lambda *a: chunk_selective_scan(*a, chunk_size=3), ins)
+    assert torch.autograd.gradcheck(lambda *a: fn(*a, chunk_size=3), ins)
     assert torch.autograd.gradcheck(naive_selective_scan, make_inputs(1, 4, 2, 2, torch.float64))
 
 
-@pytest.mark.parametrize("fn", [naive_selective_scan, chunk_selective_scan], ids=["naive", "chunk"])
+@pytest.mark.parametrize("fn", [naive_selective_scan, *FAST_FNS], ids=["naive", *FAST_IDS])
 def test_state_chaining(fn):
     """Whole sequence == prefix, then the rest from the returned state, for splits of odd sizes."""
     u, delta, A, B, C, D, h0 = (t.detach() for t in make_inputs(2, 50, 4, 5, torch.float64))
@@ -86,12 +105,13 @@ def test_state_chaining(fn):
     assert_close("state chained", h, s)
 
 
-def test_stable_with_strong_decay():
+@pytest.mark.parametrize("fn", FAST_FNS, ids=FAST_IDS)
+def test_stable_with_strong_decay(fn):
     """Large Δ|A| (decays underflow to 0) gives finite values that match the reference; no exp overflow."""
     u, delta, A, B, C, D, h0 = (t.detach() for t in make_inputs(1, 40, 3, 4, torch.float32))
     delta = delta * 200.0
     y_r, h_r = naive_selective_scan(u, delta, A, B, C, D, h0)
-    y_f, h_f = chunk_selective_scan(u, delta, A, B, C, D, h0, chunk_size=16)
+    y_f, h_f = fn(u, delta, A, B, C, D, h0, chunk_size=16)
     assert torch.isfinite(y_f).all() and torch.isfinite(h_f).all()
     assert_close("y", y_r, y_f, atol=1e-3, rtol=1e-4)
     assert_close("h", h_r, h_f, atol=1e-3, rtol=1e-4)
@@ -99,7 +119,7 @@ def test_stable_with_strong_decay():
 
 def test_empty_sequence():
     u, delta, A, B, C, D, h0 = (t.detach() for t in make_inputs(2, 5, 3, 4, torch.float64))
-    for fn in (naive_selective_scan, chunk_selective_scan):
+    for fn in (naive_selective_scan, chunk_selective_scan, cpu_fused_selective_scan):
         y, h = fn(u[:, :0], delta[:, :0], A, B[:, :0], C[:, :0], D, h0)
         assert y.shape == (2, 0, 3)
         assert_close("state unchanged", h0, h)
@@ -117,8 +137,73 @@ def test_empty_sequence():
 def test_bad_inputs(index, shape, match):
     ins = [t.detach() for t in make_inputs(2, 5, 3, 4, torch.float64)]
     ins[index] = torch.zeros(shape, dtype=torch.float64)
-    for fn in (naive_selective_scan, chunk_selective_scan):
+    for fn in (naive_selective_scan, chunk_selective_scan, cpu_fused_selective_scan):
         with pytest.raises(ValueError, match=match):
             fn(*ins)
-    with pytest.raises(ValueError, match="chunk_size"):
-        chunk_selective_scan(*[t.detach() for t in make_inputs(2, 5, 3, 4, torch.float64)], chunk_size=0)
+    for fn in (chunk_selective_scan, cpu_fused_selective_scan):
+        with pytest.raises(ValueError, match="chunk_size"):
+            fn(*[t.detach() for t in make_inputs(2, 5, 3, 4, torch.float64)], chunk_size=0)
+
+
+@needs_kernel
+def test_fused_same_for_any_thread_count():
+    """The blocks split over threads write disjoint outputs: 1 and 3 threads give bit-identical results."""
+    ins = make_inputs(3, 50, 40, 16, torch.float32)
+    dy = torch.randn(3, 50, 40)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            fn = lambda *a: cpu_fused_selective_scan(*a, chunk_size=16)  # noqa: E731
+            outs.append(grads_of(fn, ins, dy, torch.ones(3, 40, 16)))
+    finally:
+        torch.set_num_threads(before)
+    for name, a, b in zip(NAMES, *outs):
+        assert torch.equal(a, b), name
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_low_precision_inputs(dtype):
+    """Half inputs are scanned in float32 (state float32, y back in the input dtype), like the chunked path."""
+    ins = [t.detach() for t in make_inputs(2, 33, 20, 8, dtype)]
+    y_r, h_r = chunk_selective_scan(*ins)
+    y_f, h_f = cpu_fused_selective_scan(*ins)
+    assert y_f.dtype == dtype and h_f.dtype == torch.float32
+    assert_close("y", y_r.float(), y_f.float(), atol=2e-2, rtol=2e-2)
+    assert_close("h", h_r, h_f, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_kernel_build_failure_is_clear(monkeypatch, tmp_path):
+    """No compiler: a RuntimeError naming it (and the Mamba layer's 'fused' mode falls back, tested there)."""
+    from innerloop.ops.selective_scan import cpu_fused
+
+    monkeypatch.setattr(cpu_fused, "_LIBS", {})
+    monkeypatch.setattr(cpu_fused, "_FAILED", None)
+    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    with pytest.raises(RuntimeError, match="no-such-compiler-xyz"):
+        cpu_fused_selective_scan(*[t.detach() for t in make_inputs(1, 4, 3, 2, torch.float32)])
+    assert not cpu_fused.cpu_kernel_available()
+    monkeypatch.setattr(cpu_fused, "_FAILED", None)
+    monkeypatch.setenv("INNERLOOP_NO_KERNEL", "1")
+    with pytest.raises(RuntimeError, match="INNERLOOP_NO_KERNEL"):
+        cpu_fused._library(torch.float32)
+
+
+@needs_kernel
+def test_fused_kernel_builds_into_cache(monkeypatch, tmp_path):
+    """A fresh cache directory gets one library per dtype, reused by the next load."""
+    from innerloop.ops.selective_scan import cpu_fused
+
+    monkeypatch.setattr(cpu_fused, "_LIBS", {})
+    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path))
+    cpu_fused._library(torch.float32)
+    built = sorted((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].name.startswith("selective_scan_float32_") and built[0].suffix == ".so"
+    monkeypatch.setattr(cpu_fused, "_LIBS", {})
+    cpu_fused._library(torch.float32)
+    assert sorted((tmp_path / "kernels").iterdir()) == built
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cpu_fused._library(torch.float16)

@@ -1,6 +1,11 @@
-"""Selective scan (Mamba-1's SSM): sequential reference and chunked fast path with one signature."""
+"""Selective scan (Mamba-1's SSM): sequential reference, pure-PyTorch chunked path and fused kernels, one signature."""
 
 from .chunk import chunk_selective_scan
+from .cpu_fused import cpu_fused_selective_scan, cpu_kernel_available
+from .fused import fused_scan_available, fused_selective_scan
 from .naive import naive_selective_scan
 
-__all__ = ["chunk_selective_scan", "naive_selective_scan"]
+__all__ = [
+    "chunk_selective_scan", "cpu_fused_selective_scan", "cpu_kernel_available", "fused_scan_available",
+    "fused_selective_scan", "naive_selective_scan",
+]

@@ -1,0 +1,215 @@
+"""Fused CPU selective scan: ``cpu_scan.c`` compiled on first use with the system C compiler, called through ctypes.
+
+Why a kernel: Mamba-1's decay differs per (channel, state) entry, so no pure-PyTorch form does less than several full
+passes over ``[B, T, E, N]`` (README.md); the fused loop makes one pass per direction with a block's state in L1
+(vectorized over 16 channels, own vectorizable ``exp``). Forward saves the state every ``chunk_size`` tokens; the
+backward recomputes one chunk at a time from those checkpoints, so memory is ``O(T / chunk_size)`` states.
+
+The library is built with ``$CC`` (default ``cc``) ``-O3 -march=native`` into ``$INNERLOOP_CACHE/kernels``
+(default ``~/.cache/innerloop/kernels``), keyed by the source, flags, compiler and CPU; the build is atomic, so
+concurrent processes are safe. Work is split over ``torch.get_num_threads()`` threads by (batch row, channel block).
+Set ``INNERLOOP_NO_KERNEL=1`` to never build (then :func:`cpu_kernel_available` is False and the Mamba layer uses
+the pure-PyTorch chunked scan).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._common import check_inputs, compute_dtype
+
+W = 16  # channels per block: must equal W in cpu_scan.c
+_SRC = Path(__file__).with_name("cpu_scan.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+_DEFINES = {torch.float32: ["-DREAL=float"], torch.float64: ["-DREAL=double", "-DREAL_IS_DOUBLE=1"]}
+_LIBS: dict[torch.dtype, ctypes.CDLL] = {}
+_LOCK = threading.Lock()
+_FAILED: str | None = None
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _cpu_id() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        return next((ln for ln in info if ln.startswith("flags")), "") + platform.processor()
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _build(dtype: torch.dtype) -> ctypes.CDLL:
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler: {cc!r} not found (install gcc, or set CC)")
+    args = _FLAGS + _DEFINES[dtype]
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    key = hashlib.sha256("\0".join([_SRC.read_text(), *args, *version, _cpu_id()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("INNERLOOP_CACHE", Path.home() / ".cache" / "innerloop")) / "kernels"
+    lib = cache / f"selective_scan_{str(dtype).split('.')[-1]}_{key}.so"
+    if not lib.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        try:
+            res = subprocess.run([cc, *args, "-o", tmp, str(_SRC)], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"compiling {_SRC.name} with {cc} failed:\n{res.stderr.strip()}")
+            os.replace(tmp, lib)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    dll = ctypes.CDLL(str(lib))
+    i64, p = ctypes.c_int64, ctypes.c_void_p
+    dll.scan_fwd.argtypes = [p] * 9 + [i64] * 7 + [p]
+    dll.scan_bwd.argtypes = [p] * 14 + [i64] * 7 + [p]
+    dll.scan_fwd.restype = dll.scan_bwd.restype = None
+    return dll
+
+
+def _library(dtype: torch.dtype) -> ctypes.CDLL:
+    """The compiled kernel for ``dtype`` (float32 or float64), built on first use; raises RuntimeError if it can't."""
+    global _FAILED
+    if dtype not in _DEFINES:
+        raise TypeError(f"the fused CPU scan computes in float32 or float64, got {dtype}")
+    with _LOCK:
+        if dtype not in _LIBS:
+            if os.environ.get("INNERLOOP_NO_KERNEL"):
+                raise RuntimeError("the fused CPU scan is disabled by INNERLOOP_NO_KERNEL")
+            if _FAILED is not None:
+                raise RuntimeError(_FAILED)
+            try:
+                _LIBS[dtype] = _build(dtype)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                _FAILED = f"the fused CPU selective scan is unavailable: {e}"
+                raise RuntimeError(_FAILED) from e
+        return _LIBS[dtype]
+
+
+def cpu_kernel_available() -> bool:
+    """True if the fused CPU kernel can be built and loaded here (builds it on the first call)."""
+    try:
+        _library(torch.float32)
+        return True
+    except RuntimeError:
+        return False
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _run_blocks(fn, n_blocks: int, scratch_size: int, dtype: torch.dtype, *args) -> None:
+    """Call ``fn(*args, blk0, blk1, scratch)`` over the blocks, split evenly over torch's thread count."""
+    n = max(1, min(torch.get_num_threads(), n_blocks))
+    scratch = torch.empty(n, scratch_size, dtype=dtype)
+    bounds = [n_blocks * i // n for i in range(n + 1)]
+    calls = [(bounds[i], bounds[i + 1], scratch[i].data_ptr()) for i in range(n) if bounds[i] < bounds[i + 1]]
+    if len(calls) == 1:
+        fn(*args, *calls[0])
+        return
+    pool = _POOLS.get(n)
+    if pool is None:
+        pool = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="innerloop-scan")
+    for f in [pool.submit(fn, *args, *c) for c in calls]:
+        f.result()
+
+
+class _FusedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, chunk_size):
+        lib = _library(u.dtype)
+        Bn, T, E = u.shape
+        N = A.shape[1]
+        nEb = -(-E // W)
+        Ep, K = nEb * W, -(-T // chunk_size)
+        At = u.new_zeros(N, Ep)
+        At[:, :E] = A.t()
+        y, hT = torch.empty_like(u), u.new_empty(Bn, E, N)
+        ck = u.new_empty(Bn, K, N, Ep)
+        _run_blocks(lib.scan_fwd, Bn * nEb, N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C),
+                    _ptr(h0), _ptr(y), _ptr(hT), _ptr(ck), Bn, T, E, N, chunk_size)
+        ctx.save_for_backward(u, delta, At, B, C, ck)
+        ctx.chunk_size, ctx.has_h0 = chunk_size, h0 is not None
+        return y, hT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT):
+        u, delta, At, B, C, ck = ctx.saved_tensors
+        lib = _library(u.dtype)
+        c = ctx.chunk_size
+        Bn, T, E = u.shape
+        N, Ep = At.shape
+        nEb = Ep // W
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous()
+        dhT = None if dhT is None else dhT.contiguous()
+        du, ddelta, dh0 = torch.empty_like(u), torch.empty_like(delta), u.new_empty(Bn, E, N)
+        dAp = u.new_empty(Bn, N, Ep)
+        dBp, dCp = u.new_empty(nEb, Bn, T, N), u.new_empty(nEb, Bn, T, N)
+        _run_blocks(lib.scan_bwd, Bn * nEb, (2 * c + 3) * N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(B),
+                    _ptr(C), _ptr(ck), _ptr(dy), _ptr(dhT), _ptr(du), _ptr(ddelta), _ptr(dAp), _ptr(dBp), _ptr(dCp),
+                    _ptr(dh0), Bn, T, E, N, c)
+        dA = dAp.sum(0)[:, :E].t()
+        return du, ddelta, dA, dBp.sum(0), dCp.sum(0), dh0 if ctx.has_h0 else None, None
+
+
+def cpu_fused_selective_scan(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    initial_state: Tensor | None = None, chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Selective SSM ``h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t``, ``y_t = h_t C_t + D ⊙ u_t`` by a fused CPU kernel.
+
+    Same signature, outputs and final state as :func:`naive_selective_scan`; once differentiable (hand-written
+    backward in the same kernel). Builds ``cpu_scan.c`` on first use (module docstring); raises RuntimeError if no
+    C compiler works. Computes in float32 (float64 stays float64); ``y`` comes back in ``u``'s dtype.
+
+    Args:
+        u (Tensor): ``[B, T, E]`` input per channel (CPU).
+        delta (Tensor): ``[B, T, E]`` positive step sizes Δ (already softplus-ed).
+        A (Tensor): ``[E, N]`` diagonal state matrix per channel (negative).
+        B (Tensor): ``[B, T, N]`` input projection.
+        C (Tensor): ``[B, T, N]`` output projection.
+        D (Tensor, Optional): ``[E]`` skip connection. Default: None.
+        initial_state (Tensor, Optional): ``[B, E, N]`` state before the first token. Default: None (zeros).
+        chunk_size (int, Optional): tokens between the state checkpoints kept for the backward. Default: 64.
+    Returns:
+        tuple[Tensor, Tensor]: ``y [B, T, E]`` in ``u``'s dtype and the final state ``[B, E, N]`` (at least float32).
+
+    Examples:
+        >>> from innerloop.ops.selective_scan import naive_selective_scan
+        >>> args = (torch.randn(2, 9, 3), torch.rand(2, 9, 3), -torch.rand(3, 4), torch.randn(2, 9, 4),
+        ...         torch.randn(2, 9, 4), torch.randn(3), torch.randn(2, 3, 4))
+        >>> y, h = cpu_fused_selective_scan(*args, chunk_size=4)
+        >>> y_ref, h_ref = naive_selective_scan(*args)
+        >>> torch.allclose(y, y_ref, atol=1e-5), torch.allclose(h, h_ref, atol=1e-5)
+        (True, True)
+    """
+    check_inputs(u, delta, A, B, C, D, initial_state)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "initial_state": initial_state}
+    for name, t in named.items():
+        if t is not None and t.device.type != "cpu":
+            raise ValueError(f"cpu_fused_selective_scan runs on the CPU, but {name} is on {t.device}")
+    Bn, T, E = u.shape
+    dt = compute_dtype(u)
+    if T == 0:
+        h0 = u.new_zeros(Bn, E, A.shape[1], dtype=dt) if initial_state is None else initial_state.to(dt)
+        return u.new_zeros(Bn, 0, E), h0.clone()
+    c = lambda t: None if t is None else t.to(dt).contiguous()  # noqa: E731
+    y, h = _FusedScan.apply(c(u), c(delta), c(A), c(B), c(C), c(initial_state), chunk_size)
+    if D is not None:
+        y = y + u.to(dt) * D.to(dt)
+    return y.to(u.dtype), h
