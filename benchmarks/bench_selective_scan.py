@@ -1,11 +1,11 @@
-"""Selective scan (Mamba-1 SSM): chunked fast path vs the sequential reference, forward and forward+backward.
+"""Selective scan (Mamba-1 SSM): the fused CPU kernel and the pure-PyTorch chunked scan vs the sequential reference.
 
-Method: inputs built outside the timer (Δ = softplus(randn - 3), S4D-real ``A``, random initial state), both paths
-checked equal once per row, then ``--repeats`` rounds alternating the two paths (so machine noise hits both) and the
-median per path. ``fwd`` runs under ``no_grad``; ``fwd+bwd`` adds the backward of ``y.sum() + h.sum()`` into every
-input. The ratio (reference / chunked) is what to read on a shared machine.
+Method: inputs built outside the timer (Δ = softplus(randn - 3), S4D-real ``A``, random initial state), every path
+checked against the reference once per row, then ``--repeats`` rounds alternating the paths (so machine noise hits
+all of them) and the median per path. ``fwd`` runs under ``no_grad``; ``fwd+bwd`` adds the backward of
+``y.sum() + h.sum()`` into every input. The ratios (reference / path) are what to read on a shared machine.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_selective_scan.py [--shapes 1x256 4x256] [--json out.json]
+    python benchmarks/bench_selective_scan.py [--threads 2] [--shapes 1x256 4x256] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from innerloop.ops.selective_scan import chunk_selective_scan, naive_selective_scan
+from innerloop.ops.selective_scan import chunk_selective_scan, cpu_fused_selective_scan, naive_selective_scan
 
 try:
     from benchmarks._timing import environment
@@ -53,10 +53,17 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict:
 
 def bench_row(batch: int, length: int, channels: int, d_state: int, chunk_size: int, repeats: int) -> dict:
     ins = make_inputs(batch, length, channels, d_state)
+    paths = {
+        "naive": naive_selective_scan,
+        "chunk": lambda *a: chunk_selective_scan(*a, chunk_size=chunk_size),
+        "fused": lambda *a: cpu_fused_selective_scan(*a, chunk_size=chunk_size),
+    }
     with torch.no_grad():
         y_ref, h_ref = naive_selective_scan(*ins)
-        y, h = chunk_selective_scan(*ins, chunk_size=chunk_size)
-    err = max((y - y_ref).abs().max().item(), (h - h_ref).abs().max().item())
+        err = {}
+        for name in ("chunk", "fused"):
+            y, h = paths[name](*ins)
+            err[name] = max((y - y_ref).abs().max().item(), (h - h_ref).abs().max().item())
 
     def fwd(fn):
         def call():
@@ -70,13 +77,15 @@ def bench_row(batch: int, length: int, channels: int, d_state: int, chunk_size: 
             torch.autograd.grad(y.sum() + h.sum(), ins)
         return call
 
-    chunk = lambda *a: chunk_selective_scan(*a, chunk_size=chunk_size)  # noqa: E731
-    f = _interleaved_medians({"naive": fwd(naive_selective_scan), "chunk": fwd(chunk)}, repeats)
-    fb = _interleaved_medians({"naive": fwd_bwd(naive_selective_scan), "chunk": fwd_bwd(chunk)}, repeats)
-    return dict(B=batch, L=length, E=channels, N=d_state, chunk_size=chunk_size, max_abs_diff=err,
-                naive_fwd_ms=1e3 * f["naive"], chunk_fwd_ms=1e3 * f["chunk"], fwd_ratio=f["naive"] / f["chunk"],
-                naive_fwdbwd_ms=1e3 * fb["naive"], chunk_fwdbwd_ms=1e3 * fb["chunk"],
-                fwdbwd_ratio=fb["naive"] / fb["chunk"])
+    f = _interleaved_medians({k: fwd(fn) for k, fn in paths.items()}, repeats)
+    fb = _interleaved_medians({k: fwd_bwd(fn) for k, fn in paths.items()}, repeats)
+    row = dict(B=batch, L=length, E=channels, N=d_state, chunk_size=chunk_size)
+    for k in paths:
+        row[f"{k}_fwd_ms"], row[f"{k}_fwdbwd_ms"] = 1e3 * f[k], 1e3 * fb[k]
+        if k != "naive":
+            row[f"{k}_max_abs_diff"] = err[k]
+            row[f"{k}_fwd_ratio"], row[f"{k}_fwdbwd_ratio"] = f["naive"] / f[k], fb["naive"] / fb[k]
+    return row
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     env = environment()
     print(f"torch {env['torch']}, {env['threads']} thread(s), {env['cpu']}")
-    head = f"{'B':>3} {'L':>5} {'E':>4} {'N':>3} | {'naive fwd':>10} {'chunk fwd':>10} {'ratio':>6} | " \
-           f"{'naive f+b':>10} {'chunk f+b':>10} {'ratio':>6} | max|diff|"
+    head = (f"{'B':>3} {'L':>5} {'E':>4} {'N':>3} | {'fwd: naive':>10} {'chunk':>13} {'fused':>13} | "
+            f"{'fwd+bwd: naive':>14} {'chunk':>13} {'fused':>13} | max|diff| chunk, fused")
     print(head)
     print("-" * len(head))
     rows = []
@@ -107,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             b, e = (int(v) for v in shape.lower().split("x"))
             r = bench_row(b, L, e, args.d_state, args.chunk_size, args.repeats)
             rows.append(r)
-            print(f"{b:>3} {L:>5} {e:>4} {args.d_state:>3} | {r['naive_fwd_ms']:>8.1f}ms {r['chunk_fwd_ms']:>8.1f}ms "
-                  f"{r['fwd_ratio']:>5.1f}x | {r['naive_fwdbwd_ms']:>8.1f}ms {r['chunk_fwdbwd_ms']:>8.1f}ms "
-                  f"{r['fwdbwd_ratio']:>5.1f}x | {r['max_abs_diff']:.1e}")
+            cell = lambda k, m, r=r: f"{r[f'{k}_{m}_ms']:>6.1f} ({r[f'{k}_{m}_ratio']:>4.1f}x)"  # noqa: E731
+            print(f"{b:>3} {L:>5} {e:>4} {args.d_state:>3} | {r['naive_fwd_ms']:>8.1f}ms {cell('chunk', 'fwd')} "
+                  f"{cell('fused', 'fwd')} | {r['naive_fwdbwd_ms']:>12.1f}ms {cell('chunk', 'fwdbwd')} "
+                  f"{cell('fused', 'fwdbwd')} | {r['chunk_max_abs_diff']:.1e}, {r['fused_max_abs_diff']:.1e}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "rows": rows}, f, indent=2)
