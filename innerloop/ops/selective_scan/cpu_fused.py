@@ -33,7 +33,8 @@ from ._common import check_inputs, compute_dtype
 
 W = 16  # channels per block: must equal W in cpu_scan.c
 _SRC = Path(__file__).with_name("cpu_scan.c")
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+_ARCH = ["-march=native"]  # dropped if the compiler refuses it
 _DEFINES = {torch.float32: ["-DREAL=float"], torch.float64: ["-DREAL=double", "-DREAL_IS_DOUBLE=1"]}
 _LIBS: dict[torch.dtype, ctypes.CDLL] = {}
 _LOCK = threading.Lock()
@@ -53,23 +54,29 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler: {cc!r} not found (install gcc, or set CC)")
-    args = _FLAGS + _DEFINES[dtype]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256("\0".join([_SRC.read_text(), *args, *version, _cpu_id()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("INNERLOOP_CACHE", Path.home() / ".cache" / "innerloop")) / "kernels"
-    lib = cache / f"selective_scan_{str(dtype).split('.')[-1]}_{key}.so"
-    if not lib.exists():
+    errors = []
+    for arch in (_ARCH, []):
+        args = _FLAGS + arch + _DEFINES[dtype]
+        key = hashlib.sha256("\0".join([_SRC.read_text(), *args, *version, _cpu_id()]).encode()).hexdigest()[:16]
+        lib = cache / f"selective_scan_{str(dtype).split('.')[-1]}_{key}.so"
+        if lib.exists():
+            break
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)
         try:
             res = subprocess.run([cc, *args, "-o", tmp, str(_SRC)], capture_output=True, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"compiling {_SRC.name} with {cc} failed:\n{res.stderr.strip()}")
-            os.replace(tmp, lib)
+            if res.returncode == 0:
+                os.replace(tmp, lib)
+                break
+            errors.append(res.stderr.strip())
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    else:
+        raise RuntimeError(f"compiling {_SRC.name} with {cc} failed:\n{errors[-1]}")
     dll = ctypes.CDLL(str(lib))
     i64, p = ctypes.c_int64, ctypes.c_void_p
     dll.scan_fwd.argtypes = [p] * 9 + [i64] * 7 + [p]
