@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 from benchmarks._timing import environment, matmul_gflops, measure  # noqa: E402
 
 OURS = ("ttt_linear", "ttt_mlp", "attention")
-OTHER_MIXERS = ("mamba", "lstm", "gru", "rnn")  # selectable with --models; not in the default set
+# selectable with --models; not in the default set. mamba_torch = Mamba on the pure-PyTorch chunked scan
+OTHER_MIXERS = ("mamba", "mamba_torch", "lstm", "gru", "rnn")
 OFFICIAL = ("official_linear", "official_mlp")
 TTT_BASE_LR = {"linear": 1.0, "mlp": 0.1}  # the authors' scripts: TTT-MLP trains with base lr 0.1
 
@@ -95,9 +96,11 @@ class Runner:
 def build_ours(mixer: str, size: Size) -> Runner:
     from innerloop.models.lm import CausalLM, LMConfig
 
+    options = {"mode": "torch"} if mixer == "mamba_torch" else {}
     cfg = LMConfig(
         vocab_size=size.vocab, hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=size.heads,
-        intermediate_size=size.intermediate, mixer=mixer, backbone="transformer", mini_batch_size=size.mini_batch,
+        intermediate_size=size.intermediate, mixer=mixer.removesuffix("_torch"), backbone="transformer",
+        mini_batch_size=size.mini_batch, mixer_options=options,
         ttt_base_lr=TTT_BASE_LR[mixer.removeprefix("ttt_")] if mixer.startswith("ttt_") else None,
     )
     model = CausalLM(cfg).eval()
@@ -153,7 +156,7 @@ def mixer_flops(mixer: str, L: int, size: Size) -> float:
     """Forward FLOPs of one mixer layer over ``L`` tokens of one sequence."""
     d, nh, b = size.hidden, size.heads, size.mini_batch
     hd = d // nh
-    if mixer == "mamba":  # E = 2d, N = 16, rank ceil(d/16): in_proj, x_proj (Δ, B, C), dt_proj, out_proj
+    if mixer.startswith("mamba"):  # E = 2d, N = 16, rank ceil(d/16): in_proj, x_proj (Δ, B, C), dt_proj, out_proj
         E, N, R = 2 * d, 16, -(-d // 16)
         return L * 2 * (d * 2 * E + E * (R + 2 * N) + R * E + E * d)
     if mixer in ("rnn", "lstm", "gru"):  # input and recurrent matmuls of 1 / 4 / 3 gates, state width d
