@@ -49,6 +49,24 @@ def test_causal_conv_state_equivalence(splits):
     assert_close("conv chunks", full, torch.cat(outs, 1))
 
 
+def test_causal_conv_grads_match_conv1d():
+    """The shifted multiply-adds give torch's depthwise conv1d gradients for input, weight, bias and state."""
+    conv = CausalConv1d(5, kernel_size=3).double()
+    x = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
+    s0 = torch.randn(2, 5, 2, dtype=torch.float64, requires_grad=True)
+    y, s1 = conv(x, s0)
+    full = torch.cat([s0, x.transpose(1, 2)], -1)
+    ref = F.conv1d(full, conv.conv.weight, conv.conv.bias, groups=5).transpose(1, 2)
+    assert_close("y", ref, y)
+    assert_close("state", full[..., -2:], s1)
+    w = torch.randn_like(y)
+    params = [x, s0, conv.conv.weight, conv.conv.bias]
+    g = torch.autograd.grad((y * w).sum() + s1.sum(), params)
+    g_ref = torch.autograd.grad((ref * w).sum() + full[..., -2:].sum(), params)
+    for name, a, b in zip(("x", "state", "weight", "bias"), g_ref, g):
+        assert_close(name, a, b)
+
+
 def test_rmsnorm_and_swiglu():
     x = torch.randn(3, 5, 8, dtype=torch.float64)
     norm = RMSNorm(8).double()
