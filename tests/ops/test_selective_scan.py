@@ -219,3 +219,15 @@ def test_fused_kernel_builds_without_arch_flag(monkeypatch, tmp_path):
     monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path))
     ins = [t.detach() for t in make_inputs(2, 9, 20, 3, torch.float64)]
     assert_close("y", naive_selective_scan(*ins)[0], cpu_fused_selective_scan(*ins)[0])
+
+
+def test_fused_dispatch_by_device():
+    from innerloop.ops.selective_scan import fused_scan_available, fused_selective_scan, triton_scan
+
+    assert fused_scan_available("cuda") == (triton_scan.triton is not None)
+    assert not fused_scan_available("meta")
+    ins = [t.detach() for t in make_inputs(1, 5, 3, 2, torch.float64)]
+    if cpu_kernel_available():
+        assert_close("cpu dispatch", naive_selective_scan(*ins)[0], fused_selective_scan(*ins)[0])
+    with pytest.raises(RuntimeError, match="no fused selective-scan kernel for device meta"):
+        fused_selective_scan(*[t.to("meta") for t in ins])

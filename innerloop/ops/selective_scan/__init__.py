@@ -4,8 +4,9 @@ from .chunk import chunk_selective_scan
 from .cpu_fused import cpu_fused_selective_scan, cpu_kernel_available
 from .fused import fused_scan_available, fused_selective_scan
 from .naive import naive_selective_scan
+from .triton_scan import triton_selective_scan
 
 __all__ = [
     "chunk_selective_scan", "cpu_fused_selective_scan", "cpu_kernel_available", "fused_scan_available",
-    "fused_selective_scan", "naive_selective_scan",
+    "fused_selective_scan", "naive_selective_scan", "triton_selective_scan",
 ]

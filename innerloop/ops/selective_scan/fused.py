@@ -1,4 +1,5 @@
-"""The fused selective-scan kernel for a tensor's device: compiled C on the CPU (``cpu_fused.py``).
+"""The fused selective-scan kernel for a tensor's device: compiled C on the CPU (``cpu_fused.py``), Triton on CUDA
+(``triton_scan.py``; needs ``pip install triton``).
 
 Same signature as :func:`naive_selective_scan`. :func:`fused_scan_available` says whether a device has one; the
 Mamba layer falls back to the pure-PyTorch :func:`chunk_selective_scan` where it has none.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import triton_scan
 from .cpu_fused import cpu_fused_selective_scan, cpu_kernel_available
 
 
@@ -17,7 +19,7 @@ def fused_scan_available(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type == "cpu":
         return cpu_kernel_available()
-    return False
+    return device.type == "cuda" and triton_scan.triton is not None
 
 
 def fused_selective_scan(
@@ -29,7 +31,10 @@ def fused_selective_scan(
 
     Raises:
         RuntimeError: no fused kernel for ``u``'s device here (no C compiler on a CPU machine, say).
+        ImportError: a CUDA tensor and no triton.
     """
     if u.device.type == "cpu":
         return cpu_fused_selective_scan(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
+    if u.device.type == "cuda":
+        return triton_scan.triton_selective_scan(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
     raise RuntimeError(f"no fused selective-scan kernel for device {u.device}; use chunk_selective_scan")
