@@ -79,8 +79,8 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
         raise RuntimeError(f"compiling {_SRC.name} with {cc} failed:\n{errors[-1]}")
     dll = ctypes.CDLL(str(lib))
     i64, p = ctypes.c_int64, ctypes.c_void_p
-    dll.scan_fwd.argtypes = [p] * 9 + [i64] * 7 + [p]
-    dll.scan_bwd.argtypes = [p] * 14 + [i64] * 7 + [p]
+    dll.scan_fwd.argtypes = [p] * 10 + [i64] * 7 + [p]
+    dll.scan_bwd.argtypes = [p] * 15 + [i64] * 7 + [p]
     dll.scan_fwd.restype = dll.scan_bwd.restype = None
     return dll
 
@@ -133,28 +133,36 @@ def _run_blocks(fn, n_blocks: int, scratch_size: int, dtype: torch.dtype, *args)
         f.result()
 
 
+def _padded(x: Tensor, rows: int, Ep: int) -> Tensor:
+    """``x [E]`` or ``[E, N]`` as ``[Ep]`` / ``[N, Ep]`` (channels last, zero-padded to whole blocks)."""
+    out = x.new_zeros(rows, Ep) if x.dim() == 2 else x.new_zeros(Ep)
+    out[..., : x.shape[0]] = x.t() if x.dim() == 2 else x
+    return out
+
+
 class _FusedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk_size):
+    def forward(ctx, u, delta, A, B, C, D, h0, chunk_size, save):
         lib = _library(u.dtype)
         Bn, T, E = u.shape
         N = A.shape[1]
         nEb = -(-E // W)
         Ep, K = nEb * W, -(-T // chunk_size)
-        At = u.new_zeros(N, Ep)
-        At[:, :E] = A.t()
+        At, Dp = _padded(A, N, Ep), None if D is None else _padded(D, 1, Ep)
         y, hT = torch.empty_like(u), u.new_empty(Bn, E, N)
-        ck = u.new_empty(Bn, K, N, Ep)
-        _run_blocks(lib.scan_fwd, Bn * nEb, N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C),
-                    _ptr(h0), _ptr(y), _ptr(hT), _ptr(ck), Bn, T, E, N, chunk_size)
-        ctx.save_for_backward(u, delta, At, B, C, ck)
+        ck = u.new_empty(Bn, K, N, Ep) if save else None  # no checkpoints when no backward can follow
+        _run_blocks(lib.scan_fwd, Bn * nEb, N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(Dp), _ptr(B),
+                    _ptr(C), _ptr(h0), _ptr(y), _ptr(hT), _ptr(ck), Bn, T, E, N, chunk_size)
+        ctx.save_for_backward(u, delta, At, Dp, B, C, ck)
         ctx.chunk_size, ctx.has_h0 = chunk_size, h0 is not None
         return y, hT
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dhT):
-        u, delta, At, B, C, ck = ctx.saved_tensors
+        u, delta, At, Dp, B, C, ck = ctx.saved_tensors
+        if ck is None:
+            raise RuntimeError("cpu_fused_selective_scan: backward through a forward run without grad enabled")
         lib = _library(u.dtype)
         c = ctx.chunk_size
         Bn, T, E = u.shape
@@ -165,11 +173,12 @@ class _FusedScan(torch.autograd.Function):
         du, ddelta, dh0 = torch.empty_like(u), torch.empty_like(delta), u.new_empty(Bn, E, N)
         dAp = u.new_empty(Bn, N, Ep)
         dBp, dCp = u.new_empty(nEb, Bn, T, N), u.new_empty(nEb, Bn, T, N)
-        _run_blocks(lib.scan_bwd, Bn * nEb, (2 * c + 3) * N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(B),
-                    _ptr(C), _ptr(ck), _ptr(dy), _ptr(dhT), _ptr(du), _ptr(ddelta), _ptr(dAp), _ptr(dBp), _ptr(dCp),
-                    _ptr(dh0), Bn, T, E, N, c)
+        _run_blocks(lib.scan_bwd, Bn * nEb, (2 * c + 3) * N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(Dp),
+                    _ptr(B), _ptr(C), _ptr(ck), _ptr(dy), _ptr(dhT), _ptr(du), _ptr(ddelta), _ptr(dAp), _ptr(dBp),
+                    _ptr(dCp), _ptr(dh0), Bn, T, E, N, c)
         dA = dAp.sum(0)[:, :E].t()
-        return du, ddelta, dA, dBp.sum(0), dCp.sum(0), dh0 if ctx.has_h0 else None, None
+        dD = (dy * u).sum((0, 1)) if Dp is not None and ctx.needs_input_grad[5] else None
+        return du, ddelta, dA, dBp.sum(0), dCp.sum(0), dD, dh0 if ctx.has_h0 else None, None, None
 
 
 def cpu_fused_selective_scan(
@@ -216,7 +225,7 @@ def cpu_fused_selective_scan(
         h0 = u.new_zeros(Bn, E, A.shape[1], dtype=dt) if initial_state is None else initial_state.to(dt)
         return u.new_zeros(Bn, 0, E), h0.clone()
     c = lambda t: None if t is None else t.to(dt).contiguous()  # noqa: E731
-    y, h = _FusedScan.apply(c(u), c(delta), c(A), c(B), c(C), c(initial_state), chunk_size)
-    if D is not None:
-        y = y + u.to(dt) * D.to(dt)
+    ins = [c(t) for t in (u, delta, A, B, C, D, initial_state)]
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)
+    y, h = _FusedScan.apply(*ins, chunk_size, save)
     return y.to(u.dtype), h

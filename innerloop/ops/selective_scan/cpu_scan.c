@@ -5,8 +5,10 @@
  *   u, delta, y, du, ddelta   [B, T, E]
  *   Bm, Cm                    [B, T, N]
  *   At                        [N, Ep]        A transposed, channels padded with zeros to Ep = W * ceil(E / W)
+ *   Dp                        [Ep]           skip D padded (may be NULL: no skip; dD is sum(dy * u), left to the caller)
  *   h0, hT, dhT, dh0          [B, E, N]      (h0 / dhT may be NULL: zeros)
- *   ck                        [B, K, N, Ep]  state at the start of every chunk of c tokens, K = ceil(T / c)
+ *   ck                        [B, K, N, Ep]  state at the start of every chunk of c tokens, K = ceil(T / c) (forward:
+ *                                            NULL = not needed, no backward will follow)
  *   dAp                       [B, N, Ep]     dA per batch row (summed over rows by the caller)
  *   dBp, dCp                  [nEb, B, T, N] dB, dC per channel block (summed over blocks by the caller)
  * A "block" is (b, eb): batch row b, channels [eb * W, eb * W + W). Blocks [blk0, blk1) are done by one call, so the
@@ -121,8 +123,9 @@ static inline void step(REAL *restrict h, REAL *restrict a_out, const REAL *rest
     }
 }
 
-void scan_fwd(const REAL *u, const REAL *delta, const REAL *At, const REAL *Bm, const REAL *Cm, const REAL *h0,
-              REAL *y, REAL *hT, REAL *ck, i64 Bn, i64 T, i64 E, i64 N, i64 c, i64 blk0, i64 blk1, REAL *scratch) {
+void scan_fwd(const REAL *u, const REAL *delta, const REAL *At, const REAL *Dp, const REAL *Bm, const REAL *Cm,
+              const REAL *h0, REAL *y, REAL *hT, REAL *ck, i64 Bn, i64 T, i64 E, i64 N, i64 c, i64 blk0, i64 blk1,
+              REAL *scratch) {
     const i64 nEb = (E + W - 1) / W, Ep = nEb * W, K = (T + c - 1) / c;
     REAL *h = scratch;  /* N * W */
     (void)Bn;
@@ -136,11 +139,13 @@ void scan_fwd(const REAL *u, const REAL *delta, const REAL *At, const REAL *Bm, 
                 for (i64 n = 0; n < N; n++) memcpy(dst + n * Ep, h + n * W, W * sizeof(REAL));
             }
             const i64 row = (b * T + t);
-            REAL d[W], x[W], acc[W];
+            REAL d[W], uu[W], x[W], acc[W];
             load_lanes(d, delta + row * E + e0, wn);
-            load_lanes(x, u + row * E + e0, wn);
-            for (int w = 0; w < W; w++) x[w] *= d[w];
+            load_lanes(uu, u + row * E + e0, wn);
+            for (int w = 0; w < W; w++) x[w] = d[w] * uu[w];
             step(h, NULL, d, x, At + e0, Ep, Bm + row * N, Cm + row * N, N, acc);
+            if (Dp)
+                for (int w = 0; w < W; w++) acc[w] += Dp[e0 + w] * uu[w];
             store_lanes(y + row * E + e0, acc, wn);
         }
         store_state(hT, h, b, E, N, e0, wn);
@@ -149,7 +154,8 @@ void scan_fwd(const REAL *u, const REAL *delta, const REAL *At, const REAL *Bm, 
 
 /* Reverse scan, chunk by chunk from the last: recompute the chunk's states and decays from its checkpoint, then
  * g_t = dy_t C_t + a_{t+1} g_{t+1} backwards, accumulating every input gradient (README.md). */
-void scan_bwd(const REAL *u, const REAL *delta, const REAL *At, const REAL *Bm, const REAL *Cm, const REAL *ck,
+void scan_bwd(const REAL *u, const REAL *delta, const REAL *At, const REAL *Dp, const REAL *Bm, const REAL *Cm,
+              const REAL *ck,
               const REAL *dy, const REAL *dhT, REAL *du, REAL *ddelta, REAL *dAp, REAL *dBp, REAL *dCp, REAL *dh0,
               i64 Bn, i64 T, i64 E, i64 N, i64 c, i64 blk0, i64 blk1, REAL *scratch) {
     const i64 nEb = (E + W - 1) / W, Ep = nEb * W, K = (T + c - 1) / c, NW = N * W;
@@ -205,6 +211,8 @@ void scan_bwd(const REAL *u, const REAL *delta, const REAL *At, const REAL *Bm, 
                 }
                 REAL dd[W], dx[W];
                 for (int w = 0; w < W; w++) { dd[w] = gs[w] + gB[w] * uu[w]; dx[w] = gB[w] * d[w]; }
+                if (Dp)
+                    for (int w = 0; w < W; w++) dx[w] += Dp[e0 + w] * gy[w];
                 store_lanes(ddelta + row * E + e0, dd, wn);
                 store_lanes(du + row * E + e0, dx, wn);
             }
