@@ -44,3 +44,44 @@ def assert_close(
     if (atol is None) != (rtol is None):
         atol, rtol = atol or 0.0, rtol or 0.0
     torch.testing.assert_close(x.to(ref.dtype), ref, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def selective_scan_inputs(
+    B: int, T: int, E: int, N: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+    with_d: bool = True, with_h0: bool = True, seed: int = 0,
+) -> list[torch.Tensor | None]:
+    """Random ``[u, delta, A, B, C, D, initial_state]`` for a selective-scan path, all requiring grad.
+
+    Drawn in float64 from ``seed`` (so every dtype and device sees the same values): ``Δ = softplus(randn - 1)``,
+    ``A = -exp(randn / 2)`` (negative, about ``[-3, -0.2]``), everything else standard normal; ``D`` and the initial
+    state are None when ``with_d`` / ``with_h0`` is False.
+    """
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    u, B_, C_ = r(B, T, E), r(B, T, N), r(B, T, N)
+    delta = torch.nn.functional.softplus(r(B, T, E) - 1.0)
+    A = -torch.exp(r(E, N) * 0.5)
+    D, h0 = r(E), r(B, E, N)
+    ins = [u, delta, A, B_, C_, D if with_d else None, h0 if with_h0 else None]
+    return [None if t is None else t.to(device, dtype).requires_grad_() for t in ins]
+
+
+def outputs_and_grads(fn, ins: list, dy: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(y, final_state, *grads)`` of ``fn(*ins)`` for the loss ``sum(y * dy) + sum(final_state * dh)``; grads of
+    every input that is not None, in order."""
+    y, h = fn(*ins)
+    assert y.dtype == ins[0].dtype, f"y comes back in {y.dtype}, not the input dtype {ins[0].dtype}"
+    leaves = [t for t in ins if t is not None]
+    return (y, h, *torch.autograd.grad((y * dy).sum() + (h * dh).sum(), leaves))
+
+
+# (input index, wrong shape, expected message) for the selective-scan input checks on inputs of B=2, T=5, E=3, N=4
+SCAN_BAD_SHAPES = [
+    (0, (2, 5), "u must be"),
+    (1, (2, 5, 4), "delta must be"),
+    (2, (2, 4), "A must be"),
+    (3, (2, 5, 3), "B must be"),
+    (4, (2, 4, 4), "C must be"),
+    (5, (4,), "D must be"),
+    (6, (2, 3, 5), "initial_state must be"),
+]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from innerloop.ops.selective_scan import (
     chunk_selective_scan,
@@ -13,7 +12,7 @@ from innerloop.ops.selective_scan import (
     cpu_kernel_available,
     naive_selective_scan,
 )
-from innerloop.testing import assert_close
+from innerloop.testing import SCAN_BAD_SHAPES, assert_close, outputs_and_grads, selective_scan_inputs
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="no C compiler: fused CPU kernel not built")
 FAST = {
@@ -27,22 +26,10 @@ NAMES = ("y", "final_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
 
 
 def make_inputs(B, T, E, N, dtype, with_h0=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    u, B_, C_ = r(B, T, E), r(B, T, N), r(B, T, N)
-    delta = F.softplus(r(B, T, E) - 1.0)
-    A = -torch.exp(r(E, N) * 0.5)  # negative, spread over ~[-3, -0.2]
-    D, h0 = r(E), r(B, E, N) if with_h0 else None
-    ins = [u, delta, A, B_, C_, D, h0]
-    return [None if t is None else t.to(dtype).requires_grad_() for t in ins]
+    return selective_scan_inputs(B, T, E, N, dtype, with_h0=with_h0, seed=seed)
 
 
-def grads_of(fn, ins, dy, dh):
-    y, h = fn(*ins)
-    assert y.dtype == ins[0].dtype
-    leaves = [t for t in ins if t is not None]
-    grads = torch.autograd.grad((y * dy).sum() + (h * dh).sum(), leaves)
-    return (y, h, *grads)
+grads_of = outputs_and_grads
 
 
 @pytest.mark.parametrize("fn", FAST_FNS, ids=FAST_IDS)
@@ -125,15 +112,7 @@ def test_empty_sequence():
         assert_close("state unchanged", h0, h)
 
 
-@pytest.mark.parametrize(("index", "shape", "match"), [
-    (0, (2, 5), "u must be"),
-    (1, (2, 5, 4), "delta must be"),
-    (2, (2, 4), "A must be"),
-    (3, (2, 5, 3), "B must be"),
-    (4, (2, 4, 4), "C must be"),
-    (5, (4,), "D must be"),
-    (6, (2, 3, 5), "initial_state must be"),
-])
+@pytest.mark.parametrize(("index", "shape", "match"), SCAN_BAD_SHAPES)
 def test_bad_inputs(index, shape, match):
     ins = [t.detach() for t in make_inputs(2, 5, 3, 4, torch.float64)]
     ins[index] = torch.zeros(shape, dtype=torch.float64)
@@ -222,9 +201,11 @@ def test_fused_kernel_builds_without_arch_flag(monkeypatch, tmp_path):
 
 
 def test_fused_dispatch_by_device():
-    from innerloop.ops.selective_scan import fused_scan_available, fused_selective_scan, triton_scan
+    import importlib.util
 
-    assert fused_scan_available("cuda") == (triton_scan.triton is not None)
+    from innerloop.ops.selective_scan import fused_scan_available, fused_selective_scan
+
+    assert fused_scan_available("cuda") == (importlib.util.find_spec("triton") is not None)
     assert not fused_scan_available("meta")
     ins = [t.detach() for t in make_inputs(1, 5, 3, 2, torch.float64)]
     if cpu_kernel_available():

@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -21,7 +20,12 @@ pytest.importorskip("triton")
 
 from innerloop.ops.selective_scan import chunk_selective_scan, naive_selective_scan, triton_scan  # noqa: E402
 from innerloop.ops.selective_scan.triton_scan import triton_selective_scan  # noqa: E402
-from innerloop.testing import assert_close  # noqa: E402
+from innerloop.testing import (  # noqa: E402
+    SCAN_BAD_SHAPES,
+    assert_close,
+    outputs_and_grads,
+    selective_scan_inputs,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("y", "final_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
@@ -29,22 +33,10 @@ TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float64: dict(atol=1e-12
 
 
 def make_inputs(B, T, E, N, dtype, with_d=True, with_h0=True, seed=0, device=DEVICE):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    u, B_, C_ = r(B, T, E), r(B, T, N), r(B, T, N)
-    delta = F.softplus(r(B, T, E) - 1.0)
-    A = -torch.exp(r(E, N) * 0.5)  # negative, spread over ~[-3, -0.2]
-    D, h0 = r(E), r(B, E, N)
-    ins = [u, delta, A, B_, C_, D if with_d else None, h0 if with_h0 else None]
-    return [None if t is None else t.to(device, dtype).requires_grad_() for t in ins]
+    return selective_scan_inputs(B, T, E, N, dtype, device, with_d=with_d, with_h0=with_h0, seed=seed)
 
 
-def grads_of(fn, ins, dy, dh):
-    y, h = fn(*ins)
-    assert y.dtype == ins[0].dtype
-    leaves = [t for t in ins if t is not None]
-    grads = torch.autograd.grad((y * dy).sum() + (h * dh).sum(), leaves)
-    return (y, h, *grads)
+grads_of = outputs_and_grads
 
 
 def names_for(ins):
@@ -137,15 +129,7 @@ def test_triton_empty_sequence():
     assert_close("state unchanged", h0, h, atol=0.0, rtol=0.0)
 
 
-@pytest.mark.parametrize(("index", "shape", "match"), [
-    (0, (2, 5), "u must be"),
-    (1, (2, 5, 4), "delta must be"),
-    (2, (2, 4), "A must be"),
-    (3, (2, 5, 3), "B must be"),
-    (4, (2, 4, 4), "C must be"),
-    (5, (4,), "D must be"),
-    (6, (2, 3, 5), "initial_state must be"),
-])
+@pytest.mark.parametrize(("index", "shape", "match"), SCAN_BAD_SHAPES)
 def test_triton_bad_inputs(index, shape, match):
     ins = [t.detach() for t in make_inputs(2, 5, 3, 4, torch.float32)]
     ins[index] = torch.zeros(shape, device=DEVICE)

@@ -7,10 +7,11 @@ Mamba layer falls back to the pure-PyTorch :func:`chunk_selective_scan` where it
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import Tensor
 
-from . import triton_scan
 from .cpu_fused import cpu_fused_selective_scan, cpu_kernel_available
 
 
@@ -19,7 +20,7 @@ def fused_scan_available(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type == "cpu":
         return cpu_kernel_available()
-    return device.type == "cuda" and triton_scan.triton is not None
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def fused_selective_scan(
@@ -36,5 +37,7 @@ def fused_selective_scan(
     if u.device.type == "cpu":
         return cpu_fused_selective_scan(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
     if u.device.type == "cuda":
-        return triton_scan.triton_selective_scan(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
+        from .triton_scan import triton_selective_scan  # imports triton: only when a CUDA tensor asks for it
+
+        return triton_selective_scan(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
     raise RuntimeError(f"no fused selective-scan kernel for device {u.device}; use chunk_selective_scan")
