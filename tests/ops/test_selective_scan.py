@@ -212,3 +212,26 @@ def test_fused_dispatch_by_device():
         assert_close("cpu dispatch", naive_selective_scan(*ins)[0], fused_selective_scan(*ins)[0])
     with pytest.raises(RuntimeError, match="no fused selective-scan kernel for device meta"):
         fused_selective_scan(*[t.to("meta") for t in ins])
+
+
+@needs_kernel
+def test_fused_works_in_a_forked_child():
+    """A forked child (DataLoader workers, multiprocessing) runs the kernel with a thread pool of its own."""
+    import multiprocessing as mp
+
+    ins = [t.detach() for t in make_inputs(2, 30, 40, 4, torch.float32)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y, _ = cpu_fused_selective_scan(*ins)  # the parent's pool now exists
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            y_child = pool.apply_async(_fused_in_child, (ins,)).get(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(y, y_child)
+
+
+def _fused_in_child(ins):
+    torch.set_num_threads(2)
+    return cpu_fused_selective_scan(*ins)[0]

@@ -39,7 +39,7 @@ _DEFINES = {torch.float32: ["-DREAL=float"], torch.float64: ["-DREAL=double", "-
 _LIBS: dict[torch.dtype, ctypes.CDLL] = {}
 _LOCK = threading.Lock()
 _FAILED: str | None = None
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (pid, threads): a forked child makes its own
 
 
 def _cpu_id() -> str:
@@ -126,9 +126,10 @@ def _run_blocks(fn, n_blocks: int, scratch_size: int, dtype: torch.dtype, *args)
     if len(calls) == 1:
         fn(*args, *calls[0])
         return
-    pool = _POOLS.get(n)
+    key = (os.getpid(), n)
+    pool = _POOLS.get(key)
     if pool is None:
-        pool = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="innerloop-scan")
+        pool = _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="innerloop-scan")
     for f in [pool.submit(fn, *args, *c) for c in calls]:
         f.result()
 
