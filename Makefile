@@ -29,3 +29,4 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_ttt_lm.py --models ttt_linear,ttt_mlp,attention
+	$(BIN)/python benchmarks/bench_selective_scan.py --threads 2
