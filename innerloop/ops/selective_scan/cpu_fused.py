@@ -5,9 +5,9 @@ passes over ``[B, T, E, N]`` (README.md); the fused loop makes one pass per dire
 (vectorized over 16 channels, own vectorizable ``exp``). Forward saves the state every ``chunk_size`` tokens; the
 backward recomputes one chunk at a time from those checkpoints, so memory is ``O(T / chunk_size)`` states.
 
-The library is built with ``$CC`` (default ``cc``) ``-O3 -march=native`` into ``$INNERLOOP_CACHE/kernels``
-(default ``~/.cache/innerloop/kernels``), keyed by the source, flags, compiler and CPU; the build is atomic, so
-concurrent processes are safe. Work is split over ``torch.get_num_threads()`` threads by (batch row, channel block).
+The library is built on first use by :mod:`innerloop.ops._cbuild` (system C compiler, ``-O3 -march=native``,
+cached in ``~/.cache/innerloop/kernels``). Work is split over ``torch.get_num_threads()`` threads by (batch row,
+channel block).
 Set ``INNERLOOP_NO_KERNEL=1`` to never build (then :func:`cpu_kernel_available` is False and the Mamba layer uses
 the pure-PyTorch chunked scan).
 """
@@ -15,69 +15,27 @@ the pure-PyTorch chunked scan).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._cbuild import build, run_split
 from ._common import check_inputs, compute_dtype
 
 W = 16  # channels per block: must equal W in cpu_scan.c
 _SRC = Path(__file__).with_name("cpu_scan.c")
-_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
-_ARCH = ["-march=native"]  # dropped if the compiler refuses it
 _DEFINES = {torch.float32: ["-DREAL=float"], torch.float64: ["-DREAL=double", "-DREAL_IS_DOUBLE=1"]}
 _LIBS: dict[torch.dtype, ctypes.CDLL] = {}
 _LOCK = threading.Lock()
 _FAILED: str | None = None
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (pid, threads): a forked child makes its own
-
-
-def _cpu_id() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        return next((ln for ln in info if ln.startswith("flags")), "") + platform.processor()
-    except OSError:
-        return platform.machine() + platform.processor()
 
 
 def _build(dtype: torch.dtype) -> ctypes.CDLL:
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        raise RuntimeError(f"no C compiler: {cc!r} not found (install gcc, or set CC)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    cache = Path(os.environ.get("INNERLOOP_CACHE", Path.home() / ".cache" / "innerloop")) / "kernels"
-    errors = []
-    for arch in (_ARCH, []):
-        args = _FLAGS + arch + _DEFINES[dtype]
-        key = hashlib.sha256("\0".join([_SRC.read_text(), *args, *version, _cpu_id()]).encode()).hexdigest()[:16]
-        lib = cache / f"selective_scan_{str(dtype).split('.')[-1]}_{key}.so"
-        if lib.exists():
-            break
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        try:
-            res = subprocess.run([cc, *args, "-o", tmp, str(_SRC)], capture_output=True, text=True)
-            if res.returncode == 0:
-                os.replace(tmp, lib)
-                break
-            errors.append(res.stderr.strip())
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    else:
-        raise RuntimeError(f"compiling {_SRC.name} with {cc} failed:\n{errors[-1]}")
-    dll = ctypes.CDLL(str(lib))
+    dll = build(_SRC, _DEFINES[dtype], f"selective_scan_{str(dtype).split('.')[-1]}")
     i64, p = ctypes.c_int64, ctypes.c_void_p
     dll.scan_fwd.argtypes = [p] * 10 + [i64] * 7 + [p]
     dll.scan_bwd.argtypes = [p] * 15 + [i64] * 7 + [p]
@@ -92,8 +50,6 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL:
         raise TypeError(f"the fused CPU scan computes in float32 or float64, got {dtype}")
     with _LOCK:
         if dtype not in _LIBS:
-            if os.environ.get("INNERLOOP_NO_KERNEL"):
-                raise RuntimeError("the fused CPU scan is disabled by INNERLOOP_NO_KERNEL")
             if _FAILED is not None:
                 raise RuntimeError(_FAILED)
             try:
@@ -117,23 +73,6 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _run_blocks(fn, n_blocks: int, scratch_size: int, dtype: torch.dtype, *args) -> None:
-    """Call ``fn(*args, blk0, blk1, scratch)`` over the blocks, split evenly over torch's thread count."""
-    n = max(1, min(torch.get_num_threads(), n_blocks))
-    scratch = torch.empty(n, scratch_size, dtype=dtype)
-    bounds = [n_blocks * i // n for i in range(n + 1)]
-    calls = [(bounds[i], bounds[i + 1], scratch[i].data_ptr()) for i in range(n) if bounds[i] < bounds[i + 1]]
-    if len(calls) == 1:
-        fn(*args, *calls[0])
-        return
-    key = (os.getpid(), n)
-    pool = _POOLS.get(key)
-    if pool is None:
-        pool = _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="innerloop-scan")
-    for f in [pool.submit(fn, *args, *c) for c in calls]:
-        f.result()
-
-
 def _padded(x: Tensor, rows: int, Ep: int) -> Tensor:
     """``x [E]`` or ``[E, N]`` as ``[Ep]`` / ``[N, Ep]`` (channels last, zero-padded to whole blocks)."""
     out = x.new_zeros(rows, Ep) if x.dim() == 2 else x.new_zeros(Ep)
@@ -152,7 +91,7 @@ class _FusedScan(torch.autograd.Function):
         At, Dp = _padded(A, N, Ep), None if D is None else _padded(D, 1, Ep)
         y, hT = torch.empty_like(u), u.new_empty(Bn, E, N)
         ck = u.new_empty(Bn, K, N, Ep) if save else None  # no checkpoints when no backward can follow
-        _run_blocks(lib.scan_fwd, Bn * nEb, N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(Dp), _ptr(B),
+        run_split(lib.scan_fwd, Bn * nEb, N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(Dp), _ptr(B),
                     _ptr(C), _ptr(h0), _ptr(y), _ptr(hT), _ptr(ck), Bn, T, E, N, chunk_size)
         ctx.save_for_backward(u, delta, At, Dp, B, C, ck)
         ctx.chunk_size, ctx.has_h0 = chunk_size, h0 is not None
@@ -174,7 +113,7 @@ class _FusedScan(torch.autograd.Function):
         du, ddelta, dh0 = torch.empty_like(u), torch.empty_like(delta), u.new_empty(Bn, E, N)
         dAp = u.new_empty(Bn, N, Ep)
         dBp, dCp = u.new_empty(nEb, Bn, T, N), u.new_empty(nEb, Bn, T, N)
-        _run_blocks(lib.scan_bwd, Bn * nEb, (2 * c + 3) * N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(Dp),
+        run_split(lib.scan_bwd, Bn * nEb, (2 * c + 3) * N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(Dp),
                     _ptr(B), _ptr(C), _ptr(ck), _ptr(dy), _ptr(dhT), _ptr(du), _ptr(ddelta), _ptr(dAp), _ptr(dBp),
                     _ptr(dCp), _ptr(dh0), Bn, T, E, N, c)
         dA = dAp.sum(0)[:, :E].t()
