@@ -87,8 +87,9 @@ class TTTBase(nn.Module):
         share_qk (bool, Optional): Mamba backbone: one Q/K projection then two causal depthwise convs. Default: False.
         use_gate (bool, Optional): Mamba backbone: ``gelu_tanh(X θ_g) ⊙`` before ``o_proj``. Default: False.
         conv_kernel (int, Optional): kernel of the ``share_qk`` convs. Default: 4.
-        mode (str, Optional): op path, ``'chunk'`` (dual form; one-token calls use ``'recurrent'``), ``'recurrent'``
-            or ``'naive'``. A path not yet available falls back to ``'naive'``, warning once. Default: ``'chunk'``.
+        mode (str, Optional): op path, ``'chunk'`` (dual form; one-token calls use ``'recurrent'``; TTT-Linear's
+            inference on the CPU uses the fused kernel ``cpu_fused_ttt_linear``), ``'recurrent'`` or ``'naive'``.
+            A path not yet available falls back to ``'naive'``, warning once. Default: ``'chunk'``.
         initializer_range (float, Optional): std of the normal init of projections and inner weights. Default: 0.02.
         eps (float, Optional): epsilon of the inner LayerNorm. Default: ``1e-6``.
     """
@@ -176,6 +177,8 @@ class TTTBase(nn.Module):
 
     def _op(self, T: int):
         mode = "recurrent" if self.mode == "chunk" and T == 1 else self.mode
+        if mode == "chunk" and self.kind == "linear":  # the fused CPU kernel where it applies (inference), else chunk
+            return ttt_ops.cpu_fused_ttt_linear
         fn = getattr(ttt_ops, f"{mode}_ttt_{self.kind}", None)
         if fn is None:
             if mode not in _warned:

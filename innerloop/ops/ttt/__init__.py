@@ -1,7 +1,9 @@
-"""TTT-Linear and TTT-MLP ops: reference, dual-form chunked, and recurrent paths with one signature."""
+"""TTT-Linear and TTT-MLP ops: reference, dual-form chunked, and recurrent paths with one signature (plus a fused CPU
+kernel for TTT-Linear's inference forward)."""
 
 from ._common import TTTState
 from .chunk import chunk_ttt_linear, chunk_ttt_mlp
+from .cpu_linear import cpu_fused_ttt_linear, cpu_ttt_linear_available
 from .naive import naive_ttt_linear, naive_ttt_mlp
 from .recurrent import recurrent_ttt_linear, recurrent_ttt_mlp
 
@@ -9,6 +11,8 @@ __all__ = [
     "TTTState",
     "chunk_ttt_linear",
     "chunk_ttt_mlp",
+    "cpu_fused_ttt_linear",
+    "cpu_ttt_linear_available",
     "naive_ttt_linear",
     "naive_ttt_mlp",
     "recurrent_ttt_linear",

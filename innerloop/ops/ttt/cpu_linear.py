@@ -1,0 +1,122 @@
+"""Fused CPU forward of TTT-Linear (dual form): ``cpu_linear.c`` compiled on first use, called through ctypes.
+
+Inference only: the whole per-mini-batch step (``Z = XK W``, the LayerNorm-L2 gradient, the causal ``attn`` matrix,
+``zbar``, the output LayerNorm, the weight update) runs per (batch row, head) with the head's ``[D, D]`` weights in
+L1/L2, instead of ~10 batched PyTorch ops per mini-batch over all heads. Rows are split over
+``torch.get_num_threads()`` threads. Built by :mod:`innerloop.ops._cbuild` once per (dtype, head dim).
+
+:func:`cpu_fused_ttt_linear` has :func:`chunk_ttt_linear`'s signature and results; it runs the kernel on the full
+mini-batches and leaves a leading partial mini-batch (``state.offset > 0``), a trailing remainder and anything that
+needs a gradient to :func:`chunk_ttt_linear`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .._cbuild import build, run_split
+from ._common import TTTState, check_inputs
+from .chunk import chunk_ttt_linear
+
+_SRC = Path(__file__).with_name("cpu_linear.c")
+_LIBS: dict[tuple[torch.dtype, int], ctypes.CDLL] = {}
+_FAILED: dict[tuple[torch.dtype, int], str] = {}
+_LOCK = threading.Lock()
+_REAL = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
+
+
+def _library(dtype: torch.dtype, head_dim: int) -> ctypes.CDLL:
+    key = (dtype, head_dim)
+    with _LOCK:
+        if key not in _LIBS:
+            if key in _FAILED:
+                raise RuntimeError(_FAILED[key])
+            real, ctype = _REAL[dtype]
+            try:
+                dll = build(_SRC, [f"-DREAL={real}", f"-DHD={head_dim}"], f"ttt_linear_{real}_d{head_dim}")
+            except (OSError, RuntimeError) as e:
+                _FAILED[key] = f"the fused CPU TTT-Linear kernel is unavailable: {e}"
+                raise RuntimeError(_FAILED[key]) from e
+            i64, p = ctypes.c_int64, ctypes.c_void_p
+            dll.ttt_linear_fwd.argtypes = [p] * 10 + [i64] * 3 + [ctype] + [i64] * 2 + [p]
+            dll.ttt_linear_fwd.restype = None
+            _LIBS[key] = dll
+        return _LIBS[key]
+
+
+def cpu_ttt_linear_available(head_dim: int = 64, dtype: torch.dtype = torch.float32) -> bool:
+    """True if the kernel for ``head_dim`` and ``dtype`` builds and loads here (builds it on the first call)."""
+    if dtype not in _REAL:
+        return False
+    try:
+        _library(dtype, head_dim)
+        return True
+    except RuntimeError:
+        return False
+
+
+def _kernel_ok(q: Tensor, state: TTTState, ln_weight: Tensor | None) -> bool:
+    tensors = [q, *state.params] + ([] if ln_weight is None else [ln_weight])
+    if q.device.type != "cpu" or q.dtype not in _REAL or any(t.dtype != q.dtype for t in tensors):
+        return False
+    if torch.is_autocast_enabled("cpu"):  # chunk_ttt_linear returns the autocast dtype there
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return cpu_ttt_linear_available(q.shape[-1], q.dtype)
+
+
+def cpu_fused_ttt_linear(
+    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
+    state: TTTState, eps: float = 1e-6,
+) -> tuple[Tensor, TTTState]:
+    """TTT-Linear forward by the fused CPU kernel; same signature, outputs and final state as
+    :func:`chunk_ttt_linear` (which it calls for what the kernel does not cover, see the module docstring).
+
+    Args:
+        q, k, v (Tensor): ``[B, T, H, D]`` test, training and label views.
+        lr (Tensor): ``[B, T, H]`` per-token inner learning rate.
+        tau (Tensor): ``[b]`` position weights; ``b`` is the mini-batch size.
+        ln_weight, ln_bias (Tensor | None): ``[H, D]`` inner LayerNorm, or both None.
+        state (TTTState): inner model ``(W [B, H, D, D], b [B, H, D])``, grads, offset.
+        eps (float, Optional): LayerNorm epsilon. Default: ``1e-6``.
+    Returns:
+        tuple[Tensor, TTTState]: output ``[B, T, H, D]`` and the final state.
+    """
+    check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, 2)
+    if q.shape[1] == 0 or not _kernel_ok(q, state, ln_weight):
+        return chunk_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
+    B, T, H, D = q.shape
+    bsz, off = tau.numel(), state.offset
+    lead = min(T, bsz - off) if off else 0
+    pieces = []
+    if lead:
+        o, state = chunk_ttt_linear(q[:, :lead], k[:, :lead], v[:, :lead], lr[:, :lead], tau, ln_weight, ln_bias,
+                                    state, eps)
+        pieces.append(o)
+    n = (T - lead) // bsz
+    if n:
+        s, e = lead, lead + n * bsz
+        c = lambda x: x[:, s:e].contiguous()  # noqa: E731
+        qs, ks, vs, lrs = c(q), c(k), c(v), c(lr)
+        W, wb = (p.clone(memory_format=torch.contiguous_format) for p in state.params)
+        out = torch.empty_like(qs)
+        tau_c = tau.to(q.dtype).contiguous()
+        lnw = None if ln_weight is None else ln_weight.contiguous()
+        lnb = None if ln_bias is None else ln_bias.contiguous()
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        lib = _library(q.dtype, D)
+        run_split(lib.ttt_linear_fwd, B * H, 4 * bsz * D + bsz * bsz, q.dtype, ptr(qs), ptr(ks), ptr(vs), ptr(lrs),
+                  ptr(tau_c), ptr(lnw), ptr(lnb), ptr(W), ptr(wb), ptr(out), e - s, H, bsz, eps)
+        pieces.append(out)
+        state = TTTState((W, wb), tuple(torch.zeros_like(g) for g in state.grads), 0)
+    if lead + n * bsz < T:
+        r = lead + n * bsz
+        o, state = chunk_ttt_linear(q[:, r:], k[:, r:], v[:, r:], lr[:, r:], tau, ln_weight, ln_bias, state, eps)
+        pieces.append(o)
+    return (torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]), state

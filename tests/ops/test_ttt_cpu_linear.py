@@ -1,0 +1,107 @@
+"""cpu_fused_ttt_linear (fused CPU inference kernel) against chunk_ttt_linear: outputs and final states."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from innerloop.ops.ttt import TTTState, chunk_ttt_linear, cpu_fused_ttt_linear, cpu_ttt_linear_available
+from innerloop.testing import assert_close
+
+pytestmark = pytest.mark.skipif(not cpu_ttt_linear_available(8), reason="no C compiler: fused kernel not built")
+
+
+def make(B, T, H, D, ln=True, offset=0, dtype=torch.float64, bsz=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    q, k, v = r(B, T, H, D), r(B, T, H, D), r(B, T, H, D)
+    lr = 0.3 * torch.rand(B, T, H, generator=g, dtype=dtype)
+    tau = 1 / torch.arange(1, bsz + 1, dtype=dtype) + 0.05 * r(bsz)
+    lnw, lnb = (1 + 0.2 * r(H, D), 0.2 * r(H, D)) if ln else (None, None)
+    params = (0.3 * r(B, H, D, D), 0.3 * r(B, H, D))
+    grads = tuple((0.1 if offset else 0.0) * torch.randn_like(p) for p in params)
+    return [q, k, v, lr, tau, lnw, lnb], TTTState(params, grads, offset)
+
+
+def compare(args, state, tol):
+    o_ref, s_ref = chunk_ttt_linear(*args, state)
+    o, s = cpu_fused_ttt_linear(*args, state)
+    assert_close("o", o_ref, o, **tol)
+    for name, a, b in zip(("W", "b", "grad W", "grad b"), s_ref.params + s_ref.grads, s.params + s.grads):
+        assert_close(name, a, b, **tol)
+    assert s.offset == s_ref.offset
+    return o, s
+
+
+FP64 = dict(atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("B", "T", "H", "D", "ln", "offset", "bsz"), [
+    pytest.param(2, 64, 3, 8, True, 0, 16, id="full-mini-batches"),
+    pytest.param(2, 70, 2, 16, True, 5, 16, id="offset5-remainder"),
+    pytest.param(1, 33, 2, 64, False, 0, 16, id="D64-noLN-remainder"),
+    pytest.param(3, 9, 2, 8, True, 0, 4, id="bsz4-T9"),
+    pytest.param(1, 7, 1, 8, True, 3, 16, id="inside-one-mini-batch"),
+    pytest.param(2, 1, 2, 8, True, 15, 16, id="T1-commits"),
+])
+def test_matches_chunk_fp64(B, T, H, D, ln, offset, bsz):
+    args, state = make(B, T, H, D, ln=ln, offset=offset, bsz=bsz)
+    compare(args, state, FP64)
+
+
+def test_matches_chunk_fp32():
+    args, state = make(2, 100, 4, 64, offset=3, dtype=torch.float32)
+    compare(args, state, dict(atol=2e-5, rtol=1e-4))
+
+
+def test_state_equivalence():
+    """Whole sequence == odd pieces with the state carried (the kernel runs inside each piece)."""
+    args, state = make(2, 75, 2, 8)
+    o, s = cpu_fused_ttt_linear(*args, state)
+    outs, st, t = [], state, 0
+    for n in (5, 32, 1, 37):
+        piece = [x[:, t : t + n] for x in args[:4]] + args[4:]
+        o_k, st = cpu_fused_ttt_linear(*piece, st)
+        outs.append(o_k)
+        t += n
+    assert_close("o", o, torch.cat(outs, 1), **FP64)
+    assert_close("W", s.params[0], st.params[0], **FP64)
+
+
+def test_gradients_use_the_chunk_path():
+    """With grad enabled and inputs requiring grad the result is chunk_ttt_linear's, gradients included."""
+    args, state = make(1, 40, 2, 8)
+    args[0].requires_grad_()
+    o, _ = cpu_fused_ttt_linear(*args, state)
+    o_ref, _ = chunk_ttt_linear(*args, state)
+    assert o.grad_fn is not None
+    (g,) = torch.autograd.grad(o.sum(), args[0])
+    (g_ref,) = torch.autograd.grad(o_ref.sum(), args[0])
+    assert_close("dq", g_ref, g, **FP64)
+    with torch.no_grad():
+        o_ng, _ = cpu_fused_ttt_linear(*args, state)
+    assert_close("no-grad kernel", o_ref.detach(), o_ng, **FP64)
+
+
+def test_layer_uses_kernel_at_inference(monkeypatch):
+    """TTTLinear's 'chunk' mode calls the fused op; eval output equals the training-mode (chunk) output."""
+    from innerloop.layers import TTTLinear
+    from innerloop.ops.ttt import cpu_linear
+
+    layer = TTTLinear(32, 4, mini_batch_size=8).double()
+    x = torch.randn(2, 37, 32, dtype=torch.float64)
+    y_train, s_train = layer(x)
+    calls = []
+    real = cpu_linear._library
+    monkeypatch.setattr(cpu_linear, "_library", lambda *a: calls.append(a) or real(*a))
+    with torch.no_grad():
+        y_inf, s_inf = layer(x)
+    assert calls, "the kernel was not used under no_grad"
+    assert_close("y", y_train.detach(), y_inf, **FP64)
+
+
+def test_bad_inputs_are_checked():
+    args, state = make(1, 8, 2, 8)
+    args[1] = args[1][..., :4]
+    with pytest.raises(ValueError, match="k"):
+        cpu_fused_ttt_linear(*args, state)
