@@ -5,7 +5,7 @@ numbers, checked once per row), ``torch.set_num_threads(--threads)``, one warm-u
 rounds alternating the two implementations (so machine noise hits both) and the median (and min) per implementation;
 ``fwd`` is the forward under ``no_grad``, ``fwd+bwd`` is forward plus backward of
 ``out.sum()`` into q, k, v, lr and the initial inner weights. Ratios (official / ours) are what to read on a
-shared machine.
+shared machine. TTT-Linear's forward also times ``cpu_fused_ttt_linear`` (the fused CPU inference kernel), "fused".
 
     python benchmarks/bench_ttt_scan.py [--official /tmp/ttt_official.py] [--json] [--lengths 512 2048]
                                         [--modes fwd fwd+bwd] [--kinds linear mlp]
@@ -21,7 +21,13 @@ import time
 
 import torch
 
-from innerloop.ops.ttt import TTTState, chunk_ttt_linear, chunk_ttt_mlp
+from innerloop.ops.ttt import (
+    TTTState,
+    chunk_ttt_linear,
+    chunk_ttt_mlp,
+    cpu_fused_ttt_linear,
+    cpu_ttt_linear_available,
+)
 
 try:
     from benchmarks.official import DEFAULT_PATH, load_official
@@ -81,18 +87,20 @@ def make_case(mod, kind: str, B: int, H: int, D: int, L: int, b: int):
         out, _ = layer.ttt(inputs, mini_batch_size=b, last_mini_batch_params_dict=None, cache_params=None)
         return out, ins
 
-    op = chunk_ttt_linear if kind == "linear" else chunk_ttt_mlp
+    def ours_with(op):
+        def ours(grad: bool):
+            ins = [x.detach().clone().requires_grad_(grad) for x in (q, k, v, lr)]
+            ps = [p.squeeze(1) if p.dim() == 3 and p.shape[1] == 1 else p for p in params]  # b: [H, 1, F] -> [H, F]
+            out, _ = op(*ins, tau, lnw, lnb, TTTState.from_params(ps, B))
+            return out.reshape(B, L, H * D), ins
+        return ours
 
-    def ours(grad: bool):
-        ins = [x.detach().clone().requires_grad_(grad) for x in (q, k, v, lr)]
-        ps = [p.squeeze(1) if p.dim() == 3 and p.shape[1] == 1 else p for p in params]  # b: [H, 1, F] -> [H, F]
-        out, _ = op(*ins, tau, lnw, lnb, TTTState.from_params(ps, B))
-        return out.reshape(B, L, H * D), ins
-
+    ours = ours_with(chunk_ttt_linear if kind == "linear" else chunk_ttt_mlp)
+    fused = ours_with(cpu_fused_ttt_linear) if kind == "linear" and cpu_ttt_linear_available(D) else None
     with torch.no_grad():
-        ref, got = official(False)[0], ours(False)[0]
-    err = ((ref - got).abs().max() / ref.abs().max()).item()
-    return official, ours, params, err
+        ref = official(False)[0]
+        err = max(((ref - f(False)[0]).abs().max() / ref.abs().max()).item() for f in (ours, fused) if f)
+    return official, ours, fused, params, err
 
 
 def run(args) -> list[dict]:
@@ -102,21 +110,28 @@ def run(args) -> list[dict]:
     rows = []
     for kind in args.kinds:
         for L in args.lengths:
-            official, ours, params, err = make_case(mod, kind, args.B, args.H, args.D, L, args.b)
+            official, ours, fused, params, err = make_case(mod, kind, args.B, args.H, args.D, L, args.b)
             row = {"op": kind, "B": args.B, "H": args.H, "D": args.D, "L": L, "b": args.b, "max_rel_diff": err}
             for mode in args.modes:
                 wrap = _fwd if mode == "fwd" else (lambda fn: _fwd_bwd(fn, params))  # noqa: B023
-                med = _interleaved_medians({"official": wrap(official), "ours": wrap(ours)}, args.repeats)
+                fns = {"official": wrap(official), "ours": wrap(ours)}
+                if fused is not None and mode == "fwd":  # the fused kernel is inference only
+                    fns["fused"] = wrap(fused)
+                med = _interleaved_medians(fns, args.repeats)
                 for name, (t, tmin) in med.items():
                     row[f"{mode} {name} ms"] = 1e3 * t
                     row[f"{mode} {name} min ms"] = 1e3 * tmin
                 row[f"{mode} speedup"] = row[f"{mode} official ms"] / row[f"{mode} ours ms"]
+                if "fused" in med:
+                    row[f"{mode} fused speedup"] = row[f"{mode} official ms"] / row[f"{mode} fused ms"]
                 row[f"{mode} speedup of mins"] = row[f"{mode} official min ms"] / row[f"{mode} ours min ms"]
             rows.append(row)
             if not args.json:
                 cols = "   ".join(f"{m} {row[f'{m} official ms']:8.1f} ms vs {row[f'{m} ours ms']:7.1f} ms "
                                    f"(x{row[f'{m} speedup']:.2f}; mins x{row[f'{m} speedup of mins']:.2f})"
                                    for m in args.modes)
+                if "fwd fused ms" in row:
+                    cols += f"   fwd fused {row['fwd fused ms']:7.1f} ms (x{row['fwd fused speedup']:.2f})"
                 print(f"{kind:6s} L={L:5d}  {cols}   max rel diff {err:.1e}", flush=True)
     return rows
 

@@ -8,7 +8,8 @@
  *   W -= sum_s tau_{b-1} lr_s XK_s^T G_s,  w_b -= sum_s tau_{b-1} lr_s G_s
  * Layouts (contiguous REAL): q, k, v, out [B, T, H, HD]; lr [B, T, H]; tau [b]; lnw, lnb [H, HD] (NULL: no LN);
  * W [B, H, HD, HD] and wb [B, H, HD] hold the initial weights and are updated in place.
- * Rows r = bb * H + h in [r0, r1) are done by one call; scratch holds 4 * b * HD + b * b REALs.
+ * Rows r = bb * H + h in [r0, r1) are done by one call; scratch holds 4 * b * HD + b * b REALs. The sums over a
+ * row are vectorized (omp simd reductions, -fopenmp-simd), so their order differs from PyTorch's by rounding only.
  */
 #include <math.h>
 #include <stdint.h>
@@ -31,11 +32,14 @@ static inline void inner_grad(REAL *restrict g, const REAL *restrict z, const RE
         return;
     }
     REAL mu = 0, var = 0;
+#pragma omp simd reduction(+ : mu)
     for (int j = 0; j < HD; j++) mu += z[j];
     mu /= HD;
+#pragma omp simd reduction(+ : var)
     for (int j = 0; j < HD; j++) var += (z[j] - mu) * (z[j] - mu);
     REAL rstd = (REAL)1 / sqrt(var / HD + eps);
     REAL gy[HD], xh[HD], s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
     for (int j = 0; j < HD; j++) {
         xh[j] = (z[j] - mu) * rstd;
         gy[j] = (gam[j] * xh[j] + bet[j] - t[j]) * gam[j];
@@ -49,8 +53,10 @@ static inline void inner_grad(REAL *restrict g, const REAL *restrict z, const RE
 static inline void ln_out(REAL *restrict out, const REAL *restrict zb, const REAL *restrict xq,
                           const REAL *restrict gam, const REAL *restrict bet, REAL eps) {
     REAL mu = 0, var = 0;
+#pragma omp simd reduction(+ : mu)
     for (int j = 0; j < HD; j++) mu += zb[j];
     mu /= HD;
+#pragma omp simd reduction(+ : var)
     for (int j = 0; j < HD; j++) var += (zb[j] - mu) * (zb[j] - mu);
     REAL rstd = (REAL)1 / sqrt(var / HD + eps);
     for (int j = 0; j < HD; j++) out[j] = xq[j] + gam[j] * (zb[j] - mu) * rstd + bet[j];
@@ -130,6 +136,7 @@ void ttt_linear_fwd(const REAL *q, const REAL *k, const REAL *v, const REAL *lr,
                 for (i64 s = 0; s <= rr; s++) {
                     const REAL *xk = ROW(k, s);
                     REAL dot = 1;
+#pragma omp simd reduction(+ : dot)
                     for (int c = 0; c < HD; c++) dot += xq[c] * xk[c];
                     attn[rr * b + s] = tau[rr] * lr[(bb * T + t0 + s) * H + h] * dot;
                 }
