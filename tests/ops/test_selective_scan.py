@@ -161,6 +161,7 @@ def test_fused_kernel_build_failure_is_clear(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_fused, "_LIBS", {})
     monkeypatch.setattr(cpu_fused, "_FAILED", None)
     monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path))
+    monkeypatch.delenv("INNERLOOP_NO_KERNEL", raising=False)
     monkeypatch.setenv("CC", "no-such-compiler-xyz")
     with pytest.raises(RuntimeError, match="no-such-compiler-xyz"):
         cpu_fused_selective_scan(*[t.detach() for t in make_inputs(1, 4, 3, 2, torch.float32)])
