@@ -237,3 +237,46 @@ def test_fused_works_in_a_forked_child():
 def _fused_in_child(ins):
     torch.set_num_threads(2)
     return cpu_fused_selective_scan(*ins)[0]
+
+
+def test_self_check_rejects_wrong_or_failing_kernels(caplog):
+    """A kernel that is slightly wrong (in y or only in one gradient) or raises is refused, with a logged reason."""
+    from innerloop.ops.selective_scan.fused import self_check
+
+    def off_y(*a, **kw):
+        y, h = chunk_selective_scan(*a, **kw)
+        return y * 1.001, h
+
+    class WrongGradB(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, B):
+            return B.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 1.01 * g
+
+    def off_db(u, delta, A, B, C, D, h0, chunk_size):
+        return chunk_selective_scan(u, delta, A, WrongGradB.apply(B), C, D, h0, chunk_size=chunk_size)
+
+    def raises(*a, **kw):
+        raise RuntimeError("boom")
+
+    assert self_check("cpu", chunk_selective_scan)
+    with caplog.at_level("ERROR", logger="innerloop.ops.selective_scan.fused"):
+        assert not self_check("cpu", off_y)
+        assert not self_check("cpu", off_db)
+        assert not self_check("cpu", raises)
+    messages = " ".join(r.message for r in caplog.records)
+    assert "in y" in messages and "in dB" in messages and "boom" in messages
+
+
+@needs_kernel
+def test_fused_available_runs_the_self_check_once(monkeypatch):
+    from innerloop.ops.selective_scan import fused
+
+    calls = []
+    monkeypatch.setattr(fused, "_CHECKED", {})
+    monkeypatch.setattr(fused, "self_check", lambda device: calls.append(device) or False)
+    assert not fused.fused_scan_available("cpu") and not fused.fused_scan_available("cpu")
+    assert len(calls) == 1

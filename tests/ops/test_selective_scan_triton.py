@@ -219,3 +219,10 @@ def test_triton_cuda_large(dtype):
             assert_close(name, r, f, atol=1e-3, rtol=1e-3)
         else:  # y, du, ddelta are rounded to bf16; the state and the reductions stay float32
             assert_close(name, r, f, ratio=1e-2)
+
+
+def test_triton_passes_the_self_check():
+    """The check the Mamba layer runs before trusting the kernel on a device (here: the interpreter)."""
+    from innerloop.ops.selective_scan.fused import self_check
+
+    assert self_check(DEVICE, triton_selective_scan)

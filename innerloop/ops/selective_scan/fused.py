@@ -1,26 +1,85 @@
 """The fused selective-scan kernel for a tensor's device: compiled C on the CPU (``cpu_fused.py``), Triton on CUDA
 (``triton_scan.py``; needs ``pip install triton``).
 
-Same signature as :func:`naive_selective_scan`. :func:`fused_scan_available` says whether a device has one; the
-Mamba layer falls back to the pure-PyTorch :func:`chunk_selective_scan` where it has none.
+Same signature as :func:`naive_selective_scan`. :func:`fused_scan_available` says whether a device has one that
+works; the Mamba layer falls back to the pure-PyTorch :func:`chunk_selective_scan` where it has none. "Works" is
+checked once per device and process (:func:`self_check`): the kernel is run against :func:`chunk_selective_scan` on
+a small random problem (outputs, final state and every input gradient), so a miscompiled C kernel or a Triton
+kernel misbehaving on an untested GPU is logged and never used, instead of training on wrong numbers.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from .chunk import chunk_selective_scan
 from .cpu_fused import cpu_fused_selective_scan, cpu_kernel_available
+
+logger = logging.getLogger(__name__)
+_CHECKED: dict[str, bool] = {}
+
+
+def _kernel(device: torch.device) -> Callable[..., tuple[Tensor, Tensor]]:
+    if device.type == "cpu":
+        return cpu_fused_selective_scan
+    from .triton_scan import triton_selective_scan  # imports triton: only when a CUDA tensor asks for it
+
+    return triton_selective_scan
+
+
+def self_check(device: torch.device | str, fn: Callable[..., tuple[Tensor, Tensor]] | None = None) -> bool:
+    """Whether ``fn`` (default: the device's fused kernel) matches :func:`chunk_selective_scan` on ``device``.
+
+    Compares outputs, final state and the gradients of every input on ``B=2, T=45, E=37, N=16`` float32 with a
+    checkpoint chunk of 16 (odd sizes on purpose); logs an error naming the first mismatch and returns False.
+    """
+    device = torch.device(device)
+    fn = _kernel(device) if fn is None else fn
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    ins = [r(2, 45, 37), torch.nn.functional.softplus(r(2, 45, 37) - 1), -torch.exp(0.5 * r(37, 16)), r(2, 45, 16),
+           r(2, 45, 16), r(37), r(2, 37, 16)]
+    w_y, w_h = r(2, 45, 37), r(2, 37, 16)
+    results = []
+    try:
+        for f in (chunk_selective_scan, fn):
+            xs = [x.to(device).requires_grad_() for x in ins]
+            y, h = f(*xs, chunk_size=16)
+            loss = (y * w_y.to(device)).sum() + (h * w_h.to(device)).sum()
+            results.append([t.detach().cpu() for t in (y, h, *torch.autograd.grad(loss, xs))])
+    except Exception as e:  # noqa: BLE001 - any failure of the kernel means: do not use it
+        logger.error("fused selective scan on %s failed its self-check (%s: %s); using the chunked scan",
+                     device, type(e).__name__, e)
+        return False
+    names = ("y", "final state", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
+    for name, ref, got in zip(names, *results):
+        err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+        if not err <= 1e-4:
+            logger.error("fused selective scan on %s disagrees with the chunked scan in %s (max relative error %.2e);"
+                         " using the chunked scan", device, name, err)
+            return False
+    return True
 
 
 def fused_scan_available(device: torch.device | str) -> bool:
-    """True if :func:`fused_selective_scan` has a kernel for ``device`` here (builds the CPU kernel on first call)."""
+    """True if :func:`fused_selective_scan` has a kernel for ``device`` here that passed :func:`self_check` (builds
+    the CPU kernel and runs the check on the first call per device)."""
     device = torch.device(device)
     if device.type == "cpu":
-        return cpu_kernel_available()
-    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+        ok = cpu_kernel_available()
+    else:
+        ok = device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    if not ok:
+        return False
+    key = str(device)
+    if key not in _CHECKED:
+        _CHECKED[key] = self_check(device)
+    return _CHECKED[key]
 
 
 def fused_selective_scan(
@@ -34,10 +93,6 @@ def fused_selective_scan(
         RuntimeError: no fused kernel for ``u``'s device here (no C compiler on a CPU machine, say).
         ImportError: a CUDA tensor and no triton.
     """
-    if u.device.type == "cpu":
-        return cpu_fused_selective_scan(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
-    if u.device.type == "cuda":
-        from .triton_scan import triton_selective_scan  # imports triton: only when a CUDA tensor asks for it
-
-        return triton_selective_scan(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
+    if u.device.type in ("cpu", "cuda"):
+        return _kernel(u.device)(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
     raise RuntimeError(f"no fused selective-scan kernel for device {u.device}; use chunk_selective_scan")
