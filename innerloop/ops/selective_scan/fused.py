@@ -73,7 +73,7 @@ def fused_scan_available(device: torch.device | str) -> bool:
     if device.type == "cpu":
         ok = cpu_kernel_available()
     else:
-        ok = device.type == "cuda" and importlib.util.find_spec("triton") is not None
+        ok = device.type == "cuda" and torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
     if not ok:
         return False
     key = str(device)
