@@ -17,6 +17,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +27,9 @@ import torch
 FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 ARCH = ["-march=native"]  # dropped if the compiler refuses it
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (pid, threads): a forked child makes its own
+_LIBS: dict[str, ctypes.CDLL] = {}  # loaded libraries by name
+_FAILED: dict[str, str] = {}  # names whose build failed in this process, with the reason (never retried)
+_LOCK = threading.Lock()
 
 
 def _cpu_id() -> str:
@@ -66,6 +71,29 @@ def build(src: Path, defines: list[str], name: str) -> ctypes.CDLL:
     else:
         raise RuntimeError(f"compiling {src.name} with {cc} failed:\n{errors[-1]}")
     return ctypes.CDLL(str(lib))
+
+
+def load(src: Path, defines: list[str], name: str, what: str,
+         declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL:
+    """The library ``name`` (``src`` built with ``defines``), built and loaded once per process, ``declare`` setting
+    its functions' ctypes signatures. A failed build is remembered: RuntimeError ``"<what> is unavailable: ..."``."""
+    with _LOCK:
+        if name not in _LIBS:
+            if name in _FAILED:
+                raise RuntimeError(_FAILED[name])
+            try:
+                dll = build(src, defines, name)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                _FAILED[name] = f"{what} is unavailable: {e}"
+                raise RuntimeError(_FAILED[name]) from e
+            declare(dll)
+            _LIBS[name] = dll
+        return _LIBS[name]
+
+
+def ptr(t: torch.Tensor | None) -> int | None:
+    """A tensor's data pointer for ctypes (None -> NULL)."""
+    return None if t is None else t.data_ptr()
 
 
 def run_split(fn, n_items: int, scratch_size: int, dtype: torch.dtype, *args) -> None:

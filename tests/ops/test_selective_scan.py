@@ -29,9 +29,6 @@ def make_inputs(B, T, E, N, dtype, with_h0=True, seed=0):
     return selective_scan_inputs(B, T, E, N, dtype, with_h0=with_h0, seed=seed)
 
 
-grads_of = outputs_and_grads
-
-
 @pytest.mark.parametrize("fn", FAST_FNS, ids=FAST_IDS)
 @pytest.mark.parametrize(("B", "T", "E", "N", "chunk", "dtype", "h0"), [
     pytest.param(1, 1, 3, 2, 4, torch.float64, True, id="T1-fp64"),
@@ -47,8 +44,8 @@ def test_fast_paths(fn, B, T, E, N, chunk, dtype, h0):
     ins = make_inputs(B, T, E, N, dtype, with_h0=h0)
     dy = torch.randn(B, T, E, dtype=dtype)
     dh = torch.randn(B, E, N, dtype=torch.promote_types(dtype, torch.float32))
-    ref = grads_of(naive_selective_scan, ins, dy, dh)
-    fast = grads_of(lambda *a: fn(*a, chunk_size=chunk), ins, dy, dh)
+    ref = outputs_and_grads(naive_selective_scan, ins, dy, dh)
+    fast = outputs_and_grads(lambda *a: fn(*a, chunk_size=chunk), ins, dy, dh)
     names = [n for n in NAMES if h0 or n != "dh0"]
     tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
     for name, r, f in zip(names, ref, fast):
@@ -135,7 +132,7 @@ def test_fused_same_for_any_thread_count():
         for n in (1, 3):
             torch.set_num_threads(n)
             fn = lambda *a: cpu_fused_selective_scan(*a, chunk_size=16)  # noqa: E731
-            outs.append(grads_of(fn, ins, dy, torch.ones(3, 40, 16)))
+            outs.append(outputs_and_grads(fn, ins, dy, torch.ones(3, 40, 16)))
     finally:
         torch.set_num_threads(before)
     for name, a, b in zip(NAMES, *outs):
@@ -156,17 +153,18 @@ def test_fused_low_precision_inputs(dtype):
 
 def test_fused_kernel_build_failure_is_clear(monkeypatch, tmp_path):
     """No compiler: a RuntimeError naming it (and the Mamba layer's 'fused' mode falls back, tested there)."""
+    from innerloop.ops import _cbuild
     from innerloop.ops.selective_scan import cpu_fused
 
-    monkeypatch.setattr(cpu_fused, "_LIBS", {})
-    monkeypatch.setattr(cpu_fused, "_FAILED", None)
+    monkeypatch.setattr(_cbuild, "_LIBS", {})
+    monkeypatch.setattr(_cbuild, "_FAILED", {})
     monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path))
     monkeypatch.delenv("INNERLOOP_NO_KERNEL", raising=False)
     monkeypatch.setenv("CC", "no-such-compiler-xyz")
     with pytest.raises(RuntimeError, match="no-such-compiler-xyz"):
         cpu_fused_selective_scan(*[t.detach() for t in make_inputs(1, 4, 3, 2, torch.float32)])
     assert not cpu_fused.cpu_kernel_available()
-    monkeypatch.setattr(cpu_fused, "_FAILED", None)
+    monkeypatch.setattr(_cbuild, "_FAILED", {})
     monkeypatch.setenv("INNERLOOP_NO_KERNEL", "1")
     with pytest.raises(RuntimeError, match="INNERLOOP_NO_KERNEL"):
         cpu_fused._library(torch.float32)
@@ -175,14 +173,15 @@ def test_fused_kernel_build_failure_is_clear(monkeypatch, tmp_path):
 @needs_kernel
 def test_fused_kernel_builds_into_cache(monkeypatch, tmp_path):
     """A fresh cache directory gets one library per dtype, reused by the next load."""
+    from innerloop.ops import _cbuild
     from innerloop.ops.selective_scan import cpu_fused
 
-    monkeypatch.setattr(cpu_fused, "_LIBS", {})
+    monkeypatch.setattr(_cbuild, "_LIBS", {})
     monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path))
     cpu_fused._library(torch.float32)
     built = sorted((tmp_path / "kernels").iterdir())
     assert len(built) == 1 and built[0].name.startswith("selective_scan_float32_") and built[0].suffix == ".so"
-    monkeypatch.setattr(cpu_fused, "_LIBS", {})
+    monkeypatch.setattr(_cbuild, "_LIBS", {})
     cpu_fused._library(torch.float32)
     assert sorted((tmp_path / "kernels").iterdir()) == built
     with pytest.raises(TypeError, match="float32 or float64"):
@@ -193,9 +192,8 @@ def test_fused_kernel_builds_into_cache(monkeypatch, tmp_path):
 def test_fused_kernel_builds_without_arch_flag(monkeypatch, tmp_path):
     """A compiler that refuses -march=native (some clangs) still gets a portable build."""
     from innerloop.ops import _cbuild
-    from innerloop.ops.selective_scan import cpu_fused
 
-    monkeypatch.setattr(cpu_fused, "_LIBS", {})
+    monkeypatch.setattr(_cbuild, "_LIBS", {})
     monkeypatch.setattr(_cbuild, "ARCH", ["-march=no-such-arch"])
     monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path))
     ins = [t.detach() for t in make_inputs(2, 9, 20, 3, torch.float64)]

@@ -1,7 +1,7 @@
 """triton_selective_scan against the sequential reference: outputs, final states and every input gradient.
 
-Without CUDA the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set here before triton is
-imported), so every CPU case is tiny.
+Without CUDA the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by ``tests/conftest.py``
+before triton is imported), so every CPU case is tiny.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from innerloop.ops.selective_scan import chunk_selective_scan, naive_selective_scan, triton_scan  # noqa: E402
@@ -34,9 +32,6 @@ TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float64: dict(atol=1e-12
 
 def make_inputs(B, T, E, N, dtype, with_d=True, with_h0=True, seed=0, device=DEVICE):
     return selective_scan_inputs(B, T, E, N, dtype, device, with_d=with_d, with_h0=with_h0, seed=seed)
-
-
-grads_of = outputs_and_grads
 
 
 def names_for(ins):
@@ -60,8 +55,8 @@ def test_triton(B, T, E, N, chunk, block_e, dtype, d, h0):
     g = torch.Generator().manual_seed(1)
     dy = torch.randn(B, T, E, generator=g, dtype=torch.float64).to(DEVICE)
     dh = torch.randn(B, E, N, generator=g, dtype=torch.float64).to(DEVICE)
-    ref = grads_of(naive_selective_scan, ins64, dy, dh)
-    fast = grads_of(lambda *a: triton_selective_scan(*a, chunk_size=chunk, block_e=block_e), ins, dy.to(dtype),
+    ref = outputs_and_grads(naive_selective_scan, ins64, dy, dh)
+    fast = outputs_and_grads(lambda *a: triton_selective_scan(*a, chunk_size=chunk, block_e=block_e), ins, dy.to(dtype),
                     dh.to(dtype))
     assert fast[1].dtype == dtype
     for name, r, f in zip(names_for(ins), ref, fast):
@@ -212,8 +207,8 @@ def test_triton_cuda_large(dtype):
     ref_ins = [t.detach().float().requires_grad_() for t in ins]  # same (rounded) values, float32 reference
     dy = torch.randn(2, 1000, 768, device="cuda")
     dh = torch.randn(2, 768, 16, device="cuda")
-    ref = grads_of(chunk_selective_scan, ref_ins, dy, dh)
-    fast = grads_of(triton_selective_scan, ins, dy.to(dtype), dh)
+    ref = outputs_and_grads(chunk_selective_scan, ref_ins, dy, dh)
+    fast = outputs_and_grads(triton_selective_scan, ins, dy.to(dtype), dh)
     for name, r, f in zip(NAMES, ref, fast):
         if dtype == torch.float32:
             assert_close(name, r, f, atol=1e-3, rtol=1e-3)

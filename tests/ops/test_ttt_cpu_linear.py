@@ -83,6 +83,26 @@ def test_gradients_use_the_chunk_path():
     assert_close("no-grad kernel", o_ref.detach(), o_ng, **FP64)
 
 
+@pytest.mark.parametrize("index", [1, 2, 3, 6], ids=["k", "v", "lr", "ln_bias"])
+def test_any_operand_needing_a_gradient_uses_the_chunk_path(index):
+    """Not just q: a gradient wanted for any operand (k, v, lr, LayerNorm) must reach it, as through chunk."""
+    args, state = make(1, 40, 2, 8)
+    args[index].requires_grad_()
+    o, _ = cpu_fused_ttt_linear(*args, state)
+    o_ref, _ = chunk_ttt_linear(*args, state)
+    assert o.grad_fn is not None
+    (g,) = torch.autograd.grad(o.sum(), args[index])
+    (g_ref,) = torch.autograd.grad(o_ref.sum(), args[index])
+    assert_close("grad", g_ref, g, **FP64)
+
+
+def test_mixed_dtypes_give_the_chunk_result():
+    """The kernel reads every operand as q's dtype: a float32 tau with float64 q must not reach it."""
+    args, state = make(2, 48, 2, 8)
+    args[4] = args[4].float()
+    compare(args, state, FP64)
+
+
 def test_layer_uses_kernel_at_inference(monkeypatch):
     """TTTLinear's 'chunk' mode calls the fused op; eval output equals the training-mode (chunk) output."""
     from innerloop.layers import TTTLinear

@@ -15,49 +15,33 @@ the pure-PyTorch chunked scan).
 from __future__ import annotations
 
 import ctypes
-import subprocess
-import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._cbuild import build, run_split
+from .._cbuild import load, ptr, run_split
 from ._common import check_inputs, compute_dtype
 
 W = 16  # channels per block: must equal W in cpu_scan.c
 _SRC = Path(__file__).with_name("cpu_scan.c")
 _DEFINES = {torch.float32: ["-DREAL=float"], torch.float64: ["-DREAL=double", "-DREAL_IS_DOUBLE=1"]}
-_LIBS: dict[torch.dtype, ctypes.CDLL] = {}
-_LOCK = threading.Lock()
-_FAILED: str | None = None
 
 
-def _build(dtype: torch.dtype) -> ctypes.CDLL:
-    dll = build(_SRC, _DEFINES[dtype], f"selective_scan_{str(dtype).split('.')[-1]}")
+def _declare(dll: ctypes.CDLL) -> None:
     i64, p = ctypes.c_int64, ctypes.c_void_p
     dll.scan_fwd.argtypes = [p] * 10 + [i64] * 7 + [p]
     dll.scan_bwd.argtypes = [p] * 15 + [i64] * 7 + [p]
     dll.scan_fwd.restype = dll.scan_bwd.restype = None
-    return dll
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
     """The compiled kernel for ``dtype`` (float32 or float64), built on first use; raises RuntimeError if it can't."""
-    global _FAILED
     if dtype not in _DEFINES:
         raise TypeError(f"the fused CPU scan computes in float32 or float64, got {dtype}")
-    with _LOCK:
-        if dtype not in _LIBS:
-            if _FAILED is not None:
-                raise RuntimeError(_FAILED)
-            try:
-                _LIBS[dtype] = _build(dtype)
-            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                _FAILED = f"the fused CPU selective scan is unavailable: {e}"
-                raise RuntimeError(_FAILED) from e
-        return _LIBS[dtype]
+    name = f"selective_scan_{str(dtype).split('.')[-1]}"
+    return load(_SRC, _DEFINES[dtype], name, "the fused CPU selective scan", _declare)
 
 
 def cpu_kernel_available() -> bool:
@@ -69,14 +53,11 @@ def cpu_kernel_available() -> bool:
         return False
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def _padded(x: Tensor, rows: int, Ep: int) -> Tensor:
+def _padded(x: Tensor, Ep: int) -> Tensor:
     """``x [E]`` or ``[E, N]`` as ``[Ep]`` / ``[N, Ep]`` (channels last, zero-padded to whole blocks)."""
-    out = x.new_zeros(rows, Ep) if x.dim() == 2 else x.new_zeros(Ep)
-    out[..., : x.shape[0]] = x.t() if x.dim() == 2 else x
+    x = x.t() if x.dim() == 2 else x
+    out = x.new_zeros(*x.shape[:-1], Ep)
+    out[..., : x.shape[-1]] = x
     return out
 
 
@@ -88,11 +69,11 @@ class _FusedScan(torch.autograd.Function):
         N = A.shape[1]
         nEb = -(-E // W)
         Ep, K = nEb * W, -(-T // chunk_size)
-        At, Dp = _padded(A, N, Ep), None if D is None else _padded(D, 1, Ep)
+        At, Dp = _padded(A, Ep), None if D is None else _padded(D, Ep)
         y, hT = torch.empty_like(u), u.new_empty(Bn, E, N)
         ck = u.new_empty(Bn, K, N, Ep) if save else None  # no checkpoints when no backward can follow
-        run_split(lib.scan_fwd, Bn * nEb, N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(Dp), _ptr(B),
-                    _ptr(C), _ptr(h0), _ptr(y), _ptr(hT), _ptr(ck), Bn, T, E, N, chunk_size)
+        run_split(lib.scan_fwd, Bn * nEb, N * W, u.dtype, ptr(u), ptr(delta), ptr(At), ptr(Dp), ptr(B), ptr(C),
+                  ptr(h0), ptr(y), ptr(hT), ptr(ck), Bn, T, E, N, chunk_size)
         ctx.save_for_backward(u, delta, At, Dp, B, C, ck)
         ctx.chunk_size, ctx.has_h0 = chunk_size, h0 is not None
         return y, hT
@@ -113,9 +94,9 @@ class _FusedScan(torch.autograd.Function):
         du, ddelta, dh0 = torch.empty_like(u), torch.empty_like(delta), u.new_empty(Bn, E, N)
         dAp = u.new_empty(Bn, N, Ep)
         dBp, dCp = u.new_empty(nEb, Bn, T, N), u.new_empty(nEb, Bn, T, N)
-        run_split(lib.scan_bwd, Bn * nEb, (2 * c + 3) * N * W, u.dtype, _ptr(u), _ptr(delta), _ptr(At), _ptr(Dp),
-                    _ptr(B), _ptr(C), _ptr(ck), _ptr(dy), _ptr(dhT), _ptr(du), _ptr(ddelta), _ptr(dAp), _ptr(dBp),
-                    _ptr(dCp), _ptr(dh0), Bn, T, E, N, c)
+        run_split(lib.scan_bwd, Bn * nEb, (2 * c + 3) * N * W, u.dtype, ptr(u), ptr(delta), ptr(At), ptr(Dp),
+                  ptr(B), ptr(C), ptr(ck), ptr(dy), ptr(dhT), ptr(du), ptr(ddelta), ptr(dAp), ptr(dBp), ptr(dCp),
+                  ptr(dh0), Bn, T, E, N, c)
         dA = dAp.sum(0)[:, :E].t()
         dD = (dy * u).sum((0, 1)) if Dp is not None and ctx.needs_input_grad[5] else None
         return du, ddelta, dA, dBp.sum(0), dCp.sum(0), dD, dh0 if ctx.has_h0 else None, None, None
@@ -127,21 +108,11 @@ def cpu_fused_selective_scan(
 ) -> tuple[Tensor, Tensor]:
     """Selective SSM ``h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t``, ``y_t = h_t C_t + D ⊙ u_t`` by a fused CPU kernel.
 
-    Same signature, outputs and final state as :func:`naive_selective_scan`; once differentiable (hand-written
+    Same signature, arguments (``u [B, T, E]``, ``delta [B, T, E]``, ``A [E, N]``, ``B, C [B, T, N]``, ``D [E]``,
+    ``initial_state [B, E, N]``, all on the CPU), outputs and final state as :func:`naive_selective_scan`;
+    ``chunk_size`` = tokens between the state checkpoints kept for the backward. Once differentiable (hand-written
     backward in the same kernel). Builds ``cpu_scan.c`` on first use (module docstring); raises RuntimeError if no
     C compiler works. Computes in float32 (float64 stays float64); ``y`` comes back in ``u``'s dtype.
-
-    Args:
-        u (Tensor): ``[B, T, E]`` input per channel (CPU).
-        delta (Tensor): ``[B, T, E]`` positive step sizes Δ (already softplus-ed).
-        A (Tensor): ``[E, N]`` diagonal state matrix per channel (negative).
-        B (Tensor): ``[B, T, N]`` input projection.
-        C (Tensor): ``[B, T, N]`` output projection.
-        D (Tensor, Optional): ``[E]`` skip connection. Default: None.
-        initial_state (Tensor, Optional): ``[B, E, N]`` state before the first token. Default: None (zeros).
-        chunk_size (int, Optional): tokens between the state checkpoints kept for the backward. Default: 64.
-    Returns:
-        tuple[Tensor, Tensor]: ``y [B, T, E]`` in ``u``'s dtype and the final state ``[B, E, N]`` (at least float32).
 
     Examples:
         >>> from innerloop.ops.selective_scan import naive_selective_scan

@@ -24,6 +24,18 @@
 
 typedef int64_t i64;
 
+/* Mean and 1 / sqrt(variance + eps) of one row (population variance, as LayerNorm). */
+static inline void row_stats(const REAL *restrict z, REAL eps, REAL *mean, REAL *rstd) {
+    REAL mu = 0, var = 0;
+#pragma omp simd reduction(+ : mu)
+    for (int j = 0; j < HD; j++) mu += z[j];
+    mu /= HD;
+#pragma omp simd reduction(+ : var)
+    for (int j = 0; j < HD; j++) var += (z[j] - mu) * (z[j] - mu);
+    *mean = mu;
+    *rstd = (REAL)1 / sqrt(var / HD + eps);
+}
+
 /* G = ln_fused_l2_bwd(z, t) for one row (gamma, beta may be NULL: G = z - t). */
 static inline void inner_grad(REAL *restrict g, const REAL *restrict z, const REAL *restrict t,
                               const REAL *restrict gam, const REAL *restrict bet, REAL eps) {
@@ -31,13 +43,8 @@ static inline void inner_grad(REAL *restrict g, const REAL *restrict z, const RE
         for (int j = 0; j < HD; j++) g[j] = z[j] - t[j];
         return;
     }
-    REAL mu = 0, var = 0;
-#pragma omp simd reduction(+ : mu)
-    for (int j = 0; j < HD; j++) mu += z[j];
-    mu /= HD;
-#pragma omp simd reduction(+ : var)
-    for (int j = 0; j < HD; j++) var += (z[j] - mu) * (z[j] - mu);
-    REAL rstd = (REAL)1 / sqrt(var / HD + eps);
+    REAL mu, rstd;
+    row_stats(z, eps, &mu, &rstd);
     REAL gy[HD], xh[HD], s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
     for (int j = 0; j < HD; j++) {
@@ -52,13 +59,8 @@ static inline void inner_grad(REAL *restrict g, const REAL *restrict z, const RE
 /* out = xq + gamma LN0(zb) + beta. */
 static inline void ln_out(REAL *restrict out, const REAL *restrict zb, const REAL *restrict xq,
                           const REAL *restrict gam, const REAL *restrict bet, REAL eps) {
-    REAL mu = 0, var = 0;
-#pragma omp simd reduction(+ : mu)
-    for (int j = 0; j < HD; j++) mu += zb[j];
-    mu /= HD;
-#pragma omp simd reduction(+ : var)
-    for (int j = 0; j < HD; j++) var += (zb[j] - mu) * (zb[j] - mu);
-    REAL rstd = (REAL)1 / sqrt(var / HD + eps);
+    REAL mu, rstd;
+    row_stats(zb, eps, &mu, &rstd);
     for (int j = 0; j < HD; j++) out[j] = xq[j] + gam[j] * (zb[j] - mu) * rstd + bet[j];
 }
 

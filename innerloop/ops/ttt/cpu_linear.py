@@ -13,40 +13,29 @@ needs a gradient to :func:`chunk_ttt_linear`.
 from __future__ import annotations
 
 import ctypes
-import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .._cbuild import build, run_split
+from .._cbuild import load, ptr, run_split
 from ._common import TTTState, check_inputs
 from .chunk import chunk_ttt_linear
 
 _SRC = Path(__file__).with_name("cpu_linear.c")
-_LIBS: dict[tuple[torch.dtype, int], ctypes.CDLL] = {}
-_FAILED: dict[tuple[torch.dtype, int], str] = {}
-_LOCK = threading.Lock()
 _REAL = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
 
 
 def _library(dtype: torch.dtype, head_dim: int) -> ctypes.CDLL:
-    key = (dtype, head_dim)
-    with _LOCK:
-        if key not in _LIBS:
-            if key in _FAILED:
-                raise RuntimeError(_FAILED[key])
-            real, ctype = _REAL[dtype]
-            try:
-                dll = build(_SRC, [f"-DREAL={real}", f"-DHD={head_dim}"], f"ttt_linear_{real}_d{head_dim}")
-            except (OSError, RuntimeError) as e:
-                _FAILED[key] = f"the fused CPU TTT-Linear kernel is unavailable: {e}"
-                raise RuntimeError(_FAILED[key]) from e
-            i64, p = ctypes.c_int64, ctypes.c_void_p
-            dll.ttt_linear_fwd.argtypes = [p] * 10 + [i64] * 3 + [ctype] + [i64] * 2 + [p]
-            dll.ttt_linear_fwd.restype = None
-            _LIBS[key] = dll
-        return _LIBS[key]
+    real, ctype = _REAL[dtype]
+
+    def declare(dll: ctypes.CDLL) -> None:
+        i64, p = ctypes.c_int64, ctypes.c_void_p
+        dll.ttt_linear_fwd.argtypes = [p] * 10 + [i64] * 3 + [ctype] + [i64] * 2 + [p]
+        dll.ttt_linear_fwd.restype = None
+
+    return load(_SRC, [f"-DREAL={real}", f"-DHD={head_dim}"], f"ttt_linear_{real}_d{head_dim}",
+                "the fused CPU TTT-Linear kernel", declare)
 
 
 def cpu_ttt_linear_available(head_dim: int = 64, dtype: torch.dtype = torch.float32) -> bool:
@@ -60,11 +49,14 @@ def cpu_ttt_linear_available(head_dim: int = 64, dtype: torch.dtype = torch.floa
         return False
 
 
-def _kernel_ok(q: Tensor, state: TTTState, ln_weight: Tensor | None) -> bool:
-    tensors = [q, *state.params] + ([] if ln_weight is None else [ln_weight])
+def _kernel_ok(tensors: list[Tensor]) -> bool:
+    """Every operand (``tensors[0]`` is q) in q's dtype on the CPU, none needing a gradient, and a kernel."""
+    q = tensors[0]
     if q.device.type != "cpu" or q.dtype not in _REAL or any(t.dtype != q.dtype for t in tensors):
         return False
     if torch.is_autocast_enabled("cpu"):  # chunk_ttt_linear returns the autocast dtype there
+        return False
+    if any(t.device.type != "cpu" for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
@@ -89,7 +81,8 @@ def cpu_fused_ttt_linear(
         tuple[Tensor, TTTState]: output ``[B, T, H, D]`` and the final state.
     """
     check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, 2)
-    if q.shape[1] == 0 or not _kernel_ok(q, state, ln_weight):
+    operands = [t for t in (q, k, v, lr, tau, ln_weight, ln_bias, *state.params, *state.grads) if t is not None]
+    if q.shape[1] == 0 or not _kernel_ok(operands):
         return chunk_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
     B, T, H, D = q.shape
     bsz, off = tau.numel(), state.offset
@@ -106,10 +99,9 @@ def cpu_fused_ttt_linear(
         qs, ks, vs, lrs = c(q), c(k), c(v), c(lr)
         W, wb = (p.clone(memory_format=torch.contiguous_format) for p in state.params)
         out = torch.empty_like(qs)
-        tau_c = tau.to(q.dtype).contiguous()
+        tau_c = tau.contiguous()
         lnw = None if ln_weight is None else ln_weight.contiguous()
         lnb = None if ln_bias is None else ln_bias.contiguous()
-        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
         lib = _library(q.dtype, D)
         run_split(lib.ttt_linear_fwd, B * H, 4 * bsz * D + bsz * bsz, q.dtype, ptr(qs), ptr(ks), ptr(vs), ptr(lrs),
                   ptr(tau_c), ptr(lnw), ptr(lnb), ptr(W), ptr(wb), ptr(out), e - s, H, bsz, eps)
