@@ -43,7 +43,8 @@ def _fused_ok(device: torch.device) -> bool:
     if device.type not in _WARNED:
         _WARNED.add(device.type)
         logger.warning("Mamba: no fused selective-scan kernel for %s here; using the pure-PyTorch chunked scan "
-                       "(mode='torch'). On a CPU machine this means no working C compiler (cc).", device.type)
+                       "(mode='torch'): no working C compiler (CPU), no triton (CUDA), or the kernel failed its "
+                       "self-check.", device.type)
     return False
 
 
