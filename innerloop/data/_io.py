@@ -1,18 +1,5 @@
-"""Atomic file writes for the data layer (a crash leaves the old file or the new one, never half of one)."""
+"""Atomic file writes for the data layer: the one implementation lives in :mod:`innerloop._io`."""
 
-from __future__ import annotations
+from innerloop._io import atomic_write_bytes
 
-import os
-from pathlib import Path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a unique temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+__all__ = ["atomic_write_bytes"]

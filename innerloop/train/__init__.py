@@ -1,10 +1,18 @@
-"""Training: a model-agnostic :class:`Trainer` (callbacks, exact resume, DDP) and language-model runs."""
+"""Supervised training on the run scaffold: the data-parallel :class:`Trainer` and language-model runs."""
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from innerloop.runs import (
+    Callback,
+    ConfigMismatchError,
+    TrainingDivergedError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
 from .config import TrainConfig, lr_at
 from .distributed import DistInfo, setup_distributed
 from .lm import load_run, train_lm
-from .trainer import Callback, ConfigMismatchError, Trainer, TrainingDivergedError
+from .trainer import Trainer
 
 __all__ = [
     "Callback", "ConfigMismatchError", "DistInfo", "TrainConfig", "Trainer", "TrainingDivergedError",

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from innerloop._io import atomic_write_text
 from innerloop.layers import MIXERS
 from innerloop.models.lm import CausalLM
 
-from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .lm import count_params, plot_log, train_lm
 

@@ -8,7 +8,6 @@ puts it elsewhere). Training again in the same directory resumes from the latest
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from innerloop._io import atomic_write_json, read_json
 from innerloop.data.cache import open_cache, random_windows, split_cache
 from innerloop.data.corpus import corpus_files, read_document, training_text
 from innerloop.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, make_tokenizer
@@ -26,12 +26,11 @@ from innerloop.eval.lm import evaluate_lm, lm_loss, plot_curves
 from innerloop.layers import set_ttt_lr_mult, ttt_lr_mult_schedule
 from innerloop.layers.ttt import TTTBase
 from innerloop.models.lm import CausalLM
+from innerloop.runs import Callback, load_latest_weights, read_log
 
-from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, read_json
 from .config import TrainConfig
 from .distributed import DistInfo, resolve_device, setup_distributed
-from .logging import read_log
-from .trainer import Callback, Trainer
+from .trainer import Trainer
 
 __all__ = [
     "LMData", "TTTLRWarmup", "count_params", "load_data", "load_run", "load_run_tokenizer", "plot_log", "run_tokenizer",
@@ -137,18 +136,6 @@ class TTTLRWarmup(Callback):
         pass
 
 
-class _WriteConfig(Callback):
-    """Write ``config.json`` once the trainer has checked that a resumed checkpoint matches the config."""
-
-    def __init__(self, extra: dict[str, Any]) -> None:
-        self.extra = extra
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        if trainer.dist.is_main:
-            body = {**trainer.cfg.to_dict(), "resolved": self.extra}
-            atomic_write_text(trainer.out / "config.json", json.dumps(body, indent=2) + "\n")
-
-
 def make_batch_fn(cfg: TrainConfig, tokens: np.ndarray | Tensor, dist_info: DistInfo):
     """Global batch ``step`` is a pure function of ``(seed, step)``; this rank gets its contiguous rows of it."""
     world = dist_info.world_size
@@ -167,18 +154,28 @@ def make_batch_fn(cfg: TrainConfig, tokens: np.ndarray | Tensor, dist_info: Dist
 
 
 def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback] | None = None,
-             dist_info: DistInfo | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train (or resume) the run ``cfg.out``; write ``metrics.json`` and ``loss_curve.png``. Returns the metrics."""
+             dist_info: DistInfo | None = None, fresh: bool = False, extend: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run ``cfg.out``; write ``metrics.json`` and ``loss_curve.png``. Returns the metrics.
+
+    Args:
+        cfg (TrainConfig): the run.
+        progress (bool, Optional): tqdm bar and resume messages on rank 0. Default: False.
+        callbacks (list[Callback], Optional): extra :class:`innerloop.runs.Callback` hooks. Default: None.
+        dist_info (DistInfo, Optional): Default: None (:func:`setup_distributed` of ``cfg.device``).
+        fresh (bool, Optional): start over when ``cfg.out`` holds a run (kept as ``<out>.previous-<time>``).
+            Default: False.
+        extend (bool, Optional): allow ``cfg.steps`` to exceed the checkpoint's (train a finished run further).
+            Default: False.
+    """
     dist_info = dist_info or setup_distributed(cfg.device)
     data = load_data(cfg, dist_info=dist_info)
     seed_everything(cfg.seed)
     model = CausalLM(cfg.lm_config(data.tokenizer.vocab_size)).to(dist_info.device)
     n_params = count_params(model)
-    cbs: list[Callback] = [_WriteConfig({"lm_config": model.config.to_dict(), "params": n_params,
-                                         "device": dist_info.device, "world_size": dist_info.world_size,
-                                         "ttt_lr_warmup_steps": cfg.resolved_ttt_warmup(),
-                                         "tokenizer": data.tokenizer.ident,
-                                         "train_tokens": len(data.train), "val_tokens": len(data.val)})]  # fmt: skip
+    resolved = {"lm_config": model.config.to_dict(), "params": n_params, "device": dist_info.device,
+                "world_size": dist_info.world_size, "ttt_lr_warmup_steps": cfg.resolved_ttt_warmup(),
+                "tokenizer": data.tokenizer.ident, "train_tokens": len(data.train), "val_tokens": len(data.val)}
+    cbs: list[Callback] = []
     if cfg.resolved_ttt_warmup() > 0:
         cbs.append(TTTLRWarmup(cfg.resolved_ttt_warmup(), cfg.ttt_base_lr_init))
     cbs += callbacks or []
@@ -191,12 +188,13 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
 
     trainer = Trainer(
         model, cfg, make_batch_fn(cfg, data.train, dist_info), lm_loss, eval_fn, cbs, dist_info,
-        tokens_per_step=cfg.batch_size * cfg.context, progress=progress,
+        tokens_per_step=cfg.batch_size * cfg.context, progress=progress, fresh=fresh, extend=extend,
+        resolved=resolved,
     )  # fmt: skip
     summary = trainer.fit()
     metrics = {"mixer": cfg.mixer, "params": n_params, "context": cfg.context, **summary}
     if dist_info.is_main:
-        atomic_write_text(Path(cfg.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write_json(Path(cfg.out) / "metrics.json", metrics)
         with contextlib.suppress(ImportError):  # matplotlib is optional
             plot_log(Path(cfg.out) / "log.csv", Path(cfg.out) / "loss_curve.png", cfg.mixer)
     return metrics
@@ -231,12 +229,10 @@ def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfi
     body = read_json(out / "config.json")
     body.pop("resolved", None)
     cfg = TrainConfig.from_dict(body)
-    path = latest_checkpoint(out / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"{out} has no checkpoint yet (checkpoints/latest missing)")
     device = resolve_device(device)
     model = CausalLM(cfg.lm_config(load_run_tokenizer(out, cfg).vocab_size)).to(device)
-    load_checkpoint(path, model, map_location=device)
+    if load_latest_weights(out / "checkpoints", model, map_location=device) is None:
+        raise FileNotFoundError(f"{out} has no checkpoint yet (no checkpoints/step_* folder)")
     model.eval()
     return model, cfg
 

@@ -41,7 +41,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(w0[k], v, rtol=1e-5, atol=1e-7, msg=lambda m, k=k: f"{k}: {m}")
         assert torch.equal(ddp.state_dict()[k], w0[k])
-    from innerloop.train.logging import read_log
+    from innerloop.runs import read_log
 
     rows_ddp, rows_one = read_log(tmp_path / "ddp" / "log.csv"), read_log(tmp_path / "single" / "log.csv")
     assert len(rows_ddp) == 3  # only rank 0 logs

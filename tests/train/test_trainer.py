@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from innerloop.train import TrainConfig, Trainer, TrainingDivergedError, lr_at, train_lm
-from innerloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from innerloop.runs import latest_checkpoint, load_checkpoint, save_checkpoint
 from innerloop.train.lm import TTTLRWarmup, load_run
-from innerloop.train.logging import read_log
+from innerloop.runs import read_log
 from innerloop.train.trainer import Callback, ConfigMismatchError
 
 

@@ -1,0 +1,71 @@
+"""Run logs: ``log.csv`` always (one row per logged step), TensorBoard when asked for and installed."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CSVLogger", "read_log"]
+
+
+class CSVLogger:
+    """Append rows with columns ``fields`` to ``path``.
+
+    On resume (``resume_step`` given), the rows logged after ``resume_step`` by the killed segment of the run are
+    dropped first (the resumed run logs them again, with the same values), so the file always reads as one run.
+
+    Args:
+        path (str | Path): the CSV file.
+        fields (Sequence[str]): column names; the first one is the step column.
+        resume_step (int | None, Optional): keep rows up to this step of an existing file; None starts a new file.
+            Default: None.
+        tensorboard_dir (str | Path | None, Optional): also write every numeric column there. Default: None.
+    """
+
+    def __init__(self, path: str | Path, fields: Sequence[str], resume_step: int | None = None,
+                 tensorboard_dir: str | Path | None = None) -> None:  # fmt: skip
+        self.path, self.fields = Path(path), list(fields)
+        self.step_key = self.fields[0]
+        if resume_step is not None and self.path.exists():
+            rows = [r for r in read_log(self.path) if r.get(self.step_key) and int(r[self.step_key]) <= resume_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, self.fields, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+            tmp.replace(self.path)
+        new = not self.path.exists() or resume_step is None
+        self._file = self.path.open("w" if new else "a", newline="")
+        self._writer = csv.DictWriter(self._file, self.fields, extrasaction="ignore")
+        if new:
+            self._writer.writeheader()
+            self._file.flush()
+        self._tb = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+            self._tb = SummaryWriter(str(tensorboard_dir))
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Write one row (missing columns are left empty) and flush it."""
+        self._writer.writerow({k: row.get(k, "") for k in self.fields})
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != self.step_key and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, row[self.step_key])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_log(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a ``log.csv`` as dicts of strings."""
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))

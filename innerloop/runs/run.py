@@ -1,0 +1,163 @@
+"""A run directory: the one place where every trainer's ``config.json``, checkpoints and ``metrics.json`` live.
+
+Layout of ``out/``::
+
+    config.json            the fully resolved config (+ "resolved": what was derived from it: sizes, device, ...)
+    log.csv                one row per logged step (truncated to the resume point on resume)
+    checkpoints/step_N/    model.safetensors + trainer.pt + manifest.json (checksums), the newest ``keep`` kept
+    checkpoints/latest     the newest checkpoint's folder name
+    metrics.json           the final numbers
+
+Resuming is the default: training again with the same ``out`` continues from the newest intact checkpoint, exactly.
+A directory that holds a checkpoint of a *different* config is refused with an error naming every differing field
+(nothing is changed); ``fresh=True`` keeps that old run under a new name and starts over; ``extend=True`` allows the
+total step count to grow (the steps already taken are kept; a learning-rate schedule over the total then changes
+from the resume point on, and ``config.json`` records the extension).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from innerloop._io import atomic_write_json
+from innerloop.runs.checkpoint import (
+    CorruptCheckpointError,
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    save_checkpoint,
+)
+
+__all__ = ["ConfigMismatchError", "Run", "config_diff"]
+
+
+class ConfigMismatchError(ValueError):
+    """A run directory holds a checkpoint made with a different config."""
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any], free: Iterable[str] = ()) -> dict[str, tuple]:
+    """Keys (outside ``free``) whose values differ: ``{key: (saved, current)}``."""
+    keys = (set(saved) | set(current)) - set(free)
+    return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
+
+
+class Run:
+    """The directory of one training run.
+
+    Args:
+        out (str | Path): the run directory.
+        config (dict): the run's config as a JSON-able dict; a checkpoint is resumed only under the same config.
+        steps_key (str, Optional): the config key holding the total number of steps (for ``extend``).
+            Default: ``"steps"``.
+        resume_free (Iterable[str], Optional): config keys that may change on resume (they change how a run is run or
+            reported, not what it computes: output folder, logging, checkpoint period, ...). Default: ().
+        fresh (bool, Optional): start over even if ``out`` holds a run; the old contents are moved to
+            ``<out>.previous-<time>`` (nothing is deleted). Default: False.
+        extend (bool, Optional): allow ``config[steps_key]`` to be larger than the checkpoint's. Default: False.
+        is_main (bool, Optional): this process writes files (rank 0 under torchrun). Default: True.
+        keep (int, Optional): checkpoints kept. Default: 2.
+        command (str, Optional): how to name the fix in error messages (e.g. ``"innerloop lm train"``).
+            Default: ``"the same command"``.
+    """
+
+    def __init__(
+        self, out: str | Path, config: dict[str, Any], *, steps_key: str = "steps", resume_free: Iterable[str] = (),
+        fresh: bool = False, extend: bool = False, is_main: bool = True, keep: int = 2,
+        command: str = "the same command",
+    ) -> None:  # fmt: skip
+        self.out, self.config = Path(out), dict(config)
+        self.steps_key, self.resume_free = steps_key, frozenset(resume_free)
+        self.fresh, self.extend, self.is_main, self.keep, self.command = fresh, extend, is_main, keep, command
+        self.ckpt_dir = self.out / "checkpoints"
+        self.extensions: list[dict[str, int]] = []
+        self.moved_to: Path | None = None
+
+    # ---- starting
+    def _has_contents(self) -> bool:
+        return self.out.is_dir() and any(self.out.iterdir())
+
+    def start_fresh_if_asked(self) -> None:
+        """With ``fresh=True``, move an existing non-empty ``out`` aside (rank 0) so the run starts from nothing."""
+        if not (self.fresh and self.is_main and self._has_contents()):
+            return
+        target = self.out.with_name(f"{self.out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.out.with_name(f"{self.out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        self.out.rename(target)
+        self.moved_to = target
+
+    def check_config(self, saved: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of a different run (one line naming the fields and the fixes)."""
+        free = set(self.resume_free) | ({self.steps_key} if self.extend else set())
+        diff = config_diff(saved, self.config, free)
+        if diff:
+            fields = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            hint = ""
+            if set(diff) == {self.steps_key}:
+                hint = f" To train a finished run further, add --extend (--{self.steps_key.replace('_', '-')} larger);"
+            raise ConfigMismatchError(
+                f"{self.out} holds a checkpoint of a different run ({fields}).{hint} Use another --out, the same "
+                f"settings to resume, or --fresh to start over (the old run is kept as "
+                f"{self.out.name}.previous-<time>); nothing was changed."
+            )
+        old, new = saved.get(self.steps_key), self.config.get(self.steps_key)
+        if self.extend and old is not None and new is not None and new != old:
+            if new < old:
+                raise ConfigMismatchError(f"--extend can only add steps: {self.out} was made for {old} "
+                                          f"{self.steps_key}, now {new}; nothing was changed.")  # fmt: skip
+            self.extensions.append({"from": int(old), "to": int(new), "at_step": int(path.name.split("_")[-1])})
+
+    def resume(self, module: nn.Module, map_location: Any = "cpu") -> dict[str, Any] | None:
+        """Load the newest intact checkpoint's weights into ``module``; return its state (None: start from scratch).
+
+        A damaged checkpoint is skipped with a warning naming it; a checkpoint of another config raises
+        :class:`ConfigMismatchError` before anything is loaded or written.
+        """
+        self.start_fresh_if_asked()
+        skip: list[CorruptCheckpointError] = []
+        while True:
+            path = latest_checkpoint(self.ckpt_dir, skip)
+            if path is None:
+                return None
+            try:
+                state = load_state(path, map_location)
+                if "config" in state:
+                    self.check_config(state["config"], path)
+                load_weights(path, module, map_location)
+            except CorruptCheckpointError as e:
+                skip.append(e)
+                continue
+            self.extensions = list(state.get("extensions", [])) + self.extensions
+            state["path"] = path
+            return state
+
+    # ---- writing
+    def write_config(self, resolved: dict[str, Any] | None = None) -> None:
+        """``config.json``: the config, what was derived from it, and any extensions of the step count."""
+        if not self.is_main:
+            return
+        body = dict(self.config)
+        extra = dict(resolved or {})
+        if self.extensions:
+            extra["extensions"] = self.extensions
+        if extra:
+            body["resolved"] = extra
+        atomic_write_json(self.out / "config.json", body)
+
+    def save(self, step: int, module: nn.Module, state: dict[str, Any]) -> Path | None:
+        """A checkpoint of ``module`` and ``state`` (rank 0 only); the config and extensions are added."""
+        if not self.is_main:
+            return None
+        body = {**state, "config": self.config, "extensions": self.extensions}
+        return save_checkpoint(self.ckpt_dir, step, module, body, self.keep)
+
+    def write_metrics(self, metrics: dict[str, Any], name: str = "metrics.json") -> None:
+        if self.is_main:
+            atomic_write_json(self.out / name, metrics)
