@@ -106,8 +106,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from innerloop.eval.lm import evaluate_lm, loss_by_position, plot_loss_by_position, write_position_csv
     from innerloop._io import atomic_write_text
+    from innerloop.eval.lm import evaluate_lm, loss_by_position, plot_loss_by_position, write_position_csv
     from innerloop.train.lm import load_data, load_run, load_run_tokenizer, token_bytes_of
 
     curves, results = {}, {}

@@ -59,6 +59,8 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg_path = Path(out) / "config.json"
     if not cfg_path.exists():
         raise SystemExit(f"{cfg_path} not found: --out must be a run directory made by `innerloop meta train`")
-    cfg = _config(args, json.loads(cfg_path.read_text()))
+    saved = json.loads(cfg_path.read_text())
+    saved.pop("resolved", None)
+    cfg = _config(args, saved)
     _print(evaluate_run(cfg, split=args.split))
     return 0

@@ -1,18 +1,15 @@
-"""Meta-training and evaluation runs: one directory per run with ``config.json``, ``log.csv``, ``metrics.json``,
-``checkpoint.pt`` (written atomically) and plots.
+"""Meta-training and evaluation runs on the run scaffold (:mod:`innerloop.runs`): one directory per run with
+``config.json``, ``log.csv``, ``checkpoints/``, ``metrics.json`` and plots.
 
-Batch ``i`` of training is a pure function of ``(seed, i)`` and the checkpoint holds the parameters and optimizer
-state, so a run stopped at any checkpoint and started again in the same directory ends with exactly the parameters
-of an uninterrupted run.
+Batch ``i`` of training is a pure function of ``(seed, i)`` and the checkpoint holds the parameters, the optimizer
+state and the RNG, so a run stopped at any point (killed, Ctrl-C, time budget) and started again in the same
+directory ends with exactly the parameters of an uninterrupted run. A directory holding a run of another config is
+refused (``fresh=True`` starts over, ``extend=True`` trains a finished run for more iterations).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from innerloop._io import atomic_write_json
 from innerloop.data.tasks import mean_ci95
 from innerloop.meta import ALGORITHMS, IMAML, MAML, Reptile
 from innerloop.meta.anil import ANIL
 from innerloop.meta.meta_sgd import MetaSGD
+from innerloop.runs import Run, TrainingDivergedError, TrainLoop, check_finite, load_latest_weights, progress_bar
 
-__all__ = ["MetaConfig", "build", "train", "evaluate_run"]
+__all__ = ["MetaConfig", "MetaTrainer", "build", "evaluate_run", "load_algorithm", "train"]
 
 
 @dataclass
@@ -117,119 +116,111 @@ def build(cfg: MetaConfig) -> tuple[MAML, torch.optim.Optimizer]:
     return algo, opt
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# Config keys that may change when a run resumes: they change how it is run or reported, not what it computes.
+RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_tasks", "eval_batch",
+                              "test_steps", "data_root"})  # fmt: skip
 
 
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+class MetaTrainer(TrainLoop):
+    """Meta-training on the run scaffold: one step is one meta-batch (``meta_backward``) and one outer update.
 
+    Batch ``i`` is a pure function of ``(seed, i)``, so a resumed run sees the same tasks as an uninterrupted one.
+    """
 
-LOG_FIELDS = ["iteration", "loss", "accuracy", "seconds"]
+    def __init__(self, cfg: MetaConfig, algo: MAML, opt: torch.optim.Optimizer, progress: bool = False,
+                 fresh: bool = False, extend: bool = False) -> None:  # fmt: skip
+        self.cfg, self.algo, self.opt = cfg, algo, opt
+        self.tasks = build_tasks(cfg, "train")
+        classification = cfg.task != "sinusoid"
+        run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="iterations", resume_free=RESUME_FREE_KEYS,
+                  fresh=fresh, extend=extend, command="innerloop meta train")  # fmt: skip
+        super().__init__(
+            algo, run, cfg.iterations, stateful={"optimizer": opt}, log_fields=LOG_FIELDS,
+            average=("loss", "accuracy") if classification else ("loss",), log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpoint_every, max_seconds=cfg.max_seconds, progress=progress,
+            desc=f"{cfg.algorithm} {cfg.task}", verbose=progress,
+            diverged_hint=f"Try a lower --meta-lr (now {cfg.meta_lr}) or --inner-lr (now {cfg.inner_lr}).",
+        )  # fmt: skip
 
-
-def _truncate_log(path: Path, upto: int) -> None:
-    """Keep the rows of ``log.csv`` up to iteration ``upto`` (rows after the last checkpoint are redone)."""
-    if not path.exists():
-        return
-    with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= upto]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, LOG_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def train(cfg: MetaConfig, progress: bool = True, evaluate: bool = True) -> dict[str, Any]:
-    """Meta-train (resuming from ``<out>/checkpoint.pt`` if present), then evaluate and plot. Returns the metrics."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    algo, opt = build(cfg)
-    start, ckpt_path, log_path = 0, out / "checkpoint.pt", out / "log.csv"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
-        algo.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start = ckpt["iteration"]
-        _truncate_log(log_path, start)
-    _atomic_json(dataclasses.asdict(cfg), out / "config.json")
-    tasks = build_tasks(cfg, "train")
-    new_log = not log_path.exists()
-    log_file = log_path.open("a", newline="")
-    writer = csv.DictWriter(log_file, LOG_FIELDS)
-    if new_log:
-        writer.writeheader()
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.iterations, initial=start, desc=f"{cfg.algorithm} {cfg.task}", mininterval=2)
-        except ImportError:
-            bar = None
-
-    def save(iteration: int) -> None:
-        _atomic_save({"model": algo.state_dict(), "optimizer": opt.state_dict(), "iteration": iteration}, ckpt_path)
-
-    t0, losses, accs = time.perf_counter(), [], []
-    for it in range(start, cfg.iterations):
-        batch = tasks.batch(it, cfg.meta_batch).to(cfg.device)
-        opt.zero_grad(set_to_none=True)
-        res = algo.meta_backward(batch)
-        opt.step()
-        losses.append(res.loss.item())
+    def train_step(self, step: int) -> dict[str, float]:
+        batch = self.tasks.batch(step, self.cfg.meta_batch).to(self.cfg.device)
+        self.opt.zero_grad(set_to_none=True)
+        res = self.algo.meta_backward(batch)
+        logs = {"loss": res.loss.item()}
         if res.accuracy is not None:
-            accs.append(res.accuracy.mean().item())
-        done = it + 1
-        if done % cfg.log_every == 0 or done == cfg.iterations:
-            writer.writerow({
-                "iteration": done, "loss": sum(losses) / len(losses),
-                "accuracy": sum(accs) / len(accs) if accs else "", "seconds": round(time.perf_counter() - t0, 3),
-            })  # fmt: skip
-            log_file.flush()
-            if bar is not None:
-                bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
-            losses, accs = [], []
-        out_of_time = cfg.max_seconds > 0 and time.perf_counter() - t0 > cfg.max_seconds
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
-            save(done)
-        if out_of_time:
-            if losses:
-                writer.writerow({"iteration": done, "loss": sum(losses) / len(losses),
-                                 "accuracy": sum(accs) / len(accs) if accs else "",
-                                 "seconds": round(time.perf_counter() - t0, 3)})  # fmt: skip
-            break
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    log_file.close()
-    if start >= cfg.iterations and not ckpt_path.exists():
-        save(cfg.iterations)
+            logs["accuracy"] = res.accuracy.mean().item()
+        try:
+            check_finite(logs["loss"], "meta-loss", self, step)
+        except TrainingDivergedError:
+            self.opt.zero_grad(set_to_none=True)
+            raise
+        self.opt.step()
+        return logs
+
+
+LOG_FIELDS = ["iteration", "loss", "accuracy", "train_seconds"]
+
+
+def train(cfg: MetaConfig, progress: bool = True, evaluate: bool = True, fresh: bool = False,
+          extend: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Meta-train ``cfg.out`` (resuming from its newest intact checkpoint), then evaluate and plot.
+
+    Args:
+        cfg (MetaConfig): the run.
+        progress (bool, Optional): progress bars and resume messages. Default: True.
+        evaluate (bool, Optional): evaluate on the fixed test tasks afterwards (writes ``metrics.json``).
+            Default: True.
+        fresh (bool, Optional): start over when ``cfg.out`` holds a run (kept as ``<out>.previous-<time>``).
+            Default: False.
+        extend (bool, Optional): allow more ``iterations`` than the checkpoint's (train a finished run further).
+            Default: False.
+
+    Returns:
+        dict: the evaluation metrics (``{}`` with ``evaluate=False``).
+    """
+    algo, opt = build(cfg)
+    trainer = MetaTrainer(cfg, algo, opt, progress, fresh, extend)
+    trainer.fit(map_location=cfg.device)
     if not evaluate:
         return {}
-    return evaluate_run(cfg, algo)
+    return evaluate_run(cfg, algo, progress=progress)
+
+
+def load_algorithm(cfg: MetaConfig) -> MAML:
+    """The meta-learner of run ``cfg.out`` with its newest intact checkpoint's weights."""
+    algo, _ = build(cfg)
+    out = Path(cfg.out)
+    if load_latest_weights(out / "checkpoints", algo, map_location=cfg.device) is not None:
+        return algo
+    legacy = out / "checkpoint.pt"  # runs written before the run scaffold
+    if legacy.is_file():
+        algo.load_state_dict(torch.load(legacy, map_location=cfg.device, weights_only=False)["model"])
+        return algo
+    raise FileNotFoundError(f"{out} has no checkpoint: train it first with `innerloop meta train --out {out}`")
 
 
 def eval_step_counts(cfg: MetaConfig) -> list[int]:
     return sorted({0, 1, cfg.steps, cfg.test_steps})
 
 
-def evaluate_run(cfg: MetaConfig, algo: MAML | None = None, split: str = "test") -> dict[str, Any]:
-    """Evaluate on the fixed ``cfg.eval_tasks`` tasks of ``split``; write ``metrics.json`` and the plots."""
+def evaluate_run(cfg: MetaConfig, algo: MAML | None = None, split: str = "test",
+                 progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Evaluate on the fixed ``cfg.eval_tasks`` tasks of ``split``; write ``metrics.json`` and the plots.
+
+    Args:
+        cfg (MetaConfig): the run.
+        algo (MAML, Optional): the trained meta-learner. Default: None (loaded from ``cfg.out``).
+        split (str, Optional): ``"test"`` or ``"validation"``. Default: ``"test"``.
+        progress (bool, Optional): a progress bar over the task batches. Default: False.
+    """
     out = Path(cfg.out)
     if algo is None:
-        algo, _ = build(cfg)
-        ckpt = torch.load(out / "checkpoint.pt", map_location=cfg.device, weights_only=False)
-        algo.load_state_dict(ckpt["model"])
+        algo = load_algorithm(cfg)
     tasks = build_tasks(cfg, split)
     counts = eval_step_counts(cfg)
     per_step: dict[int, list[torch.Tensor]] = {s: [] for s in counts}
-    for b in range(0, cfg.eval_tasks, cfg.eval_batch):
+    starts = range(0, cfg.eval_tasks, cfg.eval_batch)
+    for b in progress_bar(starts, progress, f"evaluating on {cfg.eval_tasks} {split} tasks", len(starts)):
         n = min(cfg.eval_batch, cfg.eval_tasks - b)
         batch = tasks.eval_batch(b, n).to(cfg.device)
         losses, acc = algo.evaluate(batch, counts)
@@ -240,7 +231,7 @@ def evaluate_run(cfg: MetaConfig, algo: MAML | None = None, split: str = "test")
     for s in counts:
         m, ci = mean_ci95(torch.cat(per_step[s]))
         metrics["steps"][str(s)] = {"mean": m, "ci95": ci}
-    _atomic_json(metrics, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", metrics)
     try:
         from innerloop.meta.plots import plot_learning_curve, plot_sinusoid
 

@@ -27,6 +27,7 @@ from innerloop.runs.checkpoint import (
 from innerloop.runs.log import CSVLogger, read_log
 from innerloop.runs.loop import (
     Callback,
+    GeneratorState,
     RunInterrupted,
     TrainingDivergedError,
     TrainLoop,
@@ -36,7 +37,7 @@ from innerloop.runs.loop import (
 from innerloop.runs.run import ConfigMismatchError, Run, config_diff
 
 __all__ = [
-    "CSVLogger", "Callback", "ConfigMismatchError", "CorruptCheckpointError", "Run", "RunInterrupted",
+    "CSVLogger", "Callback", "ConfigMismatchError", "GeneratorState", "CorruptCheckpointError", "Run", "RunInterrupted",
     "TrainLoop", "TrainingDivergedError", "capture_rng", "check_finite", "config_diff", "latest_checkpoint",
     "load_checkpoint", "load_latest_weights", "load_state", "load_weights", "progress_bar", "read_log",
     "restore_rng", "save_checkpoint", "verify_checkpoint",

@@ -32,7 +32,8 @@ from innerloop.runs.checkpoint import capture_rng, restore_rng
 from innerloop.runs.log import CSVLogger
 from innerloop.runs.run import Run
 
-__all__ = ["Callback", "RunInterrupted", "TrainLoop", "TrainingDivergedError", "check_finite", "progress_bar"]
+__all__ = ["Callback", "GeneratorState", "RunInterrupted", "TrainLoop", "TrainingDivergedError", "check_finite",
+           "progress_bar"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -132,13 +133,17 @@ class TrainLoop:
         self.progress, self.desc, self.tokens_per_step = progress, desc, tokens_per_step
         self.diverged_hint, self.verbose = diverged_hint, verbose
         self.step = 0
-        self.history: dict[str, list[float]] = {k: [] for k in self.average}
+        self.history: dict[str, list[float]] = {k: [] for k in self._recorded()}
         self.train_seconds = 0.0
         self.last_eval: dict[str, float] = {}
         self.last_saved: Path | None = None
         self.resumed_from: Path | None = None
         self.stopped_early = False
         self.should_stop = False  # a callback may set this in on_step_end: checkpoint and stop after this step
+
+    def _recorded(self) -> list[str]:
+        """Scalars kept per step in the checkpointed history: the averaged ones and the loss."""
+        return list(dict.fromkeys([*self.average, "loss"]))
 
     # ---- what subclasses provide
     def train_step(self, step: int) -> dict[str, float]:
@@ -183,7 +188,7 @@ class TrainLoop:
         restore_rng(state["rng"])
         self.step = int(state["step"])
         history = state.get("history") or {"loss": list(state.get("losses", []))}
-        self.history = {k: list(history.get(k, [])) for k in set(self.average) | set(history)}
+        self.history = {k: list(history.get(k, [])) for k in set(self._recorded()) | set(history)}
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.last_eval = dict(state.get("last_eval", {}))
 
@@ -258,7 +263,7 @@ class TrainLoop:
                     logs = self.train_step(step)
                     self.train_seconds += time.perf_counter() - t0
                     self.step = step + 1
-                    for k in self.average:
+                    for k in self._recorded():
                         self.history[k].append(float(logs[k]))
                     done = self.step == self.total_steps
                     for cb in self.callbacks:
@@ -311,6 +316,19 @@ class TrainLoop:
         except ImportError:  # pragma: no cover - a base dependency
             return None
         return tqdm(total=self.total_steps, initial=self.step, desc=self.desc, mininterval=1, leave=False)
+
+
+class GeneratorState:
+    """A ``torch.Generator`` as a checkpointable object (``state_dict``/``load_state_dict``) for ``stateful``."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["state"])
 
 
 def progress_bar(items: Any, enabled: bool, desc: str, total: int | None = None) -> Any:

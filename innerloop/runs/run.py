@@ -101,7 +101,7 @@ class Run:
             fields = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             hint = ""
             if set(diff) == {self.steps_key}:
-                hint = f" To train a finished run further, add --extend (--{self.steps_key.replace('_', '-')} larger);"
+                hint = f" To train it further, add --extend with the larger --{self.steps_key.replace('_', '-')}."
             raise ConfigMismatchError(
                 f"{self.out} holds a checkpoint of a different run ({fields}).{hint} Use another --out, the same "
                 f"settings to resume, or --fresh to start over (the old run is kept as "

@@ -1,19 +1,17 @@
 """Train any mixer on any synthetic task and report accuracy (or MSE), including length generalisation.
 
-A run writes ``out/config.json`` (the resolved :class:`SynthConfig`), ``out/log.csv`` (step, length, loss, grad norm
-before clipping, seconds) and ``out/metrics.json`` (per evaluation length: the model's scores and the task baseline).
-Training lengths are drawn uniformly from ``[min_train_length, train_length]`` each step; evaluation uses
-``eval_lengths`` (default: ``train_length`` and ``2 * train_length``), so lengths above ``train_length`` measure
-length generalisation.
+A run (on the run scaffold, :mod:`innerloop.runs`) writes ``out/config.json`` (the :class:`SynthConfig`, and under
+``"resolved"`` the hidden size and parameter count), ``out/log.csv`` (step, length, loss, grad norm before clipping,
+training seconds), ``out/checkpoints/`` (a killed run resumes exactly) and ``out/metrics.json`` (per evaluation
+length: the model's scores and the task baseline). Training lengths are drawn uniformly from
+``[min_train_length, train_length]`` each step; evaluation uses ``eval_lengths`` (default: ``train_length`` and
+``2 * train_length``), so lengths above ``train_length`` measure length generalisation.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
-import math
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from innerloop.data.synthetic import SynthBatch, SyntheticTask, make_task
+from innerloop.runs import Callback, GeneratorState, Run, TrainLoop, check_finite
 from innerloop.train.bptt import clip_gradients, truncated_bptt
 
 from .model import SynthModel, count_params, match_hidden_size
 
-__all__ = ["SynthConfig", "build_model", "evaluate", "loss_sum", "train"]
+__all__ = ["SynthConfig", "SynthTrainer", "build_model", "evaluate", "loss_sum", "train"]
 
 
 @dataclass
@@ -51,6 +50,7 @@ class SynthConfig:
     clip_value: float = 0.0  # 0 = off
     tbptt_window: int = 0  # 0 = full BPTT
     log_every: int = 50
+    checkpoint_every: int = 100  # steps between checkpoints (and at the end): a killed run resumes exactly
     seed: int = 0
     out: str = "runs/synth"
     threads: int = 0  # 0 = leave torch's default
@@ -108,8 +108,67 @@ def evaluate(model: SynthModel, task: SyntheticTask, length: int, batch_size: in
     return res
 
 
-def train(cfg: SynthConfig, progress: bool = False) -> tuple[dict[str, Any], SynthModel]:
-    """Train and evaluate one run; writes ``config.json``, ``log.csv``, ``metrics.json`` under ``cfg.out``.
+# Config keys that may change when a run resumes: they change how it is run or reported, not what it computes.
+RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "eval_lengths", "eval_batch_size", "threads"})
+LOG_FIELDS = ["step", "length", "loss", "grad_norm", "train_seconds"]
+
+
+class SynthTrainer(TrainLoop):
+    """One synthetic-task run on the run scaffold: a step samples a length and a batch from the run's generator
+    (checkpointed with the weights, so a resumed run draws the same batches) and takes one AdamW step."""
+
+    def __init__(self, cfg: SynthConfig, task: SyntheticTask, model: SynthModel, progress: bool = False,
+                 fresh: bool = False, extend: bool = False, callbacks: Sequence[Callback] = ()) -> None:  # fmt: skip
+        if cfg.train_length < task.min_length:
+            raise ValueError(f"task {cfg.task!r}: length must be >= {task.min_length}, got train_length "
+                             f"{cfg.train_length}")  # fmt: skip
+        self.cfg, self.task = cfg, task
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.lo = max(cfg.min_train_length or cfg.train_length, task.min_length)
+        self.loss_sum = loss_sum(task)
+        run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="steps", resume_free=RESUME_FREE_KEYS, fresh=fresh,
+                  extend=extend, command="innerloop synth train")  # fmt: skip
+        super().__init__(
+            model, run, cfg.steps, stateful={"optimizer": self.opt, "generator": GeneratorState(self.gen)},
+            log_fields=LOG_FIELDS, average=(), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+            callbacks=callbacks, progress=progress, desc=f"{cfg.task} {cfg.mixer}", verbose=progress,
+            diverged_hint="Lower --lr or clip harder (--clip-norm).",
+        )  # fmt: skip
+
+    def resolved_config(self) -> dict[str, Any]:
+        return {"hidden_size": self.model.hidden_size, "num_params": count_params(self.model)}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        length = int(torch.randint(self.lo, cfg.train_length + 1, (1,), generator=self.gen))
+        b = self.task.sample(cfg.batch_size, length, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss, _ = truncated_bptt(self.model, self.loss_sum, b.inputs, b.targets, b.mask,
+                                 window=cfg.tbptt_window or None)  # fmt: skip
+        gnorm = float(clip_gradients(self.model, cfg.clip_norm or None, cfg.clip_value or None))
+        check_finite(loss, "loss", self, step)
+        self.opt.step()
+        return {"length": length, "loss": loss, "grad_norm": gnorm}
+
+    def _row(self, logs: dict[str, Any]) -> dict[str, Any]:
+        row = super()._row(logs)
+        return {**row, "loss": f"{logs['loss']:.6f}", "grad_norm": f"{logs['grad_norm']:.4f}",
+                "train_seconds": f"{self.train_seconds:.2f}"}  # fmt: skip
+
+
+def train(cfg: SynthConfig, progress: bool = False, fresh: bool = False, extend: bool = False,
+          callbacks: Sequence[Callback] = ()) -> tuple[dict[str, Any], SynthModel]:  # fmt: skip
+    """Train (or resume) and evaluate one run; writes ``config.json``, ``log.csv``, ``checkpoints/``,
+    ``metrics.json`` under ``cfg.out``.
+
+    Args:
+        cfg (SynthConfig): the run.
+        progress (bool, Optional): a progress bar and resume messages. Default: False.
+        fresh (bool, Optional): start over when ``cfg.out`` holds a run (kept as ``<out>.previous-<time>``).
+            Default: False.
+        extend (bool, Optional): allow more ``steps`` than the checkpoint's. Default: False.
+        callbacks (Sequence[Callback], Optional): :class:`innerloop.runs.Callback` hooks. Default: ().
 
     Returns:
         tuple[dict, SynthModel]: the metrics (as written) and the trained model.
@@ -119,35 +178,8 @@ def train(cfg: SynthConfig, progress: bool = False) -> tuple[dict[str, Any], Syn
     task = make_task(cfg.task, **cfg.task_options)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, task)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.train_length < task.min_length:
-        raise ValueError(f"task {cfg.task!r}: length must be >= {task.min_length}, got train_length "
-                         f"{cfg.train_length}")
-    lo = max(cfg.min_train_length or cfg.train_length, task.min_length)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = dataclasses.asdict(cfg) | {"hidden_size": model.hidden_size, "num_params": count_params(model)}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2))
-    ls = loss_sum(task)
-    t0 = time.perf_counter()
-    with open(out / "log.csv", "w", newline="") as f:
-        log = csv.writer(f)
-        log.writerow(["step", "length", "loss", "grad_norm", "seconds"])
-        for step in range(1, cfg.steps + 1):
-            length = int(torch.randint(lo, cfg.train_length + 1, (1,), generator=gen))
-            b = task.sample(cfg.batch_size, length, gen)
-            opt.zero_grad(set_to_none=True)
-            loss, _ = truncated_bptt(model, ls, b.inputs, b.targets, b.mask, window=cfg.tbptt_window or None)
-            gnorm = clip_gradients(model, cfg.clip_norm or None, cfg.clip_value or None)
-            opt.step()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or clip harder")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                log.writerow([step, length, f"{loss:.6f}", f"{float(gnorm):.4f}", f"{time.perf_counter() - t0:.2f}"])
-                f.flush()
-                if progress:
-                    print(f"step {step:>5}  len {length:>4}  loss {loss:.4f}  |g| {float(gnorm):.3f}")
+    trainer = SynthTrainer(cfg, task, model, progress, fresh, extend, callbacks)
+    summary = trainer.fit()
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     lengths = cfg.eval_lengths or [cfg.train_length, 2 * cfg.train_length]
     evals = []
@@ -157,9 +189,9 @@ def train(cfg: SynthConfig, progress: bool = False) -> tuple[dict[str, Any], Syn
         r["generalisation"] = n > cfg.train_length
         evals.append(r)
     metrics = {"task": cfg.task, "mixer": cfg.mixer, "hidden_size": model.hidden_size,
-               "num_params": count_params(model), "steps": cfg.steps, "train_seconds": time.perf_counter() - t0,
-               "final_train_loss": loss, "eval": evals}
+               "num_params": count_params(model), "steps": summary["steps"], "train_seconds": summary["train_seconds"],
+               "final_train_loss": summary["final_train_loss"], "eval": evals}  # fmt: skip
     if hasattr(task, "report"):  # e.g. the arm task: rollout error vs horizon + plot
-        metrics["rollout"] = task.report(model, out, eval_gen)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics["rollout"] = task.report(model, Path(cfg.out), eval_gen)
+    trainer.run.write_metrics(metrics)
     return metrics, model

@@ -10,6 +10,7 @@ import torch
 
 from innerloop.cli.main import main
 from innerloop.meta.trainer import MetaConfig, train
+from innerloop.runs import latest_checkpoint
 
 
 def _cfg(tmp_path, name, **kw) -> MetaConfig:
@@ -20,7 +21,9 @@ def _cfg(tmp_path, name, **kw) -> MetaConfig:
 
 
 def _final_params(cfg: MetaConfig) -> dict[str, torch.Tensor]:
-    return torch.load(f"{cfg.out}/checkpoint.pt", weights_only=False)["model"]
+    from safetensors.torch import load_file
+
+    return load_file(latest_checkpoint(f"{cfg.out}/checkpoints") / "model.safetensors")
 
 
 def test_resume_is_exact(tmp_path):
@@ -30,7 +33,7 @@ def test_resume_is_exact(tmp_path):
         part = _cfg(tmp_path, f"part-{algo}", algorithm=algo, iterations=3)  # "interrupted" after a checkpoint
         train(part, progress=False, evaluate=False)
         resumed = _cfg(tmp_path, f"part-{algo}", algorithm=algo)
-        train(resumed, progress=False, evaluate=False)
+        train(resumed, progress=False, evaluate=False, extend=True)
         a, b = _final_params(full), _final_params(resumed)
         assert a.keys() == b.keys()
         for k in a:
@@ -39,7 +42,7 @@ def test_resume_is_exact(tmp_path):
             assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(1, 7))
         # the test can fail: one more iteration changes the parameters
         more = _cfg(tmp_path, f"part-{algo}", algorithm=algo, iterations=7)
-        train(more, progress=False, evaluate=False)
+        train(more, progress=False, evaluate=False, extend=True)
         assert any((_final_params(more)[k] - a[k]).abs().max() > 0 for k in a)
 
 
@@ -49,7 +52,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
             "--iterations", "4", "--log-every", "2", "--eval-tasks", "6", "--eval-batch", "3", "--test-steps", "3",
             "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(args) == 0
-    for name in ("config.json", "log.csv", "metrics.json", "checkpoint.pt"):
+    for name in ("config.json", "log.csv", "metrics.json", "checkpoints/latest"):
         assert (out / name).exists(), name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["algorithm"] == "fomaml" and cfg["iterations"] == 4
@@ -63,7 +66,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
 def test_max_seconds_stops_and_resumes(tmp_path):
     cfg = _cfg(tmp_path, "timed", max_seconds=1e-9, iterations=50)
     train(cfg, progress=False, evaluate=False)
-    assert torch.load(f"{cfg.out}/checkpoint.pt", weights_only=False)["iteration"] == 1
+    assert latest_checkpoint(f"{cfg.out}/checkpoints").name == "step_00000001"
 
 
 def test_bench_meta_smoke():
