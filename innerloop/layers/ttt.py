@@ -1,6 +1,6 @@
 """TTT-Linear and TTT-MLP sequence mixers (Sun et al., 2024), numerically the authors' layers.
 
-Spec: ``shared/docs/ttt.md`` §1; the inner-loop math is in ``innerloop/ops/ttt/README.md``. Parameter names and shapes
+Spec: ``docs/ttt.md`` §3-§11; the inner-loop math is in ``innerloop/ops/ttt/README.md``. Parameter names and shapes
 follow the authors' PyTorch layer, so their checkpoints map one to one (``innerloop.models.official``).
 
 Layout: hidden states ``[B, T, C]``; per-head views ``[B, T, H, D]`` with ``C = H * D``.

@@ -1,6 +1,6 @@
 """Load checkpoints of the TTT authors' PyTorch model (``TTTForCausalLM``, ttt-lm-pytorch) into :class:`CausalLM`.
 
-The authors' layer is reproduced numerically (``shared/docs/ttt.md`` §1), so a converted model gives the same logits;
+The authors' layer is reproduced numerically (``docs/ttt.md`` §12), so a converted model gives the same logits;
 ``scripts/parity_official.py`` checks this side by side against their code. No ``transformers`` needed here.
 """
 

@@ -38,7 +38,8 @@ def rope_complex(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tens
 
 
 def direct_layer(layer, x: torch.Tensor) -> torch.Tensor:
-    """The layer's function written straight from the spec (§1.2), on the layer's own parameters, with the naive op."""
+    """The layer's function written straight from the spec (docs/ttt.md §4-§6), on the layer's own parameters, with
+    the naive op."""
     B, T, C = x.shape
     H, D, b = layer.num_heads, layer.head_dim, layer.mini_batch_size
     if layer.share_qk:

@@ -1,4 +1,4 @@
-"""load_official_ttt: a random state dict in the authors' TTTForCausalLM layout (shapes from the spec, ttt.md §1.1)
+"""load_official_ttt: a random state dict in the authors' TTTForCausalLM layout (shapes from the spec, docs/ttt.md §3)
 gives the logits of a forward written by hand from the raw state dict; bad keys, shapes and configs raise."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def official_config(layer_type: str, mamba: bool, **kw) -> dict:
 
 
 def official_shapes(c: dict) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of ``TTTForCausalLM.state_dict()`` for config ``c`` (ttt.md §1.1 and the authors' Block)."""
+    """Key -> shape of ``TTTForCausalLM.state_dict()`` for config ``c`` (docs/ttt.md §3, §12 and the authors' Block)."""
     d, nh, V, I = c["hidden_size"], c["num_attention_heads"], c["vocab_size"], c["intermediate_size"]
     hd, b, K = d // nh, c["mini_batch_size"], c["conv_kernel"]
     shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,), "lm_head.weight": (V, d)}

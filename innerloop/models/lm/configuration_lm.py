@@ -11,7 +11,7 @@ from innerloop.layers import MIXERS
 
 BACKBONES = ("transformer", "mamba")
 
-# The paper's sizes (Table 3; ttt.md §1.7). Llama tokenizer vocabulary.
+# The paper's sizes (Table 3; docs/backbones.md §4). Llama tokenizer vocabulary.
 PRESETS: dict[str, dict[str, int]] = {
     "125m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12),
     "350m": dict(hidden_size=1024, intermediate_size=2736, num_hidden_layers=24, num_attention_heads=16),
