@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = "innerloop"
 
 # Units, bottom to top. A module's unit is the first name after ``innerloop.``:
-#   bottom  private top-level helpers ``innerloop._*`` (``_config``, ``_io``, ...), ``errors`` and ``testing``
-#           (assert_close helpers for tests and benchmarks; it imports only torch, so any floor may use it)
+#   bottom  private top-level helpers ``innerloop._*`` (``_config``, ``_io``, ...), ``errors``, ``testing``
+#           (assert_close helpers for tests and benchmarks; it imports only torch, so any floor may use it) and
+#           ``runs`` (the run scaffold: run directory, checkpoints, the training loop; no model code, so every
+#           trainer above can stand on it)
 #   ops     pure functions over tensors, one sub-package per op
 #   data    a side room: datasets, tokenizers, task samplers; imports only the bottom, used from above ``models``
 #   layers  nn.Modules over the ops (the mixers and their registry)
@@ -28,14 +30,14 @@ PKG = "innerloop"
 #   app     the application floor: algorithms, trainers, evaluation, experiments (APP below)
 #   cli     thin entry points; ``innerloop/__main__.py`` belongs here
 #   facade  the package ``innerloop`` itself (``innerloop/__init__.py``): re-exports lazily from any floor
-BOTTOM_NAMES = ("errors", "testing")  # public names on the bottom floor (besides every ``_*`` module)
+BOTTOM_NAMES = ("errors", "testing", "runs")  # public names on the bottom floor (besides every ``_*`` module)
 APP = ("optim", "eval", "train", "meta", "rl", "synth", "forecast", "icl", "diagnostics")
 BELOW_APP = ("bottom", "ops", "layers", "models", "data")
 
 # Which other app packages each app package may import (besides BELOW_APP and itself). Acyclic, checked below.
 #   optim: update rules as (init, update) pairs; no algorithm, no trainer (meta builds on optim, not the reverse)
 #   eval: metrics, evaluation loops, generation; never the trainers (a trainer calls eval, not the reverse)
-#   train: the shared run scaffold and the LM trainer; calls eval, may use optim; never meta or an experiment
+#   train: the supervised (LM) trainer on the run scaffold; calls eval, may use optim; never meta or an experiment
 SIBLINGS: dict[str, tuple[str, ...]] = {
     "optim": (),
     "eval": (),

@@ -10,6 +10,7 @@ refused (``fresh=True`` starts over, ``extend=True`` trains a finished run for m
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ from innerloop.data.tasks import mean_ci95
 from innerloop.meta import ALGORITHMS, IMAML, MAML, Reptile
 from innerloop.meta.anil import ANIL
 from innerloop.meta.meta_sgd import MetaSGD
-from innerloop.runs import Run, TrainingDivergedError, TrainLoop, check_finite, load_latest_weights, progress_bar
+from innerloop.runs import (
+    Callback,
+    Run,
+    TrainingDivergedError,
+    TrainLoop,
+    check_finite,
+    load_latest_weights,
+    progress_bar,
+)
 
 __all__ = ["MetaConfig", "MetaTrainer", "build", "evaluate_run", "load_algorithm", "train"]
 
@@ -128,7 +137,7 @@ class MetaTrainer(TrainLoop):
     """
 
     def __init__(self, cfg: MetaConfig, algo: MAML, opt: torch.optim.Optimizer, progress: bool = False,
-                 fresh: bool = False, extend: bool = False) -> None:  # fmt: skip
+                 fresh: bool = False, extend: bool = False, callbacks: Sequence[Callback] = ()) -> None:  # fmt: skip
         self.cfg, self.algo, self.opt = cfg, algo, opt
         self.tasks = build_tasks(cfg, "train")
         classification = cfg.task != "sinusoid"
@@ -137,7 +146,7 @@ class MetaTrainer(TrainLoop):
         super().__init__(
             algo, run, cfg.iterations, stateful={"optimizer": opt}, log_fields=LOG_FIELDS,
             average=("loss", "accuracy") if classification else ("loss",), log_every=cfg.log_every,
-            checkpoint_every=cfg.checkpoint_every, max_seconds=cfg.max_seconds, progress=progress,
+            checkpoint_every=cfg.checkpoint_every, max_seconds=cfg.max_seconds, callbacks=callbacks, progress=progress,
             desc=f"{cfg.algorithm} {cfg.task}", verbose=progress,
             diverged_hint=f"Try a lower --meta-lr (now {cfg.meta_lr}) or --inner-lr (now {cfg.inner_lr}).",
         )  # fmt: skip
@@ -162,7 +171,7 @@ LOG_FIELDS = ["iteration", "loss", "accuracy", "train_seconds"]
 
 
 def train(cfg: MetaConfig, progress: bool = True, evaluate: bool = True, fresh: bool = False,
-          extend: bool = False) -> dict[str, Any]:  # fmt: skip
+          extend: bool = False, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:  # fmt: skip
     """Meta-train ``cfg.out`` (resuming from its newest intact checkpoint), then evaluate and plot.
 
     Args:
@@ -174,12 +183,13 @@ def train(cfg: MetaConfig, progress: bool = True, evaluate: bool = True, fresh: 
             Default: False.
         extend (bool, Optional): allow more ``iterations`` than the checkpoint's (train a finished run further).
             Default: False.
+        callbacks (Sequence[Callback], Optional): :class:`innerloop.runs.Callback` hooks. Default: ().
 
     Returns:
         dict: the evaluation metrics (``{}`` with ``evaluate=False``).
     """
     algo, opt = build(cfg)
-    trainer = MetaTrainer(cfg, algo, opt, progress, fresh, extend)
+    trainer = MetaTrainer(cfg, algo, opt, progress, fresh, extend, callbacks)
     trainer.fit(map_location=cfg.device)
     if not evaluate:
         return {}
