@@ -82,7 +82,7 @@ def test_meta_sgd_rates_are_learned_and_match_loop():
     assert all(r.grad is not None and r.grad.abs().max() > 0 for r in msgd.lrs)
     # reference: elementwise rates in an explicit autograd loop
     task_loss = make_task_loss(model, F.mse_loss)
-    params, rates = dict(model.named_parameters()), msgd.inner_lr()
+    params, rates = dict(model.named_parameters()), msgd.rates()
     total = 0.0
     for i in range(len(batch)):
         grads = torch.autograd.grad(
