@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from innerloop.meta.functional import LR, LossFn
-from innerloop.meta.maml import MAML, Names
+from innerloop.meta.functional import LossFn, Names
+from innerloop.meta.maml import MAML
+from innerloop.optim import RuleLike, UpdateRule
 
 __all__ = ["ANIL"]
 
@@ -18,7 +19,7 @@ class ANIL(MAML):
 
     Args:
         model (nn.Module): the network; its classifier must be reachable by ``head``.
-        lr, steps, first_order, loss_fn, vectorize: as in :class:`MAML`.
+        lr, steps, first_order, loss_fn, vectorize, rule: as in :class:`MAML`.
         head (str | list[str] | Callable): parameters adapted in the inner loop. Default: "head".
 
     Examples:
@@ -31,11 +32,12 @@ class ANIL(MAML):
     def __init__(
         self,
         model: nn.Module,
-        lr: LR = 0.01,
+        lr: RuleLike | None = None,
         steps: int = 1,
         first_order: bool = False,
         loss_fn: LossFn | None = None,
         head: Names = "head",
         vectorize: bool | str = "auto",
+        rule: UpdateRule | None = None,
     ) -> None:
-        super().__init__(model, lr, steps, first_order, loss_fn, adapt=head, vectorize=vectorize)
+        super().__init__(model, lr, steps, first_order, loss_fn, adapt=head, vectorize=vectorize, rule=rule)

@@ -1,10 +1,13 @@
 """Inner-loop primitives on parameter dicts, written with ``torch.func``.
 
-Everything here is a pure function of ``params: dict[str, Tensor]``. The inner loop is plain gradient descent
-``theta_{s+1} = theta_s - lr_s * grad L_support(theta_s)``; its gradient is taken with ``torch.func.grad`` so the
-whole loop stays differentiable (second order) unless ``first_order=True`` detaches the inner gradients. Tasks are
-batched with ``torch.func.vmap``; :func:`map_tasks` falls back to a per-task Python loop when vmap cannot handle a
-module (in-place buffer updates such as BatchNorm running statistics, data-dependent control flow).
+Everything here is a pure function of ``params: dict[str, Tensor]``. One inner step is :func:`inner_step`: the
+gradient of the support loss goes through an update rule (:mod:`innerloop.optim`; plain SGD gives
+``theta_{s+1} = theta_s - lr_s * grad L_support(theta_s)``) and ``params + updates`` is the next iterate. Both the
+functional :func:`adapt` and the stateful :class:`innerloop.meta.Learner` step through it. Gradients are taken with
+``torch.func.grad`` so the whole loop stays differentiable (second order) unless ``first_order=True`` detaches the
+inner gradients. Tasks are batched with ``torch.func.vmap``; :func:`map_tasks` falls back to a per-task Python loop
+when vmap cannot handle a module (in-place buffer updates such as BatchNorm running statistics, data-dependent
+control flow).
 
 Shapes: a meta-batch holds ``N`` tasks; support inputs are ``[N, K, *x_shape]`` and targets ``[N, K, *y_shape]``.
 Inside a vmapped function one task is seen, ``[K, *x_shape]``.
@@ -20,24 +23,30 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from innerloop.optim import RuleLike, UpdateRule, as_rule
+
 Params = dict[str, Tensor]
-# A learning rate: one number, one per step, one tensor per parameter (Meta-SGD), or per step and parameter.
-LR = float | Tensor | Sequence[float | Tensor] | Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+# Which parameters adapt: None = all, a name or prefix (or a list of them), or a predicate on names.
+Names = str | Iterable[str] | Callable[[str], bool] | None
 
 __all__ = [
-    "LR",
+    "LossFn",
+    "Names",
     "Params",
+    "accuracy",
     "adapt",
     "forward",
     "inner_loop",
+    "inner_step",
     "make_task_loss",
     "map_tasks",
     "select",
+    "warn_once",
 ]
 
 
-def select(params: Mapping[str, Tensor], names: str | Iterable[str] | Callable[[str], bool] | None) -> list[str]:
+def select(params: Mapping[str, Tensor], names: Names) -> list[str]:
     """Names of ``params`` chosen by ``names``.
 
     Args:
@@ -61,36 +70,62 @@ def select(params: Mapping[str, Tensor], names: str | Iterable[str] | Callable[[
     return out
 
 
-def _lr_for(lr: LR, step: int, name: str, steps: int) -> float | Tensor:
-    """The learning rate of parameter ``name`` at inner step ``step``."""
-    if isinstance(lr, Sequence) and not isinstance(lr, str):
-        if len(lr) != steps:
-            raise ValueError(f"per-step learning rates: got {len(lr)} values for {steps} steps")
-        lr = lr[step]
-    if isinstance(lr, Mapping):
-        if name not in lr:
-            raise KeyError(f"per-parameter learning rate missing for {name!r}")
-        return lr[name]
-    return lr
+def inner_step(
+    grads: Params, params: Params, rule: UpdateRule, state: Any, step: int, first_order: bool = False
+) -> tuple[Params, Any]:
+    """One inner update: ``params[k] + updates[k]`` for every ``k`` in ``grads``, the update given by ``rule``.
+
+    The one step function of every inner loop (functional :func:`adapt` and the stateful ``Learner.adapt``).
+
+    Args:
+        grads (dict[str, Tensor]): gradients of the inner loss for the parameters that adapt (its keys choose them).
+        params (dict[str, Tensor]): current parameters, a superset of ``grads``' keys; the others pass through as
+            the same tensor objects.
+        rule (UpdateRule): the update rule, e.g. ``innerloop.optim.sgd(0.01)``.
+        state: the rule's state (from ``rule.init`` on the adapting parameters, or the previous step).
+        step (int): inner-step counter, from 0.
+        first_order (bool): detach ``grads`` (FOMAML): no second-order term flows back, while tensors inside the
+            rule (learned rates) still receive gradients. Default: False.
+
+    Returns:
+        (dict[str, Tensor], state): the new parameters (same keys, order and shapes as ``params``) and rule state.
+
+    Examples:
+        >>> from innerloop.optim import sgd
+        >>> p, g = {"w": torch.ones(2), "b": torch.zeros(1)}, {"w": torch.ones(2)}
+        >>> new, _ = inner_step(g, p, sgd(0.5), (), step=0)
+        >>> new["w"], new["b"] is p["b"]
+        (tensor([0.5000, 0.5000]), True)
+    """
+    if first_order:
+        grads = {k: g.detach() for k, g in grads.items()}
+    updates, state = rule.update(grads, state, {k: params[k] for k in grads}, step)
+    if updates.keys() != grads.keys():
+        raise KeyError(
+            f"update rule {rule!r} returned updates for {sorted(updates)} but was given gradients for {sorted(grads)}; "
+            f"a rule must return one update per gradient"
+        )
+    return {k: v + updates[k] if k in updates else v for k, v in params.items()}, state
 
 
 def adapt(
     loss: Callable[[Params], Tensor],
     params: Params,
     steps: int = 1,
-    lr: LR = 0.01,
+    rule: RuleLike = 0.01,
     first_order: bool = False,
-    names: str | Iterable[str] | Callable[[str], bool] | None = None,
+    names: Names = None,
     proximal: float = 0.0,
 ) -> Params:
-    """Run ``steps`` of gradient descent on ``loss`` starting from ``params``; the reference-free core of every variant.
+    """Run ``steps`` inner steps of ``rule`` on ``loss`` starting from ``params``; the core of every variant.
 
     Args:
         loss (Callable[[dict], Tensor]): scalar loss of a full parameter dict.
-        params (dict[str, Tensor]): starting point ``theta``.
+        params (dict[str, Tensor]): starting point ``theta``, any shapes.
         steps (int): number of inner steps. Default: 1.
-        lr (float | Tensor | list | dict): inner learning rate, see :data:`LR`. Tensors may require grad (Meta-SGD).
-            Default: 0.01.
+        rule (UpdateRule | float | list | dict): the update rule (:mod:`innerloop.optim`), or a learning rate that
+            :func:`innerloop.optim.as_rule` turns into one (float -> ``sgd``, dict of tensors ->
+            ``per_parameter_sgd``). Tensors inside the rule may require grad (Meta-SGD). Default: 0.01.
         first_order (bool): treat inner gradients as constants (FOMAML); the result still depends on ``params``
             through the identity. Default: False.
         names (str | list[str] | Callable, Optional): which parameters adapt (ANIL: ``"head"``); the others are
@@ -100,9 +135,15 @@ def adapt(
 
     Returns:
         dict[str, Tensor]: the adapted parameters ``phi``, same keys and shapes as ``params``.
+
+    Examples:
+        >>> p = {"w": torch.tensor([1.0, -2.0])}
+        >>> adapt(lambda q: (q["w"] ** 2).sum() / 2, p, steps=2, rule=0.5)["w"]  # w <- w - 0.5 w, twice
+        tensor([ 0.2500, -0.5000])
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    rule = as_rule(rule)
     chosen = select(params, names)
     fixed = {k: v for k, v in params.items() if k not in chosen}
     anchor = {k: params[k].detach() for k in chosen}
@@ -114,11 +155,9 @@ def adapt(
         return value
 
     fast = {k: params[k] for k in chosen}
+    state = rule.init(fast)
     for step in range(steps):
-        grads = grad(inner_objective)(fast)
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
-        fast = {k: fast[k] - _lr_for(lr, step, k, steps) * grads[k] for k in chosen}
+        fast, state = inner_step(grad(inner_objective)(fast), fast, rule, state, step, first_order)
     return {k: fast.get(k, v) for k, v in params.items()}
 
 
@@ -156,9 +195,9 @@ def inner_loop(
     support: tuple[Tensor, Tensor],
     loss_fn: LossFn,
     steps: int = 1,
-    lr: LR = 0.01,
+    rule: RuleLike = 0.01,
     first_order: bool = False,
-    names: str | Iterable[str] | Callable[[str], bool] | None = None,
+    names: Names = None,
     proximal: float = 0.0,
 ) -> Params:
     """Adapt ``params`` of ``model`` to one task's support set ``(x [K, ...], y [K, ...])``.
@@ -169,7 +208,7 @@ def inner_loop(
         >>> net = torch.nn.Linear(1, 1)
         >>> p = dict(net.named_parameters())
         >>> x, y = torch.randn(5, 1), torch.randn(5, 1)
-        >>> q = inner_loop(net, p, (x, y), torch.nn.functional.mse_loss, steps=2, lr=0.1)
+        >>> q = inner_loop(net, p, (x, y), torch.nn.functional.mse_loss, steps=2, rule=0.1)
         >>> sorted(q) == sorted(p)
         True
     """
@@ -177,13 +216,30 @@ def inner_loop(
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"support inputs have {x.shape[0]} examples but targets have {y.shape[0]}")
     task_loss = make_task_loss(model, loss_fn)
-    return adapt(lambda p: task_loss(p, x, y), params, steps, lr, first_order, names, proximal)
+    return adapt(lambda p: task_loss(p, x, y), params, steps, rule, first_order, names, proximal)
+
+
+def accuracy(pred: Tensor, y: Tensor) -> Tensor:
+    """Fraction of correct argmax predictions, a scalar; 0 for floating (regression) targets.
+
+    Args:
+        pred (Tensor): ``[K, C]`` logits (classification) or predictions of any shape (regression).
+        y (Tensor): ``[K]`` integer class labels, or floating targets.
+
+    Examples:
+        >>> accuracy(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
+        tensor(0.5000)
+    """
+    if y.is_floating_point():
+        return torch.zeros((), device=pred.device)
+    return (pred.argmax(-1) == y).float().mean()
 
 
 _warned: set[str] = set()
 
 
-def _warn_once(key: str, msg: str) -> None:
+def warn_once(key: str, msg: str) -> None:
+    """``warnings.warn(msg)`` the first time ``key`` is seen in this process (reported at the caller's caller)."""
     if key not in _warned:
         _warned.add(key)
         warnings.warn(msg, stacklevel=3)
@@ -219,5 +275,5 @@ def map_tasks(fn: Callable[..., Any], *task_args: Tensor, vectorize: bool | str 
     try:
         return vmap(fn, randomness="different")(*task_args)
     except (RuntimeError, NotImplementedError, ValueError) as e:
-        _warn_once(getattr(fn, "__qualname__", "fn"), f"vmap over tasks failed ({e}); using a per-task loop")
+        warn_once(getattr(fn, "__qualname__", "fn"), f"vmap over tasks failed ({e}); using a per-task loop")
         return _loop_tasks(fn, task_args)

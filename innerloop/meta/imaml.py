@@ -3,48 +3,23 @@
 Inner problem per task: ``phi* = argmin_phi L_s(phi) + lam/2 ||phi - theta||^2``, solved approximately by ``steps``
 of gradient descent (no graph kept). At the solution ``d phi*/d theta = (I + H/lam)^{-1}`` with ``H`` the Hessian of
 ``L_s`` at ``phi*``, so the task meta-gradient is ``g = (I + H/lam)^{-1} grad L_q(phi*)``, found by ``cg_steps`` of
-conjugate gradient using Hessian-vector products (``grad`` of ``grad``). Fixed iteration counts keep it vmappable.
+conjugate gradient (:func:`innerloop.optim.conjugate_gradient`) using Hessian-vector products (``grad`` of
+``grad``). Fixed iteration counts keep it vmappable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad
 
-from innerloop.meta.functional import LR, LossFn, Params, adapt, forward, map_tasks
-from innerloop.meta.maml import MAML, MetaOutput, _accuracy, check_batch
+from innerloop.meta.functional import LossFn, Params, accuracy, adapt, forward, map_tasks
+from innerloop.meta.maml import MAML, MetaOutput, check_batch
+from innerloop.optim import RuleLike, UpdateRule, conjugate_gradient, dot
 
-__all__ = ["IMAML", "conjugate_gradient"]
-
-
-def _dot(a: Params, b: Params) -> Tensor:
-    return sum((a[k] * b[k]).sum() for k in a)
-
-
-def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, iters: int) -> Params:
-    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given as ``matvec``; ``iters`` CG steps.
-
-    Starts from ``x = 0``. Converged directions (zero residual) are guarded so extra iterations are harmless.
-    """
-    x = {k: torch.zeros_like(v) for k, v in b.items()}
-    r = dict(b)
-    p = dict(b)
-    rs = _dot(r, r)
-    for _ in range(iters):
-        ap = matvec(p)
-        pap = _dot(p, ap)
-        alpha = torch.where(pap != 0, rs / torch.where(pap != 0, pap, 1.0), 0.0)
-        x = {k: x[k] + alpha * p[k] for k in x}
-        r = {k: r[k] - alpha * ap[k] for k in r}
-        rs_new = _dot(r, r)
-        beta = torch.where(rs != 0, rs_new / torch.where(rs != 0, rs, 1.0), 0.0)
-        p = {k: r[k] + beta * p[k] for k in p}
-        rs = rs_new
-    return x
+__all__ = ["IMAML"]
 
 
 class IMAML(MAML):
@@ -52,24 +27,27 @@ class IMAML(MAML):
 
     Args:
         model (nn.Module): the network.
-        lr (float | list): inner learning rate for the regularised problem. Default: 0.01.
+        lr (float | list, Optional): inner learning rate for the regularised problem. Default: None (0.01 when no
+            ``rule`` is given).
         steps (int): inner gradient steps. Default: 10.
         lam (float): proximal strength ``lambda``. Default: 1.0.
         cg_steps (int): conjugate-gradient iterations. Default: 5.
         loss_fn, vectorize: as in :class:`MAML`.
+        rule (UpdateRule, Optional): the inner update rule for the regularised problem. Default: None.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        lr: LR = 0.01,
+        lr: RuleLike | None = None,
         steps: int = 10,
         lam: float = 1.0,
         cg_steps: int = 5,
         loss_fn: LossFn | None = None,
         vectorize: bool | str = "auto",
+        rule: UpdateRule | None = None,
     ) -> None:
-        super().__init__(model, lr, steps, True, loss_fn, None, vectorize)
+        super().__init__(model, lr, steps, True, loss_fn, None, vectorize, rule)
         if lam <= 0:
             raise ValueError(f"iMAML needs a positive proximal strength lam, got {lam}")
         self.lam = lam
@@ -80,7 +58,7 @@ class IMAML(MAML):
     ) -> Params:
         """Approximate ``phi*`` of the proximal inner problem (used for meta-training and evaluation alike)."""
         steps = self.steps if steps is None else steps
-        return adapt(lambda p: self.task_loss(p, x, y), params, steps, self.lr, True, None, self.lam)
+        return adapt(lambda p: self.task_loss(p, x, y), params, steps, self.inner_rule(), True, None, self.lam)
 
     def implicit_grads(self, batch: Any) -> tuple[Params, Tensor, Tensor]:
         """Per-task implicit meta-gradients ``{name: [N, ...]}``, query losses ``[N]`` and accuracies ``[N]``."""
@@ -94,13 +72,13 @@ class IMAML(MAML):
             def query_loss(p: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
                 pred = forward(self.module, p, qx, buffers)
                 loss = self.loss_fn(pred, qy)
-                return loss, (loss, _accuracy(pred, qy))
+                return loss, (loss, accuracy(pred, qy))
 
             gq, (lq, acc) = grad(query_loss, has_aux=True)(phi)
             support_grad = grad(lambda p: self.task_loss(p, sx, sy))
 
             def matvec(v: Params) -> Params:  # (I + H / lam) v, H v by reverse-over-reverse
-                hv = grad(lambda p: _dot(support_grad(p), v))(phi)
+                hv = grad(lambda p: dot(support_grad(p), v))(phi)
                 return {k: v[k] + hv[k] / self.lam for k in v}
 
             return conjugate_gradient(matvec, gq, self.cg_steps), lq.detach(), acc

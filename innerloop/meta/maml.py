@@ -11,11 +11,13 @@ Examples:
     >>> x, y = torch.randn(10, 1), torch.randn(10, 1)
     >>> learner.adapt(torch.nn.functional.mse_loss(learner(x), y))
     >>> torch.nn.functional.mse_loss(learner(x), y).backward()   # meta-gradient lands on net's parameters
+
+Any inner update rule plugs in with ``rule=`` (see :mod:`innerloop.optim`); ``lr=0.01`` is short for
+``rule=innerloop.optim.sgd(0.01)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,21 +27,21 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from innerloop.meta.functional import (
-    LR,
     LossFn,
+    Names,
     Params,
-    _lr_for,
-    _warn_once,
+    accuracy,
     adapt,
     forward,
+    inner_step,
     make_task_loss,
     map_tasks,
     select,
+    warn_once,
 )
+from innerloop.optim import RuleLike, UpdateRule, as_rule
 
 __all__ = ["MAML", "Learner", "MetaOutput", "default_loss", "check_batch"]
-
-Names = str | Iterable[str] | Callable[[str], bool] | None
 
 
 def default_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -80,39 +82,46 @@ class MetaOutput:
     accuracy: Tensor | None = None
 
 
-def _accuracy(pred: Tensor, y: Tensor) -> Tensor:
-    if y.is_floating_point():
-        return torch.zeros((), device=pred.device)
-    return (pred.argmax(-1) == y).float().mean()
-
-
 class MAML(nn.Module):
     """Model-agnostic meta-learning (Finn et al. 2017) for any ``nn.Module``.
 
     Args:
         model (nn.Module): the network whose initialisation is meta-learned.
-        lr (float | list | dict): inner learning rate (see :data:`innerloop.meta.functional.LR`). Default: 0.01.
+        lr (float | Tensor | list | dict, Optional): inner learning rate, short for ``rule=as_rule(lr)``: a float or
+            per-step list -> ``sgd``, a dict of per-parameter tensors -> ``per_parameter_sgd``. Default: None
+            (0.01 when no ``rule`` is given).
         steps (int): inner steps during meta-training. Default: 1.
         first_order (bool): FOMAML, inner gradients treated as constants. Default: False.
         loss_fn (Callable, Optional): ``(pred, target) -> scalar``. Default: :func:`default_loss`.
         adapt (str | list[str] | Callable, Optional): parameters adapted in the inner loop (ANIL: ``"head"``).
             Default: None (all).
         vectorize (bool | "auto"): ``vmap`` over tasks, Python loop, or vmap with loop fallback. Default: "auto".
+        rule (UpdateRule, Optional): the inner update rule (:mod:`innerloop.optim`). An ``nn.Module`` rule (a learned
+            optimizer) becomes a submodule, so its weights are meta-trained along with the model. Default: None.
+
+    Examples:
+        >>> from innerloop.optim import sgd
+        >>> maml = MAML(torch.nn.Linear(1, 1), rule=sgd([0.1, 0.05]), steps=2)   # a rate per inner step
+        >>> maml.inner_rule()
+        sgd([0.1, 0.05])
     """
 
     def __init__(
         self,
         model: nn.Module,
-        lr: LR = 0.01,
+        lr: RuleLike | None = None,
         steps: int = 1,
         first_order: bool = False,
         loss_fn: LossFn | None = None,
         adapt: Names = None,
         vectorize: bool | str = "auto",
+        rule: UpdateRule | None = None,
     ) -> None:
         super().__init__()
+        if lr is not None and rule is not None:
+            raise ValueError("MAML got both lr and rule; give one (lr=0.01 is short for rule=sgd(0.01))")
         self.module = model
-        self.lr = lr
+        self.rule = as_rule(rule if rule is not None else 0.01 if lr is None else lr)
         self.steps = steps
         self.first_order = first_order
         self.loss_fn = loss_fn or default_loss
@@ -127,9 +136,9 @@ class MAML(nn.Module):
         """The meta-parameters of the wrapped module as a dict (the tensors themselves, not copies)."""
         return dict(self.module.named_parameters())
 
-    def inner_lr(self) -> LR:
-        """The learning-rate spec used by the inner loop (Meta-SGD overrides this with learned tensors)."""
-        return self.lr
+    def inner_rule(self) -> UpdateRule:
+        """The update rule of the inner loop (Meta-SGD overrides this with its learned rates)."""
+        return self.rule
 
     def task_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         """``loss_fn(model(x; params), y)`` for one task ``x [K, ...]``."""
@@ -141,7 +150,7 @@ class MAML(nn.Module):
         """Adapt ``params`` to one task's support set ``x [K, ...], y [K, ...]``."""
         steps = self.steps if steps is None else steps
         first_order = self.first_order if first_order is None else first_order
-        return adapt(lambda p: self.task_loss(p, x, y), params, steps, self.inner_lr(), first_order, self.adapt_names)
+        return adapt(lambda p: self.task_loss(p, x, y), params, steps, self.inner_rule(), first_order, self.adapt_names)
 
     def meta_loss(self, batch: Any, steps: int | None = None, first_order: bool | None = None) -> MetaOutput:
         """Mean query loss after adapting to each task's support set; ``.loss.backward()`` gives the meta-gradient."""
@@ -152,7 +161,7 @@ class MAML(nn.Module):
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
             fast = self.adapt_params(params, sx, sy, steps, first_order)
             pred = forward(self.module, fast, qx, buffers)
-            return self.loss_fn(pred, qy), _accuracy(pred, qy)
+            return self.loss_fn(pred, qy), accuracy(pred, qy)
 
         first_order = self.first_order if first_order is None else first_order
         vectorize = self._vectorize_for(first_order, (steps or self.steps) > 0)
@@ -175,7 +184,7 @@ class MAML(nn.Module):
         )
         if self.vectorize is True:
             raise ValueError(msg + " or vectorize=False/'auto'")
-        _warn_once("native-bn", msg + "; using the per-task loop")
+        warn_once("native-bn", msg + "; using the per-task loop")
         return False
 
     def meta_backward(self, batch: Any) -> MetaOutput:
@@ -207,7 +216,7 @@ class MAML(nn.Module):
                 fast = self.adapt_params(params, sx, sy, steps=s, first_order=True) if s else params
                 pred = forward(self.module, {k: v.detach() for k, v in fast.items()}, qx, buffers)
                 losses.append(self.loss_fn(pred, qy))
-                accs.append(_accuracy(pred, qy))
+                accs.append(accuracy(pred, qy))
             return torch.stack(losses), torch.stack(accs)
 
         with torch.no_grad():
@@ -218,7 +227,7 @@ class MAML(nn.Module):
 
     def clone(self) -> Learner:
         """A stateful learner whose parameters start as (and stay differentiable w.r.t.) the meta-parameters."""
-        return Learner(self.module, self.params(), self.inner_lr(), self.first_order, self.adapt_names)
+        return Learner(self.module, self.params(), self.inner_rule(), self.first_order, self.adapt_names)
 
 
 class Learner(nn.Module):
@@ -226,48 +235,66 @@ class Learner(nn.Module):
 
     The parameters are plain tensors in the autograd graph of the meta-parameters (no copy of the module is made),
     so a loss computed after ``adapt`` backpropagates to the original module. This is the per-task Python-loop way
-    of doing MAML (learn2learn / higher style); :meth:`MAML.meta_loss` is the vectorised equivalent.
+    of doing MAML (learn2learn / higher style); :meth:`MAML.meta_loss` is the vectorised equivalent, and both take
+    their steps with :func:`innerloop.meta.functional.inner_step`. The rule's state (e.g. momentum) and the step
+    counter carry over from one ``adapt`` call to the next.
 
     Args:
         module (nn.Module): the network (used only for its forward through ``functional_call``).
         params (dict[str, Tensor]): starting parameters.
-        lr (float | list | dict): inner learning rate; a list is indexed by the number of ``adapt`` calls so far.
+        rule (UpdateRule | float | list | dict): the inner update rule, or a learning rate for
+            :func:`innerloop.optim.as_rule`; a per-step rule is indexed by the number of ``adapt`` calls so far.
         first_order (bool): do not build a graph through the inner gradients. Default: False.
         names (str | list[str] | Callable, Optional): which parameters ``adapt`` changes. Default: all.
+
+    Examples:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> learner = Learner(net, dict(net.named_parameters()), rule=0.1)
+        >>> x, y = torch.randn(4, 2), torch.randn(4, 1)
+        >>> learner.adapt(torch.nn.functional.mse_loss(learner(x), y))
+        >>> learner.step_count
+        1
     """
 
     def __init__(
-        self, module: nn.Module, params: Params, lr: LR, first_order: bool = False, names: Names = None
+        self, module: nn.Module, params: Params, rule: RuleLike, first_order: bool = False, names: Names = None
     ) -> None:
         super().__init__()
         self.module = module
         self.fast = dict(params)
-        self.lr = lr
+        self.rule = as_rule(rule)
         self.first_order = first_order
         self.names = select(self.fast, names)
         self._adapt_names = names
+        self.state = self.rule.init({k: self.fast[k] for k in self.names})
         self.step_count = 0
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return functional_call(self.module, (self.fast, dict(self.module.named_buffers())), args, kwargs)
 
-    def adapt(self, loss: Tensor, lr: LR | None = None) -> None:
-        """One gradient step on ``loss`` (a scalar computed with this learner) for the adaptable parameters."""
-        lr = self.lr if lr is None else lr
+    def adapt(self, loss: Tensor, lr: RuleLike | None = None) -> None:
+        """One inner step on ``loss`` (a scalar computed with this learner) for the adaptable parameters.
+
+        Args:
+            loss (Tensor): scalar loss.
+            lr (UpdateRule | float | list | dict, Optional): use this rule (or learning rate) for this call only,
+                with a fresh state; the learner's own rule state is left as it was. Default: None (the learner's).
+        """
+        rule, state = self.rule, self.state
+        if lr is not None:
+            rule = as_rule(lr)
+            state = rule.init({k: self.fast[k] for k in self.names})
         tensors = [self.fast[k] for k in self.names]
         grads = torch.autograd.grad(loss, tensors, create_graph=not self.first_order, allow_unused=True)
-        seq = isinstance(lr, list | tuple)
-        step = min(self.step_count, len(lr) - 1) if seq else 0
-        for k, g in zip(self.names, grads):
-            if g is None:
-                continue
-            if self.first_order:
-                g = g.detach()
-            self.fast[k] = self.fast[k] - _lr_for(lr[step] if seq else lr, 0, k, 1) * g
+        # a parameter the loss does not use has gradient zero (every rule sees every adapting parameter)
+        grads = {k: torch.zeros_like(t) if g is None else g for k, t, g in zip(self.names, tensors, grads)}
+        self.fast, state = inner_step(grads, self.fast, rule, state, self.step_count, self.first_order)
+        if lr is None:
+            self.state = state
         self.step_count += 1
 
     def clone(self) -> Learner:
-        """A new learner starting from this one's current parameters (still graph-connected)."""
-        out = Learner(self.module, self.fast, self.lr, self.first_order, self._adapt_names)
-        out.step_count = self.step_count
+        """A new learner starting from this one's current parameters and rule state (still graph-connected)."""
+        out = Learner(self.module, self.fast, self.rule, self.first_order, self._adapt_names)
+        out.state, out.step_count = self.state, self.step_count
         return out

@@ -2,7 +2,7 @@
 
 The learning rates are parameters of this module, so ``meta_sgd.parameters()`` hands both the initialisation and
 the learning rates to the outer optimizer. Only the update rule differs from MAML: ``phi = theta - alpha * g`` with
-``alpha`` a tensor per parameter (elementwise).
+``alpha`` a tensor per parameter (elementwise), i.e. :func:`innerloop.optim.per_parameter_sgd` of the learned rates.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from innerloop.meta.functional import LossFn, select
-from innerloop.meta.maml import MAML, Names
+from innerloop.meta.functional import LossFn, Names, select
+from innerloop.meta.maml import MAML
+from innerloop.optim import PerParameterSGD, per_parameter_sgd
 
 __all__ = ["MetaSGD"]
 
@@ -27,8 +28,10 @@ class MetaSGD(MAML):
     Examples:
         >>> from innerloop.models.meta_nets import SinusoidMLP
         >>> m = MetaSGD(SinusoidMLP(), lr=0.01)
-        >>> sorted(m.inner_lr())[:2]
+        >>> sorted(m.rates())[:2]
         ['body.0.bias', 'body.0.weight']
+        >>> m.inner_rule()
+        per_parameter_sgd(['body.0.bias', 'body.0.weight', 'body.2.bias', 'body.2.weight', 'head.bias', 'head.weight'])
     """
 
     def __init__(
@@ -41,7 +44,8 @@ class MetaSGD(MAML):
         adapt: Names = None,
         vectorize: bool | str = "auto",
     ) -> None:
-        super().__init__(model, lr, steps, first_order, loss_fn, adapt, vectorize)
+        super().__init__(model, float(lr), steps, first_order, loss_fn, adapt, vectorize)
+        self.rule = None  # the rule is built from the learned rates on every call, see inner_rule
         params = dict(model.named_parameters())
         self.lr_names = select(params, adapt)
         # ParameterDict keys may not contain ".", so the learned rates are a list aligned with ``lr_names``.
@@ -49,5 +53,10 @@ class MetaSGD(MAML):
             [nn.Parameter(torch.full_like(params[k].detach(), float(lr))) for k in self.lr_names]
         )
 
-    def inner_lr(self) -> dict[str, torch.Tensor]:
+    def rates(self) -> dict[str, torch.Tensor]:
+        """The learned rates by parameter name (the parameters themselves, so gradients reach them)."""
         return dict(zip(self.lr_names, self.lrs))
+
+    def inner_rule(self) -> PerParameterSGD:
+        """``per_parameter_sgd`` of the learned rates, built on each call so it always holds the live parameters."""
+        return per_parameter_sgd(self.rates())

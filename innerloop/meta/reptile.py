@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from innerloop.meta.functional import LR, LossFn, Params, adapt, forward, map_tasks
-from innerloop.meta.maml import MAML, MetaOutput, Names, _accuracy, check_batch
+from innerloop.meta.functional import LossFn, Names, Params, accuracy, adapt, forward, map_tasks
+from innerloop.meta.maml import MAML, MetaOutput, check_batch
+from innerloop.optim import RuleLike, UpdateRule
 
 __all__ = ["Reptile"]
 
@@ -24,21 +25,24 @@ class Reptile(MAML):
 
     Args:
         model (nn.Module): the network.
-        lr (float | list | dict): inner SGD learning rate. Default: 0.01.
-        steps (int): inner SGD steps per task (Reptile needs more than 1 to differ from joint training). Default: 5.
+        lr (float | list | dict, Optional): inner SGD learning rate. Default: None (0.01 when no ``rule`` is given).
+        steps (int): inner steps per task (Reptile needs more than 1 to differ from joint training). Default: 5.
         loss_fn, adapt, vectorize: as in :class:`MAML`.
+        rule (UpdateRule, Optional): the inner update rule instead of SGD (the Reptile paper also uses Adam).
+            Default: None.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        lr: LR = 0.01,
+        lr: RuleLike | None = None,
         steps: int = 5,
         loss_fn: LossFn | None = None,
         adapt: Names = None,
         vectorize: bool | str = "auto",
+        rule: UpdateRule | None = None,
     ) -> None:
-        super().__init__(model, lr, steps, True, loss_fn, adapt, vectorize)
+        super().__init__(model, lr, steps, True, loss_fn, adapt, vectorize, rule)
 
     def adapted(self, batch: Any) -> tuple[Params, Tensor, Tensor]:
         """Per-task adapted weights ``{name: [N, ...]}``, and per-task loss and accuracy after adaptation."""
@@ -47,10 +51,12 @@ class Reptile(MAML):
         x = torch.cat([batch.support_x, batch.query_x], 1)  # [N, K + Q, ...]
         y = torch.cat([batch.support_y, batch.query_y], 1)
 
+        rule = self.inner_rule()
+
         def one_task(tx: Tensor, ty: Tensor) -> tuple[Params, Tensor, Tensor]:
-            fast = adapt(lambda p: self.task_loss(p, tx, ty), params, self.steps, self.lr, True, self.adapt_names)
+            fast = adapt(lambda p: self.task_loss(p, tx, ty), params, self.steps, rule, True, self.adapt_names)
             pred = forward(self.module, fast, tx)
-            return fast, self.loss_fn(pred, ty), _accuracy(pred, ty)
+            return fast, self.loss_fn(pred, ty), accuracy(pred, ty)
 
         with torch.no_grad():
             return map_tasks(one_task, x, y, vectorize=self.vectorize)

@@ -1,5 +1,6 @@
 """Algorithms: Reptile == its definition, ANIL leaves the body alone, Meta-SGD learns its rates, iMAML == the exact
-implicit gradient on a quadratic, the stateful clone()/adapt() API == the vectorised core."""
+implicit gradient on a quadratic, the stateful clone()/adapt() API == the vectorised core (MAML, Meta-SGD and a
+user-written update rule)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_meta_sgd_rates_are_learned_and_match_loop():
     assert all(r.grad is not None and r.grad.abs().max() > 0 for r in msgd.lrs)
     # reference: elementwise rates in an explicit autograd loop
     task_loss = make_task_loss(model, F.mse_loss)
-    params, rates = dict(model.named_parameters()), msgd.inner_lr()
+    params, rates = dict(model.named_parameters()), msgd.rates()
     total = 0.0
     for i in range(len(batch)):
         grads = torch.autograd.grad(
@@ -172,3 +173,99 @@ def test_mismatched_support_query_shapes_error():
     bad = TaskBatch(batch.support_x, batch.support_y, batch.query_x.repeat(1, 1, 2), batch.query_y)
     with pytest.raises(ValueError, match="example shapes"):
         MAML(model).meta_loss(bad)
+
+
+def adapt_both_ways(algo, batch, steps):
+    """Adapted parameters and query losses of every task, by the vectorised core and by clone()/adapt()."""
+    out = algo.meta_loss(batch, steps=steps)
+    fast_core, loop_total = [], 0.0
+    for i in range(len(batch)):
+        fast_core.append(algo.adapt_params(algo.params(), batch.support_x[i], batch.support_y[i], steps=steps))
+        learner = algo.clone()
+        for _ in range(steps):
+            learner.adapt(algo.loss_fn(learner(batch.support_x[i]), batch.support_y[i]))
+        for k, v in fast_core[-1].items():
+            assert_close(f"learner == functional adapt, task {i} {k}", v, learner.fast[k])
+        loop_total = loop_total + algo.loss_fn(learner(batch.query_x[i]), batch.query_y[i])
+    return out.loss, loop_total / len(batch)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
+def test_learner_equals_functional_adapt(algorithm, first_order):
+    """One step function: the stateful Learner and the functional adapt agree on parameters and meta-gradients,
+    including the gradients of Meta-SGD's learned rates (which must reach them through both paths)."""
+    model, batch = small_mlp(), sin_batch()
+    if algorithm == "maml":
+        algo = MAML(model, lr=0.1, steps=2, first_order=first_order, loss_fn=F.mse_loss)
+    else:
+        algo = MetaSGD(model, lr=0.05, steps=2, first_order=first_order, loss_fn=F.mse_loss)
+        with torch.no_grad():
+            for i, r in enumerate(algo.lrs):
+                r.mul_(1 + 0.1 * i)
+    core, loop = adapt_both_ways(algo, batch, steps=2)
+    assert_close("query loss", core, loop)
+    meta_params = list(algo.parameters())
+    for p, a, b in zip(meta_params, torch.autograd.grad(core, meta_params), torch.autograd.grad(loop, meta_params)):
+        assert_close(f"meta-grad {tuple(p.shape)}", a, b)
+        if algorithm == "metasgd" and any(p is r for r in algo.lrs):
+            assert a.abs().max() > 0 and b.abs().max() > 0, "no gradient reached a Meta-SGD rate"
+
+
+class Momentum(nn.Module):
+    """A user-written rule: heavy-ball SGD with a learnable rate (an nn.Module, so MAML meta-trains the rate)."""
+
+    def __init__(self, lr: float, beta: float) -> None:
+        super().__init__()
+        self.lr, self.beta = nn.Parameter(torch.tensor(lr, dtype=torch.float64)), beta
+
+    def init(self, params):
+        return {k: torch.zeros_like(v) for k, v in params.items()}
+
+    def update(self, grads, state, params, step):
+        m = {k: self.beta * state[k] + g for k, g in grads.items()}
+        return {k: -self.lr * v for k, v in m.items()}, m
+
+
+def momentum_reference(model, batch, lr, beta, steps):
+    """Hand-unrolled heavy-ball inner loop with explicit autograd, averaged query loss over tasks."""
+    task_loss = make_task_loss(model, F.mse_loss)
+    total = 0.0
+    for i in range(len(batch)):
+        w = dict(model.named_parameters())
+        m = {k: torch.zeros_like(v) for k, v in w.items()}
+        for _ in range(steps):
+            support_loss = task_loss(w, batch.support_x[i], batch.support_y[i])
+            grads = torch.autograd.grad(support_loss, list(w.values()), create_graph=True)
+            m = {k: beta * m[k] + g for k, g in zip(w, grads)}
+            w = {k: w[k] - lr * m[k] for k in w}
+        total = total + task_loss(w, batch.query_x[i], batch.query_y[i])
+    return total / len(batch)
+
+
+def test_custom_rule_plugs_into_maml_learner_and_adapt():
+    model, batch = small_mlp(), sin_batch()
+    rule = Momentum(0.05, 0.9)
+    maml = MAML(model, steps=3, loss_fn=F.mse_loss, rule=rule)
+    assert any(p is rule.lr for p in maml.parameters()), "an nn.Module rule's weights are meta-parameters"
+    wrt = [*model.parameters(), rule.lr]
+    want_loss = momentum_reference(model, batch, rule.lr, rule.beta, 3)
+    want = torch.autograd.grad(want_loss, wrt)
+    core, loop = adapt_both_ways(maml, batch, steps=3)  # vectorised core + stateful learner (state carried over)
+    for name, loss in (("meta_loss", core), ("learner", loop)):
+        assert_close(f"{name} loss", want_loss, loss)
+        for p, a, b in zip(wrt, want, torch.autograd.grad(loss, wrt)):
+            assert_close(f"{name} meta-grad {tuple(p.shape)}", a, b)
+    assert want[-1].abs() > 0  # the rule's own rate is meta-trained
+    with pytest.raises(ValueError, match="both lr and rule"):
+        MAML(model, lr=0.1, rule=rule)
+
+
+def test_learner_per_step_rule_runs_out_loudly():
+    model, batch = small_mlp(), sin_batch()
+    learner = MAML(model, lr=[0.1, 0.05], loss_fn=F.mse_loss).clone()
+    x, y = batch.support_x[0], batch.support_y[0]
+    for _ in range(2):
+        learner.adapt(F.mse_loss(learner(x), y))
+    with pytest.raises(ValueError, match="per-step learning rates cover 2 steps"):
+        learner.adapt(F.mse_loss(learner(x), y))

@@ -45,7 +45,7 @@ def test_vmap_equals_loop(steps):
     model = tiny_mlp()
     sx, sy, qx, qy = regression_batch()
     params = dict(model.named_parameters())
-    fn = lambda a, b: inner_loop(model, params, (a, b), F.mse_loss, steps=steps, lr=0.1)  # noqa: E731
+    fn = lambda a, b: inner_loop(model, params, (a, b), F.mse_loss, steps=steps, rule=0.1)  # noqa: E731
     fast = map_tasks(fn, sx, sy, vectorize=True)
     ref = map_tasks(fn, sx, sy, vectorize=False)
     for k in params:
@@ -86,7 +86,7 @@ def test_first_order_equals_detached_copy():
     model = tiny_mlp(torch.float64)
     sx, sy, qx, qy = regression_batch(n=1, dtype=torch.float64)
     params = dict(model.named_parameters())
-    fast = inner_loop(model, params, (sx[0], sy[0]), F.mse_loss, steps=3, lr=0.2, first_order=True)
+    fast = inner_loop(model, params, (sx[0], sy[0]), F.mse_loss, steps=3, rule=0.2, first_order=True)
     got = torch.autograd.grad(make_task_loss(model, F.mse_loss)(fast, qx[0], qy[0]), list(params.values()))
     detached = {k: v.detach().requires_grad_() for k, v in fast.items()}
     want = torch.autograd.grad(make_task_loss(model, F.mse_loss)(detached, qx[0], qy[0]), list(detached.values()))
