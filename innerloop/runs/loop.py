@@ -271,10 +271,14 @@ class TrainLoop:
                     interrupted = self.interrupt_requested(guard.triggered) and not done
                     out_of_time = self.max_seconds > 0 and self.train_seconds >= self.max_seconds
                     stop = (out_of_time or self.should_stop or interrupted) and not done
-                    if not interrupted and ((self.eval_every and self.step % self.eval_every == 0) or done or stop):
+                    # An interrupted run logs and evaluates only what the uninterrupted run would at this step,
+                    # so the resumed log reads exactly as one run; a time-budget stop also reports where it stopped.
+                    scheduled = bool(self.eval_every and self.step % self.eval_every == 0)
+                    if scheduled or done or (stop and not interrupted):
                         logs = {**logs, **{f"val_{k}": v for k, v in self.evaluate().items()}}
                     has_val = any(k.startswith("val_") for k in logs)
-                    if logger is not None and (self.step % self.log_every == 0 or done or stop or has_val):
+                    report = self.step % self.log_every == 0 or done or has_val or (stop and not interrupted)
+                    if logger is not None and report:
                         logger.log(self._row(logs))
                     if (self.checkpoint_every and self.step % self.checkpoint_every == 0) or done or stop:
                         self.save()

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
+from innerloop.runs import latest_checkpoint, load_checkpoint, read_log, save_checkpoint
 from innerloop.train import TrainConfig, Trainer, TrainingDivergedError, lr_at, train_lm
-from innerloop.runs import latest_checkpoint, load_checkpoint, save_checkpoint
 from innerloop.train.lm import TTTLRWarmup, load_run
-from innerloop.runs import read_log
 from innerloop.train.trainer import Callback, ConfigMismatchError
 
 

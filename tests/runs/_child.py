@@ -1,0 +1,28 @@
+"""A training run in a child process for the kill tests: ``python _child.py TRAINER OUT [SLEEP]``.
+
+Each step sleeps ``SLEEP`` seconds (a callback, numerically inert) so the parent can kill the process mid-run.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _trainers import TRAINERS  # noqa: E402
+
+from innerloop.runs import Callback  # noqa: E402
+
+
+class Sleep(Callback):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_end(self, trainer, step, logs):
+        time.sleep(self.seconds)
+
+
+if __name__ == "__main__":
+    name, out = sys.argv[1], sys.argv[2]
+    seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    TRAINERS[name].run(out, callbacks=[Sleep(seconds)])
