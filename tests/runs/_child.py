@@ -1,6 +1,7 @@
-"""A training run in a child process for the kill tests: ``python _child.py TRAINER OUT [SLEEP]``.
+"""A training run in a child process for the kill tests: ``python _child.py TRAINER OUT SLEEP THREADS``.
 
-Each step sleeps ``SLEEP`` seconds (a callback, numerically inert) so the parent can kill the process mid-run.
+Each step sleeps ``SLEEP`` seconds (a callback, numerically inert) so the parent can kill the process mid-run; the
+child uses the parent's torch thread count, so its float sums are ordered as the parent's.
 """
 
 import sys
@@ -24,5 +25,8 @@ class Sleep(Callback):
 
 if __name__ == "__main__":
     name, out = sys.argv[1], sys.argv[2]
-    seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    seconds, threads = float(sys.argv[3]), int(sys.argv[4])
+    import torch
+
+    torch.set_num_threads(threads)
     TRAINERS[name].run(out, callbacks=[Sleep(seconds)])

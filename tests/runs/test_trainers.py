@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -49,7 +50,8 @@ def straight(tmp_path_factory) -> dict[str, list[tuple]]:
 def test_sigkill_then_resume_logs_the_same(name, tmp_path, straight):
     out = tmp_path / name
     child = Path(__file__).parent / "_child.py"
-    proc = subprocess.Popen([sys.executable, str(child), name, str(out), "0.4"], stderr=subprocess.PIPE)
+    threads = str(torch.get_num_threads())
+    proc = subprocess.Popen([sys.executable, str(child), name, str(out), "0.4", threads], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:  # kill once a mid-run checkpoint exists
