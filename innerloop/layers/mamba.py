@@ -25,7 +25,7 @@ from innerloop.ops.selective_scan import (
     naive_selective_scan,
 )
 
-from .common import CausalConv1d
+from .common import CausalConv1d, no_weight_decay
 from .modes import log_once, resolve_mode
 from .registry import register_mixer
 
@@ -144,6 +144,10 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.empty(E, d_state))
         self.D = nn.Parameter(torch.empty(E))
         self.out_proj = nn.Linear(E, C, bias=bias)
+        # As the Mamba authors: no weight decay on A_log and D (their `_no_weight_decay` marks) nor on biases
+        # (their trainer's rule); innerloop.models._optim_groups reads the marks.
+        no_weight_decay(self, "A_log", "D", "dt_proj.bias", "conv.conv.bias",
+                        *(f"{n}.bias" for n in ("in_proj", "out_proj") if bias))
         self.reset_parameters()
 
     @torch.no_grad()

@@ -53,7 +53,7 @@ class TrainConfig(DictConfig):
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
-    weight_decay: float = 0.1  # on matrices only (dim >= 2), as nanoGPT
+    weight_decay: float = 0.1  # AdamW decay, on what the authors decay (innerloop.models._optim_groups)
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8

@@ -240,3 +240,42 @@ def test_cuda_decode_and_autocast(mixer, backbone):
     assert_close("cuda bf16 autocast", full.logits, bf, ratio=2e-2)
     g = torch.Generator("cuda").manual_seed(0)
     assert model.generate(ids[:, :4], 6, temperature=0.7, top_k=10, top_p=0.9, generator=g).shape == (2, 10)
+
+
+# Weight decay as the authors train (read from their code):
+# - TTT authors (test-time-training/ttt-lm-jax): ttt/train.py builds AdamW's mask with get_weight_decay_mask(
+#   model_config.get_weight_decay_exclusions()); ModelConfig.get_weight_decay_exclusions() in ttt/models/model.py
+#   returns () and the mask (ttt/infra/jax_utils.py) is True for every name that matches no exclusion, so every
+#   parameter is decayed (weight_decay=0.1 in every scripts/{transformer,ttt_linear,ttt_mlp}/*.sh), the Transformer
+#   baseline included.
+# - Mamba (state-spaces/mamba): mamba_ssm/modules/mamba_simple.py sets A_log._no_weight_decay and D._no_weight_decay;
+#   the trainer that reads the mark (Dao-AILab/flash-attention training/src/optim/param_grouping.py) also leaves
+#   every "*bias" undecayed. The LM around our Mamba mixer (embedding, RMSNorms, SwiGLU) is the TTT authors' and
+#   follows their recipe.
+_LM = ["embed_tokens.weight", "layers.0.seq_norm.weight", "layers.0.ffn_norm.weight", "layers.0.mlp.gate_proj.weight",
+       "layers.0.mlp.up_proj.weight", "layers.0.mlp.down_proj.weight", "norm.weight"]
+_TTT = ["learnable_ttt_lr_weight", "learnable_ttt_lr_bias", "learnable_token_idx", "ttt_norm_weight", "ttt_norm_bias",
+        "q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "post_norm.weight", "post_norm.bias"]
+DECAYED = {
+    "ttt_linear": _LM + [f"layers.0.mixer.{n}" for n in _TTT + ["W1", "b1"]],
+    "ttt_mlp": _LM + [f"layers.0.mixer.{n}" for n in _TTT + ["W1", "b1", "W2", "b2"]],
+    "attention": _LM + [f"layers.0.mixer.{n}.weight" for n in ("q_proj", "k_proj", "v_proj", "o_proj")],
+    "mamba": _LM + [f"layers.0.mixer.{n}.weight" for n in ("in_proj", "conv.conv", "x_proj", "dt_proj", "out_proj")],
+}
+
+
+@pytest.mark.parametrize("mixer", sorted(DECAYED))
+def test_weight_decay_matches_the_authors(mixer):
+    import copy
+
+    from innerloop.models._optim_groups import decayed_parameter_names, weight_decay_groups
+    from innerloop.train.trainer import _param_groups
+
+    model = CausalLM(LMConfig(**{**TINY, "num_hidden_layers": 1}, mixer=mixer))
+    assert sorted(decayed_parameter_names(model)) == sorted(DECAYED[mixer])
+    assert sorted(decayed_parameter_names(copy.deepcopy(model).double())) == sorted(DECAYED[mixer])  # marks survive
+    decay, keep = _param_groups(model, 0.1)  # what the trainer hands AdamW
+    assert (decay["weight_decay"], keep["weight_decay"]) == (0.1, 0.0)
+    assert len(decay["params"]) == len(DECAYED[mixer]) and len(decay["params"]) + len(keep["params"]) == len(
+        list(model.parameters()))
+    assert [len(g["params"]) for g in weight_decay_groups(model, 0.1)] == [len(decay["params"]), len(keep["params"])]
