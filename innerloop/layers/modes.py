@@ -47,8 +47,7 @@ def resolve_mode(mode: str, modes: tuple[str, ...], owner: str, aliases: Mapping
     """
     if aliases and mode in aliases:
         new = aliases[mode]
-        log_once(f"alias:{owner}:{mode}", "%s: mode=%r is deprecated; use mode=%r (the same path)", owner, mode, new,
-                 level=logging.WARNING)
+        log_once(f"alias:{owner}:{mode}", "%s: mode=%r is deprecated; use mode=%r", owner, mode, new)
         mode = new
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; the modes are {MODES} ({owner} has {modes})")
