@@ -11,6 +11,7 @@ Layout: hidden states ``[B, T, C]``; inner channels ``[B, T, E]`` with ``E = exp
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import ClassVar, NamedTuple
 
@@ -29,13 +30,14 @@ from .common import CausalConv1d, no_weight_decay
 from .modes import log_once, resolve_mode
 from .registry import register_mixer
 
+logger = logging.getLogger(__name__)
 
 def _fused_ok(device: torch.device) -> bool:
     """Whether the fused scan runs on ``device``; logs the reason once per device when it falls back."""
     reason = fused_scan_unavailable(device)
     if reason is not None:
         log_once(f"mamba-fused:{device}", "Mamba: no fused selective-scan kernel on %s (%s); using the pure-PyTorch "
-                 "chunked scan (mode='chunk')", device, reason)
+                 "chunked scan (mode='chunk')", device, reason, log=logger)
     return reason is None
 
 

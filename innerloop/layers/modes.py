@@ -56,12 +56,15 @@ def resolve_mode(mode: str, modes: tuple[str, ...], owner: str, aliases: Mapping
     return mode
 
 
-def log_once(key: str, msg: str, *args: Any, level: int = logging.WARNING) -> None:
-    """Log ``msg % args`` the first time ``key`` is seen in this process (to stderr by default, never stdout)."""
+def log_once(key: str, msg: str, *args: Any, level: int = logging.WARNING, log: logging.Logger | None = None) -> None:
+    """Log ``msg % args`` to ``log`` (default: this module's logger) the first time ``key`` is seen in this process.
+
+    Through ``logging``, so to stderr unless the application configures otherwise, never to stdout.
+    """
     if key in _logged:
         return
     _logged.add(key)
-    logger.log(level, msg, *args)
+    (log or logger).log(level, msg, *args)
 
 
 def upgrade_saved_mode(d: dict[str, Any]) -> dict[str, Any]:

@@ -115,11 +115,12 @@ def test_fused_mode_falls_back_with_a_warning(monkeypatch, caplog, mode):
     x = torch.randn(2, 19, 16, dtype=torch.float64)
     monkeypatch.setattr(mamba, "fused_scan_unavailable", lambda device: "no C compiler: 'cc' not found")
     monkeypatch.setattr(modes, "_logged", set())
-    with caplog.at_level("WARNING", logger="innerloop.layers.modes"):
+    with caplog.at_level("WARNING", logger="innerloop.layers.mamba"):
         y, _ = layer(x)
         layer(x)
-    found = [r.message for r in caplog.records if "no fused selective-scan kernel" in r.message]
-    assert len(found) == 1 and "'cc' not found" in found[0] and "mode='chunk'" in found[0]
+    found = [r for r in caplog.records if "no fused selective-scan kernel" in r.message]
+    assert len(found) == 1 and found[0].name == "innerloop.layers.mamba"
+    assert "'cc' not found" in found[0].message and "mode='chunk'" in found[0].message
     layer.mode = "chunk"
     assert torch.equal(layer(x)[0], y)  # the fallback is the chunked scan itself
     layer.mode = "naive"
@@ -196,7 +197,7 @@ def test_failing_self_check_reports_the_real_exception(monkeypatch, caplog):
     monkeypatch.setattr(modes, "_logged", set())
     layer = make(chunk_size=8)
     x = torch.randn(2, 19, 16, dtype=torch.float64)
-    with caplog.at_level("WARNING", logger="innerloop.layers.modes"), torch.no_grad():
+    with caplog.at_level("WARNING", logger="innerloop.layers.mamba"), torch.no_grad():
         y, _ = layer(x)
     found = [r.message for r in caplog.records if "no fused selective-scan kernel" in r.message]
     assert len(found) == 1 and "failed its self-check: it raised RuntimeError: boom from the kernel" in found[0]
