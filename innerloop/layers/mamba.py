@@ -32,6 +32,7 @@ from .registry import register_mixer
 
 logger = logging.getLogger(__name__)
 
+
 def _fused_ok(device: torch.device) -> bool:
     """Whether the fused scan runs on ``device``; logs the reason once per device when it falls back."""
     reason = fused_scan_unavailable(device)

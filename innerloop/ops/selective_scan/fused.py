@@ -81,8 +81,11 @@ def fused_scan_unavailable(device: torch.device | str) -> str | None:
     """Why :func:`fused_selective_scan` cannot be used on ``device`` here, or None if it can.
 
     The one place that picks the kernel by device: the compiled C kernel on the CPU (built on the first call), Triton
-    on CUDA; either must pass :func:`self_check` once per device and process. Returns:
-        str | None: None, or a reason naming the cause (no C compiler, kernels disabled, no triton, failed self-check).
+    on CUDA; either must pass the self-check (:func:`self_check`) once per device and process. Logs nothing: the
+    caller reports the reason.
+
+    Returns:
+        str | None: None, or the cause (the C build's error, kernels disabled, no triton, the failed self-check).
     """
     device = torch.device(device)
     if device.type == "cpu":
