@@ -5,12 +5,15 @@ from . import ttt  # noqa: F401  "ttt_linear", "ttt_mlp"
 from .attention import CausalSelfAttention, KVCache  # noqa: F401  "attention"
 from .common import RMSNorm, SwiGLU
 from .mamba import Mamba, MambaState  # noqa: F401  "mamba"
-from .registry import MIXERS, build_mixer, register_mixer
+from .modes import MODES
+from .registry import MIXERS, Mixer, build_mixer, register_mixer
 from .rnn import GRU, LSTM, RNN, RNNState  # noqa: F401  "rnn", "lstm", "gru"
 from .ttt import TTTMLP, TTTLayerState, TTTLinear, set_ttt_lr_mult, ttt_lr_mult_schedule
 
 __all__ = [
     "MIXERS",
+    "MODES",
+    "Mixer",
     "RMSNorm",
     "SwiGLU",
     "TTTLayerState",

@@ -7,12 +7,14 @@ Layout: hidden states ``[B, T, C]``; per-head tensors ``[B, T, H, D]``; the cach
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import apply_rope, rope_angles
+from .modes import resolve_mode
 from .registry import register_mixer
 
 
@@ -86,6 +88,8 @@ class CausalSelfAttention(nn.Module):
         hidden_size (int): model width ``C``.
         num_heads (int): ``H``; ``C`` must be divisible by ``H`` and the head size ``D = C / H`` must be even (RoPE).
         rope_theta (float, Optional): RoPE base. Default: ``1e4``.
+        mode (str, Optional): ``'auto'``, the only mode: ``F.scaled_dot_product_attention`` picks its own kernel
+            (flash / memory-efficient / math) for the device. Default: ``'auto'``.
 
     Examples:
         >>> attn = CausalSelfAttention(32, 4)
@@ -96,8 +100,12 @@ class CausalSelfAttention(nn.Module):
         (torch.Size([2, 10, 32]), 11)
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, rope_theta: float = 1e4) -> None:
+    modes: ClassVar[tuple[str, ...]] = ("auto",)
+    config_options: ClassVar[tuple[str, ...]] = ("rope_theta",)
+
+    def __init__(self, hidden_size: int, num_heads: int, rope_theta: float = 1e4, *, mode: str = "auto") -> None:
         super().__init__()
+        self.mode = resolve_mode(mode, self.modes, "CausalSelfAttention")
         if hidden_size <= 0 or num_heads <= 0:
             raise ValueError(f"hidden_size and num_heads must be positive, got {hidden_size} and {num_heads}")
         if hidden_size % num_heads:

@@ -1,4 +1,5 @@
-"""Building blocks shared by every backbone: RMSNorm, SwiGLU MLP, RoPE, and a causal depthwise conv with state.
+"""Building blocks shared by every backbone: RMSNorm, SwiGLU MLP, RoPE, a causal depthwise conv with state, and the
+no-weight-decay mark.
 
 Layout: ``[B, T, C]`` for hidden states, ``[B, T, H, D]`` for per-head tensors.
 """
@@ -8,6 +9,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def no_weight_decay(module: nn.Module, *names: str) -> None:
+    """Mark parameters of ``module`` (by name relative to it) that the optimizer must not decay.
+
+    The names are kept on the module (``_no_weight_decay_names``), which survives ``copy.deepcopy``, ``.to()``,
+    ``to_empty`` and parameters replaced by a loader; each parameter also gets Mamba's own mark
+    ``p._no_weight_decay = True``. ``innerloop.models._optim_groups.weight_decay_groups`` reads both.
+
+    Raises:
+        AttributeError: a name that is not a parameter of ``module``.
+    """
+    for name in names:
+        module.get_parameter(name)._no_weight_decay = True
+    module._no_weight_decay_names = (*getattr(module, "_no_weight_decay_names", ()), *names)
 
 
 class RMSNorm(nn.Module):

@@ -1,7 +1,7 @@
 """Mamba-1 mixer (Gu & Dao, 2023): selective SSM with input-dependent Δ, B, C and a causal conv.
 
-Pure PyTorch, except the scan: a fused kernel where the device has one (``innerloop.ops.selective_scan.fused``),
-else the pure-PyTorch chunked scan.
+Pure PyTorch, except the scan: by default (``mode='auto'``) a fused kernel where the device has one
+(``innerloop.ops.selective_scan.fused`` decides), else the pure-PyTorch chunked scan.
 
 The scan math is in ``innerloop/ops/selective_scan/README.md``. Parameter names follow the authors' ``Mamba`` block
 (``in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj``; the conv lives at ``conv.conv`` here).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,31 +21,25 @@ from torch import Tensor, nn
 
 from innerloop.ops.selective_scan import (
     chunk_selective_scan,
-    fused_scan_available,
+    fused_scan_unavailable,
     fused_selective_scan,
     naive_selective_scan,
 )
 
-from .common import CausalConv1d
+from .common import CausalConv1d, no_weight_decay
+from .modes import log_once, resolve_mode
 from .registry import register_mixer
 
 logger = logging.getLogger(__name__)
-MODES = ("fused", "chunk", "torch", "naive")  # 'chunk' (LMConfig's default mode name) means 'fused' here
-
-
-_WARNED: set[str] = set()
 
 
 def _fused_ok(device: torch.device) -> bool:
-    """Whether the fused scan runs on ``device``; warns once per device type when it falls back."""
-    if fused_scan_available(device):
-        return True
-    if device.type not in _WARNED:
-        _WARNED.add(device.type)
-        logger.warning("Mamba: no fused selective-scan kernel for %s here; using the pure-PyTorch chunked scan "
-                       "(mode='torch'): no working C compiler (CPU), no triton (CUDA), or the kernel failed its "
-                       "self-check.", device.type)
-    return False
+    """Whether the fused scan runs on ``device``; logs the reason once per device when it falls back."""
+    reason = fused_scan_unavailable(device)
+    if reason is not None:
+        log_once(f"mamba-fused:{device}", "Mamba: no fused selective-scan kernel on %s (%s); using the pure-PyTorch "
+                 "chunked scan (mode='chunk')", device, reason, log=logger)
+    return reason is None
 
 
 class MambaState(NamedTuple):
@@ -95,10 +89,11 @@ class Mamba(nn.Module):
         dt_init_floor (float, Optional): lower clamp of the initial Δ. Default: ``1e-4``.
         dt_scale (float, Optional): scale of the uniform init of ``dt_proj.weight``. Default: 1.0.
         bias (bool, Optional): biases in ``in_proj`` / ``out_proj``. Default: False.
-        mode (str, Optional): scan path: ``'fused'`` (the device's fused kernel, falling back to ``'torch'`` with a
-            warning where there is none; ``'chunk'`` is a synonym), ``'torch'`` (the pure-PyTorch chunked scan) or
-            ``'naive'`` (the reference loop). One-token calls always take a single sequential step. Default:
-            ``'fused'``.
+        mode (str, Optional): scan path (``innerloop.layers.modes``): ``'auto'`` (one-token calls take one
+            sequential step, the reference loop being Mamba's recurrence; longer ones the fused kernel where the
+            device has one, else the chunked scan, logging why once), ``'fused'`` (the fused kernel for every
+            length, with the same fallback), ``'chunk'`` (the pure-PyTorch chunked scan; ``'torch'`` is a
+            deprecated alias) or ``'naive'`` (the reference loop). Default: ``'auto'``.
         chunk_size (int, Optional): chunk of the fast scans (the fused kernel's backward checkpoints). Default: 32.
 
     Examples:
@@ -108,6 +103,10 @@ class Mamba(nn.Module):
         >>> y.shape, tuple(state.ssm.shape), tuple(state.conv.shape)
         (torch.Size([2, 10, 32]), (2, 64, 16), (2, 64, 3))
     """
+
+    modes: ClassVar[tuple[str, ...]] = ("auto", "naive", "chunk", "fused")
+    mode_aliases: ClassVar[dict[str, str]] = {"torch": "chunk"}  # deprecated spelling; logs a warning once
+    config_options: ClassVar[tuple[str, ...]] = ("conv_kernel",)
 
     def __init__(
         self,
@@ -123,7 +122,7 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,
         dt_scale: float = 1.0,
         bias: bool = False,
-        mode: str = "fused",
+        mode: str = "auto",
         chunk_size: int = 32,
     ) -> None:
         super().__init__()
@@ -131,8 +130,7 @@ class Mamba(nn.Module):
                         ("conv_kernel", conv_kernel), ("chunk_size", chunk_size)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        mode = resolve_mode(mode, self.modes, "Mamba", self.mode_aliases)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         C, E = hidden_size, expand * hidden_size
@@ -140,7 +138,7 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(C / 16) if dt_rank is None else dt_rank
         if self.dt_rank < 1:
             raise ValueError(f"dt_rank must be >= 1, got {self.dt_rank}")
-        self.mode, self.chunk_size = ("fused" if mode == "chunk" else mode), chunk_size
+        self.mode, self.chunk_size = mode, chunk_size
         self.dt_min, self.dt_max, self.dt_init_floor, self.dt_scale = dt_min, dt_max, dt_init_floor, dt_scale
         self.in_proj = nn.Linear(C, 2 * E, bias=bias)
         self.conv = CausalConv1d(E, conv_kernel)
@@ -149,6 +147,10 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.empty(E, d_state))
         self.D = nn.Parameter(torch.empty(E))
         self.out_proj = nn.Linear(E, C, bias=bias)
+        # As the Mamba authors: no weight decay on A_log and D (their `_no_weight_decay` marks) nor on biases
+        # (their trainer's rule); innerloop.models._optim_groups reads the marks.
+        no_weight_decay(self, "A_log", "D", "dt_proj.bias", "conv.conv.bias",
+                        *(f"{n}.bias" for n in ("in_proj", "out_proj") if bias))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -209,9 +211,14 @@ class Mamba(nn.Module):
         delta = F.softplus(dt.to(torch.promote_types(dt.dtype, torch.float32)))  # [B, T, E], at least float32
         A = -torch.exp(self.A_log.to(delta.dtype))  # [E, N]
         h0 = None if state is None else state.ssm
-        if self.mode == "naive" or x.shape[1] == 1:
+        mode = resolve_mode(self.mode, self.modes, "Mamba", self.mode_aliases)  # re-read: it may be set after init
+        if mode == "auto":
+            mode = "naive" if x.shape[1] == 1 else "fused"
+        if mode == "fused" and not _fused_ok(x.device):
+            mode = "chunk"
+        if mode == "naive":
             y, ssm = naive_selective_scan(xs, delta, A, Bm, Cm, self.D, h0)
-        elif self.mode == "fused" and _fused_ok(x.device):
+        elif mode == "fused":
             y, ssm = fused_selective_scan(xs, delta, A, Bm, Cm, self.D, h0, chunk_size=self.chunk_size)
         else:
             y, ssm = chunk_selective_scan(xs, delta, A, Bm, Cm, self.D, h0, chunk_size=self.chunk_size)

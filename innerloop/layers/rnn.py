@@ -1,12 +1,14 @@
 """Classic recurrent mixers (Elman RNN, LSTM, GRU) behind the mixer interface.
 
-Fast path: ``torch.nn.RNN/LSTM/GRU`` (fused kernels); reference: the cells written from their equations in
-``innerloop.ops.rnn`` with the same weights (``mode='naive'``). Layout: ``x [B, T, C]``; states ``[L, B, S]``.
+Fast path (``mode='fused'``, what ``'auto'`` takes): ``torch.nn.RNN/LSTM/GRU``, whose cuDNN (CUDA) and MKL/oneDNN
+(CPU) kernels are this mixer's fused kernels and run on every device; reference: the cells written from their
+equations in ``innerloop.ops.rnn`` with the same weights (``mode='naive'``). A nonlinear recurrence has no
+parallel form, so there is no ``'chunk'`` mode. Layout: ``x [B, T, C]``; states ``[L, B, S]``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -14,9 +16,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from innerloop.ops.rnn import naive_gru, naive_lstm, naive_rnn, weights_of
 
+from .modes import resolve_mode
 from .registry import register_mixer
-
-MODES = ("fused", "naive", "chunk")  # 'chunk' (LMConfig's default mode name) means 'fused' here
 
 
 class RNNState(NamedTuple):
@@ -36,24 +37,24 @@ class _RecurrentMixer(nn.Module):
             ``out_proj`` maps ``S -> C``. Default: None.
         num_layers (int, Optional): stacked recurrent layers. Default: 1.
         bias (bool, Optional): recurrent biases. Default: True.
-        mode (str, Optional): ``'fused'`` (torch.nn kernels; ``'chunk'`` is a synonym) or ``'naive'`` (the cells
-            from ``innerloop.ops.rnn``, same weights). Default: ``'fused'``.
+        mode (str, Optional): ``'auto'`` or ``'fused'`` (the torch.nn kernels) or ``'naive'`` (the cells from
+            ``innerloop.ops.rnn``, same weights). Default: ``'auto'``.
     """
 
     core_cls: type[nn.RNNBase] = nn.RNN
     has_cell = False
+    modes: ClassVar[tuple[str, ...]] = ("auto", "naive", "fused")
+    config_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hidden_size: int, num_heads: int = 1, *, state_size: int | None = None, num_layers: int = 1,
-                 bias: bool = True, mode: str = "fused", **core_kwargs) -> None:
+                 bias: bool = True, mode: str = "auto", **core_kwargs) -> None:
         super().__init__()
         S = hidden_size if state_size is None else state_size
         for name, v in (("hidden_size", hidden_size), ("state_size", S), ("num_layers", num_layers)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.hidden_size, self.state_size, self.num_layers = hidden_size, S, num_layers
-        self.mode = "fused" if mode == "chunk" else mode
+        self.mode = resolve_mode(mode, self.modes, type(self).__name__)
         self.core = self.core_cls(hidden_size, S, num_layers=num_layers, bias=bias, batch_first=True, **core_kwargs)
         self.out_proj = nn.Linear(S, hidden_size, bias=False) if hidden_size != S else None
 
@@ -113,7 +114,8 @@ class _RecurrentMixer(nn.Module):
         self._check(x, state, lengths)
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
-        y, state = (self._fused if self.mode == "fused" else self._naive)(x, state, lengths)
+        mode = resolve_mode(self.mode, self.modes, type(self).__name__)  # re-read: it may be set after init
+        y, state = (self._naive if mode == "naive" else self._fused)(x, state, lengths)
         if self.out_proj is not None:
             y = self.out_proj(y)
         return y, state
@@ -138,7 +140,7 @@ class RNN(_RecurrentMixer):
     core_cls = nn.RNN
 
     def __init__(self, hidden_size: int, num_heads: int = 1, *, state_size: int | None = None, num_layers: int = 1,
-                 bias: bool = True, mode: str = "fused", nonlinearity: str = "tanh") -> None:
+                 bias: bool = True, mode: str = "auto", nonlinearity: str = "tanh") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(hidden_size, num_heads, state_size=state_size, num_layers=num_layers, bias=bias, mode=mode,

@@ -8,8 +8,7 @@ Layout: hidden states ``[B, T, C]``; per-head views ``[B, T, H, D]`` with ``C = 
 
 from __future__ import annotations
 
-import logging
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +18,8 @@ from innerloop.ops import ttt as ttt_ops
 from innerloop.ops.ttt import TTTState
 
 from .common import CausalConv1d, apply_rope, rope_angles
+from .modes import resolve_mode
 from .registry import register_mixer
-
-logger = logging.getLogger(__name__)
-_warned: set[str] = set()
-MODES = ("chunk", "recurrent", "naive")
 
 
 class TTTLayerState(NamedTuple):
@@ -87,15 +83,21 @@ class TTTBase(nn.Module):
         share_qk (bool, Optional): Mamba backbone: one Q/K projection then two causal depthwise convs. Default: False.
         use_gate (bool, Optional): Mamba backbone: ``gelu_tanh(X θ_g) ⊙`` before ``o_proj``. Default: False.
         conv_kernel (int, Optional): kernel of the ``share_qk`` convs. Default: 4.
-        mode (str, Optional): op path, ``'chunk'`` (dual form; one-token calls use ``'recurrent'``; TTT-Linear's
-            inference on the CPU uses the fused kernel ``cpu_fused_ttt_linear``), ``'recurrent'`` or ``'naive'``.
-            A path not yet available falls back to ``'naive'``, warning once. Default: ``'chunk'``.
+        mode (str, Optional): op path (``innerloop.layers.modes``): ``'auto'`` (one-token calls take the recurrent
+            step; longer ones the dual form, and TTT-Linear's inference on the CPU the fused kernel
+            ``cpu_fused_ttt_linear``), ``'chunk'`` (dual form), ``'recurrent'`` (primal, token by token),
+            ``'naive'`` (reference) or, TTT-Linear only, ``'fused'`` (the CPU inference kernel; logs why and uses
+            ``'chunk'`` where it cannot run). Default: ``'auto'``.
         initializer_range (float, Optional): std of the normal init of projections and inner weights. Default: 0.02.
         eps (float, Optional): epsilon of the inner LayerNorm. Default: ``1e-6``.
     """
 
     kind: str = ""  # "linear" | "mlp", set by subclasses
     default_base_lr: float = 1.0
+    modes: ClassVar[tuple[str, ...]] = ("auto", "naive", "chunk", "recurrent")
+    config_options: ClassVar[tuple[str, ...]] = (
+        "mini_batch_size", "ttt_base_lr", "rope_theta", "conv_kernel", "share_qk", "use_gate", "initializer_range",
+    )
 
     def __init__(
         self,
@@ -108,7 +110,7 @@ class TTTBase(nn.Module):
         share_qk: bool = False,
         use_gate: bool = False,
         conv_kernel: int = 4,
-        mode: str = "chunk",
+        mode: str = "auto",
         initializer_range: float = 0.02,
         eps: float = 1e-6,
     ) -> None:
@@ -121,8 +123,7 @@ class TTTBase(nn.Module):
             raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
         if conv_kernel < 1:
             raise ValueError(f"conv_kernel must be >= 1, got {conv_kernel}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        mode = resolve_mode(mode, self.modes, type(self).__name__)
         C, H = hidden_size, num_heads
         self.hidden_size, self.num_heads, self.head_dim = C, H, C // H
         self.mini_batch_size, self.rope_theta, self.mode, self.eps = mini_batch_size, rope_theta, mode, eps
@@ -176,16 +177,16 @@ class TTTBase(nn.Module):
                 nn.init.zeros_(p)
 
     def _op(self, T: int):
-        mode = "recurrent" if self.mode == "chunk" and T == 1 else self.mode
-        if mode == "chunk" and self.kind == "linear":  # the fused CPU kernel where it applies (inference), else chunk
-            return ttt_ops.cpu_fused_ttt_linear
-        fn = getattr(ttt_ops, f"{mode}_ttt_{self.kind}", None)
-        if fn is None:
-            if mode not in _warned:
-                _warned.add(mode)
-                logger.warning("innerloop.ops.ttt has no %s_ttt_%s yet; using the naive reference", mode, self.kind)
-            fn = getattr(ttt_ops, f"naive_ttt_{self.kind}")
-        return fn
+        """The op function for a call of ``T`` tokens in ``self.mode`` (re-read per call, so it can be changed)."""
+        mode = resolve_mode(self.mode, self.modes, type(self).__name__)
+        if mode == "auto":
+            if T == 1:
+                mode = "recurrent"
+            elif self.kind == "linear":  # the fused CPU kernel where it applies (cpu_linear decides), else chunk
+                return ttt_ops.cpu_fused_ttt_linear
+            else:
+                mode = "chunk"
+        return getattr(ttt_ops, f"{mode}_ttt_{self.kind}")
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
         """Start state: the learnable inner model tiled over the batch (differentiably), zero conv states.
@@ -301,6 +302,7 @@ class TTTLinear(TTTBase):
 
     kind = "linear"
     default_base_lr = 1.0
+    modes = ("auto", "naive", "chunk", "recurrent", "fused")
 
     def _init_inner_params(self) -> None:
         H, D = self.num_heads, self.head_dim

@@ -42,7 +42,7 @@ _HF_GENERIC = {
 _IGNORED_KEY = re.compile(r"(\.token_idx|\.rotary_emb\.inv_freq)$")
 
 
-def official_to_lm_config(config: Mapping[str, Any] | Any, mode: str = "chunk") -> LMConfig:
+def official_to_lm_config(config: Mapping[str, Any] | Any, mode: str = "auto") -> LMConfig:
     """Translate the authors' ``TTTConfig`` (dict or object with ``to_dict()``) to an :class:`LMConfig`.
 
     Raises:
@@ -123,7 +123,7 @@ def ours_to_official_key(name: str) -> str:
 
 
 def load_official_ttt(
-    config: Mapping[str, Any] | Any, state_dict: Mapping[str, Tensor], mode: str = "chunk",
+    config: Mapping[str, Any] | Any, state_dict: Mapping[str, Tensor], mode: str = "auto",
     dtype: torch.dtype = torch.float32,
 ) -> CausalLM:
     """Build a :class:`CausalLM` equal to the authors' ``TTTForCausalLM`` with ``config`` and ``state_dict``.
@@ -135,7 +135,7 @@ def load_official_ttt(
             missing fields take ``TTTConfig`` defaults.
         state_dict (Mapping[str, Tensor]): keys as ``TTTForCausalLM.state_dict()`` (``model.embed_tokens.weight``,
             ``model.layers.N.seq_modeling_block.W1``, ..., ``lm_head.weight``; the latter optional when tied).
-        mode (str, Optional): TTT op path of the built model. Default: ``'chunk'``.
+        mode (str, Optional): TTT op path of the built model (``innerloop.layers.modes``). Default: ``'auto'``.
         dtype (torch.dtype, Optional): parameter dtype of the built model. Default: ``torch.float32``.
     Returns:
         CausalLM: in eval mode; ``model(input_ids).logits`` ``[B, T, V]`` matches the authors' logits.

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from innerloop._config import DictConfig
 from innerloop.layers import MIXERS
+from innerloop.layers.modes import resolve_mode, upgrade_saved_mode
 from innerloop.models.lm import LMConfig
 
 __all__ = ["RESUME_FREE_KEYS", "TrainConfig", "lr_at"]
 
 # Keys that may change when a run resumes: they do not change what is computed, only how it is run or reported.
+# ``mode`` picks the op path (same math, another kernel): a run saved with the old default "chunk" resumes as "auto".
 RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "max_seconds",
-                              "tensorboard", "eval_batches", "eval_every", "progress", "cache_dir"})  # fmt: skip
+                              "tensorboard", "eval_batches", "eval_every", "progress", "cache_dir",
+                              "mode"})  # fmt: skip
 
 
 @dataclass
@@ -33,7 +37,7 @@ class TrainConfig(DictConfig):
     num_attention_heads: int = 4
     mini_batch_size: int = 16  # TTT inner mini-batch
     ttt_base_lr: float = 0.0  # 0 = the mixer's default (1.0 TTT-Linear, 0.1 TTT-MLP)
-    mode: str = "chunk"  # TTT op path
+    mode: str = "auto"  # mixer op path: auto | naive | chunk | recurrent | fused (innerloop.layers.modes)
     tokenizer: str = "bytes"  # bytes (vocab 256) | bpe (trained locally on the training split; needs `tokenizers`)
     vocab_size: int = 0  # 0 = 256 for bytes, 2048 for bpe; bpe needs > 256 (may end smaller on tiny corpora)
     # data
@@ -49,7 +53,7 @@ class TrainConfig(DictConfig):
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
-    weight_decay: float = 0.1  # on matrices only (dim >= 2), as nanoGPT
+    weight_decay: float = 0.1  # AdamW decay, on what the authors decay (innerloop.models._optim_groups)
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -88,6 +92,13 @@ class TrainConfig(DictConfig):
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
+        cls = MIXERS[self.mixer]
+        resolve_mode(self.mode, cls.modes, f"mixer {self.mixer!r}", getattr(cls, "mode_aliases", None))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; a saved ``mode='chunk'`` (the old default) is read as ``'auto'``."""
+        return super().from_dict(upgrade_saved_mode(d))
 
     def resolved_vocab_size(self) -> int:
         """Requested vocabulary: 256 for bytes, ``vocab_size`` (default 2048) for BPE."""

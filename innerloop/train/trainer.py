@@ -30,11 +30,10 @@ LOG_FIELDS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "trai
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # the authors' rule, carried by the layers' no-weight-decay marks (innerloop.models._optim_groups)
+    from innerloop.models._optim_groups import weight_decay_groups
+
+    return weight_decay_groups(model, weight_decay)
 
 
 class Trainer(TrainLoop):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +18,8 @@ from innerloop.models.lm import CausalLM, LMConfig
 from innerloop.ops.selective_scan import cpu_kernel_available
 from innerloop.testing import assert_close
 
-SCAN_MODES = ["naive", "torch", pytest.param("fused", marks=pytest.mark.skipif(
-    not cpu_kernel_available(), reason="no C compiler: fused CPU kernel not built"))]
+needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="no C compiler: fused CPU kernel not built")
+SCAN_MODES = ["naive", "chunk", "auto", pytest.param("fused", marks=needs_kernel)]
 
 
 def make(C=16, dtype=torch.float64, **kw) -> Mamba:
@@ -102,21 +106,105 @@ def test_state_equivalence(mode):
     assert_close("ssm state (chunks)", state.ssm, s.ssm)
 
 
-def test_fused_mode_falls_back_with_a_warning(monkeypatch, caplog):
-    """'chunk' (LMConfig's default name) means 'fused'; without a kernel the layer warns once and runs 'torch'."""
-    from innerloop.layers import mamba
+@pytest.mark.parametrize("mode", ["auto", "fused"])
+def test_fused_mode_falls_back_with_a_warning(monkeypatch, caplog, mode):
+    """Without a kernel 'auto' and 'fused' log the real reason once and run the chunked scan."""
+    from innerloop.layers import mamba, modes
 
-    assert Mamba(16, 1, mode="chunk").mode == "fused"
-    layer = make(mode="fused", chunk_size=8)
+    layer = make(mode=mode, chunk_size=8)
     x = torch.randn(2, 19, 16, dtype=torch.float64)
-    monkeypatch.setattr(mamba, "fused_scan_available", lambda device: False)
-    monkeypatch.setattr(mamba, "_WARNED", set())
+    monkeypatch.setattr(mamba, "fused_scan_unavailable", lambda device: "no C compiler: 'cc' not found")
+    monkeypatch.setattr(modes, "_logged", set())
     with caplog.at_level("WARNING", logger="innerloop.layers.mamba"):
         y, _ = layer(x)
         layer(x)
-    assert sum("no fused selective-scan kernel" in r.message for r in caplog.records) == 1
+    found = [r for r in caplog.records if "no fused selective-scan kernel" in r.message]
+    assert len(found) == 1 and found[0].name == "innerloop.layers.mamba"
+    assert "'cc' not found" in found[0].message and "mode='chunk'" in found[0].message
+    layer.mode = "chunk"
+    assert torch.equal(layer(x)[0], y)  # the fallback is the chunked scan itself
     layer.mode = "naive"
     assert_close("fallback == naive", layer(x)[0], y)
+
+
+def test_modes_and_torch_alias(monkeypatch, caplog):
+    """'torch' is a deprecated alias of 'chunk' (one warning); 'chunk' is the chunked scan; no 'recurrent' mode."""
+    from innerloop.layers import modes
+
+    monkeypatch.setattr(modes, "_logged", set())
+    with caplog.at_level("WARNING", logger="innerloop.layers.modes"):
+        assert Mamba(16, 1, mode="torch").mode == "chunk"
+        assert Mamba(16, 1, mode="torch").mode == "chunk"
+    assert sum("deprecated" in r.message for r in caplog.records) == 1
+    assert Mamba(16, 1).mode == "auto" and Mamba(16, 1, mode="chunk").mode == "chunk"
+    with pytest.raises(ValueError, match=r"Mamba has no mode 'recurrent'; its modes are \('auto'"):
+        Mamba(16, 1, mode="recurrent")
+
+
+@pytest.mark.parametrize("T", [1, 7])
+def test_auto_picks_the_same_scan_as_before(monkeypatch, T):
+    """'auto': one token -> the sequential step; longer -> the fused kernel where available (as the old default)."""
+    from innerloop.layers import mamba
+
+    calls = []
+    for name in ("naive_selective_scan", "chunk_selective_scan", "fused_selective_scan"):
+        real = getattr(mamba, name)
+        monkeypatch.setattr(mamba, name, lambda *a, _n=name, _r=real, **k: calls.append(_n) or _r(*a, **k))
+    make()(torch.randn(1, T, 16, dtype=torch.float64))
+    if T == 1:
+        assert calls == ["naive_selective_scan"]
+    else:
+        assert calls == ["fused_selective_scan" if mamba.fused_scan_unavailable("cpu") is None
+                         else "chunk_selective_scan"]
+
+
+@needs_kernel
+def test_first_call_under_no_grad_keeps_the_fused_kernel():
+    """A fresh process whose first Mamba call runs under no_grad (lm eval / generate) passes the kernel's self-check,
+    uses the kernel, and writes nothing to stdout (issue: the check needed gradients and fell back, printing a false
+    'no working C compiler' warning)."""
+    import innerloop
+
+    code = (
+        "import torch\n"
+        "from innerloop.layers import mamba\n"
+        "used = []\n"
+        "real = mamba.fused_selective_scan\n"
+        "mamba.fused_selective_scan = lambda *a, **k: used.append(1) or real(*a, **k)\n"
+        "layer = mamba.Mamba(16, 1)\n"
+        "with torch.no_grad():\n"
+        "    layer(torch.randn(1, 8, 16))\n"
+        "print(mamba.fused_scan_unavailable('cpu'), len(used))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(innerloop.__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "None 1\n", (r.stdout, r.stderr)
+    assert "self-check" not in r.stderr and "no fused" not in r.stderr, r.stderr
+
+
+def test_failing_self_check_reports_the_real_exception(monkeypatch, caplog):
+    """A kernel that raises in its self-check is not used, and the fallback warning names the exception."""
+    from innerloop.layers import modes
+    from innerloop.ops.selective_scan import cpu_fused, fused
+
+    def broken(*a, **k):
+        raise RuntimeError("boom from the kernel")
+
+    monkeypatch.setattr(cpu_fused, "_library", lambda dtype: None)  # "builds", whatever the machine has
+    monkeypatch.setattr(fused, "_kernel", lambda device: broken)
+    monkeypatch.setattr(fused, "_CHECKED", {})
+    monkeypatch.setattr(modes, "_logged", set())
+    layer = make(chunk_size=8)
+    x = torch.randn(2, 19, 16, dtype=torch.float64)
+    with caplog.at_level("WARNING", logger="innerloop.layers.mamba"), torch.no_grad():
+        y, _ = layer(x)
+    found = [r.message for r in caplog.records if "no fused selective-scan kernel" in r.message]
+    assert len(found) == 1 and "failed its self-check: it raised RuntimeError: boom from the kernel" in found[0]
+    assert "C compiler" not in found[0]
+    layer.mode = "chunk"
+    with torch.no_grad():
+        assert torch.equal(layer(x)[0], y)
 
 
 def test_causal():

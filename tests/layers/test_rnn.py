@@ -163,7 +163,9 @@ def test_lm_state_equivalence(mixer):
     cfg = LMConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    mixer=mixer)
     model = CausalLM(cfg).double()
-    assert model.layers[0].mixer.mode == "fused"  # LMConfig's mode='chunk' maps to the fused path
+    assert model.layers[0].mixer.mode == "auto"  # the torch.nn kernels, as 'fused'
+    with pytest.raises(ValueError, match=r"has no mode 'chunk'; its modes are \('auto', 'naive', 'fused'\)"):
+        LMConfig(mixer=mixer, mode="chunk")
     ids = torch.randint(0, 99, (2, 12))
     full = model(ids)
     out = model(ids[:, :5])

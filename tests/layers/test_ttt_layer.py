@@ -108,7 +108,7 @@ def test_state_equivalence(cls, mamba, mode):
         assert_close("conv_q state", s_full.conv_q, state.conv_q)
 
 
-@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+@pytest.mark.parametrize("mode", ["chunk", "recurrent", "auto"])
 @pytest.mark.parametrize(("cls", "mamba"), VARIANTS)
 def test_modes_match_naive(cls, mamba, mode):
     torch.manual_seed(1)
@@ -196,6 +196,40 @@ def test_lr_mult_schedule():
     x = torch.randn(1, 3, 32)
     assert set_ttt_lr_mult(torch.nn.Sequential(layer), 0.5) == 1
     assert torch.allclose(layer.lr_gate(x), 0.5 * 0.1 / 8 * torch.sigmoid(x @ layer.learnable_ttt_lr_weight[:, 0].t()))
+
+
+def test_mode_dispatch(monkeypatch):
+    """'auto' keeps the old default's choices; explicit modes call their op for every length; 'fused' is Linear-only."""
+    from innerloop.ops import ttt as ttt_ops
+
+    lin, mlp = TTTLinear(32, 4, mini_batch_size=4), TTTMLP(32, 4, mini_batch_size=4)
+    assert lin.mode == mlp.mode == "auto"
+    assert lin._op(1) is ttt_ops.recurrent_ttt_linear and lin._op(9) is ttt_ops.cpu_fused_ttt_linear
+    assert mlp._op(1) is ttt_ops.recurrent_ttt_mlp and mlp._op(9) is ttt_ops.chunk_ttt_mlp
+    for mode in ("naive", "chunk", "recurrent"):
+        lin.mode = mlp.mode = mode
+        assert lin._op(1) is getattr(ttt_ops, f"{mode}_ttt_linear")
+        assert mlp._op(9) is getattr(ttt_ops, f"{mode}_ttt_mlp")
+    lin.mode = "fused"
+    assert lin._op(1) is lin._op(9) is ttt_ops.fused_ttt_linear
+    with pytest.raises(ValueError, match=r"TTTMLP has no mode 'fused'; its modes are \('auto', 'naive', 'chunk', "):
+        TTTMLP(32, 4, mode="fused")
+
+
+def test_fused_mode_logs_why_it_falls_back(caplog, monkeypatch):
+    """'fused' with a gradient needed cannot use the forward-only kernel: it says so once and runs the dual form."""
+    from innerloop.ops.ttt import cpu_linear
+
+    monkeypatch.setattr(cpu_linear, "_LOGGED", set())
+    layer = make_layer(TTTLinear, False, mode="fused")
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    with caplog.at_level("WARNING", logger="innerloop.ops.ttt.cpu_linear"):
+        y, _ = layer(x)
+        layer(x)
+    found = [r.message for r in caplog.records if "mode='fused'" in r.message]
+    assert len(found) == 1 and "needs a gradient" in found[0], found
+    layer.mode = "chunk"
+    assert_close("fused fallback == chunk", layer(x)[0], y)
 
 
 def test_errors():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -20,8 +22,12 @@ VARIANTS = [
 class CumMean(nn.Module):
     """A toy causal mixer (running mean of a projection) with a (sum, count) state: proves the LM is mixer-agnostic."""
 
-    def __init__(self, hidden_size: int, num_heads: int, rope_theta: float = 1e4) -> None:
+    modes = ("auto",)
+    config_options = ("rope_theta",)
+
+    def __init__(self, hidden_size: int, num_heads: int, rope_theta: float = 1e4, mode: str = "auto") -> None:
         super().__init__()
+        self.hidden_size = hidden_size
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def init_state(self, batch_size, device=None, dtype=None):
@@ -144,7 +150,11 @@ def test_config():
     assert LMConfig.from_dict(cfg.to_dict()) == cfg
     kw = LMConfig(mixer="ttt_mlp").mixer_kwargs()
     assert kw["share_qk"] is False and kw["mini_batch_size"] == 16 and kw["ttt_base_lr"] is None
-    assert LMConfig(mixer="test_cummean").mixer_kwargs() == {"rope_theta": 1e4}
+    assert kw["mode"] == "auto" and kw["initializer_range"] == 0.02
+    assert LMConfig(mixer="test_cummean").mixer_kwargs() == {"rope_theta": 1e4, "mode": "auto"}
+    assert LMConfig(mixer="attention").mixer_kwargs() == {"rope_theta": 1e4, "mode": "auto"}
+    assert LMConfig(mixer="mamba").mixer_kwargs() == {"conv_kernel": 4, "mode": "auto"}
+    assert LMConfig(mixer="gru", mixer_options={"state_size": 8}).mixer_kwargs() == {"mode": "auto", "state_size": 8}
     with pytest.raises(ValueError, match="unknown LMConfig keys"):
         LMConfig.from_dict({"hidden": 3})
     with pytest.raises(ValueError, match="unknown mixer"):
@@ -153,6 +163,40 @@ def test_config():
         LMConfig(backbone="rwkv")
     with pytest.raises(ValueError, match="divisible"):
         LMConfig(hidden_size=30, num_attention_heads=4)
+
+
+def test_mixer_options_and_modes_are_checked():
+    """An option the mixer does not take, or a mode it does not have, is an error naming what it has."""
+    with pytest.raises(ValueError, match=r"mixer_options \['d_state'\] are not options of mixer 'attention'"):
+        LMConfig(mixer="attention", mixer_options={"d_state": 8})
+    with pytest.raises(ValueError, match=r"mixer 'attention' has no mode 'chunk'; its modes are \('auto',\)"):
+        LMConfig(mixer="attention", mode="chunk")
+    with pytest.raises(ValueError, match="unknown mode 'fast'"):
+        LMConfig(mode="fast")
+    assert LMConfig(mixer="mamba", mixer_options={"d_state": 8}).mixer_kwargs()["d_state"] == 8
+    assert LMConfig(mixer="mamba", mode="torch").mode == "torch"  # deprecated alias, accepted as given
+
+
+@pytest.mark.parametrize("mixer", ["ttt_linear", "ttt_mlp", "mamba", "gru", "attention"])
+def test_old_config_json_with_mode_chunk(mixer):
+    """Configs saved before the unified vocabulary hold mode 'chunk', their default (the fastest path): they load as
+    'auto', the same model computing the same way (for an RNN or attention, 'chunk' is not even a mode now)."""
+    old = {**LMConfig(**TINY, mixer=mixer).to_dict(), "mode": "chunk"}
+    cfg = LMConfig.from_dict(json.loads(json.dumps(old)))
+    assert cfg.mode == "auto" and cfg.to_dict() == {**old, "mode": "auto"}
+    assert CausalLM(cfg).layers[0].mixer.mode == "auto"
+    for mode in ("naive", "auto"):  # every other saved value round-trips unchanged
+        if mode in MIXERS[mixer].modes:
+            assert LMConfig.from_dict({**old, "mode": mode}).mode == mode
+
+
+def test_train_config_reads_old_mode():
+    from innerloop.train.config import RESUME_FREE_KEYS, TrainConfig
+
+    assert TrainConfig.from_dict({"mixer": "mamba", "mode": "chunk"}).mode == "auto"
+    assert TrainConfig().mode == "auto" and "mode" in RESUME_FREE_KEYS  # an old run resumes under the new default
+    with pytest.raises(ValueError, match="has no mode 'recurrent'"):
+        TrainConfig(mixer="mamba", mode="recurrent")
 
 
 def test_errors():
@@ -196,3 +240,42 @@ def test_cuda_decode_and_autocast(mixer, backbone):
     assert_close("cuda bf16 autocast", full.logits, bf, ratio=2e-2)
     g = torch.Generator("cuda").manual_seed(0)
     assert model.generate(ids[:, :4], 6, temperature=0.7, top_k=10, top_p=0.9, generator=g).shape == (2, 10)
+
+
+# Weight decay as the authors train (read from their code):
+# - TTT authors (test-time-training/ttt-lm-jax): ttt/train.py builds AdamW's mask with get_weight_decay_mask(
+#   model_config.get_weight_decay_exclusions()); ModelConfig.get_weight_decay_exclusions() in ttt/models/model.py
+#   returns () and the mask (ttt/infra/jax_utils.py) is True for every name that matches no exclusion, so every
+#   parameter is decayed (weight_decay=0.1 in every scripts/{transformer,ttt_linear,ttt_mlp}/*.sh), the Transformer
+#   baseline included.
+# - Mamba (state-spaces/mamba): mamba_ssm/modules/mamba_simple.py sets A_log._no_weight_decay and D._no_weight_decay;
+#   the trainer that reads the mark (Dao-AILab/flash-attention training/src/optim/param_grouping.py) also leaves
+#   every "*bias" undecayed. The LM around our Mamba mixer (embedding, RMSNorms, SwiGLU) is the TTT authors' and
+#   follows their recipe.
+_LM = ["embed_tokens.weight", "layers.0.seq_norm.weight", "layers.0.ffn_norm.weight", "layers.0.mlp.gate_proj.weight",
+       "layers.0.mlp.up_proj.weight", "layers.0.mlp.down_proj.weight", "norm.weight"]
+_TTT = ["learnable_ttt_lr_weight", "learnable_ttt_lr_bias", "learnable_token_idx", "ttt_norm_weight", "ttt_norm_bias",
+        "q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "post_norm.weight", "post_norm.bias"]
+DECAYED = {
+    "ttt_linear": _LM + [f"layers.0.mixer.{n}" for n in _TTT + ["W1", "b1"]],
+    "ttt_mlp": _LM + [f"layers.0.mixer.{n}" for n in _TTT + ["W1", "b1", "W2", "b2"]],
+    "attention": _LM + [f"layers.0.mixer.{n}.weight" for n in ("q_proj", "k_proj", "v_proj", "o_proj")],
+    "mamba": _LM + [f"layers.0.mixer.{n}.weight" for n in ("in_proj", "conv.conv", "x_proj", "dt_proj", "out_proj")],
+}
+
+
+@pytest.mark.parametrize("mixer", sorted(DECAYED))
+def test_weight_decay_matches_the_authors(mixer):
+    import copy
+
+    from innerloop.models._optim_groups import decayed_parameter_names, weight_decay_groups
+    from innerloop.train.trainer import _param_groups
+
+    model = CausalLM(LMConfig(**{**TINY, "num_hidden_layers": 1}, mixer=mixer))
+    assert sorted(decayed_parameter_names(model)) == sorted(DECAYED[mixer])
+    assert sorted(decayed_parameter_names(copy.deepcopy(model).double())) == sorted(DECAYED[mixer])  # marks survive
+    decay, keep = _param_groups(model, 0.1)  # what the trainer hands AdamW
+    assert (decay["weight_decay"], keep["weight_decay"]) == (0.1, 0.0)
+    assert len(decay["params"]) == len(DECAYED[mixer]) and len(decay["params"]) + len(keep["params"]) == len(
+        list(model.parameters()))
+    assert [len(g["params"]) for g in weight_decay_groups(model, 0.1)] == [len(decay["params"]), len(keep["params"])]

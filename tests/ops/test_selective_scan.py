@@ -277,6 +277,7 @@ def test_fused_available_runs_the_self_check_once(monkeypatch):
 
     calls = []
     monkeypatch.setattr(fused, "_CHECKED", {})
-    monkeypatch.setattr(fused, "self_check", lambda device: calls.append(device) or False)
+    monkeypatch.setattr(fused, "_self_check_failure", lambda device, fn: calls.append(device) or "it raised boom")
     assert not fused.fused_scan_available("cpu") and not fused.fused_scan_available("cpu")
     assert len(calls) == 1
+    assert fused.fused_scan_unavailable("cpu") == "the kernel failed its self-check: it raised boom"

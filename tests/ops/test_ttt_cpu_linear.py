@@ -104,7 +104,7 @@ def test_mixed_dtypes_give_the_chunk_result():
 
 
 def test_layer_uses_kernel_at_inference(monkeypatch):
-    """TTTLinear's 'chunk' mode calls the fused op; eval output equals the training-mode (chunk) output."""
+    """TTTLinear's default mode ('auto') calls the fused op; eval output equals the training-mode (chunk) output."""
     from innerloop.layers import TTTLinear
     from innerloop.ops.ttt import cpu_linear
 

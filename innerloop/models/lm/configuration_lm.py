@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from innerloop._config import DictConfig
 from innerloop.layers import MIXERS
+from innerloop.layers.modes import resolve_mode, upgrade_saved_mode
 
 BACKBONES = ("transformer", "mamba")
 
@@ -28,8 +30,9 @@ class LMConfig(DictConfig):
     ``backbone='mamba'`` adds ``h += CausalConv(RMSNorm(h))`` first and makes TTT mixers share the Q/K projection
     (two causal convs) and gate their output, as in the paper's "(M)" models.
 
-    Mixer options (``mini_batch_size`` ... ``mode``) are passed to the mixer when its constructor takes them (so an
-    attention mixer gets ``rope_theta`` only); ``mixer_options`` are passed verbatim on top.
+    Each registered mixer declares the fields it takes in its class attribute ``config_options`` (TTT: the TTT
+    fields; attention: ``rope_theta``; Mamba: ``conv_kernel``); ``mode`` goes to every mixer; ``mixer_options``
+    are passed verbatim on top, and one the mixer's constructor does not take is an error.
 
     Args:
         vocab_size (int, Optional): Default: 32000 (Llama tokenizer).
@@ -44,7 +47,9 @@ class LMConfig(DictConfig):
         rope_theta (float, Optional): RoPE base. Default: ``1e4``.
         conv_kernel (int, Optional): kernel of the Mamba-backbone convs. Default: 4.
         pre_conv, share_qk, use_gate (bool | None, Optional): None = ``backbone == 'mamba'``. Default: None.
-        mode (str, Optional): TTT op path (``'chunk'``, ``'recurrent'``, ``'naive'``). Default: ``'chunk'``.
+        mode (str, Optional): op path of the mixer (``innerloop.layers.modes``: ``'auto'``, ``'naive'``,
+            ``'chunk'``, ``'recurrent'``, ``'fused'``; each mixer has some of them). A saved config with
+            ``'chunk'``, the old default, loads as ``'auto'`` (:meth:`from_dict`). Default: ``'auto'``.
         mixer_options (dict, Optional): extra mixer kwargs. Default: ``{}``.
 
     Examples:
@@ -70,7 +75,7 @@ class LMConfig(DictConfig):
     pre_conv: bool | None = None
     share_qk: bool | None = None
     use_gate: bool | None = None
-    mode: str = "chunk"
+    mode: str = "auto"
     mixer_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,17 +94,33 @@ class LMConfig(DictConfig):
         for name in ("pre_conv", "share_qk", "use_gate"):
             if getattr(self, name) is None:
                 setattr(self, name, mamba)
+        cls = MIXERS[self.mixer]
+        resolve_mode(self.mode, cls.modes, f"mixer {self.mixer!r}", getattr(cls, "mode_aliases", None))
+        fields = {f.name for f in dataclasses.fields(self)}
+        undeclared = [o for o in cls.config_options if o not in fields]
+        if undeclared:
+            raise ValueError(f"mixer {self.mixer!r} ({cls.__name__}) declares config_options {undeclared} that "
+                             f"LMConfig does not have; pass them in mixer_options instead")
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            taken = [n for n, p in params.items() if n not in ("self", "hidden_size", "num_heads")
+                     and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            unknown = sorted(set(self.mixer_options) - set(taken))
+            if unknown:
+                raise ValueError(f"mixer_options {unknown} are not options of mixer {self.mixer!r} "
+                                 f"({cls.__name__}); it takes {taken}")
 
     def mixer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``build_mixer(self.mixer, hidden_size, num_attention_heads, **kwargs)``."""
-        offered = dict(
-            mini_batch_size=self.mini_batch_size, ttt_base_lr=self.ttt_base_lr, rope_theta=self.rope_theta,
-            conv_kernel=self.conv_kernel, share_qk=self.share_qk, use_gate=self.use_gate, mode=self.mode,
-            initializer_range=self.initializer_range,
-        )
-        accepted = inspect.signature(MIXERS[self.mixer].__init__).parameters
-        kwargs = {k: v for k, v in offered.items() if k in accepted}
-        return {**kwargs, **self.mixer_options}
+        """Keyword arguments for ``build_mixer(self.mixer, hidden_size, num_attention_heads, **kwargs)``: the
+        fields the mixer declares in ``config_options``, ``mode``, then ``mixer_options`` on top."""
+        kwargs = {name: getattr(self, name) for name in MIXERS[self.mixer].config_options}
+        return {**kwargs, "mode": self.mode, **self.mixer_options}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
+        """Inverse of :meth:`to_dict`; a saved ``mode='chunk'`` (the old default) is read as ``'auto'``, which
+        computes what it did (``innerloop.layers.modes.upgrade_saved_mode``)."""
+        return super().from_dict(upgrade_saved_mode(d))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> LMConfig:

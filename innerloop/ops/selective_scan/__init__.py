@@ -2,7 +2,7 @@
 
 from .chunk import chunk_selective_scan
 from .cpu_fused import cpu_fused_selective_scan, cpu_kernel_available
-from .fused import fused_scan_available, fused_selective_scan
+from .fused import fused_scan_available, fused_scan_unavailable, fused_selective_scan
 from .naive import naive_selective_scan
 
 
@@ -18,5 +18,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "chunk_selective_scan", "cpu_fused_selective_scan", "cpu_kernel_available", "fused_scan_available",
-    "fused_selective_scan", "naive_selective_scan", "triton_selective_scan",
+    "fused_scan_unavailable", "fused_selective_scan", "naive_selective_scan", "triton_selective_scan",
 ]

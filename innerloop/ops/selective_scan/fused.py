@@ -5,7 +5,12 @@ Same signature as :func:`naive_selective_scan`. :func:`fused_scan_available` say
 works; the Mamba layer falls back to the pure-PyTorch :func:`chunk_selective_scan` where it has none. "Works" is
 checked once per device and process (:func:`self_check`): the kernel is run against :func:`chunk_selective_scan` on
 a small random problem (outputs, final state and every input gradient), so a miscompiled C kernel or a Triton
-kernel misbehaving on an untested GPU is logged and never used, instead of training on wrong numbers.
+kernel misbehaving on an untested GPU is logged and never used, instead of training on wrong numbers. The check
+runs with gradients enabled on its own inputs, so a first call under ``torch.no_grad()`` (evaluation, generation)
+checks the kernel as any other call does.
+
+:func:`fused_scan_unavailable` is the one place that decides whether a device has a usable kernel, and says why not;
+messages go to the ``logging`` module (stderr by default), never to stdout.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from . import cpu_fused
 from .chunk import chunk_selective_scan
-from .cpu_fused import cpu_fused_selective_scan, cpu_kernel_available
+from .cpu_fused import cpu_fused_selective_scan
 
 logger = logging.getLogger(__name__)
-_CHECKED: dict[str, bool] = {}
+_CHECKED: dict[str, str | None] = {}  # device -> None (kernel passed its self-check) or the reason it is not used
 
 
 def _kernel(device: torch.device) -> Callable[..., tuple[Tensor, Tensor]]:
@@ -32,14 +38,8 @@ def _kernel(device: torch.device) -> Callable[..., tuple[Tensor, Tensor]]:
     return triton_selective_scan
 
 
-def self_check(device: torch.device | str, fn: Callable[..., tuple[Tensor, Tensor]] | None = None) -> bool:
-    """Whether ``fn`` (default: the device's fused kernel) matches :func:`chunk_selective_scan` on ``device``.
-
-    Compares outputs, final state and the gradients of every input on ``B=2, T=45, E=37, N=16`` float32 with a
-    checkpoint chunk of 16 (odd sizes on purpose); logs an error naming the first mismatch and returns False.
-    """
-    device = torch.device(device)
-    fn = _kernel(device) if fn is None else fn
+def _self_check_failure(device: torch.device, fn: Callable[..., tuple[Tensor, Tensor]]) -> str | None:
+    """None if ``fn`` matches :func:`chunk_selective_scan` on ``device``, else what went wrong (:func:`self_check`)."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     ins = [r(2, 45, 37), torch.nn.functional.softplus(r(2, 45, 37) - 1), -torch.exp(0.5 * r(37, 16)), r(2, 45, 16),
@@ -47,39 +47,69 @@ def self_check(device: torch.device | str, fn: Callable[..., tuple[Tensor, Tenso
     w_y, w_h = r(2, 45, 37), r(2, 37, 16)
     results = []
     try:
-        for f in (chunk_selective_scan, fn):
-            xs = [x.to(device).requires_grad_() for x in ins]
-            y, h = f(*xs, chunk_size=16)
-            loss = (y * w_y.to(device)).sum() + (h * w_h.to(device)).sum()
-            results.append([t.detach().cpu() for t in (y, h, *torch.autograd.grad(loss, xs))])
+        with torch.enable_grad():  # the caller may be under no_grad (eval, generate): the check needs gradients
+            for f in (chunk_selective_scan, fn):
+                xs = [x.to(device).requires_grad_() for x in ins]
+                y, h = f(*xs, chunk_size=16)
+                loss = (y * w_y.to(device)).sum() + (h * w_h.to(device)).sum()
+                results.append([t.detach().cpu() for t in (y, h, *torch.autograd.grad(loss, xs))])
     except Exception as e:  # noqa: BLE001 - any failure of the kernel means: do not use it
-        logger.error("fused selective scan on %s failed its self-check (%s: %s); using the chunked scan",
-                     device, type(e).__name__, e)
-        return False
+        return f"it raised {type(e).__name__}: {e}"
     names = ("y", "final state", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
     for name, ref, got in zip(names, *results):
         err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
         if not err <= 1e-4:
-            logger.error("fused selective scan on %s disagrees with the chunked scan in %s (max relative error %.2e);"
-                         " using the chunked scan", device, name, err)
-            return False
-    return True
+            return f"it disagrees with the chunked scan in {name} (max relative error {err:.2e})"
+    return None
+
+
+def self_check(device: torch.device | str, fn: Callable[..., tuple[Tensor, Tensor]] | None = None) -> bool:
+    """Whether ``fn`` (default: the device's fused kernel) matches :func:`chunk_selective_scan` on ``device``.
+
+    Compares outputs, final state and the gradients of every input on ``B=2, T=45, E=37, N=16`` float32 with a
+    checkpoint chunk of 16 (odd sizes on purpose), with gradients enabled whatever the caller's grad mode; logs an
+    error naming the exception or the first mismatch and returns False.
+    """
+    device = torch.device(device)
+    failure = _self_check_failure(device, _kernel(device) if fn is None else fn)
+    if failure is not None:
+        logger.error("fused selective scan on %s failed its self-check (%s); using the chunked scan", device, failure)
+    return failure is None
+
+
+def fused_scan_unavailable(device: torch.device | str) -> str | None:
+    """Why :func:`fused_selective_scan` cannot be used on ``device`` here, or None if it can.
+
+    The one place that picks the kernel by device: the compiled C kernel on the CPU (built on the first call), Triton
+    on CUDA; either must pass the self-check (:func:`self_check`) once per device and process. Logs nothing: the
+    caller reports the reason.
+
+    Returns:
+        str | None: None, or the cause (the C build's error, kernels disabled, no triton, the failed self-check).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        try:
+            cpu_fused._library(torch.float32)
+        except RuntimeError as e:  # the build's own message: no compiler, compile error, INNERLOOP_NO_KERNEL
+            return str(e)
+    elif device.type != "cuda":
+        return f"no fused selective-scan kernel for {device.type} devices"
+    elif not torch.cuda.is_available():
+        return "CUDA is not available"
+    elif importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    key = str(device)
+    if key not in _CHECKED:
+        failure = _self_check_failure(device, _kernel(device))
+        _CHECKED[key] = None if failure is None else f"the kernel failed its self-check: {failure}"
+    return _CHECKED[key]
 
 
 def fused_scan_available(device: torch.device | str) -> bool:
     """True if :func:`fused_selective_scan` has a kernel for ``device`` here that passed :func:`self_check` (builds
-    the CPU kernel and runs the check on the first call per device)."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        ok = cpu_kernel_available()
-    else:
-        ok = device.type == "cuda" and torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
-    if not ok:
-        return False
-    key = str(device)
-    if key not in _CHECKED:
-        _CHECKED[key] = self_check(device)
-    return _CHECKED[key]
+    the CPU kernel and runs the check on the first call per device); :func:`fused_scan_unavailable` says why not."""
+    return fused_scan_unavailable(device) is None
 
 
 def fused_selective_scan(

@@ -1,9 +1,10 @@
 """TTT-Linear and TTT-MLP ops: reference, dual-form chunked, and recurrent paths with one signature (plus a fused CPU
-kernel for TTT-Linear's inference forward)."""
+kernel for TTT-Linear's inference forward: ``cpu_fused_ttt_linear`` takes it where it applies, ``fused_ttt_linear``
+also logs why when it cannot)."""
 
 from ._common import TTTState
 from .chunk import chunk_ttt_linear, chunk_ttt_mlp
-from .cpu_linear import cpu_fused_ttt_linear, cpu_ttt_linear_available
+from .cpu_linear import cpu_fused_ttt_linear, cpu_ttt_linear_available, fused_ttt_linear
 from .naive import naive_ttt_linear, naive_ttt_mlp
 from .recurrent import recurrent_ttt_linear, recurrent_ttt_mlp
 
@@ -13,6 +14,7 @@ __all__ = [
     "chunk_ttt_mlp",
     "cpu_fused_ttt_linear",
     "cpu_ttt_linear_available",
+    "fused_ttt_linear",
     "naive_ttt_linear",
     "naive_ttt_mlp",
     "recurrent_ttt_linear",

@@ -13,6 +13,7 @@ needs a gradient to :func:`chunk_ttt_linear`.
 from __future__ import annotations
 
 import ctypes
+import logging
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ from .chunk import chunk_ttt_linear
 
 _SRC = Path(__file__).with_name("cpu_linear.c")
 _REAL = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
+logger = logging.getLogger(__name__)
+_LOGGED: set[str] = set()  # fallback reasons already logged by fused_ttt_linear
 
 
 def _library(dtype: torch.dtype, head_dim: int) -> ctypes.CDLL:
@@ -49,18 +52,27 @@ def cpu_ttt_linear_available(head_dim: int = 64, dtype: torch.dtype = torch.floa
         return False
 
 
-def _kernel_ok(tensors: list[Tensor]) -> bool:
-    """Every operand (``tensors[0]`` is q) in q's dtype on the CPU, none needing a gradient, and a kernel."""
+def kernel_unavailable(tensors: list[Tensor]) -> str | None:
+    """Why the kernel cannot run on these operands (``tensors[0]`` is q), or None if it can: every operand in q's
+    dtype (float32/float64) on the CPU, none needing a gradient, no autocast, and a kernel that builds here.
+
+    The one place that decides when TTT-Linear's fused kernel runs (:func:`cpu_fused_ttt_linear` and
+    :func:`fused_ttt_linear` both ask it).
+    """
     q = tensors[0]
-    if q.device.type != "cpu" or q.dtype not in _REAL or any(t.dtype != q.dtype for t in tensors):
-        return False
-    if torch.is_autocast_enabled("cpu"):  # chunk_ttt_linear returns the autocast dtype there
-        return False
     if any(t.device.type != "cpu" for t in tensors):
-        return False
+        return f"the fused TTT-Linear kernel runs on the CPU only, got {q.device.type} tensors"
+    if q.dtype not in _REAL or any(t.dtype != q.dtype for t in tensors):
+        return f"the fused TTT-Linear kernel needs every operand in float32 or float64 alike (q is {q.dtype})"
+    if torch.is_autocast_enabled("cpu"):  # chunk_ttt_linear returns the autocast dtype there
+        return "the fused TTT-Linear kernel does not run under autocast"
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return cpu_ttt_linear_available(q.shape[-1], q.dtype)
+        return "the fused TTT-Linear kernel is forward-only and an operand needs a gradient"
+    try:
+        _library(q.dtype, q.shape[-1])
+    except RuntimeError as e:  # the build's own message: no compiler, compile error, INNERLOOP_NO_KERNEL
+        return str(e)
+    return None
 
 
 def cpu_fused_ttt_linear(
@@ -82,7 +94,7 @@ def cpu_fused_ttt_linear(
     """
     check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, 2)
     operands = [t for t in (q, k, v, lr, tau, ln_weight, ln_bias, *state.params, *state.grads) if t is not None]
-    if q.shape[1] == 0 or not _kernel_ok(operands):
+    if q.shape[1] == 0 or kernel_unavailable(operands) is not None:
         return chunk_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
     B, T, H, D = q.shape
     bsz, off = tau.numel(), state.offset
@@ -112,3 +124,19 @@ def cpu_fused_ttt_linear(
         o, state = chunk_ttt_linear(q[:, r:], k[:, r:], v[:, r:], lr[:, r:], tau, ln_weight, ln_bias, state, eps)
         pieces.append(o)
     return (torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]), state
+
+
+def fused_ttt_linear(
+    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
+    state: TTTState, eps: float = 1e-6,
+) -> tuple[Tensor, TTTState]:
+    """:func:`cpu_fused_ttt_linear` for a layer that asked for the kernel (``mode='fused'``): the same results, and
+    where the kernel cannot run (see :func:`kernel_unavailable`) it logs why, once per reason, before using
+    :func:`chunk_ttt_linear`. Arguments and returns as :func:`cpu_fused_ttt_linear`.
+    """
+    operands = [t for t in (q, k, v, lr, tau, ln_weight, ln_bias, *state.params, *state.grads) if t is not None]
+    reason = kernel_unavailable(operands)
+    if reason is not None and reason not in _LOGGED:
+        _LOGGED.add(reason)
+        logger.warning("TTT-Linear mode='fused': %s; using the chunked dual form (mode='chunk')", reason)
+    return cpu_fused_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
