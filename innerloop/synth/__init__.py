@@ -5,6 +5,6 @@
 
 from . import arm  # noqa: F401  registers the "arm" trajectory task
 from .harness import SynthConfig, evaluate, train
-from .model import SynthModel, count_params, match_hidden_size
+from .model import SynthModel, match_hidden_size
 
-__all__ = ["SynthConfig", "SynthModel", "count_params", "evaluate", "match_hidden_size", "train"]
+__all__ = ["SynthConfig", "SynthModel", "evaluate", "match_hidden_size", "train"]

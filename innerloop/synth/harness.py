@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from innerloop.data.synthetic import SynthBatch, SyntheticTask, make_task
+from innerloop.models import count_params
 from innerloop.train.bptt import clip_gradients, truncated_bptt
 
-from .model import SynthModel, count_params, match_hidden_size
+from .model import SynthModel, match_hidden_size
 
 __all__ = ["SynthConfig", "build_model", "evaluate", "loss_sum", "train"]
 

@@ -25,6 +25,7 @@ from innerloop.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, m
 from innerloop.eval.lm import evaluate_lm, lm_loss, plot_curves
 from innerloop.layers import set_ttt_lr_mult, ttt_lr_mult_schedule
 from innerloop.layers.ttt import TTTBase
+from innerloop.models import count_params
 from innerloop.models.lm import CausalLM
 
 from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, read_json
@@ -34,7 +35,7 @@ from .logging import read_log
 from .trainer import Callback, Trainer
 
 __all__ = [
-    "LMData", "TTTLRWarmup", "count_params", "load_data", "load_run", "load_run_tokenizer", "plot_log", "run_tokenizer",
+    "LMData", "TTTLRWarmup", "load_data", "load_run", "load_run_tokenizer", "plot_log", "run_tokenizer",
     "token_bytes_of",
     "train_lm",
 ]  # fmt: skip
@@ -109,11 +110,6 @@ def load_data(cfg: TrainConfig, tokenizer: Tokenizer | None = None, dist_info: D
             raise ValueError(f"the {split} split of {name} has {len(t)} {unit}, not more than one context window of "
                              f"{cfg.context} + 1; use a larger corpus or a smaller --context")  # fmt: skip
     return d
-
-
-def count_params(model: torch.nn.Module) -> int:
-    """Parameters counted once (tied embeddings count once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def seed_everything(seed: int) -> None:

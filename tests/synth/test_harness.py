@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from innerloop.cli.main import main
-from innerloop.synth import SynthConfig, SynthModel, count_params, match_hidden_size, train
+from innerloop.models import count_params
+from innerloop.synth import SynthConfig, SynthModel, match_hidden_size, train
 from innerloop.synth.arm import ArmTrajectory, forward_kinematics, simulate
 
 MIXERS = ["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear", "ttt_mlp"]
