@@ -3,7 +3,6 @@
 ``from innerloop.synth import SynthConfig, train`` — or ``innerloop synth train --task copy --mixer lstm``.
 """
 
-from . import arm  # noqa: F401  registers the "arm" trajectory task
 from .harness import SynthConfig, evaluate, train
 from .model import SynthModel, match_hidden_size
 

@@ -25,9 +25,12 @@ from innerloop.data.synthetic import SynthBatch, SyntheticTask, make_task
 from innerloop.models import count_params
 from innerloop.train.bptt import clip_gradients, truncated_bptt
 
+from .arm import arm_report
 from .model import SynthModel, match_hidden_size
 
 __all__ = ["SynthConfig", "build_model", "evaluate", "loss_sum", "train"]
+
+REPORTS = {"arm": arm_report}  # task name -> (task, model, out, generator) -> metrics, run after training
 
 
 @dataclass
@@ -160,7 +163,7 @@ def train(cfg: SynthConfig, progress: bool = False) -> tuple[dict[str, Any], Syn
     metrics = {"task": cfg.task, "mixer": cfg.mixer, "hidden_size": model.hidden_size,
                "num_params": count_params(model), "steps": cfg.steps, "train_seconds": time.perf_counter() - t0,
                "final_train_loss": loss, "eval": evals}
-    if hasattr(task, "report"):  # e.g. the arm task: rollout error vs horizon + plot
-        metrics["rollout"] = task.report(model, out, eval_gen)
+    if cfg.task in REPORTS:  # e.g. the arm task: rollout error vs horizon + plot
+        metrics["rollout"] = REPORTS[cfg.task](task, model, out, eval_gen)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics, model
