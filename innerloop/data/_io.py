@@ -1,4 +1,5 @@
-"""Atomic file writes for the data layer (a crash leaves the old file or the new one, never half of one)."""
+"""File helpers of the data layer: atomic writes (a crash leaves the old file or the new one, never half of one) and
+the user cache folder."""
 
 from __future__ import annotations
 
@@ -16,3 +17,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """``$INNERLOOP_CACHE/<parts>`` (default ``~/.cache/innerloop/<parts>``): decoded data sets and token caches,
+    shared by every run of this user (the compiled kernels live there too, in ``kernels/``)."""
+    root = os.environ.get("INNERLOOP_CACHE") or Path.home() / ".cache" / "innerloop"
+    return Path(root).joinpath(*parts)
