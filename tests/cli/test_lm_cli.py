@@ -94,7 +94,7 @@ def small_corpus(tmp_path, n_bytes=60_000):
 
 def test_bpe_train_eval_generate(tmp_path, capsys):
     pytest.importorskip("tokenizers", reason="the HuggingFace tokenizers package (extra 'bpe') is not installed")
-    from innerloop.data.tokenizer import load_tokenizer
+    from innerloop.data.text.tokenizer import load_tokenizer
 
     run, data = tmp_path / "bpe", small_corpus(tmp_path)
     argv = ["lm", "train", "--steps", "3", "--out", str(run), "--data", str(data), "--tokenizer", "bpe",
