@@ -7,7 +7,7 @@ Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainC
     innerloop lm eval --run runs/books/ttt_linear runs/books/attention --length 8192 --out runs/books/position
     innerloop lm generate --run runs/lm/ttt --prompt "ROMEO:" --max-new-tokens 400 --temperature 0.8 --top-p 0.95
     innerloop lm compare --mixers ttt_linear ttt_mlp attention --target-params 1000000 --steps 1000 --out runs/cmp
-    innerloop lm train --tokenizer bpe --vocab-size 4096 --data books/ --cache-dir ~/.cache/innerloop --out runs/bpe
+    innerloop lm train --tokenizer bpe --vocab-size 4096 --data books/ --out runs/bpe    # tokens: ~/.cache/innerloop
     torchrun --standalone --nproc_per_node=2 -m innerloop lm train --batch-size 32 --out runs/lm/ddp
 """
 

@@ -1,9 +1,10 @@
 """Language-model runs: data + model + :class:`Trainer` for a :class:`TrainConfig`, and re-loading a finished run.
 
-A run directory holds ``config.json`` (fully resolved), ``log.csv``, ``metrics.json``, ``checkpoints/``,
-``loss_curve.png``, ``tokenizer.json`` (``--tokenizer bpe``) and ``cache/`` (the token cache, unless ``--cache-dir``
-puts it elsewhere). Training again in the same directory resumes from the latest checkpoint, with the same tokenizer.
-The data parts (tokenizer, token cache, splits, window sampling) live in :mod:`innerloop.data.text`.
+A run directory holds ``config.json`` (fully resolved, with the token cache file it read under
+``resolved.token_cache``), ``log.csv``, ``metrics.json``, ``checkpoints/``, ``loss_curve.png`` and ``tokenizer.json``
+(``--tokenizer bpe``). The token cache is shared between runs (:func:`innerloop.data.text.cache_dir_of`). Training
+again in the same directory resumes from the latest checkpoint, with the same tokenizer. The data parts live in
+:mod:`innerloop.data.text`.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
     cbs: list[Callback] = [_WriteConfig({"lm_config": model.config.to_dict(), "params": n_params,
                                          "device": dist_info.device, "world_size": dist_info.world_size,
                                          "ttt_lr_warmup_steps": cfg.resolved_ttt_warmup(),
-                                         "tokenizer": data.tokenizer.ident,
+                                         "tokenizer": data.tokenizer.ident, "token_cache": str(data.cache_file),
                                          "train_tokens": len(data.train), "val_tokens": len(data.val)})]  # fmt: skip
     if cfg.resolved_ttt_warmup() > 0:
         cbs.append(TTTLRWarmup(cfg.resolved_ttt_warmup(), cfg.ttt_base_lr_init))

@@ -10,7 +10,7 @@ rebuilt. Builds stream one document at a time into a temporary file and ``os.rep
 so a build killed at any moment leaves either the old cache or none. Readers only ever see complete files.
 
 Training and evaluation read windows straight from the memmap (:mod:`innerloop.data.text.windows`), so a big corpus
-never has to fit in RAM.
+never has to fit in RAM. Where caches live by default: :func:`default_cache_dir` (one folder shared by every run).
 """
 
 from __future__ import annotations
@@ -24,15 +24,22 @@ from typing import Any
 
 import numpy as np
 
-from innerloop.data._io import atomic_write_bytes
+from innerloop.data._io import atomic_write_bytes, user_cache_dir
 
 from .corpus import corpus_files, num_val_docs, read_document
 from .tokenizer import Tokenizer
 
-__all__ = ["TokenCache", "open_cache", "split_cache"]
+__all__ = ["TokenCache", "default_cache_dir", "open_cache", "split_cache"]
 
 VERSION = 1
 _HASH_BLOCK = 1 << 22
+
+
+def default_cache_dir() -> Path:
+    """The token caches shared by every run of this user: ``$INNERLOOP_CACHE/tokens`` (default
+    ``~/.cache/innerloop/tokens``). Files are keyed by corpus path, Gutenberg flag and tokenizer, so runs on the same
+    corpus and tokenizer encode it once."""
+    return user_cache_dir("tokens")
 
 
 def _dtype_for(vocab_size: int) -> np.dtype:

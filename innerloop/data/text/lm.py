@@ -3,7 +3,9 @@
 Everything here takes plain arguments (the trainer and ``innerloop lm eval`` pass their config's fields), so loading a
 finished run's data for evaluation needs nothing from :mod:`innerloop.train`.
 
-Where the token cache lives (:func:`cache_dir_of`): the ``--cache-dir`` of the run if given, else ``<run>/cache``.
+Where the token cache lives (:func:`cache_dir_of`): the ``--cache-dir`` of the run if given; else ``<run>/cache`` for a
+run made before caches were shared (it already holds its cache); else the user cache
+(:func:`innerloop.data.text.cache.default_cache_dir`), shared by every run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cache import open_cache, split_cache
+from .cache import default_cache_dir, open_cache, split_cache
 from .corpus import corpus_files, read_document, training_text
 from .tokenizer import ByteTokenizer, Tokenizer, make_tokenizer
 
@@ -66,9 +68,14 @@ def run_tokenizer(kind: str, vocab_size: int, run_dir: str | Path, data: str = "
     return make_tokenizer(kind, vocab_size, run_dir, texts)
 
 
-def cache_dir_of(run_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """The token-cache folder of a run: ``cache_dir`` if given, else ``<run_dir>/cache``."""
-    return Path(cache_dir) if cache_dir else Path(run_dir) / "cache"
+def cache_dir_of(run_dir: str | Path | None, cache_dir: str | Path | None = None) -> Path:
+    """The token-cache folder of a run: ``cache_dir`` if given, else ``<run_dir>/cache`` if it exists (runs made
+    before caches were shared), else :func:`innerloop.data.text.cache.default_cache_dir`."""
+    if cache_dir:
+        return Path(cache_dir)
+    if run_dir is not None and (Path(run_dir) / "cache").is_dir():
+        return Path(run_dir) / "cache"
+    return default_cache_dir()
 
 
 def load_data(data: str, tokenizer: Tokenizer, cache_dir: str | Path, gutenberg: bool = False,
