@@ -20,3 +20,16 @@ def pytest_collection_modifyitems(config, items):
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory):
+    """``$INNERLOOP_CACHE`` (token caches, decoded data sets, compiled kernels) is a temporary folder for the whole
+    session, subprocesses included: tests never write to the real ``~/.cache/innerloop``."""
+    old = os.environ.get("INNERLOOP_CACHE")
+    os.environ["INNERLOOP_CACHE"] = str(tmp_path_factory.mktemp("innerloop-cache"))
+    yield
+    if old is None:
+        os.environ.pop("INNERLOOP_CACHE", None)
+    else:
+        os.environ["INNERLOOP_CACHE"] = old

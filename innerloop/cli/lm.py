@@ -7,7 +7,7 @@ Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainC
     innerloop lm eval --run runs/books/ttt_linear runs/books/attention --length 8192 --out runs/books/position
     innerloop lm generate --run runs/lm/ttt --prompt "ROMEO:" --max-new-tokens 400 --temperature 0.8 --top-p 0.95
     innerloop lm compare --mixers ttt_linear ttt_mlp attention --target-params 1000000 --steps 1000 --out runs/cmp
-    innerloop lm train --tokenizer bpe --vocab-size 4096 --data books/ --cache-dir ~/.cache/innerloop --out runs/bpe
+    innerloop lm train --tokenizer bpe --vocab-size 4096 --data books/ --out runs/bpe    # tokens: ~/.cache/innerloop
     torchrun --standalone --nproc_per_node=2 -m innerloop lm train --batch-size 32 --out runs/lm/ddp
 """
 
@@ -107,14 +107,17 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from innerloop._io import atomic_write_text
+    from innerloop.data.text import cache_dir_of, load_data, load_tokenizer, token_bytes_of
     from innerloop.eval.lm import evaluate_lm, loss_by_position, plot_loss_by_position, write_position_csv
-    from innerloop.train.lm import load_data, load_run, load_run_tokenizer, token_bytes_of
+    from innerloop.train.lm import load_run  # the model only: its data comes from innerloop.data.text
 
     curves, results = {}, {}
     for run in args.run:
         model, cfg = load_run(run, args.device)
-        tok = load_run_tokenizer(run, cfg)
-        d = load_data(cfg, tok, data=args.data, gutenberg=args.gutenberg or cfg.gutenberg, out=run)
+        tok = load_tokenizer(cfg.tokenizer, run)
+        data = cfg.data if args.data is None else args.data
+        d = load_data(data, tok, cache_dir_of(run, cfg.cache_dir), args.gutenberg or cfg.gutenberg, cfg.val_fraction)
+        d.check_context(cfg.context)
         m = evaluate_lm(model, d.val, cfg.context, cfg.batch_size, cfg.eval_batches * cfg.batch_size,
                         token_bytes=token_bytes_of(tok))  # fmt: skip
         name = Path(run).name
@@ -143,15 +146,16 @@ def run_eval(args: argparse.Namespace) -> int:
 
 @_clean_errors
 def run_generate(args: argparse.Namespace) -> int:
+    from innerloop.data.text import load_tokenizer
     from innerloop.eval.generate import check_sampling, stdout_writer, stream_generate
-    from innerloop.train.lm import load_run, load_run_tokenizer
+    from innerloop.train.lm import load_run  # the model only
 
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
     model, cfg = load_run(args.run, args.device)
     prompt = args.prompt.encode("utf-8")
     sys.stdout.write(args.prompt)
     stream_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                    write=stdout_writer(), tokenizer=load_run_tokenizer(args.run, cfg))  # fmt: skip
+                    write=stdout_writer(), tokenizer=load_tokenizer(cfg.tokenizer, args.run))  # fmt: skip
     print(flush=True)
     return 0
 

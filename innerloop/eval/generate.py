@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from innerloop.data.tokenizer import Tokenizer
+from innerloop.data.text.tokenizer import Tokenizer
 from innerloop.models.lm import sample_next
 
 __all__ = ["check_sampling", "stream_generate"]

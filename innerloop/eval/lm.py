@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from innerloop._io import pyplot
-from innerloop.data.cache import gather_windows
+from innerloop.data.text.windows import gather_windows
 
 __all__ = ["evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_windows", "write_position_csv"]
 

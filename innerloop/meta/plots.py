@@ -38,8 +38,8 @@ def plot_learning_curve(log_csv: str | Path, out: str | Path) -> Path:
 
 def plot_sinusoid(algo: Any, cfg: Any, out: str | Path, task: int = 0, steps: tuple[int, ...] = (1, 10)) -> Path:
     """The paper's Fig. 2 for one test task: true function, pre-update, after ``steps`` inner steps, support points."""
-    from innerloop.data.benchmarks import TEST_SEED
-    from innerloop.data.sinusoid import SinusoidTasks, sinusoid
+    from innerloop.data.fewshot.benchmarks import TEST_SEED
+    from innerloop.data.fewshot.sinusoid import SinusoidTasks, sinusoid
     from innerloop.meta.functional import forward
 
     plt = pyplot()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from innerloop._io import atomic_write_json
-from innerloop.data.tasks import mean_ci95
+from innerloop.data.fewshot.tasks import mean_ci95
 from innerloop.meta import ALGORITHMS, IMAML, MAML, Reptile
 from innerloop.meta.anil import ANIL
 from innerloop.meta.meta_sgd import MetaSGD
@@ -103,7 +103,7 @@ def build_algorithm(cfg: MetaConfig, model: nn.Module) -> MAML:
 
 def build_tasks(cfg: MetaConfig, split: str) -> Any:
     """An object with ``batch(index, tasks) -> TaskBatch`` for ``split`` in train / validation / test."""
-    from innerloop.data.benchmarks import get_tasksets
+    from innerloop.data.fewshot.benchmarks import get_tasksets
 
     train, val, test = get_tasksets(
         cfg.task, ways=cfg.ways, shots=cfg.shots, query_shots=cfg.resolved_query(), root=cfg.data_root or None,

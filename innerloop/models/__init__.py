@@ -1,5 +1,7 @@
-"""Models built from innerloop layers: the causal LM and the loader for the TTT authors' checkpoints."""
+"""Models built from innerloop layers: the causal LM, the loader for the TTT authors' checkpoints, and
+:func:`count_params`."""
 
+from ._params import count_params
 from .lm import PRESETS, CausalLM, LMConfig, LMState
 
 
@@ -11,4 +13,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PRESETS", "CausalLM", "LMConfig", "LMState", "load_official_ttt"]
+__all__ = ["PRESETS", "CausalLM", "LMConfig", "LMState", "count_params", "load_official_ttt"]

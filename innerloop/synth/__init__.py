@@ -3,8 +3,7 @@
 ``from innerloop.synth import SynthConfig, train`` — or ``innerloop synth train --task copy --mixer lstm``.
 """
 
-from . import arm  # noqa: F401  registers the "arm" trajectory task
 from .harness import SynthConfig, evaluate, train
-from .model import SynthModel, count_params, match_hidden_size
+from .model import SynthModel, match_hidden_size
 
-__all__ = ["SynthConfig", "SynthModel", "count_params", "evaluate", "match_hidden_size", "train"]
+__all__ = ["SynthConfig", "SynthModel", "evaluate", "match_hidden_size", "train"]

@@ -20,12 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from innerloop.data.synthetic import SynthBatch, SyntheticTask, make_task
+from innerloop.models import count_params
 from innerloop.runs import Callback, GeneratorState, Run, TrainLoop, check_finite
 from innerloop.train.bptt import clip_gradients, truncated_bptt
 
-from .model import SynthModel, count_params, match_hidden_size
+from .arm import arm_report
+from .model import SynthModel, match_hidden_size
 
 __all__ = ["SynthConfig", "SynthTrainer", "build_model", "evaluate", "loss_sum", "train"]
+
+REPORTS = {"arm": arm_report}  # task name -> (task, model, out, generator) -> metrics, run after training
 
 
 @dataclass
@@ -191,7 +195,7 @@ def train(cfg: SynthConfig, progress: bool = False, fresh: bool = False, extend:
     metrics = {"task": cfg.task, "mixer": cfg.mixer, "hidden_size": model.hidden_size,
                "num_params": count_params(model), "steps": summary["steps"], "train_seconds": summary["train_seconds"],
                "final_train_loss": summary["final_train_loss"], "eval": evals}  # fmt: skip
-    if hasattr(task, "report"):  # e.g. the arm task: rollout error vs horizon + plot
-        metrics["rollout"] = task.report(model, Path(cfg.out), eval_gen)
+    if cfg.task in REPORTS:  # e.g. the arm task: rollout error vs horizon + plot
+        metrics["rollout"] = REPORTS[cfg.task](task, model, Path(cfg.out), eval_gen)
     trainer.run.write_metrics(metrics)
     return metrics, model

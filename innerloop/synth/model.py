@@ -8,8 +8,9 @@ import torch  # noqa: F401  (used by the doctest)
 from torch import Tensor, nn
 
 from innerloop.layers import MIXERS, RMSNorm, build_mixer
+from innerloop.models import count_params
 
-__all__ = ["SynthModel", "count_params", "match_hidden_size"]
+__all__ = ["SynthModel", "match_hidden_size"]
 
 
 def _mixer_options(mixer: str, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -77,14 +78,10 @@ class SynthModel(nn.Module):
         return self.forward_embedded(self.embed_inputs(x), state)
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def match_hidden_size(mixer: str, target_params: int, num_layers: int, num_heads: int, candidates: range | None = None,
                       **model_kwargs) -> int:
-    """Hidden size whose :class:`SynthModel` parameter count is closest to ``target_params`` (equal-size tables).
+    """Hidden size whose :class:`SynthModel` parameter count (:func:`innerloop.models.count_params`) is closest to
+    ``target_params`` (equal-size tables).
 
     Candidates are multiples of ``2 * num_heads`` (even head size for RoPE) up to 512 unless given.
     """

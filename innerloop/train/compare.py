@@ -18,10 +18,11 @@ import torch
 
 from innerloop._io import atomic_write_text
 from innerloop.layers import MIXERS
+from innerloop.models import count_params
 from innerloop.models.lm import CausalLM
 
 from .config import TrainConfig
-from .lm import count_params, plot_log, train_lm
+from .lm import plot_log, train_lm
 
 __all__ = ["compare", "format_table", "params_of", "size_for_params"]
 

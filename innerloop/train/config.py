@@ -45,7 +45,7 @@ class TrainConfig(DictConfig):
     gutenberg: bool = False  # strip Project Gutenberg headers/licence footers from every document (books)
     val_fraction: float = 0.1  # last fraction (of the bytes, or of the documents for a folder) held out
     context: int = 128  # training sequence length T (tokens)
-    cache_dir: str = ""  # token cache folder ("" = <out>/cache); share one between runs to encode a corpus once
+    cache_dir: str = ""  # token cache folder ("" = $INNERLOOP_CACHE/tokens, default ~/.cache/innerloop/tokens, shared)
     # optimisation
     steps: int = 1000
     batch_size: int = 16

@@ -1,8 +1,10 @@
 """Language-model runs: data + model + :class:`Trainer` for a :class:`TrainConfig`, and re-loading a finished run.
 
-A run directory holds ``config.json`` (fully resolved), ``log.csv``, ``metrics.json``, ``checkpoints/``,
-``loss_curve.png``, ``tokenizer.json`` (``--tokenizer bpe``) and ``cache/`` (the token cache, unless ``--cache-dir``
-puts it elsewhere). Training again in the same directory resumes from the latest checkpoint, with the same tokenizer.
+A run directory holds ``config.json`` (fully resolved, with the token cache file it read under
+``resolved.token_cache``), ``log.csv``, ``metrics.json``, ``checkpoints/``, ``loss_curve.png`` and ``tokenizer.json``
+(``--tokenizer bpe``). The token cache is shared between runs (:func:`innerloop.data.text.cache_dir_of`). Training
+again in the same directory resumes from the latest checkpoint, with the same tokenizer. The data parts live in
+:mod:`innerloop.data.text`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,19 @@ import torch
 from torch import Tensor
 
 from innerloop._io import atomic_write_json, read_json
-from innerloop.data.cache import open_cache, random_windows, split_cache
-from innerloop.data.corpus import corpus_files, read_document, training_text
-from innerloop.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, make_tokenizer
+from innerloop.data.text import (
+    LMData,
+    cache_dir_of,
+    load_data,
+    load_tokenizer,
+    run_tokenizer,
+    step_windows,
+    token_bytes_of,
+)
 from innerloop.eval.lm import evaluate_lm, lm_loss, plot_curves
 from innerloop.layers import set_ttt_lr_mult, ttt_lr_mult_schedule
 from innerloop.layers.ttt import TTTBase
+from innerloop.models import count_params
 from innerloop.models.lm import CausalLM
 from innerloop.runs import Callback, load_latest_weights, read_log
 
@@ -32,22 +40,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, resolve_device, setup_distributed
 from .trainer import Trainer
 
-__all__ = [
-    "LMData", "TTTLRWarmup", "count_params", "load_data", "load_run", "load_run_tokenizer", "plot_log", "run_tokenizer",
-    "token_bytes_of",
-    "train_lm",
-]  # fmt: skip
-
-
-@dataclass
-class LMData:
-    """Training/validation tokens ``[N]`` (read-only memmaps of the token cache, or tensors), the validation
-    documents and the tokenizer."""
-
-    train: np.ndarray | Tensor
-    val: np.ndarray | Tensor
-    val_docs: list[np.ndarray | Tensor]
-    tokenizer: Tokenizer = field(default_factory=ByteTokenizer)
+__all__ = ["TTTLRWarmup", "load_run", "plot_log", "train_lm"]
 
 
 def _main_first(dist_info: DistInfo | None, fn: Callable[[], Any]) -> Any:
@@ -62,57 +55,17 @@ def _main_first(dist_info: DistInfo | None, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def run_tokenizer(cfg: TrainConfig) -> Tokenizer:
-    """The tokenizer of run ``cfg.out``: bytes, or the BPE saved there (trained on the training split and saved
-    there on the first call)."""
-
-    def texts() -> list[bytes]:
-        docs = [d for d in (read_document(f, cfg.gutenberg) for f in corpus_files(cfg.data or None)) if d]
-        if not docs:
-            raise ValueError(f"text corpus {cfg.data} is empty")
-        return training_text(docs, cfg.val_fraction)
-
-    return make_tokenizer(cfg.tokenizer, cfg.resolved_vocab_size(), cfg.out, texts)
-
-
-def cache_dir_of(cfg: TrainConfig, out: str | Path | None = None) -> Path:
-    return Path(cfg.cache_dir) if cfg.cache_dir else Path(out or cfg.out) / "cache"
-
-
-def load_data(cfg: TrainConfig, tokenizer: Tokenizer | None = None, dist_info: DistInfo | None = None,
-              data: str | None = None, gutenberg: bool | None = None,
-              out: str | Path | None = None) -> LMData:  # fmt: skip
-    """Tokens of ``data`` (default ``cfg.data``; bundled tiny-shakespeare if empty) from the token cache, split as
-    :func:`innerloop.data.cache.split_cache`; too-small splits are clear errors.
-
-    Args:
-        cfg (TrainConfig): the run (tokenizer, cache folder, split, context).
-        tokenizer (Tokenizer, Optional): Default: None (:func:`run_tokenizer`).
-        dist_info (DistInfo, Optional): under DDP rank 0 builds the tokenizer and cache first. Default: None.
-        data, gutenberg (Optional): another corpus than the run's (``lm eval --data``). Default: None (the run's).
-        out (str | Path, Optional): the run directory, if not ``cfg.out``. Default: None.
-    """
-    data = cfg.data if data is None else data
-    gutenberg = cfg.gutenberg if gutenberg is None else gutenberg
+def _run_data(cfg: TrainConfig, dist_info: DistInfo) -> LMData:
+    """The run's tokenizer and tokens (rank 0 builds the BPE / token cache first); split sizes checked."""
 
     def load() -> LMData:
-        tok = tokenizer or run_tokenizer(cfg)
-        cache = open_cache(data or None, tok, cache_dir_of(cfg, out), gutenberg)
-        return LMData(*split_cache(cache, cfg.val_fraction), tokenizer=tok)
+        tok = run_tokenizer(cfg.tokenizer, cfg.resolved_vocab_size(), cfg.out, cfg.data, cfg.gutenberg,
+                            cfg.val_fraction)  # fmt: skip
+        return load_data(cfg.data, tok, cache_dir_of(cfg.out, cfg.cache_dir), cfg.gutenberg, cfg.val_fraction)
 
-    d = _main_first(dist_info, load)
-    name = data or "tiny-shakespeare"
-    unit = "bytes" if d.tokenizer.name == "bytes" else "tokens"
-    for split, t in (("training", d.train), ("validation", d.val)):
-        if len(t) <= cfg.context + 1:
-            raise ValueError(f"the {split} split of {name} has {len(t)} {unit}, not more than one context window of "
-                             f"{cfg.context} + 1; use a larger corpus or a smaller --context")  # fmt: skip
-    return d
-
-
-def count_params(model: torch.nn.Module) -> int:
-    """Parameters counted once (tied embeddings count once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    data = _main_first(dist_info, load)
+    data.check_context(cfg.context)
+    return data
 
 
 def seed_everything(seed: int) -> None:
@@ -146,8 +99,7 @@ def make_batch_fn(cfg: TrainConfig, tokens: np.ndarray | Tensor, dist_info: Dist
     lo = dist_info.rank * local
 
     def batch_fn(step: int) -> tuple[Tensor, Tensor]:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x, y = random_windows(tokens, cfg.batch_size, cfg.context, g)
+        x, y = step_windows(tokens, cfg.batch_size, cfg.context, cfg.seed, step)
         return x[lo : lo + local].to(dist_info.device), y[lo : lo + local].to(dist_info.device)
 
     return batch_fn
@@ -168,13 +120,14 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
             Default: False.
     """
     dist_info = dist_info or setup_distributed(cfg.device)
-    data = load_data(cfg, dist_info=dist_info)
+    data = _run_data(cfg, dist_info)
     seed_everything(cfg.seed)
     model = CausalLM(cfg.lm_config(data.tokenizer.vocab_size)).to(dist_info.device)
     n_params = count_params(model)
     resolved = {"lm_config": model.config.to_dict(), "params": n_params, "device": dist_info.device,
                 "world_size": dist_info.world_size, "ttt_lr_warmup_steps": cfg.resolved_ttt_warmup(),
-                "tokenizer": data.tokenizer.ident, "train_tokens": len(data.train), "val_tokens": len(data.val)}
+                "tokenizer": data.tokenizer.ident, "token_cache": str(data.cache_file),
+                "train_tokens": len(data.train), "val_tokens": len(data.val)}
     cbs: list[Callback] = []
     if cfg.resolved_ttt_warmup() > 0:
         cbs.append(TTTLRWarmup(cfg.resolved_ttt_warmup(), cfg.ttt_base_lr_init))
@@ -200,11 +153,6 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
     return metrics
 
 
-def token_bytes_of(tok: Tokenizer) -> Tensor | None:
-    """``[V]`` bytes per token for bits per byte (None for byte tokens: 1 each)."""
-    return None if tok.name == "bytes" else torch.from_numpy(tok.token_lengths())
-
-
 def plot_log(log_csv: str | Path | dict[str, str | Path], path: str | Path, name: str = "train") -> None:
     """Loss curves (training and validation bits per byte against tokens) from one or several ``log.csv``."""
     logs = log_csv if isinstance(log_csv, dict) else {name: log_csv}
@@ -222,7 +170,7 @@ def plot_log(log_csv: str | Path | dict[str, str | Path], path: str | Path, name
 
 
 def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfig]:
-    """The model of run directory ``out`` (latest checkpoint) and its config."""
+    """The model of run directory ``out`` (newest intact checkpoint) and its config."""
     out = Path(out)
     if not (out / "config.json").is_file():
         raise FileNotFoundError(f"{out}/config.json not found: give a run directory made by `innerloop lm train`")
@@ -230,13 +178,8 @@ def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfi
     body.pop("resolved", None)
     cfg = TrainConfig.from_dict(body)
     device = resolve_device(device)
-    model = CausalLM(cfg.lm_config(load_run_tokenizer(out, cfg).vocab_size)).to(device)
+    model = CausalLM(cfg.lm_config(load_tokenizer(cfg.tokenizer, out).vocab_size)).to(device)
     if load_latest_weights(out / "checkpoints", model, map_location=device) is None:
         raise FileNotFoundError(f"{out} has no checkpoint yet (no checkpoints/step_* folder)")
     model.eval()
     return model, cfg
-
-
-def load_run_tokenizer(out: str | Path, cfg: TrainConfig) -> Tokenizer:
-    """The tokenizer run ``out`` was trained with (``tokenizer.json`` there for BPE)."""
-    return load_tokenizer(cfg.tokenizer, out)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,7 +96,7 @@ def small_corpus(tmp_path, n_bytes=60_000):
 
 def test_bpe_train_eval_generate(tmp_path, capsys):
     pytest.importorskip("tokenizers", reason="the HuggingFace tokenizers package (extra 'bpe') is not installed")
-    from innerloop.data.tokenizer import load_tokenizer
+    from innerloop.data.text.tokenizer import load_tokenizer
 
     run, data = tmp_path / "bpe", small_corpus(tmp_path)
     argv = ["lm", "train", "--steps", "3", "--out", str(run), "--data", str(data), "--tokenizer", "bpe",
@@ -105,7 +107,9 @@ def test_bpe_train_eval_generate(tmp_path, capsys):
     assert cfg["tokenizer"] == "bpe" and cfg["resolved"]["tokenizer"] == tok.ident
     assert 256 < tok.vocab_size <= 300 and cfg["resolved"]["lm_config"]["vocab_size"] == tok.vocab_size
     assert cfg["resolved"]["train_tokens"] < 0.9 * 60_000 * 0.8  # BPE tokens, not bytes
-    assert len(list((run / "cache").glob("*.bin"))) == 1
+    cache_file = Path(cfg["resolved"]["token_cache"])  # the shared user cache, recorded by the run
+    assert cache_file.is_file() and cache_file.parent == Path(os.environ["INNERLOOP_CACHE"]) / "tokens"
+    assert not (run / "cache").exists()
     m = json.loads((run / "metrics.json").read_text())
     assert 0 < m["val_bpb"] < 0.75 * m["val_loss"] / math.log(2)  # bits per *byte*: a BPE token holds > 1 byte
     capsys.readouterr()

@@ -5,11 +5,10 @@ import json
 import math
 
 import pytest
-import torch
 
 from innerloop.cli.main import main
-from innerloop.synth import SynthConfig, SynthModel, count_params, match_hidden_size, train
-from innerloop.synth.arm import ArmTrajectory, forward_kinematics, simulate
+from innerloop.models import count_params
+from innerloop.synth import SynthConfig, SynthModel, match_hidden_size, train
 
 MIXERS = ["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear", "ttt_mlp"]
 
@@ -74,20 +73,6 @@ def test_cli_train_and_table(tmp_path, capsys):
                  "--target-params", "500", "--train-length", "2", "--out", str(tmp_path / "t")]) == 0
     md = (tmp_path / "t" / "table.md").read_text()
     assert "| adding | 2 | mse |" in md and "| adding | 4 | mse |" in md
-
-
-def test_arm_simulation_reaches_target():
-    g = torch.Generator().manual_seed(0)
-    task = ArmTrajectory()
-    q, target = task.trajectories(64, 120, g)
-    start = (forward_kinematics(q[:, 0]) - target).norm(dim=-1)
-    end = (forward_kinematics(q[:, -1]) - target).norm(dim=-1)
-    assert (end < start).float().mean() > 0.9 and end.median() < 0.05
-    assert (q[:, 1:] - q[:, :-1]).abs().max() <= task.max_step + 1e-6
-    # forward kinematics at known angles
-    fk = forward_kinematics(torch.tensor([[0.0, 0.0], [torch.pi / 2, -torch.pi / 2]]))
-    torch.testing.assert_close(fk, torch.tensor([[1.7, 0.0], [0.7, 1.0]]), atol=1e-6, rtol=0)
-    assert simulate(torch.zeros(2, 2), torch.tensor([[0.0, 1.0]] * 2), 3).shape == (2, 4, 2)
 
 
 def test_arm_run_writes_rollout_and_plot(tmp_path):

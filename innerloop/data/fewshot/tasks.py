@@ -1,9 +1,9 @@
 """Episodic few-shot tasks: the meta-batch container and a seeded N-way K-shot sampler over a labelled dataset.
 
 A labelled dataset here is anything with ``labels`` (one int per example) and ``images(indices) -> Tensor``
-(``[len(indices), ...]``); see :class:`innerloop.data.omniglot.Omniglot`. Task ``i`` of a :class:`Taskset` is a pure
-function of ``(seed, i)``: the sampler is reproducible, resumes exactly, and a fixed evaluation set is just
-indices ``0..num_tasks-1``.
+(``[len(indices), ...]``); see :class:`innerloop.data.fewshot.omniglot.OmniglotClasses`. Task ``i`` of a
+:class:`Taskset` is a pure function of ``(seed, i)``: the sampler is reproducible, resumes exactly, and a fixed
+evaluation set is just indices ``0..num_tasks-1``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,54 @@
 """Text corpora as byte documents: one file, a folder of ``.txt`` files (one document each), document-aware splits.
 
-Documents are raw bytes, so any encoding works, UTF-8 or not; :mod:`innerloop.data.tokenizer` turns them into tokens
-and :mod:`innerloop.data.cache` stores the tokens on disk.
+Documents are raw bytes, so any encoding works, UTF-8 or not; :mod:`innerloop.data.text.tokenizer` turns them into
+tokens and :mod:`innerloop.data.text.cache` stores the tokens on disk. The bundled tiny-shakespeare is read
+checksum-verified (:func:`load_bytes`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .text import TINY_SHAKESPEARE, load_bytes, split
+__all__ = [
+    "TINY_SHAKESPEARE", "corpus_files", "load_bytes", "load_documents", "num_val_docs", "read_document", "split",
+    "split_corpus", "strip_gutenberg", "training_text",
+]  # fmt: skip
 
-__all__ = ["corpus_files", "load_documents", "num_val_docs", "read_document", "split_corpus", "strip_gutenberg",
-           "training_text"]  # fmt: skip
+TINY_SHAKESPEARE = Path(__file__).with_name("tinyshakespeare.txt")
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def load_bytes(path: str | Path | None = None, sha256: str | None = None) -> Tensor:
+    """Read a text file as a ``[N]`` uint8 tensor of bytes (any encoding works: tokens are bytes, vocab 256).
+
+    Args:
+        path (str | Path, Optional): file to read; ``None`` reads the bundled tiny-shakespeare (checksum-verified).
+        sha256 (str, Optional): expected checksum of the file. Default: None (not checked for user files).
+    """
+    if path is None:
+        path, sha256 = TINY_SHAKESPEARE, TINY_SHAKESPEARE_SHA256
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text corpus {path} does not exist or is not a file")
+    raw = path.read_bytes()
+    if not raw:
+        raise ValueError(f"text corpus {path} is empty")
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ValueError(f"checksum mismatch for {path}: expected sha256 {sha256}")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def split(tokens: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
+    """First ``1 - val_fraction`` for training, the rest for validation (the nanoGPT split)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n = int(len(tokens) * (1 - val_fraction))
+    return tokens[:n], tokens[n:]
+
 
 _PG_START, _PG_END = b"*** START OF", b"*** END OF"
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from innerloop.data import cache as cmod
-from innerloop.data.cache import gather_windows, open_cache, random_windows, split_cache
-from innerloop.data.corpus import load_documents, split_corpus
-from innerloop.data.text import random_windows as tensor_random_windows
-from innerloop.data.tokenizer import ByteTokenizer, train_bpe
+from innerloop.data.text import cache as cmod
+from innerloop.data.text.cache import open_cache, split_cache
+from innerloop.data.text.corpus import load_documents, split_corpus
+from innerloop.data.text.tokenizer import ByteTokenizer, train_bpe
+from innerloop.data.text.windows import gather_windows, random_windows
 
 
 def make_books(folder, n=5):
@@ -94,7 +94,7 @@ def test_memmap_windows_equal_tensor_windows(tmp_path):
     ref_tr, _, _ = split_corpus(load_documents(None), 0.1)
     for seed in range(3):
         a = random_windows(tr, 4, 33, torch.Generator().manual_seed(seed))
-        b = tensor_random_windows(ref_tr, 4, 33, torch.Generator().manual_seed(seed))
+        b = random_windows(ref_tr, 4, 33, torch.Generator().manual_seed(seed))
         assert all(torch.equal(u, v) and u.dtype == torch.int64 for u, v in zip(a, b, strict=True))
     starts = torch.tensor([0, 5, 1000])
     assert torch.equal(gather_windows(tr, starts, 7), gather_windows(ref_tr, starts, 7))

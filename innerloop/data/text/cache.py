@@ -9,8 +9,8 @@ checksum) and whose ``.bin`` is whole; anything else (missing, stale, truncated,
 rebuilt. Builds stream one document at a time into a temporary file and ``os.replace`` it; the index is written last,
 so a build killed at any moment leaves either the old cache or none. Readers only ever see complete files.
 
-Training and evaluation read windows straight from the memmap (:func:`random_windows`, :func:`gather_windows`), so a
-big corpus never has to fit in RAM.
+Training and evaluation read windows straight from the memmap (:mod:`innerloop.data.text.windows`), so a big corpus
+never has to fit in RAM. Where caches live by default: :func:`default_cache_dir` (one folder shared by every run).
 """
 
 from __future__ import annotations
@@ -23,17 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from ._io import atomic_write_bytes
+from innerloop.data._io import atomic_write_bytes, user_cache_dir
+
 from .corpus import corpus_files, num_val_docs, read_document
 from .tokenizer import Tokenizer
 
-__all__ = ["TokenCache", "gather_windows", "open_cache", "random_windows", "split_cache"]
+__all__ = ["TokenCache", "default_cache_dir", "open_cache", "split_cache"]
 
 VERSION = 1
 _HASH_BLOCK = 1 << 22
+
+
+def default_cache_dir() -> Path:
+    """The token caches shared by every run of this user: ``$INNERLOOP_CACHE/tokens`` (default
+    ``~/.cache/innerloop/tokens``). Files are keyed by corpus path, Gutenberg flag and tokenizer, so runs on the same
+    corpus and tokenizer encode it once."""
+    return user_cache_dir("tokens")
 
 
 def _dtype_for(vocab_size: int) -> np.dtype:
@@ -161,7 +167,7 @@ def open_cache(source: str | Path | None, tokenizer: Tokenizer, cache_dir: str |
     documents) under ``tokenizer``: re-used if valid, else (re)built.
 
     Args:
-        source (str | Path | None): the corpus, as for :func:`innerloop.data.corpus.load_documents`.
+        source (str | Path | None): the corpus, as for :func:`innerloop.data.text.corpus.load_documents`.
         tokenizer (Tokenizer): encodes each document.
         cache_dir (str | Path): folder of the cache files (created if missing).
         gutenberg (bool, Optional): strip Project Gutenberg headers/footers first. Default: False.
@@ -182,7 +188,7 @@ def open_cache(source: str | Path | None, tokenizer: Tokenizer, cache_dir: str |
 def split_cache(cache: TokenCache, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Train tokens, validation tokens and validation documents, as views of the memmap (nothing is read).
 
-    Same rule as :func:`innerloop.data.corpus.split_corpus`: one document is split by tokens (first
+    Same rule as :func:`innerloop.data.text.corpus.split_corpus`: one document is split by tokens (first
     ``1 - val_fraction`` for training); several are split by document (the last ``num_val_docs`` held out), so no
     window of one split ever holds tokens of the other.
     """
@@ -195,25 +201,3 @@ def split_cache(cache: TokenCache, val_fraction: float = 0.1) -> tuple[np.ndarra
     cut = int(cache.doc_offsets[n_docs - num_val_docs(n_docs, val_fraction)])
     val_docs = cache.docs[n_docs - num_val_docs(n_docs, val_fraction) :]
     return cache.tokens[:cut], cache.tokens[cut:], val_docs
-
-
-def gather_windows(tokens: np.ndarray | Tensor, starts: Tensor, length: int) -> Tensor:
-    """``[n, length]`` int64 windows ``tokens[s : s + length]`` for every start ``s`` of ``starts`` ``[n]``.
-
-    ``tokens`` may be a tensor or a NumPy array / memmap of any unsigned dtype: only the windows are read.
-    """
-    idx = starts[:, None].long() + torch.arange(length)
-    if isinstance(tokens, Tensor):
-        return tokens[idx].long()
-    return torch.from_numpy(np.asarray(tokens)[idx.numpy()].astype(np.int64))
-
-
-def random_windows(tokens: np.ndarray | Tensor, batch_size: int, length: int,
-                   generator: torch.Generator) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Like :func:`innerloop.data.text.random_windows` (same starts for the same generator) for a tensor or memmap:
-    inputs ``[B, length]`` and next-token targets ``[B, length]`` (int64)."""
-    if len(tokens) <= length:
-        raise ValueError(f"corpus of {len(tokens)} tokens is smaller than one context window of {length} + 1")
-    starts = torch.randint(0, len(tokens) - length - 1, (batch_size,), generator=generator)
-    w = gather_windows(tokens, starts, length + 1)
-    return w[:, :-1], w[:, 1:]

@@ -12,9 +12,9 @@ import torch
 PIL = pytest.importorskip("PIL", reason="Pillow is needed for the image data sets (pip install innerloop[vision])")
 from PIL import Image  # noqa: E402
 
-from innerloop.data.benchmarks import get_tasksets  # noqa: E402
-from innerloop.data.miniimagenet import MiniImageNet  # noqa: E402
-from innerloop.data.omniglot import OmniglotClasses, load_omniglot, omniglot_split  # noqa: E402
+from innerloop.data.fewshot.benchmarks import get_tasksets  # noqa: E402
+from innerloop.data.fewshot.miniimagenet import MiniImageNet  # noqa: E402
+from innerloop.data.fewshot.omniglot import OmniglotClasses, load_omniglot, omniglot_split  # noqa: E402
 
 REAL = Path("/work/shared/data/omniglot")
 

@@ -1,20 +1,8 @@
 """Synthetic memory tasks for sequence mixers: copy, copying memory, selective copy, reverse, adding, multi-digit
-addition and multi-query associative recall (MQAR).
-
-Every task is a :class:`SyntheticTask` with one sampling call, ``task.sample(batch_size, length, generator)``, that
-returns a :class:`SynthBatch`:
-
-- classification tasks: ``inputs [B, T]`` (long tokens), ``targets [B, T]`` (long; :data:`IGNORE` where unscored),
-  ``mask [B, T]`` (bool, the scored positions);
-- regression tasks: ``inputs [B, T, F]`` (float), ``targets [B, T, O]`` (float), ``mask [B, T]``.
-
-The model reads ``inputs[:, t]`` and must emit ``targets[:, t]`` at the same position (no shift: the prediction made
-while reading token ``t`` is scored against ``targets[:, t]``). ``length`` is the task's difficulty knob (documented
-per task), so length generalisation is "train with ``length <= N``, test with ``length > N``".
-``task.baseline(length)`` gives the score of the task's standard memoryless baseline.
+addition and multi-query associative recall (MQAR). Layouts and the sampling call: :mod:`innerloop.data.synthetic.base`.
 
 Examples:
-    >>> task = make_task("copy", vocab_size=6)
+    >>> task = Copy(vocab_size=6)
     >>> b = task.sample(2, 3, torch.Generator().manual_seed(0))
     >>> b.inputs.shape, int(b.mask.sum())
     (torch.Size([2, 6]), 6)
@@ -22,56 +10,14 @@ Examples:
 
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-IGNORE = -100  # target value of unscored positions (torch.nn.functional.cross_entropy's ignore_index)
+from .base import IGNORE, SynthBatch, SyntheticTask, register_task
 
-
-@dataclass
-class SynthBatch:
-    """One batch of a synthetic task (see the module docstring for the layouts)."""
-
-    inputs: Tensor
-    targets: Tensor
-    mask: Tensor
-
-
-class SyntheticTask:
-    """Base class: subclasses set ``name``, ``kind`` and implement :meth:`_sample` and :meth:`baseline`.
-
-    Attributes:
-        kind (str): ``'classification'`` (token in, class out) or ``'regression'`` (vector in, vector out).
-        vocab_size (int): input tokens (classification); also the number of output classes.
-        in_features, out_features (int): widths of regression inputs/targets.
-        min_length (int): smallest valid ``length``.
-    """
-
-    name = ""
-    kind = "classification"
-    vocab_size = 0
-    in_features = 0
-    out_features = 0
-    min_length = 1
-
-    def sample(self, batch_size: int, length: int, generator: torch.Generator | None = None) -> SynthBatch:
-        """Draw ``batch_size`` sequences at difficulty ``length`` (deterministic given ``generator``'s seed)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if length < self.min_length:
-            raise ValueError(f"task {self.name!r}: length must be >= {self.min_length}, got {length}")
-        return self._sample(batch_size, int(length), generator)
-
-    def _sample(self, batch_size: int, length: int, g: torch.Generator | None) -> SynthBatch:
-        raise NotImplementedError
-
-    def baseline(self, length: int) -> dict[str, float]:
-        """Scores of the memoryless baseline at ``length`` (keys as in the harness metrics)."""
-        raise NotImplementedError
+__all__ = ["MQAR", "Adding", "Addition", "Copy", "CopyingMemory", "Reverse", "SelectiveCopy"]
 
 
 def _check_vocab(name: str, vocab_size: int, need: int, why: str) -> None:
@@ -296,26 +242,5 @@ class MQAR(SyntheticTask):
         return {"token_acc": 1.0 / (self.vocab_size - self.vocab_size // 2), "context_guess_acc": 1.0 / length}
 
 
-TASKS: dict[str, type[SyntheticTask]] = {
-    t.name: t for t in (Copy, CopyingMemory, SelectiveCopy, Reverse, Adding, Addition, MQAR)
-}
-
-
-def make_task(name: str, **options) -> SyntheticTask:
-    """Build the task registered as ``name`` with its options (e.g. ``vocab_size``); unknown names/options error.
-
-    Options set to None are dropped, so CLI defaults can be passed through.
-    """
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
-    cls = TASKS[name]
-    options = {k: v for k, v in options.items() if v is not None}
-    init = cls.__init__
-    allowed = set() if init is object.__init__ else set(inspect.signature(init).parameters) - {"self"}
-    bad = set(options) - allowed
-    if bad:
-        raise ValueError(f"task {name!r} takes options {sorted(allowed)}, got unknown {sorted(bad)}")
-    return cls(**options)
-
-
-__all__ = ["IGNORE", "TASKS", "SynthBatch", "SyntheticTask", "make_task"]
+for _task in (Copy, CopyingMemory, SelectiveCopy, Reverse, Adding, Addition, MQAR):
+    register_task(_task)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_bytes
+from innerloop.data._io import atomic_write_bytes
 
 __all__ = ["BPETokenizer", "ByteTokenizer", "Tokenizer", "load_tokenizer", "make_tokenizer", "train_bpe"]
 

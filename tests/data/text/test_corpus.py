@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from innerloop.data.corpus import load_documents, split_corpus, strip_gutenberg
-from innerloop.data.text import load_bytes, random_windows, split
+from innerloop.data.text.corpus import load_bytes, load_documents, split, split_corpus, strip_gutenberg
+from innerloop.data.text.windows import random_windows
 
 
 def test_bundled_tiny_shakespeare():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from innerloop.data import SinusoidTasks, Taskset, mean_ci95
-from innerloop.data.sinusoid import sinusoid
+from innerloop.data.fewshot.sinusoid import sinusoid
 
 
 def test_sinusoid_distribution_and_seeding():

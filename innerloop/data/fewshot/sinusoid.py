@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from innerloop.data.tasks import TaskBatch
+from .tasks import TaskBatch
 
 __all__ = ["SinusoidTasks", "sinusoid"]
 

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from innerloop.data.sinusoid import SinusoidTasks
-from innerloop.data.tasks import Taskset
+from .sinusoid import SinusoidTasks
+from .tasks import Taskset
 
 __all__ = ["get_tasksets", "VALIDATION_SEED", "TEST_SEED", "SINUSOID_EVAL_POINTS"]
 
@@ -57,7 +57,7 @@ def get_tasksets(
             SinusoidTasks(shots, SINUSOID_EVAL_POINTS, TEST_SEED),
         )
     if name == "omniglot":
-        from innerloop.data.omniglot import OmniglotClasses, load_omniglot, omniglot_split
+        from .omniglot import OmniglotClasses, load_omniglot, omniglot_split
 
         images, names = load_omniglot(root or _default_root(name))
         split = omniglot_split(names)
@@ -69,7 +69,7 @@ def get_tasksets(
             Taskset(test, ways, shots, q, num_tasks=eval_tasks, seed=TEST_SEED),
         )
     if name == "miniimagenet":
-        from innerloop.data.miniimagenet import MiniImageNet
+        from .miniimagenet import MiniImageNet
 
         r = root or _default_root(name)
         return (

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from innerloop.data import tokenizer as tkmod
-from innerloop.data.tokenizer import ByteTokenizer, load_tokenizer, make_tokenizer, train_bpe
+from innerloop.data.text import tokenizer as tkmod
+from innerloop.data.text.tokenizer import ByteTokenizer, load_tokenizer, make_tokenizer, train_bpe
 
 TEXT = (b"First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         b"First Citizen:\nYou are all resolved rather to die than to famish?\n\n" * 20

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from innerloop.data._io import user_cache_dir
+
 __all__ = ["OmniglotClasses", "load_omniglot", "omniglot_split", "download_omniglot", "SPLIT_SEED"]
 
 ZIPS = ("images_background", "images_evaluation")
@@ -100,7 +102,7 @@ def load_omniglot(root: str | Path, size: int = 28, cache: bool = True) -> tuple
     root = Path(root)
     srcs = _sources(root)
     key = hashlib.sha1(repr([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime) for _, p in srcs]).encode())
-    cache_dir = Path(os.environ.get("INNERLOOP_CACHE", Path.home() / ".cache" / "innerloop"))
+    cache_dir = user_cache_dir()
     cache_file = cache_dir / f"omniglot{size}_{key.hexdigest()[:12]}.pt"
     if cache and cache_file.exists():
         blob = torch.load(cache_file, weights_only=False)
