@@ -30,7 +30,7 @@ from torch import nn
 
 from innerloop.runs.checkpoint import capture_rng, restore_rng
 from innerloop.runs.log import CSVLogger
-from innerloop.runs.run import Run
+from innerloop.runs.run import ConfigMismatchError, Run
 
 __all__ = ["Callback", "GeneratorState", "RunInterrupted", "TrainLoop", "TrainingDivergedError", "check_finite",
            "progress_bar"]
@@ -184,7 +184,15 @@ class TrainLoop:
             stateful = {"optimizer": state["optimizer"]}
         for k, v in (stateful or {}).items():
             if k in self.stateful:
-                self.stateful[k].load_state_dict(v)
+                try:
+                    self.stateful[k].load_state_dict(v)
+                except (ValueError, KeyError, RuntimeError) as e:
+                    where = state.get("path", "the checkpoint")
+                    raise ConfigMismatchError(
+                        f"the {k} state saved in {where} does not fit this run ({e}): it was written by another "
+                        f"version of innerloop (e.g. other weight-decay groups) or another model. Resume it with that "
+                        f"version, or use --fresh to start over (the old run is kept); nothing was changed."
+                    ) from None
         restore_rng(state["rng"])
         self.step = int(state["step"])
         history = state.get("history") or {"loss": list(state.get("losses", []))}
