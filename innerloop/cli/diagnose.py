@@ -83,7 +83,7 @@ def run_retention(args: argparse.Namespace) -> int:
 
     _check_mixers(args.mixers)
     run(args.mixers, args.hidden_sizes, args.steps, args.out, args.vocab_size, args.n_train, args.n_test,
-        args.train_steps, args.seed)
+        args.train_steps, args.seed, progress=True)
     print(f"wrote {args.out}/retention.csv and retention.png")
     return 0
 
@@ -92,6 +92,6 @@ def run_ttt_inner(args: argparse.Namespace) -> int:
     from innerloop.diagnostics import run_ttt_inner as run
 
     run(args.out, tuple(args.mixers), args.hidden_size, args.num_heads, args.num_layers, args.mini_batch_size,
-        args.length, args.train_steps, args.batch_size, seed=args.seed)
+        args.length, args.train_steps, args.batch_size, seed=args.seed, progress=True)
     print(f"wrote {args.out}/ttt_inner.csv and ttt_inner.png")
     return 0

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from innerloop._io import pyplot, write_csv
 from innerloop.data.synthetic import make_task
+from innerloop.runs import ConfigMismatchError, TrainingDivergedError
 from innerloop.synth.harness import SynthConfig, train
 from innerloop.synth.model import SynthModel
 
@@ -66,8 +67,11 @@ def run_gradient_flow(mixers: list[str], out: str | Path, length: int = 100, hid
                                   eval_lengths=[length], clip_norm=clip, seed=seed, log_every=max(1, train_steps // 10),
                                   out=str(out / "runs" / f"{mixer}-{phase}"))
                 try:
-                    _, phases[phase] = train(cfg)
-                except FloatingPointError:  # diverged without clipping: itself a result
+                    try:
+                        _, phases[phase] = train(cfg)
+                    except ConfigMismatchError:  # this folder's run was made with other settings: redo it
+                        _, phases[phase] = train(cfg, fresh=True)
+                except TrainingDivergedError:  # diverged without clipping: itself a result
                     phases[phase] = None
         for phase, model in phases.items():
             if model is None:

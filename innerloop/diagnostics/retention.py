@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from innerloop._io import pyplot, write_csv
+from innerloop.diagnostics._fit import fit
 from innerloop.layers import KVCache, RNNState
 from innerloop.synth.model import SynthModel
 
@@ -85,7 +86,7 @@ def _final_state_features(model: SynthModel, x: Tensor, batch: int = 256) -> Ten
 
 
 def retention(mixer: str, hidden_size: int, steps: int, vocab_size: int = 8, n_train: int = 512, n_test: int = 256,
-              train_steps: int = 0, num_layers: int = 1, seed: int = 0) -> float:
+              train_steps: int = 0, num_layers: int = 1, seed: int = 0, progress: bool = False) -> float:
     """Probe accuracy for decoding ``x_1`` from the state after ``steps`` more tokens (see the module docstring)."""
     if steps < 0 or vocab_size < 2 or hidden_size < 1:
         raise ValueError(f"need steps >= 0, vocab_size >= 2, hidden_size >= 1; got {steps}, {vocab_size}, "
@@ -94,15 +95,14 @@ def retention(mixer: str, hidden_size: int, steps: int, vocab_size: int = 8, n_t
     model = SynthModel(mixer, hidden_size, num_layers, 2, vocab_size=vocab_size, out_features=vocab_size)
     g = torch.Generator().manual_seed(seed + 1)
     if train_steps > 0:
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for _ in range(train_steps):
+
+        def loss_fn(step: int) -> Tensor:
             x, y = _sequences(32, steps, vocab_size, g)
             out, _ = model(x)
-            loss = F.cross_entropy(out[:, -1], y)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            return F.cross_entropy(out[:, -1], y)
+
+        fit(model, train_steps, loss_fn, lr=3e-3, clip=1.0, progress=progress,
+            desc=f"{mixer} h={hidden_size} n={steps}")  # fmt: skip
     model.eval()
     xa, ya = _sequences(n_train, steps, vocab_size, g)
     xb, yb = _sequences(n_test, steps, vocab_size, g)
@@ -110,15 +110,18 @@ def retention(mixer: str, hidden_size: int, steps: int, vocab_size: int = 8, n_t
 
 
 def run_retention(mixers: list[str], hidden_sizes: list[int], steps: list[int], out: str | Path, vocab_size: int = 8,
-                  n_train: int = 512, n_test: int = 256, train_steps: int = 0, seed: int = 0) -> list[dict]:
-    """Grid of :func:`retention`; writes ``out/retention.csv`` and ``out/retention.png`` (accuracy vs steps)."""
+                  n_train: int = 512, n_test: int = 256, train_steps: int = 0, seed: int = 0,
+                  progress: bool = False) -> list[dict]:  # fmt: skip
+    """Grid of :func:`retention`; writes ``out/retention.csv`` and ``out/retention.png`` (accuracy vs steps).
+
+    ``progress`` shows a bar over each model's training (``train_steps > 0``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for m in mixers:
         for h in hidden_sizes:
             for n in steps:
-                acc = retention(m, h, n, vocab_size, n_train, n_test, train_steps, seed=seed)
+                acc = retention(m, h, n, vocab_size, n_train, n_test, train_steps, seed=seed, progress=progress)
                 rows.append({"mixer": m, "hidden_size": h, "steps": n, "probe_acc": acc, "chance": 1 / vocab_size})
                 print(f"{m:>10} hidden {h:>4} after {n:>4} steps: probe accuracy {acc:.3f}", flush=True)
     write_csv(rows, out / "retention.csv")

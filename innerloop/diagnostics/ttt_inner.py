@@ -23,59 +23,43 @@ from torch import Tensor
 
 from innerloop._io import pyplot, write_csv
 from innerloop.data.text import load_bytes, random_windows, split
-from innerloop.layers.common import apply_rope, rope_angles
+from innerloop.diagnostics._fit import fit
 from innerloop.layers.ttt import TTTBase
-from innerloop.ops.ttt.naive import linear_f_res, mlp_f_res
 from innerloop.synth.model import SynthModel
 
 __all__ = ["inner_losses", "run_ttt_inner"]
-
-
-def _ln(z: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
-    mu = z.mean(-1, keepdim=True)
-    var = (z - mu).pow(2).mean(-1, keepdim=True)
-    return (z - mu) * torch.rsqrt(var + eps) * w + b
 
 
 @torch.no_grad()
 def inner_losses(layer: TTTBase, x: Tensor) -> dict[str, Tensor]:
     """Per-token inner losses of ``layer`` on its input ``x [B, T, C]``: keys ``W0``, ``W_prev``, ``W_t``, each ``[T]``.
 
-    Runs the layer one token at a time, carrying its state, and evaluates the loss of token ``t`` at the three inner
-    models. Works for TTT-Linear and TTT-MLP without ``share_qk``.
+    Runs the layer one token at a time, carrying its state, and evaluates the loss of token ``t`` (averaged over
+    batch and heads) at the three inner models, with the layer's own views and loss (:meth:`TTTBase.views`,
+    :meth:`TTTBase.inner_loss`). Works for TTT-Linear and TTT-MLP, with or without ``share_qk``.
     """
-    if not isinstance(layer, TTTBase) or layer.share_qk:
-        raise ValueError("inner_losses needs a TTTLinear/TTTMLP layer without share_qk")
+    if not isinstance(layer, TTTBase):
+        raise ValueError(f"inner_losses needs a TTTLinear/TTTMLP layer, got {type(layer).__name__}")
     B, T, C = x.shape
-    H, D = layer.num_heads, layer.head_dim
-    f_res = linear_f_res if layer.kind == "linear" else mlp_f_res
-    XK = layer.k_proj(x).reshape(B, T, H, D)
-    XV = layer.v_proj(x).reshape(B, T, H, D)
-    cos, sin = rope_angles(torch.arange(T) % layer.mini_batch_size, D, layer.rope_theta)
-    XK = apply_rope(XK, cos, sin)
     tau = layer.tau()
-
-    def loss(params: tuple[Tensor, ...], t: int) -> Tensor:  # mean over (B, H) of 1/2 ||LN(f(k)) - (v - k)||^2
-        k, v = XK[:, t], XV[:, t]  # [B, H, D]
-        z = _ln(f_res(params, k), layer.ttt_norm_weight, layer.ttt_norm_bias, layer.eps)
-        return 0.5 * (z - (v - k)).pow(2).sum(-1).mean()
-
     state = layer.init_state(B, x.device, x.dtype)
     w0 = state.ttt.params
     res: dict[str, list[float]] = {"W0": [], "W_prev": [], "W_t": []}
     for t in range(T):
+        _, XK, XV, _, _ = layer.views(x[:, t : t + 1], state)
+        k, v = XK[:, 0], XV[:, 0]  # [B, H, D]
         w_prev = state.ttt.materialize(tau)
         _, state = layer(x[:, t : t + 1], state)
         w_t = state.ttt.materialize(tau)
-        res["W0"].append(float(loss(w0, t)))
-        res["W_prev"].append(float(loss(w_prev, t)))
-        res["W_t"].append(float(loss(w_t, t)))
+        for key, w in (("W0", w0), ("W_prev", w_prev), ("W_t", w_t)):
+            res[key].append(float(layer.inner_loss(w, k, v).mean()))
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in res.items()}
 
 
 def run_ttt_inner(out: str | Path, mixers: tuple[str, ...] = ("ttt_linear", "ttt_mlp"), hidden_size: int = 64,
                   num_heads: int = 4, num_layers: int = 2, mini_batch_size: int = 16, length: int = 256,
-                  train_steps: int = 200, batch_size: int = 8, lr: float = 3e-3, seed: int = 0) -> list[dict]:
+                  train_steps: int = 200, batch_size: int = 8, lr: float = 3e-3, seed: int = 0,
+                  progress: bool = False) -> list[dict]:
     """Train a small byte LM per TTT mixer, then write ``out/ttt_inner.csv`` and ``out/ttt_inner.png``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,15 +70,13 @@ def run_ttt_inner(out: str | Path, mixers: tuple[str, ...] = ("ttt_linear", "ttt
         g = torch.Generator().manual_seed(seed)
         model = SynthModel(mixer, hidden_size, num_layers, num_heads, vocab_size=256, out_features=256,
                            mixer_options={"mini_batch_size": mini_batch_size})
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-        for _ in range(train_steps):
+
+        def loss_fn(step: int, model: SynthModel = model, g: torch.Generator = g) -> Tensor:
             x, y = random_windows(train_data, batch_size, length, g)
             logits, _ = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            return F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
+
+        fit(model, train_steps, loss_fn, lr=lr, clip=1.0, progress=progress, desc=f"{mixer} byte LM")
         x, _ = random_windows(val_data, batch_size, length, torch.Generator().manual_seed(seed + 99))
         with torch.no_grad():
             h = model.norms[0](model.embed_inputs(x))  # input of the first TTT layer

@@ -8,7 +8,7 @@ from .mamba import Mamba, MambaState  # noqa: F401  "mamba"
 from .modes import MODES
 from .registry import MIXERS, Mixer, build_mixer, register_mixer
 from .rnn import GRU, LSTM, RNN, RNNState  # noqa: F401  "rnn", "lstm", "gru"
-from .ttt import TTTMLP, TTTLayerState, TTTLinear, set_ttt_lr_mult, ttt_lr_mult_schedule
+from .ttt import TTTMLP, TTTLayerState, TTTLinear, set_ttt_lr_warmup
 
 __all__ = [
     "MIXERS",
@@ -21,6 +21,5 @@ __all__ = [
     "TTTMLP",
     "build_mixer",
     "register_mixer",
-    "set_ttt_lr_mult",
-    "ttt_lr_mult_schedule",
+    "set_ttt_lr_warmup",
 ]

@@ -37,36 +37,35 @@ class TTTLayerState(NamedTuple):
     position: int
 
 
-def ttt_lr_mult_schedule(step: int, ttt_base_lr: float, ttt_base_lr_init: float, ttt_base_lr_warmup: int) -> float:
-    """Inner-LR multiplier of the authors' TTT-MLP recipe: linear from ``init / base`` to 1 over ``warmup`` steps.
+def set_ttt_lr_warmup(model: nn.Module, init_lr: float, fraction: float) -> int:
+    """Warm up the inner learning rate of every TTT layer in ``model`` (the authors' TTT-MLP recipe).
+
+    Each layer's inner base LR becomes ``init_lr + (ttt_base_lr - init_lr) * fraction``: ``fraction=0`` gives
+    ``init_lr``, ``fraction=1`` the layer's own ``ttt_base_lr`` (no warm-up). The schedule of ``fraction`` over
+    outer steps is the trainer's (``innerloop.train.schedules``); the value is not saved with the model.
 
     Args:
-        step (int): outer (optimizer) step, 0-based.
-        ttt_base_lr (float): the layer's base inner LR (0.1 for TTT-MLP).
-        ttt_base_lr_init (float): base LR at step 0 (0.01 in the authors' scripts).
-        ttt_base_lr_warmup (int): warm-up steps (10% of training); ``<= 0`` disables the warm-up.
+        model (nn.Module): any module; its TTT layers are changed.
+        init_lr (float): the inner base LR at the start of the warm-up (0.01 in the authors' scripts).
+        fraction (float): progress of the warm-up in ``[0, 1]``.
+
     Returns:
-        float: the multiplier, to be set with :func:`set_ttt_lr_mult`.
+        int: how many TTT layers were set.
 
     Examples:
-        >>> [round(ttt_lr_mult_schedule(s, 0.1, 0.01, 480), 4) for s in (0, 240, 480, 1000)]
-        [0.1, 0.55, 1.0, 1.0]
+        >>> layer = TTTMLP(32, 4)                      # ttt_base_lr 0.1
+        >>> set_ttt_lr_warmup(nn.Sequential(layer), 0.01, 0.5), round(layer.lr_mult, 4)
+        (1, 0.55)
     """
-    if ttt_base_lr <= 0:
-        raise ValueError(f"ttt_base_lr must be > 0, got {ttt_base_lr}")
-    if ttt_base_lr_warmup <= 0:
-        return 1.0
-    start = ttt_base_lr_init / ttt_base_lr
-    frac = min(max(step, 0) / ttt_base_lr_warmup, 1.0)
-    return start + (1.0 - start) * frac
-
-
-def set_ttt_lr_mult(model: nn.Module, mult: float) -> int:
-    """Set the inner-LR multiplier ``lr_mult`` of every TTT layer in ``model``; returns how many were set."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"warm-up fraction must be in [0, 1], got {fraction}")
     n = 0
     for m in model.modules():
         if isinstance(m, TTTBase):
-            m.lr_mult = float(mult)
+            if m.ttt_base_lr <= 0:
+                raise ValueError(f"ttt_base_lr must be > 0 for a warm-up, got {m.ttt_base_lr}")
+            start = init_lr / m.ttt_base_lr
+            m.lr_mult = start + (1.0 - start) * fraction
             n += 1
     return n
 
@@ -128,7 +127,7 @@ class TTTBase(nn.Module):
         self.hidden_size, self.num_heads, self.head_dim = C, H, C // H
         self.mini_batch_size, self.rope_theta, self.mode, self.eps = mini_batch_size, rope_theta, mode, eps
         self.ttt_base_lr = self.default_base_lr if ttt_base_lr is None else float(ttt_base_lr)
-        self.lr_mult = 1.0  # outer-training warm-up of the inner LR (ttt_lr_mult_schedule); not saved
+        self.lr_mult = 1.0  # outer-training warm-up of the inner LR (set_ttt_lr_warmup); not saved
         self.share_qk, self.use_gate, self.initializer_range = share_qk, use_gate, initializer_range
 
         self.q_proj = nn.Linear(C, C, bias=False)
@@ -247,18 +246,12 @@ class TTTBase(nn.Module):
         """Position weights ``τ_i = max(0, 1/(i+1) + learnable_token_idx[i])``, ``[b]``."""
         return torch.clamp_min(self.token_idx + self.learnable_token_idx, 0.0)
 
-    def forward(self, x: Tensor, state: TTTLayerState | None = None) -> tuple[Tensor, TTTLayerState]:
-        """Run the layer on ``x`` ``[B, T, C]`` starting from ``state`` (None = start of a sequence).
-
-        Returns:
-            tuple[Tensor, TTTLayerState]: ``y [B, T, C]`` and the state after the last token. Running a sequence
-            whole equals running it in chunks of any sizes with the state carried.
-        """
-        self._check(x, state)
+    def views(self, x: Tensor, state: TTTLayerState) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The inner loop's views of ``x [B, T, C]`` read from ``state``'s position: test (Q), training (K) and label
+        (V) views ``[B, T, H, D]`` (RoPE at position mod ``mini_batch_size`` on Q and K), and the conv states after
+        ``x`` (None without ``share_qk``)."""
         B, T, C = x.shape
         H, D = self.num_heads, self.head_dim
-        if state is None:
-            state = self.init_state(B, x.device, x.dtype)
         cq = ck = None
         if self.share_qk:
             xq = self.q_proj(x)
@@ -270,7 +263,27 @@ class TTTBase(nn.Module):
         XQ, XK, XV = (t.reshape(B, T, H, D) for t in (XQ, XK, XV))
         pos = (state.position + torch.arange(T, device=x.device)) % self.mini_batch_size
         cos, sin = rope_angles(pos, D, self.rope_theta)
-        XQ, XK = apply_rope(XQ, cos, sin), apply_rope(XK, cos, sin)
+        return apply_rope(XQ, cos, sin), apply_rope(XK, cos, sin), XV, cq, ck
+
+    def inner_loss(self, params: tuple[Tensor, ...], k: Tensor, v: Tensor) -> Tensor:
+        """The self-supervised loss ``1/2 ||LN(f_res(k; W)) - (v - k)||^2`` of inner model ``params`` (``[B, H, ...]``,
+        as :attr:`TTTState.params`) on one token's training and label views ``k, v [B, H, D]``; ``[B, H]``."""
+        f_res = ttt_ops.linear_f_res if self.kind == "linear" else ttt_ops.mlp_f_res
+        z = ttt_ops.layer_norm(f_res(params, k), self.ttt_norm_weight, self.ttt_norm_bias, self.eps)
+        return 0.5 * (z - (v - k)).pow(2).sum(-1)
+
+    def forward(self, x: Tensor, state: TTTLayerState | None = None) -> tuple[Tensor, TTTLayerState]:
+        """Run the layer on ``x`` ``[B, T, C]`` starting from ``state`` (None = start of a sequence).
+
+        Returns:
+            tuple[Tensor, TTTLayerState]: ``y [B, T, C]`` and the state after the last token. Running a sequence
+            whole equals running it in chunks of any sizes with the state carried.
+        """
+        self._check(x, state)
+        B, T, C = x.shape
+        if state is None:
+            state = self.init_state(B, x.device, x.dtype)
+        XQ, XK, XV, cq, ck = self.views(x, state)
         o, ttt_state = self._op(T)(
             XQ, XK, XV, self.lr_gate(x), self.tau(), self.ttt_norm_weight, self.ttt_norm_bias, state.ttt, self.eps
         )
@@ -318,7 +331,7 @@ class TTTMLP(TTTBase):
     """TTT-MLP: inner model ``f(x) = x + LN(gelu_tanh(x W1 + b1) W2 + b2)`` per head, hidden width ``4 D``.
 
     Parameters beyond :class:`TTTBase`: ``W1 [H, D, 4D]``, ``b1 [H, 1, 4D]``, ``W2 [H, 4D, D]``, ``b2 [H, 1, D]``.
-    Arguments as :class:`TTTBase`; ``ttt_base_lr`` defaults to 0.1 (warm it up with :func:`ttt_lr_mult_schedule`).
+    Arguments as :class:`TTTBase`; ``ttt_base_lr`` defaults to 0.1 (warm it up with :func:`set_ttt_lr_warmup`).
     """
 
     kind = "mlp"

@@ -9,9 +9,10 @@ from innerloop.runs import (
     save_checkpoint,
 )
 
-from .config import TrainConfig, lr_at
+from .config import TrainConfig
 from .distributed import DistInfo, setup_distributed
 from .lm import load_run, train_lm
+from .schedules import lr_at
 from .trainer import Trainer
 
 __all__ = [

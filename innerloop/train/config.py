@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ from innerloop.layers import MIXERS
 from innerloop.layers.modes import resolve_mode, upgrade_saved_mode
 from innerloop.models.lm import LMConfig
 
-__all__ = ["RESUME_FREE_KEYS", "TrainConfig", "lr_at"]
+__all__ = ["RESUME_FREE_KEYS", "TrainConfig"]
 
 # Keys that may change when a run resumes: they do not change what is computed, only how it is run or reported.
 # ``mode`` picks the op path (same math, another kernel): a run saved with the old default "chunk" resumes as "auto".
@@ -125,19 +124,3 @@ class TrainConfig(DictConfig):
         if self.ttt_lr_warmup_steps >= 0:
             return self.ttt_lr_warmup_steps
         return self.steps // 10 if self.mixer == "ttt_mlp" else 0
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr``, then cosine to ``lr*min_lr_ratio``.
-
-    Examples:
-        >>> cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0)
-        >>> [round(lr_at(s, cfg), 3) for s in (0, 9, 10, 55, 100)]
-        [0.1, 1.0, 1.0, 0.5, 0.0]
-    """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    frac = min((step - cfg.warmup_steps) / span, 1.0)
-    low = cfg.lr * cfg.min_lr_ratio
-    return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * frac))

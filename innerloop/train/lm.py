@@ -30,14 +30,14 @@ from innerloop.data.text import (
     token_bytes_of,
 )
 from innerloop.eval.lm import evaluate_lm, lm_loss, plot_curves
-from innerloop.layers import set_ttt_lr_mult, ttt_lr_mult_schedule
-from innerloop.layers.ttt import TTTBase
+from innerloop.layers import set_ttt_lr_warmup
 from innerloop.models import count_params
 from innerloop.models.lm import CausalLM
 from innerloop.runs import Callback, load_latest_weights, read_log
 
 from .config import TrainConfig
 from .distributed import DistInfo, resolve_device, setup_distributed
+from .schedules import warmup_fraction
 from .trainer import Trainer
 
 __all__ = ["TTTLRWarmup", "load_run", "plot_log", "train_lm"]
@@ -81,12 +81,7 @@ class TTTLRWarmup(Callback):
         self.steps, self.init = steps, init
 
     def on_step_start(self, trainer: Trainer, step: int) -> None:
-        for m in trainer.model.modules():
-            if isinstance(m, TTTBase):
-                m.lr_mult = ttt_lr_mult_schedule(step, m.ttt_base_lr, self.init, self.steps)
-
-    def on_eval(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
-        pass
+        set_ttt_lr_warmup(trainer.model, self.init, warmup_fraction(step, self.steps))
 
 
 def make_batch_fn(cfg: TrainConfig, tokens: np.ndarray | Tensor, dist_info: DistInfo):
@@ -136,7 +131,7 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
     token_bytes = token_bytes_of(data.tokenizer)
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
-        set_ttt_lr_mult(m, 1.0)  # evaluate with the full inner LR whatever the warm-up says
+        set_ttt_lr_warmup(m, cfg.ttt_base_lr_init, 1.0)  # evaluate with the full inner LR whatever the warm-up says
         return evaluate_lm(m, data.val, cfg.context, cfg.batch_size, eval_windows, token_bytes=token_bytes)
 
     trainer = Trainer(

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from innerloop.runs import Callback, ConfigMismatchError, Run, TrainingDivergedError, TrainLoop, check_finite
 
-from .config import RESUME_FREE_KEYS, TrainConfig, lr_at
+from .config import RESUME_FREE_KEYS, TrainConfig
 from .distributed import DistInfo
+from .schedules import lr_at
 
 __all__ = ["LOG_FIELDS", "Callback", "ConfigMismatchError", "Trainer", "TrainingDivergedError"]
 

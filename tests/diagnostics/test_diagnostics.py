@@ -144,3 +144,24 @@ def test_inner_losses_ttt_mlp_and_bad_layer():
     assert losses["W_prev"][1] != losses["W0"][1]  # the state moved after the first token
     with pytest.raises(ValueError, match="TTTLinear/TTTMLP"):
         inner_losses(torch.nn.Linear(2, 2), torch.randn(1, 2, 2))
+
+
+def test_inner_losses_use_the_layers_own_views_and_loss():
+    """``inner_losses`` equals a hand computation from the layer's views; it works with share_qk (conv views) too."""
+    from innerloop.diagnostics.ttt_inner import inner_losses
+    from innerloop.layers import TTTLinear
+
+    torch.manual_seed(0)
+    for share_qk in (False, True):
+        layer = TTTLinear(16, 2, mini_batch_size=4, share_qk=share_qk).double()
+        x = torch.randn(2, 6, 16, dtype=torch.float64)
+        got = inner_losses(layer, x)
+        state = layer.init_state(2, dtype=torch.float64)
+        _, XK, XV, _, _ = layer.views(x, state)  # the whole sequence at once: the same views as token by token
+        for t in (0, 5):
+            k, v = XK[:, t], XV[:, t]
+            W, b = state.ttt.params
+            z = torch.einsum("bhd,bhde->bhe", k, W) + b
+            z = torch.nn.functional.layer_norm(z, (8,), eps=layer.eps) * layer.ttt_norm_weight + layer.ttt_norm_bias
+            want = 0.5 * (z - (v - k)).pow(2).sum(-1).mean()
+            torch.testing.assert_close(got["W0"][t], want.detach())

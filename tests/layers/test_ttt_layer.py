@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from innerloop.layers import MIXERS, TTTMLP, TTTLinear, build_mixer, set_ttt_lr_mult, ttt_lr_mult_schedule
+from innerloop.layers import MIXERS, TTTMLP, TTTLinear, build_mixer, set_ttt_lr_warmup
 from innerloop.ops.ttt import TTTState, naive_ttt_linear, naive_ttt_mlp
 from innerloop.testing import assert_close
 
@@ -187,15 +187,16 @@ def test_init_matches_spec():
     assert torch.allclose(layer.tau(), 1.0 / torch.arange(1, 17))
 
 
-def test_lr_mult_schedule():
-    assert ttt_lr_mult_schedule(0, 0.1, 0.01, 10) == pytest.approx(0.1)
-    assert ttt_lr_mult_schedule(5, 0.1, 0.01, 10) == pytest.approx(0.55)
-    assert ttt_lr_mult_schedule(20, 0.1, 0.01, 10) == 1.0
-    assert ttt_lr_mult_schedule(3, 0.1, 0.01, 0) == 1.0
-    layer = TTTMLP(32, 4)
+def test_lr_warmup():
+    layer = TTTMLP(32, 4)  # ttt_base_lr 0.1
     x = torch.randn(1, 3, 32)
-    assert set_ttt_lr_mult(torch.nn.Sequential(layer), 0.5) == 1
+    for fraction, mult in ((0.0, 0.1), (0.5, 0.55), (1.0, 1.0)):
+        assert set_ttt_lr_warmup(torch.nn.Sequential(layer), 0.01, fraction) == 1
+        assert layer.lr_mult == pytest.approx(mult)
+    set_ttt_lr_warmup(layer, 0.05, 0.0)  # inner base LR 0.05 = half of 0.1
     assert torch.allclose(layer.lr_gate(x), 0.5 * 0.1 / 8 * torch.sigmoid(x @ layer.learnable_ttt_lr_weight[:, 0].t()))
+    with pytest.raises(ValueError, match="fraction"):
+        set_ttt_lr_warmup(layer, 0.01, 1.5)
 
 
 def test_mode_dispatch(monkeypatch):
