@@ -129,7 +129,7 @@ class Trainer:
         if path is None:
             return False
         state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
-        diff = config_diff(state["config"], self.cfg.to_dict())
+        diff = config_diff(TrainConfig.upgrade_dict(state["config"]), self.cfg.to_dict())  # older files: 0 -> None
         if diff:
             lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ConfigMismatchError(
