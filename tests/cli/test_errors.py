@@ -102,3 +102,24 @@ def test_subprocess_one_line_error(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("innerloop meta train: error: argument --algorithm: invalid choice: 'nope'")
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_a_folder_that_is_not_omniglot_says_what_is_expected(tmp_path):
+    from innerloop.data.benchmarks import get_tasksets
+
+    with pytest.raises(FileNotFoundError, match="is not an Omniglot root") as e:
+        get_tasksets("omniglot", root=tmp_path)
+    for part in ("images_background", "characterNN/*.png", "brendenlake/omniglot", "--data-root DIR", "root=",
+                 "$INNERLOOP_DATA/omniglot"):  # fmt: skip
+        assert part in str(e.value), part
+
+
+def test_data_root_comes_from_the_environment(tmp_path, monkeypatch):
+    from innerloop.data.benchmarks import data_root
+
+    (tmp_path / "omniglot").mkdir()
+    monkeypatch.setenv("INNERLOOP_DATA", str(tmp_path))
+    assert data_root("omniglot") == tmp_path / "omniglot"
+    assert data_root("omniglot", tmp_path) == tmp_path  # an explicit root wins
+    with pytest.raises(FileNotFoundError, match=r"miniimagenet data folder .* does not exist: give --data-root DIR"):
+        data_root("miniimagenet")
