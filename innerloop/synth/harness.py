@@ -48,13 +48,13 @@ class SynthConfig:
     num_heads: int = 2  # heads (attention and TTT mixers)
     steps: int = 500  # optimizer steps
     batch_size: int = 32  # sequences per step
-    lr: float = 3e-3  # Adam learning rate
+    lr: float = 3e-3  # learning rate (AdamW without weight decay)
     train_length: int = 8  # training sequence length (the task's length parameter)
     min_train_length: int = 0  # > 0: draw each step's length from [min_train_length, train_length]; 0 = fixed
     eval_lengths: list[int] = field(default_factory=list)  # evaluation lengths; default: train_length and twice it
     eval_batch_size: int = 256  # sequences per evaluation length
     clip_norm: float = 1.0  # clip the gradient norm to this; 0 = off
-    clip_value: float = 0.0  # clip every gradient entry to [-v, v]; 0 = off
+    clip_value: float = 0.0  # clip every gradient entry to [-clip_value, clip_value]; 0 = off
     tbptt_window: int = 0  # truncated BPTT window (steps); 0 = full BPTT
     log_every: int = 50  # steps between log.csv rows
     seed: int = 0  # seed of the initialisation and the data
