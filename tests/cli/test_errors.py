@@ -71,6 +71,16 @@ def test_interrupt_is_exit_code_130(capsys):
     assert capsys.readouterr().err == "innerloop lm train: interrupted\n"
 
 
+def test_a_diverged_run_is_one_line(capsys):
+    from innerloop.train import TrainingDivergedError
+
+    def diverged(args):
+        raise TrainingDivergedError("diverged at step 5: loss is nan")
+
+    assert run_command(diverged, _args(diverged)) == 2
+    assert capsys.readouterr().err == "innerloop lm train: error: diverged at step 5: loss is nan\n"
+
+
 def test_a_real_bug_keeps_its_traceback():
     def buggy(args):
         raise KeyError("not a user error")
