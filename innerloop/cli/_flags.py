@@ -1,35 +1,154 @@
-"""Command-line flags generated from a config dataclass: one ``--flag`` per field, shared by every subcommand."""
+"""Command-line flags generated from a config dataclass: one ``--flag`` per field, shared by every subcommand.
+
+The help text of a flag is the trailing ``# comment`` of its field in the dataclass's source (the comment that
+documents the field for Python users documents the flag too), followed by the choices and the default. A dataclass
+may list the allowed values of some fields in a ``CHOICES`` class variable (``{field: values}``; a registry dict
+works); those flags get argparse ``choices``, so a typo is a one-line usage error that lists them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-_TYPES = {"int": int, "float": float, "str": str}
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
+_TOOL_COMMENTS = ("fmt:", "noqa", "type:", "pragma")
 
 
-def add_dataclass_flags(p: argparse.ArgumentParser, cls: type, skip: frozenset[str] | set[str] = frozenset()) -> None:
-    """Add ``--field-name`` for each field of dataclass ``cls`` (bools get ``--x/--no-x``).
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """``{field: text}`` of the trailing ``# text`` on each field's line in ``cls`` (and its dataclass bases).
 
-    Unset flags stay ``None``, so the dataclass's own defaults (shown in ``--help``) apply.
+    Fields without a comment, and classes whose source is not available, are left out.
+
+    Examples:
+        >>> from innerloop.synth.harness import SynthConfig
+        >>> field_comments(SynthConfig)["mixer"]
+        'sequence mixer (any registered one)'
     """
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source file (e.g. an interactive session)
+            continue
+        comments = {
+            tok.start[0]: tok.string.lstrip("#").strip()
+            for tok in tokenize.generate_tokens(io.StringIO(src).readline)
+            if tok.type == tokenize.COMMENT
+        }
+        node = ast.parse(src).body[0]
+        for stmt in getattr(node, "body", []):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                text = comments.get(stmt.end_lineno or stmt.lineno, "")
+                if text and not text.startswith(_TOOL_COMMENTS):
+                    found[stmt.target.id] = text
+    return found
+
+
+def _annotation(f: dataclasses.Field) -> tuple[str, bool]:
+    """``("int", True)`` for ``int | None``: the type's name and whether None is allowed."""
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    parts = [p.strip() for p in text.split("|")]
+    rest = [p for p in parts if p != "None"]
+    return (rest[0] if len(rest) == 1 else text), len(rest) < len(parts)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _help(text: str, choices: Collection[str] | None, default: Any, shown: str | None) -> str:
+    parts = [text]
+    if choices is not None:
+        parts.append(f"one of: {', '.join(sorted(choices))}")
+    if shown is not None:
+        parts.append(f"default: {shown}")
+    elif isinstance(default, bool):
+        parts.append(f"default: {'on' if default else 'off'}")
+    elif default not in (None, "", [], {}):  # an unset value's meaning is in the comment
+        parts.append(f"default: {default}")
+    return "; ".join(parts).replace("%", "%%")  # argparse %-formats help strings
+
+
+def add_dataclass_flags(
+    p: argparse.ArgumentParser,
+    cls: type,
+    skip: Collection[str] = frozenset(),
+    show_default: Mapping[str, str] | None = None,
+) -> None:
+    """Add ``--field-name`` for each field of dataclass ``cls`` (bools get ``--x/--no-x``, lists take several values).
+
+    Unset flags stay ``None``, so the dataclass's own defaults apply (see :func:`dataclass_values`).
+
+    Args:
+        p (argparse.ArgumentParser): the (sub)command's parser.
+        cls (type): a dataclass with ``int``/``float``/``str``/``bool`` fields (``X | None`` and ``list[int]`` too).
+        skip (Collection[str]): fields the command sets itself. Default: none.
+        show_default (Mapping[str, str], Optional): default shown in ``--help`` where the command uses another
+            than the dataclass's, e.g. ``{"out": "runs/lm/<mixer>-<time>"}``. Default: None.
+
+    Raises:
+        TypeError: a field of a type with no flag (skip it and add the flag yourself).
+    """
+    comments, choices = field_comments(cls), getattr(cls, "CHOICES", {})
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        name = f.type if isinstance(f.type, str) else f.type.__name__
+        flag, name = "--" + f.name.replace("_", "-"), _annotation(f)[0]
+        allowed = choices.get(f.name)
+        text = _help(comments.get(f.name, f.name.replace("_", " ")), allowed, _default(f),
+                     (show_default or {}).get(f.name))  # fmt: skip
         if name == "bool":
-            p.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=f"default: {f.default}")
+            p.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=text)
         elif name in _TYPES:
-            p.add_argument(flag, type=_TYPES[name], default=None, help=f"default: {f.default}")
+            extra: dict[str, Any] = {}
+            if allowed is not None:
+                extra = {"choices": sorted(allowed), "metavar": f.name.upper()}
+            p.add_argument(flag, type=_TYPES[name], default=None, help=text, **extra)
+        elif name in ("list[int]", "list[float]", "list[str]"):
+            p.add_argument(flag, type=_TYPES[name[5:-1]], nargs="+", default=None, help=text)
         else:
-            raise TypeError(f"{cls.__name__}.{f.name}: no command-line flag for type {name!r}")
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line flag for type {name!r}; pass it in skip= "
+                            "and add the flag by hand")  # fmt: skip
 
 
-def dataclass_values(
-    args: argparse.Namespace, cls: type, skip: frozenset[str] | set[str] = frozenset()
-) -> dict[str, Any]:
-    """The fields of ``cls`` that were given on the command line."""
+def dataclass_values(args: argparse.Namespace, cls: type, skip: Collection[str] = frozenset()) -> dict[str, Any]:
+    """The fields of ``cls`` that were given on the command line (``{name: value}``)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.name not in skip and getattr(args, f.name) is not None}  # fmt: skip
+            if f.name not in skip and getattr(args, f.name, None) is not None}  # fmt: skip
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """Argparse ``type=`` for an integer ``>= low``: ``--length 0`` is then a one-line usage error.
+
+    Examples:
+        >>> at_least(1)("3")
+        3
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in some messages
+    return parse

@@ -11,63 +11,70 @@ from __future__ import annotations
 
 import argparse
 
+from innerloop.cli._flags import at_least
+
 ALL_MIXERS = ["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear", "ttt_mlp"]
 
 
+def _mixers_flag(p: argparse.ArgumentParser, default: list[str], choices: list[str] | None = None) -> None:
+    from innerloop.layers import MIXERS
+
+    choices = choices or sorted(MIXERS)
+    p.add_argument("--mixers", nargs="+", default=default, choices=choices, metavar="MIXER",
+                   help=f"mixers to compare, any of: {', '.join(choices)}; default: {' '.join(default)}")  # fmt: skip
+
+
+def _common(p: argparse.ArgumentParser, out: str, train_steps: int, train_help: str) -> None:
+    p.add_argument("--train-steps", type=at_least(0), default=train_steps, help=f"{train_help}; 0 = only at "
+                   f"initialisation; default: {train_steps}")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the models and the data; default: 0")
+    p.add_argument("--out", default=out, help=f"folder for the CSV and PNG; default: {out}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("diagnose", help="gradient flow, memory retention, TTT inner loop (CSV + PNG)")
-    dsub = p.add_subparsers(dest="diagnose_command", required=True)
+    p = sub.add_parser("diagnose", help="gradient flow, memory retention, TTT inner loop (CSV + PNG)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    dsub = p.add_subparsers(dest="diagnose_command", required=True, metavar="COMMAND")
 
     g = dsub.add_parser("gradflow", help="‖∂L/∂h_t‖ vs distance from the loss, init vs trained, clip vs no clip")
-    g.add_argument("--mixers", nargs="+", default=ALL_MIXERS)
-    g.add_argument("--length", type=int, default=100, help="sequence length of the adding problem")
-    g.add_argument("--hidden-size", type=int, default=32)
-    g.add_argument("--num-layers", type=int, default=1)
-    g.add_argument("--train-steps", type=int, default=200, help="0 = only at initialisation")
-    g.add_argument("--clip-norm", type=float, default=1.0)
-    g.add_argument("--lr", type=float, default=1e-2)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default="runs/gradflow")
+    _mixers_flag(g, ALL_MIXERS)
+    g.add_argument("--length", type=at_least(2), default=100, help="sequence length of the adding problem; "
+                   "default: 100")  # fmt: skip
+    g.add_argument("--hidden-size", type=at_least(1), default=32, help="model width; default: 32")
+    g.add_argument("--num-layers", type=at_least(1), default=1, help="mixer layers; default: 1")
+    g.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clip of the clipped run; default: 1.0")
+    g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the training steps; default: 0.01")
+    _common(g, "runs/gradflow", 200, "training steps on the adding problem before the trained measurement")
     g.set_defaults(func=run_gradflow)
 
     r = dsub.add_parser("retention", help="decode the first token from the state after n steps")
-    r.add_argument("--mixers", nargs="+", default=ALL_MIXERS)
-    r.add_argument("--hidden-sizes", type=int, nargs="+", default=[16, 64])
-    r.add_argument("--steps", type=int, nargs="+", default=[5, 50, 500])
-    r.add_argument("--vocab-size", type=int, default=8)
-    r.add_argument("--n-train", type=int, default=512)
-    r.add_argument("--n-test", type=int, default=256)
-    r.add_argument("--train-steps", type=int, default=0, help="> 0: train to recall the first token before probing")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", default="runs/retention")
+    _mixers_flag(r, ALL_MIXERS)
+    r.add_argument("--hidden-sizes", type=at_least(1), nargs="+", default=[16, 64],
+                   help="state sizes to compare; default: 16 64")  # fmt: skip
+    r.add_argument("--steps", type=at_least(0), nargs="+", default=[5, 50, 500],
+                   help="distractor steps between the first token and the probe; default: 5 50 500")  # fmt: skip
+    r.add_argument("--vocab-size", type=at_least(2), default=8, help="first-token vocabulary (chance = 1 / it); "
+                   "default: 8")  # fmt: skip
+    r.add_argument("--n-train", type=at_least(1), default=512, help="sequences to fit the linear probe; default: 512")
+    r.add_argument("--n-test", type=at_least(1), default=256, help="sequences to score the probe; default: 256")
+    _common(r, "runs/retention", 0, "training steps to recall the first token before probing")
     r.set_defaults(func=run_retention)
 
     t = dsub.add_parser("ttt-inner", help="TTT inner loss at W_0, W_(t-1), W_t along a sequence (paper Fig. 4)")
-    t.add_argument("--mixers", nargs="+", default=["ttt_linear", "ttt_mlp"], choices=["ttt_linear", "ttt_mlp"])
-    t.add_argument("--hidden-size", type=int, default=64)
-    t.add_argument("--num-heads", type=int, default=4)
-    t.add_argument("--num-layers", type=int, default=2)
-    t.add_argument("--mini-batch-size", type=int, default=16)
-    t.add_argument("--length", type=int, default=256)
-    t.add_argument("--train-steps", type=int, default=200, help="byte-LM steps on tiny-shakespeare; 0 = init")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="runs/ttt-inner")
+    _mixers_flag(t, ["ttt_linear", "ttt_mlp"], ["ttt_linear", "ttt_mlp"])
+    t.add_argument("--hidden-size", type=at_least(1), default=64, help="model width; default: 64")
+    t.add_argument("--num-heads", type=at_least(1), default=4, help="TTT heads; default: 4")
+    t.add_argument("--num-layers", type=at_least(1), default=2, help="blocks of the byte LM; default: 2")
+    t.add_argument("--mini-batch-size", type=at_least(1), default=16, help="TTT inner mini-batch; default: 16")
+    t.add_argument("--length", type=at_least(1), default=256, help="sequence length measured; default: 256")
+    t.add_argument("--batch-size", type=at_least(1), default=8, help="sequences per training step; default: 8")
+    _common(t, "runs/ttt-inner", 200, "byte-LM training steps on tiny-shakespeare")
     t.set_defaults(func=run_ttt_inner)
-
-
-def _check_mixers(mixers: list[str]) -> None:
-    from innerloop.layers import MIXERS
-
-    bad = [m for m in mixers if m not in MIXERS]
-    if bad:
-        raise SystemExit(f"unknown mixer(s) {bad}; known mixers: {sorted(MIXERS)}")
 
 
 def run_gradflow(args: argparse.Namespace) -> int:
     from innerloop.diagnostics import run_gradient_flow
 
-    _check_mixers(args.mixers)
     rows = run_gradient_flow(args.mixers, args.out, args.length, args.hidden_size, args.num_layers, args.train_steps,
                              args.clip_norm, args.lr, seed=args.seed)
     far = args.length - 1
@@ -81,7 +88,6 @@ def run_gradflow(args: argparse.Namespace) -> int:
 def run_retention(args: argparse.Namespace) -> int:
     from innerloop.diagnostics import run_retention as run
 
-    _check_mixers(args.mixers)
     run(args.mixers, args.hidden_sizes, args.steps, args.out, args.vocab_size, args.n_train, args.n_test,
         args.train_steps, args.seed, progress=True)
     print(f"wrote {args.out}/retention.csv and retention.png")

@@ -14,73 +14,73 @@ Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainC
 from __future__ import annotations
 
 import argparse
-import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from innerloop.cli._flags import add_dataclass_flags, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, at_least, dataclass_values
+from innerloop.layers import MIXERS
 from innerloop.train.config import TrainConfig
 
 _SKIP_COMPARE = {"mixer", "out"}
+_DEVICE_HELP = "auto (cuda if available, else cpu) | cpu | cuda | cuda:N; default: auto"
 
 
 def _config(args: argparse.Namespace, skip: set[str] = frozenset(), **extra) -> TrainConfig:
     return TrainConfig(**{**dataclass_values(args, TrainConfig, skip), **extra})
 
 
-def _clean_errors(func):
-    """Turn the library's clear errors into one line on stderr and exit code 2 (no traceback)."""
-
-    @functools.wraps(func)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-            print(f"innerloop lm {args.lm_command}: error: {e}", file=sys.stderr)
-            return 2
-
-    return run
+def _is_main_process() -> bool:
+    """False on the ranks > 0 of a ``torchrun`` launch: only rank 0 prints headers and summaries."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lm", help="language models (bytes or BPE tokens): train, eval, generate, compare")
-    lsub = p.add_subparsers(dest="lm_command", required=True)
+    p = sub.add_parser("lm", help="language models (bytes or BPE tokens): train, eval, generate, compare",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    lsub = p.add_subparsers(dest="lm_command", required=True, metavar="COMMAND")
 
     t = lsub.add_parser("train", help="train an LM (resumes if --out holds a checkpoint)")
-    add_dataclass_flags(t, TrainConfig)
-    t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    add_dataclass_flags(t, TrainConfig, show_default={"out": "runs/lm/<mixer>-<time>"})
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
 
     e = lsub.add_parser("eval", help="validation loss / bits per byte, and loss by token position (--length)")
     e.add_argument("--run", nargs="+", required=True, help="run directories made by `innerloop lm train`")
     e.add_argument("--data", default=None, help="evaluate on this file/folder's held-out split (default: the run's)")
-    e.add_argument("--length", type=int, default=0, help="score positions 0..length-1 of long held-out documents")
-    e.add_argument("--chunk", type=int, default=0, help="tokens per forward call, state carried (default: context)")
-    e.add_argument("--bucket", type=int, default=0, help="positions per plotted point (default: length / 32)")
+    e.add_argument("--length", type=at_least(0), default=0,
+                   help="score positions 0..length-1 of long held-out documents; default: 0 = off")
+    e.add_argument("--chunk", type=at_least(0), default=0,
+                   help="tokens per forward call, state carried; default: 0 = the run's context")
+    e.add_argument("--bucket", type=at_least(0), default=0,
+                   help="positions per plotted point; default: 0 = length / 32")
     e.add_argument("--gutenberg", action="store_true", help="strip Project Gutenberg headers/footers (books)")
-    e.add_argument("--out", default=None, help="folder for position.csv/png (default: the first run)")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--out", default=None, help="folder for eval.json, position.csv/png; default: the first run")
+    e.add_argument("--device", default="auto", help=_DEVICE_HELP)
     e.set_defaults(func=run_eval)
 
     g = lsub.add_parser("generate", help="sample text from a trained run, streamed to the terminal")
-    g.add_argument("--run", required=True)
-    g.add_argument("--prompt", default="\n")
-    g.add_argument("--max-new-tokens", type=int, default=500)
-    g.add_argument("--temperature", type=float, default=0.8, help=">= 0; 0 = greedy")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 = off")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--device", default="auto")
+    g.add_argument("--run", required=True, help="run directory made by `innerloop lm train`")
+    g.add_argument("--prompt", default="\n", help="text to continue; default: a newline")
+    g.add_argument("--max-new-tokens", type=at_least(1), default=500, help="tokens to sample; default: 500")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature >= 0, 0 = greedy; "
+                   "default: 0.8")  # fmt: skip
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; default: 0 = off")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; default: 1 = off")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed; default: random")
+    g.add_argument("--device", default="auto", help=_DEVICE_HELP)
     g.set_defaults(func=run_generate)
 
     c = lsub.add_parser("compare", help="train several mixers at ~equal parameter count and token budget")
-    c.add_argument("--mixers", nargs="+", default=["ttt_linear", "attention"])
-    c.add_argument("--target-params", type=float, default=0, help="size each model to ~this many params (0 = same "
-                   "hidden size for all)")  # fmt: skip
-    c.add_argument("--out", default=None, help="comparison folder (default: runs/compare/<time>)")
-    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--mixers", nargs="+", default=["ttt_linear", "attention"], choices=sorted(MIXERS),
+                   metavar="MIXER", help=f"mixers to train, one of: {', '.join(sorted(MIXERS))}; "
+                   "default: ttt_linear attention")  # fmt: skip
+    c.add_argument("--target-params", type=float, default=0, help="size each model to ~this many params; "
+                   "default: 0 = the same hidden size for all")  # fmt: skip
+    c.add_argument("--out", default=None, help="comparison folder; default: runs/compare/<time>")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_flags(c, TrainConfig, _SKIP_COMPARE)
     c.set_defaults(func=run_compare)
 
@@ -89,20 +89,34 @@ def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-@_clean_errors
+def _header(cfg: TrainConfig) -> str:
+    """One line saying what is about to train: mixer, budget, device, output folder."""
+    from innerloop.runs.checkpoint import checkpoint_steps
+    from innerloop.train.distributed import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(cfg.device) + (f" x {world} processes" if world > 1 else "")
+    resume = ", resuming its latest checkpoint" if checkpoint_steps(Path(cfg.out) / "checkpoints") else ""
+    return (f"innerloop lm train: {cfg.mixer} ({cfg.backbone} backbone, hidden {cfg.hidden_size} x "
+            f"{cfg.num_hidden_layers} layers, {cfg.tokenizer}), {cfg.steps} steps x {cfg.batch_size} x "
+            f"{cfg.context} tokens, device {device}, out {cfg.out}{resume}")  # fmt: skip
+
+
 def run_train(args: argparse.Namespace) -> int:
     from innerloop.train.lm import train_lm
 
     extra = {} if args.out else {"out": f"runs/lm/{args.mixer or TrainConfig.mixer}-{_stamp()}"}
     cfg = _config(args, **extra)
+    is_main = _is_main_process()
+    if is_main:
+        print(_header(cfg), flush=True)
     m = train_lm(cfg, progress=not args.no_progress)
-    if m:
+    if m and is_main:
         print(f"{cfg.out}: {m['steps']} steps, val bits/byte {m.get('val_bpb', float('nan')):.4f}, "
               f"{m['tokens_per_s']:,.0f} train tokens/s, {m['params']:,} params")  # fmt: skip
     return 0
 
 
-@_clean_errors
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -144,7 +158,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clean_errors
 def run_generate(args: argparse.Namespace) -> int:
     from innerloop.data.text import load_tokenizer
     from innerloop.eval.generate import check_sampling, stdout_writer, stream_generate
@@ -160,12 +173,14 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clean_errors
 def run_compare(args: argparse.Namespace) -> int:
     from innerloop.train.compare import compare, format_table
 
     out = args.out or f"runs/compare/{_stamp()}"
     cfg = _config(args, _SKIP_COMPARE, out=out)
+    print(f"innerloop lm compare: {', '.join(args.mixers)}"
+          f"{f' at ~{args.target_params:,.0f} params' if args.target_params else ''}, {cfg.steps} steps x "
+          f"{cfg.batch_size} x {cfg.context} tokens each, out {out}", flush=True)  # fmt: skip
     rows = compare(cfg, args.mixers, out, int(args.target_params), progress=not args.no_progress)
     print(format_table(rows))
     print(f"written: {out}/results.md, results.csv, loss_curves.png")

@@ -1,12 +1,16 @@
 """``innerloop`` command line: each subcommand lives in its own module with ``register(subparsers)``.
 
-The module's ``register`` adds its parser and sets ``func`` (called with the parsed args, returns an exit code).
+The module's ``register`` adds its parser (a group of subcommands uses ``dest="<command>_command"``) and sets
+``func`` (called with the parsed args, returns an exit code). :func:`main` runs it through the one error handler
+of :mod:`innerloop.cli._errors`: bad input is one line on stderr and exit code 2, Ctrl-C exit code 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+
+from innerloop.cli._errors import Parser, run_command
 
 # subcommand -> module defining ``register(subparsers)``; imported only when the CLI starts.
 COMMANDS = {
@@ -17,15 +21,26 @@ COMMANDS = {
     "diagnose": "innerloop.cli.diagnose",
 }
 
+EPILOG = """\
+Run `innerloop <command> --help` for a command's subcommands and flags.
+Bad input is reported on one line with exit code 2; set INNERLOOP_TRACEBACK=1 to see the traceback as well.
+Data: Omniglot and mini-ImageNet are read from --data-root DIR or $INNERLOOP_DATA/<name> (see README, "Data")."""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="innerloop", description="Learning to learn in PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The ``innerloop`` parser with every subcommand registered."""
+    parser = Parser(prog="innerloop", description="Learning to learn in PyTorch.", epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS.values():
         importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the subcommand; returns the exit code (0, 2 or 130)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    return run_command(args.func, args)

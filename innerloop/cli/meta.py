@@ -21,20 +21,32 @@ from innerloop.meta.trainer import MetaConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("meta", help="gradient-based meta-learning (MAML family)")
-    msub = p.add_subparsers(dest="meta_command", required=True)
+    p = sub.add_parser("meta", help="gradient-based meta-learning (MAML family): train, eval",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    msub = p.add_subparsers(dest="meta_command", required=True, metavar="COMMAND")
     t = msub.add_parser("train", help="meta-train (resumes if --out holds a checkpoint), then evaluate")
     add_dataclass_flags(t, MetaConfig)
-    t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
-    e = msub.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks")
+    e = msub.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks",
+                        description="Evaluate the checkpoint in --out with its config.json; flags given here "
+                        "override the saved values (e.g. --eval-tasks, --test-steps, --device).")  # fmt: skip
     add_dataclass_flags(e, MetaConfig)
-    e.add_argument("--split", default="test", choices=["validation", "test"])
+    e.add_argument("--split", default="test", choices=["validation", "test"],
+                   help="which fixed task set to evaluate on; default: test")  # fmt: skip
     e.set_defaults(func=run_eval)
 
 
 def _config(args: argparse.Namespace, base: dict | None = None) -> MetaConfig:
-    return MetaConfig(**{**(base or {}), **dataclass_values(args, MetaConfig)})
+    """The run's config; a bad value, an unavailable device or a missing data folder fails here, before any work."""
+    from innerloop.data.fewshot.benchmarks import data_root
+    from innerloop.train.distributed import resolve_device
+
+    cfg = MetaConfig(**{**(base or {}), **dataclass_values(args, MetaConfig)})
+    resolve_device(cfg.device)
+    if cfg.task != "sinusoid":
+        data_root(cfg.task, cfg.data_root or None)
+    return cfg
 
 
 def _print(metrics: dict) -> None:
@@ -43,12 +55,22 @@ def _print(metrics: dict) -> None:
         print(f"{metrics['split']} {metric} after {s:>2} steps: {v['mean']:.4f} +- {v['ci95']:.4f} (95% CI)")
 
 
+def _evaluating(cfg: MetaConfig, split: str) -> str:
+    return (f"evaluating on {cfg.eval_tasks} {split} tasks ({cfg.ways}-way {cfg.shots}-shot, "
+            f"{cfg.test_steps} inner steps) ..." if cfg.task != "sinusoid" else
+            f"evaluating on {cfg.eval_tasks} {split} tasks ({cfg.shots}-shot, {cfg.test_steps} inner steps) ...")
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from innerloop.meta.trainer import train
+    from innerloop.meta.trainer import evaluate_run, train
 
     cfg = _config(args)
-    metrics = train(cfg, progress=not args.no_progress)
-    _print(metrics)
+    shape = f"{cfg.shots}-shot" if cfg.task == "sinusoid" else f"{cfg.ways}-way {cfg.shots}-shot"
+    print(f"innerloop meta train: {cfg.algorithm} on {cfg.task} {shape}, {cfg.iterations} iterations x "
+          f"{cfg.meta_batch} tasks, {cfg.steps} inner step(s), device {cfg.device}, out {cfg.out}", flush=True)
+    train(cfg, progress=not args.no_progress, evaluate=False)
+    print(_evaluating(cfg, "test"), flush=True)
+    _print(evaluate_run(cfg))
     return 0
 
 
@@ -58,9 +80,10 @@ def run_eval(args: argparse.Namespace) -> int:
     out = args.out or MetaConfig.out
     cfg_path = Path(out) / "config.json"
     if not cfg_path.exists():
-        raise SystemExit(f"{cfg_path} not found: --out must be a run directory made by `innerloop meta train`")
+        raise FileNotFoundError(f"{cfg_path} not found: --out must be a run directory made by `innerloop meta train`")
     saved = json.loads(cfg_path.read_text())
     saved.pop("resolved", None)
     cfg = _config(args, saved)
+    print(f"innerloop meta eval: {out} ({cfg.algorithm} on {cfg.task}); {_evaluating(cfg, args.split)}", flush=True)
     _print(evaluate_run(cfg, split=args.split))
     return 0

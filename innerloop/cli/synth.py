@@ -14,19 +14,20 @@ pair at about ``--target-params`` parameters and writes ``table.csv`` and ``tabl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from innerloop._io import write_csv
+from innerloop.cli._flags import add_dataclass_flags, dataclass_values
 from innerloop.synth.harness import SynthConfig
 
-_SKIP = {"task_options", "eval_lengths"}
+TABLE_TASKS = ["copy", "reverse", "selective_copy", "copying_memory", "adding", "addition", "mqar", "arm"]
+TABLE_MIXERS = ["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear", "ttt_mlp"]
 
 
 def _parse_option(text: str) -> tuple[str, object]:
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--task-option expects key=value, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     k, v = text.split("=", 1)
     try:
         return k, json.loads(v)
@@ -35,38 +36,32 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
-    for f in dataclasses.fields(SynthConfig):
-        if f.name in _SKIP or f.name in skip:
-            continue
-        typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=f.default, help=f"default: {f.default}")
+    add_dataclass_flags(p, SynthConfig, {"task_options", *skip})
     p.add_argument("--task-option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
-                   help="task option, e.g. vocab_size=16 (repeatable)")
-    p.add_argument("--eval-lengths", type=int, nargs="+", default=[],
-                   help="evaluation lengths (default: train length and twice it)")
+                   help="task constructor option, e.g. vocab_size=16 (repeatable; values are JSON or text)")
 
 
 def _config(args: argparse.Namespace, **override) -> SynthConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)
-              if f.name not in ("task_options",) and hasattr(args, f.name)}
-    values["task_options"] = dict(args.task_option)
-    values.update(override)
-    return SynthConfig(**values)
+    values = {**dataclass_values(args, SynthConfig, {"task_options"}), "task_options": dict(args.task_option)}
+    return SynthConfig(**{**values, **override})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="synthetic memory tasks (copy, adding, MQAR, arm, ...) for any mixer")
-    ssub = p.add_subparsers(dest="synth_command", required=True)
+    p = sub.add_parser("synth", help="synthetic memory tasks (copy, adding, MQAR, arm, ...) for any mixer",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ssub = p.add_subparsers(dest="synth_command", required=True, metavar="COMMAND")
     t = ssub.add_parser("train", help="train one mixer on one task; report accuracy/MSE incl. longer lengths")
     _add_config_flags(t)
-    t.add_argument("--progress", action="store_true", help="print the log lines")
+    t.add_argument("--progress", action="store_true", help="print the log lines while training")
     t.set_defaults(func=run_train)
     tb = ssub.add_parser("table", help="every mixer on every task at about equal parameter count")
     _add_config_flags(tb, skip={"task", "mixer"})
-    tb.add_argument("--tasks", nargs="+", default=["copy", "reverse", "selective_copy", "copying_memory", "adding",
-                                                   "addition", "mqar", "arm"])
-    tb.add_argument("--mixers", nargs="+", default=["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear",
-                                                    "ttt_mlp"])
+    choices = SynthConfig.CHOICES
+    tb.add_argument("--tasks", nargs="+", default=TABLE_TASKS, choices=sorted(choices["task"]), metavar="TASK",
+                    help=f"tasks (rows), any of: {', '.join(sorted(choices['task']))}; default: all")  # fmt: skip
+    tb.add_argument("--mixers", nargs="+", default=TABLE_MIXERS, choices=sorted(choices["mixer"]), metavar="MIXER",
+                    help=f"mixers (columns), any of: {', '.join(sorted(choices['mixer']))}; "
+                    f"default: {' '.join(TABLE_MIXERS)}")  # fmt: skip
     tb.set_defaults(func=run_table)
 
 
@@ -85,11 +80,8 @@ def _summary(m: dict) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from innerloop.synth import train
 
-    try:
-        cfg = _config(args)
-        m, _ = train(cfg, progress=args.progress)
-    except ValueError as e:  # bad task / mixer / length / vocab: one line, no traceback
-        raise SystemExit(f"innerloop synth train: {e}") from None
+    cfg = _config(args)
+    m, _ = train(cfg, progress=args.progress)
     print(f"{cfg.task} / {cfg.mixer} ({m['num_params']} params, hidden {m['hidden_size']}, "
           f"{m['train_seconds']:.1f} s): {_summary(m)}")
     if "rollout" in m:
@@ -101,8 +93,12 @@ def run_train(args: argparse.Namespace) -> int:
 def run_table(args: argparse.Namespace) -> int:
     from innerloop.synth import train
 
-    root = Path(args.out)
+    root = Path(args.out or SynthConfig.out)
+    first = _config(args, task=args.tasks[0], mixer=args.mixers[0])  # bad flags fail here, before any run
     root.mkdir(parents=True, exist_ok=True)
+    size = f"~{first.target_params:,} params" if first.target_params else f"hidden {first.hidden_size}"
+    print(f"innerloop synth table: {len(args.tasks)} tasks x {len(args.mixers)} mixers at {size}, out {root}",
+          flush=True)
     rows = []
     for task in args.tasks:
         for mixer in args.mixers:

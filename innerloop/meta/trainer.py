@@ -10,16 +10,17 @@ refused (``fresh=True`` starts over, ``extend=True`` trains a finished run for m
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from innerloop._io import atomic_write_json
 from innerloop.data.fewshot.tasks import mean_ci95
+from innerloop.errors import check_choice
 from innerloop.meta import ALGORITHMS, IMAML, MAML, Reptile
 from innerloop.meta.anil import ANIL
 from innerloop.meta.meta_sgd import MetaSGD
@@ -38,33 +39,54 @@ __all__ = ["MetaConfig", "MetaTrainer", "build", "evaluate_run", "load_algorithm
 
 @dataclass
 class MetaConfig:
-    """Everything that defines a meta-learning run (saved as ``config.json``; the CLI flags are generated from it)."""
+    """Everything that defines a meta-learning run (saved as ``config.json``; the CLI flags are generated from it:
+    the trailing comments are their ``--help``)."""
 
-    algorithm: str = "maml"  # maml | fomaml | anil | metasgd | reptile | imaml
-    task: str = "sinusoid"  # sinusoid | omniglot | miniimagenet
-    ways: int = 5  # classification only
+    # allowed values of the fields with a fixed set (the command line offers them as choices)
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {
+        "algorithm": ALGORITHMS, "task": ("sinusoid", "omniglot", "miniimagenet"), "meta_optimizer": ("adam", "sgd"),
+        "vectorize": ("auto", "true", "false"),
+    }  # fmt: skip
+
+    algorithm: str = "maml"  # meta-learning algorithm (fomaml = first-order MAML, imaml = implicit MAML)
+    task: str = "sinusoid"  # benchmark: sinusoid regression, or Omniglot / mini-ImageNet classification
+    ways: int = 5  # classes per task (classification only)
     shots: int = 10  # support examples per class (per task for sinusoid)
     query_shots: int = 0  # query examples per class; 0 = same as shots
     steps: int = 1  # inner steps during meta-training
     test_steps: int = 10  # inner steps at evaluation (curve reported at 0, 1, steps, test_steps)
-    inner_lr: float = 0.01  # paper: 0.01 sinusoid, 0.4 Omniglot 5-way
-    meta_lr: float = 0.001
-    meta_optimizer: str = "adam"  # adam | sgd (Reptile's outer step size is meta_lr with sgd)
-    meta_batch: int = 25
-    iterations: int = 1000
-    first_order: bool = False
+    inner_lr: float = 0.01  # inner-loop learning rate (paper: 0.01 sinusoid, 0.4 Omniglot 5-way)
+    meta_lr: float = 0.001  # outer (meta) learning rate
+    meta_optimizer: str = "adam"  # outer optimizer (Reptile's outer step size is meta_lr with sgd)
+    meta_batch: int = 25  # tasks per meta-update
+    iterations: int = 1000  # meta-updates
+    first_order: bool = False  # drop second-order terms of the meta-gradient (as fomaml)
     lam: float = 1.0  # iMAML proximal strength
     cg_steps: int = 5  # iMAML conjugate-gradient iterations
-    eval_tasks: int = 600
+    eval_tasks: int = 600  # fixed validation/test tasks evaluated after training
     eval_batch: int = 50  # tasks evaluated at once
-    log_every: int = 50
-    checkpoint_every: int = 500
-    seed: int = 0
+    log_every: int = 50  # iterations between log.csv rows
+    checkpoint_every: int = 500  # iterations between checkpoints (also written at the end)
+    seed: int = 0  # seed of the initialisation and of the training tasks (evaluation tasks are fixed)
     max_seconds: float = 0.0  # stop training early after this wall time (0 = no limit); resumable
-    data_root: str = ""  # Omniglot zips/folder or mini-ImageNet root; default $INNERLOOP_DATA/<task>
-    device: str = "cpu"
-    vectorize: str = "auto"  # auto | true | false
-    out: str = "runs/meta/default"
+    data_root: str = ""  # Omniglot zips/folder or mini-ImageNet root; default: $INNERLOOP_DATA/<task> (README, "Data")
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    vectorize: str = "auto"  # batch the tasks with torch.func.vmap: auto (if the model allows), true or false
+    out: str = "runs/meta/default"  # run folder: config.json, log.csv, checkpoint.pt, metrics.json, plots
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            check_choice(name, str(getattr(self, name)).lower() if name == "vectorize" else getattr(self, name),
+                         allowed)  # fmt: skip
+        for name in ("ways", "shots", "steps", "test_steps", "meta_batch", "iterations", "cg_steps", "eval_tasks",
+                     "eval_batch", "log_every", "checkpoint_every"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.query_shots < 0 or self.max_seconds < 0:
+            raise ValueError(f"query_shots and max_seconds must be >= 0, got {self.query_shots}, {self.max_seconds}")
+        for name in ("inner_lr", "meta_lr", "lam"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def resolved_query(self) -> int:
         return self.query_shots or self.shots

@@ -18,7 +18,7 @@ from the resume point on, and ``config.json`` records the extension).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +63,19 @@ class Run:
         keep (int, Optional): checkpoints kept. Default: 2.
         command (str, Optional): how to name the fix in error messages (e.g. ``"innerloop lm train"``).
             Default: ``"the same command"``.
+        upgrade (Callable[[dict], dict], Optional): turns a config saved by an older version into today's form
+            before it is compared. Default: None (compared as saved).
     """
 
     def __init__(
         self, out: str | Path, config: dict[str, Any], *, steps_key: str = "steps", resume_free: Iterable[str] = (),
         fresh: bool = False, extend: bool = False, is_main: bool = True, keep: int = 2,
-        command: str = "the same command",
+        command: str = "the same command", upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:  # fmt: skip
         self.out, self.config = Path(out), dict(config)
         self.steps_key, self.resume_free = steps_key, frozenset(resume_free)
         self.fresh, self.extend, self.is_main, self.keep, self.command = fresh, extend, is_main, keep, command
+        self.upgrade = upgrade
         self.ckpt_dir = self.out / "checkpoints"
         self.extensions: list[dict[str, int]] = []
         self.moved_to: Path | None = None
@@ -95,6 +98,8 @@ class Run:
 
     def check_config(self, saved: dict[str, Any], path: Path) -> None:
         """Refuse a checkpoint of a different run (one line naming the fields and the fixes)."""
+        if self.upgrade is not None:
+            saved = self.upgrade(saved)
         free = set(self.resume_free) | ({self.steps_key} if self.extend else set())
         diff = config_diff(saved, self.config, free)
         if diff:

@@ -11,15 +11,17 @@ length: the model's scores and the task baseline). Training lengths are drawn un
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from innerloop.data.synthetic import SynthBatch, SyntheticTask, make_task
+from innerloop.data.synthetic import TASKS, SynthBatch, SyntheticTask, make_task
+from innerloop.errors import check_choice
+from innerloop.layers import MIXERS
 from innerloop.models import count_params
 from innerloop.runs import Callback, GeneratorState, Run, TrainLoop, check_finite
 from innerloop.train.bptt import clip_gradients, truncated_bptt
@@ -34,35 +36,45 @@ REPORTS = {"arm": arm_report}  # task name -> (task, model, out, generator) -> m
 
 @dataclass
 class SynthConfig:
-    """One synthetic-task run (saved as ``config.json``)."""
+    """One synthetic-task run (saved as ``config.json``; the trailing comments are the CLI flags' ``--help``)."""
 
-    task: str = "copy"
-    task_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 10}
-    mixer: str = "lstm"
-    hidden_size: int = 64
+    # allowed values of the fields with a fixed set (registries: the command line offers them as choices)
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"task": TASKS, "mixer": MIXERS}
+
+    task: str = "copy"  # synthetic task (innerloop/synth/README.md lists formats and baselines)
+    task_options: dict[str, Any] = field(default_factory=dict)  # task constructor options, e.g. {"vocab_size": 10}
+    mixer: str = "lstm"  # sequence mixer (any registered one)
+    hidden_size: int = 64  # model width (ignored when target_params > 0)
     target_params: int = 0  # > 0: pick hidden_size so the model has about this many parameters (equal-size tables)
-    num_layers: int = 2
-    num_heads: int = 2
-    steps: int = 500
-    batch_size: int = 32
-    lr: float = 3e-3
-    train_length: int = 8
-    min_train_length: int = 0  # 0 = train_length (fixed length)
-    eval_lengths: list[int] = field(default_factory=list)  # [] = [train_length, 2 * train_length]
-    eval_batch_size: int = 256
-    clip_norm: float = 1.0  # 0 = off
-    clip_value: float = 0.0  # 0 = off
-    tbptt_window: int = 0  # 0 = full BPTT
-    log_every: int = 50
-    checkpoint_every: int = 100  # steps between checkpoints (and at the end): a killed run resumes exactly
-    seed: int = 0
-    out: str = "runs/synth"
-    threads: int = 0  # 0 = leave torch's default
+    num_layers: int = 2  # mixer layers
+    num_heads: int = 2  # heads (attention and TTT mixers)
+    steps: int = 500  # optimizer steps
+    batch_size: int = 32  # sequences per step
+    lr: float = 3e-3  # learning rate (AdamW without weight decay)
+    train_length: int = 8  # training sequence length (the task's length parameter)
+    min_train_length: int = 0  # > 0: draw each step's length from [min_train_length, train_length]; 0 = fixed
+    eval_lengths: list[int] = field(default_factory=list)  # evaluation lengths; default: train_length and twice it
+    eval_batch_size: int = 256  # sequences per evaluation length
+    clip_norm: float = 1.0  # clip the gradient norm to this; 0 = off
+    clip_value: float = 0.0  # clip every gradient entry to [-clip_value, clip_value]; 0 = off
+    tbptt_window: int = 0  # truncated BPTT window (steps); 0 = full BPTT
+    log_every: int = 50  # steps between log.csv rows
+    checkpoint_every: int = 100  # steps between checkpoints (also at the end): a killed run resumes exactly
+    seed: int = 0  # seed of the initialisation and the data
+    out: str = "runs/synth"  # run folder: config.json, log.csv, checkpoints/, metrics.json (again resumes)
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "train_length", "num_layers", "eval_batch_size", "log_every"):
+        for name, allowed in self.CHOICES.items():
+            check_choice(name, getattr(self, name), allowed)
+        for name in ("steps", "batch_size", "train_length", "hidden_size", "num_layers", "num_heads",
+                     "eval_batch_size", "log_every"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("target_params", "min_train_length", "clip_norm", "clip_value", "tbptt_window", "threads",
+                     "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off / default), got {getattr(self, name)}")
         if self.min_train_length > self.train_length:
             raise ValueError(f"min_train_length {self.min_train_length} > train_length {self.train_length}")
         if any(n < 1 for n in self.eval_lengths):

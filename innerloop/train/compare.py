@@ -39,7 +39,7 @@ def size_for_params(cfg: TrainConfig, target: int) -> TrainConfig:
     step = 4 * cfg.num_attention_heads
     best, best_err = cfg, None
     for h in range(step, 4096 + 1, step):
-        c = dataclasses.replace(cfg, hidden_size=h, intermediate_size=0)
+        c = dataclasses.replace(cfg, hidden_size=h, intermediate_size=None)
         n = params_of(c)
         err = abs(n - target)
         if best_err is None or err < best_err:

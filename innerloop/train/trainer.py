@@ -71,7 +71,8 @@ class Trainer(TrainLoop):
             _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, **extra
         )
         run = Run(cfg.out, cfg.to_dict(), steps_key="steps", resume_free=RESUME_FREE_KEYS, fresh=fresh, extend=extend,
-                  is_main=self.dist.is_main, keep=cfg.keep_checkpoints, command="innerloop lm train")  # fmt: skip
+                  is_main=self.dist.is_main, keep=cfg.keep_checkpoints, command="innerloop lm train",
+                  upgrade=TrainConfig.upgrade_dict)  # fmt: skip
         super().__init__(
             model, run, cfg.steps, stateful={"optimizer": self.optimizer}, log_fields=LOG_FIELDS,
             average=("loss",), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,

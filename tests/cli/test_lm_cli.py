@@ -37,12 +37,12 @@ def test_train_eval_generate(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["lm", "train", "--mixer", "nope"], "unknown mixer 'nope'"),
+        (["lm", "train", "--mixer", "nope"], "invalid choice: 'nope'"),
         (["lm", "train", "--data", "/does/not/exist.txt"], "does not exist"),
         (["lm", "generate", "--run", "/no/run", "--top-p", "2"], "top_p must be in"),
         (["lm", "generate", "--run", "/no/run"], "config.json not found"),
         (["lm", "eval", "--run", "/no/run"], "config.json not found"),
-        (["lm", "compare", "--mixers", "ttt_linear", "lsmt"], "unknown mixer"),
+        (["lm", "compare", "--mixers", "ttt_linear", "lsmt"], "invalid choice: 'lsmt'"),
     ],
 )
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, argv, match):
@@ -164,7 +164,7 @@ def test_resume_after_kill_is_exact_with_bpe_and_shared_cache(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "match"),
     [
-        (["--tokenizer", "wordpiece"], "tokenizer must be 'bytes'"),
+        (["--tokenizer", "wordpiece"], "invalid choice: 'wordpiece'"),
         (["--tokenizer", "bytes", "--vocab-size", "1000"], "--tokenizer bytes has vocab_size 256"),
         (["--tokenizer", "bpe", "--vocab-size", "100"], "needs --vocab-size > 256"),
     ],

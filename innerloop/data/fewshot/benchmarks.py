@@ -14,19 +14,37 @@ from typing import Any
 from .sinusoid import SinusoidTasks
 from .tasks import Taskset
 
-__all__ = ["get_tasksets", "VALIDATION_SEED", "TEST_SEED", "SINUSOID_EVAL_POINTS"]
+__all__ = ["get_tasksets", "data_root", "VALIDATION_SEED", "TEST_SEED", "SINUSOID_EVAL_POINTS"]
 
 VALIDATION_SEED, TEST_SEED = 1_000, 2_000
 SINUSOID_EVAL_POINTS = 100  # query points per evaluation task (as in the Meta-SGD table)
 
 
-def _default_root(name: str) -> Path:
+# how to get each image benchmark, for the error raised when it is not found
+WHERE_TO_GET = {
+    "omniglot": "get images_background.zip and images_evaluation.zip from https://github.com/brendenlake/omniglot "
+                "(folder python/), or call innerloop.data.fewshot.omniglot.download_omniglot(DIR)",
+    "miniimagenet": "mini-ImageNet cannot be downloaded by innerloop (ImageNet terms): build it from ImageNet with the "
+                    "Ravi & Larochelle split CSVs (train.csv, val.csv, test.csv + images/)",
+}  # fmt: skip
+
+
+def data_root(name: str, root: str | Path | None = None) -> Path:
+    """The folder of benchmark ``name`` (omniglot | miniimagenet): ``root`` if given, else ``$INNERLOOP_DATA/<name>``.
+
+    Raises:
+        FileNotFoundError: no ``root`` and ``$INNERLOOP_DATA`` is not set, or the folder does not exist; the message
+            says how to get the data and where to put it.
+    """
     base = os.environ.get("INNERLOOP_DATA")
-    if base:
-        return Path(base) / name
-    if name == "omniglot":
-        return Path("/work/shared/data/omniglot")
-    raise ValueError(f"no data root for {name!r}: pass root= or set $INNERLOOP_DATA")
+    where = (f"give --data-root DIR on the command line (root= in Python), or set $INNERLOOP_DATA so that the data "
+             f"is in $INNERLOOP_DATA/{name}; {WHERE_TO_GET[name]}")  # fmt: skip
+    if not root and not base:
+        raise FileNotFoundError(f"no data folder for {name}: {where}")
+    path = Path(root) if root else Path(base) / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"{name} data folder {path} does not exist: {where}")
+    return path
 
 
 def get_tasksets(
@@ -45,7 +63,7 @@ def get_tasksets(
         ways (int): classes per task (ignored for sinusoid). Default: 5.
         shots (int): support examples per class (points per task for sinusoid). Default: 1.
         query_shots (int, Optional): query examples per class during training. Default: ``shots``.
-        root (str | Path, Optional): data folder. Default: ``$INNERLOOP_DATA/<name>``.
+        root (str | Path, Optional): data folder (README, "Data"). Default: ``$INNERLOOP_DATA/<name>``.
         seed (int): training-task seed. Default: 0.
         eval_tasks (int): size of the fixed validation/test task sets. Default: 600.
     """
@@ -59,7 +77,7 @@ def get_tasksets(
     if name == "omniglot":
         from .omniglot import OmniglotClasses, load_omniglot, omniglot_split
 
-        images, names = load_omniglot(root or _default_root(name))
+        images, names = load_omniglot(data_root(name, root))
         split = omniglot_split(names)
         train = OmniglotClasses(images, split["train"], rotations=(0, 90, 180, 270))
         val, test = OmniglotClasses(images, split["validation"]), OmniglotClasses(images, split["test"])
@@ -71,7 +89,7 @@ def get_tasksets(
     if name == "miniimagenet":
         from .miniimagenet import MiniImageNet
 
-        r = root or _default_root(name)
+        r = data_root(name, root)
         return (
             Taskset(MiniImageNet(r, "train"), ways, shots, q, seed=seed),
             Taskset(MiniImageNet(r, "validation"), ways, shots, q, num_tasks=eval_tasks, seed=VALIDATION_SEED),

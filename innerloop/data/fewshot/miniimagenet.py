@@ -5,7 +5,8 @@ Layout::
     root/train.csv  root/val.csv  root/test.csv     # header "filename,label"; label = WordNet id (e.g. n01532829)
     root/images/<filename>                           # JPEG/PNG images, any size (resized to image_size)
 
-The data set cannot be downloaded here (ImageNet terms); point ``root`` at your copy. Images are loaded lazily with
+The data set cannot be downloaded by innerloop (ImageNet terms): point ``root`` at your copy (``--data-root DIR``
+on the command line; default there ``$INNERLOOP_DATA/miniimagenet``). Images are loaded lazily with
 Pillow and kept in memory once read.
 """
 
@@ -42,8 +43,9 @@ class MiniImageNet:
         csv_path, self.image_dir = self.root / SPLITS[split], self.root / "images"
         if not csv_path.exists() or not self.image_dir.is_dir():
             raise FileNotFoundError(
-                f"{self.root} is not a mini-ImageNet root: expected {SPLITS[split]} and images/ "
-                "(standard split-CSV layout)"
+                f"{self.root} is not a mini-ImageNet root: expected {SPLITS[split]} and images/ (split CSVs "
+                "train.csv, val.csv, test.csv with a filename,label header, and images/<filename>); give your copy's "
+                "folder as --data-root DIR on the command line, root= in Python, or $INNERLOOP_DATA/miniimagenet"
             )
         with csv_path.open() as f:
             reader = csv.DictReader(f)

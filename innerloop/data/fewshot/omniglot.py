@@ -5,6 +5,10 @@ Reads the two original zips (``images_background.zip``, ``images_evaluation.zip`
 with Lanczos (as the MAML data script does) and inverted so strokes are 1. The decoded array (1623 x 20 x 28 x 28
 uint8, 25 MB) is cached under ``$INNERLOOP_CACHE`` (default ``~/.cache/innerloop``).
 
+``get_tasksets("omniglot")`` and ``innerloop meta train --task omniglot`` read the data from
+``$INNERLOOP_DATA/omniglot`` unless given a folder (``root=`` in Python, ``--data-root DIR`` on the command line).
+Get the two zips from https://github.com/brendenlake/omniglot (folder ``python/``) or with :func:`download_omniglot`.
+
 MAML split: the 1,623 characters (both zips) are shuffled with a fixed seed; the first 1,200 are for meta-training
 (1,100 train + 100 validation, as in cbfinn/maml) and the remaining 423 for meta-test. Training classes are
 augmented with rotations by 90, 180 and 270 degrees as new classes (4,400 classes).
@@ -28,7 +32,8 @@ from innerloop.data._io import user_cache_dir
 __all__ = ["OmniglotClasses", "load_omniglot", "omniglot_split", "download_omniglot", "SPLIT_SEED"]
 
 ZIPS = ("images_background", "images_evaluation")
-URL = "https://github.com/brendenlake/omniglot/raw/master/python/{}.zip"
+REPO = "https://github.com/brendenlake/omniglot"
+URL = REPO + "/raw/master/python/{}.zip"
 # md5 of the upstream zips (the only published checksums); a local rebuild may differ (see data README).
 UPSTREAM_MD5 = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
@@ -53,8 +58,10 @@ def _sources(root: Path) -> list[tuple[str, Path]]:
                 break
     if len(found) != 2:
         raise FileNotFoundError(
-            f"{root} is not an Omniglot root: expected images_background and images_evaluation (zips or extracted "
-            f"folders, optionally under omniglot-py/); found {[str(p) for _, p in found] or 'neither'}"
+            f"{root} is not an Omniglot root: expected images_background and images_evaluation (the zips or their "
+            f"extracted folders <split>/<Alphabet>/characterNN/*.png, optionally under omniglot-py/); found "
+            f"{[str(p) for _, p in found] or 'neither'}. Get the two zips from {REPO} (folder python/) or with "
+            f"download_omniglot(DIR), and give DIR as --data-root DIR (root= in Python) or $INNERLOOP_DATA/omniglot"
         )
     return found
 

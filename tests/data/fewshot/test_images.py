@@ -97,7 +97,7 @@ def test_real_omniglot_layout():
 
 @pytest.mark.slow
 def test_real_omniglot_tasks():
-    train, _, test = get_tasksets("omniglot", ways=5, shots=1, eval_tasks=600)
+    train, _, test = get_tasksets("omniglot", ways=5, shots=1, root=REAL, eval_tasks=600)
     assert len(train.classes) == 4400 and len(test.classes) == 423 and len(test) == 600
     b = test.eval_batch(0, 2)
     assert b.support_x.shape == (2, 5, 1, 28, 28)
