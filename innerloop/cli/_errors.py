@@ -2,8 +2,8 @@
 
 Both kinds of bad input end the same way: a flag argparse rejects (:class:`Parser`) and an error the library raises
 for a value it rejects (:data:`innerloop.errors.USER_ERRORS`, handled by :func:`run_command`; also a diverged
-training run, whose message names the checkpoint to resume from). Any other exception is a bug and keeps its
-traceback; ``INNERLOOP_TRACEBACK=1`` shows the traceback of the handled ones too.
+training run, whose message names the checkpoint to resume from, and a run whose every checkpoint is damaged). Any
+other exception is a bug and keeps its traceback; ``INNERLOOP_TRACEBACK=1`` shows the traceback of the handled ones too.
 """
 
 from __future__ import annotations
@@ -51,14 +51,16 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
 
     ``KeyboardInterrupt`` prints ``interrupted`` and returns 130 (trainers checkpoint before re-raising it).
     """
-    from innerloop.train.trainer import TrainingDivergedError  # a RuntimeError whose message says what to do
+    # RuntimeErrors whose message says what to do: a diverged run (which checkpoint is kept) and a damaged checkpoint
+    from innerloop.runs import CorruptCheckpointError, TrainingDivergedError
 
     try:
         return int(func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"{command_name(args)}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a trainer's RunInterrupted says which checkpoint it saved
+        detail = f": {one_line(e)}" if str(e) else ""
+        print(f"{command_name(args)}: interrupted{detail}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (*USER_ERRORS, TrainingDivergedError) as e:
+    except (*USER_ERRORS, TrainingDivergedError, CorruptCheckpointError) as e:
         if os.environ.get("INNERLOOP_TRACEBACK"):
             raise
         print(f"{command_name(args)}: error: {one_line(e)}", file=sys.stderr)

@@ -152,3 +152,12 @@ def at_least(low: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {low}"  # argparse names the type in some messages
     return parse
+
+
+def add_run_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
+    """``--fresh`` and ``--extend``: what to do when ``--out`` already holds a run (see :class:`innerloop.runs.Run`)."""
+    p.add_argument("--fresh", action="store_true",
+                   help="start over even if --out holds a run; its old contents are kept in <out>.previous-<time>")
+    p.add_argument("--extend", action="store_true",
+                   help=f"train a run further: resume it with a larger {steps_flag} (other settings unchanged)")
+

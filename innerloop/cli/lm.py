@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from innerloop.cli._flags import add_dataclass_flags, at_least, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, dataclass_values
 from innerloop.layers import MIXERS
 from innerloop.train.config import TrainConfig
 
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = lsub.add_parser("train", help="train an LM (resumes if --out holds a checkpoint)")
     add_dataclass_flags(t, TrainConfig, show_default={"out": "runs/lm/<mixer>-<time>"})
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(t)
     t.set_defaults(func=run_train)
 
     e = lsub.add_parser("eval", help="validation loss / bits per byte, and loss by token position (--length)")
@@ -110,7 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
     is_main = _is_main_process()
     if is_main:
         print(_header(cfg), flush=True)
-    m = train_lm(cfg, progress=not args.no_progress)
+    m = train_lm(cfg, progress=not args.no_progress, fresh=args.fresh, extend=args.extend)
     if m and is_main:
         print(f"{cfg.out}: {m['steps']} steps, val bits/byte {m.get('val_bpb', float('nan')):.4f}, "
               f"{m['tokens_per_s']:,.0f} train tokens/s, {m['params']:,} params")  # fmt: skip

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from innerloop.cli._flags import add_dataclass_flags, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
 from innerloop.meta.trainer import MetaConfig
 
 
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = msub.add_parser("train", help="meta-train (resumes if --out holds a checkpoint), then evaluate")
     add_dataclass_flags(t, MetaConfig)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(t, "--iterations")
     t.set_defaults(func=run_train)
     e = msub.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks",
                         description="Evaluate the checkpoint in --out with its config.json; flags given here "
@@ -68,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
     shape = f"{cfg.shots}-shot" if cfg.task == "sinusoid" else f"{cfg.ways}-way {cfg.shots}-shot"
     print(f"innerloop meta train: {cfg.algorithm} on {cfg.task} {shape}, {cfg.iterations} iterations x "
           f"{cfg.meta_batch} tasks, {cfg.steps} inner step(s), device {cfg.device}, out {cfg.out}", flush=True)
-    train(cfg, progress=not args.no_progress, evaluate=False)
+    train(cfg, progress=not args.no_progress, evaluate=False, fresh=args.fresh, extend=args.extend)
     print(_evaluating(cfg, "test"), flush=True)
     _print(evaluate_run(cfg))
     return 0

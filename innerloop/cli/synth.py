@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from innerloop._io import write_csv
-from innerloop.cli._flags import add_dataclass_flags, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
 from innerloop.synth.harness import SynthConfig
 
 TABLE_TASKS = ["copy", "reverse", "selective_copy", "copying_memory", "adding", "addition", "mqar", "arm"]
@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub = p.add_subparsers(dest="synth_command", required=True, metavar="COMMAND")
     t = ssub.add_parser("train", help="train one mixer on one task; report accuracy/MSE incl. longer lengths")
     _add_config_flags(t)
-    t.add_argument("--progress", action="store_true", help="print the log lines while training")
+    t.add_argument("--progress", action="store_true", help="show a progress bar while training")
+    add_run_flags(t)
     t.set_defaults(func=run_train)
     tb = ssub.add_parser("table", help="every mixer on every task at about equal parameter count")
     _add_config_flags(tb, skip={"task", "mixer"})
@@ -81,7 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
     from innerloop.synth import train
 
     cfg = _config(args)
-    m, _ = train(cfg, progress=args.progress)
+    m, _ = train(cfg, progress=args.progress, fresh=args.fresh, extend=args.extend)
     print(f"{cfg.task} / {cfg.mixer} ({m['num_params']} params, hidden {m['hidden_size']}, "
           f"{m['train_seconds']:.1f} s): {_summary(m)}")
     if "rollout" in m:

@@ -133,3 +133,37 @@ def test_data_root_comes_from_the_environment(tmp_path, monkeypatch):
     assert data_root("omniglot", tmp_path) == tmp_path  # an explicit root wins
     with pytest.raises(FileNotFoundError, match=r"miniimagenet data folder .* does not exist: give --data-root DIR"):
         data_root("miniimagenet")
+
+
+def test_ctrl_c_during_training_names_the_checkpoint(capsys):
+    from innerloop.cli._errors import run_command
+    from innerloop.runs import RunInterrupted
+
+    def interrupted(args):
+        raise RunInterrupted("interrupted after step 4; checkpoint runs/x/checkpoints/step_00000004; run the same "
+                             "command again to resume")  # fmt: skip
+
+    assert run_command(interrupted, _args(interrupted)) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "step_00000004" in err and "again to resume" in err
+
+
+def test_run_flags_fresh_and_extend(tmp_path, capsys):
+    """A second meta run with another algorithm into the same folder is refused (one line, exit 2); --fresh starts
+    over keeping the old run; --extend trains it further."""
+    from innerloop.cli.main import main
+
+    out = tmp_path / "run"
+    base = ["meta", "train", "--task", "sinusoid", "--shots", "2", "--meta-batch", "2", "--iterations", "2",
+            "--eval-tasks", "2", "--eval-batch", "2", "--test-steps", "1", "--out", str(out), "--no-progress"]
+    assert main([*base, "--algorithm", "maml"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--algorithm", "reptile"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "algorithm: checkpoint 'maml' vs now 'reptile'" in err and "--fresh" in err
+    assert main([*base, "--algorithm", "reptile", "--fresh"]) == 0
+    assert len(list(tmp_path.glob("run.previous-*"))) == 1
+    more = [a if a != "2" or i != base.index("--iterations") + 1 else "3" for i, a in enumerate(base)]
+    assert main([*more, "--algorithm", "reptile"]) == 2
+    assert "--extend" in capsys.readouterr().err
+    assert main([*more, "--algorithm", "reptile", "--extend"]) == 0

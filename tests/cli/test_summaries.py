@@ -15,7 +15,7 @@ METRICS = {"steps": 3, "val_bpb": 2.5, "tokens_per_s": 1000.0, "params": 1234}
 def fake_train(monkeypatch):
     seen = []
 
-    def train_lm(cfg, progress=False):
+    def train_lm(cfg, progress=False, fresh=False, extend=False):
         seen.append(cfg)
         return METRICS
 
