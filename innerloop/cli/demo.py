@@ -60,7 +60,7 @@ def demo_config(args: argparse.Namespace, out: Path):
     cap = args.max_train_seconds
     if cap is None:
         cap = 0.0 if args.quick else DEFAULT_TRAIN_SECONDS
-    return TrainConfig(mixer="ttt_linear", steps=steps, lr=3e-3, min_lr_ratio=0.1, checkpoint_every=steps,
+    return TrainConfig.from_flat(mixer="ttt_linear", steps=steps, lr=3e-3, min_lr_ratio=0.1, checkpoint_every=steps,
                        max_seconds=cap, device=args.device, out=str(out / "ttt_linear"), **model, **sched)  # fmt: skip
 
 
@@ -96,19 +96,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"innerloop demo: error: {e}", file=sys.stderr)
         return 2
-    attn_cfg = dataclasses.replace(ttt_cfg, mixer="attention", out=str(out / "attention"), max_seconds=0.0)
+    attn_cfg = dataclasses.replace(ttt_cfg, model=dataclasses.replace(ttt_cfg.model, mixer="attention"),
+                                   out=str(out / "attention"), max_seconds=0.0)
     from innerloop.train.compare import params_of
 
     attn_cfg = size_for_params(attn_cfg, params_of(ttt_cfg))
     tokens = ttt_cfg.steps * ttt_cfg.batch_size * ttt_cfg.context
     print(f"innerloop demo: TTT-Linear vs Transformer byte-level LMs on tiny-shakespeare -> {out}/")
     print(f"  same budget: {ttt_cfg.steps} steps x {ttt_cfg.batch_size} x {ttt_cfg.context} bytes = {tokens:,} "
-          f"training tokens each, {ttt_cfg.num_hidden_layers} layers, AdamW + cosine, seed {ttt_cfg.seed}, "
+          f"training tokens each, {ttt_cfg.model.num_hidden_layers} layers, AdamW + cosine, seed {ttt_cfg.seed}, "
           f"{torch.get_num_threads()} CPU thread(s)")  # fmt: skip
     progress = not args.no_progress
     rows = []
-    print(f"[1/3] training TTT-Linear (hidden {ttt_cfg.hidden_size}) ...", flush=True)
-    rows.append({**train_lm(ttt_cfg, progress=progress), "hidden_size": ttt_cfg.hidden_size, "mixer": "TTT-Linear"})
+    print(f"[1/3] training TTT-Linear (hidden {ttt_cfg.model.hidden_size}) ...", flush=True)
+    rows.append({**train_lm(ttt_cfg, progress=progress), "hidden_size": ttt_cfg.model.hidden_size,
+                 "mixer": "TTT-Linear"})  # fmt: skip
 
     class StopAt(Callback):  # keep the token budgets equal when TTT-Linear hit its time cap
         def on_step_end(self, trainer, step, logs):
@@ -117,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
     if rows[0]["stopped_early"]:
         print(f"  (time cap {ttt_cfg.max_seconds:.0f}s reached at step {rows[0]['steps']}: the Transformer gets "
               f"the same {rows[0]['steps']} steps)")  # fmt: skip
-    print(f"[2/3] training Transformer (hidden {attn_cfg.hidden_size}) ...", flush=True)
-    rows.append({**train_lm(attn_cfg, progress=progress, callbacks=[StopAt()]), "hidden_size": attn_cfg.hidden_size,
-                 "mixer": "Transformer"})  # fmt: skip
+    print(f"[2/3] training Transformer (hidden {attn_cfg.model.hidden_size}) ...", flush=True)
+    rows.append({**train_lm(attn_cfg, progress=progress, callbacks=[StopAt()]),
+                 "hidden_size": attn_cfg.model.hidden_size, "mixer": "Transformer"})  # fmt: skip
 
     table = format_table(rows)
     print("\n" + table + "\n")

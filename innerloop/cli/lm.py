@@ -22,14 +22,30 @@ from pathlib import Path
 
 from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, dataclass_values
 from innerloop.layers import MIXERS
+from innerloop.models.lm import LMConfig
 from innerloop.train.config import TrainConfig
 
 _SKIP_COMPARE = {"mixer", "out"}
 _DEVICE_HELP = "auto (cuda if available, else cpu) | cpu | cuda | cuda:N; default: auto"
 
 
+# the model flags (LMConfig's fields) show the defaults of a training run, not LMConfig's (the paper's 125m)
+_MODEL_DEFAULTS_SHOWN = {"hidden_size": "128", "num_hidden_layers": "2", "num_attention_heads": "4",
+                         "intermediate_size": "2 * hidden_size", "vocab_size": "256 for bytes, 2048 for bpe"}
+_MODEL_SKIP = {"mixer_options"}  # a dict: Python only (LMConfig.mixer_options)
+
+
+def _add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
+                      show_default: dict[str, str] | None = None) -> None:  # fmt: skip
+    """The flags of a run: the model's (LMConfig, nested in the config) then the run's (TrainConfig)."""
+    add_dataclass_flags(p, LMConfig, set(skip) | _MODEL_SKIP, _MODEL_DEFAULTS_SHOWN)
+    add_dataclass_flags(p, TrainConfig, set(skip) | {"model"}, show_default)
+
+
 def _config(args: argparse.Namespace, skip: set[str] = frozenset(), **extra) -> TrainConfig:
-    return TrainConfig(**{**dataclass_values(args, TrainConfig, skip), **extra})
+    model = dataclass_values(args, LMConfig, set(skip) | _MODEL_SKIP)
+    run = dataclass_values(args, TrainConfig, set(skip) | {"model"})
+    return TrainConfig.from_flat(**{**model, **run, **extra})
 
 
 def _is_main_process() -> bool:
@@ -43,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lsub = p.add_subparsers(dest="lm_command", required=True, metavar="COMMAND")
 
     t = lsub.add_parser("train", help="train an LM (resumes if --out holds a checkpoint)")
-    add_dataclass_flags(t, TrainConfig, show_default={"out": "runs/lm/<mixer>-<time>"})
+    _add_config_flags(t, show_default={"out": "runs/lm/<mixer>-<time>"})
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_run_flags(t)
     t.set_defaults(func=run_train)
@@ -82,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: 0 = the same hidden size for all")  # fmt: skip
     c.add_argument("--out", default=None, help="comparison folder; default: runs/compare/<time>")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_flags(c, TrainConfig, _SKIP_COMPARE)
+    _add_config_flags(c, _SKIP_COMPARE)
     c.set_defaults(func=run_compare)
 
 
@@ -98,15 +114,16 @@ def _header(cfg: TrainConfig) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(cfg.device) + (f" x {world} processes" if world > 1 else "")
     resume = ", resuming its latest checkpoint" if checkpoint_steps(Path(cfg.out) / "checkpoints") else ""
-    return (f"innerloop lm train: {cfg.mixer} ({cfg.backbone} backbone, hidden {cfg.hidden_size} x "
-            f"{cfg.num_hidden_layers} layers, {cfg.tokenizer}), {cfg.steps} steps x {cfg.batch_size} x "
+    m = cfg.model
+    return (f"innerloop lm train: {m.mixer} ({m.backbone} backbone, hidden {m.hidden_size} x "
+            f"{m.num_hidden_layers} layers, {cfg.tokenizer}), {cfg.steps} steps x {cfg.batch_size} x "
             f"{cfg.context} tokens, device {device}, out {cfg.out}{resume}")  # fmt: skip
 
 
 def run_train(args: argparse.Namespace) -> int:
     from innerloop.train.lm import train_lm
 
-    extra = {} if args.out else {"out": f"runs/lm/{args.mixer or TrainConfig.mixer}-{_stamp()}"}
+    extra = {} if args.out else {"out": f"runs/lm/{args.mixer or LMConfig.mixer}-{_stamp()}"}
     cfg = _config(args, **extra)
     is_main = _is_main_process()
     if is_main:

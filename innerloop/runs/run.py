@@ -40,8 +40,25 @@ class ConfigMismatchError(ValueError):
     """A run directory holds a checkpoint made with a different config."""
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_diff(saved: dict[str, Any], current: dict[str, Any], free: Iterable[str] = ()) -> dict[str, tuple]:
-    """Keys (outside ``free``) whose values differ: ``{key: (saved, current)}``."""
+    """Keys (outside ``free``) whose values differ: ``{key: (saved, current)}``; nested keys are dotted
+    (``"model.hidden_size"``).
+
+    Examples:
+        >>> config_diff({"lr": 1, "model": {"width": 8}}, {"lr": 1, "model": {"width": 16}})
+        {'model.width': (8, 16)}
+    """
+    saved, current = _flat(saved), _flat(current)
     keys = (set(saved) | set(current)) - set(free)
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
 

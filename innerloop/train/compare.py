@@ -30,16 +30,16 @@ __all__ = ["compare", "format_table", "params_of", "size_for_params"]
 def params_of(cfg: TrainConfig) -> int:
     """Parameter count of ``cfg``'s model, built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
-        return count_params(CausalLM(cfg.lm_config()))
+        return count_params(CausalLM(cfg.model))
 
 
 def size_for_params(cfg: TrainConfig, target: int) -> TrainConfig:
     """``cfg`` with the ``hidden_size`` (a multiple of ``4 * heads``, intermediate ``2x``) whose count is nearest
     ``target``."""
-    step = 4 * cfg.num_attention_heads
+    step = 4 * cfg.model.num_attention_heads
     best, best_err = cfg, None
     for h in range(step, 4096 + 1, step):
-        c = dataclasses.replace(cfg, hidden_size=h, intermediate_size=None)
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden_size=h, intermediate_size=2 * h))
         n = params_of(c)
         err = abs(n - target)
         if best_err is None or err < best_err:
@@ -80,12 +80,12 @@ def compare(base: TrainConfig, mixers: list[str], out: str | Path, target_params
     out.mkdir(parents=True, exist_ok=True)
     cfgs = []
     for m in mixers:
-        c = dataclasses.replace(base, mixer=m, out=str(out / m))
+        c = dataclasses.replace(base, model=dataclasses.replace(base.model, mixer=m), out=str(out / m))
         cfgs.append(size_for_params(c, target_params) if target_params else c)
     rows = []
     for c in cfgs:
         metrics = train_lm(c, progress=progress)
-        rows.append({**metrics, "hidden_size": c.hidden_size})
+        rows.append({**metrics, "hidden_size": c.model.hidden_size})
     fields = ["mixer", "params", "hidden_size", "val_bpb", "val_loss", "tokens", "tokens_per_s", "train_seconds",
               "steps", "stopped_early"]  # fmt: skip
     with (out / "results.csv").open("w", newline="") as f:

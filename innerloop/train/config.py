@@ -1,59 +1,82 @@
-"""``TrainConfig``: everything that defines a language-model run (saved as ``config.json``; CLI flags come from it)."""
+"""``TrainConfig``: everything that defines a language-model run, the model's :class:`LMConfig` nested inside it
+(saved as ``config.json`` and loaded back as is; the command-line flags come from both dataclasses)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from innerloop._config import DictConfig
-from innerloop.errors import check_choice
-from innerloop.layers import MIXERS
-from innerloop.layers.modes import resolve_mode, upgrade_saved_mode
+from innerloop.layers.modes import upgrade_saved_mode
 from innerloop.models.lm import LMConfig
 
-__all__ = ["RESUME_FREE_KEYS", "TrainConfig"]
+__all__ = ["MODEL_DEFAULTS", "RESUME_FREE_KEYS", "TrainConfig"]
 
-BACKBONES, TOKENIZERS, DTYPES = ("transformer", "mamba"), ("bytes", "bpe"), ("auto", "fp32", "bf16")
-# optional numeric fields: the values they need when set, and what unset (None) means
-_UNSET = {"intermediate_size": (">= 1", "2 * hidden_size"), "ttt_base_lr": ("> 0", "the mixer's default"),
-          "ttt_lr_warmup_steps": (">= 0", "10% of steps for ttt_mlp, else 0")}  # fmt: skip
+TOKENIZERS, DTYPES = ("bytes", "bpe"), ("auto", "fp32", "bf16")
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(LMConfig))
+# The model of a run when nothing else is said: a small byte-level LM (LMConfig's own defaults are the paper's 125m).
+# ``intermediate_size`` unset means 2 * hidden_size, ``vocab_size`` unset the tokenizer's (256 bytes, 2048 bpe).
+MODEL_DEFAULTS: dict[str, Any] = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+_BPE_VOCAB = 2048
 # the value older versions stored for "unset" in config.json (read back as None)
 _LEGACY_UNSET = {"intermediate_size": 0, "ttt_base_lr": 0.0, "vocab_size": 0, "ttt_lr_warmup_steps": -1}
 
 # Keys that may change when a run resumes: they do not change what is computed, only how it is run or reported.
-# ``mode`` picks the op path (same math, another kernel): a run saved with the old default "chunk" resumes as "auto".
+# ``model.mode`` picks the op path (same math, another kernel): a run saved with the old default "chunk" resumes as
+# "auto". Nested keys are dotted.
 RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "max_seconds",
                               "tensorboard", "eval_batches", "eval_every", "progress", "cache_dir",
-                              "mode"})  # fmt: skip
+                              "model.mode"})  # fmt: skip
+
+
+def model_config(tokenizer: str = "bytes", **options: Any) -> LMConfig:
+    """The :class:`LMConfig` of a training run: ``options`` (LMConfig fields; None = the run's default) on top of
+    :data:`MODEL_DEFAULTS`, ``intermediate_size`` 2 * hidden_size and ``vocab_size`` the tokenizer's when unset.
+
+    Examples:
+        >>> m = model_config(hidden_size=64, mixer="attention")
+        >>> m.hidden_size, m.intermediate_size, m.vocab_size, m.num_hidden_layers
+        (64, 128, 256, 2)
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - MODEL_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown model options {unknown}; LMConfig has {sorted(MODEL_FIELDS)}")
+    opts = {**MODEL_DEFAULTS, **given}
+    opts.setdefault("intermediate_size", 2 * opts["hidden_size"])
+    if tokenizer == "bytes" and opts.setdefault("vocab_size", 256) != 256:
+        raise ValueError(f"--tokenizer bytes has vocab_size 256, got --vocab-size {opts['vocab_size']}")
+    if tokenizer == "bpe" and not 256 < opts.setdefault("vocab_size", _BPE_VOCAB) < 2**32:
+        raise ValueError(f"--tokenizer bpe needs --vocab-size > 256 (256 bytes + merges), got {opts['vocab_size']}")
+    return LMConfig(**opts)
 
 
 @dataclass
 class TrainConfig(DictConfig):
-    """A byte/token LM training run. Sizes are the model's; ``batch_size`` is the *global* batch (sequences per step).
+    """A byte/token LM training run: the model (:class:`LMConfig`, nested) and how it is trained.
 
-    Tokens per optimizer step are ``batch_size * context``; each of ``world_size * grad_accum`` micro-batches holds
-    ``batch_size / (world_size * grad_accum)`` sequences. ``None`` means "the default" wherever a field allows it
-    (the comment says what that is). The trailing comments are also the ``--help`` of ``innerloop lm train``.
+    ``batch_size`` is the *global* batch (sequences per step): tokens per optimizer step are ``batch_size * context``;
+    each of ``world_size * grad_accum`` micro-batches holds ``batch_size / (world_size * grad_accum)`` sequences.
+    ``None`` means "the default" wherever a field allows it (the comment says what that is). The trailing comments
+    are also the ``--help`` of ``innerloop lm train``. Build one from flat options (as the command line does) with
+    :meth:`from_flat`; ``model.vocab_size`` is the requested vocabulary (a BPE tokenizer may end smaller on a tiny
+    corpus: the model is then built with the tokenizer's size, :meth:`model_for`).
+
+    Examples:
+        >>> cfg = TrainConfig.from_flat(mixer="attention", hidden_size=64, steps=10)
+        >>> cfg.model.mixer, cfg.model.intermediate_size, cfg.steps
+        ('attention', 128, 10)
+        >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+        True
     """
 
     # allowed values of the fields with a fixed set (the command line offers them as choices)
-    CHOICES: ClassVar[dict[str, Collection[str]]] = {
-        "mixer": MIXERS, "backbone": BACKBONES, "tokenizer": TOKENIZERS, "dtype": DTYPES,
-    }  # fmt: skip
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"tokenizer": TOKENIZERS, "dtype": DTYPES}
 
-    # model (-> LMConfig)
-    mixer: str = "ttt_linear"  # sequence mixer of every block (any registered one)
-    backbone: str = "transformer"  # block layout: transformer (mixer + MLP) or mamba (conv + mixer + MLP)
-    hidden_size: int = 128  # model width
-    intermediate_size: int | None = None  # SwiGLU MLP width; default: 2 * hidden_size
-    num_hidden_layers: int = 2  # number of blocks
-    num_attention_heads: int = 4  # heads of the mixer (attention and TTT)
-    mini_batch_size: int = 16  # TTT inner-loop mini-batch (tokens per inner step)
-    ttt_base_lr: float | None = None  # TTT inner learning rate; default: the mixer's (1.0 TTT-Linear, 0.1 TTT-MLP)
-    mode: str = "auto"  # mixer op path: auto | naive | chunk | recurrent | fused (innerloop.layers.modes)
+    model: LMConfig = field(default_factory=model_config)  # the model; default: a small byte LM (MODEL_DEFAULTS)
     tokenizer: str = "bytes"  # bytes (vocab 256) or bpe (trained locally on the training split; needs `tokenizers`)
-    vocab_size: int | None = None  # 256 for bytes; bpe: > 256, default 2048 (may end smaller on a tiny corpus)
     # data
     data: str = ""  # a .txt file or a folder of .txt files (documents); default: the bundled tiny-shakespeare
     gutenberg: bool = False  # strip Project Gutenberg headers/licence footers from every document (books)
@@ -88,71 +111,71 @@ class TrainConfig(DictConfig):
     out: str = "runs/lm/default"  # run folder: config.json, log.csv, checkpoints/ (again with the same one resumes)
 
     def __post_init__(self) -> None:
-        if self.mixer not in MIXERS:
-            raise ValueError(f"unknown mixer {self.mixer!r}; known mixers: {sorted(MIXERS)}")
-        check_choice("backbone", self.backbone, BACKBONES)
+        if isinstance(self.model, dict):
+            self.model = LMConfig.from_dict(self.model)
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer must be 'bytes' (byte-level, vocab 256) or 'bpe', got {self.tokenizer!r}")
-        if self.tokenizer == "bytes" and self.vocab_size not in (None, 256):
-            raise ValueError(f"--tokenizer bytes has vocab_size 256, got --vocab-size {self.vocab_size}")
-        if self.tokenizer == "bpe" and self.vocab_size is not None and not 256 < self.vocab_size < 2**32:
-            raise ValueError(f"--tokenizer bpe needs --vocab-size > 256 (256 bytes + merges), got {self.vocab_size}")
-        positive = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mini_batch_size", "context", "steps",
-                    "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batches", "keep_checkpoints")
-        for name in positive:  # fmt: skip
+        if self.tokenizer == "bytes" and self.model.vocab_size != 256:
+            raise ValueError(f"--tokenizer bytes has vocab_size 256, got --vocab-size {self.model.vocab_size}")
+        if self.tokenizer == "bpe" and not 256 < self.model.vocab_size < 2**32:
+            raise ValueError(f"--tokenizer bpe needs --vocab-size > 256 (256 bytes + merges), got "
+                             f"{self.model.vocab_size}")  # fmt: skip
+        positive = ("context", "steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batches",
+                    "keep_checkpoints")  # fmt: skip
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        bad = {"intermediate_size": self.intermediate_size is not None and self.intermediate_size < 1,
-               "ttt_base_lr": self.ttt_base_lr is not None and not self.ttt_base_lr > 0,
-               "ttt_lr_warmup_steps": self.ttt_lr_warmup_steps is not None and self.ttt_lr_warmup_steps < 0}
-        for name in (n for n, b in bad.items() if b):  # fmt: skip
-            need, meaning = _UNSET[name]
-            raise ValueError(f"{name} must be {need}, or unset (None) for {meaning}; got {getattr(self, name)}")
+        if self.model.mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be >= 1, got {self.model.mini_batch_size}")
+        if self.model.ttt_base_lr is not None and not self.model.ttt_base_lr > 0:
+            raise ValueError(f"ttt_base_lr must be > 0, or unset (None) for the mixer's default; got "
+                             f"{self.model.ttt_base_lr}")  # fmt: skip
+        if self.ttt_lr_warmup_steps is not None and self.ttt_lr_warmup_steps < 0:
+            raise ValueError(f"ttt_lr_warmup_steps must be >= 0, or unset (None) for 10% of steps for ttt_mlp, "
+                             f"else 0; got {self.ttt_lr_warmup_steps}")  # fmt: skip
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
-        cls = MIXERS[self.mixer]
-        resolve_mode(self.mode, cls.modes, f"mixer {self.mixer!r}", getattr(cls, "mode_aliases", None))
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> TrainConfig:
+        """A config from flat options, as the command line gives them: LMConfig's fields go to :attr:`model`
+        (:func:`model_config`: the run's model defaults), the others are this config's; None = the default."""
+        run_fields = {f.name for f in dataclasses.fields(cls)} - {"model"}
+        unknown = sorted(set(options) - run_fields - MODEL_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig options {unknown}")
+        run = {k: v for k, v in options.items() if k in run_fields and v is not None}
+        model = model_config(run.get("tokenizer", "bytes"), **{k: v for k, v in options.items() if k in MODEL_FIELDS})
+        return cls(model=model, **run)
 
     @classmethod
     def upgrade_dict(cls, d: dict[str, Any]) -> dict[str, Any]:
-        """``d`` (a saved config) as today's versions write it: the placeholders older versions wrote for "the
-        default" (0, 0.0 or -1) become ``None``, today's only "use the default" value, and a saved ``mode='chunk'``
-        (the old default) reads as ``'auto'``."""
-        d = upgrade_saved_mode(d)
-        return {k: None if k in _LEGACY_UNSET and v == _LEGACY_UNSET[k] else v for k, v in d.items()}
+        """``d`` (a saved config) as today's versions write it: the flat configs of older versions get their model
+        nested (their placeholders 0, 0.0 or -1 read as None), and a saved ``mode='chunk'`` (the old default) reads as
+        ``'auto'``."""
+        d = {k: None if k in _LEGACY_UNSET and v == _LEGACY_UNSET[k] else v for k, v in d.items()}
+        if "model" not in d:  # flat: model fields beside the run's
+            model = {k: d.pop(k) for k in list(d) if k in MODEL_FIELDS}
+            d["model"] = model_config(d.get("tokenizer", "bytes"), **upgrade_saved_mode(model)).to_dict()
+        elif isinstance(d["model"], dict):
+            d["model"] = upgrade_saved_mode(d["model"])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; also reads the ``config.json`` of older versions (see :meth:`upgrade_dict`)."""
+        """Inverse of :meth:`to_dict` (nested); also reads older versions' ``config.json`` (:meth:`upgrade_dict`)."""
         return super().from_dict(cls.upgrade_dict(d))
 
-    def resolved_vocab_size(self) -> int:
-        """Requested vocabulary: 256 for bytes, ``vocab_size`` (default 2048) for BPE."""
-        if self.tokenizer == "bytes":
-            return 256
-        return self.vocab_size or 2048
-
-    def lm_config(self, vocab_size: int | None = None) -> LMConfig:
-        """The model's :class:`LMConfig` (validated there: sizes, heads, backbone).
-
-        Args:
-            vocab_size (int, Optional): the tokenizer's actual size. Default: None (:meth:`resolved_vocab_size`).
-        """
-        vocab_size = vocab_size or self.resolved_vocab_size()
-        return LMConfig(
-            vocab_size=vocab_size, hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size or 2 * self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-            mixer=self.mixer, backbone=self.backbone, mini_batch_size=self.mini_batch_size,
-            ttt_base_lr=self.ttt_base_lr, mode=self.mode,
-        )  # fmt: skip
+    def model_for(self, vocab_size: int | None = None) -> LMConfig:
+        """The model's :class:`LMConfig` with the tokenizer's actual ``vocab_size`` (None: the requested one)."""
+        return self.model if vocab_size is None else dataclasses.replace(self.model, vocab_size=vocab_size)
 
     def resolved_ttt_warmup(self) -> int:
         """TTT inner-LR warm-up steps: ``ttt_lr_warmup_steps``, or 10% of ``steps`` for ttt_mlp and 0 otherwise."""
         if self.ttt_lr_warmup_steps is not None:
             return self.ttt_lr_warmup_steps
-        return self.steps // 10 if self.mixer == "ttt_mlp" else 0
+        return self.steps // 10 if self.model.mixer == "ttt_mlp" else 0

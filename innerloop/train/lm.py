@@ -59,7 +59,7 @@ def _run_data(cfg: TrainConfig, dist_info: DistInfo) -> LMData:
     """The run's tokenizer and tokens (rank 0 builds the BPE / token cache first); split sizes checked."""
 
     def load() -> LMData:
-        tok = run_tokenizer(cfg.tokenizer, cfg.resolved_vocab_size(), cfg.out, cfg.data, cfg.gutenberg,
+        tok = run_tokenizer(cfg.tokenizer, cfg.model.vocab_size, cfg.out, cfg.data, cfg.gutenberg,
                             cfg.val_fraction)  # fmt: skip
         return load_data(cfg.data, tok, cache_dir_of(cfg.out, cfg.cache_dir), cfg.gutenberg, cfg.val_fraction)
 
@@ -117,9 +117,9 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
     dist_info = dist_info or setup_distributed(cfg.device)
     data = _run_data(cfg, dist_info)
     seed_everything(cfg.seed)
-    model = CausalLM(cfg.lm_config(data.tokenizer.vocab_size)).to(dist_info.device)
+    model = CausalLM(cfg.model_for(data.tokenizer.vocab_size)).to(dist_info.device)
     n_params = count_params(model)
-    resolved = {"lm_config": model.config.to_dict(), "params": n_params, "device": dist_info.device,
+    resolved = {"vocab_size": model.config.vocab_size, "params": n_params, "device": dist_info.device,
                 "world_size": dist_info.world_size, "ttt_lr_warmup_steps": cfg.resolved_ttt_warmup(),
                 "tokenizer": data.tokenizer.ident, "token_cache": str(data.cache_file),
                 "train_tokens": len(data.train), "val_tokens": len(data.val)}
@@ -140,11 +140,11 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
         resolved=resolved,
     )  # fmt: skip
     summary = trainer.fit()
-    metrics = {"mixer": cfg.mixer, "params": n_params, "context": cfg.context, **summary}
+    metrics = {"mixer": cfg.model.mixer, "params": n_params, "context": cfg.context, **summary}
     if dist_info.is_main:
         atomic_write_json(Path(cfg.out) / "metrics.json", metrics)
         with contextlib.suppress(ImportError):  # matplotlib is optional
-            plot_log(Path(cfg.out) / "log.csv", Path(cfg.out) / "loss_curve.png", cfg.mixer)
+            plot_log(Path(cfg.out) / "log.csv", Path(cfg.out) / "loss_curve.png", cfg.model.mixer)
     return metrics
 
 
@@ -173,7 +173,7 @@ def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfi
     body.pop("resolved", None)
     cfg = TrainConfig.from_dict(body)
     device = resolve_device(device)
-    model = CausalLM(cfg.lm_config(load_tokenizer(cfg.tokenizer, out).vocab_size)).to(device)
+    model = CausalLM(cfg.model_for(load_tokenizer(cfg.tokenizer, out).vocab_size)).to(device)
     if load_latest_weights(out / "checkpoints", model, map_location=device) is None:
         raise FileNotFoundError(f"{out} has no checkpoint yet (no checkpoints/step_* folder)")
     model.eval()

@@ -13,7 +13,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr``, then cosine to ``lr*min_lr_ratio``.
 
     Examples:
-        >>> cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0)
+        >>> cfg = TrainConfig.from_flat(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0)
         >>> [round(lr_at(s, cfg), 3) for s in (0, 9, 10, 55, 100)]
         [0.1, 1.0, 1.0, 0.5, 0.0]
     """

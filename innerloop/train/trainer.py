@@ -77,7 +77,7 @@ class Trainer(TrainLoop):
             model, run, cfg.steps, stateful={"optimizer": self.optimizer}, log_fields=LOG_FIELDS,
             average=("loss",), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
             eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callbacks=callbacks, is_main=self.dist.is_main,
-            progress=progress, desc=cfg.mixer, tokens_per_step=tokens_per_step, verbose=progress,
+            progress=progress, desc=cfg.model.mixer, tokens_per_step=tokens_per_step, verbose=progress,
             diverged_hint=f"Try a lower --lr (now {cfg.lr}), a smaller --grad-clip, or fp32 (--dtype fp32).",
         )  # fmt: skip
         self.ckpt_dir = run.ckpt_dir

@@ -62,7 +62,7 @@ def test_synth_config_knows_the_arm_task():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        (dict(intermediate_size=0), "intermediate_size must be >= 1, or unset"),
+        (dict(intermediate_size=0), "intermediate_size must be >= 1, got 0"),
         (dict(ttt_base_lr=0.0), "ttt_base_lr must be > 0, or unset"),
         (dict(ttt_lr_warmup_steps=-1), "ttt_lr_warmup_steps must be >= 0, or unset"),
         (dict(backbone="rwkv"), "unknown backbone 'rwkv'; choose from mamba, transformer"),
@@ -71,35 +71,45 @@ def test_synth_config_knows_the_arm_task():
 )
 def test_train_config_placeholders_are_none(kw, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**kw)
+        TrainConfig.from_flat(**kw)
 
 
 def test_train_config_none_means_the_default():
-    cfg = TrainConfig(hidden_size=64, mixer="ttt_mlp", steps=50)
-    assert cfg.lm_config().intermediate_size == 128 and cfg.lm_config().ttt_base_lr is None
-    assert cfg.resolved_vocab_size() == 256 and cfg.resolved_ttt_warmup() == 5
-    assert TrainConfig(tokenizer="bpe").resolved_vocab_size() == 2048
-    assert TrainConfig(ttt_lr_warmup_steps=0, mixer="ttt_mlp").resolved_ttt_warmup() == 0
+    cfg = TrainConfig.from_flat(hidden_size=64, mixer="ttt_mlp", steps=50)
+    assert cfg.model.intermediate_size == 128 and cfg.model.ttt_base_lr is None
+    assert cfg.model.vocab_size == 256 and cfg.resolved_ttt_warmup() == 5
+    assert TrainConfig.from_flat(tokenizer="bpe").model.vocab_size == 2048
+    assert TrainConfig.from_flat(ttt_lr_warmup_steps=0, mixer="ttt_mlp").resolved_ttt_warmup() == 0
+
+
+def _flat_old(cfg: TrainConfig) -> dict:
+    """``cfg`` as versions before the nested model config wrote it: flat, with their placeholders."""
+    model = cfg.model
+    flat = {k: v for k, v in cfg.to_dict().items() if k != "model"}
+    flat.update(mixer=model.mixer, backbone=model.backbone, hidden_size=model.hidden_size,
+                num_hidden_layers=model.num_hidden_layers, num_attention_heads=model.num_attention_heads,
+                mini_batch_size=model.mini_batch_size, mode="chunk")  # fmt: skip
+    return {**flat, **LEGACY}
 
 
 def test_old_config_json_placeholders_are_read_as_none():
-    old = {**TrainConfig().to_dict(), **LEGACY}
-    cfg = TrainConfig.from_dict(old)
-    assert all(getattr(cfg, k) is None for k in LEGACY)
-    assert TrainConfig.from_dict({**old, "intermediate_size": 96}).intermediate_size == 96  # real values stay
+    cfg = TrainConfig.from_flat(hidden_size=48, mixer="ttt_mlp")
+    assert TrainConfig.from_dict(_flat_old(cfg)) == cfg  # nested, 0 / -1 read as "the default", mode chunk as auto
+    old = {**_flat_old(cfg), "intermediate_size": 96}
+    assert TrainConfig.from_dict(old).model.intermediate_size == 96  # real values stay
 
 
 def test_a_run_of_an_older_version_loads_and_resumes(tmp_path):
     from innerloop.train.lm import load_run, train_lm
 
-    cfg = TrainConfig(**TINY, out=str(tmp_path / "run"))
+    cfg = TrainConfig.from_flat(**TINY, out=str(tmp_path / "run"))
     train_lm(cfg)
     # rewrite the run as an older version wrote it: placeholders 0 / -1 / 0.0 in config.json and the checkpoint
     path = tmp_path / "run" / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **LEGACY}))
+    path.write_text(json.dumps({**_flat_old(cfg), "resolved": json.loads(path.read_text())["resolved"]}))
     (state_file,) = (tmp_path / "run" / "checkpoints").glob("step_*/trainer.pt")
     state = torch.load(state_file, weights_only=False)
-    torch.save({**state, "config": {**state["config"], **LEGACY}}, state_file)
+    torch.save({**state, "config": _flat_old(cfg)}, state_file)
     (state_file.parent / "manifest.json").unlink()  # older versions wrote no checksums either
     model, loaded = load_run(tmp_path / "run")
     assert loaded == cfg and model.config.intermediate_size == 64

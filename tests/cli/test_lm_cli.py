@@ -22,7 +22,7 @@ def test_train_eval_generate(tmp_path, capsys):
     for f in ("config.json", "log.csv", "metrics.json", "loss_curve.png", "checkpoints/latest"):
         assert (run / f).exists(), f
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["steps"] == 3 and cfg["resolved"]["lm_config"]["vocab_size"] == 256 and cfg["resolved"]["params"] > 0
+    assert cfg["steps"] == 3 and cfg["resolved"]["vocab_size"] == 256 and cfg["resolved"]["params"] > 0
     assert json.loads((run / "metrics.json").read_text())["steps"] == 3
     assert main(["lm", "eval", "--run", str(run), "--length", "40", "--chunk", "8", "--bucket", "10"]) == 0
     assert "bits/byte" in capsys.readouterr().out
@@ -105,7 +105,7 @@ def test_bpe_train_eval_generate(tmp_path, capsys):
     tok = load_tokenizer("bpe", run)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["tokenizer"] == "bpe" and cfg["resolved"]["tokenizer"] == tok.ident
-    assert 256 < tok.vocab_size <= 300 and cfg["resolved"]["lm_config"]["vocab_size"] == tok.vocab_size
+    assert 256 < tok.vocab_size <= 300 and cfg["resolved"]["vocab_size"] == tok.vocab_size
     assert cfg["resolved"]["train_tokens"] < 0.9 * 60_000 * 0.8  # BPE tokens, not bytes
     cache_file = Path(cfg["resolved"]["token_cache"])  # the shared user cache, recorded by the run
     assert cache_file.is_file() and cache_file.parent == Path(os.environ["INNERLOOP_CACHE"]) / "tokens"
@@ -145,7 +145,8 @@ def test_resume_after_kill_is_exact_with_bpe_and_shared_cache(tmp_path):
     data, cache = small_corpus(tmp_path), tmp_path / "shared_cache"
 
     def cfg(name):
-        return TrainConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, context=32, batch_size=4,
+        return TrainConfig.from_flat(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, context=32,
+                                     batch_size=4,
                            steps=6, warmup_steps=1, eval_every=3, eval_batches=1, log_every=1, checkpoint_every=2,
                            data=str(data), tokenizer="bpe", vocab_size=300, cache_dir=str(cache),
                            out=str(tmp_path / name))  # fmt: skip

@@ -193,10 +193,11 @@ def test_old_config_json_with_mode_chunk(mixer):
 def test_train_config_reads_old_mode():
     from innerloop.train.config import RESUME_FREE_KEYS, TrainConfig
 
-    assert TrainConfig.from_dict({"mixer": "mamba", "mode": "chunk"}).mode == "auto"
-    assert TrainConfig().mode == "auto" and "mode" in RESUME_FREE_KEYS  # an old run resumes under the new default
+    assert TrainConfig.from_dict({"mixer": "mamba", "mode": "chunk"}).model.mode == "auto"
+    # an old run resumes under the new default
+    assert TrainConfig.from_flat().model.mode == "auto" and "model.mode" in RESUME_FREE_KEYS
     with pytest.raises(ValueError, match="has no mode 'recurrent'"):
-        TrainConfig(mixer="mamba", mode="recurrent")
+        TrainConfig.from_flat(mixer="mamba", mode="recurrent")
 
 
 def test_errors():

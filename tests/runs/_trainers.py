@@ -26,7 +26,7 @@ def _lm(out: str, callbacks: list, fresh: bool = False, extend: bool = False, **
 
     base = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, context=16, batch_size=2, steps=STEPS,
                 warmup_steps=1, eval_every=4, eval_batches=1, log_every=1, checkpoint_every=2, out=out)  # fmt: skip
-    return train_lm(TrainConfig(**{**base, **cfg}), callbacks=callbacks, fresh=fresh, extend=extend)
+    return train_lm(TrainConfig.from_flat(**{**base, **cfg}), callbacks=callbacks, fresh=fresh, extend=extend)
 
 
 def _meta(out: str, callbacks: list, fresh: bool = False, extend: bool = False, **cfg: Any) -> Any:

@@ -15,7 +15,7 @@ class Grab(Callback):
         self.model = trainer.model
 
 
-cfg = TrainConfig(**json.loads(sys.argv[1]))
+cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
 info = setup_distributed("cpu")
 grab = Grab()
 train_lm(cfg, callbacks=[grab], dist_info=info)

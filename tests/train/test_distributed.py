@@ -19,7 +19,8 @@ WORKER = Path(__file__).with_name("_ddp_worker.py")
 
 
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
-    cfg = TrainConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, context=32, batch_size=4, steps=3,
+    cfg = TrainConfig.from_flat(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, context=32, batch_size=4,
+                                steps=3,
                       warmup_steps=1, eval_every=0, eval_batches=1, log_every=1, checkpoint_every=3,
                       grad_accum=2, adam_eps=1e-4, out=str(tmp_path / "ddp"))  # fmt: skip
     # adam_eps 1e-4: with the default 1e-8, Adam's first steps move every weight by ~lr * sign(grad), so float noise
@@ -53,6 +54,6 @@ def test_uneven_global_batch_is_a_clear_error(tmp_path):
     from innerloop.train.distributed import DistInfo
     from innerloop.train.lm import make_batch_fn
 
-    cfg = TrainConfig(batch_size=6, grad_accum=2, out=str(tmp_path))
+    cfg = TrainConfig.from_flat(batch_size=6, grad_accum=2, out=str(tmp_path))
     with pytest.raises(ValueError, match="divisible by world_size"):
         make_batch_fn(cfg, torch.zeros(1000, dtype=torch.uint8), DistInfo(rank=0, world_size=2))

@@ -16,7 +16,7 @@ from innerloop.train.trainer import Callback, ConfigMismatchError
 def tiny(tmp_path, name="run", **kw) -> TrainConfig:
     base = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, context=32, batch_size=4, steps=8,
                 warmup_steps=2, eval_every=4, eval_batches=1, log_every=1, checkpoint_every=3, out=str(tmp_path / name))
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_flat(**{**base, **kw})
 
 
 class Kill(Callback):
@@ -122,7 +122,7 @@ def test_load_checkpoint_into_other_model_is_a_clear_error(tmp_path):
     from innerloop.models.lm import CausalLM
 
     train_lm(tiny(tmp_path, steps=1))
-    other = CausalLM(tiny(tmp_path, hidden_size=64).lm_config())
+    other = CausalLM(tiny(tmp_path, hidden_size=64).model)
     with pytest.raises(ValueError, match="does not fit this model"):
         load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"), other)
 
@@ -152,7 +152,7 @@ def test_ttt_mlp_inner_lr_warmup(tmp_path):
 
 
 def test_lr_schedule():
-    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    cfg = TrainConfig.from_flat(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     lrs = [lr_at(s, cfg) for s in range(100)]
     assert lrs[9] == 1.0 and max(lrs) == 1.0 and lrs[-1] > 0.1 - 1e-9
     assert all(x >= y for x, y in zip(lrs[10:], lrs[11:]))
@@ -161,7 +161,8 @@ def test_lr_schedule():
 def test_trainer_is_model_agnostic(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
-    cfg = TrainConfig(steps=60, lr=0.2, warmup_steps=1, weight_decay=0.0, grad_clip=0.0, out=str(tmp_path / "lin"),
+    cfg = TrainConfig.from_flat(steps=60, lr=0.2, warmup_steps=1, weight_decay=0.0, grad_clip=0.0,
+                                out=str(tmp_path / "lin"),
                       log_every=5, checkpoint_every=10)
     x = torch.randn(16, 3)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
@@ -173,7 +174,7 @@ def test_trainer_is_model_agnostic(tmp_path):
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        (dict(mixer="lstm_typo"), "unknown mixer 'lstm_typo'; known mixers"),
+        (dict(mixer="lstm_typo"), "unknown mixer 'lstm_typo'; choose from"),
         (dict(batch_size=6, grad_accum=4), "divisible by grad_accum"),
         (dict(context=0), "context must be >= 1"),
         (dict(dtype="fp16"), "dtype must be"),

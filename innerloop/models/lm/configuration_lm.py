@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from innerloop._config import DictConfig
+from innerloop.errors import check_choice
 from innerloop.layers import MIXERS
-from innerloop.layers.modes import resolve_mode, upgrade_saved_mode
+from innerloop.layers.modes import MODES, resolve_mode, upgrade_saved_mode
 
 BACKBONES = ("transformer", "mamba")
 
@@ -58,31 +60,32 @@ class LMConfig(DictConfig):
         (768, True, True)
     """
 
-    vocab_size: int = 32000
-    hidden_size: int = 768
-    intermediate_size: int = 2048
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    rms_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
-    tie_word_embeddings: bool = True
-    mixer: str = "ttt_linear"
-    backbone: str = "transformer"
-    mini_batch_size: int = 16
-    ttt_base_lr: float | None = None
-    rope_theta: float = 1e4
-    conv_kernel: int = 4
-    pre_conv: bool | None = None
-    share_qk: bool | None = None
-    use_gate: bool | None = None
-    mode: str = "auto"
-    mixer_options: dict[str, Any] = field(default_factory=dict)
+    # allowed values of the fields with a fixed set (the command line offers them as choices)
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"mixer": MIXERS, "backbone": BACKBONES, "mode": MODES}
+
+    vocab_size: int = 32000  # token vocabulary (bytes: 256; bpe: the tokenizer's size)
+    hidden_size: int = 768  # model width
+    intermediate_size: int = 2048  # SwiGLU MLP width
+    num_hidden_layers: int = 12  # number of blocks
+    num_attention_heads: int = 12  # heads of the mixer (attention and TTT)
+    rms_norm_eps: float = 1e-6  # epsilon of the RMSNorms
+    initializer_range: float = 0.02  # std of the normal init of every Linear and the embedding
+    tie_word_embeddings: bool = True  # the output layer shares the embedding matrix
+    mixer: str = "ttt_linear"  # sequence mixer of every block (any registered one)
+    backbone: str = "transformer"  # block layout: transformer (mixer + MLP) or mamba (conv + mixer + MLP)
+    mini_batch_size: int = 16  # TTT inner-loop mini-batch (tokens per inner step)
+    ttt_base_lr: float | None = None  # TTT inner learning rate; default: the mixer's (1.0 TTT-Linear, 0.1 TTT-MLP)
+    rope_theta: float = 1e4  # RoPE base (attention and TTT)
+    conv_kernel: int = 4  # kernel of the Mamba-backbone causal convolutions
+    pre_conv: bool | None = None  # a causal conv before the mixer; default: on for the mamba backbone
+    share_qk: bool | None = None  # TTT: Q and K from one projection (two convs); default: on for the mamba backbone
+    use_gate: bool | None = None  # TTT: gate the output (GELU); default: on for the mamba backbone
+    mode: str = "auto"  # mixer op path: auto | naive | chunk | recurrent | fused (innerloop.layers.modes)
+    mixer_options: dict[str, Any] = field(default_factory=dict)  # extra mixer keyword arguments, passed verbatim
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.mixer not in MIXERS:
-            raise ValueError(f"unknown mixer {self.mixer!r}; known mixers: {sorted(MIXERS)}")
+        check_choice("backbone", self.backbone, BACKBONES)
+        check_choice("mixer", self.mixer, MIXERS)
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
