@@ -96,7 +96,7 @@ class Runner:
 def build_ours(mixer: str, size: Size) -> Runner:
     from innerloop.models.lm import CausalLM, LMConfig
 
-    options = {"mode": "torch"} if mixer == "mamba_torch" else {}
+    options = {"mode": "chunk"} if mixer == "mamba_torch" else {}
     cfg = LMConfig(
         vocab_size=size.vocab, hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=size.heads,
         intermediate_size=size.intermediate, mixer=mixer.removesuffix("_torch"), backbone="transformer",
