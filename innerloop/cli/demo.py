@@ -196,12 +196,13 @@ def speed_section(ttt, attn, contexts: list[int], trained_context: int, quick: b
     markdown)``, the markdown saying what is measured, the table, and the comparison at the longest context."""
     from innerloop.eval.speed import format_speed_table, measure_speed
 
-    reps, steps = (1, 2) if quick else (3, 16)
-    a = measure_speed(ttt, contexts, repeats=reps, decode_steps=steps)
-    b = measure_speed(attn, contexts, repeats=reps, decode_steps=steps)
+    reps, steps = (1, 2) if quick else (5, 32)
+    both = measure_speed({"ttt": ttt, "attn": attn}, contexts, repeats=reps, decode_steps=steps)
+    a, b = both["ttt"], both["attn"]
     what = textwrap.fill(
         "What it measures: the cost of a long context at inference, not quality (the models were trained at context "
-        f"{trained_context}): one sequence of random bytes, no gradients, median of repeated calls. forward tok/s = "
+        f"{trained_context}): one sequence of random bytes, no gradients, the two models timed in turn, medians of "
+        "repeated calls. forward tok/s = "
         "tokens per second of one pass over L tokens (a prefill); decode ms/token = time of one new token after an "
         "L-token prefill; state bytes = exactly what the model carries to decode the next token: the Transformer's KV "
         "cache grows with L, TTT-Linear's inner model (and its pending gradient) does not. x = how many times cheaper "

@@ -9,13 +9,8 @@ Three numbers per context length ``L``, for one sequence (batch 1), without grad
   A KV cache counts its ``L`` valid positions, not the spare capacity of its buffer; a TTT state holds the inner model
   and its pending gradient, the same size at every ``L``.
 
-The speeds depend on the machine and its load; only ratios measured in one run compare.
-
-    >>> from innerloop.models.lm import CausalLM, LMConfig
-    >>> cfg = LMConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    >>> rows = measure_speed(CausalLM(cfg).eval(), [16, 32], repeats=1, decode_steps=2)
-    >>> [r["context"] for r in rows], rows[0]["state_bytes"] == rows[1]["state_bytes"]
-    ([16, 32], True)
+The speeds depend on the machine and its load; only ratios measured in one run compare (the models are
+timed in turn, call by call, for that reason).
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -66,58 +61,84 @@ def _seconds(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-def _measure_one(model: nn.Module, ids: Tensor, repeats: int, decode_steps: int, sync: Callable[[], None]) -> dict:
-    tok, last = ids[:, -1:], {}
+class _Run:
+    """One model at one context length: a prefill and single-token steps, each continuing the last state."""
 
-    def prefill() -> None:
-        last["state"] = model(ids).state
+    def __init__(self, model: nn.Module, ids: Tensor) -> None:
+        self.model, self.ids, self.tok, self.state = model, ids, ids[:, -1:], None
 
-    def step() -> None:
-        last["state"] = model(tok, last["state"]).state
+    def prefill(self) -> None:
+        self.state = self.model(self.ids).state
 
-    prefill()  # warm-up: kernels, allocator
-    fwd = statistics.median(_seconds(prefill, sync) for _ in range(repeats))
-    size = state_bytes(last["state"])
-    step()  # untimed: a KV cache moves into a growable buffer here
-    decode = statistics.median(_seconds(step, sync) for _ in range(decode_steps))
-    L = ids.shape[1]
-    return {"context": L, "forward_seconds": fwd, "forward_tokens_per_s": L / fwd, "decode_ms_per_token": 1e3 * decode,
-            "state_bytes": size}
+    def step(self) -> None:
+        self.state = self.model(self.tok, self.state).state
 
 
 @torch.no_grad()
 def measure_speed(
-    model: nn.Module, lengths: Sequence[int], repeats: int = 3, decode_steps: int = 16, seed: int = 0
-) -> list[dict[str, float | int]]:
-    """Forward tokens/s, decode ms/token and decode-state bytes of ``model`` at every context length of ``lengths``.
+    models: Mapping[str, nn.Module], lengths: Sequence[int], repeats: int = 5, decode_steps: int = 32, seed: int = 0
+) -> dict[str, list[dict[str, float | int]]]:
+    """Forward tokens/s, decode ms/token and decode-state bytes of every model at every context length.
+
+    The models are timed in turn, call by call (A, B, A, B, ...), on the same token ids, so a change in the machine's
+    load hits them alike and their ratios stay meaningful on a busy machine.
 
     Args:
-        model (nn.Module): a causal LM called as ``model(ids [B, T], state=None)`` returning ``.state``
-            (:class:`~innerloop.models.lm.CausalLM`), with ``config.vocab_size``; put it in eval mode first.
+        models (Mapping[str, nn.Module]): name -> causal LM called as ``model(ids [B, T], state=None)`` returning
+            ``.state`` (:class:`~innerloop.models.lm.CausalLM`), with ``config.vocab_size``; in eval mode.
         lengths (Sequence[int]): context lengths ``L`` (positive).
-        repeats (int, Optional): timed forward calls per length, after one untimed warm-up call; the median counts.
-            Default: 3.
-        decode_steps (int, Optional): timed single-token steps per length (after one untimed step); the median
-            counts. Default: 16.
+        repeats (int, Optional): timed forward calls per model and length, after one untimed warm-up call; the
+            median counts. Default: 5.
+        decode_steps (int, Optional): timed single-token steps per model and length (after one untimed step); the
+            median counts. Default: 32.
         seed (int, Optional): seed of the random token ids. Default: 0.
     Returns:
-        list[dict]: one dict per length: ``context``, ``forward_seconds`` (median), ``forward_tokens_per_s``,
-        ``decode_ms_per_token``, ``state_bytes``.
+        dict[str, list[dict]]: per model, one dict per length: ``context``, ``forward_seconds`` (median),
+        ``forward_tokens_per_s``, ``decode_ms_per_token``, ``state_bytes``.
     Raises:
-        ValueError: for an empty ``lengths``, a length < 1, or ``repeats`` / ``decode_steps`` < 1.
+        ValueError: for no models, an empty ``lengths``, a length < 1, or ``repeats`` / ``decode_steps`` < 1.
+
+    Examples:
+        >>> from innerloop.models.lm import CausalLM, LMConfig
+        >>> cfg = LMConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        ...                num_attention_heads=2)
+        >>> rows = measure_speed({"ttt": CausalLM(cfg).eval()}, [16, 32], repeats=1, decode_steps=2)["ttt"]
+        >>> [r["context"] for r in rows], rows[0]["state_bytes"] == rows[1]["state_bytes"]
+        ([16, 32], True)
     """
+    if not models:
+        raise ValueError("measure_speed needs at least one model")
     if not lengths or any(int(L) < 1 for L in lengths):
         raise ValueError(f"lengths must be positive context lengths, got {list(lengths)}")
     if repeats < 1 or decode_steps < 1:
         raise ValueError(f"repeats and decode_steps must be >= 1, got {repeats} and {decode_steps}")
-    device = next(model.parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cuda = any(next(m.parameters()).device.type == "cuda" for m in models.values())
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    vocab = min(m.config.vocab_size for m in models.values())
     gen = torch.Generator().manual_seed(seed)
-    rows: list[dict[str, float | int]] = []
+    results: dict[str, list[dict[str, float | int]]] = {name: [] for name in models}
     for L in lengths:
-        ids = torch.randint(0, model.config.vocab_size, (1, int(L)), generator=gen).to(device)
-        rows.append(_measure_one(model, ids, repeats, decode_steps, sync))
-    return rows
+        ids = torch.randint(0, vocab, (1, int(L)), generator=gen)
+        runs = {name: _Run(m, ids.to(next(m.parameters()).device)) for name, m in models.items()}
+        fwd: dict[str, list[float]] = {name: [] for name in runs}
+        dec: dict[str, list[float]] = {name: [] for name in runs}
+        for r in runs.values():
+            r.prefill()  # warm-up: kernels, allocator
+        for _ in range(repeats):
+            for name, r in runs.items():
+                fwd[name].append(_seconds(r.prefill, sync))
+        sizes = {name: state_bytes(r.state) for name, r in runs.items()}
+        for r in runs.values():
+            r.step()  # untimed: a KV cache moves into a growable buffer here
+        for _ in range(decode_steps):
+            for name, r in runs.items():
+                dec[name].append(_seconds(r.step, sync))
+        for name in runs:
+            f = statistics.median(fwd[name])
+            results[name].append({"context": int(L), "forward_seconds": f, "forward_tokens_per_s": int(L) / f,
+                                  "decode_ms_per_token": 1e3 * statistics.median(dec[name]),
+                                  "state_bytes": sizes[name]})  # fmt: skip
+    return results
 
 
 def format_speed_table(a: list[dict[str, Any]], b: list[dict[str, Any]], name_a: str, name_b: str) -> str:

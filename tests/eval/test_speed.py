@@ -35,22 +35,26 @@ def test_state_bytes_walks_containers_and_refuses_unknowns():
         state_bytes(object())
 
 
-@pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])
-def test_measure_speed(mixer):
-    rows = measure_speed(tiny(mixer), [8, 21], repeats=1, decode_steps=2)
-    assert [r["context"] for r in rows] == [8, 21]
-    for r in rows:
-        assert r["forward_seconds"] > 0 and r["decode_ms_per_token"] > 0 and r["state_bytes"] > 0
-        assert r["forward_tokens_per_s"] == pytest.approx(r["context"] / r["forward_seconds"])
-    grows = rows[1]["state_bytes"] > rows[0]["state_bytes"]
-    assert grows == (mixer == "attention")
+def test_measure_speed():
+    results = measure_speed({"ttt": tiny("ttt_linear"), "attn": tiny("attention")}, [8, 21], repeats=1, decode_steps=2)
+    assert list(results) == ["ttt", "attn"]
+    for rows in results.values():
+        assert [r["context"] for r in rows] == [8, 21]
+        for r in rows:
+            assert r["forward_seconds"] > 0 and r["decode_ms_per_token"] > 0 and r["state_bytes"] > 0
+            assert r["forward_tokens_per_s"] == pytest.approx(r["context"] / r["forward_seconds"])
+    ttt, attn = results["ttt"], results["attn"]
+    assert ttt[0]["state_bytes"] == ttt[1]["state_bytes"] == state_bytes(tiny("ttt_linear").init_state(1))
+    assert attn[1]["state_bytes"] == attn[0]["state_bytes"] * 21 // 8
 
 
 def test_measure_speed_bad_args():
+    with pytest.raises(ValueError, match="at least one model"):
+        measure_speed({}, [4])
     with pytest.raises(ValueError, match="positive context lengths"):
-        measure_speed(tiny("attention"), [0])
+        measure_speed({"a": tiny("attention")}, [0])
     with pytest.raises(ValueError, match="decode_steps"):
-        measure_speed(tiny("attention"), [4], decode_steps=0)
+        measure_speed({"a": tiny("attention")}, [4], decode_steps=0)
 
 
 def test_format_speed_table():
