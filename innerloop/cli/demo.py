@@ -30,8 +30,8 @@ DEFAULT_STEPS = 1000
 # The guard that keeps the demo inside its time on a slow or busy machine: TTT-Linear trains for at most this
 # many seconds, and the Transformer then trains for exactly as many steps, so the budgets stay equal.
 DEFAULT_TRAIN_SECONDS = 130.0
-# The inference part: context lengths of the forward / decode / state measurement (about 10 s in all on 2 idle cores;
-# the Transformer's forward at 8192 is most of it). --quick uses QUICK_SPEED_CONTEXTS.
+# The inference part: context lengths of the forward / decode / state measurement (4-6 s in all, measured on a busy
+# 2-core machine; the Transformer's forward at 8192 is most of it). --quick uses QUICK_SPEED_CONTEXTS.
 SPEED_CONTEXTS = (512, 2048, 8192)
 QUICK_SPEED_CONTEXTS = (32, 64)
 
