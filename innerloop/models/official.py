@@ -140,29 +140,51 @@ def load_official_ttt(
     Returns:
         CausalLM: in eval mode; ``model(input_ids).logits`` ``[B, T, V]`` matches the authors' logits.
     Raises:
-        ValueError: listing unknown keys, missing keys and shape mismatches (or unsupported config values).
+        TypeError: when ``state_dict`` is not a mapping.
+        ValueError: for an empty state dict, or listing unknown keys, missing keys, shape mismatches and non-tensor
+            values (or unsupported config values); all checked before the model is built.
 
     Examples:
         >>> model = load_official_ttt(cfg, torch.load("ttt_official.pt"))  # doctest: +SKIP
     """
     lm_config = official_to_lm_config(config, mode)
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must map the official parameter names to tensors (TTTForCausalLM.state_dict()), "
+                        f"got {type(state_dict).__name__}")  # fmt: skip
+    if not state_dict:
+        raise ValueError("the official TTT state dict is empty: pass TTTForCausalLM.state_dict() or the dict saved "
+                         "from it (torch.load(path, map_location='cpu'))")  # fmt: skip
+    # Check every name and shape against a model on the meta device (no memory, no init), so a bad state dict fails
+    # at once instead of after building a multi-GB model.
+    with torch.device("meta"):
+        ours = CausalLM(lm_config).state_dict()
+    converted = _convert(state_dict, ours, lm_config.tie_word_embeddings)
     model = CausalLM(lm_config).to(dtype)
-    ours = model.state_dict()
-    tied = lm_config.tie_word_embeddings
+    model.load_state_dict(converted, strict=True)
+    return model.eval()
+
+
+def _convert(state_dict: Mapping[str, Tensor], ours: Mapping[str, Tensor], tied: bool) -> dict[str, Tensor]:
+    """``state_dict`` renamed to our parameter names, checked against ``ours`` (names and shapes); ValueError listing
+    every problem otherwise."""
     converted: dict[str, Tensor] = {}
-    unknown, shapes = [], []
+    unknown, shapes, not_tensors, present = [], [], [], set()
     for key, value in state_dict.items():
         if _IGNORED_KEY.search(key):
             continue
         name = official_key_to_ours(key)
         if name is None or name not in ours:
             unknown.append(key)
+            continue
+        present.add(name)
+        if not isinstance(value, Tensor):
+            not_tensors.append(f"{key}: {type(value).__name__}")
         elif tuple(value.shape) != tuple(ours[name].shape):
             shapes.append(f"{key}: got {tuple(value.shape)}, expected {tuple(ours[name].shape)}")
         else:
             converted[name] = value
     needed = [k for k in ours if not (tied and k == "lm_head.weight")]
-    missing = [ours_to_official_key(k) for k in needed if k not in converted]
+    missing = [ours_to_official_key(k) for k in needed if k not in present]
     problems = []
     both = tied and "lm_head.weight" in converted and "embed_tokens.weight" in converted
     if both and not torch.equal(converted["lm_head.weight"], converted["embed_tokens.weight"]):
@@ -173,12 +195,13 @@ def load_official_ttt(
         problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
     if shapes:
         problems.append(f"wrong shapes ({len(shapes)}): {_short(shapes)}")
+    if not_tensors:
+        problems.append(f"values that are not tensors ({len(not_tensors)}): {_short(not_tensors)}")
     if problems:
         raise ValueError("cannot load the official TTT state dict:\n  " + "\n  ".join(problems))
     if tied:
         converted["lm_head.weight"] = converted["embed_tokens.weight"]
-    model.load_state_dict(converted, strict=True)
-    return model.eval()
+    return converted
 
 
 def _short(items: list[str], n: int = 20) -> str:

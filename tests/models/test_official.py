@@ -212,3 +212,27 @@ def test_bad_configs_raise(change, match):
     c = {**official_config("linear", False), **change}
     with pytest.raises(ValueError, match=match):
         load_official_ttt(c, {})
+
+
+def test_bad_inputs_fail_before_a_model_is_built(monkeypatch):
+    """With the default (1B, ~5 GB) config, an empty or wrong state dict fails at once: names and shapes are checked
+    against a model on the meta device, and no real model is ever built."""
+    import innerloop.models.official as official
+
+    real, built = official.CausalLM, []
+
+    def spy(cfg):
+        built.append(torch.empty(0).device.type)  # the default device: "meta" inside `with torch.device("meta")`
+        return real(cfg)
+
+    monkeypatch.setattr(official, "CausalLM", spy)
+    with pytest.raises(ValueError, match="state dict is empty"):
+        load_official_ttt({}, {})
+    with pytest.raises(TypeError, match="state_dict must map"):
+        load_official_ttt({}, [("model.norm.weight", torch.ones(2048))])
+    assert built == []
+    bad = {"model.norm.weight": torch.ones(7), "model.embed_tokens.weight": 1.0}
+    with pytest.raises(ValueError, match=r"(?s)missing keys \(432\).*wrong shapes \(1\): model\.norm\.weight.*"
+                                         r"not tensors \(1\): model\.embed_tokens\.weight: float"):  # fmt: skip
+        load_official_ttt({}, bad)
+    assert built == ["meta"]
