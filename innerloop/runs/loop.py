@@ -69,7 +69,8 @@ class Callback:
 
 
 class _SigintGuard:
-    """While active (main thread only), the first Ctrl-C sets ``triggered`` instead of raising; a second one raises."""
+    """While active (main thread only, and unless SIGINT is ignored), the first Ctrl-C sets ``triggered`` instead of
+    raising; a second one raises."""
 
     def __init__(self) -> None:
         self.triggered = False
@@ -77,8 +78,10 @@ class _SigintGuard:
 
     def __enter__(self) -> _SigintGuard:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:  # a process told to ignore Ctrl-C (nohup, background jobs) keeps that
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:

@@ -80,8 +80,16 @@ class Interrupt(Callback):
             signal.raise_signal(signal.SIGINT)
 
 
+@pytest.fixture
+def sigint_default():
+    """Ctrl-C as in a terminal (CI may start the tests with SIGINT ignored, which the trainers respect)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_ctrl_c_saves_and_resume_logs_the_same(name, tmp_path, straight):
+def test_ctrl_c_saves_and_resume_logs_the_same(name, tmp_path, straight, sigint_default):
     out = tmp_path / name
     with pytest.raises(RunInterrupted, match="interrupted after step 4"):
         TRAINERS[name].run(out, callbacks=[Interrupt(at=3)])  # between the checkpoints at 2 and 4: saved at 4
@@ -159,3 +167,19 @@ def test_another_config_is_refused_fresh_starts_over_extend_adds_steps(name, tmp
         TRAINERS[name].run(out, **other, **{steps_key: STEPS + 2})
     TRAINERS[name].run(out, extend=True, **other, **{steps_key: STEPS + 2})
     assert [int(r[0]) for r in logged(out, name)] == list(range(1, STEPS + 3))
+
+
+def test_ignored_sigint_stays_ignored(tmp_path):
+    """A run started with Ctrl-C ignored (nohup) leaves it ignored: no handler is installed."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seen = []
+
+        class Look(Callback):
+            def on_step_end(self, trainer, step, logs):
+                seen.append(signal.getsignal(signal.SIGINT))
+
+        TRAINERS["synth"].run(tmp_path / "synth", callbacks=[Look()])
+        assert seen and all(h is signal.SIG_IGN for h in seen)
+    finally:
+        signal.signal(signal.SIGINT, before)
