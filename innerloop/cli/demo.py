@@ -24,6 +24,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from innerloop.cli._flags import at_least
+
 # 1000 steps x 16 x 128 bytes = 2.05M training bytes per model (~2 epochs of the training split). Measured on 2
 # idle cores (taskset, 2 threads): TTT-Linear 0.115 s/step, the Transformer 0.078 s/step, ~3.4 minutes in all.
 DEFAULT_STEPS = 1000
@@ -39,12 +41,14 @@ QUICK_SPEED_CONTEXTS = (32, 64)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="TTT-Linear vs Transformer byte-LMs on tiny-shakespeare in ~3-4 CPU minutes")
     p.add_argument("--out", default=None, help="output folder (default: runs/demo-<time>)")
-    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps per model (default: {DEFAULT_STEPS})")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help=f"optimizer steps per model (default: {DEFAULT_STEPS})")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps: checks the pipeline in seconds")
     p.add_argument("--max-train-seconds", type=float, default=None,
                    help=f"cap on TTT-Linear's training time, the Transformer then gets as many steps "
                         f"(default: {DEFAULT_TRAIN_SECONDS:.0f}; 0 = no cap)")  # fmt: skip
-    p.add_argument("--sample-bytes", type=int, default=None, help="length of the generated sample (default: 300)")
+    p.add_argument("--sample-bytes", type=at_least(0), default=None,
+                   help="length of the generated sample (default: 300)")  # fmt: skip
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default 0 = all cores, or 1 when the load average says they are busy: "
                         "small models slow down many times when threads compete for busy cores)")

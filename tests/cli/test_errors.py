@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
         (["synth", "train", "--train-length", "0"], "train_length must be >= 1, got 0"),
         (["synth", "table", "--mixers", "lstmm"], "invalid choice: 'lstmm'"),
         (["lm", "train", "--mixer", "nope"], "argument --mixer: invalid choice: 'nope'"),
+        (["demo", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
         (["lm", "train", "--intermediate-size", "0"], "intermediate_size must be >= 1, got 0"),
         (["lm", "eval", "--run", "/no/run", "--length", "-1"], "argument --length: must be >= 0"),
         (["lm"], "the following arguments are required: COMMAND"),
