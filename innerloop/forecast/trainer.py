@@ -167,6 +167,7 @@ class ForecastTrainer(TrainLoop):
         self.steps_per_epoch = max(1, len(data.train) // cfg.batch_size)  # the last partial batch is dropped
         self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.early = EarlyStopping(cfg.patience)
+        self._order: tuple[int, torch.Tensor] = (-1, torch.empty(0, dtype=torch.long))  # (epoch, its permutation)
         run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="epochs", resume_free=RESUME_FREE_KEYS, fresh=fresh,
                   extend=extend, command="innerloop forecast train")  # fmt: skip
         super().__init__(
@@ -187,8 +188,10 @@ class ForecastTrainer(TrainLoop):
 
     def order(self, epoch: int) -> torch.Tensor:
         """Epoch ``epoch``'s permutation of the training windows, a pure function of ``(seed, epoch)``."""
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.data.train), generator=gen)
+        if self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.data.train), generator=gen))
+        return self._order[1]
 
     def train_step(self, step: int) -> dict[str, float]:
         epoch, k = divmod(step, self.steps_per_epoch)
@@ -299,9 +302,12 @@ def load_forecaster(out: str | Path, **overrides: Any) -> tuple[ForecastConfig, 
         raise FileNotFoundError(f"{out} holds no finished forecasting run ({cfg_path.name} and {BEST_FILE} are "
                                 f"written by `innerloop forecast train --out {out}`)")  # fmt: skip
     saved = json.loads(cfg_path.read_text())
-    saved.pop("resolved", None)
+    channels = saved.pop("resolved", {}).get("channels")
+    if not channels:
+        raise ValueError(f"{cfg_path} does not record the run's channels: it was not written by `innerloop forecast "
+                         f"train`; train the run again with that command")  # fmt: skip
+    channels = len(channels)
     cfg = ForecastConfig(**{**saved, **overrides})
-    channels = 1 if cfg.features == "S" else len(json.loads(cfg_path.read_text())["resolved"]["channels"])
     model = build_forecaster(cfg.model, cfg.lookback, cfg.horizon, channels, cfg.individual, cfg.kernel_size)
     model.load_state_dict(st.load_file(str(best)))
     return cfg, model
