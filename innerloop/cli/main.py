@@ -19,6 +19,7 @@ COMMANDS = {
     "meta": "innerloop.cli.meta",
     "synth": "innerloop.cli.synth",
     "diagnose": "innerloop.cli.diagnose",
+    "forecast": "innerloop.cli.forecast",
 }
 
 EPILOG = """\

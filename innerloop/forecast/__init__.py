@@ -1,0 +1,32 @@
+"""Forecasting: linear baselines (DLinear, NLinear, repeat-last) and their trainer on the run scaffold.
+
+- :mod:`innerloop.forecast.models`: the :class:`Forecaster` protocol (``forward(x [B, L, C]) -> [B, H, C]``),
+  :class:`DLinear`, :class:`NLinear`, :class:`RepeatLast`, and the :data:`FORECASTERS` registry;
+- :mod:`innerloop.forecast.trainer`: :class:`ForecastConfig` and :func:`train_forecaster` (Adam, epochs with a
+  validation pass and early stopping, the best epoch scored on the test windows, ``metrics.json``).
+
+The data (ETT with checksums, any CSV, leak-free splits and windows) is in :mod:`innerloop.data.timeseries`.
+"""
+
+from innerloop.forecast.models import (
+    FORECASTERS,
+    DLinear,
+    Forecaster,
+    NLinear,
+    RepeatLast,
+    build_forecaster,
+    moving_average,
+)
+from innerloop.forecast.trainer import (
+    ForecastConfig,
+    ForecastTrainer,
+    evaluate_forecaster,
+    evaluate_run,
+    load_forecaster,
+    train_forecaster,
+)
+
+__all__ = [
+    "DLinear", "FORECASTERS", "ForecastConfig", "ForecastTrainer", "Forecaster", "NLinear", "RepeatLast",
+    "build_forecaster", "evaluate_forecaster", "evaluate_run", "load_forecaster", "moving_average", "train_forecaster",
+]  # fmt: skip

@@ -1,0 +1,178 @@
+"""ETT loading, CSV errors, the standard split, leak-free windows and scaling, on tiny synthetic CSVs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from innerloop.data.timeseries import (
+    ETT_HOURLY_BORDERS,
+    ETT_SHA256,
+    StandardScaler,
+    ett,
+    ett_path,
+    load_csv,
+    make_forecast_data,
+    split_borders,
+)
+
+COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+
+
+def write_csv(path: Path, values: np.ndarray, columns=COLUMNS, date="date") -> Path:
+    lines = [",".join([date, *columns])]
+    lines += [f"2016-07-01 {i:05d}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(values)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def row_index_series(n: int, c: int = 7) -> np.ndarray:
+    """Row ``t`` holds ``t + 0.1 * channel``: a value names its row."""
+    return np.arange(n, dtype=np.float64)[:, None] + 0.1 * np.arange(c)[None, :]
+
+
+@pytest.fixture(scope="module")
+def fake_ett(tmp_path_factory) -> Path:
+    """A 14,400-row file with the ETT columns, named ETTh1.csv (its checksum is not the published one)."""
+    root = tmp_path_factory.mktemp("ett")
+    write_csv(root / "ETTh1.csv", row_index_series(14400))
+    return root
+
+
+def test_standard_split_borders_exactly(fake_ett):
+    L, H = 336, 96
+    d = ett("ETTh1", fake_ett, L, H, verify=False)
+    assert d.borders == {"train": (0, 8640), "val": (8640 - L, 11520), "test": (11520 - L, 14400)}
+    assert d.sizes() == {"train": 8640 - L - H + 1, "val": 2880 - H + 1, "test": 2880 - H + 1}
+    raw = lambda split, i: d.scaler.inverse_transform(split[i][1].double().numpy())[:, 0]  # noqa: E731
+    # the first validation / test targets start at the border, the last ones end at the split's last row
+    assert round(raw(d.val, 0)[0]) == 8640 and round(raw(d.test, 0)[0]) == 11520
+    assert round(raw(d.val, -1)[-1]) == 11519 and round(raw(d.test, -1)[-1]) == 14399
+    assert round(raw(d.train, -1)[-1]) == 8639
+
+
+def test_windows_never_look_ahead(fake_ett):
+    d = ett("ETTh1", fake_ett, 24, 12, verify=False)
+    for split in (d.train, d.val, d.test):
+        for i in (0, 1, len(split) // 2, len(split) - 1):
+            x, y = (d.scaler.inverse_transform(t.double().numpy())[:, 0] for t in split[i])
+            assert np.allclose(np.diff(x), 1, atol=0.01) and np.allclose(np.diff(y), 1, atol=0.01)  # rows in order
+            assert round(y[0]) == round(x[-1]) + 1  # targets start right after the inputs end
+        xb, yb = split.batch(torch.tensor([0, len(split) - 1]))
+        assert xb.shape == (2, 24, 7) and yb.shape == (2, 12, 7)
+        assert torch.equal(xb[1], split[len(split) - 1][0]) and torch.equal(yb[0], split[0][1])
+
+
+def test_scaler_sees_only_the_train_rows(tmp_path):
+    values = np.random.default_rng(0).normal(size=(300, 3))
+    ends = (200, 250, 300)
+    base = make_forecast_data(values, 16, 4, ends)
+    changed = values.copy()
+    changed[200:] += 1000.0  # every validation and test row
+    other = make_forecast_data(changed, 16, 4, ends)
+    assert np.array_equal(base.scaler.mean, other.scaler.mean) and np.array_equal(base.scaler.std, other.scaler.std)
+    assert np.allclose(base.scaler.mean, values[:200].mean(0)) and np.allclose(base.scaler.std, values[:200].std(0))
+    changed[199] += 1000.0  # the last train row: now the scaler must move
+    assert not np.array_equal(make_forecast_data(changed, 16, 4, ends).scaler.mean, base.scaler.mean)
+    # the scaled train rows have mean 0 and std 1
+    assert torch.allclose(base.train.series.mean(0), torch.zeros(3), atol=1e-5)
+
+
+def test_scaler_round_trip_and_constant_column():
+    rows = np.array([[1.0, 5.0], [3.0, 5.0]])
+    s = StandardScaler.fit(rows)
+    assert np.allclose(s.transform(rows), [[-1, 0], [1, 0]])
+    assert np.allclose(s.inverse_transform(s.transform(rows)), rows)
+
+
+def test_default_split_for_other_csvs():
+    assert split_borders(1000, 10) == {"train": (0, 700), "val": (690, 800), "test": (790, 1000)}
+    assert split_borders(14400, 96, ETT_HOURLY_BORDERS)["test"] == (11424, 14400)
+    with pytest.raises(ValueError, match="too short"):
+        split_borders(100, 10, ETT_HOURLY_BORDERS)
+
+
+def test_checksum_mismatch_names_the_file_and_both_hashes(fake_ett):
+    with pytest.raises(ValueError, match=rf"ETTh1.csv is not the published ETTh1.csv: its sha256 is [0-9a-f]{{64}}, "
+                                         rf"expected {ETT_SHA256['ETTh1']}"):
+        ett("ETTh1", fake_ett, 24, 12)
+
+
+def test_missing_files_say_where_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("INNERLOOP_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="no data folder for ETTh1.*zhouhaoyi/ETDataset.*ETT-small"):
+        ett_path("ETTh1")
+    with pytest.raises(FileNotFoundError, match=r"ETTh2.csv does not exist.*ETDataset"):
+        ett_path("ETTh2", tmp_path)
+    with pytest.raises(ValueError, match="unknown ETT series 'ETTm1'"):
+        ett_path("ETTm1", tmp_path)
+
+
+def test_root_from_innerloop_data(fake_ett, tmp_path, monkeypatch):
+    (tmp_path / "ett").mkdir()
+    (tmp_path / "ett" / "ETTh1.csv").write_bytes((fake_ett / "ETTh1.csv").read_bytes())
+    monkeypatch.setenv("INNERLOOP_DATA", str(tmp_path))
+    assert ett_path("ETTh1", verify=False) == tmp_path / "ett" / "ETTh1.csv"
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "match"),
+    [
+        ("time,a,OT\n1,2,3\n", {}, r"no date column \(date_column=\) 'date'; its columns are time, a, OT"),
+        ("date,a,b\n1,2,3\n", {}, r"no target column \(target=\) 'OT'"),
+        ("date,a,OT\nx,1,2\ny,oops,3\n", {}, r":3 column 'a' is not a number \('oops'\)"),
+        ("date,a,OT\nx,1,2\ny,,3\n", {}, r":3 column 'a' is empty"),
+        ("date,a,OT\nx,1,nan\n", {}, r":2 column 'OT' is 'nan': NaN and infinite values are not allowed"),
+        ("date,a,OT\nx,1,inf\n", {}, r"'inf': NaN and infinite"),
+        ("date,a,OT\nx,1\n", {}, r":2 has 2 fields, the header has 3"),
+        ("date,a,OT\nx,1,2\ny,3,4\n", {"min_rows": 5}, r"has 2 data rows, fewer than the 5 needed"),
+        ("", {}, "is empty"),
+        ("date,a,OT\nx,1,2\n", {"features": "MS"}, "unknown features 'MS'"),
+    ],
+)
+def test_bad_csv_errors_name_the_problem(tmp_path, text, kw, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_csv(path, **kw)
+
+
+def test_load_csv_columns_and_single_target(tmp_path):
+    path = write_csv(tmp_path / "s.csv", row_index_series(5, 3), columns=["a", "b", "OT"], date="ts")
+    t = load_csv(path, date_column="ts")
+    assert t.columns == ("a", "b", "OT") and t.values.shape == (5, 3) and t.dates[0] == "2016-07-01 00000"
+    s = load_csv(path, date_column="ts", features="S")
+    assert s.columns == ("OT",) and np.allclose(s.values[:, 0], np.arange(5) + 0.2)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_csv(tmp_path / "nope.csv")
+
+
+def test_too_short_split_is_a_clear_error():
+    with pytest.raises(ValueError, match="the val split has .* fewer than lookback \\+ horizon"):
+        make_forecast_data(row_index_series(100, 2), 8, 12)  # validation: rows 62..80
+
+
+def _real_ett_root() -> Path | None:
+    for root in (os.environ.get("INNERLOOP_ETT"), os.environ.get("INNERLOOP_DATA") and
+                 os.path.join(os.environ["INNERLOOP_DATA"], "ett")):  # fmt: skip
+        if root and (Path(root) / "ETTh1.csv").is_file():
+            return Path(root)
+    return None
+
+
+@pytest.mark.slow
+def test_real_etth1(tmp_path):
+    """The published file: checksum, split sizes, and the repeat-last baseline (published MSE 1.295, MAE 0.713)."""
+    root = _real_ett_root()
+    if root is None:
+        pytest.skip("ETTh1.csv not found: set $INNERLOOP_ETT (or $INNERLOOP_DATA/ett) to its folder")
+    d = ett("ETTh1", root, 336, 96)
+    assert d.sizes() == {"train": 8209, "val": 2785, "test": 2785} and len(d.columns) == 7
+    from innerloop.forecast import RepeatLast, evaluate_forecaster
+
+    m = evaluate_forecaster(RepeatLast(336, 96), d.test)
+    assert abs(m["mse"] - 1.295) < 0.005 and abs(m["mae"] - 0.713) < 0.005
