@@ -24,24 +24,7 @@ from innerloop.meta import adapt
 from innerloop.optim import LSTMRule, MLPRule, log_and_sign
 from innerloop.testing import assert_close
 
-EPS, BIG = 1e-6, 1000.0
-
-
-def hand_set_lstm(lr: float, beta: float | None = None) -> LSTMRule:
-    """The LSTM of the module docstring: SGD with rate lr, or heavy-ball momentum with beta."""
-    rule = LSTMRule(preprocess="none").double()
-    H = rule.hidden_size
-    with torch.no_grad():
-        for p in rule.parameters():
-            p.zero_()
-        for layer, cell in enumerate(rule.cells):
-            forget = -BIG if beta is None or layer == 1 else math.log(beta / (1 - beta))
-            cell.bias_ih[0:H] = BIG  # input gate
-            cell.bias_ih[H : 2 * H] = forget
-            cell.bias_ih[3 * H : 4 * H] = BIG  # output gate
-            cell.weight_ih[2 * H, 0] = EPS if layer == 0 else 1.0  # cell candidate of unit 0
-        rule.out.weight[0, 0] = -lr / (rule.scale * EPS)
-    return rule
+EPS = 1e-6  # the hand-set LSTM's input scale (conftest.make_hand_set_lstm)
 
 
 def quadratic(dtype=torch.float64):
@@ -78,7 +61,7 @@ def test_log_and_sign_matches_paper_formula():
     assert torch.isfinite(d).all()
 
 
-def test_lstm_hand_set_is_sgd_closed_form():
+def test_lstm_hand_set_is_sgd_closed_form(hand_set_lstm):
     loss, a, c, theta0 = quadratic()
     lr, steps = 0.3, 6
     got = adapt(loss, theta0, steps, hand_set_lstm(lr))
@@ -94,7 +77,7 @@ def test_lstm_hand_set_is_sgd_closed_form():
     assert state["w"]["h"].shape == (6, 2, 20)
 
 
-def test_lstm_hand_set_momentum_carries_state():
+def test_lstm_hand_set_momentum_carries_state(hand_set_lstm):
     loss, _, _, theta0 = quadratic()
     lr, beta, steps = 0.1, 0.8, 5
     got = adapt(loss, theta0, steps, hand_set_lstm(lr, beta))
