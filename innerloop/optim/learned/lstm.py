@@ -203,5 +203,11 @@ class LSTMRule(nn.Module):
             new_state[k] = {"h": hk, "c": ck}
         return updates, new_state
 
+    def forward(
+        self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
+    ) -> tuple[Params, dict[str, dict[str, Tensor]]]:
+        """Same as :meth:`update`, so ``rule(grads, state, params, step)`` and ``torch.func.functional_call`` work."""
+        return self.update(grads, state, params, step)
+
     def extra_repr(self) -> str:
         return f"preprocess={self.preprocess!r}, p={self.p}, scale={self.scale}"

@@ -196,5 +196,11 @@ class MLPRule(nn.Module):
         updates = {k: u.reshape(grads[k].shape).to(params[k].dtype) for k, u in zip(names, split(out, sizes))}
         return updates, new_state
 
+    def forward(
+        self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
+    ) -> tuple[Params, dict[str, dict[str, Tensor]]]:
+        """Same as :meth:`update`, so ``rule(grads, state, params, step)`` and ``torch.func.functional_call`` work."""
+        return self.update(grads, state, params, step)
+
     def extra_repr(self) -> str:
         return f"features={self.num_features}, exp_mult={self.exp_mult}, step_mult={self.step_mult}"
