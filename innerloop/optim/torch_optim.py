@@ -34,7 +34,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         scale (float): multiplier on the rule's update, the default of every group (a learned rule has no learning
             rate; this plays its role: 1.0 applies the update as the rule was trained). Default: 1.0.
         check_finite (bool): raise ``ValueError`` naming the parameters whose gradient has NaN/inf entries (one
-            device sync per step). Default: True.
+            device sync per step; a rule with a ``check_finite`` attribute, as the learned rules have, gets this value
+            and does the check). Default: True.
 
     Examples:
         >>> from innerloop.optim import LSTMRule
@@ -66,6 +67,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             )
         if isinstance(rule, nn.Module):
             rule = copy.deepcopy(rule).requires_grad_(False).eval()
+        # a rule that checks its gradients itself (LSTMRule, MLPRule) does it for the optimizer: one sync per step
+        self._own_check = not hasattr(rule, "check_finite")
+        if not self._own_check:
+            rule.check_finite = check_finite
         super().__init__(params, {"scale": float(scale)})
         self.rule = rule
         self.check_finite = check_finite
@@ -107,7 +112,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _update(self, named: dict[str, Tensor], step: int, scale: float) -> None:
         grads = {k: p.grad for k, p in named.items()}
-        if self.check_finite:
+        if self.check_finite and self._own_check:
             check_finite("LearnedOptimizer", grads)
         params = dict(named)
         fresh = {k: p for k, p in named.items() if "step" not in self.state[p]}

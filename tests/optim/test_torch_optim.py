@@ -145,8 +145,15 @@ def test_errors_name_the_parameter():
     model = net()
     opt = LearnedOptimizer(model.named_parameters(), rule=LSTMRule())
     model[0].weight.grad = torch.full_like(model[0].weight, float("inf"))
-    with pytest.raises(ValueError, match=r"LearnedOptimizer: the gradient of \['0.weight'\] has NaN or inf"):
+    with pytest.raises(ValueError, match=r"LSTMRule: the gradient of \['0.weight'\] has NaN or inf"):
         opt.step()
+    stateless = LearnedOptimizer(model.named_parameters(), rule=sgd(0.1))
+    with pytest.raises(ValueError, match=r"LearnedOptimizer: the gradient of \['0.weight'\] has NaN or inf"):
+        stateless.step()
+    unchecked = LearnedOptimizer(model.named_parameters(), rule=LSTMRule(), check_finite=False)
+    model[0].weight.grad.fill_(float("nan"))
+    unchecked.step()  # asked not to check: the NaN goes into the parameter
+    assert not torch.isfinite(model[0].weight).all()
     idx = nn.Parameter(torch.zeros(2, dtype=torch.float64).to(torch.int64), requires_grad=False)
     with pytest.raises(TypeError, match=r"parameter 'group0.param0' has dtype torch.int64"):
         opt = LearnedOptimizer([idx], rule=LSTMRule())
