@@ -163,11 +163,12 @@ def test_errors_name_the_parameter():
         LearnedOptimizer(model.parameters(), rule=nn.Linear(1, 1))
 
 
-def test_learned_rule_inside_maml_gets_meta_gradient():
+@pytest.mark.parametrize("make", [LSTMRule, MLPRule], ids=["lstm", "mlp"])
+def test_learned_rule_inside_maml_gets_meta_gradient(make):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
-    maml = MAML(model, rule=LSTMRule(), steps=2)
-    assert any(n.startswith("rule.cells.0") for n, _ in maml.named_parameters())  # a submodule: meta-trained
+    maml = MAML(model, rule=make(), steps=2, vectorize=True)  # vmap over tasks, no loop fallback
+    assert any(n.startswith("rule.") for n, _ in maml.named_parameters())  # a submodule: meta-trained
     g = torch.Generator().manual_seed(3)
     batch = types.SimpleNamespace(**{k: torch.randn(3, 5, 1, generator=g) for k in ("support_x", "support_y")})
     batch.query_x, batch.query_y = torch.randn(3, 5, 1, generator=g), torch.randn(3, 5, 1, generator=g)
