@@ -99,14 +99,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for gi, group in enumerate(self.param_groups):
-            by_step: dict[int, dict[str, Tensor]] = {}
+            buckets: dict[tuple[int, torch.device], dict[str, Tensor]] = {}  # one rule call per step count and device
             for name, p in zip(self._names(gi, group), group["params"]):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise ValueError(f"LearnedOptimizer: parameter {name!r} has a sparse gradient; it is not supported")
-                by_step.setdefault(self.state[p].get("step", 0), {})[name] = p
-            for step, named in by_step.items():
+                buckets.setdefault((self.state[p].get("step", 0), p.device), {})[name] = p
+            for (step, _), named in buckets.items():
                 self._update(named, step, group["scale"])
         return loss
 

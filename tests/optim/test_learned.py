@@ -200,6 +200,9 @@ def test_bad_inputs(name):
         rule.update({"b": torch.zeros(3)}, (), p, step=0)
     with pytest.raises(ValueError, match=r"state of 'w' .* call rule.init"):
         rule.update({"w": torch.zeros(2, 2)}, {"w": rule.init({"w": torch.zeros(5)})["w"]}, p, step=0)
+    meta = {"w": torch.zeros(2, 2), "m": torch.zeros(3, device="meta")}
+    with pytest.raises(ValueError, match=r"gradients on several devices \(cpu, meta\); call the rule once per device"):
+        rule.update(meta, {**state, "m": state["b"]}, meta, step=0)
     unchecked = type(rule)(check_finite=False)
     updates, _ = unchecked.update(bad, unchecked.init(p), p, step=0)  # no error: NaN flows through, as asked
     assert updates["w"].shape == (2, 2)

@@ -64,6 +64,12 @@ def check_update_inputs(who: str, grads: Mapping[str, Tensor], state: Mapping[st
                 f"{tuple(params[k].shape)}"
             )
     check_params(who, {k: params[k] for k in grads})
+    devices = {str(g.device) for g in grads.values()}
+    if len(devices) > 1:
+        raise ValueError(
+            f"{who}: gradients on several devices ({', '.join(sorted(devices))}); call the rule once per device "
+            f"(LearnedOptimizer does this for you)"
+        )
 
 
 def check_finite(who: str, grads: Mapping[str, Tensor]) -> None:
