@@ -1,5 +1,6 @@
 """Optimisers for inner loops: update rules as optax-style ``(init, update)`` pairs over parameter dicts, and linear
-algebra on parameter dicts.
+algebra on parameter dicts; learned update rules (:class:`LSTMRule`, :class:`MLPRule`), their ``torch.optim``
+drop-in (:class:`LearnedOptimizer`) and the pretrained-rule registry (:func:`load_rule`, :func:`save_rule`).
 
 This package sits on the same floor as :mod:`innerloop.meta` and imports nothing above ``torch``: the meta-learning
 algorithms, the TTT layers' inner loops and learned optimizers all plug into the same rules. The convention is
@@ -15,7 +16,9 @@ Examples:
     tensor([0.9000, 0.9000])
 """
 
+from innerloop.optim.learned import LSTMRule, MLPRule, log_and_sign
 from innerloop.optim.linalg import conjugate_gradient, dot
+from innerloop.optim.pretrained import available_rules, load_rule, save_rule
 from innerloop.optim.rules import (
     SGD,
     PerParameterSGD,
@@ -25,15 +28,23 @@ from innerloop.optim.rules import (
     per_parameter_sgd,
     sgd,
 )
+from innerloop.optim.torch_optim import LearnedOptimizer
 
 __all__ = [
+    "LSTMRule",
+    "LearnedOptimizer",
+    "MLPRule",
     "SGD",
     "PerParameterSGD",
     "RuleLike",
     "UpdateRule",
     "as_rule",
+    "available_rules",
     "conjugate_gradient",
     "dot",
+    "load_rule",
+    "log_and_sign",
     "per_parameter_sgd",
+    "save_rule",
     "sgd",
 ]

@@ -1,0 +1,16 @@
+"""Learned update rules: ``nn.Module``\\ s with ``init(params) -> state`` and ``update(grads, state, params, step) ->
+(updates, state)``, so they plug into every inner loop of innerloop (``MAML(model, rule=LSTMRule())``) and into
+:class:`innerloop.optim.LearnedOptimizer` (a ``torch.optim`` drop-in).
+
+- :class:`LSTMRule`: the coordinatewise LSTM optimizer of Andrychowicz et al. 2016, with :func:`log_and_sign`.
+- :class:`MLPRule`: a per-parameter MLP optimizer in the style of Metz et al. (learned_optimization's ``mlp_lopt``).
+
+Both keep their state as a dict ``{parameter name: {field: Tensor [numel, ...]}}`` built by ``init`` only.
+"""
+
+from innerloop.optim.learned.lstm import PREPROCESS, LSTMRule, log_and_sign
+from innerloop.optim.learned.mlp import MLPRule
+
+RULES = {"LSTMRule": LSTMRule, "MLPRule": MLPRule}
+
+__all__ = ["PREPROCESS", "RULES", "LSTMRule", "MLPRule", "log_and_sign"]

@@ -1,0 +1,163 @@
+"""A learned update rule as a ``torch.optim.Optimizer``: ``LearnedOptimizer(model.parameters(), rule=LSTMRule())``.
+
+The optimizer holds a frozen copy of the rule (weights without grad, eval mode) and, at each :meth:`step`, calls
+``rule.update`` on every parameter of a group that has a gradient, under ``torch.no_grad()``, then adds
+``scale * update`` in place. The rule's per-parameter state lives in ``self.state[p]`` beside ``"step"``, so
+``state_dict()`` / ``load_state_dict()`` save and restore it like Adam's moments.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from innerloop.optim.learned._common import check_finite
+from innerloop.optim.rules import UpdateRule
+
+__all__ = ["LearnedOptimizer"]
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """Run a learned update rule (or any rule with dict state) as a drop-in ``torch.optim`` optimizer.
+
+    Args:
+        params (Iterable): parameters or parameter groups, as for any ``torch.optim`` optimizer (named parameters
+            work too: their names then appear in error messages). A group may set its own ``scale``.
+        rule (nn.Module | UpdateRule | str): the update rule (``LSTMRule``, ``MLPRule``, or any rule whose state is
+            ``()`` or a dict keyed by parameter name), or the name of a pretrained rule for
+            :func:`innerloop.optim.load_rule`. A module is deep-copied and frozen (``requires_grad_(False)``,
+            ``eval()``): meta-training does not go through a ``torch.optim`` optimizer.
+        scale (float): multiplier on the rule's update, the default of every group (a learned rule has no learning
+            rate; this plays its role: 1.0 applies the update as the rule was trained). Default: 1.0.
+        check_finite (bool): raise ``ValueError`` naming the parameters whose gradient has NaN/inf entries (one
+            device sync per step; a rule with a ``check_finite`` attribute, as the learned rules have, gets this value
+            and does the check). Default: True.
+
+    Examples:
+        >>> from innerloop.optim import LSTMRule
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = LearnedOptimizer(model.parameters(), rule=LSTMRule())
+        >>> loss = model(torch.randn(8, 3)).pow(2).mean()
+        >>> loss.backward()
+        >>> opt.step()
+        >>> sorted(opt.state[model.weight])
+        ['c', 'h', 'step']
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        rule: nn.Module | UpdateRule | str,
+        scale: float = 1.0,
+        check_finite: bool = True,
+    ) -> None:
+        if isinstance(rule, str):
+            from innerloop.optim.pretrained import load_rule
+
+            rule = load_rule(rule)
+        if not isinstance(rule, UpdateRule):
+            raise TypeError(
+                f"LearnedOptimizer: rule must have init(params) and update(grads, state, params, step) (e.g. "
+                f"LSTMRule()), or be the name of a pretrained rule; got {type(rule).__name__}"
+            )
+        if isinstance(rule, nn.Module):
+            rule = copy.deepcopy(rule).requires_grad_(False).eval()
+        # a rule that checks its gradients itself (LSTMRule, MLPRule) does it for the optimizer: one sync per step
+        self._own_check = not hasattr(rule, "check_finite")
+        if not self._own_check:
+            rule.check_finite = check_finite
+        super().__init__(params, {"scale": float(scale)})
+        self.rule = rule
+        self.check_finite = check_finite
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        if isinstance(rule, nn.Module) and first is not None:
+            rule.to(first.device)
+
+    def _names(self, gi: int, group: dict[str, Any]) -> list[str]:
+        names = group.get("param_names")
+        if names is not None and len(names) == len(group["params"]):
+            return [str(n) for n in names]
+        return [f"group{gi}.param{pi}" for pi in range(len(group["params"]))]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """Apply one learned update to every parameter that has a gradient.
+
+        Args:
+            closure (Callable, Optional): re-evaluates the model and returns the loss (run with grad enabled).
+
+        Returns:
+            Tensor | None: the closure's loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for gi, group in enumerate(self.param_groups):
+            buckets: dict[tuple[int, torch.device], dict[str, Tensor]] = {}  # one rule call per step count and device
+            for name, p in zip(self._names(gi, group), group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError(f"LearnedOptimizer: parameter {name!r} has a sparse gradient; it is not supported")
+                buckets.setdefault((self.state[p].get("step", 0), p.device), {})[name] = p
+            for (step, _), named in buckets.items():
+                self._update(named, step, group["scale"])
+        return loss
+
+    def _update(self, named: dict[str, Tensor], step: int, scale: float) -> None:
+        grads = {k: p.grad for k, p in named.items()}
+        if self.check_finite and self._own_check:
+            check_finite("LearnedOptimizer", grads)
+        params = dict(named)
+        fresh = {k: p for k, p in named.items() if "step" not in self.state[p]}
+        init = self.rule.init(fresh) if fresh else None
+        if init is not None and not isinstance(init, Mapping | tuple) or isinstance(init, tuple) and init:
+            raise TypeError(
+                f"LearnedOptimizer: {self.rule!r} keeps its state as {type(init).__name__}; the optimizer needs a "
+                f"dict keyed by parameter name (LSTMRule, MLPRule) or () (stateless rules)"
+            )
+        if init is None:  # every parameter has stepped before: stateless iff nothing but the step was stored
+            stateless = all(set(self.state[p]) == {"step"} for p in named.values())
+        else:
+            stateless = isinstance(init, tuple)
+        state: Any = ()
+        if not stateless:
+            state = dict(init or {})
+            for k, p in named.items():
+                if k not in fresh:
+                    saved = {f: v for f, v in self.state[p].items() if f != "step"}
+                    state[k] = saved["state"] if set(saved) == {"state"} else saved
+        updates, new_state = self.rule.update(grads, state, params, step)
+        for k, p in named.items():
+            p.add_(updates[k].to(p.dtype), alpha=scale)
+            entry: dict[str, Any] = {"step": step + 1}
+            if not stateless:
+                value = new_state[k]
+                if isinstance(value, Mapping):
+                    if "step" in value:
+                        raise ValueError("LearnedOptimizer: a rule's per-parameter state may not use the key 'step'")
+                    entry.update(value)
+                else:
+                    entry["state"] = value
+            self.state[p] = entry
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, but the rule's state keeps its saved dtype.
+
+        torch casts floating state to the parameter's dtype; a learned rule keeps float32 state for float16/bfloat16
+        parameters, so it is restored (on the parameter's device) as it was saved.
+        """
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            for key, v in saved.get(i, {}).items():
+                if isinstance(v, Tensor) and key != "step" and v.is_floating_point():
+                    self.state[p][key] = v.to(device=p.device, copy=True)
