@@ -1,9 +1,11 @@
 """Optimisers for inner loops: update rules as optax-style ``(init, update)`` pairs over parameter dicts, and linear
 algebra on parameter dicts.
 
-This package sits on the same floor as :mod:`innerloop.meta` and imports nothing above ``torch``: the meta-learning
-algorithms, the TTT layers' inner loops and learned optimizers all plug into the same rules. The convention is
-``new_params[k] = params[k] + updates[k]``.
+This package sits on the same floor as :mod:`innerloop.meta` and imports nothing above ``torch`` but the run
+scaffold: the meta-learning algorithms, the TTT layers' inner loops and learned optimizers all plug into the same
+rules. The convention is ``new_params[k] = params[k] + updates[k]``. Learned optimizers are meta-trained on optimizee
+problems (:mod:`~innerloop.optim.problems`) by :func:`train_rule` (:mod:`~innerloop.optim.meta_train`) and compared
+with tuned baselines by :mod:`~innerloop.optim.meta_eval`.
 
 Examples:
     >>> import torch
@@ -16,6 +18,15 @@ Examples:
 """
 
 from innerloop.optim.linalg import conjugate_gradient, dot
+from innerloop.optim.meta_train import RULES, LearnedLR, MetaOptConfig, train_rule, unroll
+from innerloop.optim.problems import (
+    MLPClassifier,
+    ModuleProblem,
+    Problem,
+    Quadratic,
+    batch_loss,
+    sample_instances,
+)
 from innerloop.optim.rules import (
     SGD,
     PerParameterSGD,
@@ -27,13 +38,24 @@ from innerloop.optim.rules import (
 )
 
 __all__ = [
+    "RULES",
     "SGD",
+    "LearnedLR",
+    "MLPClassifier",
+    "MetaOptConfig",
+    "ModuleProblem",
     "PerParameterSGD",
+    "Problem",
+    "Quadratic",
     "RuleLike",
     "UpdateRule",
     "as_rule",
+    "batch_loss",
     "conjugate_gradient",
     "dot",
     "per_parameter_sgd",
+    "sample_instances",
     "sgd",
+    "train_rule",
+    "unroll",
 ]
