@@ -272,7 +272,7 @@ class MetaOptTrainer(TrainLoop):
     def __init__(self, cfg: MetaOptConfig, rule: nn.Module, problem: Problem | None = None, progress: bool = False,
                  fresh: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),
                  run: bool = True) -> None:  # fmt: skip
-        weights = [p for p in rule.parameters() if p.requires_grad]
+        weights = [p for p in rule.parameters() if p.requires_grad] if isinstance(rule, nn.Module) else []
         if not weights:
             raise ValueError(f"the rule {type(rule).__name__} has no learnable weights to meta-train; give an "
                              f"nn.Module rule with parameters (e.g. --rule sgd_lr)")  # fmt: skip
