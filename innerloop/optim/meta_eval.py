@@ -189,6 +189,9 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         label = name if rs[0]["lr"] == "" else f"{name} (lr {rs[0]['lr']:g})"
         ax.plot(t, m, label=label)
         ax.fill_between(t, lo, hi, alpha=0.2)
+    means = [r["mean"] for r in rows if math.isfinite(r["mean"]) and r["mean"] > 0]
+    if means:  # the axis follows the means: a wide band (or a diverged baseline) does not squash the curves
+        ax.set_ylim(min(means) / 2, max(means) * 2)
     ax.set(xlabel="optimizee step", ylabel="mean loss (95% CI)", yscale="log", title=title)
     ax.legend()
     fig.tight_layout()
