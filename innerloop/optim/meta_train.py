@@ -3,7 +3,8 @@
 An *episode* samples a batch of optimizee instances (:mod:`innerloop.optim.problems`) and optimises them with the
 rule for ``steps`` optimizee steps, in unrolls of ``unroll`` steps. One *meta-step* is one unroll: the meta-loss is
 the sum over the unroll of the optimizee losses after each update, ``sum_{t=1..unroll} f(theta_t)`` (averaged over
-instances), and one Adam step on the rule's weights follows. The optimizee parameters and the rule's state are
+instances; the released code also adds ``f(theta_0)`` of the unroll, a constant there, so the meta-gradient is the
+same), and one Adam step on the rule's weights follows. The optimizee parameters and the rule's state are
 carried to the next unroll of the episode, detached there (the truncation). By default the optimizee gradients are
 detached (second derivatives dropped, as in the paper and its released code); ``second_order=True`` keeps them.
 
