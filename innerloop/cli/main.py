@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": "innerloop.cli.demo",
     "lm": "innerloop.cli.lm",
     "meta": "innerloop.cli.meta",
+    "optim": "innerloop.cli.optim",
     "synth": "innerloop.cli.synth",
     "diagnose": "innerloop.cli.diagnose",
     "forecast": "innerloop.cli.forecast",

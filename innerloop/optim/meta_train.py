@@ -1,0 +1,352 @@
+"""Meta-training of learned update rules (Andrychowicz et al. 2016) by truncated backpropagation through optimisation.
+
+An *episode* samples a batch of optimizee instances (:mod:`innerloop.optim.problems`) and optimises them with the
+rule for ``steps`` optimizee steps, in unrolls of ``unroll`` steps. One *meta-step* is one unroll: the meta-loss is
+the sum over the unroll of the optimizee losses after each update, ``sum_{t=1..unroll} f(theta_t)`` (averaged over
+instances; the released code also adds ``f(theta_0)`` of the unroll, a constant there, so the meta-gradient is the
+same), and one Adam step on the rule's weights follows. The optimizee parameters and the rule's state are
+carried to the next unroll of the episode, detached there (the truncation). By default the optimizee gradients are
+detached (second derivatives dropped, as in the paper and its released code); ``second_order=True`` keeps them.
+
+Training runs on the run scaffold (:class:`innerloop.runs.TrainLoop`): the carried parameters, rule state, instances
+and the sampling generator are checkpointed with the rule and Adam, so a killed or interrupted run resumes to the
+same log as an uninterrupted one. Evaluation against tuned baselines is :mod:`innerloop.optim.meta_eval`.
+
+Rules are looked up by name in :data:`RULES` (name -> factory taking one instance's initial parameters, unbatched,
+returning an ``nn.Module`` update rule); rules see parameters stacked over instances, ``[n, ...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from innerloop.errors import check_choice
+from innerloop.optim.learned import LSTMRule
+from innerloop.optim.problems import Instance, MLPClassifier, Params, Problem, Quadratic, batch_loss, digits
+from innerloop.optim.problems import sample_instances as _sample
+from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite
+
+__all__ = ["BASELINES", "PROBLEMS", "RULES", "LearnedLR", "MetaOptConfig", "MetaOptTrainer", "NonFiniteGradientError",
+           "UnrollResult", "build_problem", "build_rule", "train_rule", "unroll"]  # fmt: skip
+
+BASELINES = ("adam", "rmsprop", "sgd", "nag")  # hand-designed optimizers evaluated against the learned rule
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)  # the baselines' learning rates tried by default
+
+
+class LearnedLR(nn.Module):
+    """Gradient descent with one learnable log-learning-rate per parameter tensor: ``updates[k] = -exp(a_k) * g_k``.
+
+    The simplest learned update rule: a test rule for the meta-training machinery (every weight gets a meta-gradient,
+    and meta-training it on quadratics finds a better step size).
+
+    Args:
+        names (Iterable[str]): the parameter names it updates.
+        lr (float, Optional): the initial learning rate of every tensor. Default: 1e-3.
+
+    Examples:
+        >>> import torch
+        >>> rule = LearnedLR(["w"], lr=0.1)
+        >>> p, g = {"w": torch.ones(2)}, {"w": torch.ones(2)}
+        >>> rule.update(g, rule.init(p), p, step=0)[0]["w"]
+        tensor([-0.1000, -0.1000], grad_fn=<MulBackward0>)
+    """
+
+    def __init__(self, names: Iterable[str], lr: float = 1e-3) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"LearnedLR: lr must be > 0, got {lr}")
+        self.names = list(names)
+        # ParameterDict keys may not contain "." (module parameter names do): index them by position instead
+        self.log_lr = nn.Parameter(torch.full((len(self.names),), math.log(lr)))
+
+    def init(self, params: Params) -> tuple[()]:
+        unknown = [k for k in params if k not in self.names]
+        if unknown:
+            raise KeyError(f"LearnedLR has learning rates for {self.names}, not for {unknown}; build it with "
+                           f"LearnedLR(params) for the parameters it updates")  # fmt: skip
+        return ()
+
+    def update(self, grads: Params, state: tuple[()], params: Params, step: int) -> tuple[Params, tuple[()]]:
+        rates = self.log_lr.exp()
+        return {k: -rates[self.names.index(k)] * g for k, g in grads.items()}, state
+
+
+# rule name -> factory(one instance's initial parameters, unbatched) -> nn.Module rule. The learned LSTM and MLP
+# rules of innerloop.optim.learned add "lstm" and "mlp" here.
+RULES: dict[str, Callable[[Params], nn.Module]] = {
+    "sgd_lr": lambda params: LearnedLR(params),
+    "lstm": lambda params: LSTMRule(),  # coordinatewise: stacked instances are just more coordinates
+}
+
+PROBLEMS = ("quadratic", "digits_mlp")
+
+
+@dataclass
+class MetaOptConfig:
+    """One meta-training run of a learned update rule (saved as ``config.json``; the trailing comments are the CLI
+    flags' ``--help``). The defaults are the paper's released code: 100 steps in unrolls of 20, Adam 1e-3."""
+
+    # allowed values of the fields with a fixed set (the command line offers them as choices)
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES}
+
+    problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, or digits_mlp (needs innerloop[optim])
+    rule: str = "sgd_lr"  # learned rule (RULES); sgd_lr: per-tensor learnable learning rates
+    episodes: int = 10000  # meta-training episodes; each samples new instances and optimises them for --steps steps
+    steps: int = 100  # optimizee steps per episode
+    unroll: int = 20  # optimizee steps per truncated-BPTT unroll = per meta-step; must divide --steps
+    batch: int = 128  # independent optimizee instances per meta-step
+    meta_lr: float = 1e-3  # Adam learning rate on the rule's weights
+    second_order: bool = False  # backpropagate through the optimizee gradients (default off: dropped, as the paper)
+    dim: int = 10  # quadratic: dimension of theta
+    hidden: int = 20  # digits_mlp: sigmoid hidden units
+    minibatch: int = 128  # digits_mlp: examples per optimizee step
+    eval_instances: int = 100  # held-out instances (fixed seed) on which the rule and the baselines are compared
+    tune_instances: int = 20  # another fixed set of instances on which the baselines' learning rates are grid-searched
+    eval_steps: int = 0  # optimizee steps at evaluation; 0 = --steps
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))  # compared: adam, rmsprop, sgd, nag
+    lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))  # learning rates tried for each baseline
+    log_every: int = 10  # meta-steps between log.csv rows
+    checkpoint_every: int = 100  # meta-steps between checkpoints (also written at the end)
+    seed: int = 0  # seed of the rule's initialisation and of the training instances (evaluation sets are fixed)
+    max_seconds: float = 0.0  # stop training early after this wall time (0 = no limit); resumable
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    out: str = "runs/optim/default"  # run folder: config.json, log.csv, checkpoints/, metrics.json, eval.csv, eval.png
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            check_choice(name, getattr(self, name), allowed)
+        for name in ("episodes", "steps", "unroll", "batch", "dim", "hidden", "minibatch", "eval_instances",
+                     "tune_instances", "log_every", "checkpoint_every"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps % self.unroll:
+            raise ValueError(f"--unroll {self.unroll} must divide --steps {self.steps} (an episode is whole unrolls)")
+        if self.eval_steps < 0 or self.max_seconds < 0 or not self.meta_lr > 0:
+            raise ValueError(f"eval_steps and max_seconds must be >= 0 and meta_lr > 0, got {self.eval_steps}, "
+                             f"{self.max_seconds}, {self.meta_lr}")  # fmt: skip
+        for b in self.baselines:
+            check_choice("baseline", b, BASELINES)
+        if not self.lr_grid or not all(lr > 0 for lr in self.lr_grid):
+            raise ValueError(f"lr_grid must be a non-empty list of learning rates > 0, got {self.lr_grid}")
+
+    @property
+    def unrolls(self) -> int:
+        """Meta-steps per episode."""
+        return self.steps // self.unroll
+
+    def resolved_eval_steps(self) -> int:
+        return self.eval_steps or self.steps
+
+
+def build_problem(cfg: MetaOptConfig, split: str = "train", steps: int | None = None) -> Problem:
+    """The optimizee problem of ``cfg`` (``split``: the digits' train or test images; ``steps``: the horizon)."""
+    check_choice("problem", cfg.problem, PROBLEMS)
+    if cfg.problem == "quadratic":
+        return Quadratic(cfg.dim)
+    images, labels = digits(split)
+    horizon = (steps or cfg.steps) + 1
+    return MLPClassifier(images, labels, cfg.hidden, cfg.minibatch, horizon).to(cfg.device)
+
+
+def build_rule(name: str, params: Params) -> nn.Module:
+    """The rule ``RULES[name]`` for parameters like ``params`` (one instance's, unbatched)."""
+    check_choice("rule", name, RULES)
+    return RULES[name](params)
+
+
+class NonFiniteGradientError(TrainingDivergedError):
+    """An optimizee gradient became NaN or inf during an unroll."""
+
+
+class UnrollResult(NamedTuple):
+    """What :func:`unroll` returns.
+
+    Attributes:
+        meta_loss (Tensor): scalar, ``mean_i sum_{t=1..length} f_i(theta_t)``, differentiable in the rule's weights.
+        losses (Tensor): ``[length, n]`` the optimizee losses after each update.
+        params (dict[str, Tensor]): the parameters after the unroll (``[n, ...]``, attached to the graph).
+        state (Any): the rule's state after the unroll (attached to the graph).
+    """
+
+    meta_loss: Tensor
+    losses: Tensor
+    params: Params
+    state: Any
+
+
+def unroll(problem: Problem, rule: Any, instances: Instance, params: Params, state: Any, start: int, length: int,
+           second_order: bool = False) -> UnrollResult:  # fmt: skip
+    """Optimise a batch of instances with ``rule`` for ``length`` steps from step ``start``, keeping the graph.
+
+    Args:
+        problem (Problem): the optimizee problem.
+        rule (UpdateRule): the update rule (new params = params + updates); its weights receive the meta-gradient.
+        instances (dict[str, Tensor]): stacked instances ``[n, ...]``.
+        params (dict[str, Tensor]): the parameters at step ``start``, ``[n, ...]`` (treated as constants: detach
+            them at a truncation boundary, or pass them attached to backpropagate further).
+        state (Any): the rule's state at step ``start``.
+        start (int): the optimizee step of ``params`` (passed to the rule and to the problem's minibatch choice).
+        length (int): optimizee steps.
+        second_order (bool, Optional): keep the graph of the optimizee gradients (their dependence on the rule's
+            weights); False detaches them. Default: False.
+
+    Returns:
+        UnrollResult: meta-loss, per-step losses, final parameters and rule state.
+
+    Raises:
+        NonFiniteGradientError: an optimizee gradient is NaN/inf (the step and the parameter are named).
+    """
+    names = list(params)
+    params = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
+    terms = []
+    for t in range(start, start + length):
+        loss = batch_loss(problem, instances, params, t)  # [n]
+        if t > start:
+            terms.append(loss)
+        grads = torch.autograd.grad(loss.sum(), [params[k] for k in names], create_graph=second_order,
+                                    retain_graph=True, allow_unused=True)  # fmt: skip
+        grads_d = {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
+        for k, g in grads_d.items():
+            if not bool(torch.isfinite(g).all()):
+                raise NonFiniteGradientError(
+                    f"the optimizee gradient of {k!r} is not finite at optimizee step {t}: the rule's updates "
+                    f"diverged (lower its initial step size or --meta-lr) or the problem's loss is not finite there"
+                )  # fmt: skip
+        updates, state = rule.update(grads_d, state, params, t)
+        params = {k: params[k] + updates[k] for k in names}
+    terms.append(batch_loss(problem, instances, params, start + length))
+    losses = torch.stack(terms)  # [length, n]
+    return UnrollResult(losses.sum(0).mean(), losses, params, state)
+
+
+def detach_tree(tree: Any) -> Any:
+    """``tree`` (tensors in dicts, lists, tuples) with every tensor detached: the truncation boundary."""
+    if isinstance(tree, Tensor):
+        return tree.detach()
+    if isinstance(tree, dict):
+        return {k: detach_tree(v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple
+        return type(tree)(*(detach_tree(v) for v in tree))
+    if isinstance(tree, list | tuple):
+        return type(tree)(detach_tree(v) for v in tree)
+    return tree
+
+
+class EpisodeState:
+    """What an episode carries between unrolls, checkpointable: instances, parameters, rule state, the generator."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.instances: Instance = {}
+        self.params: Params = {}
+        self.rule_state: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "instances": self.instances,
+                "params": detach_tree(self.params), "rule_state": detach_tree(self.rule_state)}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.instances, self.params, self.rule_state = state["instances"], state["params"], state["rule_state"]
+
+
+# Config keys that may change when a run resumes: they change how it is run or reported, not what it computes.
+RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_instances",
+                              "tune_instances", "eval_steps", "baselines", "lr_grid"})  # fmt: skip
+LOG_FIELDS = ["meta_step", "episode", "loss", "final_loss", "train_seconds"]
+
+
+class MetaOptTrainer(TrainLoop):
+    """Meta-training on the run scaffold: one step is one unroll of a batch of instances and one Adam update.
+
+    Args:
+        cfg (MetaOptConfig): the run.
+        rule (nn.Module): the learned rule (its weights are trained and checkpointed).
+        problem (Problem, Optional): the optimizee problem. Default: None (:func:`build_problem` of ``cfg``).
+        progress, fresh, extend, callbacks: as :class:`innerloop.runs.TrainLoop` / :class:`innerloop.runs.Run`.
+        run (bool, Optional): use the run directory ``cfg.out``; False trains in memory. Default: True.
+    """
+
+    def __init__(self, cfg: MetaOptConfig, rule: nn.Module, problem: Problem | None = None, progress: bool = False,
+                 fresh: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),
+                 run: bool = True) -> None:  # fmt: skip
+        weights = [p for p in rule.parameters() if p.requires_grad] if isinstance(rule, nn.Module) else []
+        if not weights:
+            raise ValueError(f"the rule {type(rule).__name__} has no learnable weights to meta-train; give an "
+                             f"nn.Module rule with parameters (e.g. --rule sgd_lr)")  # fmt: skip
+        self.cfg, self.rule = cfg, rule.to(cfg.device)
+        self.problem = problem if problem is not None else build_problem(cfg, "train")
+        self.opt = torch.optim.Adam(weights, lr=cfg.meta_lr)
+        self.episode = EpisodeState(torch.Generator().manual_seed(cfg.seed))
+        scaffold = Run(cfg.out, dataclasses.asdict(cfg), steps_key="episodes", resume_free=RESUME_FREE_KEYS,
+                       fresh=fresh, extend=extend, command="innerloop optim train") if run else None  # fmt: skip
+        super().__init__(
+            rule, scaffold, cfg.episodes * cfg.unrolls, stateful={"optimizer": self.opt, "episode": self.episode},
+            log_fields=LOG_FIELDS, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+            max_seconds=cfg.max_seconds, callbacks=callbacks, progress=progress, desc=f"{cfg.rule} on {cfg.problem}",
+            verbose=progress, diverged_hint=f"Try a lower --meta-lr (now {cfg.meta_lr}).",
+        )  # fmt: skip
+
+    def start_episode(self) -> None:
+        """Sample a new batch of instances, their initial parameters and the rule's initial state."""
+        ep = self.episode
+        ep.instances, ep.params = _sample(self.problem, self.cfg.batch, ep.generator, self.cfg.device)
+        ep.rule_state = self.rule.init(ep.params)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        u = step % self.cfg.unrolls
+        if u == 0:
+            self.start_episode()
+        ep = self.episode
+        res = unroll(self.problem, self.rule, ep.instances, ep.params, ep.rule_state, u * self.cfg.unroll,
+                     self.cfg.unroll, self.cfg.second_order)  # fmt: skip
+        logs = {"loss": res.meta_loss.item(), "final_loss": res.losses[-1].mean().item(),
+                "episode": step // self.cfg.unrolls + 1}  # fmt: skip
+        check_finite(logs["loss"], "meta-loss", self, step)
+        self.opt.zero_grad(set_to_none=True)
+        res.meta_loss.backward()
+        self.opt.step()
+        ep.params, ep.rule_state = detach_tree(res.params), detach_tree(res.state)
+        return logs
+
+    def resolved_config(self) -> dict[str, Any]:
+        return {"rule_weights": sum(p.numel() for p in self.rule.parameters()), "meta_steps": self.total_steps}
+
+
+def train_rule(cfg: MetaOptConfig, rule: nn.Module | None = None, problem: Problem | None = None,
+               progress: bool = False, fresh: bool = False, extend: bool = False,
+               callbacks: Sequence[Callback] = ()) -> dict[str, Any]:  # fmt: skip
+    """Meta-train ``rule`` (default: ``RULES[cfg.rule]``) in ``cfg.out``, resuming from its newest intact checkpoint.
+
+    Args:
+        cfg (MetaOptConfig): the run.
+        rule (nn.Module | None, Optional): the rule; None builds ``cfg.rule`` (seeded by ``cfg.seed``). Default: None.
+        problem (Problem | None, Optional): a custom optimizee problem. Default: None (``cfg.problem``).
+        progress (bool, Optional): progress bar and resume messages. Default: False.
+        fresh, extend (bool, Optional): see :class:`innerloop.runs.Run`. Default: False.
+        callbacks (Sequence[Callback], Optional): :class:`innerloop.runs.Callback` hooks. Default: ().
+
+    Returns:
+        dict: the training summary (steps, seconds, final meta-loss, stopped early).
+    """
+    problem = problem if problem is not None else build_problem(cfg, "train")
+    if rule is None:
+        rule = make_rule(cfg, problem)
+    trainer = MetaOptTrainer(cfg, rule, problem, progress, fresh, extend, callbacks)
+    return trainer.fit(map_location=cfg.device)
+
+
+def make_rule(cfg: MetaOptConfig, problem: Problem) -> nn.Module:
+    """``RULES[cfg.rule]`` for one instance of ``problem``, initialised under ``cfg.seed``."""
+    example = problem.init_params(problem.sample(torch.Generator().manual_seed(cfg.seed)),
+                                  torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_rule(cfg.rule, example)

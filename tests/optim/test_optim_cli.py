@@ -1,0 +1,76 @@
+"""``innerloop optim train|eval`` end to end at tiny sizes, and its bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+
+from innerloop.cli.main import main
+from innerloop.optim import RULES, LearnedLR
+
+TINY = ["--episodes", "2", "--steps", "6", "--unroll", "3", "--batch", "4", "--eval-instances", "6",
+        "--tune-instances", "3", "--lr-grid", "0.01", "0.1", "--log-every", "1", "--no-progress"]  # fmt: skip
+
+
+def test_train_then_eval_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["optim", "train", "--problem", "quadratic", "--rule", "sgd_lr", *TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sgd_lr on quadratic, 2 episodes x 6 steps in unrolls of 3" in printed and "adam (lr " in printed
+    assert {p.name for p in out.iterdir()} >= {"config.json", "log.csv", "checkpoints", "metrics.json", "eval.csv",
+                                              "eval.png"}  # fmt: skip
+    with open(out / "log.csv") as f:
+        assert [r["meta_step"] for r in csv.DictReader(f)] == ["1", "2", "3", "4"]  # 2 episodes x 2 unrolls
+    with open(out / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["optimizer"] for r in rows} == {"learned", "adam", "rmsprop", "sgd", "nag"}
+    assert [int(r["step"]) for r in rows if r["optimizer"] == "nag"] == list(range(7))  # steps 0..6
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["optimizers"]["adam"]["lr"] in (0.01, 0.1) and metrics["eval_instances"] == 6
+    # eval re-reads the run's config; flags override it
+    assert main(["optim", "eval", "--out", str(out), "--baselines", "sgd", "--eval-steps", "4"]) == 0
+    assert "sgd (lr " in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["optimizers"]) == {"learned", "sgd"} and metrics["steps"] == 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="needs scikit-learn (innerloop[optim])")
+def test_train_on_digits(tmp_path):
+    out = tmp_path / "digits"
+    assert main(["optim", "train", "--problem", "digits_mlp", "--minibatch", "16", *TINY, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["problem"] == "digits_mlp"
+
+
+def test_a_registered_rule_is_a_choice_and_divergence_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(RULES, "huge_lr", lambda params: LearnedLR(params, lr=10.0))
+    out = tmp_path / "run"
+    argv = ["optim", "train", "--rule", "huge_lr", "--episodes", "1", "--steps", "40", "--unroll", "40", "--batch",
+            "2", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("innerloop optim train: error: ") and "is not finite at optimizee step" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["optim", "train", "--rule", "nope"], "argument --rule: invalid choice: 'nope'"),
+        (["optim", "train", "--problem", "mnist"], "argument --problem: invalid choice: 'mnist'"),
+        (["optim", "train", "--steps", "10", "--unroll", "3"], "--unroll 3 must divide --steps 10"),
+        (["optim", "train", "--baselines", "lbfgs"], "unknown baseline 'lbfgs'"),
+        (["optim", "train", "--meta-lr", "0"], "meta_lr > 0"),
+        (["optim", "eval", "--out", "/no/run"], "config.json not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch, argv, match):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.iterdir()), "bad input must fail before any work"
