@@ -97,7 +97,7 @@ class MetaOptConfig:
     CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES}
 
     problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, or digits_mlp (needs innerloop[optim])
-    rule: str = "sgd_lr"  # learned rule (RULES); sgd_lr: per-tensor learnable learning rates
+    rule: str = "sgd_lr"  # learned rule: sgd_lr (per-tensor learnable learning rates) or lstm (Andrychowicz et al.)
     episodes: int = 10000  # meta-training episodes; each samples new instances and optimises them for --steps steps
     steps: int = 100  # optimizee steps per episode
     unroll: int = 20  # optimizee steps per truncated-BPTT unroll = per meta-step; must divide --steps
