@@ -118,5 +118,6 @@ class TrialEnv:
         action = self.env._check_action(action)
         return self._encode(obs, action, reward, done), reward, done, trial_done
 
-    def _encode(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    def _encode(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                done: torch.Tensor) -> torch.Tensor:  # fmt: skip
         return rl2_input(obs, action, reward, done, self.env.num_states, self.env.num_actions)
