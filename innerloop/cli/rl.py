@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MDP episodes per trial n (>= 1; for bandits the same as --pulls); default: 10")
     b.add_argument("--trials", type=int, default=1000, help="trials per baseline (>= 2); default: 1000")
     b.add_argument("--seed", type=int, default=0, help="seed of the tasks, rewards and agents; default: 0")
-    b.add_argument("--epsilon", type=float, default=None, help="exploration rate of epsilon_greedy; default: 0.1")
+    b.add_argument("--epsilon", type=float, default=None,
+                   help="exploration rate of epsilon_greedy and epsilon_greedy_posterior; default: 0.1")
     b.add_argument("--ucb-c", type=float, default=None, help="scale of UCB1's bonus (bandit); default: 0.2")
     b.add_argument("--ucrl2-c", type=float, default=None, help="scale of UCRL2's confidence sets (mdp); default: 0.1")
     b.add_argument("--out", type=Path, default=None, help="folder for baselines.csv and baselines.md; default: none")
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _options(args: argparse.Namespace) -> dict[str, dict]:
     opts: dict[str, dict] = {}
     if args.epsilon is not None:
-        opts["epsilon_greedy"] = {"epsilon": args.epsilon}
+        opts["epsilon_greedy"] = opts["epsilon_greedy_posterior"] = {"epsilon": args.epsilon}
     if args.ucb_c is not None:
         opts["ucb1"] = {"c": args.ucb_c}
     if args.ucrl2_c is not None:

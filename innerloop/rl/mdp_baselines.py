@@ -7,8 +7,14 @@ of every episode a strategy picks a model and plans on it by finite-horizon valu
 ``horizon`` steps of the episode), then acts greedily on ``Q`` for the whole episode (ties broken at random):
 
 - ``random``: uniformly random actions (no model).
-- ``greedy``: plans on the posterior mean model (certainty equivalence).
-- ``epsilon_greedy``: as greedy, with a random action with probability ``epsilon``.
+- ``greedy``: plans on the empirical model (certainty equivalence): observed transition frequencies and mean
+  rewards, with uniform transitions and reward 0 for a pair never tried. Reward 0 is below the prior mean of 1, so
+  greedy rarely tries a new action once it has found a positive one; this is the variant that reproduces RL²'s
+  Greedy column (see RESULTS.md).
+- ``greedy_posterior``: plans on the posterior mean model instead (an untried pair is worth the prior mean 1, so
+  every action that paid less than 1 makes the untried ones look better: a much stronger baseline).
+- ``epsilon_greedy``, ``epsilon_greedy_posterior``: as the two greedy ones, with a random action with probability
+  ``epsilon``.
 - ``psrl``: posterior sampling (Osband et al. 2013): plans on a model drawn from the posterior, once per episode.
 - ``ucrl2``: optimism (Jaksch et al. 2010) with a finite-horizon simplification: plans on the most favourable model
   within the confidence sets ``|mu - mu_hat| <= c * sqrt(7 ln(2 S A t / delta) / (2 max(1, n)))`` and
@@ -97,6 +103,12 @@ class MDPAgent:
         mu = (1.0 + self.reward_sums) / (1.0 + self.visits)
         return P, mu
 
+    def empirical(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(P, mu)``: observed frequencies and mean rewards; uniform rows and reward 0 where never tried."""
+        n = np.maximum(self.visits, 1.0)
+        P = np.where(self.visits[..., None] > 0, self.counts / n[..., None], 1.0 / self.S)
+        return P, self.reward_sums / n
+
     def model(self) -> tuple[np.ndarray, np.ndarray]:
         return self.posterior_mean()
 
@@ -128,10 +140,16 @@ class Random(MDPAgent):
 
 
 class Greedy(MDPAgent):
-    pass
+    def __init__(self, *args, model: str = "empirical", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        check_choice("model", model, ("empirical", "posterior"))
+        self.model_kind = model
+
+    def model(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.empirical() if self.model_kind == "empirical" else self.posterior_mean()
 
 
-class EpsilonGreedy(MDPAgent):
+class EpsilonGreedy(Greedy):
     def __init__(self, *args, epsilon: float = 0.1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not 0 <= epsilon <= 1:
@@ -176,8 +194,10 @@ class UCRL2(MDPAgent):
 
 MDP_BASELINES: dict[str, tuple[type[MDPAgent], dict]] = {
     "random": (Random, {}),
-    "greedy": (Greedy, {}),
-    "epsilon_greedy": (EpsilonGreedy, {"epsilon": 0.1}),
+    "greedy": (Greedy, {"model": "empirical"}),
+    "epsilon_greedy": (EpsilonGreedy, {"epsilon": 0.1, "model": "empirical"}),
+    "greedy_posterior": (Greedy, {"model": "posterior"}),
+    "epsilon_greedy_posterior": (EpsilonGreedy, {"epsilon": 0.1, "model": "posterior"}),
     "psrl": (PSRL, {}),
     "ucrl2": (UCRL2, {"c": 0.1}),
 }

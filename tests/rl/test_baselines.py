@@ -74,7 +74,8 @@ def test_optimistic_transitions_stay_in_the_l1_ball_and_favour_the_best_state():
     assert np.all(np.einsum("bsat,bt->bsa", q, V) >= np.einsum("bsat,bt->bsa", p, V) - 1e-12)
 
 
-@pytest.mark.parametrize("name", ["greedy", "epsilon_greedy", "psrl", "ucrl2"])
+@pytest.mark.parametrize("name", ["greedy", "epsilon_greedy", "greedy_posterior", "epsilon_greedy_posterior", "psrl",
+                                  "ucrl2"])
 def test_model_based_mdp_baselines_beat_random(name):
     random = run_mdp_trials("random", episodes=5, trials=300, seed=0)
     totals = run_mdp_trials(name, episodes=5, trials=300, seed=0)  # the same tasks: compare trial by trial
