@@ -4,7 +4,7 @@ Examples::
 
     innerloop rl baselines --env bandit --arms 5 --pulls 10 --trials 1000 --out runs/rl/bandit-5-10
     innerloop rl baselines --env mdp --episodes 10 --trials 1000 --out runs/rl/mdp-10
-    innerloop rl baselines --env bandit --arms 50 --pulls 100 --baselines ucb1 gittins --ucb-c 0.1
+    innerloop rl baselines --env bandit --arms 50 --pulls 100 --baselines ucb1 gittins --ucb-c 0.05
 
 Prints one line per baseline and, with ``--out DIR``, writes ``DIR/baselines.csv`` and ``DIR/baselines.md``.
 """
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0, help="seed of the tasks, rewards and agents; default: 0")
     b.add_argument("--epsilon", type=float, default=None,
                    help="exploration rate of epsilon_greedy and epsilon_greedy_posterior; default: 0.1")
-    b.add_argument("--ucb-c", type=float, default=None, help="scale of UCB1's bonus (bandit); default: 0.2")
+    b.add_argument("--ucb-c", type=float, default=None, help="scale of UCB1's bonus (bandit); default: 0.1")
     b.add_argument("--ucrl2-c", type=float, default=None, help="scale of UCRL2's confidence sets (mdp); default: 0.1")
     b.add_argument("--out", type=Path, default=None, help="folder for baselines.csv and baselines.md; default: none")
     b.set_defaults(func=run_baselines)

@@ -199,7 +199,7 @@ MDP_BASELINES: dict[str, tuple[type[MDPAgent], dict]] = {
     "greedy_posterior": (Greedy, {"model": "posterior"}),
     "epsilon_greedy_posterior": (EpsilonGreedy, {"epsilon": 0.1, "model": "posterior"}),
     "psrl": (PSRL, {}),
-    "ucrl2": (UCRL2, {"c": 0.1}),
+    "ucrl2": (UCRL2, {"c": 0.1}),  # best of 0.01 ... 1 on held-out seed 100 at n = 10 (RESULTS.md)
 }
 
 
