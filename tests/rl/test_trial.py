@@ -79,3 +79,26 @@ def test_rl2_input_without_previous_action_is_a_zero_one_hot():
 def test_episodes_must_be_positive():
     with pytest.raises(ValueError, match="episodes must be an integer >= 1"):
         TrialEnv(BernoulliBandit(2), episodes=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("make", [lambda d: BernoulliBandit(5, batch_size=64, seed=0, device=d),
+                                  lambda d: TabularMDP(batch_size=64, seed=0, device=d),
+                                  lambda d: Navigation2D(batch_size=64, seed=0, device=d)],
+                         ids=["bandit", "mdp", "nav"])  # fmt: skip
+def test_trials_run_on_cuda_and_are_seeded(make):
+    def play():
+        trials = TrialEnv(make("cuda"), episodes=2)
+        xs = [trials.reset(seed=1)]
+        g = torch.Generator("cuda").manual_seed(0)
+        for _ in range(trials.steps_per_trial):
+            if trials.env.num_actions is not None:
+                a = torch.randint(0, trials.env.num_actions, (64,), device="cuda", generator=g)
+            else:
+                a = torch.rand(64, 2, device="cuda", generator=g) - 0.5
+            xs.append(trials.step(a)[0])
+        return torch.stack(xs)
+
+    a, b = play(), play()
+    assert a.device.type == "cuda" and a.shape[-1] == TrialEnv(make("cuda"), 1).input_size
+    assert torch.equal(a, b)
