@@ -21,6 +21,7 @@ COMMANDS = {
     "synth": "innerloop.cli.synth",
     "diagnose": "innerloop.cli.diagnose",
     "forecast": "innerloop.cli.forecast",
+    "rl": "innerloop.cli.rl",
 }
 
 EPILOG = """\

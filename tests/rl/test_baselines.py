@@ -1,0 +1,100 @@
+"""The classic baselines: analytic expectations, a hand-checkable UCB1 case, Gittins indices, planning, optimism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from innerloop.rl import evaluate_baselines, run_bandit_trials, run_mdp_trials
+from innerloop.rl.bandit_baselines import gittins_table, make_bandit_agent
+from innerloop.rl.envs import BernoulliBandit
+from innerloop.rl.mdp_baselines import _optimistic_transitions, make_mdp_agent, plan
+
+
+def _within(x: np.ndarray, expected: float, sigmas: float = 4.0) -> bool:
+    return abs(x.mean() - expected) < sigmas * x.std(ddof=1) / np.sqrt(len(x))
+
+
+def test_random_bandit_matches_the_analytic_expectation():
+    totals = run_bandit_trials("random", num_arms=5, pulls=10, trials=4000, seed=0)
+    assert _within(totals, 10 * 0.5), totals.mean()  # every pull pays E[p] = 1/2
+
+
+def test_random_mdp_matches_the_analytic_expectation():
+    totals = run_mdp_trials("random", episodes=2, trials=2000, seed=0)
+    assert _within(totals, 2 * 10 * 1.0), totals.mean()  # every step pays E[mu] = 1, whatever the state
+
+
+def test_ucb1_pulls_the_obviously_better_arm_most():
+    B, n = 200, 100
+    env = BernoulliBandit(num_arms=2, batch_size=B, seed=0)
+    env.sample_tasks()
+    env.probs = torch.tensor([[0.1, 0.9]]).expand(B, 2).clone()
+    agent = make_bandit_agent("ucb1", B, 2, n, np.random.default_rng(0))
+    for _ in range(n):
+        env.reset()
+        arms = agent.act()
+        agent.update(arms, env.step(torch.from_numpy(arms))[1].numpy())
+    share = agent.pulls[:, 1].sum() / agent.pulls.sum()
+    assert share > 0.85, share
+
+
+def test_gittins_index_with_one_pull_left_is_the_posterior_mean_and_grows_with_the_horizon():
+    table = gittins_table(20)
+    s, f = np.meshgrid(np.arange(10), np.arange(10), indexing="ij")
+    np.testing.assert_allclose(table[s, f, 1], (s + 1) / (s + f + 2), atol=2e-3)
+    ok = s + f <= 10  # reachable with 10 pulls left out of 20
+    assert not np.isnan(table[s, f, 10][ok]).any()
+    assert np.all(table[s, f, 10][ok] >= table[s, f, 1][ok] - 1e-9)  # the option to learn is worth something
+    assert np.all(np.diff(table[0, 0, 1:21]) >= -1e-9), "more pulls left, larger index"
+    assert table[0, 0, 20] > 0.6  # an untried arm with 20 pulls left beats a known 0.6 arm
+    assert np.isnan(table[15, 10, 1])  # unreachable: 25 pulls done out of 20
+
+
+def test_plan_on_a_hand_case():
+    # 2 states, 2 actions: action 1 in state 0 pays 0 but moves to state 1, where everything pays 1
+    P = np.zeros((1, 2, 2, 2))
+    P[0, 0, 0, 0] = P[0, 0, 1, 1] = P[0, 1, :, 1] = 1.0
+    R = np.array([[[0.5, 0.0], [1.0, 1.0]]])
+    Q = plan(P, R, horizon=3)
+    assert Q[0, 2, 0].tolist() == [0.5, 0.0]  # last step: take the 0.5
+    assert Q[0, 0, 0].tolist() == [1.5, 2.0]  # 3 steps: move first, then 1 + 1
+
+
+def test_optimistic_transitions_stay_in_the_l1_ball_and_favour_the_best_state():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(6), size=(3, 4, 2))  # [3, 4, 2, 6]
+    V = rng.standard_normal((3, 6))
+    width = rng.uniform(0, 1, size=(3, 4, 2))
+    q = _optimistic_transitions(p, width, V)
+    np.testing.assert_allclose(q.sum(-1), 1.0)
+    assert np.all(q >= -1e-12)
+    assert np.all(np.abs(q - p).sum(-1) <= width + 1e-9)
+    assert np.all(np.einsum("bsat,bt->bsa", q, V) >= np.einsum("bsat,bt->bsa", p, V) - 1e-12)
+
+
+@pytest.mark.parametrize("name", ["greedy", "epsilon_greedy", "greedy_posterior", "epsilon_greedy_posterior", "psrl",
+                                  "ucrl2"])
+def test_model_based_mdp_baselines_beat_random(name):
+    random = run_mdp_trials("random", episodes=5, trials=300, seed=0)
+    totals = run_mdp_trials(name, episodes=5, trials=300, seed=0)  # the same tasks: compare trial by trial
+    diff = totals - random
+    assert diff.mean() > 4 * diff.std(ddof=1) / np.sqrt(len(diff)), (name, totals.mean(), random.mean())
+
+
+@pytest.mark.parametrize("name", ["greedy", "epsilon_greedy", "ucb1", "thompson", "gittins"])
+def test_bandit_baselines_beat_random(name):
+    assert run_bandit_trials(name, 5, 20, 1000, seed=0).mean() > run_bandit_trials("random", 5, 20, 1000).mean() + 2
+
+
+def test_evaluate_baselines_is_seeded_and_validates():
+    a = evaluate_baselines("bandit", ["thompson"], trials=50, episodes=5, num_arms=3, seed=1, chunk=20)
+    b = evaluate_baselines("bandit", ["thompson"], trials=50, episodes=5, num_arms=3, seed=1, chunk=20)
+    assert a == b and a[0].trials == 50 and a[0].ci95 > 0
+    with pytest.raises(ValueError, match="unknown mdp baseline 'ucb1'"):
+        evaluate_baselines("mdp", ["ucb1"])
+    with pytest.raises(ValueError, match="unknown env 'maze'"):
+        evaluate_baselines("maze")
+    with pytest.raises(ValueError, match="epsilon must lie in"):
+        make_mdp_agent("epsilon_greedy", 1, 2, 2, 2, np.random.default_rng(0), epsilon=2.0)
