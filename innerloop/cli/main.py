@@ -19,6 +19,7 @@ COMMANDS = {
     "meta": "innerloop.cli.meta",
     "synth": "innerloop.cli.synth",
     "diagnose": "innerloop.cli.diagnose",
+    "icl": "innerloop.cli.icl",
 }
 
 EPILOG = """\
