@@ -75,6 +75,10 @@ def run_compare(args: argparse.Namespace) -> int:
     rows = compare(args.task, args.shots, args.learners, args.out, steps=args.steps, meta_batch=args.meta_batch,
                    progress=args.progress, **options)  # fmt: skip
     for r in rows:
+        if r["kind"] == "baseline":
+            print(f"K={r['shots']:<3} {r['learner']:<11} MSE in {r['mse_in']:.4g} +- {r['ci95_in']:.2g}, OOD "
+                  f"{r['mse_ood']:.3g} (baseline, no training)")  # fmt: skip
+            continue
         print(f"K={r['shots']:<3} {r['learner']:<11} MSE in {r['mse_in']:.4f} +- {r['ci95_in']:.4f}, OOD "
               f"{r['mse_ood']:.3g}, train {r['train_seconds']:.1f} s, {r['ms_per_task']:.2f} ms/task")  # fmt: skip
     print(f"wrote {args.out}/compare.csv, compare.md, error_vs_shots.png")

@@ -17,11 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from innerloop._io import atomic_write_text, pyplot, write_csv
+from innerloop.data.fewshot import TEST_SEED, mean_ci95
 
 from .trainer import ICLConfig, train
 
-__all__ = ["FIELDS", "budget_text", "compare", "markdown_table"]
+__all__ = ["FIELDS", "baseline_rows", "budget_text", "compare", "markdown_table"]
 
 FIELDS = ["task", "shots", "learner", "kind", "params", "train_tasks", "train_seconds", "mse_in", "ci95_in",
           "mse_ood", "ci95_ood", "ms_per_task"]  # fmt: skip
@@ -55,10 +58,37 @@ def markdown_table(rows: Sequence[dict[str, Any]], cfg: ICLConfig) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['shots']} | {r['learner']} | {r['kind']} | {r['params']} | {r['train_seconds']:.0f} | "
-                     f"{r['mse_in']:.3f} +- {r['ci95_in']:.3f} | {r['mse_ood']:.3g} +- {r['ci95_ood']:.2g} | "
-                     f"{r['ms_per_task']:.2f} |")  # fmt: skip
+        trained = r["kind"] != "baseline"
+        cost = f"{r['params']} | {r['train_seconds']:.0f}" if trained else "- | -"
+        ms = f"{r['ms_per_task']:.2f}" if trained else "-"
+        lines.append(f"| {r['shots']} | {r['learner']} | {r['kind']} | {cost} | {r['mse_in']:.3g} +- "
+                     f"{r['ci95_in']:.2g} | {r['mse_ood']:.3g} +- {r['ci95_ood']:.2g} | {ms} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _baseline_mse(name: str, batch: Any) -> torch.Tensor:
+    """Per-task query MSE ``[N]`` of a learner-free baseline: ``zero`` predicts 0; ``least_squares`` fits
+    ``y = w . x`` to the support set (minimum-norm solution when K < d), the optimum for noiseless linear tasks."""
+    if name == "zero":
+        pred = torch.zeros_like(batch.query_y)
+    else:
+        sx, sy = batch.support_x.double(), batch.support_y.double()
+        pred = batch.query_x.double() @ (torch.linalg.pinv(sx) @ sy)  # [N, Q, d] @ [N, d, 1]
+    return (pred - batch.query_y.double()).pow(2).flatten(1).mean(1)
+
+
+def baseline_rows(cfg: ICLConfig) -> list[dict[str, Any]]:
+    """Table rows of the baselines on ``cfg``'s fixed test tasks: ``zero`` always, ``least_squares`` for linear."""
+    rows = []
+    for name in ("zero", "least_squares") if cfg.task == "linear" else ("zero",):
+        res = {}
+        for tag, ood in (("in", False), ("ood", True)):
+            batch = cfg.tasks(cfg.eval_points, TEST_SEED, ood).eval_batch(0, cfg.eval_tasks)
+            res[tag] = mean_ci95(_baseline_mse(name, batch))
+        rows.append({"task": _task_label(cfg), "shots": cfg.shots, "learner": name, "kind": "baseline", "params": 0,
+                     "train_tasks": 0, "train_seconds": 0.0, "mse_in": res["in"][0], "ci95_in": res["in"][1],
+                     "mse_ood": res["ood"][0], "ci95_ood": res["ood"][1], "ms_per_task": float("nan")})  # fmt: skip
+    return rows
 
 
 def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
@@ -66,7 +96,8 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for learner in dict.fromkeys(r["learner"] for r in rows):
         pts = sorted((r["shots"], r["mse_in"], r["ci95_in"]) for r in rows if r["learner"] == learner)
-        style = "-o" if rows and next(r for r in rows if r["learner"] == learner)["kind"] == "in-context" else "--s"
+        kind = next(r for r in rows if r["learner"] == learner)["kind"]
+        style = {"in-context": "-o", "gradient": "--s"}.get(kind, ":x")
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style, label=learner,
                     capsize=3)  # fmt: skip
     ax.set(xlabel="shots K (support points)", ylabel="test MSE (in distribution)", yscale="log", title=title)
@@ -91,7 +122,8 @@ def compare(task: str, shots: Sequence[int], learners: Sequence[str], out: str |
         **options: other :class:`ICLConfig` fields (``dim``, ``noise``, ``eval_tasks``, ``hidden_size``, ...).
 
     Returns:
-        list[dict]: one row per (shots, learner) with the :data:`FIELDS`.
+        list[dict]: one row per (shots, learner) with the :data:`FIELDS`, and after each K the baselines of
+        :func:`baseline_rows` (kind ``"baseline"``: no training, ``ms_per_task`` NaN).
     """
     out = Path(out)
     if not shots or not learners:
@@ -104,12 +136,14 @@ def compare(task: str, shots: Sequence[int], learners: Sequence[str], out: str |
                          "meta_batch": meta_batch, "out": str(out / "runs" / f"{task}-{k}shot-{name}")})
             for k in shots for name in learners]  # fmt: skip  (all configs checked before any training)
     rows = []
-    for cfg in cfgs:
+    for i, cfg in enumerate(cfgs):
         m = train(cfg, progress=progress)
         rows.append({"task": _task_label(cfg), "shots": cfg.shots, "learner": cfg.learner, "kind": m["kind"],
                      "params": m["params"], "train_tasks": m["train_tasks"], "train_seconds": m["train_seconds"],
                      "mse_in": m["in"]["mse"], "ci95_in": m["in"]["ci95"], "mse_ood": m["ood"]["mse"],
                      "ci95_ood": m["ood"]["ci95"], "ms_per_task": 1000 * m["seconds_per_task"]})  # fmt: skip
+        if i == len(cfgs) - 1 or cfgs[i + 1].shots != cfg.shots:  # after the learners of each K
+            rows.extend(baseline_rows(cfg))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "compare.csv", FIELDS)
     atomic_write_text(out / "compare.md", markdown_table(rows, cfgs[0]))
