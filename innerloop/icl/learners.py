@@ -23,11 +23,7 @@ from innerloop.models.meta_nets import SinusoidMLP
 
 from .model import ICLModel
 
-__all__ = ["GRADIENT_LEARNERS", "GradientLearner", "InContextLearner", "build_learner", "learner_kind"]
-
-# the gradient-based learners offered by the comparison (reptile/imaml/anil work too but are not in the default set)
-GRADIENT_LEARNERS = tuple(sorted(ALGORITHMS))
-
+__all__ = ["GradientLearner", "InContextLearner", "build_learner", "learner_kind"]
 
 def learner_kind(name: str) -> str:
     """``"in-context"`` for a mixer name, ``"gradient"`` for a meta-learning algorithm.
