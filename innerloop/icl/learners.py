@@ -25,6 +25,7 @@ from .model import ICLModel
 
 __all__ = ["GradientLearner", "InContextLearner", "build_learner", "learner_kind"]
 
+
 def learner_kind(name: str) -> str:
     """``"in-context"`` for a mixer name, ``"gradient"`` for a meta-learning algorithm.
 
