@@ -22,6 +22,7 @@ COMMANDS = {
     "diagnose": "innerloop.cli.diagnose",
     "forecast": "innerloop.cli.forecast",
     "rl": "innerloop.cli.rl",
+    "icl": "innerloop.cli.icl",
 }
 
 EPILOG = """\

@@ -1,0 +1,144 @@
+"""An in-context learner: any registered mixer reads a task's support set, then answers each query from it.
+
+Encoding. Support pair ``(x_k, y_k)`` is the token ``[x_k, y_k, 1]``; a query is ``[x, 0, 0]`` (the last feature
+says "this token carries a label"). The support prefix ``[s_1 .. s_K]`` is run once, the per-layer mixer states after
+it are copied once per query, and every query is fed as a one-token continuation of that state in its own batch row.
+So the prediction for query ``i`` depends on the support set and query ``i`` only (exactly: no query sees another),
+and a task costs ``K + Q`` token steps instead of ``K * Q``.
+
+Order. The support prefix is read causally, so the model is *not* invariant to the order of the support set
+(recurrent mixers read it in order; causal attention with RoPE sees positions). Training presents the support set in
+a random order per task, which teaches approximate invariance; the tests check the exact properties (query
+independence, labels of queries unused) and that the order does matter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import is_dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from innerloop.layers import MIXERS, KVCache, RMSNorm, SwiGLU, build_mixer
+
+__all__ = ["ICLModel", "repeat_state"]
+
+
+def _batch_dim(a: Tensor, b: Tensor) -> int | None:
+    """The dim where two probes of batch sizes 1 and 2 differ (None: the tensor is shared across the batch)."""
+    diff = [i for i, (p, q) in enumerate(zip(a.shape, b.shape)) if p != q]
+    return diff[0] if diff else None
+
+
+def repeat_state(state: Any, probe1: Any, probe2: Any, repeats: int) -> Any:
+    """Repeat every batch row of a mixer state ``repeats`` times (row ``n`` becomes rows ``n*r .. n*r + r - 1``).
+
+    Where the batch dim is comes from two probes, the mixer's ``init_state(1)`` and ``init_state(2)`` (an RNN state
+    is ``[L, B, S]``, the others ``[B, ...]``), so any mixer honouring the registry contract works.
+
+    Args:
+        state: the state (tensors, ints, None, NamedTuples/tuples of them, or a :class:`KVCache`).
+        probe1, probe2: the same structure at batch sizes 1 and 2.
+        repeats (int): copies per row.
+    """
+    if state is None or isinstance(state, (int, float, bool)):
+        return state
+    if isinstance(state, Tensor):
+        dim = _batch_dim(probe1, probe2)
+        return state if dim is None else state.repeat_interleave(repeats, dim)
+    if isinstance(state, KVCache):
+        k = state.keys.repeat_interleave(repeats, 0)  # [B * r, H, length, D]
+        v = state.values.repeat_interleave(repeats, 0)
+        return KVCache(k, v, state.length, [state.length])
+    if isinstance(state, tuple):
+        parts = [repeat_state(s, a, b, repeats) for s, a, b in zip(state, probe1, probe2)]
+        return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
+    if isinstance(state, list):
+        return [repeat_state(s, a, b, repeats) for s, a, b in zip(state, probe1, probe2)]
+    kind = "dataclass" if is_dataclass(state) else type(state).__name__
+    raise TypeError(f"repeat_state does not know how to copy a mixer state of type {type(state).__name__} ({kind}); "
+                    "add a case for it in innerloop/icl/model.py")  # fmt: skip
+
+
+class ICLModel(nn.Module):
+    """``tokens -> linear -> [x + mixer(norm x); x + mlp(norm x)] * num_layers -> norm -> linear -> y``.
+
+    Args:
+        mixer (str): a registered mixer (``innerloop.layers.MIXERS``: attention, ttt_linear, ttt_mlp, mamba, lstm,
+            gru, rnn).
+        hidden_size (int): width ``C``. Default: 64.
+        num_layers (int): blocks. Default: 2.
+        num_heads (int): heads of attention and TTT mixers. Default: 4.
+        x_dim (int): input dimension ``d`` of the task. Default: 1.
+        mlp_ratio (int): SwiGLU width ``mlp_ratio * C`` after each mixer; 0 = no MLP. Default: 2.
+        mixer_options (dict, Optional): extra mixer kwargs (TTT defaults to ``mini_batch_size=4``).
+
+    Shapes: :meth:`forward` ``support_x [N, K, d], support_y [N, K, 1], query_x [N, Q, d] -> [N, Q, 1]``.
+
+    Examples:
+        >>> m = ICLModel("gru", hidden_size=16, num_layers=1, num_heads=2)
+        >>> m(torch.randn(3, 5, 1), torch.randn(3, 5, 1), torch.randn(3, 7, 1)).shape
+        torch.Size([3, 7, 1])
+    """
+
+    def __init__(self, mixer: str, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, *, x_dim: int = 1,
+                 mlp_ratio: int = 2, mixer_options: dict[str, Any] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {mixer!r}; known mixers: {', '.join(sorted(MIXERS))}")
+        if min(hidden_size, num_layers, num_heads, x_dim) < 1 or mlp_ratio < 0:
+            raise ValueError(f"hidden_size, num_layers, num_heads, x_dim must be >= 1 and mlp_ratio >= 0, got "
+                             f"{hidden_size}, {num_layers}, {num_heads}, {x_dim}, {mlp_ratio}")  # fmt: skip
+        opts = dict(mixer_options or {})
+        if mixer.startswith("ttt"):
+            opts.setdefault("mini_batch_size", 4)  # a few support points: update the inner model often
+        self.mixer_name, self.x_dim = mixer, x_dim
+        self.embed = nn.Linear(x_dim + 2, hidden_size)
+        self.mixers = nn.ModuleList(build_mixer(mixer, hidden_size, num_heads, **opts) for _ in range(num_layers))
+        self.mixer_norms = nn.ModuleList(RMSNorm(hidden_size) for _ in range(num_layers))
+        n_mlps = num_layers if mlp_ratio else 0
+        self.mlps = nn.ModuleList(SwiGLU(hidden_size, mlp_ratio * hidden_size) for _ in range(n_mlps))
+        self.mlp_norms = nn.ModuleList(RMSNorm(hidden_size) for _ in range(len(self.mlps)))
+        self.norm = RMSNorm(hidden_size)
+        self.head = nn.Linear(hidden_size, 1)
+
+    def encode(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """Tokens ``[N, T, d + 2]``: ``[x, y, 1]`` for labelled points, ``[x, 0, 0]`` when ``y`` is None."""
+        if x.dim() != 3 or x.shape[-1] != self.x_dim:
+            raise ValueError(f"expected inputs [N, T, {self.x_dim}], got {tuple(x.shape)}")
+        if y is None:
+            return torch.cat([x, x.new_zeros(*x.shape[:2], 2)], -1)
+        if y.shape != (*x.shape[:2], 1):
+            raise ValueError(f"expected labels [N, T, 1] = {(*x.shape[:2], 1)}, got {tuple(y.shape)}")
+        return torch.cat([x, y, torch.ones_like(y)], -1)
+
+    def blocks(self, h: Tensor, states: list | None = None) -> tuple[Tensor, list]:
+        """The residual blocks on ``h [B, T, C]`` from per-layer ``states`` (None = start); returns new states."""
+        states = states if states is not None else [None] * len(self.mixers)
+        new = []
+        for i, (norm, mixer) in enumerate(zip(self.mixer_norms, self.mixers)):
+            y, s = mixer(norm(h), states[i])
+            h = h + y
+            if self.mlps:
+                h = h + self.mlps[i](self.mlp_norms[i](h))
+            new.append(s)
+        return h, new
+
+    def read_support(self, support_x: Tensor, support_y: Tensor) -> list:
+        """Run the support prefix once; the per-layer states after it (batch ``N``)."""
+        _, states = self.blocks(self.embed(self.encode(support_x, support_y)))
+        return states
+
+    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Predictions ``[N, Q, 1]`` for ``query_x [N, Q, d]`` given the support set ``[N, K, d], [N, K, 1]``."""
+        n, q = query_x.shape[:2]
+        if support_x.shape[0] != n:
+            raise ValueError(f"support has {support_x.shape[0]} tasks but the queries {n}")
+        states = self.read_support(support_x, support_y)
+        dev, dt = query_x.device, query_x.dtype
+        states = [repeat_state(s, m.init_state(1, dev, dt), m.init_state(2, dev, dt), q)
+                  for s, m in zip(states, self.mixers)]  # fmt: skip
+        tokens = self.embed(self.encode(query_x, None)).reshape(n * q, 1, -1)  # query (n, i) -> row n * q + i
+        h, _ = self.blocks(tokens, states)
+        return self.head(self.norm(h)).reshape(n, q, 1)

@@ -1,0 +1,32 @@
+"""An ICL training run in a child process for the kill test: ``python _child.py LEARNER OUT SLEEP THREADS``.
+
+Each step sleeps ``SLEEP`` seconds (a callback, numerically inert) so the parent can kill the process mid-run; the
+child uses the parent's torch thread count, so its float sums are ordered as the parent's.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _runs import run  # noqa: E402
+
+from innerloop.runs import Callback  # noqa: E402
+
+
+class Sleep(Callback):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_end(self, trainer, step, logs):
+        time.sleep(self.seconds)
+
+
+if __name__ == "__main__":
+    learner, out = sys.argv[1], sys.argv[2]
+    seconds, threads = float(sys.argv[3]), int(sys.argv[4])
+    import torch
+
+    torch.set_num_threads(threads)
+    run(learner, out, callbacks=[Sleep(seconds)])

@@ -1,0 +1,76 @@
+"""The ICL trainer on the run scaffold: a SIGKILLed run resumes to exactly the numbers of an uninterrupted one,
+for an in-context learner (its support shuffling draws from the checkpointed RNG) and a gradient learner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _runs import STEPS, config, run  # noqa: E402
+
+from innerloop.icl import build_learner, evaluate, train  # noqa: E402
+from innerloop.runs import ConfigMismatchError, load_latest_weights, read_log  # noqa: E402
+
+
+def _logged(out: Path) -> list[tuple[str, str]]:
+    return [(r["step"], r["loss"]) for r in read_log(out / "log.csv")]
+
+
+def _weights(learner: str, out: Path) -> dict[str, torch.Tensor]:
+    cfg = config(learner, str(out))
+    model = build_learner(learner, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads)
+    load_latest_weights(out / "checkpoints", model)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("learner", ["gru", "maml"])
+def test_sigkill_then_resume_is_exact(learner, tmp_path):
+    straight = tmp_path / "straight"
+    run(learner, straight)
+    assert [int(s) for s, _ in _logged(straight)] == list(range(1, STEPS + 1))
+    out = tmp_path / "killed"
+    child = Path(__file__).parent / "_child.py"
+    proc = subprocess.Popen([sys.executable, str(child), learner, str(out), "0.4", str(torch.get_num_threads())],
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # kill once a mid-run checkpoint exists
+            if (out / "checkpoints" / "step_00000002").is_dir():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the child ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        time.sleep(0.5)  # between checkpoints, with steps logged after the last one
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(read_log(out / "log.csv")) < STEPS
+    run(learner, out)
+    assert _logged(out) == _logged(straight)
+    a, b = _weights(learner, out), _weights(learner, straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_another_config_in_the_same_directory_is_refused(tmp_path):
+    run("gru", tmp_path / "r")
+    with pytest.raises(ConfigMismatchError):
+        run("gru", tmp_path / "r", lr=0.5)
+
+
+def test_train_evaluates_in_and_out_of_distribution(tmp_path):
+    m = train(config("maml", str(tmp_path / "m"), steps=2))
+    assert m["kind"] == "gradient" and m["train_tasks"] == 2 * 3 and m["params"] > 0
+    assert m["in"]["finite"] == 4 and m["seconds_per_task"] > 0
+    assert m["ood"]["mse"] > m["in"]["mse"]  # amplitudes 5-10 vs 0.1-5: an untrained learner is far worse
+    assert (tmp_path / "m" / "metrics.json").is_file()
+    again = evaluate(config("maml", str(tmp_path / "m"), steps=2), build_learner("maml"))
+    assert set(again) >= {"in", "ood", "seconds_per_task"}
