@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -33,3 +34,12 @@ def _user_cache(tmp_path_factory):
         os.environ.pop("INNERLOOP_CACHE", None)
     else:
         os.environ["INNERLOOP_CACHE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sigint_as_in_a_terminal():
+    """CI may start the tests with SIGINT ignored (nohup, background jobs), which the trainers respect; the Ctrl-C
+    tests send a real SIGINT, as a terminal would deliver it."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
