@@ -2,11 +2,12 @@
 Adam, RMSprop, SGD and Nesterov momentum.
 
 Flags are generated from :class:`innerloop.optim.meta_train.MetaOptConfig`. Rules are looked up by name in
-``innerloop.optim.meta_train.RULES``: ``sgd_lr`` (per-tensor learnable learning rates, the test rule) now; the
-coordinatewise LSTM and MLP rules register as ``lstm`` and ``mlp`` when they are installed. Examples::
+``innerloop.optim.meta_train.RULES``: ``sgd_lr`` (per-tensor learnable learning rates, the test rule) and ``lstm``
+(the coordinatewise LSTM optimizer of Andrychowicz et al. 2016). Examples::
 
     innerloop optim train --problem quadratic --rule sgd_lr --episodes 200 --out runs/lopt-quad
     innerloop optim eval --out runs/lopt-quad            # re-evaluates the run's checkpoint with its config.json
+    innerloop optim export --out runs/lopt-quad --name my-rule   # ship it: LearnedOptimizer(params, rule="my-rule")
 
 Running ``train`` again with the same ``--out`` resumes from the last checkpoint.
 """
@@ -29,8 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataclass_flags(t, MetaOptConfig)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation against the baselines after training")
+    t.add_argument("--export", metavar="NAME", default=None,
+                   help="after training, ship the rule as pretrained rule NAME (innerloop/optim/pretrained/), loadable "
+                        "with LearnedOptimizer(params, rule=NAME)")  # fmt: skip
     add_run_flags(t, "--episodes")
     t.set_defaults(func=run_train)
+    x = osub.add_parser("export", help="ship a finished run's rule as a pretrained rule (loadable by name)")
+    x.add_argument("--out", required=True, help="the run directory made by innerloop optim train")
+    x.add_argument("--name", required=True, help="the rule's name, e.g. lstm-quadratic")
+    x.add_argument("--dir", default=None, help="write there instead of the package's pretrained folder")
+    x.set_defaults(func=run_export)
     e = osub.add_parser("eval", help="evaluate a run's rule and the tuned baselines on held-out instances",
                         description="Evaluate the rule in --out with its config.json; flags given here override the "
                         "saved values (e.g. --eval-instances, --eval-steps, --baselines, --lr-grid).")  # fmt: skip
@@ -71,6 +80,17 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.no_eval:
         print(_evaluating(cfg), flush=True)
         _print(evaluate_rules(cfg))
+    if args.export:
+        from innerloop.optim.export import export_rule
+
+        print(f"exported the rule as {args.export!r}: {export_rule(cfg.out, args.export)}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from innerloop.optim.export import export_rule
+
+    print(f"exported the rule of {args.out} as {args.name!r}: {export_rule(args.out, args.name, args.dir)}")
     return 0
 
 

@@ -74,3 +74,27 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch, ar
     assert match in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not list(tmp_path.iterdir()), "bad input must fail before any work"
+
+
+def test_export_ships_the_rule_with_the_command_that_makes_it(tmp_path, capsys):
+    """`optim export` writes the run's trained LSTM as a named rule: the same weights, loadable by name, and the
+    json's command reproduces it (every config field that differs from the defaults)."""
+    import torch
+
+    from innerloop.optim import load_rule
+    from innerloop.runs import latest_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["optim", "train", "--problem", "quadratic", "--rule", "lstm", *TINY, "--no-eval",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert main(["optim", "export", "--out", str(out), "--name", "tiny-lstm", "--dir", str(tmp_path / "rules")]) == 0
+    rule = load_rule("tiny-lstm", tmp_path / "rules")
+    from safetensors.torch import load_file
+
+    trained = load_file(str(latest_checkpoint(out / "checkpoints") / "model.safetensors"))
+    for k, v in rule.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    command = rule.meta["command"]
+    assert command.startswith("innerloop optim train --rule lstm --episodes 2 --steps 6 --unroll 3 --batch 4")
+    assert command.endswith("--export tiny-lstm") and "--max-seconds" not in command
+    assert main(["optim", "export", "--out", str(tmp_path / "nope"), "--name", "x"]) == 2

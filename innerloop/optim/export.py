@@ -1,0 +1,68 @@
+"""Ship a meta-trained rule: copy a training run's rule into the pretrained folder, with how it was made.
+
+``innerloop optim train ... --export NAME`` (or ``innerloop optim export --out RUN --name NAME`` for a finished run)
+writes ``NAME.safetensors`` + ``NAME.json`` (:func:`innerloop.optim.pretrained.save_rule`); the json records the one
+command that reproduces the rule, the run's config and its evaluation against the tuned baselines, so that
+``LearnedOptimizer(model.parameters(), rule="NAME")`` loads it offline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from innerloop._io import read_json
+from innerloop.optim.meta_eval import _load_rule
+from innerloop.optim.meta_train import MetaOptConfig, build_problem
+from innerloop.optim.pretrained import PRETRAINED_DIR, save_rule
+
+__all__ = ["export_rule", "reproduce_command"]
+
+# where and how a run is run, not what it trains (a time budget that did not bind is left out too: the rule came from
+# every episode of the config)
+_RUN_CONTROL = frozenset({"out", "max_seconds", "log_every", "checkpoint_every", "device"})
+
+
+def reproduce_command(cfg: MetaOptConfig, name: str) -> str:
+    """The ``innerloop optim train`` line that trains ``cfg``'s rule again and exports it as ``name``: every field
+    that differs from the defaults, except how and where the run is run."""
+    default = MetaOptConfig()
+    flags = []
+    for key, value in cfg.__dict__.items():
+        if key in _RUN_CONTROL or value == getattr(default, key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{key.replace('_', '-')}")
+        elif isinstance(value, (list, tuple)):
+            flags.append(f"{flag} " + " ".join(str(v) for v in value))
+        else:
+            flags.append(f"{flag} {value}")
+    return " ".join(["innerloop optim train", *flags, f"--out runs/optim/{name}", f"--export {name}"])
+
+
+def export_rule(out: str | Path, name: str, directory: str | Path | None = None) -> Path:
+    """Save the rule of training run ``out`` (its newest intact checkpoint) as pretrained rule ``name``.
+
+    Args:
+        out (str | Path): a run directory made by ``innerloop optim train``.
+        name (str): the rule's name, e.g. ``"lstm-quadratic"``.
+        directory (str | Path, Optional): where to write. Default: None (the package's pretrained folder).
+
+    Returns:
+        Path: the ``.json`` written.
+    """
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        raise FileNotFoundError(f"{out}/config.json not found: --out must be a run made by `innerloop optim train`")
+    saved = read_json(out / "config.json")
+    saved.pop("resolved", None)
+    cfg = MetaOptConfig(**{**saved, "device": "cpu"})
+    rule: nn.Module = _load_rule(cfg, build_problem(cfg))
+    meta: dict[str, Any] = {"command": reproduce_command(cfg, name), "config": cfg.__dict__}
+    if (out / "metrics.json").is_file():
+        meta["evaluation"] = json.loads((out / "metrics.json").read_text()).get("optimizers", {})
+    return save_rule(rule, PRETRAINED_DIR if directory is None else directory, name, meta)
