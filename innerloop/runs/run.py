@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
 from innerloop._io import atomic_write_json
@@ -143,6 +144,8 @@ class Run:
         :class:`ConfigMismatchError` before anything is loaded or written.
         """
         self.start_fresh_if_asked()
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # under torchrun, no rank reads ``out`` before rank 0 has moved an old run aside
         skip: list[CorruptCheckpointError] = []
         while True:
             path = latest_checkpoint(self.ckpt_dir, skip)
