@@ -1,13 +1,14 @@
 """The LSTM rule's no-autograd fast path (``LSTMRule.inference_update``, what ``LearnedOptimizer`` runs) against
-its differentiable ``update``."""
+its differentiable ``update``, and ``MLPRule(batch_dims=1)`` on stacked instances against each instance alone."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from innerloop.optim import LearnedOptimizer, LSTMRule
+from innerloop.optim import LearnedOptimizer, LSTMRule, MLPRule
 from innerloop.optim.learned._lstm_fast import lstm_step_inference
+from innerloop.optim.pretrained import load_rule, save_rule
 from innerloop.testing import assert_close
 
 
@@ -87,3 +88,46 @@ def test_learned_optimizer_runs_the_fast_path_with_update_numbers():
         for i, p in enumerate(model.parameters()):
             assert_close(f"param {i} step {step}", params[str(i)], p.detach(), rtol=1e-12, atol=1e-15)
     assert len(calls) == 3
+
+
+def _mlp_trajectory(rule, params, grads_per_step):
+    state, out = rule.init(params), []
+    for step, grads in enumerate(grads_per_step):
+        updates, state = rule.update(grads, state, params, step)
+        params = {k: params[k] + updates[k] for k in params}
+        out.append(params)
+    return out
+
+
+def test_mlp_on_stacked_instances_equals_each_instance_alone():
+    torch.manual_seed(0)
+    n, dtype = 3, torch.float64
+    alone, stacked = MLPRule(horizon=5).to(dtype), MLPRule(horizon=5, batch_dims=1).to(dtype)
+    stacked.load_state_dict(alone.state_dict())
+    # instances of very different scales: a shared RMS would mix them
+    scales = torch.tensor([1e-3, 1.0, 1e3], dtype=dtype)
+    params = {"w": torch.randn(n, 4, 3, dtype=dtype) * scales.view(n, 1, 1), "b": torch.randn(n, 5, dtype=dtype)}
+    grads = [{k: torch.randn_like(v) * scales.view(n, *[1] * (v.dim() - 1)) for k, v in params.items()}
+             for _ in range(4)]  # fmt: skip
+    got = _mlp_trajectory(stacked, params, grads)
+    for i in range(n):
+        want = _mlp_trajectory(alone, {k: v[i] for k, v in params.items()}, [{k: g[k][i] for k in g} for g in grads])
+        for t, (w, g) in enumerate(zip(want, got)):
+            for k in w:
+                assert_close(f"instance {i} {k} step {t}", w[k], g[k][i], rtol=1e-12, atol=1e-15)
+    # the property that was broken: without batch_dims the instances' statistics mix
+    mixed = _mlp_trajectory(alone, params, grads)
+    assert not torch.allclose(mixed[0]["w"][0], got[0]["w"][0], rtol=1e-3)
+
+
+def test_mlp_batch_dims_errors_and_is_not_saved(tmp_path):
+    with pytest.raises(ValueError, match="batch_dims must be 0 or 1"):
+        MLPRule(batch_dims=2)
+    rule = MLPRule(batch_dims=1)
+    params = {"s": torch.tensor(1.0)}
+    with pytest.raises(ValueError, match="'s' has shape \\(\\)"):
+        rule.update({"s": torch.tensor(1.0)}, rule.init(params), params, 0)
+    assert "batch_dims" not in rule.config  # how the rule is called (a batch of instances), not what it learned
+    save_rule(rule, tmp_path, "stacked-mlp")
+    loaded = load_rule("stacked-mlp", tmp_path)
+    assert loaded.batch_dims == 0
