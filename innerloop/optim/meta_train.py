@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from innerloop.errors import check_choice
-from innerloop.optim.learned import LSTMRule
+from innerloop.optim.learned import LSTMRule, MLPRule
 from innerloop.optim.problems import Instance, MLPClassifier, Params, Problem, Quadratic, batch_loss, digits
 from innerloop.optim.problems import sample_instances as _sample
 from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite
@@ -78,11 +78,12 @@ class LearnedLR(nn.Module):
         return {k: -rates[self.names.index(k)] * g for k, g in grads.items()}, state
 
 
-# rule name -> factory(one instance's initial parameters, unbatched) -> nn.Module rule. The learned LSTM and MLP
-# rules of innerloop.optim.learned add "lstm" and "mlp" here.
+# rule name -> factory(one instance's initial parameters, unbatched) -> nn.Module rule, which is then called on
+# parameters stacked over instances [n, ...] and must treat each instance as if it were alone.
 RULES: dict[str, Callable[[Params], nn.Module]] = {
     "sgd_lr": lambda params: LearnedLR(params),
     "lstm": lambda params: LSTMRule(),  # coordinatewise: stacked instances are just more coordinates
+    "mlp": lambda params: MLPRule(batch_dims=1),  # its feature RMS is per instance, over all but the leading dim
 }
 
 PROBLEMS = ("quadratic", "digits_mlp")
@@ -97,7 +98,7 @@ class MetaOptConfig:
     CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES}
 
     problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, or digits_mlp (needs innerloop[optim])
-    rule: str = "sgd_lr"  # learned rule: sgd_lr (per-tensor learnable learning rates) or lstm (Andrychowicz et al.)
+    rule: str = "sgd_lr"  # learned rule: sgd_lr (per-tensor rates), lstm (Andrychowicz et al.), mlp (Metz et al.)
     episodes: int = 10000  # meta-training episodes; each samples new instances and optimises them for --steps steps
     steps: int = 100  # optimizee steps per episode
     unroll: int = 20  # optimizee steps per truncated-BPTT unroll = per meta-step; must divide --steps

@@ -1,7 +1,8 @@
 """A learned update rule as a ``torch.optim.Optimizer``: ``LearnedOptimizer(model.parameters(), rule=LSTMRule())``.
 
 The optimizer holds a frozen copy of the rule (weights without grad, eval mode) and, at each :meth:`step`, calls
-``rule.update`` on every parameter of a group that has a gradient, under ``torch.no_grad()``, then adds
+``rule.update`` (or the rule's ``inference_update``, its no-autograd fast path, when it has one) on every parameter of a
+group that has a gradient, under ``torch.no_grad()``, then adds
 ``scale * update`` in place. The rule's per-parameter state lives in ``self.state[p]`` beside ``"step"``, so
 ``state_dict()`` / ``load_state_dict()`` save and restore it like Adam's moments.
 """
@@ -133,7 +134,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if k not in fresh:
                     saved = {f: v for f, v in self.state[p].items() if f != "step"}
                     state[k] = saved["state"] if set(saved) == {"state"} else saved
-        updates, new_state = self.rule.update(grads, state, params, step)
+        # a rule's no-autograd fast path (LSTMRule.inference_update), else its update
+        update = getattr(self.rule, "inference_update", None) or self.rule.update
+        updates, new_state = update(grads, state, params, step)
         for k, p in named.items():
             p.add_(updates[k].to(p.dtype), alpha=scale)
             entry: dict[str, Any] = {"step": step + 1}

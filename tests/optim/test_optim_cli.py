@@ -37,6 +37,16 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
     assert set(metrics["optimizers"]) == {"learned", "sgd"} and metrics["steps"] == 4
 
 
+def test_train_the_mlp_rule_end_to_end(tmp_path, capsys):
+    out = tmp_path / "mlp"
+    assert main(["optim", "train", "--problem", "quadratic", "--rule", "mlp", *TINY, "--out", str(out)]) == 0
+    assert "mlp on quadratic" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "learned" in metrics["optimizers"]
+    with open(out / "log.csv") as f:
+        assert all(float(r["loss"]) == float(r["loss"]) for r in csv.DictReader(f))  # finite, logged
+
+
 @pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="needs scikit-learn (innerloop[optim])")
 def test_train_on_digits(tmp_path):
     out = tmp_path / "digits"

@@ -32,6 +32,7 @@ from innerloop.optim.learned._common import (
     flatten,
     split,
 )
+from innerloop.optim.learned._lstm_fast import lstm_step_inference
 
 __all__ = ["PREPROCESS", "LSTMRule", "log_and_sign"]
 
@@ -172,18 +173,9 @@ class LSTMRule(nn.Module):
         Returns:
             (dict[str, Tensor], dict): the updates (new parameters are ``params + updates``) and the new state.
         """
-        check_update_inputs("LSTMRule", grads, state, params)
-        if self.check_finite:
-            check_finite("LSTMRule", grads)
-        if not grads:
+        if not self._check(grads, state, params):
             return {}, state
         names = list(grads)
-        for k in names:
-            if state[k]["h"].shape[0] != grads[k].numel():
-                raise ValueError(
-                    f"LSTMRule: state of {k!r} holds {state[k]['h'].shape[0]} coordinates but the parameter has "
-                    f"{grads[k].numel()}; call rule.init on the parameters you update"
-                )
         dtype = compute_dtype(grads)
         sizes = [grads[k].numel() for k in names]
         x = self.features(flatten([grads[k] for k in names], dtype))  # [P, F]
@@ -202,6 +194,32 @@ class LSTMRule(nn.Module):
         for k, hk, ck in zip(names, split(new_h, sizes), split(new_c, sizes)):
             new_state[k] = {"h": hk, "c": ck}
         return updates, new_state
+
+    def inference_update(
+        self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
+    ) -> tuple[Params, dict[str, dict[str, Tensor]]]:
+        """:meth:`update` without autograd, faster (what :class:`innerloop.optim.LearnedOptimizer` runs).
+
+        Fused gate matmuls, chunked over coordinates, in place (see :mod:`innerloop.optim.learned._lstm_fast`); the
+        same numbers as :meth:`update` up to rounding (sums regrouped). Nothing is differentiable: meta-train with
+        :meth:`update`. Arguments and results as :meth:`update`.
+        """
+        if not self._check(grads, state, params):
+            return {}, state
+        return lstm_step_inference(self, grads, state, params)
+
+    def _check(self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params) -> bool:
+        """Validate the inputs of an update; False when there is nothing to update."""
+        check_update_inputs("LSTMRule", grads, state, params)
+        if self.check_finite:
+            check_finite("LSTMRule", grads)
+        for k in grads:
+            if state[k]["h"].shape[0] != grads[k].numel():
+                raise ValueError(
+                    f"LSTMRule: state of {k!r} holds {state[k]['h'].shape[0]} coordinates but the parameter has "
+                    f"{grads[k].numel()}; call rule.init on the parameters you update"
+                )
+        return bool(grads)
 
     def forward(
         self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int

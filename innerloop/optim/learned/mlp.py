@@ -59,6 +59,11 @@ class MLPRule(nn.Module):
         norm_eps (float): added to the per-tensor mean square of each feature column. Default: 1e-12.
         check_finite (bool): raise on NaN/inf gradients (one device sync per update; skipped under ``vmap``).
             Default: True.
+        batch_dims (int): 1 when every tensor is a stack of independent instances ``[n, ...]`` (meta-training over
+            a batch of optimizees): the feature RMS is then taken per instance, over all but the leading dimension,
+            so each instance gets exactly the update it would get alone. 0 (one model's tensors): over the whole
+            tensor. It says how the rule is called, not what it learned, so it is left out of ``config``: a saved
+            rule loads with 0, for one model. Default: 0.
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -83,8 +88,11 @@ class MLPRule(nn.Module):
         eps: float = 1e-8,
         norm_eps: float = 1e-12,
         check_finite: bool = True,
+        batch_dims: int = 0,
     ) -> None:
         super().__init__()
+        if batch_dims not in (0, 1):
+            raise ValueError(f"MLPRule: batch_dims must be 0 or 1, got {batch_dims}")
         decays = [float(b) for b in momentum_decays]
         if any(not 0 <= b < 1 for b in [*decays, rms_decay]):
             raise ValueError(f"MLPRule: decays must be in [0, 1), got {decays} and rms_decay={rms_decay}")
@@ -110,7 +118,7 @@ class MLPRule(nn.Module):
         self.decays, self.rms_decay = decays, rms_decay
         self.timescales, self.horizon = self.config["timescales"], horizon
         self.exp_mult, self.step_mult, self.eps, self.norm_eps = exp_mult, step_mult, eps, norm_eps
-        self.check_finite = check_finite
+        self.check_finite, self.batch_dims = check_finite, batch_dims
         self.num_tensor_features = 4 + 2 * len(decays)  # g, theta, m_j, r, g / r, m_j / r
         self.num_features = self.num_tensor_features + len(self.timescales) + (horizon is not None)
         sizes = [self.num_features] + [hidden_size] * num_layers + [2]
@@ -134,19 +142,23 @@ class MLPRule(nn.Module):
             values.append(2.0 * min(step / self.horizon, 1.0) - 1.0)
         return torch.tensor(values, dtype=like.dtype, device=like.device)
 
-    def tensor_features(self, g: Tensor, theta: Tensor, m: Tensor, v: Tensor) -> Tensor:
-        """Normalised per-coordinate features of one tensor.
+    def tensor_features(self, g: Tensor, theta: Tensor, m: Tensor, v: Tensor, groups: int = 1) -> Tensor:
+        """Normalised per-coordinate features of one tensor (or of ``groups`` stacked instances of it).
 
         Args:
             g (Tensor): ``[n]`` gradient; theta (Tensor): ``[n]`` parameter; m (Tensor): ``[n, J]`` updated momenta;
             v (Tensor): ``[n, 1]`` updated second moment.
+            groups (int): the ``n`` coordinates are ``groups`` consecutive equal blocks (instance-major), each
+                normalised on its own. Default: 1.
 
         Returns:
-            Tensor: ``[n, num_tensor_features]``, each column divided by its RMS over the ``n`` coordinates.
+            Tensor: ``[n, num_tensor_features]``, each column divided by its RMS over its block's coordinates.
         """
         r = torch.sqrt(v + self.eps)  # [n, 1]
         cols = torch.cat([g.unsqueeze(-1), theta.unsqueeze(-1), m, r, g.unsqueeze(-1) / r, m / r], dim=-1)
-        return cols * torch.rsqrt((cols * cols).mean(dim=0, keepdim=True) + self.norm_eps)
+        blocks = cols.reshape(groups, -1, cols.shape[-1])  # [groups, n / groups, F]
+        normed = blocks * torch.rsqrt((blocks * blocks).mean(dim=1, keepdim=True) + self.norm_eps)
+        return normed.reshape(cols.shape)
 
     def update(
         self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
@@ -182,7 +194,7 @@ class MLPRule(nn.Module):
             m = decays * m_old + (1 - decays) * g.unsqueeze(-1)  # [n, J]
             v = self.rms_decay * v_old + (1 - self.rms_decay) * (g * g).unsqueeze(-1)  # [n, 1]
             new_state[k] = {"m": m, "v": v}
-            feats.append(self.tensor_features(g, theta, m, v))
+            feats.append(self.tensor_features(g, theta, m, v, self._groups(k, grads[k])))
         x = torch.cat(feats)  # [P, num_tensor_features]
         prog = self.progress(step, x).expand(x.shape[0], -1)  # [P, len(timescales) (+1)]
         x = torch.cat([x, prog], dim=-1)  # [P, num_features]
@@ -195,6 +207,17 @@ class MLPRule(nn.Module):
         sizes = [grads[k].numel() for k in names]
         updates = {k: u.reshape(grads[k].shape).to(params[k].dtype) for k, u in zip(names, split(out, sizes))}
         return updates, new_state
+
+    def _groups(self, name: str, g: Tensor) -> int:
+        """The number of instances stacked in ``g`` (1 unless ``batch_dims`` is 1)."""
+        if not self.batch_dims:
+            return 1
+        if g.dim() < 1 or g.shape[0] < 1:
+            raise ValueError(
+                f"MLPRule(batch_dims=1): parameter {name!r} has shape {tuple(g.shape)}; with batch_dims=1 every "
+                f"tensor is a stack of instances [n, ...] with n >= 1"
+            )
+        return g.shape[0]
 
     def forward(
         self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
