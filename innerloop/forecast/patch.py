@@ -7,7 +7,9 @@ After Nie et al., "A Time Series is Worth 64 Words: Long-term Forecasting with T
 2. **Channel independence**: each channel is a separate univariate sequence, ``[B, L, C] -> [B*C, L]``; every channel
    shares the same weights.
 3. **Patching**: the series is padded at the end with ``stride`` copies of its last value (as PatchTST does) and cut
-   into ``N = (L + stride - patch_len) // stride + 1`` patches of ``patch_len`` steps, ``stride`` apart.
+   into ``N = (L + stride - patch_len) // stride + 1`` patches of ``patch_len`` steps, ``stride`` apart (the padding
+   guarantees the last observed step is in the last patch, whatever ``L mod stride``; padded steps past the last
+   patch are dropped).
 4. **Backbone**: a linear patch embedding plus a learned positional embedding, then ``num_layers`` pre-norm blocks
    ``h += mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h))`` over the ``N`` patch tokens, and a final RMSNorm.
 5. **Flatten head**: the ``N * d_model`` features of a series map linearly to its ``H`` future steps.
@@ -15,8 +17,8 @@ After Nie et al., "A Time Series is Worth 64 Words: Long-term Forecasting with T
 The mixer is chosen by name from :data:`innerloop.layers.MIXERS` (``attention``, ``ttt_linear``, ``ttt_mlp``,
 ``mamba``, ``lstm``, ``gru``, ...). Every innerloop mixer is causal, attention included: patch ``n`` sees patches
 ``0 .. n`` only. PatchTST's encoder is bidirectional, so ``mixer="attention"`` is PatchTST with a causal mask (and
-RMSNorm + SwiGLU instead of BatchNorm + GELU), not PatchTST itself. The head reads every patch, so the forecast still
-depends on the whole look-back.
+RMSNorm + SwiGLU instead of BatchNorm + GELU, and the mixer's own RoPE on top of the learned positions), not
+PatchTST itself. The head reads every patch, so the forecast still depends on the whole look-back.
 """
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ def test_patches_by_hand():
     want = [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9], [9, 10, 10, 10]]  # (11 + 3 - 4) // 3 + 1 = 4 patches
     assert num_patches(11, 4, 3) == m.num_patches == 4
     assert torch.equal(m.patchify(series), torch.tensor([want], dtype=torch.float32))
+    for L in range(4, 30):  # whatever L mod stride, the last patch holds the last observed step
+        for patch_len, stride in ((4, 3), (16, 8), (5, 5), (6, 1)):
+            if L + stride >= patch_len:
+                last = PatchForecaster(L, 2, 1, mixer="gru", patch_len=patch_len, stride=stride, d_model=4)
+                assert (last.patchify(torch.arange(float(L))[None])[0, -1] == L - 1).any()
 
 
 @pytest.mark.parametrize(("eps", "tol"), [(0.0, 1e-10), (1e-5, 1e-4)])
