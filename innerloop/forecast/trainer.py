@@ -88,6 +88,16 @@ class ForecastConfig:
             raise ValueError(f"lr must be > 0 and lr_decay in (0, 1], got {self.lr} and {self.lr_decay}")
 
 
+# Fields added after the first version of ForecastConfig: a config saved before them reads as their defaults.
+ADDED_FIELDS = ("mixer", "patch_len", "stride", "d_model", "num_layers", "num_heads", "dropout")
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as today's version writes it: the fields an older version lacked get their defaults."""
+    defaults = ForecastConfig.__dataclass_fields__
+    return {**{k: defaults[k].default for k in ADDED_FIELDS}, **saved}
+
+
 def model_options(cfg: ForecastConfig) -> dict[str, Any]:
     """The config's model options (:data:`~innerloop.forecast.models.MODEL_OPTIONS`), for :func:`build_forecaster`."""
     return {name: getattr(cfg, name) for name in MODEL_OPTIONS}
@@ -185,7 +195,7 @@ class ForecastTrainer(TrainLoop):
         self.early = EarlyStopping(cfg.patience)
         self._order: tuple[int, torch.Tensor] = (-1, torch.empty(0, dtype=torch.long))  # (epoch, its permutation)
         run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="epochs", resume_free=RESUME_FREE_KEYS, fresh=fresh,
-                  extend=extend, command="innerloop forecast train")  # fmt: skip
+                  extend=extend, command="innerloop forecast train", upgrade=upgrade_config)  # fmt: skip
         super().__init__(
             model, run, cfg.epochs * self.steps_per_epoch, stateful={"optimizer": self.opt, "early": self.early},
             log_fields=LOG_FIELDS, average=("loss",), log_every=cfg.log_every,

@@ -122,3 +122,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                  "--patch-len", "16", "--out", str(tmp_path / "r"), "--no-progress"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert "no patch fits" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_saved_before_the_patch_fields_still_resumes(tmp_path):
+    """A config saved without the patch fields reads as their defaults (the checkpoint check passes)."""
+    import dataclasses
+
+    from innerloop.forecast import ForecastConfig
+    from innerloop.forecast.trainer import ADDED_FIELDS, RESUME_FREE_KEYS, upgrade_config
+    from innerloop.runs import Run
+    from innerloop.runs.run import ConfigMismatchError
+
+    now = dataclasses.asdict(ForecastConfig(data="x.csv", out=str(tmp_path)))
+    old = {k: v for k, v in now.items() if k not in ADDED_FIELDS}
+    kw = dict(steps_key="epochs", resume_free=RESUME_FREE_KEYS)
+    Run(tmp_path, now, upgrade=upgrade_config, **kw).check_config(old, tmp_path)
+    with pytest.raises(ConfigMismatchError, match="mixer"):
+        Run(tmp_path, now, **kw).check_config(old, tmp_path)
+    assert upgrade_config({**old, "d_model": 16})["d_model"] == 16  # saved values win
