@@ -1,8 +1,9 @@
-"""``innerloop forecast train|eval``: forecasting runs (DLinear, NLinear, repeat-last) on ETT or any CSV.
+"""``innerloop forecast train|eval``: forecasting runs (DLinear, NLinear, repeat-last, patch) on ETT or any CSV.
 
 Flags are generated from :class:`innerloop.forecast.ForecastConfig`. Examples::
 
     innerloop forecast train --data ETTh1 --data-root DIR --lookback 336 --horizon 96 --model dlinear --out runs/etth1
+    innerloop forecast train --data ETTh1 --data-root DIR --model patch --mixer ttt_linear --lr 0.001 --out runs/p
     innerloop forecast train --data my_series.csv --target load --lookback 96 --horizon 24 --out runs/mine
     innerloop forecast eval --out runs/etth1           # scores the run's best weights again
 
@@ -18,7 +19,7 @@ from innerloop.forecast.trainer import ForecastConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("forecast", help="time-series forecasting (DLinear, NLinear) on ETT or a CSV: train, eval",
+    p = sub.add_parser("forecast", help="time-series forecasting (linear, patch models) on ETT or a CSV: train, eval",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     fsub = p.add_subparsers(dest="forecast_command", required=True, metavar="COMMAND")
     t = fsub.add_parser("train", help="train (resumes if --out holds a checkpoint), then score on the test windows")

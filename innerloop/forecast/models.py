@@ -9,20 +9,23 @@
 
 The linear maps act on the time axis and are shared by every channel, or one per channel with ``individual=True``.
 Any module with this ``forward`` is a :class:`Forecaster`: the trainer, the metrics and the command line only use
-that, so a patch-based model over any innerloop mixer can be added to :data:`FORECASTERS` without other changes.
+that. :data:`FORECASTERS` also holds ``patch``, :class:`~innerloop.forecast.patch.PatchForecaster` (PatchTST-style
+patches over any innerloop mixer).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DLinear", "FORECASTERS", "Forecaster", "NLinear", "RepeatLast", "TimeLinear", "build_forecaster",
-           "moving_average"]  # fmt: skip
+from .patch import PatchForecaster
+
+__all__ = ["DLinear", "FORECASTERS", "MODEL_OPTIONS", "Forecaster", "NLinear", "RepeatLast", "TimeLinear",
+           "build_forecaster", "moving_average"]  # fmt: skip
 
 
 @runtime_checkable
@@ -161,20 +164,37 @@ class RepeatLast(nn.Module):
         return x[:, -1:].expand(-1, self.horizon, -1)
 
 
-# name -> constructor(lookback, horizon, channels, individual=..., kernel_size=...)
+# name -> constructor(lookback, horizon, channels, **options): each takes the options it uses (MODEL_OPTIONS) and
+# ignores the others, so one config can build any of them.
 FORECASTERS: dict[str, Callable[..., nn.Module]] = {
-    "dlinear": lambda lookback, horizon, channels, individual=False, kernel_size=25: DLinear(
+    "dlinear": lambda lookback, horizon, channels, individual=False, kernel_size=25, **_: DLinear(
         lookback, horizon, channels, individual, kernel_size),
-    "nlinear": lambda lookback, horizon, channels, individual=False, kernel_size=25: NLinear(
+    "nlinear": lambda lookback, horizon, channels, individual=False, **_: NLinear(
         lookback, horizon, channels, individual),
-    "repeat_last": lambda lookback, horizon, channels, individual=False, kernel_size=25: RepeatLast(
-        lookback, horizon, channels),
+    "repeat_last": lambda lookback, horizon, channels, **_: RepeatLast(lookback, horizon, channels),
+    "patch": lambda lookback, horizon, channels, mixer="attention", patch_len=16, stride=8, d_model=64, num_layers=2,
+    num_heads=4, dropout=0.0, **_: PatchForecaster(
+        lookback, horizon, channels, mixer, patch_len, stride, d_model, num_layers, num_heads, dropout),
 }  # fmt: skip
+
+# Every option a FORECASTERS constructor reads (the ForecastConfig fields of the same names).
+MODEL_OPTIONS = ("individual", "kernel_size", "mixer", "patch_len", "stride", "d_model", "num_layers", "num_heads",
+                 "dropout")  # fmt: skip
 
 
 def build_forecaster(name: str, lookback: int, horizon: int, channels: int, individual: bool = False,
-                     kernel_size: int = 25) -> nn.Module:  # fmt: skip
-    """The forecaster ``name`` (a key of :data:`FORECASTERS`) for windows ``[B, lookback, channels]``."""
+                     kernel_size: int = 25, **options: Any) -> nn.Module:  # fmt: skip
+    """The forecaster ``name`` (a key of :data:`FORECASTERS`) for windows ``[B, lookback, channels]``.
+
+    ``options`` are the other :data:`MODEL_OPTIONS` (``mixer``, ``patch_len``, ... for ``patch``); a model ignores
+    the options it does not use.
+
+    Raises:
+        ValueError: an unknown ``name`` or option (the message lists the known ones).
+    """
     if name not in FORECASTERS:
         raise ValueError(f"unknown forecaster {name!r}; choose from {', '.join(sorted(FORECASTERS))}")
-    return FORECASTERS[name](lookback, horizon, channels, individual=individual, kernel_size=kernel_size)
+    unknown = sorted(set(options) - set(MODEL_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown forecaster options {unknown}; the options are {', '.join(MODEL_OPTIONS)}")
+    return FORECASTERS[name](lookback, horizon, channels, individual=individual, kernel_size=kernel_size, **options)

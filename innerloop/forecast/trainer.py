@@ -26,12 +26,13 @@ from innerloop._io import atomic_write_bytes
 from innerloop.data.timeseries import FEATURES, ForecastData, WindowDataset, ett, load_csv, make_forecast_data
 from innerloop.data.timeseries.ett import ETT_SHA256
 from innerloop.errors import check_choice
+from innerloop.layers import MIXERS
 from innerloop.runs import Callback, Run, TrainLoop, check_finite
 
-from .models import FORECASTERS, build_forecaster
+from .models import FORECASTERS, MODEL_OPTIONS, build_forecaster
 
 __all__ = ["EarlyStopping", "ForecastConfig", "ForecastTrainer", "evaluate_forecaster", "evaluate_run", "load_data",
-           "load_forecaster", "train_forecaster"]  # fmt: skip
+           "load_forecaster", "model_options", "train_forecaster"]  # fmt: skip
 
 BEST_FILE = "best_model.safetensors"
 
@@ -40,7 +41,7 @@ BEST_FILE = "best_model.safetensors"
 class ForecastConfig:
     """One forecasting run (saved as ``config.json``; the trailing comments are the CLI flags' ``--help``)."""
 
-    CHOICES: ClassVar[dict[str, Collection[str]]] = {"model": FORECASTERS, "features": FEATURES}
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"model": FORECASTERS, "features": FEATURES, "mixer": MIXERS}
 
     data: str = "ETTh1"  # ETTh1 | ETTh2 (checksummed, standard split), or the path to a CSV with a date column
     data_root: str = ""  # folder holding ETTh1.csv / ETTh2.csv; default: $INNERLOOP_DATA/ett
@@ -52,6 +53,13 @@ class ForecastConfig:
     model: str = "dlinear"  # forecaster (repeat_last has no parameters and is only scored)
     individual: bool = False  # one linear map per channel instead of one shared map (DLinear, NLinear)
     kernel_size: int = 25  # DLinear's moving-average width
+    mixer: str = "attention"  # patch: the sequence mixer over the patches (any registered one; attention is causal)
+    patch_len: int = 16  # patch: steps per patch
+    stride: int = 8  # patch: steps between patch starts (the look-back is padded at the end by this many)
+    d_model: int = 64  # patch: width of the patch tokens
+    num_layers: int = 2  # patch: mixer + SwiGLU blocks
+    num_heads: int = 4  # patch: mixer heads (d_model must divide by it; TTT needs an even d_model / num_heads)
+    dropout: float = 0.0  # patch: dropout on the tokens, the blocks' branches and the head's input
     epochs: int = 10  # maximum training epochs (early stopping may end sooner)
     batch_size: int = 32  # training windows per step (DLinear on ETTh1: 32)
     lr: float = 0.005  # Adam learning rate (DLinear on ETTh1: 0.005)
@@ -67,14 +75,32 @@ class ForecastConfig:
     def __post_init__(self) -> None:
         for name, allowed in self.CHOICES.items():
             check_choice(name, getattr(self, name), allowed)
-        for name in ("lookback", "horizon", "kernel_size", "epochs", "batch_size", "eval_batch_size", "log_every"):
+        for name in ("lookback", "horizon", "kernel_size", "epochs", "batch_size", "eval_batch_size", "log_every",
+                     "patch_len", "stride", "d_model", "num_layers", "num_heads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("patience", "checkpoint_every", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off / default), got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.lr > 0 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr must be > 0 and lr_decay in (0, 1], got {self.lr} and {self.lr_decay}")
+
+
+# Fields added after the first version of ForecastConfig: a config saved before them reads as their defaults.
+ADDED_FIELDS = ("mixer", "patch_len", "stride", "d_model", "num_layers", "num_heads", "dropout")
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as today's version writes it: the fields an older version lacked get their defaults."""
+    defaults = ForecastConfig.__dataclass_fields__
+    return {**{k: defaults[k].default for k in ADDED_FIELDS}, **saved}
+
+
+def model_options(cfg: ForecastConfig) -> dict[str, Any]:
+    """The config's model options (:data:`~innerloop.forecast.models.MODEL_OPTIONS`), for :func:`build_forecaster`."""
+    return {name: getattr(cfg, name) for name in MODEL_OPTIONS}
 
 
 def load_data(cfg: ForecastConfig) -> ForecastData:
@@ -169,7 +195,7 @@ class ForecastTrainer(TrainLoop):
         self.early = EarlyStopping(cfg.patience)
         self._order: tuple[int, torch.Tensor] = (-1, torch.empty(0, dtype=torch.long))  # (epoch, its permutation)
         run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="epochs", resume_free=RESUME_FREE_KEYS, fresh=fresh,
-                  extend=extend, command="innerloop forecast train")  # fmt: skip
+                  extend=extend, command="innerloop forecast train", upgrade=upgrade_config)  # fmt: skip
         super().__init__(
             model, run, cfg.epochs * self.steps_per_epoch, stateful={"optimizer": self.opt, "early": self.early},
             log_fields=LOG_FIELDS, average=("loss",), log_every=cfg.log_every,
@@ -256,8 +282,7 @@ def train_forecaster(cfg: ForecastConfig, fresh: bool = False, extend: bool = Fa
         torch.set_num_threads(cfg.threads)
     data = load_data(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_forecaster(cfg.model, cfg.lookback, cfg.horizon, len(data.columns), cfg.individual,
-                             cfg.kernel_size)  # fmt: skip
+    model = build_forecaster(cfg.model, cfg.lookback, cfg.horizon, len(data.columns), **model_options(cfg))
     out = Path(cfg.out)
     summary: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "stopped_early": False}
     best_epoch = None
@@ -308,7 +333,7 @@ def load_forecaster(out: str | Path, **overrides: Any) -> tuple[ForecastConfig, 
                          f"train`; train the run again with that command")  # fmt: skip
     channels = len(channels)
     cfg = ForecastConfig(**{**saved, **overrides})
-    model = build_forecaster(cfg.model, cfg.lookback, cfg.horizon, channels, cfg.individual, cfg.kernel_size)
+    model = build_forecaster(cfg.model, cfg.lookback, cfg.horizon, channels, **model_options(cfg))
     model.load_state_dict(st.load_file(str(best)))
     return cfg, model
 

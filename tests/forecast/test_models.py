@@ -70,7 +70,7 @@ def test_repeat_last_and_the_registry():
     y = RepeatLast(5, 4)(x)
     assert torch.equal(y, x[:, -1:].expand(2, 4, 3))
     for name in FORECASTERS:
-        m = build_forecaster(name, 5, 4, 3)
+        m = build_forecaster(name, 5, 4, 3, patch_len=4, stride=2, d_model=8, num_heads=2)  # others ignore these
         assert isinstance(m, Forecaster) and m(x).shape == (2, 4, 3)
     with pytest.raises(ValueError, match="expected x of shape \\[B, L=5, C\\]"):
         build_forecaster("dlinear", 5, 4, 3)(torch.randn(2, 6, 3))
