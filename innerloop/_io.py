@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -71,10 +72,12 @@ def pyplot() -> Any:
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, fields: Sequence[str] | None = None) -> None:
-    """Write ``rows`` (dicts) to ``path`` with a header; columns are ``fields`` or the first row's keys."""
+    """Write ``rows`` (dicts) to ``path`` atomically with a header; columns are ``fields`` (other keys are left out)
+    or the first row's keys."""
     if not rows:
         raise ValueError(f"no rows to write to {path}")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(fields or rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(fields or rows[0]), extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

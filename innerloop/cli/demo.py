@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+from innerloop._io import atomic_write_json, atomic_write_text
 from innerloop.cli._flags import at_least
 
 # 1000 steps x 16 x 128 bytes = 2.05M training bytes per model (~2 epochs of the training split). Measured on 2
@@ -230,5 +230,5 @@ def _times(ratio: float, better: str, worse: str) -> str:
 
 def write_results(out: Path, rows: list[dict], markdown: str) -> None:
     """``results.md`` (tables) and ``results.json`` (one dict per model; ``speed`` rows once measured)."""
-    (out / "results.md").write_text(markdown + "\n")
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "results.md", markdown + "\n")
+    atomic_write_json(out / "results.json", rows)

@@ -13,8 +13,6 @@ Running ``train`` again with the same ``--out`` resumes from the last checkpoint
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
 from innerloop.meta.trainer import MetaConfig
@@ -77,13 +75,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from innerloop.meta.trainer import evaluate_run
+    from innerloop.runs import read_config
 
     out = args.out or MetaConfig.out
-    cfg_path = Path(out) / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path} not found: --out must be a run directory made by `innerloop meta train`")
-    saved = json.loads(cfg_path.read_text())
-    saved.pop("resolved", None)
+    saved, _ = read_config(out, "innerloop meta train")
     cfg = _config(args, saved)
     print(f"innerloop meta eval: {out} ({cfg.algorithm} on {cfg.task}); {_evaluating(cfg, args.split)}", flush=True)
     _print(evaluate_run(cfg, split=args.split))

@@ -15,8 +15,6 @@ Running ``train`` again with the same ``--out`` resumes from the last checkpoint
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
 from innerloop.optim.meta_train import MetaOptConfig
@@ -96,13 +94,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from innerloop.optim.meta_eval import evaluate_rules
+    from innerloop.runs import read_config
 
     out = args.out or MetaOptConfig.out
-    cfg_path = Path(out) / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path} not found: --out must be a run directory made by `innerloop optim train`")
-    saved = json.loads(cfg_path.read_text())
-    saved.pop("resolved", None)
+    saved, _ = read_config(out, "innerloop optim train")
     cfg = _config(args, saved)
     print(f"innerloop optim eval: {out} ({cfg.rule} on {cfg.problem}); {_evaluating(cfg)}", flush=True)
     _print(evaluate_rules(cfg))

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from innerloop._io import write_csv
+from innerloop._io import atomic_write_text, write_csv
 from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
 from innerloop.synth.harness import SynthConfig
 
@@ -115,7 +115,7 @@ def run_table(args: argparse.Namespace) -> int:
                              "loss": round(e["loss"], 4), "seconds": round(m["train_seconds"], 1)})
             print(f"{task:>15} {mixer:>10}: {_summary(m)}", flush=True)
     write_csv(rows, root / "table.csv")
-    (root / "table.md").write_text(_markdown(rows, args.mixers))
+    atomic_write_text(root / "table.md", _markdown(rows, args.mixers))
     print(f"wrote {root}/table.csv and table.md")
     return 0
 

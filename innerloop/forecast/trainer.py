@@ -27,7 +27,8 @@ from innerloop.data.timeseries import FEATURES, ForecastData, WindowDataset, ett
 from innerloop.data.timeseries.ett import ETT_SHA256
 from innerloop.errors import check_choice
 from innerloop.layers import MIXERS
-from innerloop.runs import Callback, Run, TrainLoop, check_finite
+from innerloop.models import count_params
+from innerloop.runs import Callback, Run, TrainLoop, check_finite, read_config
 
 from .models import FORECASTERS, MODEL_OPTIONS, build_forecaster
 
@@ -312,13 +313,11 @@ def _metrics(cfg: ForecastConfig, model: nn.Module, data: ForecastData) -> dict[
     test = evaluate_forecaster(model, data.test, cfg.eval_batch_size)
     return {"data": cfg.data, "model": cfg.model, "features": cfg.features, "lookback": cfg.lookback,
             "horizon": cfg.horizon, "test_mse": test["mse"], "test_mae": test["mae"], "val_mse": val["mse"],
-            "val_mae": val["mae"], "windows": data.sizes(), "num_params": sum(p.numel() for p in model.parameters())}
+            "val_mae": val["mae"], "windows": data.sizes(), "num_params": count_params(model)}
 
 
 def load_forecaster(out: str | Path, **overrides: Any) -> tuple[ForecastConfig, nn.Module]:
     """The config and best weights of run ``out`` (``overrides`` replace saved config values, e.g. ``data_root``)."""
-    import json
-
     import safetensors.torch as st
 
     out = Path(out)
@@ -326,8 +325,8 @@ def load_forecaster(out: str | Path, **overrides: Any) -> tuple[ForecastConfig, 
     if not cfg_path.is_file() or not best.is_file():
         raise FileNotFoundError(f"{out} holds no finished forecasting run ({cfg_path.name} and {BEST_FILE} are "
                                 f"written by `innerloop forecast train --out {out}`)")  # fmt: skip
-    saved = json.loads(cfg_path.read_text())
-    channels = saved.pop("resolved", {}).get("channels")
+    saved, resolved = read_config(out, "innerloop forecast train")
+    channels = resolved.get("channels")
     if not channels:
         raise ValueError(f"{cfg_path} does not record the run's channels: it was not written by `innerloop forecast "
                          f"train`; train the run again with that command")  # fmt: skip

@@ -14,10 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from innerloop._io import read_json
 from innerloop.optim.meta_eval import _load_rule
 from innerloop.optim.meta_train import MetaOptConfig, build_problem
 from innerloop.optim.pretrained import PRETRAINED_DIR, save_rule
+from innerloop.runs import read_config
 
 __all__ = ["export_rule", "reproduce_command"]
 
@@ -56,10 +56,7 @@ def export_rule(out: str | Path, name: str, directory: str | Path | None = None)
         Path: the ``.json`` written.
     """
     out = Path(out)
-    if not (out / "config.json").is_file():
-        raise FileNotFoundError(f"{out}/config.json not found: --out must be a run made by `innerloop optim train`")
-    saved = read_json(out / "config.json")
-    saved.pop("resolved", None)
+    saved, _ = read_config(out, "innerloop optim train")
     cfg = MetaOptConfig(**{**saved, "device": "cpu"})
     rule: nn.Module = _load_rule(cfg, build_problem(cfg))
     meta: dict[str, Any] = {"command": reproduce_command(cfg, name), "config": cfg.__dict__}

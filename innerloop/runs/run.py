@@ -25,7 +25,7 @@ from typing import Any
 import torch.distributed as dist
 from torch import nn
 
-from innerloop._io import atomic_write_json
+from innerloop._io import atomic_write_json, read_json
 from innerloop.runs.checkpoint import (
     CorruptCheckpointError,
     latest_checkpoint,
@@ -34,7 +34,7 @@ from innerloop.runs.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["ConfigMismatchError", "Run", "config_diff"]
+__all__ = ["ConfigMismatchError", "Run", "config_diff", "read_config"]
 
 
 class ConfigMismatchError(ValueError):
@@ -62,6 +62,24 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any], free: Iterable[s
     saved, current = _flat(saved), _flat(current)
     keys = (set(saved) | set(current)) - set(free)
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
+
+
+def read_config(out: str | Path, command: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``config.json`` that :meth:`Run.write_config` wrote in run directory ``out``: ``(config, resolved)``.
+
+    Args:
+        out (str | Path): the run directory.
+        command (str): the command that makes such runs, for the error (e.g. ``"innerloop meta train"``).
+
+    Raises:
+        FileNotFoundError: ``out`` holds no ``config.json`` (the message names ``command``).
+    """
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: give a run directory made by `{command}`")
+    body = read_json(path)
+    resolved = body.pop("resolved", None) or {}
+    return body, resolved
 
 
 class Run:

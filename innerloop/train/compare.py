@@ -8,7 +8,6 @@ Every mixer trains with the same data, context, batch, steps, optimiser and seed
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import torch
 
-from innerloop._io import atomic_write_text
+from innerloop._io import atomic_write_text, write_csv
 from innerloop.layers import MIXERS
 from innerloop.models import count_params
 from innerloop.models.lm import CausalLM
@@ -88,10 +87,7 @@ def compare(base: TrainConfig, mixers: list[str], out: str | Path, target_params
         rows.append({**metrics, "hidden_size": c.model.hidden_size})
     fields = ["mixer", "params", "hidden_size", "val_bpb", "val_loss", "tokens", "tokens_per_s", "train_seconds",
               "steps", "stopped_early"]  # fmt: skip
-    with (out / "results.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, out / "results.csv", fields)
     atomic_write_text(out / "results.md", format_table(rows) + "\n")
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     with contextlib.suppress(ImportError):  # matplotlib is optional

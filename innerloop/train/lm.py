@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from innerloop._io import atomic_write_json, read_json
+from innerloop._io import atomic_write_json
 from innerloop.data.text import (
     LMData,
     cache_dir_of,
@@ -33,7 +33,7 @@ from innerloop.eval.lm import evaluate_lm, lm_loss, plot_curves
 from innerloop.layers import set_ttt_lr_warmup
 from innerloop.models import count_params
 from innerloop.models.lm import CausalLM
-from innerloop.runs import Callback, load_latest_weights, read_log
+from innerloop.runs import Callback, load_latest_weights, read_config, read_log
 
 from .config import TrainConfig
 from .distributed import DistInfo, resolve_device, setup_distributed
@@ -167,10 +167,7 @@ def plot_log(log_csv: str | Path | dict[str, str | Path], path: str | Path, name
 def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfig]:
     """The model of run directory ``out`` (newest intact checkpoint) and its config."""
     out = Path(out)
-    if not (out / "config.json").is_file():
-        raise FileNotFoundError(f"{out}/config.json not found: give a run directory made by `innerloop lm train`")
-    body = read_json(out / "config.json")
-    body.pop("resolved", None)
+    body, _ = read_config(out, "innerloop lm train")
     cfg = TrainConfig.from_dict(body)
     device = resolve_device(device)
     model = CausalLM(cfg.model_for(load_tokenizer(cfg.tokenizer, out).vocab_size)).to(device)
