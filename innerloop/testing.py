@@ -1,8 +1,12 @@
-"""Comparison helpers shared by tests and benchmarks."""
+"""Helpers shared by tests and benchmarks: comparisons with a tolerance, and killing a training run mid-way."""
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+from innerloop.runs import Callback
 
 # Relative-RMSE tolerances for long recurrences in low precision; fp32/fp64 use torch.testing defaults.
 ERR_RATIO = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -85,3 +89,46 @@ SCAN_BAD_SHAPES = [
     (5, (4,), "D must be"),
     (6, (2, 3, 5), "initial_state must be"),
 ]
+
+
+class SlowSteps(Callback):
+    """A trainer callback that sleeps ``seconds`` after every step (numerically inert), so that a test can kill the
+    process mid-run (:func:`kill_mid_run`)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_end(self, trainer: object, step: int, logs: dict) -> None:
+        import time
+
+        time.sleep(self.seconds)
+
+
+def kill_mid_run(argv: list[str], checkpoint: str | os.PathLike, env: dict[str, str] | None = None,
+                 timeout: float = 120.0, settle: float = 0.5) -> None:  # fmt: skip
+    """Run ``argv`` (a training run in a child process whose steps are slowed by :class:`SlowSteps`), wait until the
+    checkpoint folder ``checkpoint`` exists, let it run ``settle`` seconds more (steps logged after the checkpoint),
+    then SIGKILL it: the test of exact resume after a crash that every trainer on the run scaffold gets.
+
+    Raises:
+        AssertionError: the child ended before it could be killed (its stderr is in the message) or did not die by
+            SIGKILL.
+    """
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if Path(checkpoint).is_dir():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the child ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        time.sleep(settle)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the child was not killed by SIGKILL (exit code {proc.returncode})"

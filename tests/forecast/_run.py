@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,7 @@ def run(csv: Path, out: Path, callbacks: list | None = None, fresh: bool = False
 if __name__ == "__main__":
     import torch
 
-    from innerloop.runs import Callback
-
-    class Sleep(Callback):
-        def on_step_end(self, trainer, step, logs):
-            time.sleep(float(sys.argv[3]))
+    from innerloop.testing import SlowSteps
 
     torch.set_num_threads(int(sys.argv[4]))
-    run(Path(sys.argv[1]), Path(sys.argv[2]), callbacks=[Sleep()])
+    run(Path(sys.argv[1]), Path(sys.argv[2]), callbacks=[SlowSteps(float(sys.argv[3]))])

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from _run import STEPS, run, write_series  # noqa: E402
 from innerloop.forecast import evaluate_run  # noqa: E402
 from innerloop.forecast.trainer import EarlyStopping  # noqa: E402
 from innerloop.runs import Callback, ConfigMismatchError, RunInterrupted, latest_checkpoint, read_log  # noqa: E402
+from innerloop.testing import kill_mid_run
 
 
 def logged(out: Path) -> list[tuple]:
@@ -97,20 +96,8 @@ def test_sigkill_then_resume_logs_the_same(csv, tmp_path, straight):
     child = Path(__file__).parent / "_run.py"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH",
                                                                                                         "")]))
-    proc = subprocess.Popen([sys.executable, str(child), str(csv), str(out), "0.4", str(torch.get_num_threads())],
-                            stderr=subprocess.PIPE, env=env)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:  # kill once a mid-run checkpoint exists
-            if (out / "checkpoints" / "step_00000002").is_dir():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the child ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        time.sleep(0.5)  # kill between checkpoints, with steps logged after the last one
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    argv = [sys.executable, str(child), str(csv), str(out), "0.4", str(torch.get_num_threads())]
+    kill_mid_run(argv, out / "checkpoints" / "step_00000002", env=env)  # later steps are lost
     assert len(read_log(out / "log.csv")) < STEPS
     m = run(csv, out)
     assert logged(out) == straight[1] and same_numbers(m) == same_numbers(straight[2])

@@ -5,23 +5,13 @@ child uses the parent's torch thread count, so its float sums are ordered as the
 """
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _runs import run  # noqa: E402
 
-from innerloop.runs import Callback  # noqa: E402
-
-
-class Sleep(Callback):
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def on_step_end(self, trainer, step, logs):
-        time.sleep(self.seconds)
-
+from innerloop.testing import SlowSteps  # noqa: E402
 
 if __name__ == "__main__":
     learner, out = sys.argv[1], sys.argv[2]
@@ -29,4 +19,4 @@ if __name__ == "__main__":
     import torch
 
     torch.set_num_threads(threads)
-    run(learner, out, callbacks=[Sleep(seconds)])
+    run(learner, out, callbacks=[SlowSteps(seconds)])

@@ -3,11 +3,7 @@ for an in-context learner (its support shuffling draws from the checkpointed RNG
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ from _runs import STEPS, config, run  # noqa: E402
 
 from innerloop.icl import build_learner, evaluate, train  # noqa: E402
 from innerloop.runs import ConfigMismatchError, load_latest_weights, read_log  # noqa: E402
+from innerloop.testing import kill_mid_run
 
 
 def _logged(out: Path) -> list[tuple[str, str]]:
@@ -39,20 +36,8 @@ def test_sigkill_then_resume_is_exact(learner, tmp_path):
     assert [int(s) for s, _ in _logged(straight)] == list(range(1, STEPS + 1))
     out = tmp_path / "killed"
     child = Path(__file__).parent / "_child.py"
-    proc = subprocess.Popen([sys.executable, str(child), learner, str(out), "0.4", str(torch.get_num_threads())],
-                            stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:  # kill once a mid-run checkpoint exists
-            if (out / "checkpoints" / "step_00000002").is_dir():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the child ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        time.sleep(0.5)  # between checkpoints, with steps logged after the last one
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    argv = [sys.executable, str(child), learner, str(out), "0.4", str(torch.get_num_threads())]
+    kill_mid_run(argv, out / "checkpoints" / "step_00000002")  # later steps are lost
     assert len(read_log(out / "log.csv")) < STEPS
     run(learner, out)
     assert _logged(out) == _logged(straight)

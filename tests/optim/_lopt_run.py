@@ -4,14 +4,12 @@ THREADS`` trains it in a child process (each meta-step sleeps ``SLEEP`` seconds 
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from innerloop.optim.meta_train import MetaOptConfig, train_rule
-from innerloop.runs import Callback
 
 UNROLLS, EPISODES = 3, 3  # 9 meta-steps, a checkpoint every 2: most checkpoints fall inside an episode
 
@@ -45,14 +43,8 @@ def run(out: str, callbacks: list | None = None, **kw: Any) -> dict[str, Any]:
     return train_rule(config(out, **kw), LearnedMomentum(), callbacks=list(callbacks or []))
 
 
-class Sleep(Callback):
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def on_step_end(self, trainer, step, logs):
-        time.sleep(self.seconds)
-
-
 if __name__ == "__main__":
     torch.set_num_threads(int(sys.argv[3]))
-    run(sys.argv[1], callbacks=[Sleep(float(sys.argv[2]))])
+    from innerloop.testing import SlowSteps
+
+    run(sys.argv[1], callbacks=[SlowSteps(float(sys.argv[2]))])

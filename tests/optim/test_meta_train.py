@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from innerloop.optim import RULES, LearnedLR, MetaOptConfig, MLPClassifier, MLPR
 from innerloop.optim.meta_eval import rollout  # noqa: E402
 from innerloop.optim.meta_train import MetaOptTrainer, NonFiniteGradientError, make_rule, unroll  # noqa: E402
 from innerloop.runs import Callback, RunInterrupted, latest_checkpoint, read_log  # noqa: E402
+from innerloop.testing import kill_mid_run
 
 STEPS = EPISODES * UNROLLS
 
@@ -155,20 +153,8 @@ def straight(tmp_path_factory) -> list[tuple]:
 def test_sigkill_then_resume_logs_the_same(tmp_path, straight):
     out = tmp_path / "run"
     child = Path(__file__).parent / "_lopt_run.py"
-    proc = subprocess.Popen([sys.executable, str(child), str(out), "0.4", str(torch.get_num_threads())],
-                            stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:  # kill once a mid-episode checkpoint exists
-            if (out / "checkpoints" / "step_00000004").is_dir():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the child ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        time.sleep(0.5)  # kill between checkpoints, with steps logged after the last one
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    argv = [sys.executable, str(child), str(out), "0.4", str(torch.get_num_threads())]
+    kill_mid_run(argv, out / "checkpoints" / "step_00000004")  # later steps are lost
     assert len(read_log(out / "log.csv")) < STEPS
     run(out)
     assert logged(out) == straight

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from innerloop.runs import (  # noqa: E402
     latest_checkpoint,
     read_log,
 )
+from innerloop.testing import kill_mid_run
 
 NAMES = sorted(TRAINERS)
 
@@ -51,19 +50,8 @@ def test_sigkill_then_resume_logs_the_same(name, tmp_path, straight):
     out = tmp_path / name
     child = Path(__file__).parent / "_child.py"
     threads = str(torch.get_num_threads())
-    proc = subprocess.Popen([sys.executable, str(child), name, str(out), "0.4", threads], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:  # kill once a mid-run checkpoint exists
-            if (out / "checkpoints" / "step_00000002").is_dir():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the child ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        time.sleep(0.5)  # kill between checkpoints, with steps logged after the last one
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    argv = [sys.executable, str(child), name, str(out), "0.4", threads]
+    kill_mid_run(argv, out / "checkpoints" / "step_00000002")  # later steps are lost
     assert len(read_log(out / "log.csv")) < STEPS
     TRAINERS[name].run(out)
     assert logged(out, name) == straight[name]
