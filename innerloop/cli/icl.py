@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default="runs/icl/compare", help="output folder; default: runs/icl/compare")
     c.add_argument("--progress", action="store_true", help="show progress bars while training")
     add_dataclass_flags(c, ICLConfig, skip=_COMPARE_OWN)
+    add_run_flags(c, "--steps")
     c.set_defaults(func=run_compare)
 
 
@@ -73,7 +74,7 @@ def run_compare(args: argparse.Namespace) -> int:
     print(f"innerloop icl compare: {args.task}, K = {' '.join(map(str, args.shots))}, learners "
           f"{' '.join(args.learners)}. {budget_text(first)}", flush=True)  # fmt: skip
     rows = compare(args.task, args.shots, args.learners, args.out, steps=args.steps, meta_batch=args.meta_batch,
-                   progress=args.progress, **options)  # fmt: skip
+                   progress=args.progress, fresh=args.fresh, extend=args.extend, **options)  # fmt: skip
     for r in rows:
         if r["kind"] == "baseline":
             print(f"K={r['shots']:<3} {r['learner']:<11} MSE in {r['mse_in']:.4g} +- {r['ci95_in']:.2g}, OOD "

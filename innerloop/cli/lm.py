@@ -99,6 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default=None, help="comparison folder; default: runs/compare/<time>")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(c, _SKIP_COMPARE)
+    add_run_flags(c)
     c.set_defaults(func=run_compare)
 
 
@@ -199,7 +200,8 @@ def run_compare(args: argparse.Namespace) -> int:
     print(f"innerloop lm compare: {', '.join(args.mixers)}"
           f"{f' at ~{args.target_params:,.0f} params' if args.target_params else ''}, {cfg.steps} steps x "
           f"{cfg.batch_size} x {cfg.context} tokens each, out {out}", flush=True)  # fmt: skip
-    rows = compare(cfg, args.mixers, out, int(args.target_params), progress=not args.no_progress)
+    rows = compare(cfg, args.mixers, out, int(args.target_params), progress=not args.no_progress,
+                   fresh=args.fresh, extend=args.extend)
     print(format_table(rows))
     print(f"written: {out}/results.md, results.csv, loss_curves.png")
     return 0

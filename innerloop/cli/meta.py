@@ -69,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
           f"{cfg.meta_batch} tasks, {cfg.steps} inner step(s), device {cfg.device}, out {cfg.out}", flush=True)
     train(cfg, progress=not args.no_progress, evaluate=False, fresh=args.fresh, extend=args.extend)
     print(_evaluating(cfg, "test"), flush=True)
-    _print(evaluate_run(cfg))
+    _print(evaluate_run(cfg, progress=not args.no_progress))
     return 0
 
 
@@ -81,5 +81,5 @@ def run_eval(args: argparse.Namespace) -> int:
     saved, _ = read_config(out, "innerloop meta train")
     cfg = _config(args, saved)
     print(f"innerloop meta eval: {out} ({cfg.algorithm} on {cfg.task}); {_evaluating(cfg, args.split)}", flush=True)
-    _print(evaluate_run(cfg, split=args.split))
+    _print(evaluate_run(cfg, split=args.split, progress=True))
     return 0

@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tb.add_argument("--mixers", nargs="+", default=TABLE_MIXERS, choices=sorted(choices["mixer"]), metavar="MIXER",
                     help=f"mixers (columns), any of: {', '.join(sorted(choices['mixer']))}; "
                     f"default: {' '.join(TABLE_MIXERS)}")  # fmt: skip
+    add_run_flags(tb)
     tb.set_defaults(func=run_table)
 
 
@@ -104,7 +105,7 @@ def run_table(args: argparse.Namespace) -> int:
     for task in args.tasks:
         for mixer in args.mixers:
             cfg = _config(args, task=task, mixer=mixer, out=str(root / f"{task}-{mixer}"))
-            m, _ = train(cfg)
+            m, _ = train(cfg, fresh=args.fresh, extend=args.extend)
             for e in m["eval"]:
                 # copying memory is scored by its cross-entropy against the memoryless baseline (uRNN convention)
                 metric = "mse" if "mse" in e else "loss" if "loss" in e["baseline"] else "token_acc"

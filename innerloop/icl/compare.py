@@ -108,7 +108,8 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def compare(task: str, shots: Sequence[int], learners: Sequence[str], out: str | Path, *, steps: int = 500,
-            meta_batch: int = 25, progress: bool = False, **options: Any) -> list[dict[str, Any]]:  # fmt: skip
+            meta_batch: int = 25, progress: bool = False, fresh: bool = False, extend: bool = False,
+            **options: Any) -> list[dict[str, Any]]:  # fmt: skip
     """Train and test every learner at every number of shots on ``task``; write the table and the plot.
 
     Args:
@@ -137,7 +138,7 @@ def compare(task: str, shots: Sequence[int], learners: Sequence[str], out: str |
             for k in shots for name in learners]  # fmt: skip  (all configs checked before any training)
     rows = []
     for i, cfg in enumerate(cfgs):
-        m = train(cfg, progress=progress)
+        m = train(cfg, progress=progress, fresh=fresh, extend=extend)
         rows.append({"task": _task_label(cfg), "shots": cfg.shots, "learner": cfg.learner, "kind": m["kind"],
                      "params": m["params"], "train_tasks": m["train_tasks"], "train_seconds": m["train_seconds"],
                      "mse_in": m["in"]["mse"], "ci95_in": m["in"]["ci95"], "mse_ood": m["ood"]["mse"],

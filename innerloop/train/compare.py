@@ -61,7 +61,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def compare(base: TrainConfig, mixers: list[str], out: str | Path, target_params: int = 0,
-            progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+            progress: bool = False, fresh: bool = False, extend: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Train every mixer of ``mixers`` with ``base``'s budget in ``out/<mixer>``; write and return the results.
 
     Args:
@@ -71,6 +71,7 @@ def compare(base: TrainConfig, mixers: list[str], out: str | Path, target_params
         target_params (int, Optional): size every model to about this many parameters; 0 = use ``base``'s
             ``hidden_size`` for all. Default: 0.
         progress (bool, Optional): tqdm bars. Default: False.
+        fresh, extend (bool, Optional): for every run folder, as :func:`innerloop.train.train_lm`. Default: False.
     """
     unknown = [m for m in mixers if m not in MIXERS]
     if unknown or not mixers:
@@ -83,7 +84,7 @@ def compare(base: TrainConfig, mixers: list[str], out: str | Path, target_params
         cfgs.append(size_for_params(c, target_params) if target_params else c)
     rows = []
     for c in cfgs:
-        metrics = train_lm(c, progress=progress)
+        metrics = train_lm(c, progress=progress, fresh=fresh, extend=extend)
         rows.append({**metrics, "hidden_size": c.model.hidden_size})
     fields = ["mixer", "params", "hidden_size", "val_bpb", "val_loss", "tokens", "tokens_per_s", "train_seconds",
               "steps", "stopped_early"]  # fmt: skip

@@ -63,3 +63,16 @@ def test_train_cli_and_usage_errors(tmp_path, capsys):
     assert main(["icl", "compare", "--shots", "0", "--out", str(tmp_path / "y")]) == 2
     with pytest.raises(ValueError, match="unknown ICLConfig options"):
         compare("sinusoid", [2], ["gru"], tmp_path, widht=3)
+
+
+def test_compare_into_a_folder_of_other_settings_says_fresh_and_fresh_works(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["icl", "compare", "--learners", "gru", "--shots", "2", "--meta-batch", "2", "--out", str(out), *TINY]
+    assert main([*args, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--steps", "2"]) == 2  # the learner's run folder holds a 1-step run
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "steps: checkpoint 1 vs now 2" in err and "--extend" in err
+    assert main([*args, "--steps", "2", "--extend"]) == 0
+    assert main([*args, "--steps", "2", "--fresh"]) == 0
+    assert list((out / "runs").glob("*.previous-*"))

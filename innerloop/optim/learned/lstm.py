@@ -150,14 +150,11 @@ class LSTMRule(nn.Module):
     def init(self, params: Params) -> dict[str, dict[str, Tensor]]:
         """Zero hidden and cell states, ``[numel, num_layers, hidden_size]`` per parameter."""
         check_params("LSTMRule", params)
-        shape = (self.num_layers, self.hidden_size)
-        return {
-            k: {
-                "h": torch.zeros(v.numel(), *shape, dtype=compute_dtype({k: v}), device=v.device),
-                "c": torch.zeros(v.numel(), *shape, dtype=compute_dtype({k: v}), device=v.device),
-            }
-            for k, v in params.items()
-        }
+        def zeros(v: Tensor) -> Tensor:
+            dtype = compute_dtype({"": v})
+            return torch.zeros(v.numel(), self.num_layers, self.hidden_size, dtype=dtype, device=v.device)
+
+        return {k: {"h": zeros(v), "c": zeros(v)} for k, v in params.items()}
 
     def update(
         self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
