@@ -7,7 +7,6 @@ evaluation goes beyond the training context in O(chunk) memory for recurrent mix
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from innerloop._io import pyplot
+from innerloop._io import pyplot, write_csv
 from innerloop.data.text.windows import gather_windows
 
 __all__ = ["evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_windows", "write_position_csv"]
@@ -115,12 +114,9 @@ def bucket(losses: Tensor, width: int) -> list[tuple[int, int, float]]:
 
 def write_position_csv(curves: dict[str, Tensor], path: str | Path, width: int) -> None:
     """Write ``name, position_start, position_end, loss, bpb`` rows for every curve bucketed by ``width``."""
-    with Path(path).open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["name", "position_start", "position_end", "loss", "bpb"])
-        for name, losses in curves.items():
-            for s, e, v in bucket(losses, width):
-                w.writerow([name, s, e, f"{v:.6f}", f"{v / LN2:.6f}"])
+    rows = [{"name": name, "position_start": s, "position_end": e, "loss": f"{v:.6f}", "bpb": f"{v / LN2:.6f}"}
+            for name, losses in curves.items() for s, e, v in bucket(losses, width)]  # fmt: skip
+    write_csv(rows, path, ["name", "position_start", "position_end", "loss", "bpb"])
 
 
 def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: int, train_context: int = 0) -> None:

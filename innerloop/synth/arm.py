@@ -7,13 +7,12 @@ plot of predicted vs true end-effector paths (``trajectories.png``); the harness
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from innerloop._io import pyplot
+from innerloop._io import pyplot, write_csv
 from innerloop.data.synthetic.arm import ArmTrajectory, arm_features, forward_kinematics
 
 __all__ = ["arm_report", "rollout"]
@@ -55,11 +54,8 @@ def arm_report(task: ArmTrajectory, model: nn.Module, out: str | Path, g: torch.
     err = (pred[:, c + 1 :] - q[:, c + 1 :]).abs().mean((0, 2))  # [h] rad
     still = (q[:, c : c + 1] - q[:, c + 1 :]).abs().mean((0, 2))  # hold-still baseline
     out = Path(out)
-    with open(out / "rollout.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["horizon", "joint_abs_err_rad", "hold_still_err_rad"])
-        for i, (e, s) in enumerate(zip(err.tolist(), still.tolist())):
-            w.writerow([i + 1, f"{e:.5f}", f"{s:.5f}"])
+    write_csv([{"horizon": i + 1, "joint_abs_err_rad": f"{e:.5f}", "hold_still_err_rad": f"{s:.5f}"}
+               for i, (e, s) in enumerate(zip(err.tolist(), still.tolist()))], out / "rollout.csv")  # fmt: skip
     _plot(q, pred, target, c, out / "trajectories.png")
     pick = sorted({1, min(5, task.horizon), task.horizon})
     return {f"err_h{h}": float(err[h - 1]) for h in pick} | {f"hold_still_h{task.horizon}": float(still[-1])}
