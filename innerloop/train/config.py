@@ -12,6 +12,8 @@ from innerloop._config import DictConfig
 from innerloop.layers.modes import upgrade_saved_mode
 from innerloop.models.lm import LMConfig
 
+from .fsdp import PARALLEL
+
 __all__ = ["MODEL_DEFAULTS", "RESUME_FREE_KEYS", "TrainConfig"]
 
 TOKENIZERS, DTYPES = ("bytes", "bpe"), ("auto", "fp32", "bf16")
@@ -25,10 +27,11 @@ _LEGACY_UNSET = {"intermediate_size": 0, "ttt_base_lr": 0.0, "vocab_size": 0, "t
 
 # Keys that may change when a run resumes: they do not change what is computed, only how it is run or reported.
 # ``model.mode`` picks the op path (same math, another kernel): a run saved with the old default "chunk" resumes as
-# "auto". Nested keys are dotted.
+# "auto". ``parallel`` changes only how the work is split over processes (checkpoints are the same). Nested keys are
+# dotted.
 RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "max_seconds",
                               "tensorboard", "eval_batches", "eval_every", "progress", "cache_dir",
-                              "model.mode"})  # fmt: skip
+                              "model.mode", "parallel"})  # fmt: skip
 
 
 def model_config(tokenizer: str = "bytes", **options: Any) -> LMConfig:
@@ -73,7 +76,7 @@ class TrainConfig(DictConfig):
     """
 
     # allowed values of the fields with a fixed set (the command line offers them as choices)
-    CHOICES: ClassVar[dict[str, Collection[str]]] = {"tokenizer": TOKENIZERS, "dtype": DTYPES}
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"tokenizer": TOKENIZERS, "dtype": DTYPES, "parallel": PARALLEL}
 
     model: LMConfig = field(default_factory=model_config)  # the model; default: a small byte LM (MODEL_DEFAULTS)
     tokenizer: str = "bytes"  # bytes (vocab 256) or bpe (trained locally on the training split; needs `tokenizers`)
@@ -101,6 +104,7 @@ class TrainConfig(DictConfig):
     seed: int = 0  # seed of the initialisation and of the batch order
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     dtype: str = "auto"  # compute precision: auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16
+    parallel: str = "ddp"  # under torchrun: ddp (whole model per process) or fsdp (weights, grads, AdamW sharded)
     eval_every: int = 200  # steps between validation evaluations; 0 = only at the end
     eval_batches: int = 8  # validation windows = eval_batches * batch_size
     log_every: int = 10  # steps between log.csv rows
@@ -137,6 +141,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be 'ddp' or 'fsdp' (FSDP2, under torchrun), got {self.parallel!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
 

@@ -37,6 +37,7 @@ from innerloop.runs import Callback, load_latest_weights, read_config, read_log
 
 from .config import TrainConfig
 from .distributed import DistInfo, resolve_device, setup_distributed
+from .fsdp import check_parallel
 from .schedules import warmup_fraction
 from .trainer import Trainer
 
@@ -115,6 +116,7 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
             Default: False.
     """
     dist_info = dist_info or setup_distributed(cfg.device)
+    check_parallel(cfg.parallel, dist_info.world_size)  # before any data is read
     data = _run_data(cfg, dist_info)
     seed_everything(cfg.seed)
     model = CausalLM(cfg.model_for(data.tokenizer.vocab_size)).to(dist_info.device)

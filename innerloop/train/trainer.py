@@ -3,15 +3,16 @@
 Nothing here knows about language models: the trainer gets a ``batch_fn(step) -> (inputs, targets)`` (this rank's
 rows of global batch ``step``; a pure function of the step so that resuming needs no data-loader state), a
 ``loss_fn(model, inputs, targets) -> loss`` and an optional ``eval_fn(model) -> dict``. One step is AdamW with linear
-warm-up + cosine decay, gradient clipping and accumulation, bf16 autocast and DDP; the loop, logs, checkpoints,
-resume, time budget, NaN stop and Ctrl-C handling are the scaffold's :class:`~innerloop.runs.TrainLoop`.
+warm-up + cosine decay, gradient clipping and accumulation, bf16 autocast and DDP or FSDP (``cfg.parallel``,
+:mod:`innerloop.train.fsdp`); the loop, logs, checkpoints, resume, time budget, NaN stop and Ctrl-C handling are the
+scaffold's :class:`~innerloop.runs.TrainLoop`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from innerloop.runs import Callback, ConfigMismatchError, Run, TrainingDivergedE
 
 from .config import RESUME_FREE_KEYS, TrainConfig
 from .distributed import DistInfo
+from .fsdp import (
+    FullOptimizerState,
+    StateDictModule,
+    as_float,
+    check_parallel,
+    full_model_state,
+    tied_aliases,
+    total_norm,
+)
 from .schedules import lr_at
 
 __all__ = ["LOG_FIELDS", "Callback", "ConfigMismatchError", "Trainer", "TrainingDivergedError"]
@@ -41,7 +51,8 @@ class Trainer(TrainLoop):
     """Train ``model`` for ``cfg.steps`` optimizer steps in ``cfg.out``, resuming from its newest intact checkpoint.
 
     Args:
-        model (nn.Module): already on ``dist.device``.
+        model (nn.Module): already on ``dist.device``. With ``cfg.parallel == "fsdp"`` it is sharded in place when
+            :meth:`fit` starts (each block of ``model.layers``, then the root; :mod:`innerloop.train.fsdp`).
         cfg (TrainConfig): optimisation and run settings (model fields are not read here).
         batch_fn (Callable[[int], tuple[Tensor, Tensor]]): this rank's ``(inputs [b, ...], targets [b, ...])`` of
             global step ``step``; split along dim 0 into ``cfg.grad_accum`` micro-batches.
@@ -66,15 +77,25 @@ class Trainer(TrainLoop):
         self.out = Path(cfg.out)
         self._resolved = dict(resolved or {})
         fused = self.dist.device.startswith("cuda")
-        extra = {"fused": True} if fused else {}
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, **extra
-        )
+        check_parallel(cfg.parallel, self.dist.world_size)
+        self.fsdp = cfg.parallel == "fsdp"
+        groups = _param_groups(model, cfg.weight_decay)
+        self.optimizer: torch.optim.Optimizer | None = None
+        if self.fsdp:  # sharded, and its optimizer built, in resume(): after a checkpoint is read into the whole model
+            names = {id(p): n for n, p in model.named_parameters()}
+            self._fsdp_groups = [[names[id(p)] for p in g["params"]] for g in groups]
+            self._group_options = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+            self._aliases = tied_aliases(model)
+            optimizer_state: Any = FullOptimizerState(self._fsdp_groups)
+        else:
+            self.optimizer = optimizer_state = torch.optim.AdamW(
+                groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, **({"fused": True} if fused else {})
+            )
         run = Run(cfg.out, cfg.to_dict(), steps_key="steps", resume_free=RESUME_FREE_KEYS, fresh=fresh, extend=extend,
                   is_main=self.dist.is_main, keep=cfg.keep_checkpoints, command="innerloop lm train",
                   upgrade=TrainConfig.upgrade_dict)  # fmt: skip
         super().__init__(
-            model, run, cfg.steps, stateful={"optimizer": self.optimizer}, log_fields=LOG_FIELDS,
+            model, run, cfg.steps, stateful={"optimizer": optimizer_state}, log_fields=LOG_FIELDS,
             average=("loss",), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
             eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callbacks=callbacks, is_main=self.dist.is_main,
             progress=progress, desc=cfg.model.mixer, tokens_per_step=tokens_per_step, verbose=progress,
@@ -82,7 +103,7 @@ class Trainer(TrainLoop):
         )  # fmt: skip
         self.ckpt_dir = run.ckpt_dir
         self.ddp_model = model
-        if self.dist.enabled:
+        if self.dist.enabled and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [torch.device(self.dist.device).index] if fused else None
@@ -97,14 +118,61 @@ class Trainer(TrainLoop):
         return self.out / "tb" if self.cfg.tensorboard else None
 
     def resume(self, map_location: Any = None) -> bool:
-        return super().resume(self.dist.device if map_location is None else map_location)
+        if not self.fsdp:
+            return super().resume(self.dist.device if map_location is None else map_location)
+        resumed = super().resume("cpu" if map_location is None else map_location)  # into the whole model
+        if self.optimizer is None:
+            self._shard()
+        return resumed
+
+    def _shard(self) -> None:
+        """FSDP: shard the model per block, build AdamW over the shards, hand it any optimizer state resumed."""
+        from .fsdp import shard_model
+
+        cfg = self.cfg
+        shard_model(self.model, torch.bfloat16 if self.autocast["enabled"] else None)
+        params = dict(self.model.named_parameters())
+        # the groups by name: the weight-decay marks on parameters do not survive their replacement by shards
+        groups = [{**g, "params": [params[n] for n in names]}
+                  for g, names in zip(self._group_options, self._fsdp_groups)]  # fmt: skip
+        # AdamW's default (foreach) implementation: the fused one is not relied on for DTensor parameters
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+        self.stateful["optimizer"].attach(self.model, self.optimizer)
+
+    def save(self) -> Path | None:
+        if not self.fsdp or self.run is None:
+            return super().save()
+        # FSDP: gathering the whole weights and optimizer state is a collective every rank joins; rank 0 writes
+        weights = full_model_state(self.model, self._aliases)
+        state = self.state_dict()
+        if not self.is_main:
+            return None
+        self.last_saved = self.run.save(self.step, StateDictModule(weights), state)
+        return self.last_saved
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.fsdp or self.is_main:
+            return super().evaluate()
+        # FSDP: the sharded forward all-gathers weights, so every rank runs the evaluation; only rank 0 reports it.
+        # The others keep the numbers too: the loop decides from ``last_eval`` whether to evaluate again.
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in self.evaluate_metrics().items()}
+        self.model.train(was)
+        if metrics:
+            self.last_eval = metrics
+        return {}
 
     def interrupt_requested(self, local: bool) -> bool:
         if not self.dist.enabled:
             return local
-        flag = torch.tensor([1.0 if local else 0.0], device=self.dist.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops after the same step
-        return bool(flag.item())
+        # every rank stops after the same step, for Ctrl-C and for --max-seconds (the ranks' clocks agree on the
+        # slowest one's training time): a rank that stopped alone would leave the others waiting in a collective
+        flag = torch.tensor([1.0 if local else 0.0, self.train_seconds], device=self.dist.device, dtype=torch.float64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.train_seconds = float(flag[1])
+        return bool(flag[0])
 
     # ---- one optimizer step
     def train_step(self, step: int) -> dict[str, float]:
@@ -119,7 +187,7 @@ class Trainer(TrainLoop):
         micro = list(zip(inputs.chunk(cfg.grad_accum), targets.chunk(cfg.grad_accum)))
         for i, (x, y) in enumerate(micro):
             sync = i == len(micro) - 1 or not self.dist.enabled
-            with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
+            with contextlib.nullcontext() if sync else self._accumulating():
                 with torch.autocast(**self.autocast):
                     loss = self.loss_fn(self.ddp_model, x, y) / cfg.grad_accum
                 loss.backward()
@@ -130,8 +198,10 @@ class Trainer(TrainLoop):
         loss_value = total.item()
         try:
             check_finite(loss_value, "loss", self, step)
-            if cfg.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+            if cfg.grad_clip > 0:  # over DTensor gradients (FSDP) the norm is of the whole, sharded gradient
+                norm = as_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            elif self.fsdp:
+                norm = total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             else:
                 grads = [p.grad for p in self.model.parameters() if p.grad is not None]
                 norm = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads))
@@ -142,6 +212,19 @@ class Trainer(TrainLoop):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_value, "lr": lr, "grad_norm": norm}
+
+    @contextlib.contextmanager
+    def _accumulating(self) -> Iterator[None]:
+        """A micro-batch before the last: gradients accumulate locally, without communication."""
+        if not self.fsdp:
+            with self.ddp_model.no_sync():
+                yield
+            return
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
 
     def evaluate_metrics(self) -> dict[str, float]:
         if self.eval_fn is None:
