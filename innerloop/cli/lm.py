@@ -113,7 +113,7 @@ def _header(cfg: TrainConfig) -> str:
     from innerloop.train.distributed import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(cfg.device) + (f" x {world} processes" if world > 1 else "")
+    device = resolve_device(cfg.device) + (f" x {world} processes ({cfg.parallel})" if world > 1 else "")
     resume = ", resuming its latest checkpoint" if checkpoint_steps(Path(cfg.out) / "checkpoints") else ""
     m = cfg.model
     return (f"innerloop lm train: {m.mixer} ({m.backbone} backbone, hidden {m.hidden_size} x "
@@ -122,6 +122,7 @@ def _header(cfg: TrainConfig) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from innerloop.train.distributed import cleanup_distributed
     from innerloop.train.lm import train_lm
 
     extra = {} if args.out else {"out": f"runs/lm/{args.mixer or LMConfig.mixer}-{_stamp()}"}
@@ -129,7 +130,10 @@ def run_train(args: argparse.Namespace) -> int:
     is_main = _is_main_process()
     if is_main:
         print(_header(cfg), flush=True)
-    m = train_lm(cfg, progress=not args.no_progress, fresh=args.fresh, extend=args.extend)
+    try:
+        m = train_lm(cfg, progress=not args.no_progress, fresh=args.fresh, extend=args.extend)
+    finally:  # under torchrun: leave the process group before exit (gloo/NCCL teardown at exit may abort)
+        cleanup_distributed()
     if m and is_main:
         print(f"{cfg.out}: {m['steps']} steps, val bits/byte {m.get('val_bpb', float('nan')):.4f}, "
               f"{m['tokens_per_s']:,.0f} train tokens/s, {m['params']:,} params")  # fmt: skip
