@@ -6,7 +6,8 @@ Launch any ``innerloop lm train`` run on N processes of one machine with::
 
 ``batch_size`` stays the *global* batch: each rank trains on its own ``batch_size / N`` rows of the same global batch,
 gradients are averaged by DDP, so the run computes what one process with the whole batch computes (up to float
-summation order). Only rank 0 logs, evaluates and writes checkpoints.
+summation order). Only rank 0 logs, evaluates and writes checkpoints. ``--parallel fsdp`` shards the weights,
+gradients and optimizer state instead of replicating them (:mod:`innerloop.train.fsdp`).
 """
 
 from __future__ import annotations
