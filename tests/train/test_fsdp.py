@@ -74,6 +74,7 @@ def test_fsdp_two_cpu_processes_match_one_process_and_resume(tmp_path):
     assert len(rows_fsdp) == 4 and rows_fsdp[-1]["val_loss"]  # rank 0 logs; every rank joined the evaluation
     for a, b in zip(rows_fsdp, rows_one):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=LOSS_REL)
+        assert float(a["grad_norm"]) == pytest.approx(float(b["grad_norm"]), rel=1e-5)  # over DTensor gradients
     assert float(rows_fsdp[-1]["val_loss"]) == pytest.approx(float(rows_one[-1]["val_loss"]), rel=1e-5)
     # same checkpoint layout: the same weight names (tied lm_head stored once), an AdamW state of the same shape
     from safetensors import safe_open
