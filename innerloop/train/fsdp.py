@@ -32,6 +32,7 @@ __all__ = ["PARALLEL", "FullOptimizerState", "StateDictModule", "check_parallel"
            "shard_model", "tied_aliases", "total_norm"]  # fmt: skip
 
 PARALLEL = ("ddp", "fsdp")
+_IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
 _LAUNCH = "torchrun --standalone --nproc_per_node=N -m innerloop lm train --parallel fsdp ..."
 
 
@@ -169,7 +170,10 @@ class FullOptimizerState:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         names = [n for g in self.groups for n in g]
-        groups = [{**saved, "params": list(own)} for saved, own in zip(state["param_groups"], self.groups)]
+        # hyperparameters as saved; the implementation (fused/foreach, chosen per device) stays this optimizer's
+        impl = [{k: g[k] for k in _IMPLEMENTATION if k in g} for g in self.optimizer.param_groups]
+        groups = [{**saved, **own_impl, "params": list(own)}
+                  for saved, own, own_impl in zip(state["param_groups"], self.groups, impl)]  # fmt: skip
         full = {"state": {names[int(i)]: s for i, s in state["state"].items()}, "param_groups": groups}
         set_optimizer_state_dict(self.model, self.optimizer, full, options=StateDictOptions(full_state_dict=True))
 

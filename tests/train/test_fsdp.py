@@ -132,3 +132,11 @@ def test_parallel_may_change_on_resume(tmp_path):
     assert "parallel" in RESUME_FREE_KEYS
     assert TrainConfig.from_dict({k: v for k, v in _cfg(tmp_path).to_dict().items() if k != "parallel"}).parallel \
         == "ddp"  # configs written before the flag existed
+
+
+def test_cli_refuses_fsdp_without_torchrun(tmp_path, capsys, monkeypatch):
+    from innerloop.cli.main import main
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["lm", "train", "--parallel", "fsdp", "--device", "cpu", "--out", str(tmp_path / "r")]) == 2
+    assert "torchrun --standalone --nproc_per_node=N" in capsys.readouterr().err
