@@ -1,4 +1,4 @@
-"""innerloop ``CausalLM`` <-> a Hub-layout directory (``config.json``, ``model.safetensors``, ``generation_config.json``).
+"""innerloop ``CausalLM`` <-> a Hub-layout directory (``config.json``, ``model.safetensors``, generation config).
 
 Any ``CausalLM`` exports the same way: a trained run's (``innerloop lm export``), one built by
 :func:`innerloop.models.load_official_ttt` from the TTT authors' checkpoint, or a fresh one.

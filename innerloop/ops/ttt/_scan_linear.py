@@ -62,7 +62,7 @@ class LinearScan(torch.autograd.Function):
     def forward(ctx, wa0: Tensor, xcat: Tensor, attn: Tensor, kupd: Tensor, tb: Tensor,
                 w2: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
         n, N, b = xcat.shape[0], xcat.shape[1], xcat.shape[2] // 2
-        ctx.device_type = xcat.device.type  # backward reads ctx.saved_tensors once (activation checkpointing allows one)
+        ctx.device_type = xcat.device.type  # backward unpacks saved_tensors once (as checkpointing requires)
         keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else update in place
         w_all = wa0.new_empty(n + 1 if keep else 1, *wa0.shape)
         w_all[0] = wa0

@@ -48,7 +48,7 @@ class MLPScan(torch.autograd.Function):
     def forward(ctx, w1a0, w20, b20, xcat, attn1, eta, kupd, lrl, tb, w2sq, eps):
         n, N, b2x, _ = xcat.shape
         b = b2x // 2
-        ctx.device_type = xcat.device.type  # backward reads ctx.saved_tensors once (activation checkpointing allows one)
+        ctx.device_type = xcat.device.type  # backward unpacks saved_tensors once (as checkpointing requires)
         keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else update in place
         slots = n + 1 if keep else 1
         w1 = w1a0.new_empty(slots, *w1a0.shape)
