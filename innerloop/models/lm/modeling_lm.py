@@ -95,6 +95,10 @@ def sample_next(
 class CausalLM(nn.Module):
     """Token embedding -> blocks -> RMSNorm -> lm_head (tied to the embedding by default).
 
+    Setting ``model.gradient_checkpointing = True`` recomputes each block's activations in the backward pass instead
+    of keeping them (training mode with autograd only; off by default; transformers' ``gradient_checkpointing_enable``
+    on the ``innerloop.models.hf`` wrapper sets it).
+
     Args:
         config (LMConfig): sizes, mixer and backbone.
 
