@@ -383,3 +383,13 @@ def test_trainer_loss_goes_down_with_and_without_gradient_checkpointing(tmp_path
         assert len(losses[gc]) == 12 and sum(losses[gc][-3:]) < sum(losses[gc][:3]) - 0.3, losses[gc]
     # checkpointing recomputes the same forward: the same losses, step for step
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_generate_continues_from_the_returned_cache():
+    m, x = model("ttt_linear"), ids(1, 5)
+    first = m.generate(x, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    cache = first.cache if hasattr(first, "cache") else first.past_key_values
+    assert isinstance(cache, InnerloopCache) and cache.get_seq_length() == 8  # the last token is not fed yet
+    kw = {"cache" if hasattr(first, "cache") else "past_key_values": cache}
+    more = m.generate(first.sequences, max_new_tokens=4, do_sample=False, **kw)
+    assert torch.equal(more, m.generate(x, max_new_tokens=8, do_sample=False))
