@@ -22,7 +22,7 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, what shells report 
 
 # optional dependency (module name) -> the extra that installs it, for "No module named ..." errors
 _EXTRAS = {"PIL": "vision", "matplotlib": "plot", "tokenizers": "bpe", "tqdm": "train", "safetensors": "train",
-           "tensorboard": "tb", "triton": "triton"}  # fmt: skip
+           "tensorboard": "tb", "triton": "triton", "transformers": "hf"}  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):

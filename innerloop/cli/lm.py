@@ -9,6 +9,8 @@ Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainC
     innerloop lm compare --mixers ttt_linear ttt_mlp attention --target-params 1000000 --steps 1000 --out runs/cmp
     innerloop lm train --tokenizer bpe --vocab-size 4096 --data books/ --out runs/bpe    # tokens: ~/.cache/innerloop
     torchrun --standalone --nproc_per_node=2 -m innerloop lm train --batch-size 32 --out runs/lm/ddp
+    innerloop lm export --run runs/lm/ttt --to-hf hf/ttt        # transformers: AutoModelForCausalLM.from_pretrained
+    innerloop lm import --from-hf hf/ttt --out runs/lm/ttt-back  # and back to a run directory
 """
 
 from __future__ import annotations
@@ -89,6 +91,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=None, help="sampling seed; default: random")
     g.add_argument("--device", default="auto", help=_DEVICE_HELP)
     g.set_defaults(func=run_generate)
+
+    x = lsub.add_parser("export", help="write a run as a transformers model directory (needs the hf extra)")
+    x.add_argument("--run", required=True, help="run directory made by `innerloop lm train`")
+    x.add_argument("--to-hf", required=True, help="output folder: config.json, model.safetensors (Hub layout)")
+    x.set_defaults(func=run_export)
+
+    i = lsub.add_parser("import", help="make a run directory from a transformers model directory (hf extra)")
+    i.add_argument("--from-hf", required=True, help="folder written by `innerloop lm export` (or export_hf)")
+    i.add_argument("--out", required=True, help="new run directory (for lm eval / lm generate)")
+    i.set_defaults(func=run_import)
 
     c = lsub.add_parser("compare", help="train several mixers at ~equal parameter count and token budget")
     c.add_argument("--mixers", nargs="+", default=["ttt_linear", "attention"], choices=sorted(MIXERS),
@@ -193,6 +205,24 @@ def run_generate(args: argparse.Namespace) -> int:
     stream_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                     write=stdout_writer(), tokenizer=load_tokenizer(cfg.tokenizer, args.run))  # fmt: skip
     print(flush=True)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from innerloop.train.hf_runs import export_run, quiet_transformers
+
+    quiet_transformers()
+    out = export_run(args.run, args.to_hf)
+    print(f"{out}: transformers model (import innerloop.models.hf, then AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from innerloop.train.hf_runs import import_run, quiet_transformers
+
+    quiet_transformers()
+    out = import_run(args.from_hf, args.out)
+    print(f"{out}: run directory (innerloop lm eval --run {out}, innerloop lm generate --run {out})")
     return 0
 
 

@@ -6,11 +6,13 @@ Layout: token ids ``[B, T]``, hidden states ``[B, T, C]``, logits ``[B, T, V]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from innerloop.layers import RMSNorm, SwiGLU, build_mixer
 from innerloop.layers.common import CausalConv1d
@@ -93,6 +95,10 @@ def sample_next(
 class CausalLM(nn.Module):
     """Token embedding -> blocks -> RMSNorm -> lm_head (tied to the embedding by default).
 
+    Setting ``model.gradient_checkpointing = True`` recomputes each block's activations in the backward pass instead
+    of keeping them (training mode with autograd only; off by default; transformers' ``gradient_checkpointing_enable``
+    on the ``innerloop.models.hf`` wrapper sets it).
+
     Args:
         config (LMConfig): sizes, mixer and backbone.
 
@@ -115,6 +121,10 @@ class CausalLM(nn.Module):
         self.apply(self._init_weights)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        # Activation (gradient) checkpointing of every block in training: off by default. transformers'
+        # ``gradient_checkpointing_enable`` sets both attributes; None means torch's non-reentrant checkpoint.
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = None
 
     def _init_weights(self, module: nn.Module) -> None:
         # As HF/the TTT authors: every Linear and the embedding ~ N(0, initializer_range), Linear biases zero.
@@ -143,6 +153,19 @@ class CausalLM(nn.Module):
         Returns:
             CausalLMOutput: ``logits [B, T, V]`` (>= float32), ``loss`` or None, ``state`` after the last token.
         """
+        h, new_state = self.hidden_states(input_ids, state)
+        logits = self.lm_head(h)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32, as the authors
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutput(logits, loss, new_state)
+
+    def hidden_states(self, input_ids: Tensor, state: LMState | None = None) -> tuple[Tensor, LMState]:
+        """The final (normed) hidden states ``[B, T, C]`` of ``input_ids [B, T]`` from ``state``, before lm_head,
+        and the state after the last token (what :meth:`forward` computes its logits from)."""
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
             got = f"{input_ids.dtype} {tuple(input_ids.shape)}"
             raise ValueError(f"input_ids must be an integer [B, T] tensor, got {got}")
@@ -157,17 +180,15 @@ class CausalLM(nn.Module):
         h = self.embed_tokens(input_ids)
         new_states = []
         for i, block in enumerate(self.layers):
-            h, s = block(h, None if state is None else state.layers[i])
+            block_state = None if state is None else state.layers[i]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                func = self._gradient_checkpointing_func or partial(checkpoint, use_reentrant=False)
+                h, s = func(block, h, block_state)  # recomputed in backward: activations of one block at a time
+            else:
+                h, s = block(h, block_state)
             new_states.append(s)
-        logits = self.lm_head(self.norm(h))
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32, as the authors
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         position = (0 if state is None else state.position) + input_ids.shape[1]
-        return CausalLMOutput(logits, loss, LMState(tuple(new_states), position))
+        return self.norm(h), LMState(tuple(new_states), position)
 
     @torch.no_grad()
     def generate(

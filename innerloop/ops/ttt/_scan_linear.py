@@ -62,6 +62,7 @@ class LinearScan(torch.autograd.Function):
     def forward(ctx, wa0: Tensor, xcat: Tensor, attn: Tensor, kupd: Tensor, tb: Tensor,
                 w2: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
         n, N, b = xcat.shape[0], xcat.shape[1], xcat.shape[2] // 2
+        ctx.device_type = xcat.device.type  # backward unpacks saved_tensors once (as checkpointing requires)
         keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else update in place
         w_all = wa0.new_empty(n + 1 if keep else 1, *wa0.shape)
         w_all[0] = wa0
@@ -87,7 +88,7 @@ class LinearScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, dwn: Tensor | None):
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):  # fp32 scan, like the forward
+        with torch.autocast(ctx.device_type, enabled=False):  # fp32 scan, like the forward
             return LinearScan._backward(ctx, dout, dwn)
 
     @staticmethod

@@ -48,6 +48,7 @@ class MLPScan(torch.autograd.Function):
     def forward(ctx, w1a0, w20, b20, xcat, attn1, eta, kupd, lrl, tb, w2sq, eps):
         n, N, b2x, _ = xcat.shape
         b = b2x // 2
+        ctx.device_type = xcat.device.type  # backward unpacks saved_tensors once (as checkpointing requires)
         keep = any(ctx.needs_input_grad)  # keep W_i of every mini-batch for the backward, else update in place
         slots = n + 1 if keep else 1
         w1 = w1a0.new_empty(slots, *w1a0.shape)
@@ -83,7 +84,7 @@ class MLPScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dw1n, dw2n, db2n):
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):  # fp32 scan, like the forward
+        with torch.autocast(ctx.device_type, enabled=False):  # fp32 scan, like the forward
             return MLPScan._backward(ctx, dout, dw1n, dw2n, db2n)
 
     @staticmethod

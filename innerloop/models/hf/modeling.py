@@ -1,0 +1,284 @@
+"""transformers models over innerloop's :class:`~innerloop.models.lm.CausalLM` (no second implementation).
+
+``InnerloopForCausalLM.model`` *is* a ``CausalLM``: the logits, the loss and every decode state come from it; this
+module only speaks transformers' language around it (``PreTrainedModel`` loading/saving, ``GenerationMixin``, a
+``Cache`` of innerloop states, ``ModelOutput`` objects). Works with transformers 5.x, where the cache argument is
+called ``cache`` (5.24) or ``past_key_values`` (earlier 5.x): both are accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from innerloop.layers import RMSNorm
+from innerloop.layers.ttt import TTTBase
+from innerloop.models.lm import CausalLM
+
+from .cache import InnerloopCache
+from .configuration import MODEL_TYPE, InnerloopConfig
+
+__all__ = ["InnerloopForCausalLM", "InnerloopModel", "InnerloopPreTrainedModel"]
+
+# transformers renamed the cache argument and output field ``past_key_values`` -> ``cache`` (5.2x)
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def _cache_arg(cache: Any, past_key_values: Any) -> InnerloopCache | None:
+    cache = cache if cache is not None else past_key_values
+    if cache is not None and not isinstance(cache, InnerloopCache):
+        raise TypeError(f"an innerloop model decodes from an InnerloopCache (its per-layer TTT/Mamba/RNN states and "
+                        f"KV caches), got {type(cache).__name__}; pass cache=None (the model makes one) or "
+                        f"InnerloopCache.for_model(model)")  # fmt: skip
+    return cache
+
+
+def _check_inputs(input_ids: Tensor | None, attention_mask: Tensor | None, inputs_embeds: Tensor | None) -> None:
+    if inputs_embeds is not None:
+        raise NotImplementedError("innerloop models take input_ids, not inputs_embeds")
+    if input_ids is None:
+        raise ValueError("input_ids is required ([B, T] token ids)")
+    if attention_mask is not None and attention_mask.numel() and not bool(attention_mask.bool().all()):
+        raise NotImplementedError("padding (zeros in attention_mask) is not supported: a recurrent state would read "
+                                  "the pad tokens. Batch prompts of equal length, or generate one prompt at a "
+                                  "time")  # fmt: skip
+
+
+class InnerloopPreTrainedModel(PreTrainedModel):
+    """Shared transformers plumbing: config class, weight init as innerloop's, gradient checkpointing, the cache.
+
+    ``_init_weights`` reproduces innerloop's initialisation module by module (every Linear and the embedding
+    ``N(0, initializer_range)`` with zero biases; TTT's inner model ``W0``/``b0``, learnable LR gate, token offsets and
+    inner LayerNorm through ``TTTBase.reset_parameters``; Mamba's ``A_log``/``D``/``dt`` through
+    ``Mamba.reset_parameters``; PyTorch defaults for convs and RNN cores; RMSNorm weights one). Parameters already
+    loaded (transformers marks them ``_is_hf_initialized``) are never changed. A model made from a config
+    (``InnerloopForCausalLM(config)``) is initialised once, by ``CausalLM`` itself: same seed, same weights.
+    """
+
+    config_class = InnerloopConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Block"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True  # transformers refuses assisted decoding for stateful models
+    _keys_to_ignore_on_load_unexpected = [r"\.token_idx$"]  # non-persistent TTT buffer some exports contain
+    _tied_weights_keys = {"model.lm_head.weight": "model.embed_tokens.weight"}  # when tie_word_embeddings
+
+    def _make_lm(self, config: InnerloopConfig, lm: CausalLM | None) -> CausalLM:
+        if lm is None:
+            lm = CausalLM(config.to_lm_config())
+        elif lm.config != config.to_lm_config():
+            raise ValueError(f"the CausalLM's config {lm.config} differs from the InnerloopConfig's "
+                             f"{config.to_lm_config()}; build the config with InnerloopConfig.from_lm_config")
+        if lm.embed_tokens.weight.device.type != "meta":  # already initialised by innerloop (or trained)
+            for module in lm.modules():
+                module._is_hf_initialized = True
+        return lm
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model makes its own InnerloopCache
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            self.model._init_weights(module)  # innerloop's: N(0, initializer_range), zero Linear biases
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        if isinstance(module, TTTBase) and module.token_idx.device.type != "meta":
+            # the non-persistent buffer, as TTTBase.__init__ makes it (from_pretrained builds on the meta device)
+            n = module.token_idx.numel()
+            module.token_idx.copy_(1.0 / torch.arange(1, n + 1, device=module.token_idx.device))
+        if callable(getattr(module, "reset_parameters", None)) and not isinstance(module, (nn.Linear, nn.Embedding)):
+            # TTT, Mamba, convs, RNN cores, LayerNorm: the layer's own init, then (as CausalLM does after building
+            # its blocks) N(0, initializer_range) on the Linears inside
+            _reset_keeping_loaded(module)
+            for sub in module.modules():
+                if sub is not module and isinstance(sub, (nn.Linear, nn.Embedding)):
+                    self.model._init_weights(sub)
+
+    def _lm_forward(self, input_ids: Tensor, cache: InnerloopCache | None, use_cache: bool | None,
+                    attention_mask: Tensor | None, inputs_embeds: Tensor | None) -> tuple[Tensor, Any]:  # fmt: skip
+        """The final hidden states ``[B, T, C]`` from the cache's state, and the cache updated in place (or None)."""
+        _check_inputs(input_ids, attention_mask, inputs_embeds)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.model.gradient_checkpointing and self.training:
+            use_cache = False  # no decode state while training with checkpointing
+        h, state = self.model.hidden_states(input_ids, None if cache is None else cache.lm_state())
+        if not use_cache and cache is None:
+            return h, None
+        if cache is None:
+            cache = InnerloopCache.for_model(self.model)
+        cache.set_lm_state(state)
+        return h, cache
+
+
+def _reset_keeping_loaded(module: nn.Module) -> None:
+    """``module.reset_parameters()`` except for the tensors transformers marked as loaded (kept bit for bit)."""
+    tensors = list(module.named_parameters())
+    if any(t.device.type == "meta" for _, t in tensors):
+        return
+    kept = {name: t.detach().clone() for name, t in tensors if getattr(t, "_is_hf_initialized", False)}
+    if len(kept) == len(tensors):
+        return
+    module.reset_parameters()
+    for name, t in module.named_parameters():
+        if name in kept:
+            t.copy_(kept[name])
+
+
+class InnerloopModel(InnerloopPreTrainedModel):
+    """The LM without its head (``AutoModel``): final normed hidden states ``[B, T, C]`` and the cache.
+
+    Same weights and parameter names as :class:`InnerloopForCausalLM` (``model.*``), so either loads the other's
+    checkpoint.
+    """
+
+    def __init__(self, config: InnerloopConfig, lm: CausalLM | None = None) -> None:
+        super().__init__(config)
+        self.model = self._make_lm(config, lm)
+        self.post_init()
+
+    def forward(
+        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, cache: Any = None,
+        past_key_values: Any = None, use_cache: bool | None = None, inputs_embeds: Tensor | None = None,
+        return_dict: bool | None = None, **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """``input_ids [B, T]`` -> ``last_hidden_state [B, T, C]`` and the cache (an :class:`InnerloopCache`)."""
+        h, cache = self._lm_forward(input_ids, _cache_arg(cache, past_key_values), use_cache, attention_mask,
+                                    inputs_embeds)  # fmt: skip
+        return BaseModelOutputWithPast(last_hidden_state=h, **{_CACHE_FIELD: cache})
+
+
+class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
+    """An innerloop causal LM (any mixer, transformer or mamba backbone) as a transformers model.
+
+    ``generate()`` works with greedy search, sampling (temperature, top-k, top-p), repetition penalty, stopping
+    criteria and beam search (the states are reordered); assisted/speculative decoding is refused (a recurrent state
+    cannot be rolled back). Padding is refused: batch prompts of equal length.
+
+    Args:
+        config (InnerloopConfig): the model's config.
+        lm (CausalLM, Optional): wrap this trained model (no copy) instead of building a fresh one. Default: None.
+
+    Examples:
+        >>> cfg = InnerloopConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                       num_attention_heads=4, mini_batch_size=4)
+        >>> model = InnerloopForCausalLM(cfg).eval()
+        >>> model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False).shape
+        torch.Size([1, 7])
+    """
+
+    def __init__(self, config: InnerloopConfig, lm: CausalLM | None = None) -> None:
+        super().__init__(config)
+        self.model = self._make_lm(config, lm)
+        self.post_init()
+
+    @classmethod
+    def from_causal_lm(cls, lm: CausalLM, **config_kwargs: Any) -> InnerloopForCausalLM:
+        """Wrap a (trained) :class:`CausalLM` without copying it; ``config_kwargs`` go to the InnerloopConfig
+        (e.g. ``eos_token_id``, ``innerloop_run``)."""
+        return cls(InnerloopConfig.from_lm_config(lm.config, **config_kwargs), lm)
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, allow_missing_weights: bool = False, **kwargs: Any):
+        """transformers' ``from_pretrained``, refusing a checkpoint that lacks weights of the model (transformers
+        would only warn and initialise them at random); ``allow_missing_weights=True`` initialises them as innerloop
+        does and keeps every loaded weight."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing and not allow_missing_weights:
+            shown = ", ".join(missing[:8]) + (f", ... (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+            raise ValueError(f"the checkpoint lacks {len(missing)} weights of the model: {shown}. Export it again "
+                             "(innerloop lm export), or pass allow_missing_weights=True to initialise them as "
+                             "innerloop does")  # fmt: skip
+        return (model, info) if want_info else model
+
+    def to_causal_lm(self) -> CausalLM:
+        """The wrapped :class:`CausalLM` (shared, not copied): innerloop's own API (``generate``, states, ...)."""
+        return self.model
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.model.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.model.lm_head = value
+
+    def forward(
+        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, cache: Any = None,
+        past_key_values: Any = None, use_cache: bool | None = None, labels: Tensor | None = None,
+        logits_to_keep: int | Tensor = 0, inputs_embeds: Tensor | None = None, return_dict: bool | None = None,
+        num_items_in_batch: int | Tensor | None = None, **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Logits of ``input_ids [B, T]`` continuing the cache's state, and the next-token loss given ``labels``.
+
+        Args:
+            input_ids (Tensor): ``[B, T]`` token ids, the tokens after those the cache has seen.
+            attention_mask (Tensor, Optional): ``[B, T_total]``, all ones (padding is refused). Default: None.
+            cache / past_key_values (InnerloopCache, Optional): state after earlier tokens. Default: None.
+            use_cache (bool, Optional): return the state (an :class:`InnerloopCache`). Default: ``config.use_cache``.
+            labels (Tensor, Optional): ``[B, T]`` targets aligned with input_ids (shifted inside), -100 ignored.
+            logits_to_keep (int | Tensor, Optional): logits of only the last k positions (0 = all), or of these
+                positions. Default: 0.
+            num_items_in_batch (int, Optional): the Trainer's count of target tokens over accumulated micro-batches;
+                the loss is then the sum over this batch divided by it. Default: None (mean over this batch).
+        Returns:
+            CausalLMOutputWithPast: ``logits [B, T', V]`` (at least float32), ``loss``, and the cache.
+        """
+        h, cache = self._lm_forward(input_ids, _cache_arg(cache, past_key_values), use_cache, attention_mask,
+                                    inputs_embeds)  # fmt: skip
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else logits_to_keep
+        if isinstance(keep, int):
+            keep = slice(None)
+        logits = self.model.lm_head(h[:, keep])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # as CausalLM.forward
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape or logits.shape[1] != labels.shape[1]:
+                raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)} "
+                                 f"(and logits_to_keep must be 0 when labels are given)")  # fmt: skip
+            flat_logits, flat_labels = logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device)
+            if num_items_in_batch is None:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+            else:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
+                loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache})
+
+    def prepare_inputs_for_generation(
+        self, input_ids: Tensor, cache: Any = None, past_key_values: Any = None, attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None, use_cache: bool = True, **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Feed only the tokens the cache has not seen (all of them at the first step)."""
+        cache = _cache_arg(cache, past_key_values)
+        if inputs_embeds is not None:
+            raise NotImplementedError("innerloop models generate from input_ids, not inputs_embeds")
+        if cache is not None and cache.get_seq_length() > 0:
+            input_ids = input_ids[:, cache.get_seq_length():]
+        inputs = {"input_ids": input_ids.contiguous(), "attention_mask": attention_mask, "use_cache": use_cache,
+                  _CACHE_FIELD: cache}  # fmt: skip
+        if "logits_to_keep" in kwargs:
+            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        return inputs
+
+
+def register() -> None:
+    """Register the classes with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM`` (done on import)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    AutoConfig.register(MODEL_TYPE, InnerloopConfig, exist_ok=True)
+    AutoModel.register(InnerloopConfig, InnerloopModel, exist_ok=True)
+    AutoModelForCausalLM.register(InnerloopConfig, InnerloopForCausalLM, exist_ok=True)
