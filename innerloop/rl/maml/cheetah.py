@@ -65,18 +65,21 @@ class CheetahBatch:
     """``M K`` cheetahs stepped one after another behind the batched ``reset``/``step`` of :func:`rollout`.
 
     Args:
-        env_cls (type): :class:`HalfCheetahVelEnv` or :class:`HalfCheetahDirEnv`.
+        envs (list): at least ``M K`` envs of one class (:class:`HalfCheetahVelEnv` or :class:`HalfCheetahDirEnv`),
+            reused across rollouts (building a MuJoCo model is slow); the first ``M K`` are used.
         tasks (Tensor): ``[M]`` one task value per task; row ``m K + k`` gets ``tasks[m]``.
         trajectories (int): K.
         seeds (list[int]): ``M K`` reset seeds (the initial-state noise), one per row.
     """
 
-    def __init__(self, env_cls: type, tasks: torch.Tensor, trajectories: int, seeds: list[int]) -> None:
+    def __init__(self, envs: list, tasks: torch.Tensor, trajectories: int, seeds: list[int]) -> None:
         values = tasks.repeat_interleave(trajectories).tolist()
-        if len(seeds) != len(values):
-            raise ValueError(f"need one seed per row: {len(values)} rows, {len(seeds)} seeds")
-        self.envs = [env_cls(task=v) for v in values]
-        self.seeds = seeds
+        if len(seeds) != len(values) or len(envs) < len(values):
+            raise ValueError(f"need one seed and one env per row: {len(values)} rows, {len(seeds)} seeds, "
+                             f"{len(envs)} envs")  # fmt: skip
+        self.envs, self.seeds = envs[: len(values)], seeds
+        for e, v in zip(self.envs, values):
+            e.set_task(v)
 
     def reset(self) -> torch.Tensor:
         obs = [e.reset(seed=s)[0] for e, s in zip(self.envs, self.seeds)]
@@ -90,7 +93,3 @@ class CheetahBatch:
             obs.append(o)
             rew.append(r)
         return torch.as_tensor(np.stack(obs), dtype=torch.float32), torch.tensor(rew, dtype=torch.float32)
-
-    def close(self) -> None:
-        for e in self.envs:
-            e.close()

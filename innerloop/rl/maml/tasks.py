@@ -67,7 +67,9 @@ class TaskFamily:
 
         seeds = torch.randint(0, 2**31 - 1, (n,), generator=generator).tolist()
         cls = HalfCheetahVelEnv if self.name == "halfcheetah_vel" else HalfCheetahDirEnv
-        return CheetahBatch(cls, tasks, trajectories, seeds)
+        pool = self.__dict__.setdefault("_pool", [])  # MuJoCo models are slow to build: reuse them
+        pool.extend(cls() for _ in range(n - len(pool)))
+        return CheetahBatch(pool, tasks, trajectories, seeds)
 
 
 def make_family(name: str, horizon: int = 0) -> TaskFamily:
