@@ -19,6 +19,7 @@ def plot_adaptation(metrics: dict[str, Any], out: str | Path) -> Path:
         steps = sorted(body["steps"], key=int)
         ax.errorbar([int(s) for s in steps], [body["steps"][s]["mean"] for s in steps],
                     yerr=[body["steps"][s]["ci95"] for s in steps], marker="o", capsize=3, label=name)  # fmt: skip
+    ax.set_xticks(sorted({int(s) for body in metrics["policies"].values() for s in body["steps"]}))
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return")
     ax.set_title(f"{metrics['env']}: {metrics['eval_tasks']} held-out tasks")
