@@ -6,6 +6,10 @@ Examples::
     innerloop rl baselines --env mdp --episodes 10 --trials 1000 --out runs/rl/mdp-10
     innerloop rl baselines --env bandit --arms 50 --pulls 100 --baselines ucb1 gittins --ucb-c 0.05
 
+    innerloop rl maml-train --env navigation2d --out runs/maml-rl/nav            # MAML-TRPO (paper settings)
+    innerloop rl maml-train --env navigation2d --inner-steps 0 --out runs/maml-rl/nav-pretrained
+    innerloop rl maml-eval --out runs/maml-rl/nav --pretrained runs/maml-rl/nav-pretrained
+
 Prints one line per baseline and, with ``--out DIR``, writes ``DIR/baselines.csv`` and ``DIR/baselines.md``.
 """
 
@@ -43,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--ucrl2-c", type=float, default=None, help="scale of UCRL2's confidence sets (mdp); default: 0.1")
     b.add_argument("--out", type=Path, default=None, help="folder for baselines.csv and baselines.md; default: none")
     b.set_defaults(func=run_baselines)
+    _register_maml(rsub)
 
 
 def _options(args: argparse.Namespace) -> dict[str, dict]:
@@ -84,4 +89,69 @@ def run_baselines(args: argparse.Namespace) -> int:
         write_csv(rows, args.out / "baselines.csv")
         atomic_write_text(args.out / "baselines.md", markdown_table(rows, f"{what}, seed {args.seed}"))
         print(f"wrote {args.out / 'baselines.csv'} and {args.out / 'baselines.md'}")
+    return 0
+
+
+def _register_maml(rsub: argparse._SubParsersAction) -> None:
+    from innerloop.cli._flags import add_dataclass_flags, add_run_flags
+    from innerloop.rl.maml.trainer import MamlRLConfig
+
+    t = rsub.add_parser("maml-train", help="MAML for RL (TRPO through a policy-gradient inner step); resumes --out",
+                        description="Meta-train a Gaussian MLP policy with MAML-TRPO (--inner-steps 0: the jointly "
+                        "pretrained comparison), then evaluate it against its random initialisation.")  # fmt: skip
+    add_dataclass_flags(t, MamlRLConfig)
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    add_run_flags(t, "--iterations")
+    t.set_defaults(func=run_maml_train)
+    e = rsub.add_parser("maml-eval", help="return after 0..3 adaptation steps vs pretrained and random init",
+                        description="Evaluate the MAML-RL run in --out on held-out tasks; writes metrics.json and "
+                        "adaptation.png there.")  # fmt: skip
+    e.add_argument("--out", type=Path, required=True, help="the run folder (made by `innerloop rl maml-train`)")
+    e.add_argument("--pretrained", type=Path, default=None,
+                   help="a run of the same env trained with --inner-steps 0, compared at every step; default: none")
+    e.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks; default: the run's")
+    e.add_argument("--eval-steps", type=int, default=None, help="adaptation steps reported; default: the run's")
+    e.add_argument("--eval-seed", type=int, default=None, help="seed of the held-out tasks; default: the run's")
+    e.set_defaults(func=run_maml_eval)
+
+
+def _print_maml(metrics: dict) -> None:
+    for name, body in metrics["policies"].items():
+        cells = "  ".join(f"{s}: {v['mean']:8.2f} +- {v['ci95']:.2f}" for s, v in body["steps"].items())
+        print(f"  {name:10s} {cells}")
+    for key, body in metrics.items():
+        if key.endswith(tuple(f"_minus_{n}" for n in metrics["policies"])):
+            cells = "  ".join(f"{s}: {v['mean']:8.2f} +- {v['ci95']:.2f}" for s, v in body.items())
+            print(f"  {key} (paired) {cells}")
+
+
+def run_maml_train(args: argparse.Namespace) -> int:
+    from innerloop.cli._flags import dataclass_values
+    from innerloop.rl.maml.trainer import MamlRLConfig, evaluate_run, train
+
+    cfg = MamlRLConfig(**dataclass_values(args, MamlRLConfig))
+    kind = f"MAML-TRPO, {cfg.inner_steps} inner step(s)" if cfg.inner_steps else "pretrained (no inner step)"
+    print(f"innerloop rl maml-train: {kind} on {cfg.env}, {cfg.iterations} iterations x {cfg.meta_batch} tasks x "
+          f"{cfg.trajectories} trajectories, out {cfg.out}", flush=True)  # fmt: skip
+    summary = train(cfg, progress=not args.no_progress, fresh=args.fresh, extend=args.extend)
+    print(f"trained {summary['steps']} iterations in {summary['train_seconds']:.0f} s", flush=True)
+    if not args.no_eval:
+        print(f"return after 0..{cfg.eval_steps} inner steps on {cfg.eval_tasks} held-out tasks (mean +- 95% CI):")
+        _print_maml(evaluate_run(cfg.out))
+    return 0
+
+
+def run_maml_eval(args: argparse.Namespace) -> int:
+    from innerloop.rl.maml.trainer import evaluate_run
+
+    overrides = {k: getattr(args, k) for k in ("eval_tasks", "eval_steps", "eval_seed") if getattr(args, k) is not None}
+    for k, v in overrides.items():
+        if v < (0 if k != "eval_tasks" else 1):
+            raise ValueError(f"--{k.replace('_', '-')} must be >= {0 if k != 'eval_tasks' else 1}, got {v}")
+    metrics = evaluate_run(args.out, args.pretrained, **overrides)
+    print(f"{args.out}: return after 0..{len(next(iter(metrics['policies'].values()))['steps']) - 1} inner steps on "
+          f"{metrics['eval_tasks']} held-out {metrics['env']} tasks (mean +- 95% CI):")  # fmt: skip
+    _print_maml(metrics)
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'adaptation.png'}")
     return 0

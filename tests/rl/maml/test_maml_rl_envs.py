@@ -1,0 +1,89 @@
+"""MAML-RL task families: seeded rollouts on 2D navigation; HalfCheetahVel/Dir pass gymnasium's env checker (skipped
+without MuJoCo); a MuJoCo task without MuJoCo is a clear error naming the extra."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from innerloop.rl.maml import GaussianMLPPolicy, make_family, rollout
+from innerloop.rl.maml.algorithm import stack
+
+
+def _nav_episodes(seed, m=3, k=2):
+    fam = make_family("navigation2d", horizon=7)
+    pol = GaussianMLPPolicy(2, 2, (8,))
+    params = stack({n: p.detach() for n, p in pol.named_parameters()}, m)
+    g = torch.Generator().manual_seed(seed)
+    tasks = fam.sample_tasks(m, g)
+    env = fam.make_env(tasks, k, g)
+    return tasks, rollout(lambda o: pol.forward_tasks(params, o), env, m, k, fam.horizon, g)
+
+
+def test_navigation_rollouts_are_seeded_and_shaped():
+    torch.manual_seed(0)
+    tasks, a = _nav_episodes(5)
+    torch.manual_seed(0)
+    _, b = _nav_episodes(5)
+    torch.manual_seed(0)
+    _, c = _nav_episodes(6)
+    assert tasks.shape == (3, 2) and bool((tasks.abs() <= 0.5).all())
+    assert a.obs.shape == (3, 2, 7, 2) and a.actions.shape == (3, 2, 7, 2) and a.rewards.shape == (3, 2, 7)
+    assert torch.equal(a.rewards, b.rewards) and torch.equal(a.actions, b.actions)
+    assert not torch.equal(a.rewards, c.rewards)
+    # reward = -distance to the task's goal after the clipped move; the first observation is the origin
+    pos = a.obs[:, :, 1]
+    goal = tasks[:, None, :]
+    torch.testing.assert_close(a.rewards[:, :, 0], -(pos - goal).norm(dim=-1))
+    assert torch.equal(a.obs[:, :, 0], torch.zeros(3, 2, 2))
+
+
+def test_unknown_env_and_bad_horizon_are_refused():
+    with pytest.raises(ValueError, match="choose from"):
+        make_family("ant_dir")
+    with pytest.raises(ValueError, match="horizon"):
+        make_family("navigation2d", horizon=-1)
+
+
+def test_mujoco_task_without_mujoco_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # makes `import mujoco` fail
+    with pytest.raises(ImportError, match=r"pip install 'innerloop\[mujoco\]'"):
+        make_family("halfcheetah_vel")
+
+
+@pytest.mark.parametrize("name", ["halfcheetah_vel", "halfcheetah_dir"])
+def test_cheetah_envs_pass_the_env_checker_and_pay_the_task_reward(name):
+    pytest.importorskip("mujoco")
+    from gymnasium.utils.env_checker import check_env
+
+    from innerloop.rl.maml.cheetah import HalfCheetahDirEnv, HalfCheetahVelEnv
+
+    cls = HalfCheetahVelEnv if name == "halfcheetah_vel" else HalfCheetahDirEnv
+    env = cls(task=1.5 if name == "halfcheetah_vel" else -1.0)
+    check_env(env, skip_render_check=True)
+    o1, _ = env.reset(seed=3)
+    a = env.action_space.sample() * 0 + 0.5
+    _, r, *_, info = env.step(a)
+    v = info["x_velocity"]
+    want = (-abs(v - 1.5) if name == "halfcheetah_vel" else -v) - 0.05 * float((a**2).sum())
+    assert r == pytest.approx(want, rel=1e-5)
+    o2, _ = env.reset(seed=3)
+    assert (o1 == o2).all()
+    env.close()
+
+
+def test_cheetah_family_rollouts_are_seeded():
+    pytest.importorskip("mujoco")
+    fam = make_family("halfcheetah_vel", horizon=5)
+    assert (fam.obs_size, fam.action_size) == (17, 6)
+    pol = GaussianMLPPolicy(17, 6, (8,))
+    params = stack({n: p.detach() for n, p in pol.named_parameters()}, 2)
+    runs = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(0)
+        tasks = fam.sample_tasks(2, g)
+        assert bool(((tasks >= 0) & (tasks <= 2)).all())
+        runs.append(rollout(lambda o: pol.forward_tasks(params, o), fam.make_env(tasks, 2, g), 2, 2, 5, g))
+    assert runs[0].rewards.shape == (2, 2, 5) and torch.equal(runs[0].rewards, runs[1].rewards)

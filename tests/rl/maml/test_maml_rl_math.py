@@ -1,0 +1,172 @@
+"""MAML for RL, the math: returns, the linear baseline, Gaussian densities and KL, the batched inner step, TRPO's
+trust region and natural-gradient direction, and the meta-gradient against finite differences (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from innerloop.meta.functional import adapt
+from innerloop.rl.maml import (
+    Episodes,
+    GaussianMLPPolicy,
+    MetaBatch,
+    adapt_tasks,
+    discounted_returns,
+    fit_linear_baseline,
+    gaussian_kl,
+    gaussian_log_prob,
+    inner_loss,
+    linear_features,
+    meta_objective,
+    trpo_step,
+)
+from innerloop.rl.maml.algorithm import stack
+
+
+def test_discounted_returns_by_hand():
+    r = torch.tensor([[1.0, 2.0, 3.0]])
+    g = 0.9
+    want = torch.tensor([[1 + g * 2 + g * g * 3, 2 + g * 3, 3.0]])
+    torch.testing.assert_close(discounted_returns(r, g), want)
+
+
+def test_linear_baseline_recovers_a_linear_target_per_task():
+    torch.manual_seed(0)
+    obs = torch.randn(3, 4, 6, 2, dtype=torch.float64)
+    feats = linear_features(obs)  # [M, K, T, F]
+    assert feats.shape == (3, 4, 6, 2 * 2 + 4)
+    w = torch.randn(3, feats.shape[-1], dtype=torch.float64)  # a different weight per task
+    target = torch.einsum("mktf,mf->mkt", feats, w)
+    fitted = fit_linear_baseline(obs, target, reg=1e-10)
+    torch.testing.assert_close(fitted, target, rtol=1e-4, atol=1e-4)  # t^3 features are ill-conditioned
+
+
+def test_gaussian_log_prob_and_kl_match_torch_distributions():
+    torch.manual_seed(0)
+    a, m1, m2 = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
+    s1, s2 = torch.randn(3) * 0.3, torch.randn(3) * 0.3
+    p = torch.distributions.Normal(m1, s1.exp())
+    q = torch.distributions.Normal(m2, s2.exp())
+    torch.testing.assert_close(gaussian_log_prob(a, m1, s1), p.log_prob(a).sum(-1))
+    torch.testing.assert_close(gaussian_kl(m1, s1, m2, s2), torch.distributions.kl_divergence(p, q).sum(-1))
+
+
+def _episodes(m, k, t, d, a, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs, act = torch.randn(m, k, t, d, generator=g, dtype=dtype), torch.randn(m, k, t, a, generator=g, dtype=dtype)
+    rew, adv = torch.randn(m, k, t, generator=g, dtype=dtype), torch.randn(m, k, t, generator=g, dtype=dtype)
+    return Episodes(obs, act, rew, adv)
+
+
+def test_batched_forward_and_inner_step_equal_a_per_task_loop():
+    torch.manual_seed(0)
+    pol = GaussianMLPPolicy(3, 2, (8, 8), "tanh")
+    theta = dict(pol.named_parameters())
+    ep = _episodes(4, 3, 5, 3, 2)
+    fast = {k: v + 0.1 * torch.randn_like(v) for k, v in stack(theta, 4).items()}  # a different policy per task
+    mean, log_std = pol.forward_tasks(fast, ep.obs)
+    adapted = adapt_tasks(pol, fast, ep, inner_lr=0.3)
+    for i in range(4):
+        p = {k: v[i] for k, v in fast.items()}
+        m_i, s_i = pol.forward_with(p, ep.obs[i])
+        torch.testing.assert_close(mean[i], m_i)
+        torch.testing.assert_close(log_std[i], s_i)
+        o, a, adv = ep.obs[i], ep.actions[i], ep.advantages[i]
+        ref = adapt(lambda q, o=o, a=a, adv=adv: inner_loss(pol, q, o, a, adv), p, steps=1, rule=0.3)
+        for k in ref:
+            torch.testing.assert_close(adapted[k][i], ref[k])
+
+
+def test_trpo_direction_is_the_natural_gradient_and_respects_the_kl_bound():
+    torch.manual_seed(0)
+    n = 6
+    a = torch.randn(n, n, dtype=torch.float64)
+    fisher = a @ a.T + n * torch.eye(n, dtype=torch.float64)
+    g = torch.randn(n, dtype=torch.float64)
+    theta0 = torch.randn(n, dtype=torch.float64)
+
+    def objective(p):
+        d = p["w"] - theta0
+        return (g * p["w"]).sum(), 0.5 * d @ fisher @ d
+
+    new, stats = trpo_step({"w": theta0}, objective, max_kl=0.01, cg_iters=n, damping=0.0)
+    step = new["w"] - theta0
+    natural = torch.linalg.solve(fisher, -g)
+    torch.testing.assert_close(step / step.norm(), natural / natural.norm())  # CG solved F x = -g
+    assert 0 < stats.kl <= 0.01 and stats.step_fraction > 0
+    assert stats.kl == pytest.approx(0.01 * stats.step_fraction**2, rel=1e-6)  # the full step sits on the boundary
+    assert stats.loss_after < stats.loss_before
+
+
+def _linear_gaussian_batch(dtype=torch.float64):
+    """A tiny linear-Gaussian MAML-RL problem: linear mean, fixed trajectories (2 tasks x 3 x 4 steps)."""
+    torch.manual_seed(1)
+    pol = GaussianMLPPolicy(2, 2, hidden_sizes=(), init_std=0.7).to(dtype)
+    theta = {k: v.detach() for k, v in pol.named_parameters()}
+    train, valid = _episodes(2, 3, 4, 2, 2, dtype, seed=2), _episodes(2, 3, 4, 2, 2, dtype, seed=3)
+    batch = MetaBatch(torch.zeros(2, 2), [train], valid, torch.zeros(0), torch.zeros(0))
+    with torch.no_grad():
+        fast = adapt_tasks(pol, stack(theta, 2), train, 0.5)
+        batch.old_mean, batch.old_log_std = pol.forward_tasks(fast, valid.obs)
+    return pol, theta, batch
+
+
+def test_meta_gradient_matches_finite_differences():
+    pol, theta, batch = _linear_gaussian_batch()
+    # move away from the sampling policy so the importance ratio is not 1 and the KL not flat
+    theta = {k: v + 0.05 * torch.randn_like(v) for k, v in theta.items()}
+    names = list(theta)
+
+    def loss_of(flat):
+        p, i = {}, 0
+        for k in names:
+            p[k] = flat[i: i + theta[k].numel()].reshape(theta[k].shape)
+            i += theta[k].numel()
+        return meta_objective(pol, p, batch, inner_lr=0.5)
+
+    flat = torch.cat([theta[k].flatten() for k in names]).requires_grad_(True)
+    grad_loss, grad_kl = (torch.autograd.grad(x, flat, retain_graph=True)[0] for x in loss_of(flat))
+    eps = 1e-6
+    for i in range(flat.numel()):
+        e = torch.zeros_like(flat)
+        e[i] = eps
+        with torch.no_grad():
+            (lp, kp), (lm, km) = loss_of(flat + e), loss_of(flat - e)
+        assert float(grad_loss[i]) == pytest.approx(float((lp - lm) / (2 * eps)), rel=1e-5, abs=1e-8)
+        assert float(grad_kl[i]) == pytest.approx(float((kp - km) / (2 * eps)), rel=1e-5, abs=1e-8)
+
+
+def test_first_order_drops_the_second_order_term():
+    pol, theta, batch = _linear_gaussian_batch()
+    p = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+    exact = torch.autograd.grad(meta_objective(pol, p, batch, 0.5)[0], list(p.values()))
+    first = torch.autograd.grad(meta_objective(pol, p, batch, 0.5, first_order=True)[0], list(p.values()))
+    # first order: the gradient at phi, i.e. the outer loss's gradient w.r.t. the adapted parameters, summed over tasks
+    phi = adapt_tasks(pol, stack(theta, 2), batch.train[0], 0.5)
+    fast = {k: v.detach().requires_grad_(True) for k, v in phi.items()}
+    v = batch.valid
+    mean, log_std = pol.forward_tasks(fast, v.obs)
+    ratio = torch.exp(gaussian_log_prob(v.actions, mean, log_std[:, None, None])
+                      - gaussian_log_prob(v.actions, batch.old_mean, batch.old_log_std[:, None, None]))  # fmt: skip
+    at_phi = torch.autograd.grad(-(ratio * v.advantages).mean(), list(fast.values()))
+    for f, ref in zip(first, at_phi):
+        torch.testing.assert_close(f, ref.sum(0))
+    assert any(not torch.allclose(a, b) for a, b in zip(exact, first))
+
+
+def test_trpo_on_a_maml_batch_keeps_the_post_update_kl_within_the_bound():
+    pol, theta, batch = _linear_gaussian_batch()
+    new, stats = trpo_step(theta, lambda p: meta_objective(pol, p, batch, 0.5), max_kl=1e-3)
+    with torch.no_grad():
+        _, kl = meta_objective(pol, new, batch, 0.5)
+    assert stats.step_fraction > 0 and float(kl) <= 1e-3 and stats.loss_after < stats.loss_before
+
+
+def test_bad_trpo_and_policy_settings_are_refused():
+    with pytest.raises(ValueError, match="max_kl"):
+        trpo_step({"w": torch.zeros(1)}, lambda p: (p["w"].sum(), p["w"].sum()), max_kl=0.0)
+    with pytest.raises(ValueError, match="activation"):
+        GaussianMLPPolicy(2, 2, activation="gelu")
+    with pytest.raises(ValueError, match="init_std"):
+        GaussianMLPPolicy(2, 2, init_std=0.0)
