@@ -1,0 +1,323 @@
+"""The Triton kernels of TTT-Linear (forward and backward); imported only by ``triton_linear.py`` on first use.
+
+One program per (batch row, head) walks the segments of its sequence in order (forward) or in reverse (backward). A
+segment is the part of the sequence inside one mini-batch: the first one starts at the state's ``offset`` and has
+``c0 = min(T, b - offset)`` tokens, the others start on a boundary and have ``b`` tokens (the last one possibly fewer).
+Rows of a segment are padded to ``BB = max(16, next_pow2(b))`` and masked. The math, per segment (``README.md``, "Dual
+form of a segment"), with ``W, bv`` the inner model at the mini-batch start and ``gW, gb`` the accumulated gated
+gradients (first segment only, when ``offset > 0``):
+
+    G    = dl/dZ(XK W + bv)                              (LayerNorm-L2 closed form, or Z - XV without LayerNorm)
+    zbar = XQ W + bv - (tril(XQ XK^T + 1) * tau_i lr_j) G - tau * (XQ gW + gb)
+    o    = XQ + LN(zbar)                                 (or zbar)
+    upd  = (lr * XK)^T G + gW,  updb = sum_j lr_j G_j + gb
+    W   -= tau_{b-1} upd,  bv -= tau_{b-1} updb          (when the segment ends on a boundary)
+
+The weights stay in registers (float32, float64 for float64 inputs) across segments; the forward stores them at every
+segment start (``[n_seg, D, D]`` per program) when a backward will follow. The backward reloads them, recomputes the
+segment and carries ``(dW, db)`` of the state after the segment backwards.
+
+Written and tested in Triton's CPU interpreter only; it has never run on a GPU.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _ln_stats(z, D: tl.constexpr, eps):
+    """Normalised rows ``x_hat [BB, D]`` and ``rstd [BB]`` of ``z``."""
+    mu = tl.sum(z, 1) / D
+    zc = z - mu[:, None]
+    rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, 1) / D + eps)
+    return zc * rstd[:, None], rstd
+
+
+@triton.jit
+def _load_rows(ptr, row, rm, D: tl.constexpr, ACC: tl.constexpr):
+    d = tl.arange(0, D)
+    return tl.load(ptr + row[:, None] * D + d[None, :], mask=rm[:, None], other=0.0).to(ACC)
+
+
+@triton.jit
+def _seg_fwd(
+    q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, gW, gb, lnw, lnb, bi, hi, T, H, t0, o, c, eps,
+    D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """One segment forward: stores its outputs, returns ``(upd [D, D], updb [D])``."""
+    r = tl.arange(0, BB)
+    rm = r < c
+    row = (bi * T + t0 + r) * H + hi  # [BB] token rows of [B, T, H]
+    xq = _load_rows(q_ptr, row, rm, D, ACC)
+    xk = _load_rows(k_ptr, row, rm, D, ACC)
+    xv = _load_rows(v_ptr, row, rm, D, ACC)
+    lr = tl.load(lr_ptr + row, mask=rm, other=0.0).to(ACC)
+    tq = tl.load(tau_ptr + o + r, mask=rm, other=0.0).to(ACC)
+    z = tl.dot(xk, W, input_precision=PREC, out_dtype=ACC) + bv[None, :]
+    if HAS_LN:
+        xh, rstd = _ln_stats(z, D, eps)
+        gg = lnw[None, :] * (lnw[None, :] * xh + lnb[None, :] - (xv - xk))
+        g = (D * gg - tl.sum(gg, 1)[:, None] - xh * tl.sum(gg * xh, 1)[:, None]) * (rstd / D)[:, None]
+    else:
+        g = z - xv
+    g = tl.where(rm[:, None], g, 0.0)
+    a = tl.dot(xq, tl.trans(xk), input_precision=PREC, out_dtype=ACC) + 1.0
+    m = tl.where(r[:, None] >= r[None, :], a * (tq[:, None] * lr[None, :]), 0.0)
+    zbar = tl.dot(xq, W, input_precision=PREC, out_dtype=ACC) + bv[None, :]
+    zbar -= tl.dot(m, g, input_precision=PREC, out_dtype=ACC)
+    upd = tl.dot(tl.trans(xk * lr[:, None]), g, input_precision=PREC, out_dtype=ACC)
+    updb = tl.sum(g * lr[:, None], 0)
+    if HAS_ACC:
+        zbar -= tq[:, None] * (tl.dot(xq, gW, input_precision=PREC, out_dtype=ACC) + gb[None, :])
+        upd += gW
+        updb += gb
+    if HAS_LN:
+        xo, _ = _ln_stats(zbar, D, eps)
+        out = xq + xo * lnw[None, :] + lnb[None, :]
+    else:
+        out = zbar
+    d = tl.arange(0, D)
+    tl.store(o_ptr + row[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=rm[:, None])
+    return upd, updb
+
+
+@triton.jit
+def ttt_linear_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, lnw_ptr, lnb_ptr, W_ptr, b_ptr, gW_ptr, gb_ptr,  # inputs
+    o_ptr, Wo_ptr, bo_ptr, gWo_ptr, gbo_ptr, ckW_ptr, ckb_ptr,  # outputs
+    T, H, off, c0, n_seg, eps,
+    BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
+    SAVE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)  # batch row * H + head
+    bi, hi = pid // H, pid % H
+    d = tl.arange(0, D)
+    dd = d[:, None] * D + d[None, :]
+    W = tl.load(W_ptr + pid * D * D + dd).to(ACC)
+    bv = tl.load(b_ptr + pid * D + d).to(ACC)
+    if HAS_LN:
+        lnw = tl.load(lnw_ptr + hi * D + d).to(ACC)
+        lnb = tl.load(lnb_ptr + hi * D + d).to(ACC)
+    else:
+        lnw = bv
+        lnb = bv
+    tau_last = tl.load(tau_ptr + BSZ - 1).to(ACC)
+    if SAVE:
+        tl.store(ckW_ptr + pid * n_seg * D * D + dd, W)
+        tl.store(ckb_ptr + pid * n_seg * D + d, bv)
+    # the first segment (from the state's offset, with its accumulated gradients)
+    if HAS_ACC:
+        gW = tl.load(gW_ptr + pid * D * D + dd).to(ACC)
+        gb = tl.load(gb_ptr + pid * D + d).to(ACC)
+        upd, updb = _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, gW, gb, lnw, lnb, bi, hi, T, H,
+                             0, off, c0, eps, D, BB, HAS_LN, True, ACC, PREC)
+    else:
+        upd, updb = _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, W, bv, lnw, lnb, bi, hi, T, H,
+                             0, off, c0, eps, D, BB, HAS_LN, False, ACC, PREC)
+    commit = off + c0 == BSZ
+    for s in range(1, n_seg):  # every later segment starts on a boundary, so the previous one committed
+        W -= tau_last * upd
+        bv -= tau_last * updb
+        if SAVE:
+            tl.store(ckW_ptr + (pid * n_seg + s) * D * D + dd, W)
+            tl.store(ckb_ptr + (pid * n_seg + s) * D + d, bv)
+        t0 = c0 + (s - 1) * BSZ
+        c = tl.minimum(BSZ, T - t0)
+        upd, updb = _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, W, bv, lnw, lnb, bi, hi, T, H,
+                             t0, 0, c, eps, D, BB, HAS_LN, False, ACC, PREC)
+        commit = c == BSZ
+    if commit:
+        W -= tau_last * upd
+        bv -= tau_last * updb
+        upd = upd * 0.0
+        updb = updb * 0.0
+    tl.store(Wo_ptr + pid * D * D + dd, W)
+    tl.store(bo_ptr + pid * D + d, bv)
+    tl.store(gWo_ptr + pid * D * D + dd, upd)
+    tl.store(gbo_ptr + pid * D + d, updb)
+
+
+@triton.jit
+def _seg_bwd(
+    q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr,
+    W, bv, gW, gb, lnw, lnb, GW, Gb, dupd, dupdb, commit, tau_last, dlnw, dlnb,
+    bi, hi, T, H, t0, o, c, eps,
+    D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """One segment backward. ``GW, Gb``: gradient of the weights after the segment; ``dupd, dupdb``: gradient of its
+    update (``-tau_{b-1} GW`` when it commits, else that of the final accumulated gradients). Stores the token
+    gradients; returns the gradient of the weights at its start, of ``(gW, gb)`` and the LayerNorm partials."""
+    r = tl.arange(0, BB)
+    d = tl.arange(0, D)
+    rm = r < c
+    row = (bi * T + t0 + r) * H + hi
+    p2 = row[:, None] * D + d[None, :]
+    xq = _load_rows(q_ptr, row, rm, D, ACC)
+    xk = _load_rows(k_ptr, row, rm, D, ACC)
+    xv = _load_rows(v_ptr, row, rm, D, ACC)
+    dout = _load_rows(do_ptr, row, rm, D, ACC)
+    lr = tl.load(lr_ptr + row, mask=rm, other=0.0).to(ACC)
+    tq = tl.load(tau_ptr + o + r, mask=rm, other=0.0).to(ACC)
+    # recompute the segment forward
+    z = tl.dot(xk, W, input_precision=PREC, out_dtype=ACC) + bv[None, :]
+    if HAS_LN:
+        xh, rstd = _ln_stats(z, D, eps)
+        tgt = xv - xk
+        gg = lnw[None, :] * (lnw[None, :] * xh + lnb[None, :] - tgt)
+        g = (D * gg - tl.sum(gg, 1)[:, None] - xh * tl.sum(gg * xh, 1)[:, None]) * (rstd / D)[:, None]
+    else:
+        g = z - xv
+    g = tl.where(rm[:, None], g, 0.0)
+    a = tl.dot(xq, tl.trans(xk), input_precision=PREC, out_dtype=ACC) + 1.0
+    eta = tq[:, None] * lr[None, :]
+    causal = r[:, None] >= r[None, :]
+    m = tl.where(causal, a * eta, 0.0)
+    # the output: o = xq + LN(zbar) (or zbar)
+    if HAS_LN:
+        zbar = tl.dot(xq, W, input_precision=PREC, out_dtype=ACC) + bv[None, :]
+        zbar -= tl.dot(m, g, input_precision=PREC, out_dtype=ACC)
+        if HAS_ACC:
+            zbar -= tq[:, None] * (tl.dot(xq, gW, input_precision=PREC, out_dtype=ACC) + gb[None, :])
+        xo, ro = _ln_stats(zbar, D, eps)
+        dlnb += tl.sum(dout, 0)
+        dlnw += tl.sum(dout * xo, 0)
+        dxo = dout * lnw[None, :]
+        dzbar = (dxo - tl.sum(dxo, 1)[:, None] / D - xo * (tl.sum(dxo * xo, 1) / D)[:, None]) * ro[:, None]
+        dxq = dout
+    else:
+        dzbar = dout
+        dxq = dout * 0.0
+    # the commit's gradient wrt tau_{b-1}: -<GW, upd> - <Gb, updb>
+    upd = tl.dot(tl.trans(xk * lr[:, None]), g, input_precision=PREC, out_dtype=ACC)
+    updb = tl.sum(g * lr[:, None], 0)
+    if HAS_ACC:
+        upd += gW
+        updb += gb
+    dtl = -(tl.sum(tl.sum(GW * upd, 1), 0) + tl.sum(Gb * updb, 0))
+    dtl = tl.where(commit, dtl, 0.0)
+    # zbar = xq W + bv - m g - tq (xq gW + gb)
+    GWn = GW + tl.dot(tl.trans(xq), dzbar, input_precision=PREC, out_dtype=ACC)
+    Gbn = Gb + tl.sum(dzbar, 0)
+    dxq += tl.dot(dzbar, tl.trans(W), input_precision=PREC, out_dtype=ACC)
+    dm = -tl.dot(dzbar, tl.trans(g), input_precision=PREC, out_dtype=ACC)  # [BB, BB]
+    dg = -tl.dot(tl.trans(m), dzbar, input_precision=PREC, out_dtype=ACC)
+    da = tl.where(causal, dm * eta, 0.0)
+    deta = tl.where(causal, dm * a, 0.0)
+    dtq = tl.sum(deta * lr[None, :], 1)
+    dlr = tl.sum(deta * tq[:, None], 0)
+    dxq += tl.dot(da, xk, input_precision=PREC, out_dtype=ACC)
+    dxk = tl.dot(tl.trans(da), xq, input_precision=PREC, out_dtype=ACC)
+    if HAS_ACC:
+        tdz = tq[:, None] * dzbar
+        dtq -= tl.sum(dzbar * (tl.dot(xq, gW, input_precision=PREC, out_dtype=ACC) + gb[None, :]), 1)
+        dgW = dupd - tl.dot(tl.trans(xq), tdz, input_precision=PREC, out_dtype=ACC)
+        dgb = dupdb - tl.sum(tdz, 0)
+        dxq -= tl.dot(tdz, tl.trans(gW), input_precision=PREC, out_dtype=ACC)
+    else:
+        dgW = dupd
+        dgb = dupdb
+    # upd = (lr * xk)^T g (+ gW), updb = lr^T g (+ gb)
+    gd = tl.dot(g, tl.trans(dupd), input_precision=PREC, out_dtype=ACC)  # [BB, D]
+    dxk += lr[:, None] * gd
+    dlr += tl.sum(xk * gd, 1) + tl.sum(g * dupdb[None, :], 1)
+    dg += lr[:, None] * (tl.dot(xk, dupd, input_precision=PREC, out_dtype=ACC) + dupdb[None, :])
+    dg = tl.where(rm[:, None], dg, 0.0)
+    # g = dl/dz(z, xv - xk): its vector-Jacobian product
+    if HAS_LN:
+        k_ = (rstd / D)[:, None]
+        dgg = (D * dg - tl.sum(dg, 1)[:, None] - xh * tl.sum(dg * xh, 1)[:, None]) * k_
+        dxh = (lnw * lnw)[None, :] * dgg - k_ * (dg * tl.sum(gg * xh, 1)[:, None] + tl.sum(dg * xh, 1)[:, None] * gg)
+        dlnw += tl.sum(dgg * (2.0 * lnw[None, :] * xh + lnb[None, :] - tgt), 0)
+        dlnb += tl.sum(dgg * lnw[None, :], 0)
+        dtgt = -lnw[None, :] * dgg
+        dz = (dxh - tl.sum(dxh, 1)[:, None] / D - xh * (tl.sum(dxh * xh, 1) / D)[:, None]) * rstd[:, None]
+        dz -= k_ * tl.sum(dg * g, 1)[:, None] * xh
+        dxv = dtgt
+        dxk -= dtgt
+    else:
+        dz = dg
+        dxv = -dg
+    GWn += tl.dot(tl.trans(xk), dz, input_precision=PREC, out_dtype=ACC)
+    Gbn += tl.sum(dz, 0)
+    dxk += tl.dot(dz, tl.trans(W), input_precision=PREC, out_dtype=ACC)
+    dtq += tl.where(r == c - 1, dtl, 0.0)
+    m2 = rm[:, None]
+    tl.store(dq_ptr + p2, dxq.to(dq_ptr.dtype.element_ty), mask=m2)
+    tl.store(dk_ptr + p2, dxk.to(dk_ptr.dtype.element_ty), mask=m2)
+    tl.store(dv_ptr + p2, dxv.to(dv_ptr.dtype.element_ty), mask=m2)
+    tl.store(dlr_ptr + row, dlr, mask=rm)
+    tl.store(dtau_ptr + row, dtq, mask=rm)
+    return GWn, Gbn, dgW, dgb, dlnw, dlnb
+
+
+@triton.jit
+def ttt_linear_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, lnw_ptr, lnb_ptr, gW_ptr, gb_ptr, ckW_ptr, ckb_ptr,  # forward inputs
+    do_ptr, dWo_ptr, dbo_ptr, dgWo_ptr, dgbo_ptr,  # gradients of the outputs
+    dq_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr, dlnw_ptr, dlnb_ptr, dW_ptr, db_ptr, dgW_ptr, dgb_ptr,  # results
+    T, H, off, c0, n_seg, eps,
+    BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    bi, hi = pid // H, pid % H
+    d = tl.arange(0, D)
+    dd = d[:, None] * D + d[None, :]
+    tau_last = tl.load(tau_ptr + BSZ - 1).to(ACC)
+    if HAS_LN:
+        lnw = tl.load(lnw_ptr + hi * D + d).to(ACC)
+        lnb = tl.load(lnb_ptr + hi * D + d).to(ACC)
+    else:
+        lnw = tl.zeros([D], dtype=ACC)
+        lnb = tl.zeros([D], dtype=ACC)
+    dlnw = tl.zeros([D], dtype=ACC)
+    dlnb = tl.zeros([D], dtype=ACC)
+    GW = tl.load(dWo_ptr + pid * D * D + dd).to(ACC)  # gradient of the weights after the current segment
+    Gb = tl.load(dbo_ptr + pid * D + d).to(ACC)
+    # the last segment: it commits iff the sequence ends on a boundary; else its update is the final accumulator
+    c_last = tl.where(n_seg == 1, c0, T - c0 - (n_seg - 2) * BSZ)
+    o_last = tl.where(n_seg == 1, off, 0)
+    last_commits = o_last + c_last == BSZ
+    if last_commits:
+        dupd = -tau_last * GW
+        dupdb = -tau_last * Gb
+    else:
+        dupd = tl.load(dgWo_ptr + pid * D * D + dd).to(ACC)
+        dupdb = tl.load(dgbo_ptr + pid * D + d).to(ACC)
+    for i in range(0, n_seg - 1):  # every segment but the first, last to first (each starts on a boundary)
+        s = n_seg - 1 - i
+        W = tl.load(ckW_ptr + (pid * n_seg + s) * D * D + dd)
+        bv = tl.load(ckb_ptr + (pid * n_seg + s) * D + d)
+        t0 = c0 + (s - 1) * BSZ
+        c = tl.minimum(BSZ, T - t0)
+        GW, Gb, _, _, dlnw, dlnb = _seg_bwd(
+            q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr,
+            W, bv, W, bv, lnw, lnb, GW, Gb, dupd, dupdb, c == BSZ, tau_last, dlnw, dlnb,
+            bi, hi, T, H, t0, 0, c, eps, D, BB, HAS_LN, False, ACC, PREC)
+        dupd = -tau_last * GW  # every earlier segment commits
+        dupdb = -tau_last * Gb
+    W = tl.load(ckW_ptr + pid * n_seg * D * D + dd)
+    bv = tl.load(ckb_ptr + pid * n_seg * D + d)
+    commit0 = off + c0 == BSZ
+    if HAS_ACC:
+        gW = tl.load(gW_ptr + pid * D * D + dd).to(ACC)
+        gb = tl.load(gb_ptr + pid * D + d).to(ACC)
+        GW, Gb, dgW, dgb, dlnw, dlnb = _seg_bwd(
+            q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr,
+            W, bv, gW, gb, lnw, lnb, GW, Gb, dupd, dupdb, commit0, tau_last, dlnw, dlnb,
+            bi, hi, T, H, 0, off, c0, eps, D, BB, HAS_LN, True, ACC, PREC)
+        tl.store(dgW_ptr + pid * D * D + dd, dgW)
+        tl.store(dgb_ptr + pid * D + d, dgb)
+    else:
+        GW, Gb, _, _, dlnw, dlnb = _seg_bwd(
+            q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr,
+            W, bv, W, bv, lnw, lnb, GW, Gb, dupd, dupdb, commit0, tau_last, dlnw, dlnb,
+            bi, hi, T, H, 0, off, c0, eps, D, BB, HAS_LN, False, ACC, PREC)
+    tl.store(dW_ptr + pid * D * D + dd, GW)
+    tl.store(db_ptr + pid * D + d, Gb)
+    tl.store(dlnw_ptr + pid * D + d, dlnw)
+    tl.store(dlnb_ptr + pid * D + d, dlnb)
