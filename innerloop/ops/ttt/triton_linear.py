@@ -80,7 +80,8 @@ def _acc_dtype(x: Tensor) -> torch.dtype:
 
 def _launch(D: int, bsz: int) -> dict:
     block = max(16, 1 << (bsz - 1).bit_length())
-    return dict(BSZ=bsz, D=D, BB=block, num_warps=4 if D <= 64 else 8)
+    # num_stages=1: nothing to pipeline (the loop is sequential) and D=128's backward needs the shared memory
+    return dict(BSZ=bsz, D=D, BB=block, num_warps=4 if D <= 64 else 8, num_stages=1)
 
 
 def _tl_acc(dt: torch.dtype):
@@ -232,7 +233,8 @@ def triton_ttt_linear(
         raise (TypeError if "float" in reason else ValueError)(reason)
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    _kernels()
+    if not torch.compiler.is_compiling():
+        _kernels()  # no triton: the ImportError saying how to install it, before any work
     B, T, H, D = q.shape
     dev = q.device.type
     out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else q.dtype
