@@ -272,3 +272,90 @@ def test_cuda_vs_chunk(dtype, B, T, H, D, offset):
             assert_close(name, r, x.float(), ratio=1e-4)
         else:
             assert_close(name, r, x.float(), ratio=2e-2)
+
+
+# ---- dispatch ------------------------------------------------------------------------------------------------------
+
+def test_auto_on_cpu_is_the_cpu_path(monkeypatch):
+    """On the CPU the default path is cpu_fused_ttt_linear, untouched (no triton import, no check)."""
+    from innerloop.ops.ttt import dispatch
+
+    calls = []
+    monkeypatch.setattr(dispatch, "cpu_fused_ttt_linear", lambda *a: calls.append(a) or "cpu")
+    ts = [None if t is None else t.detach().cpu() for t in make_inputs(1, 3, 1, 16, dtype=torch.float32)]
+    assert run(dispatch.auto_ttt_linear, ts, 0) == "cpu" and len(calls) == 1
+
+
+def test_unavailable_reasons(monkeypatch):
+    from innerloop.ops.ttt.dispatch import triton_linear_unavailable
+
+    assert "CUDA devices" in triton_linear_unavailable("cpu")
+    monkeypatch.setenv("INNERLOOP_NO_KERNEL", "1")
+    assert "INNERLOOP_NO_KERNEL" in triton_linear_unavailable("cuda")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("INNERLOOP_NO_KERNEL", "0")
+        assert triton_linear_unavailable("cuda") == "CUDA is not available"
+
+
+def test_cuda_route_uses_kernel_or_logs_fallback(monkeypatch, caplog):
+    """The CUDA branch (driven here on the interpreter): the kernel where it applies, else the dual form with the
+    reason logged once; a failed self-check means the dual form."""
+    from innerloop.ops.ttt import dispatch
+
+    monkeypatch.setattr(dispatch, "triton_linear_unavailable", lambda device: None)
+    monkeypatch.setattr(dispatch, "_LOGGED", set())
+    ts = [None if t is None else t.detach() for t in make_inputs(1, 5, 1, 16, dtype=torch.float32)]
+    o, _ = run(dispatch._cuda, ts, 0)
+    o_ref, _ = run(triton_ttt_linear, ts, 0)
+    assert_close("kernel route", o_ref, o, atol=0.0, rtol=0.0)
+    small = [None if t is None else t.detach() for t in make_inputs(1, 5, 1, 8, dtype=torch.float32)]
+    with caplog.at_level("WARNING", logger=dispatch.__name__):
+        o8, _ = run(dispatch._cuda, small, 0)
+        run(dispatch._cuda, small, 0)
+    assert_close("fallback", run(chunk_ttt_linear, small, 0)[0], o8, atol=0.0, rtol=0.0)
+    assert sum("power of two" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setattr(dispatch, "triton_linear_unavailable", lambda device: "the kernel failed its self-check")
+    o_fb, _ = run(dispatch._cuda, ts, 0)
+    assert_close("failed check", run(chunk_ttt_linear, ts, 0)[0], o_fb, atol=0.0, rtol=0.0)
+
+
+@pytest.mark.slow
+def test_self_check_catches_a_wrong_kernel(caplog):
+    from innerloop.ops.ttt.dispatch import self_check
+
+    def wrong(q, k, v, lr, tau, lnw, lnb, state, eps=1e-6):
+        o, s = chunk_ttt_linear(q, k, v, lr, tau, lnw, lnb, state, eps)
+        return o, TTTState(s.params, (s.grads[0] * 1.01, s.grads[1]), s.offset)
+
+    with caplog.at_level("ERROR"):
+        assert not self_check("cpu", wrong)
+    assert "final grad W" in caplog.text
+
+
+@pytest.mark.slow
+def test_kernel_passes_the_self_check():
+    """The check TTTLinear runs before trusting the kernel on a device (here: the interpreter)."""
+    from innerloop.ops.ttt.dispatch import self_check
+
+    assert self_check(DEVICE, triton_ttt_linear)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_layer_default_mode_uses_kernel():
+    """TTTLinear's default mode on CUDA runs the kernel (self-check passed) and matches mode='chunk', grads too."""
+    from innerloop.layers.ttt import TTTLinear
+    from innerloop.ops.ttt.dispatch import triton_linear_unavailable
+
+    assert triton_linear_unavailable("cuda") is None
+    torch.manual_seed(0)
+    layer = TTTLinear(768, 12, mini_batch_size=16).cuda()
+    x = torch.randn(2, 301, 768, device="cuda", requires_grad=True)
+    res = []
+    for mode in ("auto", "chunk"):
+        layer.mode = mode
+        y, _ = layer(x)
+        g = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()], allow_unused=True)
+        res.append([y, *[t for t in g if t is not None]])
+    for i, (a, b) in enumerate(zip(*res)):
+        assert_close(f"layer output/grad {i}", b, a, ratio=1e-4)
