@@ -1,5 +1,7 @@
 """TTT-Linear op on a GPU: our Triton kernels vs our PyTorch dual form vs fla's ``chunk_ttt_linear`` vs SDPA.
 
+Our kernels run twice: float32 matmuls exact (``triton``, the default) and in tf32 (``triton_tf32``, tensor cores).
+
 The shapes of ``/work/shared/docs/gpu.md`` §1 / issue 11: bf16 inputs, H=12 heads of D=64, 32,768 tokens per batch
 (``B = tokens // T``) at T = 2k, 8k, 32k, mini-batch 16, forward (under ``no_grad``) and forward+backward (backward
 of a fixed random output gradient into every input and the initial state). fla's op is a variant of the function
@@ -38,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from innerloop.ops.ttt import TTTState, chunk_ttt_linear  # noqa: E402
 
-PATHS = ("triton", "chunk", "fla", "sdpa")
+PATHS = ("triton", "triton_tf32", "chunk", "fla", "sdpa")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.lengths, args.tokens, args.heads, args.dim, args.dtype = "21", 42, 1, 16, "fp32"
-        args.repeats, args.warmup, args.max_seconds, args.paths = 1, 0, 0.0, "triton,chunk,fla,sdpa"
+        args.repeats, args.warmup, args.max_seconds, args.paths = 1, 0, 0.0, "triton,triton_tf32,chunk,fla,sdpa"
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.paths = args.paths.split(",")
     args.modes = args.modes.split(",")
@@ -132,10 +134,13 @@ def _sdpa(x: dict) -> list[torch.Tensor]:
 
 
 def path_fn(name: str) -> Callable | None:
-    if name == "triton":
+    if name.startswith("triton"):
+        import functools
+
         from innerloop.ops.ttt.triton_linear import triton_ttt_linear
 
-        return _ours(triton_ttt_linear)
+        precision = "tf32" if name == "triton_tf32" else "ieee"
+        return _ours(functools.partial(triton_ttt_linear, precision=precision))
     if name == "chunk":
         return _ours(chunk_ttt_linear)
     if name == "fla":

@@ -41,7 +41,7 @@ def test_defaults():
     bench = _load()
     args = bench.parse_args([])
     assert args.lengths == [2048, 8192, 32768] and args.tokens == 32768 and (args.heads, args.dim) == (12, 64)
-    assert args.dtype == "bf16" and args.paths == ["triton", "chunk", "fla", "sdpa"]
+    assert args.dtype == "bf16" and args.paths == ["triton", "triton_tf32", "chunk", "fla", "sdpa"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--paths", "flash"])
 

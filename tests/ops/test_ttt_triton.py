@@ -149,7 +149,7 @@ def test_empty_sequence():
     assert o.shape == (1, 0, 1, 16) and s.offset == 0
 
 
-@pytest.mark.parametrize(("D", "match"), [(8, "power of two"), (24, "power of two"), (256, "power of two")])
+@pytest.mark.parametrize(("D", "match"), [(8, "power of two"), (24, "power of two"), (128, "power of two")])
 def test_bad_head_dim(D, match):
     ts = [None if t is None else t.detach() for t in make_inputs(1, 2, 1, D, dtype=torch.float32)]
     with pytest.raises(ValueError, match=match):
@@ -167,6 +167,8 @@ def test_bad_inputs():
         triton_ttt_linear(ts[0], ts[1].double(), *ts[2:7], TTTState((ts[7], ts[8]), (ts[9], ts[10]), 0))
     with pytest.raises(ValueError, match="offset"):
         run(triton_ttt_linear, ts, 16)
+    with pytest.raises(ValueError, match="precision"):
+        run(triton_ttt_linear, ts, 0, precision="fp8")
     with pytest.raises(ValueError, match="one device"):
         triton_ttt_linear(*ts[:5], ts[5].to("meta"), ts[6], TTTState((ts[7], ts[8]), (ts[9], ts[10]), 0))
 
@@ -211,7 +213,7 @@ def test_opcheck():
     from innerloop.ops.ttt import triton_linear as tl_mod
 
     ts = [None if t is None else t.detach().float() for t in make_inputs(1, 6, 1, 16, offset=2)]
-    args = (*[t.contiguous() for t in ts[:7]], *ts[7:], 2, 1e-6, True)
+    args = (*[t.contiguous() for t in ts[:7]], *ts[7:], 2, 1e-6, True, "ieee")
     torch.library.opcheck(tl_mod._fwd_op, args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -242,7 +244,6 @@ def _compile_for_sm90(cases):
 @pytest.mark.parametrize("cases", [
     pytest.param([(16, 4, True, True, "fp32")], id="D16", marks=pytest.mark.slow),
     pytest.param([(64, 16, True, True, "bf16"), (64, 16, False, False, "fp16")], id="D64", marks=pytest.mark.slow),
-    pytest.param([(128, 16, True, True, "bf16")], id="D128", marks=pytest.mark.slow),
 ])
 def test_compiles_for_sm90(cases):
     """The interpreter never lowers the kernels, so compile them for sm_90 too (fresh process, no TRITON_INTERPRET)
@@ -258,8 +259,12 @@ def test_compiles_for_sm90(cases):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize(("B", "T", "H", "D", "offset"), [(2, 1000, 12, 64, 0), (1, 515, 4, 128, 7), (3, 77, 2, 32, 3)])
+@pytest.mark.parametrize(("dtype", "B", "T", "H", "D", "offset"), [
+    pytest.param(torch.float32, 2, 1000, 12, 64, 0, id="fp32-T1000-H12-D64"),
+    pytest.param(torch.bfloat16, 2, 1000, 12, 64, 0, id="bf16-T1000-H12-D64"),
+    pytest.param(torch.bfloat16, 1, 515, 4, 64, 7, id="bf16-T515-off7"),
+    pytest.param(torch.float32, 3, 77, 2, 32, 3, id="fp32-T77-D32-off3"),
+])
 def test_cuda_vs_chunk(dtype, B, T, H, D, offset):
     """Real shapes on the GPU against the PyTorch dual form in float32 on the same (rounded) values."""
     ts32 = make_inputs(B, T, H, D, offset=offset, dtype=torch.float32, lr_scale=0.05)

@@ -28,7 +28,9 @@ from ._common import TTTState, check_inputs
 from .chunk import chunk_ttt_linear
 
 _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-MAX_HEAD_DIM = 128
+# D = 128 compiles for sm_90 but its backward needs 238,592 bytes of shared memory, more than an H100/H200 gives a
+# block (232,448): it would fail at launch. Until the backward splits its [D, D] work, D <= 64.
+MAX_HEAD_DIM = 64
 
 
 @functools.cache
@@ -49,7 +51,7 @@ def interpreted() -> bool:
 def unsupported(q: Tensor, tensors: list[Tensor]) -> str | None:
     """Why :func:`triton_ttt_linear` cannot run on these operands (``q [B, T, H, D]`` plus the rest), or None.
 
-    The head dim must be a power of two in ``[16, 128]`` (the kernel's ``tl.dot`` tiles), q, k, v one of float16,
+    The head dim must be a power of two in ``[16, 64]`` (``tl.dot`` tiles; ``MAX_HEAD_DIM``), q, k, v one of float16,
     bfloat16, float32 (float64 in the interpreter only), and every operand on one CUDA device (any device when
     ``TRITON_INTERPRET=1``).
     """
@@ -80,8 +82,8 @@ def _acc_dtype(x: Tensor) -> torch.dtype:
 
 def _launch(D: int, bsz: int) -> dict:
     block = max(16, 1 << (bsz - 1).bit_length())
-    # num_stages=1: nothing to pipeline (the loop is sequential) and D=128's backward needs the shared memory
-    return dict(BSZ=bsz, D=D, BB=block, num_warps=4 if D <= 64 else 8, num_stages=1)
+    # num_stages=1: nothing to pipeline (the loop is sequential), and it keeps the shared memory down
+    return dict(BSZ=bsz, D=D, BB=block, num_warps=4, num_stages=1)
 
 
 def _tl_acc(dt: torch.dtype):
@@ -95,7 +97,7 @@ def _tl_acc(dt: torch.dtype):
 @torch.library.custom_op("innerloop::ttt_linear_fwd", mutates_args=())
 def _fwd_op(
     q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
-    W: Tensor, b: Tensor, gW: Tensor, gb: Tensor, offset: int, eps: float, save: bool,
+    W: Tensor, b: Tensor, gW: Tensor, gb: Tensor, offset: int, eps: float, save: bool, precision: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Outputs ``o [B, T, H, D]`` (q's dtype), final ``W, b, gW, gb`` and the per-segment weights (empty unless
     ``save``). ``lr, tau, ln_*, W, b, gW, gb`` arrive contiguous in the accumulation dtype."""
@@ -112,13 +114,13 @@ def _fwd_op(
     kern.ttt_linear_fwd_kernel[(B * H,)](
         q, k, v, lr, tau, ln_weight if has_ln else tau, ln_bias if has_ln else tau, W, b, gW, gb,
         o, Wo, bo, gWo, gbo, ckW, ckb, T, H, offset, c0, n_seg, eps,
-        HAS_LN=has_ln, HAS_ACC=offset > 0, SAVE=save, ACC=_tl_acc(acc), PREC="ieee", **_launch(D, bsz),
+        HAS_LN=has_ln, HAS_ACC=offset > 0, SAVE=save, ACC=_tl_acc(acc), PREC=precision, **_launch(D, bsz),
     )
     return o, Wo, bo, gWo, gbo, ckW, ckb
 
 
 @_fwd_op.register_fake
-def _(q, k, v, lr, tau, ln_weight, ln_bias, W, b, gW, gb, offset, eps, save):
+def _(q, k, v, lr, tau, ln_weight, ln_bias, W, b, gW, gb, offset, eps, save, precision):
     B, T, H, D = q.shape
     _, n_seg = _segments(T, tau.shape[0], offset)
     return (torch.empty_like(q), torch.empty_like(W), torch.empty_like(b), torch.empty_like(W), torch.empty_like(b),
@@ -129,7 +131,7 @@ def _(q, k, v, lr, tau, ln_weight, ln_bias, W, b, gW, gb, offset, eps, save):
 def _bwd_op(
     q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
     gW: Tensor, gb: Tensor, ckW: Tensor, ckb: Tensor, do: Tensor, dWo: Tensor, dbo: Tensor, dgWo: Tensor,
-    dgbo: Tensor, offset: int, eps: float,
+    dgbo: Tensor, offset: int, eps: float, precision: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients ``dq, dk, dv`` (their dtypes), ``dlr [B, T, H]``, ``dtau`` per token ``[B, T, H]``, the LayerNorm
     partials per program ``[B*H, D]`` (twice), ``dW, db, dgW, dgb`` of the initial state (accumulation dtype)."""
@@ -150,13 +152,13 @@ def _bwd_op(
         do, dWo, dbo, dgWo, dgbo,
         dq, dk, dv, dlr, dtau, dlnw, dlnb, dW, db, dgW, dgb,
         T, H, offset, c0, n_seg, eps,
-        HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(acc), PREC="ieee", **_launch(D, bsz),
+        HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(acc), PREC=precision, **_launch(D, bsz),
     )
     return dq, dk, dv, dlr, dtau, dlnw, dlnb, dW, db, dgW, dgb
 
 
 @_bwd_op.register_fake
-def _(q, k, v, lr, tau, ln_weight, ln_bias, gW, gb, ckW, ckb, do, dWo, dbo, dgWo, dgbo, offset, eps):
+def _(q, k, v, lr, tau, ln_weight, ln_bias, gW, gb, ckW, ckb, do, dWo, dbo, dgWo, dgbo, offset, eps, precision):
     B, T, H, D = q.shape
     acc = ckW.dtype
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), lr.new_empty(B, T, H, dtype=acc),
@@ -165,9 +167,9 @@ def _(q, k, v, lr, tau, ln_weight, ln_bias, gW, gb, ckW, ckb, do, dWo, dbo, dgWo
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, lr, tau, ln_weight, ln_bias, W, b, gW, gb, offset, eps, save = inputs
+    q, k, v, lr, tau, ln_weight, ln_bias, W, b, gW, gb, offset, eps, save, precision = inputs
     ctx.save_for_backward(q, k, v, lr, tau, ln_weight, ln_bias, gW, gb, output[5], output[6])
-    ctx.offset, ctx.eps, ctx.save = offset, eps, save
+    ctx.offset, ctx.eps, ctx.save, ctx.precision = offset, eps, save, precision
 
 
 def _backward(ctx, do, dWo, dbo, dgWo, dgbo, _dckW, _dckb):
@@ -182,7 +184,8 @@ def _backward(ctx, do, dWo, dbo, dgWo, dgbo, _dckW, _dckb):
     do = ready(do, q)
     dWo, dbo, dgWo, dgbo = ready(dWo, gW), ready(dbo, gb), ready(dgWo, gW), ready(dgbo, gb)
     dq, dk, dv, dlr, dtau_tok, dlnw, dlnb, dW, db, dgW, dgb = _bwd_op(
-        q, k, v, lr, tau, ln_weight, ln_bias, gW, gb, ckW, ckb, do, dWo, dbo, dgWo, dgbo, ctx.offset, ctx.eps)
+        q, k, v, lr, tau, ln_weight, ln_bias, gW, gb, ckW, ckb, do, dWo, dbo, dgWo, dgbo, ctx.offset, ctx.eps,
+        ctx.precision)
     bsz = tau.numel()
     pos = (ctx.offset + torch.arange(T, device=q.device)) % bsz  # in-mini-batch position of every token
     dtau = torch.zeros_like(tau).index_add_(0, pos, dtau_tok.sum((0, 2)).to(tau.dtype))
@@ -192,7 +195,7 @@ def _backward(ctx, do, dWo, dbo, dgWo, dgbo, _dckW, _dckb):
         dlnb_ = dlnb.view(B, H, D).sum(0).to(ln_bias.dtype)
     no_acc = ctx.offset == 0  # the accumulated gradients of a boundary state are ignored
     return (dq, dk, dv, dlr.to(lr.dtype), dtau, dlnw_, dlnb_, dW, db, None if no_acc else dgW,
-            None if no_acc else dgb, None, None, None)
+            None if no_acc else dgb, None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -202,7 +205,7 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def triton_ttt_linear(
     q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
-    state: TTTState, eps: float = 1e-6,
+    state: TTTState, eps: float = 1e-6, precision: str = "ieee",
 ) -> tuple[Tensor, TTTState]:
     """TTT-Linear by the Triton kernels; same signature, outputs, final state and gradients as
     :func:`chunk_ttt_linear`.
@@ -213,12 +216,14 @@ def triton_ttt_linear(
     Never run on a GPU so far (tested in Triton's interpreter).
 
     Args:
-        q, k, v (Tensor): ``[B, T, H, D]`` test, training and label views; ``D`` a power of two in ``[16, 128]``.
+        q, k, v (Tensor): ``[B, T, H, D]`` test, training and label views; ``D`` a power of two in ``[16, 64]``.
         lr (Tensor): ``[B, T, H]`` per-token inner learning rate.
         tau (Tensor): ``[b]`` position weights; ``b = tau.numel()`` is the mini-batch size.
         ln_weight, ln_bias (Tensor | None): ``[H, D]`` inner LayerNorm, or both None (no LayerNorm, no residual).
         state (TTTState): inner model ``(W [B, H, D, D], b [B, H, D])`` at the mini-batch start, grads, offset.
         eps (float, Optional): LayerNorm epsilon. Default: ``1e-6``.
+        precision (str, Optional): the kernels' float32 matmuls: ``"ieee"`` (exact float32) or ``"tf32"`` (tensor
+            cores on CUDA, ~1e-3 relative rounding per product; not yet measured). Default: ``"ieee"``.
     Returns:
         tuple[Tensor, TTTState]: output ``[B, T, H, D]`` and the final state (float32, or float64).
     Raises:
@@ -227,6 +232,8 @@ def triton_ttt_linear(
         ImportError: triton is not installed.
     """
     check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, 2)
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
     extras = [t for t in (ln_weight, ln_bias, *state.params, *state.grads) if t is not None]
     reason = unsupported(q, [q, k, v, lr, tau, *extras])
     if reason is not None:
@@ -241,6 +248,8 @@ def triton_ttt_linear(
     if T == 0:
         return chunk_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
     acc = _acc_dtype(q)
+    if acc == torch.float64:
+        precision = "ieee"  # tf32 is a float32 mode
 
     def c(x: Tensor) -> Tensor:
         return x.to(acc).contiguous()
@@ -253,5 +262,5 @@ def triton_ttt_linear(
     ins = (q.contiguous(), k.contiguous(), v.contiguous(), c(lr), c(tau), lnw, lnb, W, b, gW, gb)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)
     with torch.autocast(dev, enabled=False):
-        o, Wo, bo, gWo, gbo, _, _ = _fwd_op(*ins, state.offset, float(eps), save)
+        o, Wo, bo, gWo, gbo, _, _ = _fwd_op(*ins, state.offset, float(eps), save, precision)
     return o.to(out_dtype), TTTState((Wo, bo), (gWo, gbo), (state.offset + T) % tau.numel())
