@@ -1,6 +1,8 @@
 """TTT-Linear op on a GPU: our Triton kernels vs our PyTorch dual form vs fla's ``chunk_ttt_linear`` vs SDPA.
 
-Our kernels run twice: float32 matmuls exact (``triton``, the default) and in tf32 (``triton_tf32``, tensor cores).
+Our kernels run three times: the defaults (``triton``: float32 matmuls exact, split forward: a sequential pass for
+the weights, then the outputs of all mini-batches in parallel), ``triton_tf32`` (tf32 tensor-core matmuls) and
+``triton_fused`` (one sequential pass computing the outputs too).
 
 The shapes of ``/work/shared/docs/gpu.md`` §1 / issue 11: bf16 inputs, H=12 heads of D=64, 32,768 tokens per batch
 (``B = tokens // T``) at T = 2k, 8k, 32k, mini-batch 16, forward (under ``no_grad``) and forward+backward (backward
@@ -40,7 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from innerloop.ops.ttt import TTTState, chunk_ttt_linear  # noqa: E402
 
-PATHS = ("triton", "triton_tf32", "chunk", "fla", "sdpa")
+PATHS = ("triton", "triton_tf32", "triton_fused", "chunk", "fla", "sdpa")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.lengths, args.tokens, args.heads, args.dim, args.dtype = "21", 42, 1, 16, "fp32"
-        args.repeats, args.warmup, args.max_seconds, args.paths = 1, 0, 0.0, "triton,triton_tf32,chunk,fla,sdpa"
+        args.repeats, args.warmup, args.max_seconds, args.paths = 1, 0, 0.0, "triton,triton_fused,chunk,fla,sdpa"
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.paths = args.paths.split(",")
     args.modes = args.modes.split(",")
@@ -137,10 +139,21 @@ def path_fn(name: str) -> Callable | None:
     if name.startswith("triton"):
         import functools
 
+        from innerloop.ops.ttt import triton_linear
         from innerloop.ops.ttt.triton_linear import triton_ttt_linear
 
         precision = "tf32" if name == "triton_tf32" else "ieee"
-        return _ours(functools.partial(triton_ttt_linear, precision=precision))
+        call = _ours(functools.partial(triton_ttt_linear, precision=precision))
+        if name != "triton_fused":
+            return call
+
+        def fused(x: dict) -> list[torch.Tensor]:  # the one-pass forward instead of the split one
+            triton_linear.FORWARD = "fused"
+            try:
+                return call(x)
+            finally:
+                triton_linear.FORWARD = "split"
+        return fused
     if name == "chunk":
         return _ours(chunk_ttt_linear)
     if name == "fla":

@@ -27,12 +27,12 @@ def test_smoke_run(tmp_path):
     pytest.importorskip("triton")
     bench = _load()
     out = tmp_path / "rows.jsonl"
-    assert bench.main(["--smoke", "--out", str(out), "--paths", "triton,chunk,fla,sdpa"]) == 0
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     env, check, times = rows[0], rows[1], rows[2:]
     assert env["kind"] == "env" and env["torch"] and env["interpreter"]
     assert check["kind"] == "check" and max(v for k, v in check.items() if k.startswith("d") or k == "o") < 1e-5
-    want = {(p, m) for p in ("triton", "chunk", "sdpa") for m in ("fwd", "fwdbwd")}
+    want = {(p, m) for p in ("triton", "triton_fused", "chunk", "sdpa") for m in ("fwd", "fwdbwd")}
     assert want <= {(r["path"], r["mode"]) for r in times if r.get("ms_median", 0) > 0}
     assert all("error" in r or r["ms_median"] > 0 for r in times)  # fla: measured, or "not importable"
 
@@ -41,7 +41,7 @@ def test_defaults():
     bench = _load()
     args = bench.parse_args([])
     assert args.lengths == [2048, 8192, 32768] and args.tokens == 32768 and (args.heads, args.dim) == (12, 64)
-    assert args.dtype == "bf16" and args.paths == ["triton", "triton_tf32", "chunk", "fla", "sdpa"]
+    assert args.dtype == "bf16" and args.paths == ["triton", "triton_tf32", "triton_fused", "chunk", "fla", "sdpa"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--paths", "flash"])
 

@@ -45,13 +45,12 @@ def _load_rows(ptr, row, rm, D: tl.constexpr, ACC: tl.constexpr):
 def _seg_fwd(
     q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, gW, gb, lnw, lnb, bi, hi, T, H, t0, o, c, eps,
     D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, OUT: tl.constexpr, UPD: tl.constexpr,
 ):
-    """One segment forward: stores its outputs, returns ``(upd [D, D], updb [D])``."""
+    """One segment forward: stores its outputs (``OUT``), returns ``(upd [D, D], updb [D])`` (zeros unless ``UPD``)."""
     r = tl.arange(0, BB)
     rm = r < c
     row = (bi * T + t0 + r) * H + hi  # [BB] token rows of [B, T, H]
-    xq = _load_rows(q_ptr, row, rm, D, ACC)
     xk = _load_rows(k_ptr, row, rm, D, ACC)
     xv = _load_rows(v_ptr, row, rm, D, ACC)
     lr = tl.load(lr_ptr + row, mask=rm, other=0.0).to(ACC)
@@ -64,23 +63,30 @@ def _seg_fwd(
     else:
         g = z - xv
     g = tl.where(rm[:, None], g, 0.0)
-    a = tl.dot(xq, tl.trans(xk), input_precision=PREC, out_dtype=ACC) + 1.0
-    m = tl.where(r[:, None] >= r[None, :], a * (tq[:, None] * lr[None, :]), 0.0)
-    zbar = tl.dot(xq, W, input_precision=PREC, out_dtype=ACC) + bv[None, :]
-    zbar -= tl.dot(m, g, input_precision=PREC, out_dtype=ACC)
-    upd = tl.dot(tl.trans(xk * lr[:, None]), g, input_precision=PREC, out_dtype=ACC)
-    updb = tl.sum(g * lr[:, None], 0)
-    if HAS_ACC:
-        zbar -= tq[:, None] * (tl.dot(xq, gW, input_precision=PREC, out_dtype=ACC) + gb[None, :])
-        upd += gW
-        updb += gb
-    if HAS_LN:
-        xo, _ = _ln_stats(zbar, D, eps)
-        out = xq + xo * lnw[None, :] + lnb[None, :]
+    if UPD:
+        upd = tl.dot(tl.trans(xk * lr[:, None]), g, input_precision=PREC, out_dtype=ACC)
+        updb = tl.sum(g * lr[:, None], 0)
+        if HAS_ACC:
+            upd += gW
+            updb += gb
     else:
-        out = zbar
-    d = tl.arange(0, D)
-    tl.store(o_ptr + row[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=rm[:, None])
+        upd = tl.zeros([D, D], dtype=ACC)
+        updb = tl.zeros([D], dtype=ACC)
+    if OUT:
+        xq = _load_rows(q_ptr, row, rm, D, ACC)
+        a = tl.dot(xq, tl.trans(xk), input_precision=PREC, out_dtype=ACC) + 1.0
+        m = tl.where(r[:, None] >= r[None, :], a * (tq[:, None] * lr[None, :]), 0.0)
+        zbar = tl.dot(xq, W, input_precision=PREC, out_dtype=ACC) + bv[None, :]
+        zbar -= tl.dot(m, g, input_precision=PREC, out_dtype=ACC)
+        if HAS_ACC:
+            zbar -= tq[:, None] * (tl.dot(xq, gW, input_precision=PREC, out_dtype=ACC) + gb[None, :])
+        if HAS_LN:
+            xo, _ = _ln_stats(zbar, D, eps)
+            out = xq + xo * lnw[None, :] + lnb[None, :]
+        else:
+            out = zbar
+        d = tl.arange(0, D)
+        tl.store(o_ptr + row[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=rm[:, None])
     return upd, updb
 
 
@@ -90,8 +96,10 @@ def ttt_linear_fwd_kernel(
     o_ptr, Wo_ptr, bo_ptr, gWo_ptr, gbo_ptr, ckW_ptr, ckb_ptr,  # outputs
     T, H, off, c0, n_seg, eps,
     BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
-    SAVE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    SAVE: tl.constexpr, OUT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
+    """The sequential pass: the weights through every segment, saved at each start (``SAVE``); with ``OUT`` also
+    the outputs (the fused forward), else :func:`ttt_linear_out_kernel` computes them from the saved weights."""
     pid = tl.program_id(0).to(tl.int64)  # batch row * H + head
     bi, hi = pid // H, pid % H
     d = tl.arange(0, D)
@@ -113,10 +121,10 @@ def ttt_linear_fwd_kernel(
         gW = tl.load(gW_ptr + pid * D * D + dd).to(ACC)
         gb = tl.load(gb_ptr + pid * D + d).to(ACC)
         upd, updb = _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, gW, gb, lnw, lnb, bi, hi, T, H,
-                             0, off, c0, eps, D, BB, HAS_LN, True, ACC, PREC)
+                             0, off, c0, eps, D, BB, HAS_LN, True, ACC, PREC, OUT, True)
     else:
         upd, updb = _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, W, bv, lnw, lnb, bi, hi, T, H,
-                             0, off, c0, eps, D, BB, HAS_LN, False, ACC, PREC)
+                             0, off, c0, eps, D, BB, HAS_LN, False, ACC, PREC, OUT, True)
     commit = off + c0 == BSZ
     for s in range(1, n_seg):  # every later segment starts on a boundary, so the previous one committed
         W -= tau_last * upd
@@ -127,7 +135,7 @@ def ttt_linear_fwd_kernel(
         t0 = c0 + (s - 1) * BSZ
         c = tl.minimum(BSZ, T - t0)
         upd, updb = _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, W, bv, lnw, lnb, bi, hi, T, H,
-                             t0, 0, c, eps, D, BB, HAS_LN, False, ACC, PREC)
+                             t0, 0, c, eps, D, BB, HAS_LN, False, ACC, PREC, OUT, True)
         commit = c == BSZ
     if commit:
         W -= tau_last * upd
@@ -138,6 +146,42 @@ def ttt_linear_fwd_kernel(
     tl.store(bo_ptr + pid * D + d, bv)
     tl.store(gWo_ptr + pid * D * D + dd, upd)
     tl.store(gbo_ptr + pid * D + d, updb)
+
+
+@triton.jit
+def ttt_linear_out_kernel(
+    q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, lnw_ptr, lnb_ptr, gW_ptr, gb_ptr, ckW_ptr, ckb_ptr, o_ptr,
+    T, H, off, c0, n_seg, eps,
+    BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """The outputs of one segment (program ``(batch row * H + head, segment)``) from the weights saved at its start:
+    every segment at once, in parallel."""
+    pid = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    bi, hi = pid // H, pid % H
+    d = tl.arange(0, D)
+    W = tl.load(ckW_ptr + (pid * n_seg + s) * D * D + d[:, None] * D + d[None, :])
+    bv = tl.load(ckb_ptr + (pid * n_seg + s) * D + d)
+    if HAS_LN:
+        lnw = tl.load(lnw_ptr + hi * D + d).to(ACC)
+        lnb = tl.load(lnb_ptr + hi * D + d).to(ACC)
+    else:
+        lnw = bv
+        lnb = bv
+    if s == 0:
+        if HAS_ACC:
+            gW = tl.load(gW_ptr + pid * D * D + d[:, None] * D + d[None, :]).to(ACC)
+            gb = tl.load(gb_ptr + pid * D + d).to(ACC)
+            _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, gW, gb, lnw, lnb, bi, hi, T, H,
+                     0, off, c0, eps, D, BB, HAS_LN, True, ACC, PREC, True, False)
+        else:
+            _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, W, bv, lnw, lnb, bi, hi, T, H,
+                     0, off, c0, eps, D, BB, HAS_LN, False, ACC, PREC, True, False)
+    else:
+        t0 = c0 + (s - 1) * BSZ
+        _seg_fwd(q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W, bv, W, bv, lnw, lnb, bi, hi, T, H,
+                 t0, 0, tl.minimum(BSZ, T - t0), eps, D, BB, HAS_LN, False, ACC, PREC, True, False)
 
 
 @triton.jit

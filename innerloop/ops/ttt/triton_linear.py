@@ -28,6 +28,10 @@ from ._common import TTTState, check_inputs
 from .chunk import chunk_ttt_linear
 
 _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# "split": a sequential pass for the weights, then the outputs of every mini-batch in parallel from the saved weights
+# (more memory without a backward: the weights of every mini-batch start); "fused": one sequential pass does both.
+# Which is faster on a GPU is not measured yet (benchmarks/gpu_ttt.py times both).
+FORWARD = "split"
 # D = 128 compiles for sm_90 but its backward needs 238,592 bytes of shared memory, more than an H100/H200 gives a
 # block (232,448): it would fail at launch. Until the backward splits its [D, D] work, D <= 64.
 MAX_HEAD_DIM = 64
@@ -111,11 +115,20 @@ def _fwd_op(
     ckW = W.new_empty(B * H, n_seg if save else 0, D, D)
     ckb = W.new_empty(B * H, n_seg if save else 0, D)
     has_ln = ln_weight is not None
+    split = FORWARD == "split" and n_seg > 1
+    if split and not save:  # the output kernel reads the weights of every segment start
+        ckW, ckb = W.new_empty(B * H, n_seg, D, D), W.new_empty(B * H, n_seg, D)
+    lnw, lnb = (ln_weight, ln_bias) if has_ln else (tau, tau)
+    flags = dict(HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(acc), PREC=precision, **_launch(D, bsz))
     kern.ttt_linear_fwd_kernel[(B * H,)](
-        q, k, v, lr, tau, ln_weight if has_ln else tau, ln_bias if has_ln else tau, W, b, gW, gb,
-        o, Wo, bo, gWo, gbo, ckW, ckb, T, H, offset, c0, n_seg, eps,
-        HAS_LN=has_ln, HAS_ACC=offset > 0, SAVE=save, ACC=_tl_acc(acc), PREC=precision, **_launch(D, bsz),
+        q, k, v, lr, tau, lnw, lnb, W, b, gW, gb, o, Wo, bo, gWo, gbo, ckW, ckb, T, H, offset, c0, n_seg, eps,
+        SAVE=save or split, OUT=not split, **flags,
     )
+    if split:
+        kern.ttt_linear_out_kernel[(B * H, n_seg)](
+            q, k, v, lr, tau, lnw, lnb, gW, gb, ckW, ckb, o, T, H, offset, c0, n_seg, eps, **flags)
+        if not save:
+            ckW, ckb = ckW[:, :0], ckb[:, :0]
     return o, Wo, bo, gWo, gbo, ckW, ckb
 
 
