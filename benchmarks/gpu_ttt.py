@@ -2,7 +2,7 @@
 
 Our kernels run three times: the defaults (``triton``: float32 matmuls exact, split forward: a sequential pass for
 the weights, then the outputs of all mini-batches in parallel), ``triton_tf32`` (tf32 tensor-core matmuls) and
-``triton_fused`` (one sequential pass computing the outputs too).
+``triton_fused`` (one sequential pass doing all the work, forward and backward).
 
 The shapes of ``/work/shared/docs/gpu.md`` §1 / issue 11: bf16 inputs, H=12 heads of D=64, 32,768 tokens per batch
 (``B = tokens // T``) at T = 2k, 8k, 32k, mini-batch 16, forward (under ``no_grad``) and forward+backward (backward
@@ -139,7 +139,6 @@ def path_fn(name: str) -> Callable | None:
     if name.startswith("triton"):
         import functools
 
-        from innerloop.ops.ttt import triton_linear
         from innerloop.ops.ttt.triton_linear import triton_ttt_linear
 
         precision = "tf32" if name == "triton_tf32" else "ieee"
@@ -147,13 +146,8 @@ def path_fn(name: str) -> Callable | None:
         if name != "triton_fused":
             return call
 
-        def fused(x: dict) -> list[torch.Tensor]:  # the one-pass forward instead of the split one
-            triton_linear.FORWARD = "fused"
-            try:
-                return call(x)
-            finally:
-                triton_linear.FORWARD = "split"
-        return fused
+        call.switches = {"FORWARD": "fused", "BACKWARD": "fused"}  # one sequential pass each (runner sets them)
+        return call
     if name == "chunk":
         return _ours(chunk_ttt_linear)
     if name == "fla":
@@ -167,7 +161,27 @@ def _sync(device: torch.device) -> None:
 
 
 def runner(fn: Callable, x: dict, mode: str) -> Callable[[], None]:
-    """A call of ``fn`` for ``mode``: ``fwd`` under no_grad, ``fwdbwd`` with the backward of a fixed output gradient."""
+    """A call of ``fn`` for ``mode``: ``fwd`` under no_grad, ``fwdbwd`` with the backward of a fixed output gradient.
+    ``fn.switches`` (module settings of ``triton_linear``) hold for the whole call, backward included."""
+    switches = getattr(fn, "switches", {})
+    run = _runner(fn, x, mode)
+    if not switches:
+        return run
+    from innerloop.ops.ttt import triton_linear
+
+    def switched() -> None:
+        old = {k: getattr(triton_linear, k) for k in switches}
+        for k, v in switches.items():
+            setattr(triton_linear, k, v)
+        try:
+            run()
+        finally:
+            for k, v in old.items():
+                setattr(triton_linear, k, v)
+    return switched
+
+
+def _runner(fn: Callable, x: dict, mode: str) -> Callable[[], None]:
     if mode == "fwd":
         def run() -> None:
             with torch.no_grad():

@@ -35,6 +35,9 @@ def test_smoke_run(tmp_path):
     want = {(p, m) for p in ("triton", "triton_fused", "chunk", "sdpa") for m in ("fwd", "fwdbwd")}
     assert want <= {(r["path"], r["mode"]) for r in times if r.get("ms_median", 0) > 0}
     assert all("error" in r or r["ms_median"] > 0 for r in times)  # fla: measured, or "not importable"
+    from innerloop.ops.ttt import triton_linear
+
+    assert triton_linear.FORWARD == triton_linear.BACKWARD == "split"  # triton_fused's switches were put back
 
 
 def test_defaults():

@@ -143,15 +143,16 @@ def test_state_chaining_and_no_grad():
     assert_close("o strided", o, o_nc, atol=0.0, rtol=0.0)
 
 
-def test_fused_forward_equals_split(monkeypatch):
-    """The one-pass forward (outputs inside the sequential pass) == the split one (outputs in parallel afterwards),
-    with and without a backward to come."""
+def test_fused_passes_equal_split(monkeypatch):
+    """The one-pass forward and backward (everything inside the sequential pass) == the split ones (the parts that
+    need only the saved weights in parallel), with and without a backward to come."""
     from innerloop.ops.ttt import triton_linear
 
     ts = make_inputs(2, 21, 1, 16, offset=3, dtype=torch.float32)
     res = {}
     for mode in ("split", "fused"):
         monkeypatch.setattr(triton_linear, "FORWARD", mode)
+        monkeypatch.setattr(triton_linear, "BACKWARD", mode)
         outs, _, grads = outputs_and_grads(triton_ttt_linear, ts, 3)
         with torch.no_grad():
             o_ng, _ = run(triton_ttt_linear, ts, 3)
@@ -247,9 +248,9 @@ def _compile_for_sm90(cases):
         launch = triton_linear._launch(D, bsz)
         opts = {k: launch.pop(k) for k in ("num_warps", "num_stages")}
         variants = [(kern.ttt_linear_fwd_kernel, {"SAVE": True, "OUT": False}), (kern.ttt_linear_out_kernel, {}),
-                    (kern.ttt_linear_bwd_kernel, {})]
-        if D == 16:
-            variants.append((kern.ttt_linear_fwd_kernel, {"SAVE": False, "OUT": True}))
+                    (kern.ttt_linear_bwd_par_kernel, {}), (kern.ttt_linear_bwd_seq_kernel, {})]
+        if D == 16:  # the one-pass variants (triton_linear.FORWARD / BACKWARD = "fused")
+            variants += [(kern.ttt_linear_fwd_kernel, {"SAVE": False, "OUT": True}), (kern.ttt_linear_bwd_kernel, {})]
         for fn, extra in variants:
             n_ptrs = fn.arg_names.index("T")
             sig = {name: "*fp32" for name in fn.arg_names[:n_ptrs]}

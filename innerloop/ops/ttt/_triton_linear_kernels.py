@@ -365,3 +365,233 @@ def ttt_linear_bwd_kernel(
     tl.store(db_ptr + pid * D + d, Gb)
     tl.store(dlnw_ptr + pid * D + d, dlnw)
     tl.store(dlnb_ptr + pid * D + d, dlnb)
+
+
+# ---- the split backward: the parts that need only the saved weights, in parallel; then a short sequential pass ----
+
+@triton.jit
+def _inner_grad(xk, xv, W, bv, lnw, lnb, rm, eps, D: tl.constexpr, HAS_LN: tl.constexpr, ACC: tl.constexpr,
+                PREC: tl.constexpr):
+    """``G = dl/dZ(XK W + b)`` (masked rows 0) with what its backward needs: ``(g, xh, rstd, gg, tgt)``."""
+    z = tl.dot(xk, W, input_precision=PREC, out_dtype=ACC) + bv[None, :]
+    if HAS_LN:
+        xh, rstd = _ln_stats(z, D, eps)
+        tgt = xv - xk
+        gg = lnw[None, :] * (lnw[None, :] * xh + lnb[None, :] - tgt)
+        g = (D * gg - tl.sum(gg, 1)[:, None] - xh * tl.sum(gg * xh, 1)[:, None]) * (rstd / D)[:, None]
+    else:
+        xh, rstd, gg, tgt = z, tl.sum(z, 1), z, xv
+        g = z - xv
+    return tl.where(rm[:, None], g, 0.0), xh, rstd, gg, tgt
+
+
+@triton.jit
+def ttt_linear_bwd_par_kernel(
+    q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, lnw_ptr, lnb_ptr, gW_ptr, gb_ptr, ckW_ptr, ckb_ptr, do_ptr,
+    dq_ptr, dk_ptr, dlr_ptr, dtau_ptr, dg_ptr, P_ptr, Pb_ptr, dlnw_ptr, dlnb_ptr, dgW_ptr, dgb_ptr,
+    T, H, off, c0, n_seg, eps,
+    BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """Program ``(batch row * H + head, segment)``: everything of the segment's backward that depends only on its
+    saved weights and the output gradient (the test view): ``dq`` in full; the ``dk``, ``dlr``, ``dtau`` parts of the
+    test view; ``dG`` through the output (``dg``); ``P = XQ^T dZbar`` and ``sum dZbar`` (added to the running weight
+    gradient by the sequential pass); the output LayerNorm's ``dgamma, dbeta``; ``d(acc)`` of the test view."""
+    pid = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    bi, hi = pid // H, pid % H
+    d = tl.arange(0, D)
+    dd = d[:, None] * D + d[None, :]
+    W = tl.load(ckW_ptr + (pid * n_seg + s) * D * D + dd)
+    bv = tl.load(ckb_ptr + (pid * n_seg + s) * D + d)
+    if HAS_LN:
+        lnw = tl.load(lnw_ptr + hi * D + d).to(ACC)
+        lnb = tl.load(lnb_ptr + hi * D + d).to(ACC)
+    else:
+        lnw = tl.zeros([D], dtype=ACC)
+        lnb = tl.zeros([D], dtype=ACC)
+    t0 = tl.where(s == 0, 0, c0 + (s - 1) * BSZ)
+    o = tl.where(s == 0, off, 0)
+    c = tl.where(s == 0, c0, tl.minimum(BSZ, T - t0))
+    r = tl.arange(0, BB)
+    rm = r < c
+    row = (bi * T + t0 + r) * H + hi
+    p2 = row[:, None] * D + d[None, :]
+    xq = _load_rows(q_ptr, row, rm, D, ACC)
+    xk = _load_rows(k_ptr, row, rm, D, ACC)
+    xv = _load_rows(v_ptr, row, rm, D, ACC)
+    dout = _load_rows(do_ptr, row, rm, D, ACC)
+    lr = tl.load(lr_ptr + row, mask=rm, other=0.0).to(ACC)
+    tq = tl.load(tau_ptr + o + r, mask=rm, other=0.0).to(ACC)
+    g, xh, rstd, gg, tgt = _inner_grad(xk, xv, W, bv, lnw, lnb, rm, eps, D, HAS_LN, ACC, PREC)
+    a = tl.dot(xq, tl.trans(xk), input_precision=PREC, out_dtype=ACC) + 1.0
+    eta = tq[:, None] * lr[None, :]
+    causal = r[:, None] >= r[None, :]
+    m = tl.where(causal, a * eta, 0.0)
+    if HAS_ACC:
+        gW = tl.load(gW_ptr + pid * D * D + dd).to(ACC)
+        gb = tl.load(gb_ptr + pid * D + d).to(ACC)
+        accq = tl.dot(xq, gW, input_precision=PREC, out_dtype=ACC) + gb[None, :]  # XQ A_W + A_b
+        accq = tl.where(s == 0, accq, 0.0)  # the accumulators enter the first segment only
+    else:
+        accq = xq * 0.0
+    if HAS_LN:
+        zbar = tl.dot(xq, W, input_precision=PREC, out_dtype=ACC) + bv[None, :]
+        zbar -= tl.dot(m, g, input_precision=PREC, out_dtype=ACC) + tq[:, None] * accq
+        xo, ro = _ln_stats(zbar, D, eps)
+        tl.store(dlnb_ptr + (pid * n_seg + s) * D + d, tl.sum(dout, 0))
+        tl.store(dlnw_ptr + (pid * n_seg + s) * D + d, tl.sum(dout * xo, 0))
+        dxo = dout * lnw[None, :]
+        dzbar = (dxo - tl.sum(dxo, 1)[:, None] / D - xo * (tl.sum(dxo * xo, 1) / D)[:, None]) * ro[:, None]
+        dxq = dout
+    else:
+        dzbar = dout
+        dxq = dout * 0.0
+    tl.store(P_ptr + (pid * n_seg + s) * D * D + dd, tl.dot(tl.trans(xq), dzbar, input_precision=PREC, out_dtype=ACC))
+    tl.store(Pb_ptr + (pid * n_seg + s) * D + d, tl.sum(dzbar, 0))
+    dxq += tl.dot(dzbar, tl.trans(W), input_precision=PREC, out_dtype=ACC)
+    dm = -tl.dot(dzbar, tl.trans(g), input_precision=PREC, out_dtype=ACC)
+    dg = -tl.dot(tl.trans(m), dzbar, input_precision=PREC, out_dtype=ACC)
+    da = tl.where(causal, dm * eta, 0.0)
+    deta = tl.where(causal, dm * a, 0.0)
+    dtq = tl.sum(deta * lr[None, :], 1) - tl.sum(dzbar * accq, 1)
+    dlr = tl.sum(deta * tq[:, None], 0)
+    dxq += tl.dot(da, xk, input_precision=PREC, out_dtype=ACC)
+    dxk = tl.dot(tl.trans(da), xq, input_precision=PREC, out_dtype=ACC)
+    if HAS_ACC:  # noqa: SIM102 - a compile-time branch around a run-time one (gW exists only with HAS_ACC)
+        if s == 0:
+            tdz = tq[:, None] * dzbar
+            dxq -= tl.dot(tdz, tl.trans(gW), input_precision=PREC, out_dtype=ACC)
+            tl.store(dgW_ptr + pid * D * D + dd, -tl.dot(tl.trans(xq), tdz, input_precision=PREC, out_dtype=ACC))
+            tl.store(dgb_ptr + pid * D + d, -tl.sum(tdz, 0))
+    m2 = rm[:, None]
+    tl.store(dq_ptr + p2, dxq.to(dq_ptr.dtype.element_ty), mask=m2)
+    tl.store(dk_ptr + p2, dxk, mask=m2)  # float32 scratch, completed by the sequential pass
+    tl.store(dg_ptr + p2, dg, mask=m2)
+    tl.store(dlr_ptr + row, dlr, mask=rm)
+    tl.store(dtau_ptr + row, dtq, mask=rm)
+
+
+@triton.jit
+def _seg_bwd_seq(
+    k_ptr, v_ptr, lr_ptr, dkp_ptr, dg_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr, P_ptr, Pb_ptr,
+    W, bv, gW, gb, lnw, lnb, GW, Gb, dupd, dupdb, commit, dlnw, dlnb,
+    pid, s, n_seg, bi, hi, T, H, t0, c, eps,
+    D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The part of a segment's backward that needs the running weight gradient ``GW, Gb`` (the training view)."""
+    r = tl.arange(0, BB)
+    d = tl.arange(0, D)
+    rm = r < c
+    m2 = rm[:, None]
+    row = (bi * T + t0 + r) * H + hi
+    p2 = row[:, None] * D + d[None, :]
+    xk = _load_rows(k_ptr, row, rm, D, ACC)
+    xv = _load_rows(v_ptr, row, rm, D, ACC)
+    lr = tl.load(lr_ptr + row, mask=rm, other=0.0).to(ACC)
+    g, xh, rstd, gg, tgt = _inner_grad(xk, xv, W, bv, lnw, lnb, rm, eps, D, HAS_LN, ACC, PREC)
+    upd = tl.dot(tl.trans(xk * lr[:, None]), g, input_precision=PREC, out_dtype=ACC)
+    updb = tl.sum(g * lr[:, None], 0)
+    if HAS_ACC:
+        upd += gW
+        updb += gb
+    dtl = tl.where(commit, -(tl.sum(tl.sum(GW * upd, 1), 0) + tl.sum(Gb * updb, 0)), 0.0)
+    dg = tl.load(dg_ptr + p2, mask=m2, other=0.0)
+    gd = tl.dot(g, tl.trans(dupd), input_precision=PREC, out_dtype=ACC)
+    dxk = lr[:, None] * gd
+    dlr = tl.sum(xk * gd, 1) + tl.sum(g * dupdb[None, :], 1)
+    dg += lr[:, None] * (tl.dot(xk, dupd, input_precision=PREC, out_dtype=ACC) + dupdb[None, :])
+    dg = tl.where(m2, dg, 0.0)
+    if HAS_LN:
+        k_ = (rstd / D)[:, None]
+        dgg = (D * dg - tl.sum(dg, 1)[:, None] - xh * tl.sum(dg * xh, 1)[:, None]) * k_
+        dxh = (lnw * lnw)[None, :] * dgg - k_ * (dg * tl.sum(gg * xh, 1)[:, None] + tl.sum(dg * xh, 1)[:, None] * gg)
+        dlnw += tl.sum(dgg * (2.0 * lnw[None, :] * xh + lnb[None, :] - tgt), 0)
+        dlnb += tl.sum(dgg * lnw[None, :], 0)
+        dtgt = -lnw[None, :] * dgg
+        dz = (dxh - tl.sum(dxh, 1)[:, None] / D - xh * (tl.sum(dxh * xh, 1) / D)[:, None]) * rstd[:, None]
+        dz -= k_ * tl.sum(dg * g, 1)[:, None] * xh
+        dxv = dtgt
+        dxk -= dtgt
+    else:
+        dz = dg
+        dxv = -dg
+    GWn = GW + tl.load(P_ptr + (pid * n_seg + s) * D * D + d[:, None] * D + d[None, :])
+    GWn += tl.dot(tl.trans(xk), dz, input_precision=PREC, out_dtype=ACC)
+    Gbn = Gb + tl.load(Pb_ptr + (pid * n_seg + s) * D + d) + tl.sum(dz, 0)
+    dxk += tl.dot(dz, tl.trans(W), input_precision=PREC, out_dtype=ACC)
+    dxk += tl.load(dkp_ptr + p2, mask=m2, other=0.0)
+    tl.store(dk_ptr + p2, dxk.to(dk_ptr.dtype.element_ty), mask=m2)
+    tl.store(dv_ptr + p2, dxv.to(dv_ptr.dtype.element_ty), mask=m2)
+    tl.store(dlr_ptr + row, tl.load(dlr_ptr + row, mask=rm, other=0.0) + dlr, mask=rm)
+    dtq = tl.load(dtau_ptr + row, mask=rm, other=0.0) + tl.where(r == c - 1, dtl, 0.0)
+    tl.store(dtau_ptr + row, dtq, mask=rm)
+    return GWn, Gbn, dlnw, dlnb
+
+
+@triton.jit
+def ttt_linear_bwd_seq_kernel(
+    k_ptr, v_ptr, lr_ptr, tau_ptr, lnw_ptr, lnb_ptr, gW_ptr, gb_ptr, ckW_ptr, ckb_ptr,
+    dkp_ptr, dg_ptr, P_ptr, Pb_ptr, dWo_ptr, dbo_ptr, dgWo_ptr, dgbo_ptr,
+    dk_ptr, dv_ptr, dlr_ptr, dtau_ptr, dlnw_ptr, dlnb_ptr, dW_ptr, db_ptr, dgW_ptr, dgb_ptr,
+    T, H, off, c0, n_seg, eps,
+    BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """One program per (batch row, head), segments last to first, carrying the weight gradient."""
+    pid = tl.program_id(0).to(tl.int64)
+    bi, hi = pid // H, pid % H
+    d = tl.arange(0, D)
+    dd = d[:, None] * D + d[None, :]
+    tau_last = tl.load(tau_ptr + BSZ - 1).to(ACC)
+    if HAS_LN:
+        lnw = tl.load(lnw_ptr + hi * D + d).to(ACC)
+        lnb = tl.load(lnb_ptr + hi * D + d).to(ACC)
+    else:
+        lnw = tl.zeros([D], dtype=ACC)
+        lnb = tl.zeros([D], dtype=ACC)
+    dlnw = tl.zeros([D], dtype=ACC)
+    dlnb = tl.zeros([D], dtype=ACC)
+    GW = tl.load(dWo_ptr + pid * D * D + dd).to(ACC)
+    Gb = tl.load(dbo_ptr + pid * D + d).to(ACC)
+    c_last = tl.where(n_seg == 1, c0, T - c0 - (n_seg - 2) * BSZ)
+    o_last = tl.where(n_seg == 1, off, 0)
+    if o_last + c_last == BSZ:
+        dupd = -tau_last * GW
+        dupdb = -tau_last * Gb
+    else:
+        dupd = tl.load(dgWo_ptr + pid * D * D + dd).to(ACC)
+        dupdb = tl.load(dgbo_ptr + pid * D + d).to(ACC)
+    for i in range(0, n_seg - 1):
+        s = n_seg - 1 - i
+        W = tl.load(ckW_ptr + (pid * n_seg + s) * D * D + dd)
+        bv = tl.load(ckb_ptr + (pid * n_seg + s) * D + d)
+        t0 = c0 + (s - 1) * BSZ
+        c = tl.minimum(BSZ, T - t0)
+        GW, Gb, dlnw, dlnb = _seg_bwd_seq(
+            k_ptr, v_ptr, lr_ptr, dkp_ptr, dg_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr, P_ptr, Pb_ptr,
+            W, bv, W, bv, lnw, lnb, GW, Gb, dupd, dupdb, c == BSZ, dlnw, dlnb,
+            pid, s, n_seg, bi, hi, T, H, t0, c, eps, D, BB, HAS_LN, False, ACC, PREC)
+        dupd = -tau_last * GW
+        dupdb = -tau_last * Gb
+    W = tl.load(ckW_ptr + pid * n_seg * D * D + dd)
+    bv = tl.load(ckb_ptr + pid * n_seg * D + d)
+    if HAS_ACC:
+        gW = tl.load(gW_ptr + pid * D * D + dd).to(ACC)
+        gb = tl.load(gb_ptr + pid * D + d).to(ACC)
+        GW, Gb, dlnw, dlnb = _seg_bwd_seq(
+            k_ptr, v_ptr, lr_ptr, dkp_ptr, dg_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr, P_ptr, Pb_ptr,
+            W, bv, gW, gb, lnw, lnb, GW, Gb, dupd, dupdb, off + c0 == BSZ, dlnw, dlnb,
+            pid, 0, n_seg, bi, hi, T, H, 0, c0, eps, D, BB, HAS_LN, True, ACC, PREC)
+        tl.store(dgW_ptr + pid * D * D + dd, tl.load(dgW_ptr + pid * D * D + dd) + dupd)
+        tl.store(dgb_ptr + pid * D + d, tl.load(dgb_ptr + pid * D + d) + dupdb)
+    else:
+        GW, Gb, dlnw, dlnb = _seg_bwd_seq(
+            k_ptr, v_ptr, lr_ptr, dkp_ptr, dg_ptr, dk_ptr, dv_ptr, dlr_ptr, dtau_ptr, P_ptr, Pb_ptr,
+            W, bv, W, bv, lnw, lnb, GW, Gb, dupd, dupdb, off + c0 == BSZ, dlnw, dlnb,
+            pid, 0, n_seg, bi, hi, T, H, 0, c0, eps, D, BB, HAS_LN, False, ACC, PREC)
+    tl.store(dW_ptr + pid * D * D + dd, GW)
+    tl.store(db_ptr + pid * D + d, Gb)
+    tl.store(dlnw_ptr + pid * D + d, dlnw)
+    tl.store(dlnb_ptr + pid * D + d, dlnb)

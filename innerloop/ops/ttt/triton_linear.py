@@ -32,6 +32,9 @@ _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # (more memory without a backward: the weights of every mini-batch start); "fused": one sequential pass does both.
 # Which is faster on a GPU is not measured yet (benchmarks/gpu_ttt.py times both).
 FORWARD = "split"
+# "split": the backward's test view (everything that needs only the saved weights) for every mini-batch in parallel,
+# then a sequential pass with ~6 of the ~14 matmuls per mini-batch; "fused": one sequential pass does all of it.
+BACKWARD = "split"
 # D = 128 compiles for sm_90 but its backward needs 238,592 bytes of shared memory, more than an H100/H200 gives a
 # block (232,448): it would fail at launch. Until the backward splits its [D, D] work, D <= 64.
 MAX_HEAD_DIM = 64
@@ -160,14 +163,24 @@ def _bwd_op(
     dW, db = ckW.new_empty(B, H, D, D), ckW.new_empty(B, H, D)
     dgW, dgb = torch.zeros_like(dW), torch.zeros_like(db)
     has_ln = ln_weight is not None
-    kern.ttt_linear_bwd_kernel[(B * H,)](
-        q, k, v, lr, tau, ln_weight if has_ln else tau, ln_bias if has_ln else tau, gW, gb, ckW, ckb,
-        do, dWo, dbo, dgWo, dgbo,
-        dq, dk, dv, dlr, dtau, dlnw, dlnb, dW, db, dgW, dgb,
-        T, H, offset, c0, n_seg, eps,
-        HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(acc), PREC=precision, **_launch(D, bsz),
-    )
-    return dq, dk, dv, dlr, dtau, dlnw, dlnb, dW, db, dgW, dgb
+    lnw, lnb = (ln_weight, ln_bias) if has_ln else (tau, tau)
+    flags = dict(HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(acc), PREC=precision, **_launch(D, bsz))
+    if BACKWARD == "fused":
+        kern.ttt_linear_bwd_kernel[(B * H,)](
+            q, k, v, lr, tau, lnw, lnb, gW, gb, ckW, ckb, do, dWo, dbo, dgWo, dgbo,
+            dq, dk, dv, dlr, dtau, dlnw, dlnb, dW, db, dgW, dgb, T, H, offset, c0, n_seg, eps, **flags)
+        return dq, dk, dv, dlr, dtau, dlnw, dlnb, dW, db, dgW, dgb
+    # split: the test view of every segment in parallel, then the sequential pass over the training view
+    dk_part, dg = torch.empty(q.shape, dtype=acc, device=q.device), torch.empty(q.shape, dtype=acc, device=q.device)
+    P, Pb = ckW.new_empty(B * H, n_seg, D, D), ckW.new_empty(B * H, n_seg, D)
+    dlnw_o, dlnb_o = ckW.new_zeros(B * H, n_seg, D), ckW.new_zeros(B * H, n_seg, D)
+    kern.ttt_linear_bwd_par_kernel[(B * H, n_seg)](
+        q, k, v, lr, tau, lnw, lnb, gW, gb, ckW, ckb, do,
+        dq, dk_part, dlr, dtau, dg, P, Pb, dlnw_o, dlnb_o, dgW, dgb, T, H, offset, c0, n_seg, eps, **flags)
+    kern.ttt_linear_bwd_seq_kernel[(B * H,)](
+        k, v, lr, tau, lnw, lnb, gW, gb, ckW, ckb, dk_part, dg, P, Pb, dWo, dbo, dgWo, dgbo,
+        dk, dv, dlr, dtau, dlnw, dlnb, dW, db, dgW, dgb, T, H, offset, c0, n_seg, eps, **flags)
+    return dq, dk, dv, dlr, dtau, dlnw + dlnw_o.sum(1), dlnb + dlnb_o.sum(1), dW, db, dgW, dgb
 
 
 @_bwd_op.register_fake
