@@ -388,7 +388,7 @@ def _inner_grad(xk, xv, W, bv, lnw, lnb, rm, eps, D: tl.constexpr, HAS_LN: tl.co
 @triton.jit
 def ttt_linear_bwd_par_kernel(
     q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, lnw_ptr, lnb_ptr, gW_ptr, gb_ptr, ckW_ptr, ckb_ptr, do_ptr,
-    dq_ptr, dk_ptr, dlr_ptr, dtau_ptr, dg_ptr, P_ptr, Pb_ptr, dlnw_ptr, dlnb_ptr, dgW_ptr, dgb_ptr,
+    dq_ptr, dkp_ptr, dlr_ptr, dtau_ptr, dg_ptr, P_ptr, Pb_ptr, dlnw_ptr, dlnb_ptr, dgW_ptr, dgb_ptr,
     T, H, off, c0, n_seg, eps,
     BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
@@ -466,7 +466,7 @@ def ttt_linear_bwd_par_kernel(
             tl.store(dgb_ptr + pid * D + d, -tl.sum(tdz, 0))
     m2 = rm[:, None]
     tl.store(dq_ptr + p2, dxq.to(dq_ptr.dtype.element_ty), mask=m2)
-    tl.store(dk_ptr + p2, dxk, mask=m2)  # float32 scratch, completed by the sequential pass
+    tl.store(dkp_ptr + p2, dxk, mask=m2)  # float32 scratch, completed by the sequential pass
     tl.store(dg_ptr + p2, dg, mask=m2)
     tl.store(dlr_ptr + row, dlr, mask=rm)
     tl.store(dtau_ptr + row, dtq, mask=rm)
