@@ -13,9 +13,12 @@ gradients (first segment only, when ``offset > 0``):
     upd  = (lr * XK)^T G + gW,  updb = sum_j lr_j G_j + gb
     W   -= tau_{b-1} upd,  bv -= tau_{b-1} updb          (when the segment ends on a boundary)
 
-The weights stay in registers (float32, float64 for float64 inputs) across segments; the forward stores them at every
-segment start (``[n_seg, D, D]`` per program) when a backward will follow. The backward reloads them, recomputes the
-segment and carries ``(dW, db)`` of the state after the segment backwards.
+The weights stay in registers (float32, float64 for float64 inputs) across segments in the sequential kernels, which
+store them at every segment start (``[n_seg, D, D]`` per program). Kernels: ``ttt_linear_fwd_kernel`` (sequential;
+with ``OUT`` it also writes the outputs: the one-pass forward), ``ttt_linear_out_kernel`` (outputs, parallel over
+segments), ``ttt_linear_bwd_kernel`` (the one-pass backward), ``ttt_linear_bwd_par_kernel`` (the test view of the
+backward, parallel over segments) and ``ttt_linear_bwd_seq_kernel`` (the rest, segments in reverse, carrying
+``(dW, db)`` of the state after the segment).
 
 Written and tested in Triton's CPU interpreter only; it has never run on a GPU.
 """

@@ -1,12 +1,13 @@
 """TTT-Linear as Triton kernels, forward and backward: :func:`triton_ttt_linear`, same function as
 :func:`chunk_ttt_linear`.
 
-Design: one program per (batch row, head) runs the whole sequence, mini-batch by mini-batch, with the inner weights
-``W [D, D]`` and ``b [D]`` in registers (float32; float64 for float64 inputs) the whole time, and writes the outputs as
-it goes. When a backward will follow it also stores the weights at every mini-batch start (``[B*H, n_seg, D, D]``
-float32: 16 KB per head and mini-batch at ``D = 64``). The backward walks the mini-batches in reverse, recomputes each
-from its stored weights and carries the gradient of the weights backwards. The kernels are in
-``_triton_linear_kernels.py`` (math in its docstring and in ``README.md``).
+Design (``README.md``, "Triton TTT-Linear"): one program per (batch row, head) runs the recursion mini-batch by
+mini-batch with the inner weights ``W [D, D]``, ``b [D]`` in registers (float32; float64 for float64 inputs) and stores
+them at every mini-batch start (``[B*H, n_seg, D, D]`` float32: 16 KB per head and mini-batch at ``D = 64``); the
+outputs are then computed for all mini-batches in parallel from the stored weights. The backward first computes, in
+parallel over mini-batches, everything that needs only the stored weights (the test view), then walks the
+mini-batches in reverse carrying the gradient of the weights. ``FORWARD`` / ``BACKWARD = "fused"`` select the
+one-pass kernels instead. The kernels are in ``_triton_linear_kernels.py``.
 
 The op is registered as the ``torch.library`` custom ops ``innerloop::ttt_linear_fwd`` / ``innerloop::ttt_linear_bwd``
 with an autograd formula and fake (meta) implementations, so ``torch.compile`` traces through it without a graph
