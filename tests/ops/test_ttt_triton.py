@@ -386,3 +386,27 @@ def test_cuda_layer_default_mode_uses_kernel():
         res.append([y, *[t for t in g if t is not None]])
     for i, (a, b) in enumerate(zip(*res)):
         assert_close(f"layer output/grad {i}", b, a, ratio=1e-4)
+
+
+def test_layer_with_the_kernel(monkeypatch):
+    """TTTLinear with the kernel in its default path (as on CUDA; here the interpreter) == mode='chunk': output,
+    state and the gradients of every layer parameter (the learnable W0 tiled over the batch, tau, LayerNorm, ...)."""
+    from innerloop.layers.ttt import TTTLinear
+    from innerloop.ops import ttt as ttt_ops
+
+    torch.manual_seed(0)
+    layer = TTTLinear(32, 2, mini_batch_size=8)
+    x = torch.randn(2, 21, 32)
+    res = {}
+    for mode in ("auto", "chunk"):
+        layer.mode = mode
+        with monkeypatch.context() as m:
+            m.setattr(ttt_ops, "auto_ttt_linear", triton_ttt_linear)
+            y, state = layer(x[:, :13])
+            y2, state = layer(x[:, 13:], state)
+        params = [p for p in layer.parameters() if p.requires_grad]
+        grads = torch.autograd.grad((y.square().sum() + y2.sum()), params, allow_unused=True)
+        res[mode] = [y, y2, *state.ttt.params, *[g for g in grads if g is not None]]
+    assert len(res["auto"]) == len(res["chunk"])
+    for i, (a, b) in enumerate(zip(res["chunk"], res["auto"])):
+        assert_close(f"layer [{i}]", a, b, ratio=1e-5)  # float32 both ways: ~1e-6 measured
