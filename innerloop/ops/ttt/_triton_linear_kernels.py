@@ -158,10 +158,10 @@ def ttt_linear_out_kernel(
     BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """The outputs of one segment (program ``(batch row * H + head, segment)``) from the weights saved at its start:
+    """The outputs of one segment (program ``(segment, batch row * H + head)``) from the weights saved at its start:
     every segment at once, in parallel."""
-    pid = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
+    s = tl.program_id(0)  # segments on grid axis 0 (up to 2^31 - 1; axis 1 stops at 65535)
+    pid = tl.program_id(1).to(tl.int64)
     bi, hi = pid // H, pid % H
     d = tl.arange(0, D)
     W = tl.load(ckW_ptr + (pid * n_seg + s) * D * D + d[:, None] * D + d[None, :])
@@ -396,12 +396,12 @@ def ttt_linear_bwd_par_kernel(
     BSZ: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Program ``(batch row * H + head, segment)``: everything of the segment's backward that depends only on its
+    """Program ``(segment, batch row * H + head)``: everything of the segment's backward that depends only on its
     saved weights and the output gradient (the test view): ``dq`` in full; the ``dk``, ``dlr``, ``dtau`` parts of the
     test view; ``dG`` through the output (``dg``); ``P = XQ^T dZbar`` and ``sum dZbar`` (added to the running weight
     gradient by the sequential pass); the output LayerNorm's ``dgamma, dbeta``; ``d(acc)`` of the test view."""
-    pid = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
+    s = tl.program_id(0)  # segments on grid axis 0 (up to 2^31 - 1; axis 1 stops at 65535)
+    pid = tl.program_id(1).to(tl.int64)
     bi, hi = pid // H, pid % H
     d = tl.arange(0, D)
     dd = d[:, None] * D + d[None, :]

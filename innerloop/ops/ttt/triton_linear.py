@@ -67,6 +67,8 @@ def unsupported(q: Tensor, tensors: list[Tensor]) -> str | None:
     if D < 16 or D > MAX_HEAD_DIM or D & (D - 1):
         return (f"head_dim {D} is not supported by the Triton TTT-Linear kernel: it needs a power of two in "
                 f"[16, {MAX_HEAD_DIM}]; use chunk_ttt_linear (mode='chunk') or change num_heads")
+    if q.shape[0] * q.shape[2] > 65535:  # grid axis 1 of the parallel kernels
+        return f"batch * heads = {q.shape[0] * q.shape[2]} > 65535 programs; split the batch"
     if q.dtype not in _IN_DTYPES:
         return f"the Triton TTT-Linear kernel takes float16/bfloat16/float32 inputs, got {q.dtype}"
     if q.dtype == torch.float64 and not interpreted():
@@ -129,7 +131,7 @@ def _fwd_op(
         SAVE=save or split, OUT=not split, **flags,
     )
     if split:
-        kern.ttt_linear_out_kernel[(B * H, n_seg)](
+        kern.ttt_linear_out_kernel[(n_seg, B * H)](
             q, k, v, lr, tau, lnw, lnb, gW, gb, ckW, ckb, o, T, H, offset, c0, n_seg, eps, **flags)
         if not save:
             ckW, ckb = ckW[:, :0], ckb[:, :0]
@@ -175,7 +177,7 @@ def _bwd_op(
     dk_part, dg = torch.empty(q.shape, dtype=acc, device=q.device), torch.empty(q.shape, dtype=acc, device=q.device)
     P, Pb = ckW.new_empty(B * H, n_seg, D, D), ckW.new_empty(B * H, n_seg, D)
     dlnw_o, dlnb_o = ckW.new_zeros(B * H, n_seg, D), ckW.new_zeros(B * H, n_seg, D)
-    kern.ttt_linear_bwd_par_kernel[(B * H, n_seg)](
+    kern.ttt_linear_bwd_par_kernel[(n_seg, B * H)](
         q, k, v, lr, tau, lnw, lnb, gW, gb, ckW, ckb, do,
         dq, dk_part, dlr, dtau, dg, P, Pb, dlnw_o, dlnb_o, dgW, dgb, T, H, offset, c0, n_seg, eps, **flags)
     kern.ttt_linear_bwd_seq_kernel[(B * H,)](
