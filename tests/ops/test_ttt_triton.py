@@ -388,6 +388,7 @@ def test_cuda_layer_default_mode_uses_kernel():
         assert_close(f"layer output/grad {i}", b, a, ratio=1e-4)
 
 
+@pytest.mark.slow
 def test_layer_with_the_kernel(monkeypatch):
     """TTTLinear with the kernel in its default path (as on CUDA; here the interpreter) == mode='chunk': output,
     state and the gradients of every layer parameter (the learnable W0 tiled over the batch, tau, LayerNorm, ...)."""
