@@ -4,7 +4,7 @@
 - CUDA: :func:`triton_ttt_linear` (forward and backward), once it has passed a self-check on the device
   (:func:`self_check`: outputs, final state and every gradient against :func:`chunk_ttt_linear` at odd sizes). A
   failed check, a missing triton, ``INNERLOOP_NO_KERNEL=1`` or operands the kernel does not take (head dim not a power
-  of two in ``[16, 64]``, float64) give :func:`chunk_ttt_linear`, with the reason logged once.
+  of two in ``[16, 128]``, float64) give :func:`chunk_ttt_linear`, with the reason logged once.
 
 :func:`auto_ttt_linear` is what ``TTTLinear``'s default mode calls; :func:`fused_ttt_linear` (mode ``'fused'``) is
 the same but also logs why the CPU kernel cannot run. Messages go to ``logging`` (stderr by default), never stdout.

@@ -36,9 +36,10 @@ FORWARD = "split"
 # "split": the backward's test view (everything that needs only the saved weights) for every mini-batch in parallel,
 # then a sequential pass with ~6 of the ~14 matmuls per mini-batch; "fused": one sequential pass does all of it.
 BACKWARD = "split"
-# D = 128 compiles for sm_90 but its backward needs 238,592 bytes of shared memory, more than an H100/H200 gives a
-# block (232,448): it would fail at launch. Until the backward splits its [D, D] work, D <= 64.
-MAX_HEAD_DIM = 64
+# Compiled for sm_90 (tests: test_compiles_for_sm90): at D = 128 the split kernels fit an H100/H200 block's shared
+# memory (232,448 bytes) but the one-pass backward needs 238,592, so D = 128 always takes the split backward.
+MAX_HEAD_DIM = 128
+FUSED_BWD_MAX_HEAD_DIM = 64
 
 
 @functools.cache
@@ -59,7 +60,7 @@ def interpreted() -> bool:
 def unsupported(q: Tensor, tensors: list[Tensor]) -> str | None:
     """Why :func:`triton_ttt_linear` cannot run on these operands (``q [B, T, H, D]`` plus the rest), or None.
 
-    The head dim must be a power of two in ``[16, 64]`` (``tl.dot`` tiles; ``MAX_HEAD_DIM``), q, k, v one of float16,
+    The head dim must be a power of two in ``[16, 128]`` (``tl.dot`` tiles; ``MAX_HEAD_DIM``), q, k, v one of float16,
     bfloat16, float32 (float64 in the interpreter only), and every operand on one CUDA device (any device when
     ``TRITON_INTERPRET=1``).
     """
@@ -93,7 +94,7 @@ def _acc_dtype(x: Tensor) -> torch.dtype:
 def _launch(D: int, bsz: int) -> dict:
     block = max(16, 1 << (bsz - 1).bit_length())
     # num_stages=1: nothing to pipeline (the loop is sequential), and it keeps the shared memory down
-    return dict(BSZ=bsz, D=D, BB=block, num_warps=4, num_stages=1)
+    return dict(BSZ=bsz, D=D, BB=block, num_warps=4 if D <= 64 else 8, num_stages=1)
 
 
 def _tl_acc(dt: torch.dtype):
@@ -168,7 +169,7 @@ def _bwd_op(
     has_ln = ln_weight is not None
     lnw, lnb = (ln_weight, ln_bias) if has_ln else (tau, tau)
     flags = dict(HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(acc), PREC=precision, **_launch(D, bsz))
-    if BACKWARD == "fused":
+    if BACKWARD == "fused" and D <= FUSED_BWD_MAX_HEAD_DIM:
         kern.ttt_linear_bwd_kernel[(B * H,)](
             q, k, v, lr, tau, lnw, lnb, gW, gb, ckW, ckb, do, dWo, dbo, dgWo, dgbo,
             dq, dk, dv, dlr, dtau, dlnw, dlnb, dW, db, dgW, dgb, T, H, offset, c0, n_seg, eps, **flags)
@@ -245,7 +246,7 @@ def triton_ttt_linear(
     Never run on a GPU so far (tested in Triton's interpreter).
 
     Args:
-        q, k, v (Tensor): ``[B, T, H, D]`` test, training and label views; ``D`` a power of two in ``[16, 64]``.
+        q, k, v (Tensor): ``[B, T, H, D]`` test, training and label views; ``D`` a power of two in ``[16, 128]``.
         lr (Tensor): ``[B, T, H]`` per-token inner learning rate.
         tau (Tensor): ``[b]`` position weights; ``b = tau.numel()`` is the mini-batch size.
         ln_weight, ln_bias (Tensor | None): ``[H, D]`` inner LayerNorm, or both None (no LayerNorm, no residual).
