@@ -83,10 +83,11 @@ class TTTBase(nn.Module):
         use_gate (bool, Optional): Mamba backbone: ``gelu_tanh(X θ_g) ⊙`` before ``o_proj``. Default: False.
         conv_kernel (int, Optional): kernel of the ``share_qk`` convs. Default: 4.
         mode (str, Optional): op path (``innerloop.layers.modes``): ``'auto'`` (one-token calls take the recurrent
-            step; longer ones the dual form, and TTT-Linear's inference on the CPU the fused kernel
-            ``cpu_fused_ttt_linear``), ``'chunk'`` (dual form), ``'recurrent'`` (primal, token by token),
-            ``'naive'`` (reference) or, TTT-Linear only, ``'fused'`` (the CPU inference kernel; logs why and uses
-            ``'chunk'`` where it cannot run). Default: ``'auto'``.
+            step; longer ones the dual form, and TTT-Linear the device's kernel through ``auto_ttt_linear``: the
+            fused C kernel for inference on the CPU, the Triton kernels on CUDA after a one-time self-check;
+            ``INNERLOOP_NO_KERNEL=1`` turns kernels off), ``'chunk'`` (dual form), ``'recurrent'`` (primal, token
+            by token), ``'naive'`` (reference) or, TTT-Linear only, ``'fused'`` (the device's kernel; logs why and
+            uses ``'chunk'`` where it cannot run). Default: ``'auto'``.
         initializer_range (float, Optional): std of the normal init of projections and inner weights. Default: 0.02.
         eps (float, Optional): epsilon of the inner LayerNorm. Default: ``1e-6``.
     """
@@ -181,8 +182,8 @@ class TTTBase(nn.Module):
         if mode == "auto":
             if T == 1:
                 mode = "recurrent"
-            elif self.kind == "linear":  # the fused CPU kernel where it applies (cpu_linear decides), else chunk
-                return ttt_ops.cpu_fused_ttt_linear
+            elif self.kind == "linear":  # the device's kernel where it applies (ops/ttt/dispatch.py), else chunk
+                return ttt_ops.auto_ttt_linear
             else:
                 mode = "chunk"
         return getattr(ttt_ops, f"{mode}_ttt_{self.kind}")

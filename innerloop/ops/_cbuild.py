@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from ._kernels import kernels_disabled
+
 FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 ARCH = ["-march=native"]  # dropped if the compiler refuses it
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (pid, threads): a forked child makes its own
@@ -42,8 +44,9 @@ def _cpu_id() -> str:
 
 def build(src: Path, defines: list[str], name: str) -> ctypes.CDLL:
     """Compile ``src`` with ``defines`` (cached) and load it; raises RuntimeError naming what failed."""
-    if os.environ.get("INNERLOOP_NO_KERNEL"):
-        raise RuntimeError("compiled kernels are disabled by INNERLOOP_NO_KERNEL")
+    disabled = kernels_disabled()
+    if disabled:
+        raise RuntimeError(disabled)
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler: {cc!r} not found (install gcc, or set CC)")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._kernels import kernels_disabled
 from . import cpu_fused
 from .chunk import chunk_selective_scan
 from .cpu_fused import cpu_fused_selective_scan
@@ -95,6 +96,8 @@ def fused_scan_unavailable(device: torch.device | str) -> str | None:
             return str(e)
     elif device.type != "cuda":
         return f"no fused selective-scan kernel for {device.type} devices"
+    elif kernels_disabled():
+        return kernels_disabled()
     elif not torch.cuda.is_available():
         return "CUDA is not available"
     elif importlib.util.find_spec("triton") is None:

@@ -1,0 +1,145 @@
+"""Which TTT-Linear path runs where: the one place that picks the kernel by device.
+
+- CPU: :func:`cpu_fused_ttt_linear` (the C inference kernel where it applies, else the dual form), unchanged.
+- CUDA: :func:`triton_ttt_linear` (forward and backward), once it has passed a self-check on the device
+  (:func:`self_check`: outputs, final state and every gradient against :func:`chunk_ttt_linear` at odd sizes). A
+  failed check, a missing triton, ``INNERLOOP_NO_KERNEL=1`` or operands the kernel does not take (head dim not a power
+  of two in ``[16, 128]``, float64) give :func:`chunk_ttt_linear`, with the reason logged once.
+
+:func:`auto_ttt_linear` is what ``TTTLinear``'s default mode calls; :func:`fused_ttt_linear` (mode ``'fused'``) is
+the same but also logs why the CPU kernel cannot run. Messages go to ``logging`` (stderr by default), never stdout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .._kernels import kernels_disabled
+from . import cpu_linear
+from ._common import TTTState
+from .chunk import chunk_ttt_linear
+from .cpu_linear import cpu_fused_ttt_linear
+
+logger = logging.getLogger(__name__)
+_CHECKED: dict[str, str | None] = {}  # device -> None (the kernel passed its self-check) or why it is not used
+_LOGGED: set[str] = set()
+Op = Callable[..., tuple[Tensor, TTTState]]
+
+
+def _self_check_failure(device: torch.device, fn: Op) -> str | None:
+    """None if ``fn`` matches :func:`chunk_ttt_linear` on ``device``, else what went wrong."""
+    g = torch.Generator().manual_seed(0)
+    B, T, H, D, bsz, off = 2, 45, 3, 64, 16, 5  # segments of 11, 16, 16 and 2 tokens: every kind of mini-batch
+
+    def r(*s, scale=1.0):
+        return scale * torch.randn(*s, generator=g)
+
+    ins = [r(B, T, H, D), r(B, T, H, D), r(B, T, H, D), 0.05 * torch.rand(B, T, H, generator=g),
+           1 / torch.arange(1.0, bsz + 1) + r(bsz, scale=0.05), 1 + r(H, D, scale=0.2), r(H, D, scale=0.2),
+           r(B, H, D, D, scale=0.1), r(B, H, D, scale=0.1), r(B, H, D, D, scale=0.02), r(B, H, D, scale=0.02)]
+    weights = [r(B, T, H, D), r(B, H, D, D), r(B, H, D), r(B, H, D, D), r(B, H, D)]
+    results = []
+    try:
+        with torch.enable_grad():  # the caller may be under no_grad (eval, generate): the check needs gradients
+            for f in (chunk_ttt_linear, fn):
+                xs = [x.to(device).requires_grad_() for x in ins]
+                o, s = f(*xs[:7], TTTState((xs[7], xs[8]), (xs[9], xs[10]), off))
+                outs = [o, *s.params, *s.grads]
+                loss = sum((x.float() * w.to(device)).sum() for x, w in zip(outs, weights))
+                results.append([t.detach().float().cpu() for t in (*outs, *torch.autograd.grad(loss, xs))])
+    except Exception as e:  # noqa: BLE001 - any failure of the kernel means: do not use it
+        return f"it raised {type(e).__name__}: {e}"
+    names = ("o", "final W", "final b", "final grad W", "final grad b", "dq", "dk", "dv", "dlr", "dtau", "dln_weight",
+             "dln_bias", "dW0", "db0", "dacc_W0", "dacc_b0")
+    for name, ref, got in zip(names, *results):
+        err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+        if not err <= 1e-3:
+            return f"it disagrees with the dual form in {name} (max relative error {err:.2e})"
+    return None
+
+
+def self_check(device: torch.device | str, fn: Op | None = None) -> bool:
+    """Whether ``fn`` (default: :func:`triton_ttt_linear`) matches :func:`chunk_ttt_linear` on ``device``.
+
+    Compares the output, final state and the gradients of every input on ``B=2, T=45, H=3, D=64``, mini-batch 16,
+    starting at offset 5, float32, with gradients enabled whatever the caller's grad mode; logs an error naming the
+    exception or the first mismatch and returns False.
+    """
+    device = torch.device(device)
+    if fn is None:
+        from .triton_linear import triton_ttt_linear as fn
+    failure = _self_check_failure(device, fn)
+    if failure is not None:
+        logger.error("Triton TTT-Linear on %s failed its self-check (%s); using the dual form", device, failure)
+    return failure is None
+
+
+def triton_linear_unavailable(device: torch.device | str) -> str | None:
+    """Why :func:`triton_ttt_linear` is not used on ``device`` here, or None if it is.
+
+    Needs a CUDA device, triton, no ``INNERLOOP_NO_KERNEL``, and a passed self-check (run once per device and process
+    on the first call). Logs nothing: the caller reports the reason.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"the Triton TTT-Linear kernel runs on CUDA devices, not {device.type}"
+    disabled = kernels_disabled()
+    if disabled:
+        return disabled
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    key = str(device)
+    if key not in _CHECKED:
+        from .triton_linear import triton_ttt_linear
+
+        failure = _self_check_failure(device, triton_ttt_linear)
+        _CHECKED[key] = None if failure is None else f"the kernel failed its self-check: {failure}"
+    return _CHECKED[key]
+
+
+def _log_once(reason: str) -> None:
+    if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        logger.warning("TTT-Linear: %s; using the chunked dual form (mode='chunk')", reason)
+
+
+def _cuda(q, k, v, lr, tau, ln_weight, ln_bias, state, eps=1e-6) -> tuple[Tensor, TTTState]:
+    reason = triton_linear_unavailable(q.device)
+    if reason is None:
+        from .triton_linear import triton_ttt_linear, unsupported
+
+        reason = unsupported(q, [q])
+        if reason is None:
+            return triton_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
+    _log_once(reason)
+    return chunk_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
+
+
+def auto_ttt_linear(
+    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
+    state: TTTState, eps: float = 1e-6,
+) -> tuple[Tensor, TTTState]:
+    """TTT-Linear by the fastest correct path for q's device (module docstring); arguments and returns as
+    :func:`chunk_ttt_linear`. On the CPU this is :func:`cpu_fused_ttt_linear`."""
+    if q.device.type == "cuda":
+        return _cuda(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
+    return cpu_fused_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
+
+
+def fused_ttt_linear(
+    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
+    state: TTTState, eps: float = 1e-6,
+) -> tuple[Tensor, TTTState]:
+    """The device's kernel for a layer that asked for it (``mode='fused'``): Triton on CUDA, the C inference kernel on
+    the CPU; where it cannot run it logs why, once per reason, and uses :func:`chunk_ttt_linear`. Arguments and
+    returns as :func:`chunk_ttt_linear`."""
+    if q.device.type == "cuda":
+        return _cuda(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
+    return cpu_linear.fused_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
