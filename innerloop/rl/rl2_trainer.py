@@ -170,7 +170,7 @@ class RL2Trainer(TrainLoop):
 
     def resolved_config(self) -> dict[str, Any]:
         return {"algo": "rl2", "params": count_params(self.policy), "steps_per_trial": self.trials.steps_per_trial,
-                "input_size": self.trials.input_size, "env_steps": self.cfg.steps * self.cfg.trials
+                "input_size": self.trials.input_size, "planned_env_steps": self.cfg.steps * self.cfg.trials
                 * self.trials.steps_per_trial}  # fmt: skip
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -239,6 +239,7 @@ def train_rl2(cfg: RL2Config, *, evaluate_after: bool = True, fresh: bool = Fals
     policy, opt = build_rl2(cfg)
     trainer = RL2Trainer(cfg, policy, opt, fresh=fresh, extend=extend, callbacks=callbacks, progress=progress)
     summary = {**trainer.fit(), **trainer.resolved_config()}
+    summary["env_steps"] = summary["steps"] * cfg.trials * trainer.trials.steps_per_trial  # done, not planned
     if not evaluate_after:
         return summary
     metrics = {**summary, "env": cfg.describe(), "mixer": cfg.mixer, "test": evaluate_rl2(cfg, policy),
