@@ -1,6 +1,13 @@
-"""``innerloop rl baselines``: the classic strategies on RL² trials, total reward per trial with 95% CIs.
+"""``innerloop rl baselines | train | eval``: classic strategies and meta-RL agents on RL² trials.
+
+``baselines`` evaluates the classic strategies (total reward per trial with 95% CIs); ``train --algo rl2`` trains an
+RL² agent (any mixer as its memory) with PPO on the run scaffold, and ``eval --algo rl2 --out RUN`` tests a trained
+run on the fixed test trials.
 
 Examples::
+
+    innerloop rl train --algo rl2 --env bandit --arms 5 --episodes 10 --mixer gru --steps 300 --out runs/rl/rl2-b5-10
+    innerloop rl eval --algo rl2 --out runs/rl/rl2-b5-10 --eval-trials 5000
 
     innerloop rl baselines --env bandit --arms 5 --pulls 10 --trials 1000 --out runs/rl/bandit-5-10
     innerloop rl baselines --env mdp --episodes 10 --trials 1000 --out runs/rl/mdp-10
@@ -16,11 +23,24 @@ Prints one line per baseline and, with ``--out DIR``, writes ``DIR/baselines.csv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from innerloop._io import atomic_write_text, write_csv
+from innerloop._io import atomic_write_json, atomic_write_text, write_csv
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
 
 ENVS = ("bandit", "mdp")
+
+
+def _algos() -> dict[str, type]:
+    """The dispatch point of ``rl train`` / ``rl eval``: ``--algo`` value -> its config dataclass.
+
+    A new algorithm adds its entry here and its branch in :func:`run_train` / :func:`run_eval`; the flags of every
+    config are offered (one flag per field name), and a flag that the chosen algorithm's config lacks is refused.
+    """
+    from innerloop.rl.rl2_trainer import RL2Config
+
+    return {"rl2": RL2Config}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +68,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, default=None, help="folder for baselines.csv and baselines.md; default: none")
     b.set_defaults(func=run_baselines)
     _register_maml(rsub)
+
+    algos = _algos()
+    t = rsub.add_parser("train", help="train a meta-RL agent (--algo rl2: PPO on whole trials, any mixer as memory)")
+    t.add_argument("--algo", choices=sorted(algos), required=True, help="the meta-RL algorithm")
+    seen: set[str] = {"algo"}
+    for cls in algos.values():
+        names = {f.name for f in dataclasses.fields(cls)}
+        add_dataclass_flags(t, cls, skip=seen)
+        seen |= names
+    t.add_argument("--progress", action="store_true", help="show a progress bar while training")
+    add_run_flags(t)
+    t.set_defaults(func=run_train)
+    e = rsub.add_parser("eval", help="test a trained run on the fixed test trials (writes <out>/eval.json)")
+    e.add_argument("--algo", choices=sorted(algos), required=True, help="the algorithm the run was trained with")
+    e.add_argument("--out", required=True, help="the run directory to evaluate")
+    e.add_argument("--eval-trials", type=int, default=None, help="test trials; default: the run's eval_trials")
+    e.add_argument("--device", default=None, help="cpu or cuda; default: the run's device")
+    e.add_argument("--greedy", action="store_true", help="take the most likely action instead of sampling")
+    e.set_defaults(func=run_eval)
 
 
 def _options(args: argparse.Namespace) -> dict[str, dict]:
@@ -155,3 +194,50 @@ def run_maml_eval(args: argparse.Namespace) -> int:
     _print_maml(metrics)
     print(f"wrote {args.out / 'metrics.json'} and {args.out / 'adaptation.png'}")
     return 0
+
+def _algo_config(args: argparse.Namespace) -> object:
+    """The chosen algorithm's config from the flags; a flag of another algorithm is a clear error."""
+    algos = _algos()
+    cls = algos[args.algo]
+    own = {f.name for f in dataclasses.fields(cls)}
+    for other in algos.values():
+        for f in dataclasses.fields(other):
+            if f.name not in own and getattr(args, f.name, None) is not None:
+                raise ValueError(f"--{f.name.replace('_', '-')} is not a setting of --algo {args.algo}; drop it "
+                                 f"(see innerloop rl train --help)")  # fmt: skip
+    return cls(**dataclass_values(args, cls))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg = _algo_config(args)
+    if args.algo == "rl2":
+        from innerloop.rl.rl2_trainer import train_rl2
+
+        print(f"innerloop rl train: RL² ({cfg.mixer} memory) on {cfg.describe()}, {cfg.steps} PPO steps x "
+              f"{cfg.trials} trials, device {cfg.device}, out {cfg.out}", flush=True)  # fmt: skip
+        m = train_rl2(cfg, fresh=args.fresh, extend=args.extend, progress=args.progress)
+        print(f"{m['params']} parameters, {m['steps']} steps, {m['train_seconds']:.1f} s of training, "
+              f"{m['env_steps']} env steps")  # fmt: skip
+        for key, what in (("test", "sampled"), ("test_greedy", "greedy")):
+            r = m[key]
+            print(f"total reward per trial ({what} actions): {r['mean']:.3f} +- {r['ci95']:.3f} "
+                  f"(95% CI, {r['trials']} test trials)")  # fmt: skip
+        return 0
+    raise AssertionError(f"no trainer for --algo {args.algo}")  # pragma: no cover - argparse checks the choices
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.algo == "rl2":
+        from innerloop.rl.rl2_trainer import evaluate_rl2, load_rl2
+
+        overrides = {k: v for k, v in (("eval_trials", args.eval_trials), ("device", args.device)) if v is not None}
+        cfg, policy, path = load_rl2(args.out, **overrides)
+        r = evaluate_rl2(cfg, policy, greedy=args.greedy)
+        r.update(checkpoint=str(path), env=cfg.describe(), mixer=cfg.mixer)
+        atomic_write_json(Path(args.out) / "eval.json", r)
+        what = "greedy" if args.greedy else "sampled"
+        print(f"{args.out} (RL², {cfg.mixer} memory, {cfg.describe()}), checkpoint {path.name}")
+        print(f"total reward per trial ({what} actions): {r['mean']:.3f} +- {r['ci95']:.3f} (95% CI, "
+              f"{r['trials']} test trials), {r['seconds']:.2f} s")  # fmt: skip
+        return 0
+    raise AssertionError(f"no evaluator for --algo {args.algo}")  # pragma: no cover

@@ -1,0 +1,107 @@
+"""Proximal policy optimisation (Schulman et al. 2017) with generalised advantage estimation (Schulman et al. 2016).
+
+Pure functions over rollout tensors, independent of the policy: :func:`gae` turns rewards and value estimates into
+advantages and returns, :func:`ppo_loss` is the clipped surrogate with a value loss and an entropy bonus. The RL²
+trainer (:mod:`innerloop.rl.rl2`) calls them on whole trials; anything else that rolls out discrete-action batches
+can too.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["PPOLoss", "gae", "normalize", "ppo_loss"]
+
+
+def gae(rewards: Tensor, values: Tensor, last_value: Tensor | None = None, gamma: float = 0.99, lam: float = 0.95,
+        dones: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Generalised advantage estimates over time, backwards: ``A_t = δ_t + γλ (1 - d_t) A_{t+1}``.
+
+    ``δ_t = r_t + γ (1 - d_t) V_{t+1} - V_t``, with ``V_T = last_value`` (0 when None: the sequence ends in a terminal
+    state, as an RL² trial does). ``dones[:, t]`` cuts the bootstrap after step ``t`` (leave it None for one trial:
+    RL² does *not* cut at episode ends inside a trial).
+
+    Args:
+        rewards (Tensor): ``[B, T]``.
+        values (Tensor): ``[B, T]`` value estimates ``V(s_t)``.
+        last_value (Tensor, Optional): ``[B]`` the value after the last step. Default: None (zeros).
+        gamma (float, Optional): discount. Default: 0.99.
+        lam (float, Optional): GAE λ (0: one-step TD, 1: Monte-Carlo returns minus the baseline). Default: 0.95.
+        dones (Tensor, Optional): ``[B, T]`` bool/0-1, True where step ``t`` ends the sequence. Default: None.
+
+    Returns:
+        tuple[Tensor, Tensor]: advantages ``[B, T]`` and returns ``advantages + values`` ``[B, T]`` (the value
+        targets).
+
+    Examples:
+        >>> adv, ret = gae(torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2), gamma=0.5, lam=1.0)
+        >>> adv.tolist(), ret.tolist()
+        ([[1.5, 1.0]], [[1.5, 1.0]])
+    """
+    if rewards.shape != values.shape or rewards.dim() != 2:
+        raise ValueError(f"rewards and values must both be [B, T], got {tuple(rewards.shape)} and "
+                         f"{tuple(values.shape)}")  # fmt: skip
+    B, T = rewards.shape
+    nxt = values.new_zeros(B) if last_value is None else last_value.to(values)
+    keep = torch.ones_like(rewards) if dones is None else 1.0 - dones.to(rewards)
+    adv = torch.zeros_like(rewards)
+    running = rewards.new_zeros(B)
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * keep[:, t] * nxt - values[:, t]
+        running = delta + gamma * lam * keep[:, t] * running
+        adv[:, t] = running
+        nxt = values[:, t]
+    return adv, adv + values
+
+
+def normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(x - mean) / (std + eps)`` over all elements (PPO's advantage normalisation)."""
+    return (x - x.mean()) / (x.std() + eps) if x.numel() > 1 else x - x.mean()
+
+
+class PPOLoss(NamedTuple):
+    """The terms of one PPO minibatch loss (``total`` is what is minimised; the others are detached scalars)."""
+
+    total: Tensor
+    policy: Tensor
+    value: Tensor
+    entropy: Tensor
+    approx_kl: Tensor
+    clip_fraction: Tensor
+
+
+def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_logp: Tensor, advantages: Tensor, returns: Tensor,
+             clip: float = 0.2, value_coef: float = 0.5, entropy_coef: float = 0.01) -> PPOLoss:  # fmt: skip
+    """The clipped PPO objective for categorical policies, averaged over every step given.
+
+    ``L = -E[min(ρ A, clip(ρ, 1-ε, 1+ε) A)] + c_v E[(V - R)^2] - c_e E[H(π)]`` with ``ρ = π(a|x) / π_old(a|x)``.
+
+    Args:
+        logits (Tensor): ``[..., A]`` the current policy's action logits.
+        values (Tensor): ``[...]`` the current value estimates.
+        actions (Tensor): ``long [...]`` the actions taken.
+        old_logp (Tensor): ``[...]`` their log-probabilities under the rollout policy.
+        advantages (Tensor): ``[...]`` (normalised or not; the caller decides).
+        returns (Tensor): ``[...]`` value targets.
+        clip (float, Optional): ε. Default: 0.2.
+        value_coef, entropy_coef (float, Optional): ``c_v``, ``c_e``. Default: 0.5, 0.01.
+
+    Returns:
+        PPOLoss: ``total`` (differentiable) and its parts.
+    """
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
+    policy = -surrogate.mean()
+    value = (values - returns).pow(2).mean()
+    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+    total = policy + value_coef * value - entropy_coef * entropy
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's low-variance estimator of KL(old || new)
+        clipped = ((ratio - 1).abs() > clip).float().mean()
+    return PPOLoss(total, policy.detach(), value.detach(), entropy.detach(), approx_kl, clipped)

@@ -1,0 +1,274 @@
+"""Training RL² with PPO + GAE on the run scaffold: one step = one batch of trials and a few epochs of PPO.
+
+Step ``i`` rolls out ``trials`` new trials (tasks and action draws seeded by ``(seed, i)``, so a step is a pure
+function of the weights and its index), computes GAE advantages over each whole trial (the trial is the RL²
+episode: no cut at the episodes inside it), then runs ``epochs`` passes over ``minibatches`` minibatches of trials,
+re-running each trial in one parallel forward of the policy. A run directory holds ``config.json``, ``log.csv``
+(mean total reward per trial of the training batch, PPO diagnostics, and ``val_return`` on the fixed test trials),
+``checkpoints/`` (a killed run resumes exactly) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from innerloop._io import atomic_write_json
+from innerloop.errors import check_choice
+from innerloop.layers import MIXERS
+from innerloop.models import count_params
+from innerloop.runs import (
+    Callback,
+    Run,
+    TrainingDivergedError,
+    TrainLoop,
+    check_finite,
+    load_latest_weights,
+    read_config,
+)
+
+from .envs import BernoulliBandit, TabularMDP
+from .ppo import gae, normalize, ppo_loss
+from .rl2 import RL2Policy, rollout
+from .trial import TrialEnv
+
+__all__ = ["EVAL_SEED", "RL2_ENVS", "RL2Config", "RL2Trainer", "build_rl2", "evaluate_rl2", "load_rl2", "train_rl2"]
+
+RL2_ENVS = ("bandit", "mdp")
+EVAL_SEED = 2000  # the fixed test trials: tasks and action draws from this seed, never seen in training
+
+
+@dataclass
+class RL2Config:
+    """One RL² training run (saved as ``config.json``; trailing comments are the flags' ``--help``)."""
+
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"env": RL2_ENVS, "mixer": MIXERS}
+
+    env: str = "bandit"  # task distribution: bandit (k Bernoulli arms) or mdp (random tabular MDPs)
+    arms: int = 5  # bandit: arms k
+    episodes: int = 10  # episodes per trial n (bandits: pulls)
+    states: int = 10  # mdp: states
+    actions: int = 5  # mdp: actions
+    horizon: int = 10  # mdp: steps per episode
+    mixer: str = "gru"  # the policy's memory: any registered mixer
+    hidden_size: int = 256  # policy width
+    num_layers: int = 1  # policy blocks
+    num_heads: int = 4  # heads of attention and TTT memories
+    mlp_ratio: int = 0  # SwiGLU after each mixer, width mlp_ratio * hidden_size; 0 = none
+    steps: int = 300  # PPO iterations (one batch of trials each)
+    trials: int = 256  # trials per PPO iteration
+    epochs: int = 4  # PPO epochs over each batch
+    minibatches: int = 4  # minibatches of trials per epoch
+    lr: float = 1e-3  # Adam learning rate
+    clip: float = 0.2  # PPO ratio clip
+    value_coef: float = 0.5  # weight of the value loss
+    entropy_coef: float = 0.01  # weight of the entropy bonus
+    max_grad_norm: float = 0.5  # gradient clipping (global norm); 0 = none
+    gamma: float = 0.99  # discount over the trial
+    lam: float = 0.3  # GAE lambda
+    eval_trials: int = 1000  # fixed test trials (seed 2000) for val_return and metrics.json
+    eval_every: int = 50  # steps between evaluations (0 = only at the end)
+    log_every: int = 10  # steps between log.csv rows
+    checkpoint_every: int = 50  # steps between checkpoints (also at the end)
+    seed: int = 0  # seed of the initialisation, training tasks and action draws
+    device: str = "cpu"  # cpu or cuda
+    max_seconds: float = 0.0  # stop early after this much training time (0 = no limit); resumable
+    out: str = "runs/rl/rl2"  # run folder: config.json, log.csv, checkpoints/, metrics.json
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            check_choice(name, getattr(self, name), allowed)
+        if self.env == "bandit" and self.arms < 2:
+            raise ValueError(f"a bandit needs k >= 2 arms to choose between: use --arms 2 or more, got {self.arms}")
+        if self.env == "mdp" and (self.states < 1 or self.actions < 2 or self.horizon < 1):
+            raise ValueError(f"an MDP needs --states >= 1, --actions >= 2 and --horizon >= 1, got {self.states}, "
+                             f"{self.actions}, {self.horizon}")  # fmt: skip
+        for name in ("episodes", "hidden_size", "num_layers", "num_heads", "steps", "trials", "epochs",
+                     "minibatches", "eval_trials", "log_every"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("mlp_ratio", "value_coef", "entropy_coef", "max_grad_norm", "eval_every", "checkpoint_every",
+                     "max_seconds"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.minibatches > self.trials:
+            raise ValueError(f"--minibatches {self.minibatches} > --trials {self.trials}: use at most one "
+                             f"minibatch per trial")  # fmt: skip
+        if not (self.lr > 0 and self.clip > 0 and 0 < self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError(f"need lr > 0, clip > 0, 0 < gamma <= 1, 0 <= lam <= 1; got {self.lr}, {self.clip}, "
+                             f"{self.gamma}, {self.lam}")  # fmt: skip
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: no CUDA device here; use --device cpu")
+
+    def make_trials(self, batch_size: int) -> TrialEnv:
+        """``batch_size`` trials of this config's task distribution (seeded later, by :func:`rollout`)."""
+        if self.env == "bandit":
+            env = BernoulliBandit(self.arms, batch_size, device=self.device)
+        else:
+            env = TabularMDP(self.states, self.actions, self.horizon, batch_size, device=self.device)
+        return TrialEnv(env, self.episodes)
+
+    def describe(self) -> str:
+        if self.env == "bandit":
+            return f"bandit k={self.arms} n={self.episodes}"
+        return f"mdp S={self.states} A={self.actions} H={self.horizon} n={self.episodes}"
+
+
+def build_rl2(cfg: RL2Config) -> tuple[RL2Policy, torch.optim.Optimizer]:
+    """The policy (seeded init, on ``cfg.device``) and its Adam optimizer."""
+    torch.manual_seed(cfg.seed)
+    trials = cfg.make_trials(1)
+    policy = RL2Policy(trials.input_size, trials.env.num_actions, cfg.mixer, cfg.hidden_size, cfg.num_layers,
+                       cfg.num_heads, cfg.mlp_ratio).to(cfg.device)  # fmt: skip
+    return policy, torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+
+
+# change how a run is reported, not what it computes: allowed to differ on resume
+RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_trials", "eval_every"})
+LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+              "val_return", "train_seconds"]  # fmt: skip
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 1) % (2**62)
+
+
+class RL2Trainer(TrainLoop):
+    """One step: a rollout of ``cfg.trials`` trials, GAE, and ``epochs x minibatches`` PPO updates.
+
+    Args:
+        cfg (RL2Config): the run.
+        policy (RL2Policy), opt (torch.optim.Optimizer): from :func:`build_rl2`.
+        fresh, extend (bool, Optional): see :class:`innerloop.runs.Run`. Default: False.
+        callbacks (Sequence[Callback], Optional): Default: ().
+        progress (bool, Optional): a progress bar. Default: False.
+        run (bool, Optional): keep a run directory at ``cfg.out``; False trains in memory. Default: True.
+    """
+
+    def __init__(self, cfg: RL2Config, policy: RL2Policy, opt: torch.optim.Optimizer, *, fresh: bool = False,
+                 extend: bool = False, callbacks: Sequence[Callback] = (), progress: bool = False,
+                 run: bool = True) -> None:  # fmt: skip
+        self.cfg, self.policy, self.opt = cfg, policy, opt
+        self.trials = cfg.make_trials(cfg.trials)
+        self.generator = torch.Generator(cfg.device)
+        the_run = None
+        if run:
+            the_run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="steps", resume_free=RESUME_FREE_KEYS,
+                          fresh=fresh, extend=extend, command="innerloop rl train --algo rl2")  # fmt: skip
+        super().__init__(policy, the_run, cfg.steps, stateful={"optimizer": opt}, log_fields=LOG_FIELDS,
+                         average=("loss", "return"), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                         eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callbacks=callbacks,
+                         progress=progress, desc=f"RL² {cfg.mixer} {cfg.describe()}",
+                         diverged_hint=f"Try a lower --lr (now {cfg.lr}) or --max-grad-norm.")  # fmt: skip
+
+    def resolved_config(self) -> dict[str, Any]:
+        return {"algo": "rl2", "params": count_params(self.policy), "steps_per_trial": self.trials.steps_per_trial,
+                "input_size": self.trials.input_size, "planned_env_steps": self.cfg.steps * self.cfg.trials
+                * self.trials.steps_per_trial}  # fmt: skip
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, seed = self.cfg, _step_seed(self.cfg.seed, step)
+        self.generator.manual_seed(seed)
+        ro = rollout(self.policy, self.trials, seed, self.generator)
+        adv, ret = gae(ro.rewards, ro.values, gamma=cfg.gamma, lam=cfg.lam)
+        adv = normalize(adv)
+        sums: dict[str, float] = {}
+        n = 0
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(cfg.trials, generator=self.generator, device=cfg.device)
+            for idx in torch.tensor_split(perm, cfg.minibatches):
+                logits, values, _ = self.policy(ro.inputs[idx])
+                terms = ppo_loss(logits, values, ro.actions[idx], ro.logp[idx], adv[idx], ret[idx], cfg.clip,
+                                 cfg.value_coef, cfg.entropy_coef)  # fmt: skip
+                self.opt.zero_grad(set_to_none=True)
+                terms.total.backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
+                                                      cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+                try:
+                    check_finite(float(terms.total.detach()) + float(norm), "PPO loss / gradient norm", self, step)
+                except TrainingDivergedError:
+                    self.opt.zero_grad(set_to_none=True)
+                    raise
+                self.opt.step()
+                for k, v in terms._asdict().items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                n += 1
+        logs = {("loss" if k == "total" else ("policy_loss" if k == "policy" else
+                 "value_loss" if k == "value" else k)): v / n for k, v in sums.items()}  # fmt: skip
+        return {**logs, "return": float(ro.returns.mean())}
+
+    def evaluate_metrics(self) -> dict[str, float]:
+        return {"return": evaluate_rl2(self.cfg, self.policy)["mean"]}
+
+
+def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False) -> dict[str, Any]:
+    """Total reward per trial on the fixed test trials (seed :data:`EVAL_SEED`): mean, 95% CI, and timing.
+
+    Returns:
+        dict: ``mean``, ``ci95``, ``trials``, ``greedy``, ``seconds`` (the rollout's wall time).
+    """
+    trials = cfg.make_trials(cfg.eval_trials)
+    g = torch.Generator(cfg.device)
+    g.manual_seed(EVAL_SEED)
+    was = policy.training
+    policy.eval()
+    t0 = time.perf_counter()
+    ro = rollout(policy, trials, EVAL_SEED, g, greedy=greedy)
+    seconds = time.perf_counter() - t0
+    policy.train(was)
+    r = ro.returns.double().cpu()
+    ci = 1.96 * float(r.std()) / math.sqrt(len(r)) if len(r) > 1 else float("nan")
+    return {"mean": float(r.mean()), "ci95": ci, "trials": len(r), "greedy": greedy, "seconds": seconds}
+
+
+def train_rl2(cfg: RL2Config, *, evaluate_after: bool = True, fresh: bool = False, extend: bool = False,
+              callbacks: Sequence[Callback] = (), progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Train ``cfg.out`` with PPO (resuming from its newest intact checkpoint), then evaluate into ``metrics.json``.
+
+    Returns:
+        dict: the training summary (``train_seconds``, ``steps``, ``val_return``, ...), ``params`` and, with
+        ``evaluate_after``, ``test`` (sampled actions) and ``test_greedy`` (argmax actions) from :func:`evaluate_rl2`.
+    """
+    policy, opt = build_rl2(cfg)
+    trainer = RL2Trainer(cfg, policy, opt, fresh=fresh, extend=extend, callbacks=callbacks, progress=progress)
+    summary = {**trainer.fit(), **trainer.resolved_config()}
+    summary["env_steps"] = summary["steps"] * cfg.trials * trainer.trials.steps_per_trial  # done, not planned
+    if not evaluate_after:
+        return summary
+    metrics = {**summary, "env": cfg.describe(), "mixer": cfg.mixer, "test": evaluate_rl2(cfg, policy),
+               "test_greedy": evaluate_rl2(cfg, policy, greedy=True)}  # fmt: skip
+    atomic_write_json(Path(cfg.out) / "metrics.json", metrics)
+    return metrics
+
+
+def load_rl2(out: str | Path, **overrides: Any) -> tuple[RL2Config, RL2Policy, Path]:
+    """The config and trained policy of run directory ``out`` (its newest intact checkpoint).
+
+    Args:
+        out (str | Path): a run directory made by ``innerloop rl train --algo rl2``.
+        **overrides: config fields to change for evaluation (``eval_trials``, ``device``, ...).
+
+    Returns:
+        tuple: ``(config, policy, checkpoint path)``.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` or no checkpoint in ``out``.
+    """
+    saved, resolved = read_config(out, "innerloop rl train --algo rl2")
+    if resolved.get("algo", "rl2") != "rl2":
+        raise ValueError(f"{out} holds a {resolved['algo']} run: evaluate it with --algo {resolved['algo']}")
+    known = {f.name for f in dataclasses.fields(RL2Config)}
+    cfg = RL2Config(**{**{k: v for k, v in saved.items() if k in known}, "out": str(out), **overrides})
+    policy, _ = build_rl2(cfg)
+    path = load_latest_weights(Path(out) / "checkpoints", policy, cfg.device)
+    if path is None:
+        raise FileNotFoundError(f"{out}/checkpoints holds no checkpoint: train it first with "
+                                f"`innerloop rl train --algo rl2 --out {out}`")
+    return cfg, policy, path

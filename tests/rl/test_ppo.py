@@ -1,0 +1,74 @@
+"""PPO's pieces as pure functions: GAE against a hand computation, the clipped loss, and PPO learning the better arm
+of a two-armed bandit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from innerloop.rl import gae, normalize, ppo_loss
+
+
+def test_gae_equals_a_hand_computation():
+    r = torch.tensor([[1.0, 2.0, 3.0]])
+    v = torch.tensor([[0.5, 1.0, 1.5]])
+    # gamma 0.9, lam 0.8, terminal after the last step: deltas 1.4, 2.35, 1.5; A_t = delta_t + 0.72 A_{t+1}
+    adv, ret = gae(r, v, gamma=0.9, lam=0.8)
+    want = [1.4 + 0.72 * (2.35 + 0.72 * 1.5), 2.35 + 0.72 * 1.5, 1.5]
+    assert adv[0].tolist() == pytest.approx(want)
+    assert torch.allclose(ret, adv + v)
+    # bootstrapped from V_T = 2: delta_2 = 3 + 0.9 * 2 - 1.5 = 3.3
+    adv, _ = gae(r, v, torch.tensor([2.0]), gamma=0.9, lam=0.8)
+    assert adv[0].tolist() == pytest.approx([1.4 + 0.72 * (2.35 + 0.72 * 3.3), 2.35 + 0.72 * 3.3, 3.3])
+
+
+def test_gae_special_cases():
+    r, v = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]]), torch.tensor([[0.3, 0.2, 0.1], [1.0, 0.0, 0.5]])
+    adv, _ = gae(r, v, gamma=1.0, lam=1.0)  # Monte-Carlo: reward to go minus the baseline
+    assert torch.allclose(adv, r.flip(1).cumsum(1).flip(1) - v)
+    adv, _ = gae(r, v, gamma=0.5, lam=0.0)  # one-step TD errors
+    nxt = torch.cat([v[:, 1:], torch.zeros(2, 1)], 1)
+    assert torch.allclose(adv, r + 0.5 * nxt - v)
+    dones = torch.tensor([[False, True, False], [False, False, False]])  # row 0 ends after step 1
+    adv, _ = gae(r, v, gamma=1.0, lam=1.0, dones=dones)
+    assert adv[0].tolist() == pytest.approx([1.0 - 0.3, 0.0 - 0.2, 2.0 - 0.1])
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        gae(r[0], v[0])
+
+
+def test_ppo_loss_terms():
+    logits = torch.zeros(4, 3, requires_grad=True)
+    actions, old = torch.tensor([0, 1, 2, 0]), torch.full((4,), -torch.log(torch.tensor(3.0)))
+    adv, ret, values = torch.tensor([1.0, -1.0, 2.0, 0.0]), torch.ones(4), torch.zeros(4)
+    out = ppo_loss(logits, values, actions, old, adv, ret, entropy_coef=0.1)
+    assert out.policy.item() == pytest.approx(-adv.mean().item())  # ratio 1
+    assert out.value.item() == pytest.approx(1.0) and out.entropy.item() == pytest.approx(torch.log(torch.tensor(3.0)))
+    assert out.approx_kl.item() == pytest.approx(0.0, abs=1e-7) and out.clip_fraction.item() == 0
+    assert out.total.item() == pytest.approx(-0.5 + 0.5 * 1.0 - 0.1 * out.entropy.item())
+    # far outside the clip range on the side the advantage favours: no policy gradient
+    far = torch.tensor([[5.0, 0.0, 0.0]], requires_grad=True)
+    out = ppo_loss(far, torch.zeros(1), torch.tensor([0]), old[:1], torch.tensor([1.0]), torch.zeros(1),
+                   entropy_coef=0.0)
+    out.total.backward()
+    assert out.clip_fraction.item() == 1 and far.grad.abs().max().item() == 0
+    assert normalize(torch.tensor([1.0, 3.0])).tolist() == pytest.approx([-0.7071, 0.7071], abs=1e-3)
+
+
+def test_ppo_learns_the_better_arm_of_a_two_armed_bandit():
+    torch.manual_seed(0)
+    logits = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    pay = torch.tensor([0.2, 0.8])  # arm 1 is better
+    for _ in range(40):
+        with torch.no_grad():
+            probs = torch.softmax(logits, -1)
+            a = torch.multinomial(probs, 64, replacement=True)
+            r = (torch.rand(64) < pay[a]).float()
+            old = torch.log(probs[a])
+            adv = normalize(r - r.mean())
+        for _ in range(4):
+            out = ppo_loss(logits.expand(64, 2), torch.zeros(64), a, old, adv, r, value_coef=0.0, entropy_coef=0.0)
+            opt.zero_grad()
+            out.total.backward()
+            opt.step()
+    assert torch.softmax(logits, -1)[1].item() > 0.9
