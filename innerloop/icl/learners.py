@@ -142,14 +142,16 @@ def build_learner(name: str, x_dim: int = 1, *, hidden_size: int = 64, num_layer
         inner_steps (int): inner steps during meta-training (gradient only). Default: 1.
         test_steps (int): inner steps at test time (gradient only). Default: 1.
         classes (int): 0 = regression on ``x_dim`` features; ``ways`` > 0 = classification of 1-channel images
-            (Omniglot): the in-context learner gets an :class:`ImageEncoder` of ``channels`` filters and one-hot
-            labels, the gradient learner the MAML paper's Omniglot CNN (64 filters). Default: 0.
+            (Omniglot): the in-context learner gets an :class:`ImageEncoder` of ``channels`` filters (features
+            centred on the support mean) and one-hot labels, the gradient learner the MAML paper's Omniglot CNN
+            (64 filters). Default: 0.
         channels (int): filters of the in-context learner's image encoder. Default: 64.
     """
     if learner_kind(name) == "in-context":
         if classes:
             model = ICLModel(name, hidden_size, num_layers, num_heads, x_dim=channels, y_dim=classes,
-                             encoder=ImageEncoder(channels, groups=math.gcd(8, channels)))  # fmt: skip
+                             encoder=ImageEncoder(channels, groups=math.gcd(8, channels)),
+                             center_features=True)  # fmt: skip
             return InContextLearner(model, classes=classes)
         return InContextLearner(ICLModel(name, hidden_size, num_layers, num_heads, x_dim=x_dim))
     cfg = MetaConfig(algorithm=name, inner_lr=inner_lr, steps=inner_steps, test_steps=test_steps)

@@ -69,19 +69,24 @@ def test_icl_on_images_query_i_sees_only_the_support_and_query_i(mixer):
 
 @pytest.mark.parametrize("mixer", ["attention", "ttt_linear", "gru"])
 def test_icl_on_images_reads_the_support_causally_and_uses_its_labels(mixer):
+    """The support tokens are read causally; the tokens themselves see the support set only through its mean
+    feature (subtracted from every image's features), which no permutation of the support set changes."""
     learner, b = _icl_image(mixer), _image_task()
     model = learner.model
     with torch.no_grad():
         onehot = torch.nn.functional.one_hot(b.support_y, WAYS).float()
-        h, _ = model.blocks(model.embed(model.encode(b.support_x, onehot)))
-        later = b.support_x.clone()
-        later[:, 4] = torch.rand_like(later[:, 4])
-        h2, _ = model.blocks(model.embed(model.encode(later, onehot)))
+        center = model.support_center(b.support_x)
+        tokens = model.encode(b.support_x, onehot, center)
+        h, _ = model.blocks(model.embed(tokens))
+        later = tokens.clone()
+        later[:, 4] = torch.randn_like(later[:, 4])
+        h2, _ = model.blocks(model.embed(later))
         assert torch.equal(h[:, :4], h2[:, :4]) and not torch.equal(h[:, 4], h2[:, 4])  # causal prefix
+        perm = torch.tensor([5, 3, 1, 0, 2, 4])
+        torch.testing.assert_close(model.support_center(b.support_x[:, perm]), center)  # a set summary
         base = learner.predict(b.support_x, b.support_y, b.query_x)
         relabel = (b.support_y + 1) % WAYS  # the same images, classes renamed
         assert not torch.allclose(base, learner.predict(b.support_x, relabel, b.query_x))
-        perm = torch.tensor([5, 3, 1, 0, 2, 4])
         permuted = learner.predict(b.support_x[:, perm], b.support_y[:, perm], b.query_x)
         assert not torch.allclose(base, permuted), f"{mixer}: unexpectedly invariant to the support order"
 
