@@ -7,7 +7,8 @@ reports each learner's training seconds and its time per new task at test, so th
 
 Each (shots, learner) pair is an ordinary run directory ``out/runs/<task>-<K>shot-<learner>`` (Omniglot:
 ``omniglot-<N>way<K>shot-<learner>``) on the run scaffold, so an interrupted comparison resumes where it stopped when
-run again with the same flags.
+run again with the same flags; a learner whose run folder already holds a finished run of the very same config and
+test set (``metrics.json``) is neither trained nor evaluated again.
 
 Regression tasks are scored by the query MSE (columns ``mse_in``, ``mse_ood``); Omniglot by the query accuracy
 (``acc_in``, ``acc_ood``, in [0, 1]) with the cross-entropy beside it. Plots: ``error_vs_shots.png`` (MSE or accuracy
@@ -24,12 +25,13 @@ from typing import Any
 
 import torch
 
-from innerloop._io import atomic_write_text, pyplot, write_csv
+from innerloop._io import atomic_write_text, pyplot, read_json, write_csv
 from innerloop.data.fewshot import mean_ci95
+from innerloop.runs import config_diff, read_config
 
 from .trainer import ICLConfig, train
 
-__all__ = ["CLASSIFICATION_FIELDS", "FIELDS", "baseline_rows", "budget_text", "compare", "fields",
+__all__ = ["CLASSIFICATION_FIELDS", "FIELDS", "baseline_rows", "budget_text", "compare", "fields", "finished_metrics",
            "markdown_table"]  # fmt: skip
 
 FIELDS = ["task", "shots", "learner", "kind", "params", "train_tasks", "train_seconds", "mse_in", "ci95_in",
@@ -204,6 +206,24 @@ def _plot_cost(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# config keys that change neither what a finished run computed nor what its metrics.json measured
+_REPORT_ONLY = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_batch", "data_root"})
+
+
+def finished_metrics(cfg: ICLConfig) -> dict[str, Any] | None:
+    """The ``metrics.json`` of ``cfg.out`` if it holds a finished run of ``cfg`` (every config key equal but where
+    the run is, how it logs and how many test tasks are batched at once), else None."""
+    path = Path(cfg.out) / "metrics.json"
+    if not path.is_file() or not (Path(cfg.out) / "config.json").is_file():
+        return None
+    saved, _ = read_config(cfg.out, "innerloop icl compare")
+    if config_diff(saved, dataclasses.asdict(cfg), _REPORT_ONLY):
+        return None
+    metrics = read_json(path)
+    done = metrics.get("steps") == cfg.steps and not metrics.get("stopped_early")
+    return metrics if done and "in" in metrics and "ood" in metrics else None
+
+
 def compare(task: str, shots: Sequence[int], learners: Sequence[str], out: str | Path, *, steps: int = 500,
             meta_batch: int = 25, progress: bool = False, fresh: bool = False, extend: bool = False,
             **options: Any) -> list[dict[str, Any]]:  # fmt: skip
@@ -237,7 +257,8 @@ def compare(task: str, shots: Sequence[int], learners: Sequence[str], out: str |
     cfgs = [dataclasses.replace(c, out=str(out / "runs" / _run_name(c))) for c in cfgs]
     rows = []
     for i, cfg in enumerate(cfgs):
-        m = train(cfg, progress=progress, fresh=fresh, extend=extend)
+        m = None if fresh or extend else finished_metrics(cfg)
+        m = m or train(cfg, progress=progress, fresh=fresh, extend=extend)
         row = {"task": _task_label(cfg), "shots": cfg.shots, "learner": cfg.learner, "kind": m["kind"],
                "params": m["params"], "train_tasks": m["train_tasks"], "train_seconds": m["train_seconds"],
                "ci95_in": m["in"]["ci95"], "ci95_ood": m["ood"]["ci95"], "ms_per_task": 1000 * m["seconds_per_task"]}
