@@ -6,10 +6,15 @@ Flags come from :class:`innerloop.icl.ICLConfig`. Examples::
     innerloop icl compare --task sinusoid --shots 5 10 --learners attention ttt_linear lstm maml fomaml metasgd \\
         --steps 1000 --out runs/icl-sinusoid
     innerloop icl compare --task linear --dim 5 --shots 10 --learners attention maml --steps 1000 --out runs/icl-lin
+    innerloop icl compare --task omniglot --data-root /work/shared/data/omniglot --shots 1 5 \\
+        --learners attention ttt_linear gru maml fomaml --inner-lr 0.4 --test-steps 3 --steps 300 --meta-batch 16 \\
+        --out runs/icl-omniglot
 
 ``compare`` gives every learner the same meta-training tasks (``--steps`` x ``--meta-batch``) and writes
-``compare.csv``, ``compare.md`` and ``error_vs_shots.png`` under ``--out``, plus one resumable run directory per
-(shots, learner) under ``--out/runs``.
+``compare.csv``, ``compare.md``, ``error_vs_shots.png`` (MSE or accuracy vs K, in and out of distribution) and
+``cost.png`` (training seconds, ms per new task) under ``--out``, plus one resumable run directory per (shots,
+learner) under ``--out/runs``. Omniglot: ``--shots`` is per class (``--ways`` classes); in distribution = held-out
+characters of the training alphabets, OOD = unseen alphabets; MAML's Omniglot inner rate is ``--inner-lr 0.4``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"{m['kind']} learner, {m['params']} parameters, {m['train_seconds']:.1f} s of training on "
           f"{m['train_tasks']} tasks")  # fmt: skip
     for name in ("in", "ood"):
+        if cfg.classes:
+            print(f"test accuracy ({name}): {100 * m[name]['acc']:.1f}% +- {100 * m[name]['ci95']:.1f} (95% CI, "
+                  f"{m['eval_tasks']} tasks), cross-entropy {m[name]['loss']:.3f}")  # fmt: skip
+            continue
         print(f"test MSE ({name}): {m[name]['mse']:.4f} +- {m[name]['ci95']:.4f} (95% CI, {m['eval_tasks']} tasks)")
     print(f"time per new task: {1000 * m['seconds_per_task']:.2f} ms")
     return 0
@@ -76,11 +85,17 @@ def run_compare(args: argparse.Namespace) -> int:
     rows = compare(args.task, args.shots, args.learners, args.out, steps=args.steps, meta_batch=args.meta_batch,
                    progress=args.progress, fresh=args.fresh, extend=args.extend, **options)  # fmt: skip
     for r in rows:
+        if "acc_in" in r:
+            cost = ("baseline, no training" if r["kind"] == "baseline" else
+                    f"train {r['train_seconds']:.1f} s, {r['ms_per_task']:.2f} ms/task")  # fmt: skip
+            print(f"K={r['shots']:<3} {r['learner']:<13} accuracy in {100 * r['acc_in']:.1f}% +- "
+                  f"{100 * r['ci95_in']:.1f}, OOD {100 * r['acc_ood']:.1f}% ({cost})")  # fmt: skip
+            continue
         if r["kind"] == "baseline":
             print(f"K={r['shots']:<3} {r['learner']:<11} MSE in {r['mse_in']:.4g} +- {r['ci95_in']:.2g}, OOD "
                   f"{r['mse_ood']:.3g} (baseline, no training)")  # fmt: skip
             continue
         print(f"K={r['shots']:<3} {r['learner']:<11} MSE in {r['mse_in']:.4f} +- {r['ci95_in']:.4f}, OOD "
               f"{r['mse_ood']:.3g}, train {r['train_seconds']:.1f} s, {r['ms_per_task']:.2f} ms/task")  # fmt: skip
-    print(f"wrote {args.out}/compare.csv, compare.md, error_vs_shots.png")
+    print(f"wrote {args.out}/compare.csv, compare.md, error_vs_shots.png, cost.png")
     return 0

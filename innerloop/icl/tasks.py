@@ -6,6 +6,9 @@
   moved out of the training range.
 - ``linear``: linear regression as in Garg et al. 2022: ``x ~ N(0, I_d)``, ``w ~ N(0, I_d)``, ``y = w . x``
   (+ ``noise * N(0, 1)``). Out of distribution: ``w`` scaled by :data:`OOD_WEIGHT_SCALE`.
+- ``omniglot``: N-way K-shot image classification (:class:`innerloop.icl.omniglot.OmniglotTasks`): trained on the
+  background alphabets, tested on their held-out characters (in distribution) and on the evaluation alphabets (out of
+  distribution).
 
 Every sampler has ``batch(index, tasks)`` and ``eval_batch(start, tasks)``; task ``i`` is a pure function of
 ``(seed, i)``, so training resumes exactly and evaluation sets are fixed.
@@ -14,16 +17,20 @@ Every sampler has ``batch(index, tasks)`` and ``eval_batch(start, tasks)``; task
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from innerloop.data.fewshot import SinusoidTasks, TaskBatch, sinusoid
 from innerloop.data.fewshot.sinusoid import AMPLITUDE, PHASE
 
-__all__ = ["TASKS", "LinearRegressionTasks", "OODSinusoidTasks", "make_tasks", "OOD_AMPLITUDE", "OOD_PHASE",
-           "OOD_WEIGHT_SCALE"]  # fmt: skip
+from .omniglot import OmniglotTasks
 
-TASKS = ("sinusoid", "linear")
+__all__ = ["CLASSIFICATION", "TASKS", "LinearRegressionTasks", "OODSinusoidTasks", "OmniglotTasks", "make_tasks",
+           "OOD_AMPLITUDE", "OOD_PHASE", "OOD_WEIGHT_SCALE"]  # fmt: skip
+
+TASKS = ("sinusoid", "linear", "omniglot")
+CLASSIFICATION = frozenset({"omniglot"})  # tasks scored by accuracy (integer labels); the others by MSE
 OOD_AMPLITUDE = (5.0, 10.0)  # training range is [0.1, 5]
 OOD_PHASE = (math.pi, 2 * math.pi)  # training range is [0, pi]
 OOD_WEIGHT_SCALE = 3.0  # linear regression: w ~ N(0, 9 I) instead of N(0, I)
@@ -110,8 +117,10 @@ class LinearRegressionTasks:
 
 
 def make_tasks(task: str, shots: int, query_shots: int | None = None, seed: int = 0, *, dim: int = 5,
-               noise: float = 0.0, ood: bool = False) -> SinusoidTasks | LinearRegressionTasks:  # fmt: skip
-    """A sampler of ``task`` (sinusoid | linear), in or out of distribution.
+               noise: float = 0.0, ood: bool = False, split: str = "train", ways: int = 5,
+               root: str | Path | None = None, image_size: int = 28,
+               num_tasks: int | None = None) -> SinusoidTasks | LinearRegressionTasks | OmniglotTasks:  # fmt: skip
+    """A sampler of ``task`` (sinusoid | linear | omniglot), in or out of distribution.
 
     Args:
         task (str): ``"sinusoid"`` or ``"linear"``.
@@ -121,9 +130,16 @@ def make_tasks(task: str, shots: int, query_shots: int | None = None, seed: int 
         dim (int): input dimension of ``linear`` (ignored for sinusoid). Default: 5.
         noise (float): label noise of ``linear`` (sinusoid tasks are noiseless as in MAML). Default: 0.
         ood (bool): the out-of-distribution variant. Default: False.
+        split (str): ``omniglot`` only: ``"train"`` (training characters) or ``"test"`` (held-out characters of the
+            training alphabets); ``ood=True`` means the evaluation alphabets whatever ``split`` says. Default: train.
+        ways (int): ``omniglot`` only: classes per task (``shots`` and ``query_shots`` are per class). Default: 5.
+        root (str | Path, Optional): ``omniglot`` only: the data folder. Default: ``$INNERLOOP_DATA/omniglot``.
+        image_size (int): ``omniglot`` only: image side. Default: 28.
+        num_tasks (int, Optional): ``omniglot`` only: size of a fixed evaluation set. Default: None.
 
     Raises:
-        ValueError: an unknown task, or noise asked of the sinusoid.
+        ValueError: an unknown task, or noise asked of the sinusoid or of omniglot.
+        FileNotFoundError: no Omniglot data at ``root`` (the message says where to get it).
     """
     if task == "sinusoid":
         if noise:
@@ -131,4 +147,11 @@ def make_tasks(task: str, shots: int, query_shots: int | None = None, seed: int 
         return (OODSinusoidTasks if ood else SinusoidTasks)(shots, query_shots, seed)
     if task == "linear":
         return LinearRegressionTasks(dim, shots, query_shots, seed, noise, ood)
+    if task == "omniglot":
+        if noise:
+            raise ValueError("omniglot tasks have no label noise; use noise=0")
+        from innerloop.data.fewshot.benchmarks import data_root
+
+        return OmniglotTasks(data_root("omniglot", root or None), "ood" if ood else split, ways, shots, query_shots,
+                             seed, image_size, num_tasks)  # fmt: skip
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

@@ -1,7 +1,8 @@
 """Meta-training any learner (in-context or gradient-based) on a task distribution, on the run scaffold.
 
 One step is one meta-batch of ``meta_batch`` tasks and one Adam update of the learner's meta-parameters, for both
-kinds: an in-context learner minimises the query MSE of its predictions from the support set; a gradient learner
+kinds: an in-context learner minimises the query loss (MSE; cross-entropy on Omniglot) of its predictions from the
+support set; a gradient learner
 takes its algorithm's own meta-gradient (:meth:`innerloop.meta.MAML.meta_backward`). Batch ``i`` is a pure function of
 ``(task, seed, i)``, the same for every learner, so equal steps mean the very same training tasks. A run directory
 holds ``config.json``, ``log.csv``, ``checkpoints/`` (a killed run resumes exactly) and ``metrics.json``.
@@ -26,7 +27,7 @@ from innerloop.models import count_params
 from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite
 
 from .learners import build_learner, learner_kind
-from .tasks import TASKS, make_tasks
+from .tasks import CLASSIFICATION, TASKS, make_tasks
 
 __all__ = ["ICLConfig", "ICLTrainer", "build", "evaluate", "train"]
 
@@ -38,22 +39,26 @@ class ICLConfig:
     CHOICES: ClassVar[dict[str, Collection[str]]] = {"task": TASKS}
 
     learner: str = "attention"  # a mixer (in-context learner) or a meta-learning algorithm (maml, fomaml, metasgd, ...)
-    task: str = "sinusoid"  # task distribution: sinusoid (MAML's) or linear (Garg et al. 2022)
-    shots: int = 10  # support points K per task
-    query_shots: int = 0  # query points per training task; 0 = same as shots
+    task: str = "sinusoid"  # task distribution: sinusoid (MAML's), linear (Garg et al. 2022) or omniglot (N-way K-shot)
+    shots: int = 10  # support points K per task (per class for omniglot)
+    query_shots: int = 0  # query points per training task (per class for omniglot); 0 = same as shots
     dim: int = 5  # input dimension of linear regression
     noise: float = 0.0  # label noise (standard deviation) of linear regression
+    ways: int = 5  # omniglot: classes per task
+    image_size: int = 28  # omniglot: image side in pixels
+    channels: int = 64  # omniglot, in-context learners: filters of the conv image encoder
+    data_root: str = ""  # omniglot: the data folder (the two zips); default: $INNERLOOP_DATA/omniglot
     steps: int = 500  # meta-updates; tasks seen in training = steps * meta_batch
     meta_batch: int = 25  # tasks per meta-update
     lr: float = 1e-3  # Adam learning rate of the meta-parameters
     hidden_size: int = 64  # in-context learners: model width
     num_layers: int = 2  # in-context learners: blocks
     num_heads: int = 4  # in-context learners: heads (attention, TTT)
-    inner_lr: float = 0.01  # gradient learners: inner SGD rate (MAML's sinusoid value)
+    inner_lr: float = 0.01  # gradient learners: inner SGD rate (MAML's sinusoid value; its Omniglot 5-way value is 0.4)
     inner_steps: int = 1  # gradient learners: inner steps in meta-training
     test_steps: int = 1  # gradient learners: inner steps at test time
     eval_tasks: int = 600  # fixed test tasks (seed 2000), in and out of distribution
-    eval_points: int = SINUSOID_EVAL_POINTS  # query points per test task
+    eval_points: int = 0  # query points per test task (per class for omniglot); 0 = 100 (omniglot: 20 - shots, <= 15)
     eval_batch: int = 100  # test tasks evaluated at once
     log_every: int = 50  # steps between log.csv rows
     checkpoint_every: int = 100  # steps between checkpoints (also at the end)
@@ -66,14 +71,21 @@ class ICLConfig:
             check_choice(name, getattr(self, name), allowed)
         learner_kind(self.learner)  # a clear error for an unknown learner
         for name in ("shots", "dim", "steps", "meta_batch", "hidden_size", "num_layers", "num_heads", "inner_steps",
-                     "test_steps", "eval_tasks", "eval_points", "eval_batch", "log_every"):  # fmt: skip
+                     "test_steps", "eval_tasks", "eval_batch", "log_every", "ways", "image_size",
+                     "channels"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("query_shots", "noise", "checkpoint_every", "max_seconds"):
+        for name in ("query_shots", "noise", "checkpoint_every", "max_seconds", "eval_points"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.task == "sinusoid" and self.noise:
-            raise ValueError("sinusoid tasks are noiseless (as in MAML): use --noise 0, or --task linear")
+        if self.task != "linear" and self.noise:
+            raise ValueError(f"{self.task} tasks are noiseless (as in MAML): use --noise 0, or --task linear")
+        if self.task == "omniglot":
+            drawers = 20
+            for name, q in (("query_shots", self.query_shots or self.shots), ("eval_points", self.test_points)):
+                if self.shots + q > drawers:
+                    raise ValueError(f"omniglot has {drawers} images per character: shots + {name} = {self.shots} + "
+                                     f"{q} > {drawers}; lower --{name.replace('_', '-')} (per class)")  # fmt: skip
         if not (self.lr > 0 and self.inner_lr > 0):
             raise ValueError(f"lr and inner_lr must be > 0, got {self.lr}, {self.inner_lr}")
 
@@ -81,11 +93,27 @@ class ICLConfig:
     def x_dim(self) -> int:
         return self.dim if self.task == "linear" else 1
 
-    def tasks(self, query_shots: int | None = None, seed: int | None = None, ood: bool = False) -> Any:
-        """The task sampler: training tasks by default; ``seed=TEST_SEED`` for the fixed test set."""
-        q = query_shots or self.query_shots or self.shots
-        return make_tasks(self.task, self.shots, q, self.seed if seed is None else seed, dim=self.dim,
-                          noise=self.noise, ood=ood)  # fmt: skip
+    @property
+    def classes(self) -> int:
+        """Classes per task for a classification task (omniglot), else 0."""
+        return self.ways if self.task in CLASSIFICATION else 0
+
+    @property
+    def test_points(self) -> int:
+        """Query points per test task (per class for omniglot): ``eval_points``, or the task's default."""
+        if self.eval_points:
+            return self.eval_points
+        return min(15, 20 - self.shots) if self.task == "omniglot" else SINUSOID_EVAL_POINTS
+
+    def tasks(self, split: str = "train", ood: bool = False) -> Any:
+        """The task sampler: ``split="train"`` the training tasks (seed ``seed``); ``"test"`` the fixed test tasks
+        (seed 2000, ``test_points`` queries), in distribution or, with ``ood=True``, out of it."""
+        check_choice("split", split, ("train", "test"))
+        train = split == "train"
+        q = (self.query_shots or self.shots) if train else self.test_points
+        return make_tasks(self.task, self.shots, q, self.seed if train else TEST_SEED, dim=self.dim, noise=self.noise,
+                          ood=ood, split=split, ways=self.ways, root=self.data_root or None,
+                          image_size=self.image_size, num_tasks=None if train else self.eval_tasks)  # fmt: skip
 
 
 def build(cfg: ICLConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -93,13 +121,13 @@ def build(cfg: ICLConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(cfg.seed)
     learner = build_learner(cfg.learner, cfg.x_dim, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                             num_heads=cfg.num_heads, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
-                            test_steps=cfg.test_steps)  # fmt: skip
+                            test_steps=cfg.test_steps, classes=cfg.classes, channels=cfg.channels)  # fmt: skip
     return learner, torch.optim.Adam(learner.parameters(), lr=cfg.lr)
 
 
 # change how a run is reported, not what it computes: allowed to differ on resume
 RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_tasks", "eval_points",
-                              "eval_batch", "test_steps"})  # fmt: skip
+                              "eval_batch", "test_steps", "data_root"})  # fmt: skip
 
 
 class ICLTrainer(TrainLoop):
@@ -116,7 +144,7 @@ class ICLTrainer(TrainLoop):
     def __init__(self, cfg: ICLConfig, learner: nn.Module, opt: torch.optim.Optimizer, *, fresh: bool = False,
                  extend: bool = False, callbacks: Sequence[Callback] = (), progress: bool = False) -> None:  # fmt: skip
         self.cfg, self.learner, self.opt = cfg, learner, opt
-        self.train_tasks = cfg.tasks()
+        self.train_tasks = cfg.tasks("train")
         run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="steps", resume_free=RESUME_FREE_KEYS, fresh=fresh,
                   extend=extend, command="innerloop icl train")  # fmt: skip
         super().__init__(learner, run, cfg.steps, stateful={"optimizer": opt}, log_fields=["step", "loss",
@@ -143,26 +171,35 @@ class ICLTrainer(TrainLoop):
 
 
 def evaluate(cfg: ICLConfig, learner: nn.Module) -> dict[str, Any]:
-    """Test MSE (mean, 95% CI over tasks) in and out of distribution, and seconds per new task.
+    """Test MSE (mean, 95% CI over tasks) in and out of distribution, and seconds per new task; for classification
+    (omniglot) the query accuracy (``acc``, with its 95% CI as ``ci95``) and the cross-entropy (``loss``).
 
-    The fixed test tasks (seed 2000) have ``cfg.shots`` support and ``cfg.eval_points`` query points. The time per
-    task covers reading (in-context) or adapting to (gradient) the support set and predicting the queries, measured
-    over the in-distribution set in batches of ``cfg.eval_batch`` tasks (task sampling is outside the timer).
+    The fixed test tasks (seed 2000) have ``cfg.shots`` support and ``cfg.test_points`` query points (per class for
+    omniglot). The time per task covers reading (in-context) or adapting to (gradient) the support set and predicting
+    the queries, measured over the in-distribution set in batches of ``cfg.eval_batch`` tasks (task sampling is
+    outside the timer).
     """
     learner.eval()
-    out: dict[str, Any] = {"eval_tasks": cfg.eval_tasks, "eval_points": cfg.eval_points, "shots": cfg.shots}
+    out: dict[str, Any] = {"eval_tasks": cfg.eval_tasks, "eval_points": cfg.test_points, "shots": cfg.shots}
     for name, ood in (("in", False), ("ood", True)):
-        tasks = cfg.tasks(cfg.eval_points, TEST_SEED, ood)
-        losses, seconds = [], 0.0
+        tasks = cfg.tasks("test", ood)
+        losses, accs, seconds = [], [], 0.0
         for start in range(0, cfg.eval_tasks, cfg.eval_batch):
             batch = tasks.eval_batch(start, min(cfg.eval_batch, cfg.eval_tasks - start))
             t0 = time.perf_counter()
-            losses.append(learner.task_losses(batch).detach())
+            loss, acc = learner.task_scores(batch)
             seconds += time.perf_counter() - t0
+            losses.append(loss.detach())
+            accs.append(acc)
         losses_t = torch.cat(losses)
-        mean, ci = mean_ci95(losses_t)
-        out[name] = {"mse": mean, "ci95": ci, "median": losses_t.median().item(),
-                     "finite": int(torch.isfinite(losses_t).sum())}  # fmt: skip
+        finite = int(torch.isfinite(losses_t).sum())
+        if cfg.classes:
+            acc_t = torch.cat(accs)
+            mean, ci = mean_ci95(acc_t)
+            out[name] = {"acc": mean, "ci95": ci, "loss": losses_t.mean().item(), "finite": finite}
+        else:
+            mean, ci = mean_ci95(losses_t)
+            out[name] = {"mse": mean, "ci95": ci, "median": losses_t.median().item(), "finite": finite}
         if not ood:
             out["seconds_per_task"] = seconds / cfg.eval_tasks
     learner.train()

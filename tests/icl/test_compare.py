@@ -76,3 +76,17 @@ def test_compare_into_a_folder_of_other_settings_says_fresh_and_fresh_works(tmp_
     assert main([*args, "--steps", "2", "--extend"]) == 0
     assert main([*args, "--steps", "2", "--fresh"]) == 0
     assert list((out / "runs").glob("*.previous-*"))
+
+
+def test_compare_reuses_finished_runs_without_training_or_evaluating_again(tmp_path, monkeypatch):
+    import importlib
+
+    cmp = importlib.import_module("innerloop.icl.compare")  # the module (the package exports the function)
+    kw = dict(steps=1, meta_batch=2, hidden_size=8, num_layers=1, num_heads=2, eval_tasks=3, eval_points=4)
+    first = compare("sinusoid", [2], ["gru"], tmp_path, **kw)
+    monkeypatch.setattr(cmp, "train", lambda *a, **k: pytest.fail("a finished run was trained or evaluated again"))
+    again = compare("sinusoid", [2], ["gru"], tmp_path, **{**kw, "eval_batch": 2})  # batching changes no number
+    assert again[0]["mse_in"] == first[0]["mse_in"]
+    monkeypatch.undo()
+    other = compare("sinusoid", [2], ["gru"], tmp_path, **{**kw, "eval_tasks": 5})  # another test set: evaluated
+    assert other[0]["mse_in"] != first[0]["mse_in"]
