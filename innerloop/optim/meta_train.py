@@ -29,7 +29,16 @@ from torch import Tensor, nn
 
 from innerloop.errors import check_choice
 from innerloop.optim.learned import LSTMRule, MLPRule
-from innerloop.optim.problems import Instance, MLPClassifier, Params, Problem, Quadratic, batch_loss, digits
+from innerloop.optim.problems import (
+    ConvClassifier,
+    Instance,
+    MLPClassifier,
+    Params,
+    Problem,
+    Quadratic,
+    batch_loss,
+    digits,
+)
 from innerloop.optim.problems import sample_instances as _sample
 from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite
 
@@ -86,7 +95,8 @@ RULES: dict[str, Callable[[Params], nn.Module]] = {
     "mlp": lambda params: MLPRule(batch_dims=1),  # its feature RMS is per instance, over all but the leading dim
 }
 
-PROBLEMS = ("quadratic", "digits_mlp")
+PROBLEMS = ("quadratic", "digits_mlp", "digits_conv")
+ACTIVATIONS = ("sigmoid", "relu")
 
 
 @dataclass
@@ -95,9 +105,9 @@ class MetaOptConfig:
     flags' ``--help``). The defaults are the paper's released code: 100 steps in unrolls of 20, Adam 1e-3."""
 
     # allowed values of the fields with a fixed set (the command line offers them as choices)
-    CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES}
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES, "activation": ACTIVATIONS}
 
-    problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, or digits_mlp (needs innerloop[optim])
+    problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, digits_mlp or digits_conv (innerloop[optim])
     rule: str = "sgd_lr"  # learned rule: sgd_lr (per-tensor rates), lstm (Andrychowicz et al.), mlp (Metz et al.)
     episodes: int = 10000  # meta-training episodes; each samples new instances and optimises them for --steps steps
     steps: int = 100  # optimizee steps per episode
@@ -106,8 +116,10 @@ class MetaOptConfig:
     meta_lr: float = 1e-3  # Adam learning rate on the rule's weights
     second_order: bool = False  # backpropagate through the optimizee gradients (default off: dropped, as the paper)
     dim: int = 10  # quadratic: dimension of theta
-    hidden: int = 20  # digits_mlp: sigmoid hidden units
-    minibatch: int = 128  # digits_mlp: examples per optimizee step
+    hidden: int = 20  # digits_mlp: hidden units per layer
+    layers: int = 1  # digits_mlp: hidden layers
+    activation: str = "sigmoid"  # digits_mlp: sigmoid | relu
+    minibatch: int = 128  # digits_mlp, digits_conv: examples per optimizee step
     eval_instances: int = 100  # held-out instances (fixed seed) on which the rule and the baselines are compared
     tune_instances: int = 20  # another fixed set of instances on which the baselines' learning rates are grid-searched
     eval_steps: int = 0  # optimizee steps at evaluation; 0 = --steps
@@ -119,11 +131,12 @@ class MetaOptConfig:
     max_seconds: float = 0.0  # stop training early after this wall time (0 = no limit); resumable
     device: str = "cpu"  # cpu | cuda | cuda:N
     out: str = "runs/optim/default"  # run folder: config.json, log.csv, checkpoints/, metrics.json, eval.csv, eval.png
+    eval_out: str = ""  # folder of the evaluation's metrics.json, eval.csv, eval.png ("" = --out)
 
     def __post_init__(self) -> None:
         for name, allowed in self.CHOICES.items():
             check_choice(name, getattr(self, name), allowed)
-        for name in ("episodes", "steps", "unroll", "batch", "dim", "hidden", "minibatch", "eval_instances",
+        for name in ("episodes", "steps", "unroll", "batch", "dim", "hidden", "layers", "minibatch", "eval_instances",
                      "tune_instances", "log_every", "checkpoint_every"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -153,7 +166,11 @@ def build_problem(cfg: MetaOptConfig, split: str = "train", steps: int | None = 
         return Quadratic(cfg.dim)
     images, labels = digits(split)
     horizon = (steps or cfg.steps) + 1
-    return MLPClassifier(images, labels, cfg.hidden, cfg.minibatch, horizon).to(cfg.device)
+    if cfg.problem == "digits_conv":
+        conv = ConvClassifier(images.view(-1, 8, 8), labels, batch_size=cfg.minibatch, horizon=horizon)
+        return conv.to(cfg.device)
+    return MLPClassifier(images, labels, cfg.hidden, cfg.minibatch, horizon, cfg.activation,
+                         layers=cfg.layers).to(cfg.device)  # fmt: skip
 
 
 def build_rule(name: str, params: Params) -> nn.Module:
@@ -259,7 +276,7 @@ class EpisodeState:
 
 
 # Config keys that may change when a run resumes: they change how it is run or reported, not what it computes.
-RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_instances",
+RESUME_FREE_KEYS = frozenset({"out", "eval_out", "log_every", "checkpoint_every", "max_seconds", "eval_instances",
                               "tune_instances", "eval_steps", "baselines", "lr_grid"})  # fmt: skip
 LOG_FIELDS = ["meta_step", "episode", "loss", "final_loss", "train_seconds"]
 

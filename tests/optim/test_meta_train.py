@@ -190,8 +190,12 @@ class NaNProblem(Quadratic):
 def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown rule 'nope'; choose from .*sgd_lr"):
         MetaOptConfig(rule="nope")
-    with pytest.raises(ValueError, match="unknown problem 'mnist'; choose from digits_mlp, quadratic"):
+    with pytest.raises(ValueError, match="unknown problem 'mnist'; choose from digits_conv, digits_mlp, quadratic"):
         MetaOptConfig(problem="mnist")
+    with pytest.raises(ValueError, match="unknown activation 'tanh'; choose from relu, sigmoid"):
+        MetaOptConfig(activation="tanh")
+    with pytest.raises(ValueError, match="layers must be >= 1"):
+        MetaOptConfig(layers=0)
     with pytest.raises(ValueError, match="--unroll 3 must divide --steps 10"):
         MetaOptConfig(steps=10, unroll=3)
     with pytest.raises(ValueError, match="unknown baseline 'lbfgs'"):
