@@ -107,4 +107,13 @@ def test_export_ships_the_rule_with_the_command_that_makes_it(tmp_path, capsys):
     command = rule.meta["command"]
     assert command.startswith("innerloop optim train --rule lstm --episodes 2 --steps 6 --unroll 3 --batch 4")
     assert command.endswith("--export tiny-lstm") and "--max-seconds" not in command
+    assert rule.meta["meta_steps_trained"] == rule.meta["meta_steps_planned"] == 4 and "note" not in rule.meta
+    # a run stopped by its time budget says so, and its command keeps the budget that decided how far it trained
+    short = tmp_path / "short"
+    assert main(["optim", "train", "--problem", "quadratic", "--rule", "lstm", *TINY, "--no-eval", "--max-seconds",
+                 "1e-9", "--out", str(short)]) == 0  # fmt: skip
+    assert main(["optim", "export", "--out", str(short), "--name", "short", "--dir", str(tmp_path / "rules")]) == 0
+    meta = load_rule("short", tmp_path / "rules").meta
+    assert meta["meta_steps_trained"] == 1 and "--max-seconds 1e-09" in meta["command"]
+    assert meta["note"].startswith("stopped by --max-seconds 1e-09 after 1 of 4 meta-steps")
     assert main(["optim", "export", "--out", str(tmp_path / "nope"), "--name", "x"]) == 2
