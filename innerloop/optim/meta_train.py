@@ -127,6 +127,7 @@ class MetaOptConfig:
     lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))  # learning rates tried for each baseline
     log_every: int = 10  # meta-steps between log.csv rows
     checkpoint_every: int = 100  # meta-steps between checkpoints (also written at the end)
+    init_rule: str = ""  # start from the weights of this pretrained rule (e.g. mlp-quadratic) instead of a random init
     seed: int = 0  # seed of the rule's initialisation and of the training instances (evaluation sets are fixed)
     max_seconds: float = 0.0  # stop training early after this wall time (0 = no limit); resumable
     device: str = "cpu"  # cpu | cuda | cuda:N
@@ -362,9 +363,22 @@ def train_rule(cfg: MetaOptConfig, rule: nn.Module | None = None, problem: Probl
 
 
 def make_rule(cfg: MetaOptConfig, problem: Problem) -> nn.Module:
-    """``RULES[cfg.rule]`` for one instance of ``problem``, initialised under ``cfg.seed``."""
+    """``RULES[cfg.rule]`` for one instance of ``problem``, initialised under ``cfg.seed``, or with the weights of
+    the pretrained rule ``cfg.init_rule`` when one is named (it must be the same kind of rule, built the same way)."""
     example = problem.init_params(problem.sample(torch.Generator().manual_seed(cfg.seed)),
                                   torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_rule(cfg.rule, example)
+        rule = build_rule(cfg.rule, example)
+    if cfg.init_rule:
+        from innerloop.optim.pretrained import load_rule
+
+        start = load_rule(cfg.init_rule)
+        if type(start) is not type(rule) or getattr(start, "config", None) != getattr(rule, "config", None):
+            raise ValueError(
+                f"--init-rule {cfg.init_rule} is a {type(start).__name__} with {getattr(start, 'config', None)}, "
+                f"but --rule {cfg.rule} builds a {type(rule).__name__} with {getattr(rule, 'config', None)}; start "
+                f"from a pretrained rule of the same kind (innerloop.optim.available_rules())"
+            )  # fmt: skip
+        rule.load_state_dict(start.state_dict())
+    return rule

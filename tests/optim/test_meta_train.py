@@ -220,3 +220,17 @@ def test_bad_input_is_a_clear_error(tmp_path):
                             Quadratic(), run=False)  # fmt: skip
     with pytest.raises(NonFiniteGradientError, match=r"at optimizee step \d+: the rule's updates diverged"):
         blowup.train_step(0)
+
+
+def test_init_rule_starts_from_a_pretrained_rule():
+    from innerloop.optim import load_rule
+
+    rule = make_rule(MetaOptConfig(rule="mlp", init_rule="mlp-quadratic"), Quadratic())
+    shipped = load_rule("mlp-quadratic")
+    assert rule.batch_dims == 1  # built for stacked instances, as meta-training calls it
+    for k, v in shipped.state_dict().items():
+        assert torch.equal(rule.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="--init-rule mlp-quadratic is a MLPRule .* but --rule lstm builds a LSTMRule"):
+        make_rule(MetaOptConfig(rule="lstm", init_rule="mlp-quadratic"), Quadratic())
+    with pytest.raises(ValueError, match="unknown pretrained rule 'nope'"):
+        make_rule(MetaOptConfig(rule="mlp", init_rule="nope"), Quadratic())
