@@ -8,6 +8,7 @@ command that reproduces the rule, the run's config and its evaluation against th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,19 @@ def export_rule(out: str | Path, name: str, directory: str | Path | None = None)
     checkpoint = latest_checkpoint(out / "checkpoints")
     trained = int(load_state(checkpoint)["step"]) if checkpoint is not None else 0
     total = cfg.episodes * cfg.unrolls
-    meta: dict[str, Any] = {"command": reproduce_command(cfg, name, time_bound=trained < total), "config": cfg.__dict__,
-                            "meta_steps_trained": trained, "meta_steps_planned": total}  # fmt: skip
-    if trained < total:
+    stopped_early = trained < total
+    if stopped_early and trained % cfg.unrolls == 0:
+        # stopped by the time budget between episodes: the same run with that many episodes is this rule (nothing in
+        # training depends on the planned total), so that is the command, without the machine-dependent budget
+        cfg_run = dataclasses.replace(cfg, episodes=trained // cfg.unrolls)
+        command = reproduce_command(cfg_run, name)
+    else:
+        command = reproduce_command(cfg, name, time_bound=stopped_early)
+    meta: dict[str, Any] = {"command": command, "config": cfg.__dict__, "meta_steps_trained": trained,
+                            "meta_steps_planned": total}  # fmt: skip
+    if stopped_early:
         meta["note"] = (f"stopped by --max-seconds {cfg.max_seconds:g} after {trained} of {total} meta-steps "
-                        f"({trained / cfg.unrolls:g} episodes); on a faster machine the same command trains further")
+                        f"({trained / cfg.unrolls:g} episodes)")  # fmt: skip
     if (out / "metrics.json").is_file():
         meta["evaluation"] = json.loads((out / "metrics.json").read_text()).get("optimizers", {})
     return save_rule(rule, PRETRAINED_DIR if directory is None else directory, name, meta)

@@ -116,4 +116,12 @@ def test_export_ships_the_rule_with_the_command_that_makes_it(tmp_path, capsys):
     meta = load_rule("short", tmp_path / "rules").meta
     assert meta["meta_steps_trained"] == 1 and "--max-seconds 1e-09" in meta["command"]
     assert meta["note"].startswith("stopped by --max-seconds 1e-09 after 1 of 4 meta-steps")
+    # stopped between episodes: the command is the run with that many episodes, which is exactly this rule
+    assert main(["optim", "train", "--problem", "quadratic", "--rule", "lstm", *TINY, "--unroll", "6", "--no-eval",
+                 "--max-seconds", "1e-9", "--out", str(tmp_path / "whole")]) == 0  # fmt: skip
+    assert main(["optim", "export", "--out", str(tmp_path / "whole"), "--name", "whole", "--dir",
+                 str(tmp_path / "rules")]) == 0  # fmt: skip
+    meta = load_rule("whole", tmp_path / "rules").meta
+    assert meta["meta_steps_trained"] == 1 and meta["meta_steps_planned"] == 2
+    assert "--episodes 1 " in meta["command"] and "--max-seconds" not in meta["command"]
     assert main(["optim", "export", "--out", str(tmp_path / "nope"), "--name", "x"]) == 2
