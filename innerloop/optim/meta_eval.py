@@ -168,9 +168,9 @@ def evaluate_rules(cfg: MetaOptConfig, rule: Any = None, problem: Problem | None
     out = Path(cfg.eval_out or cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "eval.csv")
-    metrics = {"problem": describe_problem(cfg), "rule": cfg.rule, "eval_instances": cfg.eval_instances,
-               "tune_instances": cfg.tune_instances, "steps": steps, "optimizers": summary,
-               "lr_tuning": tuning}  # fmt: skip
+    metrics = {"problem": cfg.problem, "optimizee": describe_problem(cfg), "rule": cfg.rule,
+               "eval_instances": cfg.eval_instances, "tune_instances": cfg.tune_instances, "steps": steps,
+               "optimizers": summary, "lr_tuning": tuning}  # fmt: skip
     atomic_write_json(out / "metrics.json", metrics)
     if plot:
         _plot(rows, out / "eval.png", f"{describe_problem(cfg)}: {cfg.eval_instances} held-out instances")

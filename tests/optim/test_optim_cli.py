@@ -51,7 +51,8 @@ def test_train_the_mlp_rule_end_to_end(tmp_path, capsys):
 def test_train_on_digits(tmp_path):
     out = tmp_path / "digits"
     assert main(["optim", "train", "--problem", "digits_mlp", "--minibatch", "16", *TINY, "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["problem"] == "digits_mlp"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["problem"] == "digits_mlp" and metrics["optimizee"] == "digits_mlp (20 sigmoid units x 1)"
 
 
 def test_a_registered_rule_is_a_choice_and_divergence_is_one_line(tmp_path, capsys, monkeypatch):
