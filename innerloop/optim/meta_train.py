@@ -280,6 +280,14 @@ class EpisodeState:
 RESUME_FREE_KEYS = frozenset({"out", "eval_out", "log_every", "checkpoint_every", "max_seconds", "eval_instances",
                               "tune_instances", "eval_steps", "baselines", "lr_grid"})  # fmt: skip
 LOG_FIELDS = ["meta_step", "episode", "loss", "final_loss", "train_seconds"]
+# Config fields added after runs were first made, with the value that reproduces what those runs did.
+ADDED_FIELDS = {"layers": 1, "activation": "sigmoid", "init_rule": "", "eval_out": ""}
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before :data:`ADDED_FIELDS` existed, in today's form (those fields at their old behaviour), so
+    older runs still resume."""
+    return {**ADDED_FIELDS, **saved}
 
 
 class MetaOptTrainer(TrainLoop):
@@ -305,7 +313,8 @@ class MetaOptTrainer(TrainLoop):
         self.opt = torch.optim.Adam(weights, lr=cfg.meta_lr)
         self.episode = EpisodeState(torch.Generator().manual_seed(cfg.seed))
         scaffold = Run(cfg.out, dataclasses.asdict(cfg), steps_key="episodes", resume_free=RESUME_FREE_KEYS,
-                       fresh=fresh, extend=extend, command="innerloop optim train") if run else None  # fmt: skip
+                       fresh=fresh, extend=extend, command="innerloop optim train",
+                       upgrade=upgrade_config) if run else None  # fmt: skip
         super().__init__(
             rule, scaffold, cfg.episodes * cfg.unrolls, stateful={"optimizer": self.opt, "episode": self.episode},
             log_fields=LOG_FIELDS, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,

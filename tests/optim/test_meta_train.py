@@ -234,3 +234,17 @@ def test_init_rule_starts_from_a_pretrained_rule():
         make_rule(MetaOptConfig(rule="lstm", init_rule="mlp-quadratic"), Quadratic())
     with pytest.raises(ValueError, match="unknown pretrained rule 'nope'"):
         make_rule(MetaOptConfig(rule="mlp", init_rule="nope"), Quadratic())
+
+
+def test_runs_saved_before_the_added_fields_still_resume():
+    """A checkpoint's config from before --layers/--activation/--init-rule/--eval-out existed is read as their
+    defaults (what those runs did), so `optim train` resumes it instead of refusing a 'different run'."""
+    import dataclasses
+
+    from innerloop.optim.meta_train import ADDED_FIELDS, upgrade_config
+    from innerloop.runs import config_diff
+
+    now = dataclasses.asdict(MetaOptConfig())
+    old = {k: v for k, v in now.items() if k not in ADDED_FIELDS}
+    assert config_diff(upgrade_config(old), now) == {}
+    assert upgrade_config({**old, "layers": 2})["layers"] == 2  # a saved value wins
