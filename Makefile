@@ -13,7 +13,7 @@ $(BIN)/python:
 
 setup: $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e ".[train,plot,vision,bpe,rl,mujoco,hf,triton,dev]"
+	$(BIN)/python -m pip install -q -e ".[train,plot,vision,bpe,rl,mujoco,hf,triton,optim,dev]"
 
 demo: setup
 	$(BIN)/python -m innerloop demo

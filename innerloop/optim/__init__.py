@@ -23,6 +23,7 @@ from innerloop.optim.linalg import conjugate_gradient, dot
 from innerloop.optim.meta_train import RULES, LearnedLR, MetaOptConfig, train_rule, unroll
 from innerloop.optim.pretrained import available_rules, load_rule, save_rule
 from innerloop.optim.problems import (
+    ConvClassifier,
     MLPClassifier,
     ModuleProblem,
     Problem,
@@ -44,6 +45,7 @@ from innerloop.optim.torch_optim import LearnedOptimizer
 __all__ = [
     "RULES",
     "SGD",
+    "ConvClassifier",
     "LSTMRule",
     "LearnedLR",
     "LearnedOptimizer",

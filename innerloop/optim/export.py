@@ -8,6 +8,7 @@ command that reproduces the rule, the run's config and its evaluation against th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from torch import nn
 from innerloop.optim.meta_eval import _load_rule
 from innerloop.optim.meta_train import MetaOptConfig, build_problem
 from innerloop.optim.pretrained import PRETRAINED_DIR, save_rule
-from innerloop.runs import read_config
+from innerloop.runs import latest_checkpoint, load_state, read_config
 
 __all__ = ["export_rule", "reproduce_command"]
 
@@ -26,12 +27,16 @@ __all__ = ["export_rule", "reproduce_command"]
 _RUN_CONTROL = frozenset({"out", "max_seconds", "log_every", "checkpoint_every", "device"})
 
 
-def reproduce_command(cfg: MetaOptConfig, name: str) -> str:
+def reproduce_command(cfg: MetaOptConfig, name: str, time_bound: bool = False) -> str:
     """The ``innerloop optim train`` line that trains ``cfg``'s rule again and exports it as ``name``: every field
-    that differs from the defaults, except how and where the run is run."""
+    that differs from the defaults, except how and where the run is run (``time_bound``: the run was stopped by its
+    ``max_seconds``, which is then kept, since it decided how far the rule was trained)."""
     default = MetaOptConfig()
     flags = []
     for key, value in cfg.__dict__.items():
+        if key == "max_seconds" and time_bound:
+            flags.append(f"--max-seconds {value:g}")
+            continue
         if key in _RUN_CONTROL or value == getattr(default, key):
             continue
         flag = "--" + key.replace("_", "-")
@@ -59,7 +64,22 @@ def export_rule(out: str | Path, name: str, directory: str | Path | None = None)
     saved, _ = read_config(out, "innerloop optim train")
     cfg = MetaOptConfig(**{**saved, "device": "cpu"})
     rule: nn.Module = _load_rule(cfg, build_problem(cfg))
-    meta: dict[str, Any] = {"command": reproduce_command(cfg, name), "config": cfg.__dict__}
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    trained = int(load_state(checkpoint)["step"]) if checkpoint is not None else 0
+    total = cfg.episodes * cfg.unrolls
+    stopped_early = trained < total
+    if stopped_early and trained % cfg.unrolls == 0:
+        # stopped by the time budget between episodes: the same run with that many episodes is this rule (nothing in
+        # training depends on the planned total), so that is the command, without the machine-dependent budget
+        cfg_run = dataclasses.replace(cfg, episodes=trained // cfg.unrolls)
+        command = reproduce_command(cfg_run, name)
+    else:
+        command = reproduce_command(cfg, name, time_bound=stopped_early)
+    meta: dict[str, Any] = {"command": command, "config": cfg.__dict__, "meta_steps_trained": trained,
+                            "meta_steps_planned": total}  # fmt: skip
+    if stopped_early:
+        meta["note"] = (f"stopped by --max-seconds {cfg.max_seconds:g} after {trained} of {total} meta-steps "
+                        f"({trained / cfg.unrolls:g} episodes)")  # fmt: skip
     if (out / "metrics.json").is_file():
         meta["evaluation"] = json.loads((out / "metrics.json").read_text()).get("optimizers", {})
     return save_rule(rule, PRETRAINED_DIR if directory is None else directory, name, meta)

@@ -165,16 +165,23 @@ def evaluate_rules(cfg: MetaOptConfig, rule: Any = None, problem: Problem | None
             rows.append({"optimizer": name, "lr": "" if lr is None else lr, "step": t, "mean": m, "ci95": ci})
         final_m, final_ci = mean_ci95(losses[-1])
         summary[name] = {"lr": lr, "final_mean": final_m, "final_ci95": final_ci, "mean_over_steps": _score(losses)}
-    out = Path(cfg.out)
+    out = Path(cfg.eval_out or cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "eval.csv")
-    metrics = {"problem": cfg.problem, "rule": cfg.rule, "eval_instances": cfg.eval_instances,
-               "tune_instances": cfg.tune_instances, "steps": steps, "optimizers": summary,
-               "lr_tuning": tuning}  # fmt: skip
+    metrics = {"problem": cfg.problem, "optimizee": describe_problem(cfg), "rule": cfg.rule,
+               "eval_instances": cfg.eval_instances, "tune_instances": cfg.tune_instances, "steps": steps,
+               "optimizers": summary, "lr_tuning": tuning}  # fmt: skip
     atomic_write_json(out / "metrics.json", metrics)
     if plot:
-        _plot(rows, out / "eval.png", f"{cfg.problem}: {cfg.eval_instances} held-out instances")
+        _plot(rows, out / "eval.png", f"{describe_problem(cfg)}: {cfg.eval_instances} held-out instances")
     return metrics
+
+
+def describe_problem(cfg: MetaOptConfig) -> str:
+    """A short name of the optimizee of ``cfg``, e.g. ``digits_mlp (40 relu units x 2)``."""
+    if cfg.problem != "digits_mlp":
+        return cfg.problem
+    return f"{cfg.problem} ({cfg.hidden} {cfg.activation} units x {cfg.layers})"
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:

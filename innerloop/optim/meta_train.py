@@ -29,7 +29,16 @@ from torch import Tensor, nn
 
 from innerloop.errors import check_choice
 from innerloop.optim.learned import LSTMRule, MLPRule
-from innerloop.optim.problems import Instance, MLPClassifier, Params, Problem, Quadratic, batch_loss, digits
+from innerloop.optim.problems import (
+    ConvClassifier,
+    Instance,
+    MLPClassifier,
+    Params,
+    Problem,
+    Quadratic,
+    batch_loss,
+    digits,
+)
 from innerloop.optim.problems import sample_instances as _sample
 from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite
 
@@ -86,7 +95,8 @@ RULES: dict[str, Callable[[Params], nn.Module]] = {
     "mlp": lambda params: MLPRule(batch_dims=1),  # its feature RMS is per instance, over all but the leading dim
 }
 
-PROBLEMS = ("quadratic", "digits_mlp")
+PROBLEMS = ("quadratic", "digits_mlp", "digits_conv")
+ACTIVATIONS = ("sigmoid", "relu")
 
 
 @dataclass
@@ -95,9 +105,9 @@ class MetaOptConfig:
     flags' ``--help``). The defaults are the paper's released code: 100 steps in unrolls of 20, Adam 1e-3."""
 
     # allowed values of the fields with a fixed set (the command line offers them as choices)
-    CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES}
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES, "activation": ACTIVATIONS}
 
-    problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, or digits_mlp (needs innerloop[optim])
+    problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, digits_mlp or digits_conv (innerloop[optim])
     rule: str = "sgd_lr"  # learned rule: sgd_lr (per-tensor rates), lstm (Andrychowicz et al.), mlp (Metz et al.)
     episodes: int = 10000  # meta-training episodes; each samples new instances and optimises them for --steps steps
     steps: int = 100  # optimizee steps per episode
@@ -106,8 +116,10 @@ class MetaOptConfig:
     meta_lr: float = 1e-3  # Adam learning rate on the rule's weights
     second_order: bool = False  # backpropagate through the optimizee gradients (default off: dropped, as the paper)
     dim: int = 10  # quadratic: dimension of theta
-    hidden: int = 20  # digits_mlp: sigmoid hidden units
-    minibatch: int = 128  # digits_mlp: examples per optimizee step
+    hidden: int = 20  # digits_mlp: hidden units per layer
+    layers: int = 1  # digits_mlp: hidden layers
+    activation: str = "sigmoid"  # digits_mlp: sigmoid | relu
+    minibatch: int = 128  # digits_mlp, digits_conv: examples per optimizee step
     eval_instances: int = 100  # held-out instances (fixed seed) on which the rule and the baselines are compared
     tune_instances: int = 20  # another fixed set of instances on which the baselines' learning rates are grid-searched
     eval_steps: int = 0  # optimizee steps at evaluation; 0 = --steps
@@ -115,15 +127,17 @@ class MetaOptConfig:
     lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))  # learning rates tried for each baseline
     log_every: int = 10  # meta-steps between log.csv rows
     checkpoint_every: int = 100  # meta-steps between checkpoints (also written at the end)
+    init_rule: str = ""  # start from the weights of this pretrained rule (e.g. mlp-quadratic) instead of a random init
     seed: int = 0  # seed of the rule's initialisation and of the training instances (evaluation sets are fixed)
     max_seconds: float = 0.0  # stop training early after this wall time (0 = no limit); resumable
     device: str = "cpu"  # cpu | cuda | cuda:N
     out: str = "runs/optim/default"  # run folder: config.json, log.csv, checkpoints/, metrics.json, eval.csv, eval.png
+    eval_out: str = ""  # folder of the evaluation's metrics.json, eval.csv, eval.png ("" = --out)
 
     def __post_init__(self) -> None:
         for name, allowed in self.CHOICES.items():
             check_choice(name, getattr(self, name), allowed)
-        for name in ("episodes", "steps", "unroll", "batch", "dim", "hidden", "minibatch", "eval_instances",
+        for name in ("episodes", "steps", "unroll", "batch", "dim", "hidden", "layers", "minibatch", "eval_instances",
                      "tune_instances", "log_every", "checkpoint_every"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -153,7 +167,11 @@ def build_problem(cfg: MetaOptConfig, split: str = "train", steps: int | None = 
         return Quadratic(cfg.dim)
     images, labels = digits(split)
     horizon = (steps or cfg.steps) + 1
-    return MLPClassifier(images, labels, cfg.hidden, cfg.minibatch, horizon).to(cfg.device)
+    if cfg.problem == "digits_conv":
+        conv = ConvClassifier(images.view(-1, 8, 8), labels, batch_size=cfg.minibatch, horizon=horizon)
+        return conv.to(cfg.device)
+    return MLPClassifier(images, labels, cfg.hidden, cfg.minibatch, horizon, cfg.activation,
+                         layers=cfg.layers).to(cfg.device)  # fmt: skip
 
 
 def build_rule(name: str, params: Params) -> nn.Module:
@@ -259,9 +277,17 @@ class EpisodeState:
 
 
 # Config keys that may change when a run resumes: they change how it is run or reported, not what it computes.
-RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_instances",
+RESUME_FREE_KEYS = frozenset({"out", "eval_out", "log_every", "checkpoint_every", "max_seconds", "eval_instances",
                               "tune_instances", "eval_steps", "baselines", "lr_grid"})  # fmt: skip
 LOG_FIELDS = ["meta_step", "episode", "loss", "final_loss", "train_seconds"]
+# Config fields added after runs were first made, with the value that reproduces what those runs did.
+ADDED_FIELDS = {"layers": 1, "activation": "sigmoid", "init_rule": "", "eval_out": ""}
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before :data:`ADDED_FIELDS` existed, in today's form (those fields at their old behaviour), so
+    older runs still resume."""
+    return {**ADDED_FIELDS, **saved}
 
 
 class MetaOptTrainer(TrainLoop):
@@ -287,7 +313,8 @@ class MetaOptTrainer(TrainLoop):
         self.opt = torch.optim.Adam(weights, lr=cfg.meta_lr)
         self.episode = EpisodeState(torch.Generator().manual_seed(cfg.seed))
         scaffold = Run(cfg.out, dataclasses.asdict(cfg), steps_key="episodes", resume_free=RESUME_FREE_KEYS,
-                       fresh=fresh, extend=extend, command="innerloop optim train") if run else None  # fmt: skip
+                       fresh=fresh, extend=extend, command="innerloop optim train",
+                       upgrade=upgrade_config) if run else None  # fmt: skip
         super().__init__(
             rule, scaffold, cfg.episodes * cfg.unrolls, stateful={"optimizer": self.opt, "episode": self.episode},
             log_fields=LOG_FIELDS, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
@@ -345,9 +372,22 @@ def train_rule(cfg: MetaOptConfig, rule: nn.Module | None = None, problem: Probl
 
 
 def make_rule(cfg: MetaOptConfig, problem: Problem) -> nn.Module:
-    """``RULES[cfg.rule]`` for one instance of ``problem``, initialised under ``cfg.seed``."""
+    """``RULES[cfg.rule]`` for one instance of ``problem``, initialised under ``cfg.seed``, or with the weights of
+    the pretrained rule ``cfg.init_rule`` when one is named (it must be the same kind of rule, built the same way)."""
     example = problem.init_params(problem.sample(torch.Generator().manual_seed(cfg.seed)),
                                   torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_rule(cfg.rule, example)
+        rule = build_rule(cfg.rule, example)
+    if cfg.init_rule:
+        from innerloop.optim.pretrained import load_rule
+
+        start = load_rule(cfg.init_rule)
+        if type(start) is not type(rule) or getattr(start, "config", None) != getattr(rule, "config", None):
+            raise ValueError(
+                f"--init-rule {cfg.init_rule} is a {type(start).__name__} with {getattr(start, 'config', None)}, "
+                f"but --rule {cfg.rule} builds a {type(rule).__name__} with {getattr(rule, 'config', None)}; start "
+                f"from a pretrained rule of the same kind (innerloop.optim.available_rules())"
+            )  # fmt: skip
+        rule.load_state_dict(start.state_dict())
+    return rule

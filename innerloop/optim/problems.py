@@ -18,7 +18,8 @@ Examples:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -28,8 +29,8 @@ from torch import Tensor, nn
 Instance = dict[str, Tensor]
 Params = dict[str, Tensor]
 
-__all__ = ["Instance", "MLPClassifier", "ModuleProblem", "Problem", "Quadratic", "batch_loss", "digits",
-           "sample_instances"]  # fmt: skip
+__all__ = ["ConvClassifier", "Instance", "MLPClassifier", "ModuleProblem", "Problem", "Quadratic", "batch_loss",
+           "digits", "sample_instances"]  # fmt: skip
 
 
 @runtime_checkable
@@ -99,12 +100,13 @@ class Quadratic:
 
 
 class MLPClassifier:
-    """A one-hidden-layer MLP classifier (sigmoid by default) trained by minibatches of a fixed image data set.
+    """An MLP classifier (one sigmoid hidden layer by default) trained by minibatches of a fixed image data set.
 
     The paper's MNIST optimizee (20 sigmoid hidden units, softmax cross-entropy, minibatch 128, weights and biases
-    ``~ N(0, 0.01^2)``) on any flat image tensor. An instance is the sequence of minibatch indices it will see
-    (drawn uniformly with replacement, as the released code does): ``batches [horizon, batch_size]``; step ``t``
-    uses row ``t % horizon``.
+    ``~ N(0, 0.01^2)``) on any flat image tensor; ``hidden``, ``layers`` and ``activation`` give the paper's
+    generalisation optimizees (40 units, 2 hidden layers, ReLU). An instance is the sequence of minibatch indices it
+    will see (drawn uniformly with replacement, as the released code does): ``batches [horizon, batch_size]``; step
+    ``t`` uses row ``t % horizon``.
 
     Args:
         images (Tensor): ``[n, d]`` inputs (flattened, scaled to about [0, 1]).
@@ -115,26 +117,28 @@ class MLPClassifier:
             Default: 101.
         activation (str, Optional): ``"sigmoid"`` or ``"relu"`` (the paper's failure case). Default: ``"sigmoid"``.
         init_std (float, Optional): standard deviation of the initial weights and biases. Default: 0.01.
+        layers (int, Optional): hidden layers, each of ``hidden`` units. Default: 1.
 
-    Parameters: ``w1 [d, hidden]``, ``b1 [hidden]``, ``w2 [hidden, classes]``, ``b2 [classes]``.
+    Parameters: ``w1 [d, hidden]``, ``b1 [hidden]``, ..., ``w{L} [hidden, hidden]``, ``b{L} [hidden]``, then the
+    output layer ``w{L+1} [hidden, classes]``, ``b{L+1} [classes]`` (one hidden layer: ``w1, b1, w2, b2``).
     """
 
     vectorize = True
 
     def __init__(self, images: Tensor, labels: Tensor, hidden: int = 20, batch_size: int = 128, horizon: int = 101,
-                 activation: str = "sigmoid", init_std: float = 0.01) -> None:  # fmt: skip
+                 activation: str = "sigmoid", init_std: float = 0.01, layers: int = 1) -> None:  # fmt: skip
         if images.dim() != 2 or labels.shape != images.shape[:1]:
             raise ValueError(f"mlp classifier: images must be [n, d] and labels [n], got {tuple(images.shape)} and "
                              f"{tuple(labels.shape)}; flatten the images first")  # fmt: skip
         if activation not in ("sigmoid", "relu"):
             raise ValueError(f"mlp classifier: unknown activation {activation!r}; choose from relu, sigmoid")
-        if min(hidden, batch_size, horizon) < 1:
-            raise ValueError(f"mlp classifier: hidden, batch_size and horizon must be >= 1, got {hidden}, "
-                             f"{batch_size}, {horizon}")  # fmt: skip
+        if min(hidden, batch_size, horizon, layers) < 1:
+            raise ValueError(f"mlp classifier: hidden, batch_size, horizon and layers must be >= 1, got {hidden}, "
+                             f"{batch_size}, {horizon}, {layers}")  # fmt: skip
         self.images, self.labels = images.float(), labels.long()
         self.classes = int(self.labels.max()) + 1
         self.hidden, self.batch_size, self.horizon = hidden, batch_size, horizon
-        self.activation, self.init_std = activation, init_std
+        self.activation, self.init_std, self.layers = activation, init_std, layers
 
     def to(self, device: torch.device | str) -> MLPClassifier:
         """Move the data set to ``device`` (instances and parameters are moved by the caller)."""
@@ -146,15 +150,20 @@ class MLPClassifier:
         return {"batches": torch.randint(n, (self.horizon, self.batch_size), generator=generator)}
 
     def init_params(self, instance: Instance, generator: torch.Generator) -> Params:
-        d, h, c = self.images.shape[1], self.hidden, self.classes
-        shapes = {"w1": (d, h), "b1": (h,), "w2": (h, c), "b2": (c,)}
+        widths = [self.images.shape[1]] + [self.hidden] * self.layers + [self.classes]
+        shapes = {}
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+            shapes[f"w{i}"], shapes[f"b{i}"] = (a, b), (b,)
         return {k: self.init_std * torch.randn(s, generator=generator) for k, s in shapes.items()}
 
     def logits(self, params: Params, x: Tensor) -> Tensor:
         """``[b, classes]`` logits of inputs ``x [b, d]``."""
-        z = x @ params["w1"] + params["b1"]
-        z = torch.sigmoid(z) if self.activation == "sigmoid" else torch.relu(z)
-        return z @ params["w2"] + params["b2"]
+        z = x
+        for i in range(1, self.layers + 1):
+            z = z @ params[f"w{i}"] + params[f"b{i}"]
+            z = torch.sigmoid(z) if self.activation == "sigmoid" else torch.relu(z)
+        out = self.layers + 1
+        return z @ params[f"w{out}"] + params[f"b{out}"]
 
     def loss(self, instance: Instance, params: Params, step: int) -> Tensor:
         idx = instance["batches"][step % self.horizon]  # [batch_size]
@@ -163,7 +172,113 @@ class MLPClassifier:
 
     def __repr__(self) -> str:
         return (f"MLPClassifier(n={self.images.shape[0]}, d={self.images.shape[1]}, hidden={self.hidden}, "
-                f"classes={self.classes}, batch_size={self.batch_size}, {self.activation})")  # fmt: skip
+                f"layers={self.layers}, classes={self.classes}, batch_size={self.batch_size}, "
+                f"{self.activation})")  # fmt: skip
+
+
+class ConvClassifier:
+    """A small conv net classifier trained by minibatches of a fixed image data set: the paper's CIFAR-10 optimizee.
+
+    The released code's ``cifar`` net, scaled to small images: convolutions of ``channels`` (3x3, padding 1), each
+    followed by batch normalisation (statistics of the minibatch, learnable scale and shift), ReLU and 2x2 max
+    pooling (while the image is at least 2x2); then fully connected ReLU layers of ``fc`` units and a linear
+    ``classes``-way output, softmax cross-entropy. Weights ``~ N(0, 1/fan_in)``, biases and shifts 0, scales 1. An
+    instance is the sequence of its minibatch indices, as for :class:`MLPClassifier`.
+
+    Args:
+        images (Tensor): ``[n, c, h, w]`` or ``[n, h, w]`` images scaled to about [0, 1].
+        labels (Tensor): ``[n]`` int64 class labels ``0 .. classes-1``.
+        channels (Sequence[int], Optional): channels of each conv layer. Default: (16, 16, 16).
+        fc (Sequence[int], Optional): units of each hidden fully connected layer. Default: (32,).
+        batch_size (int, Optional): examples per optimizee step. Default: 128.
+        horizon (int, Optional): distinct minibatches per instance. Default: 101.
+
+    Parameters: ``conv{i}.w [c_out, c_in, 3, 3]``, ``conv{i}.b``, ``bn{i}.scale``, ``bn{i}.shift [c_out]``;
+    ``fc{j}.w [d_in, d_out]``, ``fc{j}.b [d_out]`` (the last one is the output layer).
+
+    Examples:
+        >>> import torch
+        >>> problem = ConvClassifier(torch.rand(30, 8, 8), torch.arange(30) % 3, batch_size=4, horizon=2)
+        >>> instances, params = sample_instances(problem, 2, torch.Generator().manual_seed(0))
+        >>> params["conv1.w"].shape, batch_loss(problem, instances, params, step=0).shape
+        (torch.Size([2, 16, 1, 3, 3]), torch.Size([2]))
+    """
+
+    vectorize = True
+
+    def __init__(self, images: Tensor, labels: Tensor, channels: Sequence[int] = (16, 16, 16),
+                 fc: Sequence[int] = (32,), batch_size: int = 128, horizon: int = 101) -> None:  # fmt: skip
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        if images.dim() != 4 or labels.shape != images.shape[:1]:
+            raise ValueError(f"conv classifier: images must be [n, c, h, w] or [n, h, w] and labels [n], got "
+                             f"{tuple(images.shape)} and {tuple(labels.shape)}")  # fmt: skip
+        if not channels or min([*channels, *fc, batch_size, horizon]) < 1:
+            raise ValueError(f"conv classifier: need at least one conv layer and sizes >= 1, got channels="
+                             f"{list(channels)}, fc={list(fc)}, batch_size={batch_size}, "
+                             f"horizon={horizon}")  # fmt: skip
+        self.images, self.labels = images.float(), labels.long()
+        self.classes = int(self.labels.max()) + 1
+        self.channels, self.fc = [int(c) for c in channels], [int(u) for u in fc]
+        self.batch_size, self.horizon = batch_size, horizon
+
+    def to(self, device: torch.device | str) -> ConvClassifier:
+        """Move the data set to ``device``."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
+    def sample(self, generator: torch.Generator) -> Instance:
+        n = self.images.shape[0]
+        return {"batches": torch.randint(n, (self.horizon, self.batch_size), generator=generator)}
+
+    def _flat_features(self) -> int:
+        h, w = self.images.shape[2:]
+        for _ in self.channels:
+            if min(h, w) >= 2:
+                h, w = h // 2, w // 2
+        return self.channels[-1] * h * w
+
+    def init_params(self, instance: Instance, generator: torch.Generator) -> Params:
+        params: Params = {}
+        c_in = self.images.shape[1]
+        for i, c in enumerate(self.channels, start=1):
+            params[f"conv{i}.w"] = torch.randn(c, c_in, 3, 3, generator=generator) / math.sqrt(9 * c_in)
+            params[f"conv{i}.b"] = torch.zeros(c)
+            params[f"bn{i}.scale"], params[f"bn{i}.shift"] = torch.ones(c), torch.zeros(c)
+            c_in = c
+        widths = [self._flat_features(), *self.fc, self.classes]
+        for j, (a, b) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+            params[f"fc{j}.w"] = torch.randn(a, b, generator=generator) / math.sqrt(a)
+            params[f"fc{j}.b"] = torch.zeros(b)
+        return params
+
+    def logits(self, params: Params, x: Tensor) -> Tensor:
+        """``[b, classes]`` logits of images ``x [b, c, h, w]``."""
+        for i in range(1, len(self.channels) + 1):
+            x = F.conv2d(x, params[f"conv{i}.w"], params[f"conv{i}.b"], padding=1)
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+            x = (x - mean) * torch.rsqrt(var + 1e-5)
+            x = x * params[f"bn{i}.scale"].view(1, -1, 1, 1) + params[f"bn{i}.shift"].view(1, -1, 1, 1)
+            x = torch.relu(x)
+            if min(x.shape[2:]) >= 2:
+                x = F.max_pool2d(x, 2)
+        x = x.flatten(1)
+        last = len(self.fc) + 1
+        for j in range(1, last + 1):
+            x = x @ params[f"fc{j}.w"] + params[f"fc{j}.b"]
+            if j < last:
+                x = torch.relu(x)
+        return x
+
+    def loss(self, instance: Instance, params: Params, step: int) -> Tensor:
+        idx = instance["batches"][step % self.horizon]  # [batch_size]
+        return F.cross_entropy(self.logits(params, self.images[idx]), self.labels[idx])
+
+    def __repr__(self) -> str:
+        return (f"ConvClassifier(n={self.images.shape[0]}, image={tuple(self.images.shape[1:])}, "
+                f"channels={self.channels}, fc={self.fc}, classes={self.classes}, "
+                f"batch_size={self.batch_size})")  # fmt: skip
 
 
 def digits(split: str = "train", test_fraction: float = 0.25) -> tuple[Tensor, Tensor]:

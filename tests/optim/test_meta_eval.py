@@ -57,3 +57,21 @@ def test_evaluate_rules_writes_curves_with_cis(tmp_path):
     assert learned["final_mean"] == pytest.approx(final.mean().item(), rel=1e-6)
     assert learned["final_ci95"] == pytest.approx(1.96 * final.std().item() / 7**0.5, rel=1e-6)
     assert (tmp_path / "eval.csv").read_text().splitlines()[0] == "optimizer,lr,step,mean,ci95"
+
+
+def test_eval_out_keeps_the_runs_own_evaluation(tmp_path):
+    """A second evaluation (another optimizee, another horizon) goes to --eval-out, not over the run's metrics."""
+    cfg = MetaOptConfig(steps=3, unroll=3, eval_instances=3, tune_instances=2, baselines=["sgd"], lr_grid=[0.01],
+                        out=str(tmp_path / "run"), eval_out=str(tmp_path / "gen"))  # fmt: skip
+    evaluate_rules(cfg, rule=LearnedLR(["theta"], lr=0.01), plot=False)
+    assert (tmp_path / "gen" / "metrics.json").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_generalisation_optimizees_are_built_from_the_config():
+    pytest.importorskip("sklearn")
+    from innerloop.optim.meta_train import build_problem
+
+    problem = build_problem(MetaOptConfig(problem="digits_mlp", hidden=40, layers=2, activation="relu"), "test", 5)
+    assert (problem.hidden, problem.layers, problem.activation, problem.horizon) == (40, 2, "relu", 6)
+    conv = build_problem(MetaOptConfig(problem="digits_conv", minibatch=8), "train", 5)
+    assert conv.images.shape[1:] == (1, 8, 8) and conv.batch_size == 8

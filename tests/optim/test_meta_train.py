@@ -190,8 +190,12 @@ class NaNProblem(Quadratic):
 def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown rule 'nope'; choose from .*sgd_lr"):
         MetaOptConfig(rule="nope")
-    with pytest.raises(ValueError, match="unknown problem 'mnist'; choose from digits_mlp, quadratic"):
+    with pytest.raises(ValueError, match="unknown problem 'mnist'; choose from digits_conv, digits_mlp, quadratic"):
         MetaOptConfig(problem="mnist")
+    with pytest.raises(ValueError, match="unknown activation 'tanh'; choose from relu, sigmoid"):
+        MetaOptConfig(activation="tanh")
+    with pytest.raises(ValueError, match="layers must be >= 1"):
+        MetaOptConfig(layers=0)
     with pytest.raises(ValueError, match="--unroll 3 must divide --steps 10"):
         MetaOptConfig(steps=10, unroll=3)
     with pytest.raises(ValueError, match="unknown baseline 'lbfgs'"):
@@ -216,3 +220,31 @@ def test_bad_input_is_a_clear_error(tmp_path):
                             Quadratic(), run=False)  # fmt: skip
     with pytest.raises(NonFiniteGradientError, match=r"at optimizee step \d+: the rule's updates diverged"):
         blowup.train_step(0)
+
+
+def test_init_rule_starts_from_a_pretrained_rule():
+    from innerloop.optim import load_rule
+
+    rule = make_rule(MetaOptConfig(rule="mlp", init_rule="mlp-quadratic"), Quadratic())
+    shipped = load_rule("mlp-quadratic")
+    assert rule.batch_dims == 1  # built for stacked instances, as meta-training calls it
+    for k, v in shipped.state_dict().items():
+        assert torch.equal(rule.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="--init-rule mlp-quadratic is a MLPRule .* but --rule lstm builds a LSTMRule"):
+        make_rule(MetaOptConfig(rule="lstm", init_rule="mlp-quadratic"), Quadratic())
+    with pytest.raises(ValueError, match="unknown pretrained rule 'nope'"):
+        make_rule(MetaOptConfig(rule="mlp", init_rule="nope"), Quadratic())
+
+
+def test_runs_saved_before_the_added_fields_still_resume():
+    """A checkpoint's config from before --layers/--activation/--init-rule/--eval-out existed is read as their
+    defaults (what those runs did), so `optim train` resumes it instead of refusing a 'different run'."""
+    import dataclasses
+
+    from innerloop.optim.meta_train import ADDED_FIELDS, upgrade_config
+    from innerloop.runs import config_diff
+
+    now = dataclasses.asdict(MetaOptConfig())
+    old = {k: v for k, v in now.items() if k not in ADDED_FIELDS}
+    assert config_diff(upgrade_config(old), now) == {}
+    assert upgrade_config({**old, "layers": 2})["layers"] == 2  # a saved value wins

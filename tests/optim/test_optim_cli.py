@@ -51,7 +51,8 @@ def test_train_the_mlp_rule_end_to_end(tmp_path, capsys):
 def test_train_on_digits(tmp_path):
     out = tmp_path / "digits"
     assert main(["optim", "train", "--problem", "digits_mlp", "--minibatch", "16", *TINY, "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["problem"] == "digits_mlp"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["problem"] == "digits_mlp" and metrics["optimizee"] == "digits_mlp (20 sigmoid units x 1)"
 
 
 def test_a_registered_rule_is_a_choice_and_divergence_is_one_line(tmp_path, capsys, monkeypatch):
@@ -107,4 +108,21 @@ def test_export_ships_the_rule_with_the_command_that_makes_it(tmp_path, capsys):
     command = rule.meta["command"]
     assert command.startswith("innerloop optim train --rule lstm --episodes 2 --steps 6 --unroll 3 --batch 4")
     assert command.endswith("--export tiny-lstm") and "--max-seconds" not in command
+    assert rule.meta["meta_steps_trained"] == rule.meta["meta_steps_planned"] == 4 and "note" not in rule.meta
+    # a run stopped by its time budget says so, and its command keeps the budget that decided how far it trained
+    short = tmp_path / "short"
+    assert main(["optim", "train", "--problem", "quadratic", "--rule", "lstm", *TINY, "--no-eval", "--max-seconds",
+                 "1e-9", "--out", str(short)]) == 0  # fmt: skip
+    assert main(["optim", "export", "--out", str(short), "--name", "short", "--dir", str(tmp_path / "rules")]) == 0
+    meta = load_rule("short", tmp_path / "rules").meta
+    assert meta["meta_steps_trained"] == 1 and "--max-seconds 1e-09" in meta["command"]
+    assert meta["note"].startswith("stopped by --max-seconds 1e-09 after 1 of 4 meta-steps")
+    # stopped between episodes: the command is the run with that many episodes, which is exactly this rule
+    assert main(["optim", "train", "--problem", "quadratic", "--rule", "lstm", *TINY, "--unroll", "6", "--no-eval",
+                 "--max-seconds", "1e-9", "--out", str(tmp_path / "whole")]) == 0  # fmt: skip
+    assert main(["optim", "export", "--out", str(tmp_path / "whole"), "--name", "whole", "--dir",
+                 str(tmp_path / "rules")]) == 0  # fmt: skip
+    meta = load_rule("whole", tmp_path / "rules").meta
+    assert meta["meta_steps_trained"] == 1 and meta["meta_steps_planned"] == 2
+    assert "--episodes 1 " in meta["command"] and "--max-seconds" not in meta["command"]
     assert main(["optim", "export", "--out", str(tmp_path / "nope"), "--name", "x"]) == 2

@@ -69,9 +69,12 @@ def test_learned_optimizer_by_name(tmp_path, monkeypatch):
 
 
 def test_shipped_folder_is_consistent():
-    # every shipped json has its weights and loads (none are shipped yet: this guards the files when they come)
+    # every shipped json has its weights, loads, says how it was trained and how it compares with the baselines
     for name in available_rules():
-        assert load_rule(name).meta.get("command"), f"{name}.json must say how it was trained"
+        meta = load_rule(name).meta
+        assert meta.get("command", "").startswith("innerloop optim train"), f"{name}.json must say how it was trained"
+        assert f"--export {name}" in meta["command"], name
+        assert "final_mean" in meta.get("evaluation", {}).get("learned", {}), f"{name}.json must hold its evaluation"
 
 
 def test_shipped_lstm_quadratic_optimizes_fresh_quadratics():

@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from innerloop.optim import MLPClassifier, ModuleProblem, Problem, Quadratic, batch_loss, sample_instances
+from innerloop.optim import (
+    ConvClassifier,
+    MLPClassifier,
+    ModuleProblem,
+    Problem,
+    Quadratic,
+    batch_loss,
+    sample_instances,
+)
 from innerloop.optim.problems import digits
 
 
@@ -32,7 +40,20 @@ def _regression() -> ModuleProblem:
     return ModuleProblem(net, F.mse_loss, sampler)
 
 
-PROBLEMS = {"quadratic": Quadratic, "mlp": _digits_like, "module": _regression}
+def _deep_relu() -> MLPClassifier:
+    g = _gen(8)
+    return MLPClassifier(torch.rand(40, 6, generator=g), torch.randint(3, (40,), generator=g), hidden=4, layers=2,
+                         activation="relu", batch_size=5, horizon=3)  # fmt: skip
+
+
+def _conv() -> ConvClassifier:
+    g = _gen(9)
+    return ConvClassifier(torch.rand(30, 6, 6, generator=g), torch.arange(30) % 3, channels=(3, 4), fc=(5,),
+                          batch_size=6, horizon=3)  # fmt: skip
+
+
+PROBLEMS = {"quadratic": Quadratic, "mlp": _digits_like, "module": _regression, "deep_relu": _deep_relu,
+            "conv": _conv}  # fmt: skip
 
 
 def test_quadratic_matches_its_specification():
@@ -98,6 +119,30 @@ def test_mlp_classifier_minibatches_are_chosen_by_step():
     assert torch.allclose(at[0], torch.full((2,), torch.log(torch.tensor(4.0)).item()), atol=0.05)
 
 
+def test_generalisation_optimizees_have_the_paper_shapes():
+    problem = MLPClassifier(torch.rand(20, 6), torch.arange(20) % 3, hidden=40, layers=2, activation="relu")
+    _, params = sample_instances(problem, 2, _gen())
+    assert {k: tuple(v.shape) for k, v in params.items()} == {"w1": (2, 6, 40), "b1": (2, 40), "w2": (2, 40, 40),
+                                                            "b2": (2, 40), "w3": (2, 40, 3), "b3": (2, 3)}  # fmt: skip
+    # relu of the near-zero first layer is not the sigmoid's 1/2: the activation is used
+    x = torch.rand(4, 6)
+    p0 = {k: v[0] for k, v in params.items()}
+    sig = MLPClassifier(torch.rand(20, 6), torch.arange(20) % 3, hidden=40, layers=2)
+    assert not torch.allclose(problem.logits(p0, x), sig.logits(p0, x))
+
+
+def test_conv_classifier_is_the_papers_cifar_net_at_small_scale():
+    problem = ConvClassifier(torch.rand(30, 8, 8), torch.arange(30) % 10, batch_size=4, horizon=2)
+    _, params = sample_instances(problem, 2, _gen())
+    shapes = {k: tuple(v.shape[1:]) for k, v in params.items()}
+    assert shapes["conv1.w"] == (16, 1, 3, 3) and shapes["conv3.w"] == (16, 16, 3, 3) and shapes["bn2.scale"] == (16,)
+    assert shapes["fc1.w"] == (16, 32) and shapes["fc2.w"] == (32, 10)  # 8x8 pooled three times: 1x1x16 features
+    with pytest.raises(ValueError, match="at least one conv layer"):
+        ConvClassifier(torch.rand(4, 8, 8), torch.zeros(4, dtype=torch.long), channels=())
+    with pytest.raises(ValueError, match="images must be"):
+        ConvClassifier(torch.rand(4, 64), torch.zeros(4, dtype=torch.long))
+
+
 @pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="needs scikit-learn (innerloop[optim])")
 def test_digits_are_the_bundled_8x8_images():
     xtr, ytr = digits("train")
@@ -139,6 +184,8 @@ def test_bad_problems_are_clear_errors():
         Quadratic(dim=0)
     with pytest.raises(ValueError, match="images must be"):
         MLPClassifier(torch.rand(4, 2, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="layers must be >= 1"):
+        MLPClassifier(torch.rand(4, 2), torch.zeros(4, dtype=torch.long), layers=0)
     with pytest.raises(ValueError, match="unknown activation"):
         MLPClassifier(torch.rand(4, 2), torch.zeros(4, dtype=torch.long), activation="tanh")
     with pytest.raises(ValueError, match="no parameters"):

@@ -7,8 +7,11 @@ A rule named ``<name>`` is two files in this folder (or in any folder given as `
   {how it was trained: command, problem, steps, ...}}``.
 
 :func:`save_rule` writes both, :func:`load_rule` rebuilds the rule from them, :func:`available_rules` lists the
-names. ``innerloop optim train`` (the meta-training loop, issue 12) produces the files that get shipped here; until a
-trained rule is committed the folder holds none, and ``load_rule`` says so.
+names. ``innerloop optim train ... --export NAME`` produces the files that get shipped here; each json records that
+command, the run's config, how many meta-steps it trained and its evaluation against the tuned baselines (RESULTS.md
+has the tables). Shipped: ``lstm-quadratic`` and ``mlp-quadratic`` (10-d quadratics, 100 steps) and ``lstm-digits``
+(the 20-sigmoid-unit MLP on scikit-learn's 8x8 digits, 100 steps); a rule knows only the problems it was meta-trained
+on.
 
 Examples:
     >>> import tempfile
