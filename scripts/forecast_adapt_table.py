@@ -29,9 +29,12 @@ def _delta(r: dict | None) -> str:
 
 
 def _cost(r: dict | None) -> str:
+    """Extra wall time per window over the frozen path of the same walk, and the extra numbers kept (per stream)."""
     if r is None:
         return "—"
-    return f"+{r['extra_ms_per_window']:.1f} ms"
+    if r["adapt"] == "state":
+        return f"{r['extra_ms_per_window']:+.1f} ms; {r['extra_floats'] // r['settings']['streams']:,} floats/stream"
+    return f"{r['extra_ms_per_window']:+.1f} ms; {r['params_updated']:,} params"
 
 
 def main(root: str) -> None:
@@ -43,11 +46,12 @@ def main(root: str) -> None:
         name = d.name.split("-")[1]
         rows.append((m["data"], m["horizon"], ORDER.index(name) if name in ORDER else 99, name, m,
                      _load(d / "adapt-state.json"), _load(d / "adapt-online.json")))  # fmt: skip
-    print("| data | H | backbone | params | test MSE / MAE (frozen) | state: MSE (change) | state cost | "
-          "online: MSE (change) | online cost |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| data | H | backbone | params | test MSE / MAE (frozen) | frozen ms/window | state: MSE (change) | "
+          "state cost | online: MSE (change) | online cost |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for data, h, _, name, m, st, on in sorted(rows, key=lambda r: r[:3]):
         print(f"| {data} | {h} | {name} | {m['num_params']:,} | {m['test_mse']:.4f} / {m['test_mae']:.4f} | "
+              f"{(on or st or {}).get('frozen_ms_per_window', float('nan')):.1f} | "
               f"{_delta(st)} | {_cost(st)} | {_delta(on)} | {_cost(on)} |")
 
 
