@@ -93,10 +93,11 @@ class _Block(nn.Module):
         self.mlp = SwiGLU(d_model, mlp_hidden)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        y, _ = self.mixer(self.seq_norm(h))
+    def forward(self, h: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """``h [B, N, D]`` and the mixer's state (None = fresh) -> ``(h [B, N, D], the mixer's state after h)``."""
+        y, state = self.mixer(self.seq_norm(h), state)
         h = h + self.drop(y)
-        return h + self.drop(self.mlp(self.ffn_norm(h)))
+        return h + self.drop(self.mlp(self.ffn_norm(h))), state
 
 
 class PatchForecaster(nn.Module):
@@ -160,6 +161,23 @@ class PatchForecaster(nn.Module):
         return padded.unfold(1, self.patch_len, self.stride)  # [S, N, patch_len]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stateful(x)[0]
+
+    def forward_stateful(self, x: torch.Tensor, states: list[Any] | None = None) -> tuple[torch.Tensor, list[Any]]:
+        """The forecast with every block's mixer starting from ``states`` instead of a fresh state.
+
+        Args:
+            x (torch.Tensor): ``[B, L, C]``.
+            states (list | None, Optional): one mixer state per block, each for ``B*C`` series (the ``states`` this
+                method returned for an earlier batch of ``B`` windows); None = fresh (then this is :meth:`forward`).
+                Default: None.
+
+        Returns:
+            tuple[torch.Tensor, list]: the forecast ``[B, H, C]`` and each block's mixer state after the window's
+            ``N`` patch tokens (what :mod:`innerloop.forecast.adapt` carries to the next window).
+        """
+        if states is not None and len(states) != len(self.blocks):
+            raise ValueError(f"states must hold one state per block ({len(self.blocks)}), got {len(states)}")
         if x.dim() != 3 or x.shape[1] != self.lookback or x.shape[2] != self.channels:
             raise ValueError(f"expected x of shape [B, L={self.lookback}, C={self.channels}], got {tuple(x.shape)}")
         B, L, C = x.shape
@@ -167,8 +185,10 @@ class PatchForecaster(nn.Module):
             x, stats = self.revin.normalize(x)
         series = x.transpose(1, 2).reshape(B * C, L)  # channel independence: [B*C, L]
         h = self.drop(self.embed(self.patchify(series)) + self.pos)  # [B*C, N, D]
-        for block in self.blocks:
-            h = block(h)
+        new_states = []
+        for n, block in enumerate(self.blocks):
+            h, state = block(h, None if states is None else states[n])
+            new_states.append(state)
         y = self.head(self.drop(self.norm(h).flatten(1)))  # [B*C, N*D] -> [B*C, H]
         y = y.reshape(B, C, self.horizon).transpose(1, 2)  # [B, H, C]
-        return self.revin.denormalize(y, stats) if self.revin is not None else y
+        return (self.revin.denormalize(y, stats) if self.revin is not None else y), new_states

@@ -33,6 +33,18 @@ def test_output_shape_and_gradients_for_every_mixer(mixer):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("mixer", ["attention", "gru", "ttt_linear"])
+def test_forward_stateful_from_none_is_forward_and_returns_one_state_per_block(mixer):
+    torch.manual_seed(0)
+    m = PatchForecaster(37, 5, 3, mixer=mixer, **TINY).eval()
+    x = torch.randn(2, 37, 3)
+    y, states = m.forward_stateful(x)
+    torch.testing.assert_close(y, m(x))
+    assert len(states) == 2
+    y2, _ = m.forward_stateful(x, states)  # continuing from the first pass's states changes the forecast
+    assert y2.shape == y.shape and not torch.allclose(y2, y)
+
+
 def test_patches_by_hand():
     m = PatchForecaster(11, 2, 1, mixer="gru", patch_len=4, stride=3, d_model=8)
     series = torch.arange(11.0)[None]  # [1, 11]: 0 .. 10, padded with three 10s
