@@ -19,7 +19,8 @@ def _policy(mixer: str, input_size: int = 9, actions: int = 3) -> RL2Policy:
 
 
 def test_every_registered_mixer_is_covered():
-    assert set(MEMORIES) == set(MIXERS)
+    # other test modules register throwaway mixers named test_*; only the library's own must all be covered
+    assert set(MEMORIES) == {name for name in MIXERS if not name.startswith("test_")}
 
 
 @pytest.mark.parametrize("mixer", MEMORIES)
