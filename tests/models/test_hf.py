@@ -119,6 +119,9 @@ def test_auto_classes_resolve_offline_in_a_fresh_interpreter(tmp_path):
     m = model("ttt_linear", "mamba")
     m.save_pretrained(tmp_path / "hf")
     torch.save(m(ids()).logits, tmp_path / "logits.pt")
+    torch.save(m.state_dict(), tmp_path / "weights.pt")
+    # weights must load bit for bit; logits only closely, because the fresh interpreter may use another thread count
+    # than this one (trainers run earlier in the session call torch.set_num_threads), which changes summation order
     code = f"""
 import torch, innerloop.models.hf
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -127,7 +130,10 @@ assert type(AutoConfig.from_pretrained(d)).__name__ == "InnerloopConfig"
 assert type(AutoModel.from_pretrained(d)).__name__ == "InnerloopModel"
 m = AutoModelForCausalLM.from_pretrained(d).eval()
 x = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(1))
-assert torch.equal(m(x).logits, torch.load({str(tmp_path / "logits.pt")!r}))
+want = torch.load({str(tmp_path / "weights.pt")!r})
+got = m.state_dict()
+assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+torch.testing.assert_close(m(x).logits, torch.load({str(tmp_path / "logits.pt")!r}), rtol=1e-5, atol=1e-6)
 print("ok")
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
