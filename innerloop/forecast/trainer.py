@@ -28,7 +28,7 @@ from innerloop.data.timeseries.ett import ETT_SHA256
 from innerloop.errors import check_choice
 from innerloop.layers import MIXERS
 from innerloop.models import count_params
-from innerloop.runs import Callback, Run, TrainLoop, check_finite, read_config
+from innerloop.runs import Callback, Run, TrainLoop, check_finite, read_config, torch_threads
 
 from .models import FORECASTERS, MODEL_OPTIONS, build_forecaster
 
@@ -279,8 +279,12 @@ def train_forecaster(cfg: ForecastConfig, fresh: bool = False, extend: bool = Fa
     Returns:
         dict: the metrics as written to ``metrics.json`` (``test_mse``, ``test_mae``, ``val_mse``, ...).
     """
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
+        return _train_forecaster(cfg, fresh, extend, callbacks, progress)
+
+
+def _train_forecaster(cfg: ForecastConfig, fresh: bool, extend: bool, callbacks: Sequence[Callback],
+                      progress: bool) -> dict[str, Any]:  # fmt: skip
     data = load_data(cfg)
     torch.manual_seed(cfg.seed)
     model = build_forecaster(cfg.model, cfg.lookback, cfg.horizon, len(data.columns), **model_options(cfg))

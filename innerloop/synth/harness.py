@@ -23,7 +23,7 @@ from innerloop.data.synthetic import TASKS, SynthBatch, SyntheticTask, make_task
 from innerloop.errors import check_choice
 from innerloop.layers import MIXERS
 from innerloop.models import count_params
-from innerloop.runs import Callback, GeneratorState, Run, TrainLoop, check_finite
+from innerloop.runs import Callback, GeneratorState, Run, TrainLoop, check_finite, torch_threads
 from innerloop.train.bptt import clip_gradients, truncated_bptt
 
 from .arm import arm_report
@@ -189,8 +189,12 @@ def train(cfg: SynthConfig, progress: bool = False, fresh: bool = False, extend:
     Returns:
         tuple[dict, SynthModel]: the metrics (as written) and the trained model.
     """
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
+        return _train(cfg, progress, fresh, extend, callbacks)
+
+
+def _train(cfg: SynthConfig, progress: bool, fresh: bool, extend: bool,
+           callbacks: Sequence[Callback]) -> tuple[dict[str, Any], SynthModel]:  # fmt: skip
     task = make_task(cfg.task, **cfg.task_options)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, task)

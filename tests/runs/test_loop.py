@@ -76,3 +76,22 @@ def test_nan_stops_before_the_update_and_names_the_kept_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path / "r" / "checkpoints").name == "step_00000002"
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg == {"lr": 0.1, "steps": 6}
+
+
+def test_torch_threads_restores_the_callers_count():
+    import torch
+
+    from innerloop.runs import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(0):  # 0 / None: unchanged
+        assert torch.get_num_threads() == before
+    try:
+        with torch_threads(1):
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    assert torch.get_num_threads() == before

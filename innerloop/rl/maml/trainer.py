@@ -25,7 +25,7 @@ from innerloop.rl.maml.algorithm import adaptation_returns, meta_objective, samp
 from innerloop.rl.maml.policy import GaussianMLPPolicy
 from innerloop.rl.maml.tasks import FAMILIES, TaskFamily, make_family
 from innerloop.rl.maml.trpo import trpo_step
-from innerloop.runs import Callback, Run, TrainLoop, check_finite, load_latest_weights, read_config
+from innerloop.runs import Callback, Run, TrainLoop, check_finite, load_latest_weights, read_config, torch_threads
 
 __all__ = ["MamlRLConfig", "MamlRLTrainer", "build_policy", "evaluate_policies", "evaluate_run", "train"]
 
@@ -147,10 +147,8 @@ class MamlRLTrainer(TrainLoop):
 def train(cfg: MamlRLConfig, progress: bool = True, fresh: bool = False, extend: bool = False,
           callbacks: Sequence[Callback] = ()) -> dict[str, Any]:  # fmt: skip
     """Meta-train ``cfg.out`` (resuming from its newest intact checkpoint); returns the loop's summary."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    trainer = MamlRLTrainer(cfg, progress=progress, fresh=fresh, extend=extend, callbacks=callbacks)
-    return trainer.fit()
+    with torch_threads(cfg.threads):
+        return MamlRLTrainer(cfg, progress=progress, fresh=fresh, extend=extend, callbacks=callbacks).fit()
 
 
 def load_policy(out: str | Path) -> tuple[MamlRLConfig, GaussianMLPPolicy]:
