@@ -68,6 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, default=None, help="folder for baselines.csv and baselines.md; default: none")
     b.set_defaults(func=run_baselines)
     _register_maml(rsub)
+    p = rsub.add_parser("plot", help="RL² learning curves of run folders against the classic baselines (a PNG)")
+    p.add_argument("--runs", type=Path, nargs="+", required=True, help="RL² run folders (innerloop rl train --out)")
+    p.add_argument("--baselines", type=Path, default=None,
+                   help="baselines.csv written by `innerloop rl baselines --out DIR`; default: none")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    p.set_defaults(func=run_plot)
 
     algos = _algos()
     t = rsub.add_parser("train", help="train a meta-RL agent (--algo rl2: PPO on whole trials, any mixer as memory)")
@@ -241,3 +247,10 @@ def run_eval(args: argparse.Namespace) -> int:
               f"{r['trials']} test trials), {r['seconds']:.2f} s")  # fmt: skip
         return 0
     raise AssertionError(f"no evaluator for --algo {args.algo}")  # pragma: no cover
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from innerloop.rl.plots import plot_rl2_curves
+
+    print(f"wrote {plot_rl2_curves(args.runs, args.out, args.baselines)}")
+    return 0

@@ -1,0 +1,72 @@
+"""Plots for RL² runs (matplotlib with the Agg backend, imported lazily): learning curves from each run's ``log.csv``
+against the classic baselines of ``innerloop rl baselines --out DIR`` (``DIR/baselines.csv``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from innerloop._io import pyplot
+
+__all__ = ["plot_rl2_curves"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _label(run: Path) -> str:
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        return run.name
+    cfg = json.loads(cfg_path.read_text())
+    return f"RL² {cfg.get('mixer', '?')} ({run.name})"
+
+
+def plot_rl2_curves(runs: Sequence[str | Path], out: str | Path, baselines: str | Path | None = None) -> Path:
+    """Mean total reward per trial against PPO step for each run, with the baselines as horizontal lines.
+
+    Args:
+        runs (Sequence[str | Path]): RL² run directories (made by ``innerloop rl train --algo rl2``), each with a
+            ``log.csv`` holding ``step``, ``return`` (training trials) and ``val_return`` (fixed test trials).
+        out (str | Path): the PNG to write.
+        baselines (str | Path | None, Optional): a ``baselines.csv`` of ``innerloop rl baselines --out``; each row's
+            ``mean`` is drawn as a dashed line. Default: None.
+
+    Returns:
+        Path: ``out``.
+    """
+    logs = []
+    for run in map(Path, runs):
+        log = run / "log.csv"
+        if not log.is_file():
+            raise FileNotFoundError(f"{log} does not exist: give run directories made by `innerloop rl train --algo "
+                                    f"rl2 --out DIR` (they hold log.csv)")  # fmt: skip
+        rows = _rows(log)
+        if not rows or not {"step", "return"} <= set(rows[0]):
+            raise ValueError(f"{log} has no 'step'/'return' columns: it is not the log of an RL² run")
+        logs.append((_label(run), rows))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, rows) in enumerate(logs):
+        color = f"C{i % 10}"
+        ax.plot([int(r["step"]) for r in rows], [float(r["return"]) for r in rows], color=color, alpha=0.5,
+                label=f"{label}, training trials")  # fmt: skip
+        val = [(int(r["step"]), float(r["val_return"])) for r in rows if r.get("val_return")]
+        if val:
+            ax.plot(*zip(*val), "o-", color=color, label=f"{label}, test trials")
+    if baselines is not None:
+        for j, r in enumerate(_rows(Path(baselines))):
+            ax.axhline(float(r["mean"]), linestyle="--", linewidth=1, color=f"C{(len(logs) + j) % 10}",
+                       label=f"{r['baseline']} {float(r['mean']):.2f}")  # fmt: skip
+    ax.set_xlabel("PPO step")
+    ax.set_ylabel("total reward per trial")
+    ax.set_title("RL² learning curves")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
