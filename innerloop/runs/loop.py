@@ -228,6 +228,13 @@ class TrainLoop:
     def evaluate(self) -> dict[str, float]:
         if not self.is_main:
             return {}
+        metrics = self.evaluate_now()
+        for cb in self.callbacks:
+            cb.on_eval(self, self.step, metrics)
+        return metrics
+
+    def evaluate_now(self) -> dict[str, float]:
+        """``evaluate_metrics`` in eval mode without gradients, kept as ``last_eval``; on this rank, no callbacks."""
         was = self.model.training
         self.model.eval()
         with torch.no_grad():
@@ -235,8 +242,6 @@ class TrainLoop:
         self.model.train(was)
         if metrics:
             self.last_eval = metrics
-        for cb in self.callbacks:
-            cb.on_eval(self, self.step, metrics)
         return metrics
 
     # ---- the loop

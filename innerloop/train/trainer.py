@@ -155,13 +155,7 @@ class Trainer(TrainLoop):
             return super().evaluate()
         # FSDP: the sharded forward all-gathers weights, so every rank runs the evaluation; only rank 0 reports it.
         # The others keep the numbers too: the loop decides from ``last_eval`` whether to evaluate again.
-        was = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            metrics = {k: float(v) for k, v in self.evaluate_metrics().items()}
-        self.model.train(was)
-        if metrics:
-            self.last_eval = metrics
+        self.evaluate_now()
         return {}
 
     def interrupt_requested(self, local: bool) -> bool:
