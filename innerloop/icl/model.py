@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from innerloop.layers import MIXERS, KVCache, RMSNorm, SwiGLU, build_mixer
+from innerloop.layers import MIXERS, KVCache, MixerStack, RMSNorm
 
 __all__ = ["ICLModel", "ImageEncoder", "repeat_state"]
 
@@ -99,7 +99,7 @@ class ImageEncoder(nn.Module):
         return self.features(x).mean((2, 3))
 
 
-class ICLModel(nn.Module):
+class ICLModel(MixerStack):
     """``tokens -> linear -> [x + mixer(norm x); x + mlp(norm x)] * num_layers -> norm -> linear -> y``.
 
     Args:
@@ -148,11 +148,7 @@ class ICLModel(nn.Module):
         self.mixer_name, self.x_dim, self.y_dim = mixer, x_dim, y_dim
         self.encoder, self.center_features = encoder, center_features
         self.embed = nn.Linear(x_dim + y_dim + 1, hidden_size)
-        self.mixers = nn.ModuleList(build_mixer(mixer, hidden_size, num_heads, **opts) for _ in range(num_layers))
-        self.mixer_norms = nn.ModuleList(RMSNorm(hidden_size) for _ in range(num_layers))
-        n_mlps = num_layers if mlp_ratio else 0
-        self.mlps = nn.ModuleList(SwiGLU(hidden_size, mlp_ratio * hidden_size) for _ in range(n_mlps))
-        self.mlp_norms = nn.ModuleList(RMSNorm(hidden_size) for _ in range(len(self.mlps)))
+        self.build_blocks(mixer, hidden_size, num_layers, num_heads, mlp_ratio, opts)
         self.norm = RMSNorm(hidden_size)
         self.head = nn.Linear(hidden_size, out_dim)
 
@@ -179,18 +175,6 @@ class ICLModel(nn.Module):
             raise ValueError(f"expected labels [N, T, {self.y_dim}] = {(*x.shape[:2], self.y_dim)}, got "
                              f"{tuple(y.shape)}")  # fmt: skip
         return torch.cat([x, y, torch.ones_like(y[..., :1])], -1)
-
-    def blocks(self, h: Tensor, states: list | None = None) -> tuple[Tensor, list]:
-        """The residual blocks on ``h [B, T, C]`` from per-layer ``states`` (None = start); returns new states."""
-        states = states if states is not None else [None] * len(self.mixers)
-        new = []
-        for i, (norm, mixer) in enumerate(zip(self.mixer_norms, self.mixers)):
-            y, s = mixer(norm(h), states[i])
-            h = h + y
-            if self.mlps:
-                h = h + self.mlps[i](self.mlp_norms[i](h))
-            new.append(s)
-        return h, new
 
     def support_center(self, support_x: Tensor) -> Tensor | None:
         """``[N, 1, d]``: the mean feature of each task's support set when ``center_features``, else None.

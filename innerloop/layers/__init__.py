@@ -8,12 +8,14 @@ from .mamba import Mamba, MambaState  # "mamba"
 from .modes import MODES
 from .registry import MIXERS, Mixer, build_mixer, register_mixer
 from .rnn import GRU, LSTM, RNN, RNNState  # "rnn", "lstm", "gru"
+from .stack import MixerStack
 from .ttt import TTTMLP, TTTLayerState, TTTLinear, set_ttt_lr_warmup
 
 __all__ = [
     "GRU",
     "LSTM",
     "MIXERS",
+    "MixerStack",
     "MODES",
     "RNN",
     "TTTMLP",

@@ -19,14 +19,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from innerloop.layers import MIXERS, RMSNorm, SwiGLU, build_mixer
+from innerloop.layers import MIXERS, MixerStack, RMSNorm
 
 from .trial import TrialEnv
 
 __all__ = ["RL2Policy", "Rollout", "rollout"]
 
 
-class RL2Policy(nn.Module):
+class RL2Policy(MixerStack):
     """``x -> linear -> [h + mixer(norm h); h + mlp(norm h)] * num_layers -> norm -> (action logits, value)``.
 
     Args:
@@ -65,11 +65,7 @@ class RL2Policy(nn.Module):
             opts.setdefault("mini_batch_size", 8)
         self.mixer_name, self.input_size, self.num_actions = mixer, input_size, num_actions
         self.embed = nn.Linear(input_size, hidden_size)
-        self.mixers = nn.ModuleList(build_mixer(mixer, hidden_size, num_heads, **opts) for _ in range(num_layers))
-        self.mixer_norms = nn.ModuleList(RMSNorm(hidden_size) for _ in range(num_layers))
-        n_mlps = num_layers if mlp_ratio else 0
-        self.mlps = nn.ModuleList(SwiGLU(hidden_size, mlp_ratio * hidden_size) for _ in range(n_mlps))
-        self.mlp_norms = nn.ModuleList(RMSNorm(hidden_size) for _ in range(n_mlps))
+        self.build_blocks(mixer, hidden_size, num_layers, num_heads, mlp_ratio, opts)
         self.norm = RMSNorm(hidden_size)
         self.policy_head = nn.Linear(hidden_size, num_actions)
         self.value_head = nn.Linear(hidden_size, 1)
@@ -86,14 +82,7 @@ class RL2Policy(nn.Module):
         """Run ``x [B, T, I]`` from ``state`` (None = a trial's start); ``(logits [B, T, A], values [B, T], state)``."""
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"expected RL² inputs [B, T, {self.input_size}], got {tuple(x.shape)}")
-        states = state if state is not None else [None] * len(self.mixers)
-        h, new = self.embed(x), []
-        for i, (norm, mixer) in enumerate(zip(self.mixer_norms, self.mixers)):
-            y, s = mixer(norm(h), states[i])
-            h = h + y
-            if self.mlps:
-                h = h + self.mlps[i](self.mlp_norms[i](h))
-            new.append(s)
+        h, new = self.blocks(self.embed(x), state)
         h = self.norm(h)
         return self.policy_head(h), self.value_head(h).squeeze(-1), new
 
