@@ -69,6 +69,14 @@ def _run_name(cfg: ICLConfig) -> str:
     return f"{cfg.task}-{cfg.shots}shot-{cfg.learner}"
 
 
+def _table_row(r: dict[str, Any], scores: str) -> str:
+    """One row of the comparison table: K, learner, kind, cost cells (``-`` for untrained baselines), ``scores``."""
+    trained = r["kind"] != "baseline"
+    cost = f"{r['params']} | {r['train_seconds']:.0f}" if trained else "- | -"
+    ms = f"{r['ms_per_task']:.2f}" if trained else "-"
+    return f"| {r['shots']} | {r['learner']} | {r['kind']} | {cost} | {scores} | {ms} |"
+
+
 def _classification_table(rows: Sequence[dict[str, Any]], cfg: ICLConfig) -> str:
     lines = [
         f"Task: Omniglot {cfg.ways}-way K-shot, {cfg.image_size}x{cfg.image_size}. {budget_text(cfg)}",
@@ -83,12 +91,8 @@ def _classification_table(rows: Sequence[dict[str, Any]], cfg: ICLConfig) -> str
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        trained = r["kind"] != "baseline"
-        cost = f"{r['params']} | {r['train_seconds']:.0f}" if trained else "- | -"
-        ms = f"{r['ms_per_task']:.2f}" if trained else "-"
-        lines.append(f"| {r['shots']} | {r['learner']} | {r['kind']} | {cost} | {100 * r['acc_in']:.1f} +- "
-                     f"{100 * r['ci95_in']:.1f} | {100 * r['acc_ood']:.1f} +- {100 * r['ci95_ood']:.1f} | "
-                     f"{ms} |")  # fmt: skip
+        lines.append(_table_row(r, f"{100 * r['acc_in']:.1f} +- {100 * r['ci95_in']:.1f} | {100 * r['acc_ood']:.1f} "
+                                   f"+- {100 * r['ci95_ood']:.1f}"))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -108,11 +112,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], cfg: ICLConfig) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        trained = r["kind"] != "baseline"
-        cost = f"{r['params']} | {r['train_seconds']:.0f}" if trained else "- | -"
-        ms = f"{r['ms_per_task']:.2f}" if trained else "-"
-        lines.append(f"| {r['shots']} | {r['learner']} | {r['kind']} | {cost} | {r['mse_in']:.3g} +- "
-                     f"{r['ci95_in']:.2g} | {r['mse_ood']:.3g} +- {r['ci95_ood']:.2g} | {ms} |")  # fmt: skip
+        lines.append(_table_row(r, f"{r['mse_in']:.3g} +- {r['ci95_in']:.2g} | {r['mse_ood']:.3g} +- "
+                                   f"{r['ci95_ood']:.2g}"))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
