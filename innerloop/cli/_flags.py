@@ -161,3 +161,55 @@ def add_run_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> No
     p.add_argument("--extend", action="store_true",
                    help=f"train a run further: resume it with a larger {steps_flag} (other settings unchanged)")
 
+
+
+def add_config_flags(
+    p: argparse.ArgumentParser, configs: Mapping[str, type], skip: Collection[str] = frozenset()
+) -> None:
+    """The flags of several config dataclasses on one command (``rl train --algo rl2|maml``): one flag per field name.
+
+    A field only one config has gets its flag as :func:`add_dataclass_flags` makes it. A field several configs share
+    (``--env``, ``--seed``, ``--out``) gets one flag whose choices are the union of theirs and whose help gives each
+    config's meaning and default (``rl2: ... | maml: ...``); each config still validates the value it receives.
+
+    Args:
+        p (argparse.ArgumentParser): the command's parser.
+        configs (Mapping[str, type]): ``{name shown in help: config dataclass}``.
+        skip (Collection[str]): fields the command sets itself. Default: none.
+
+    Raises:
+        TypeError: two configs give a shared field different types.
+    """
+    owners: dict[str, list[tuple[str, type, dataclasses.Field]]] = {}
+    for name, cls in configs.items():
+        for f in dataclasses.fields(cls):
+            if f.name not in skip:
+                owners.setdefault(f.name, []).append((name, cls, f))
+    shared = {k for k, v in owners.items() if len(v) > 1}
+    for cls in configs.values():  # a field of one config only: its usual flag
+        add_dataclass_flags(p, cls, skip={*skip, *shared})
+    for field_name in (k for k in owners if k in shared):
+        kinds = {_annotation(f)[0] for _, _, f in owners[field_name]}
+        if len(kinds) > 1:
+            raise TypeError(f"--{field_name.replace('_', '-')}: the configs disagree on its type ({sorted(kinds)})")
+        kind = kinds.pop()
+        flag = "--" + field_name.replace("_", "-")
+        texts, allowed = [], set()
+        for name, cls, f in owners[field_name]:
+            own = getattr(cls, "CHOICES", {}).get(field_name)
+            allowed |= set(own) if own is not None else set()
+            texts.append(f"{name}: " + _help(field_comments(cls).get(field_name, field_name.replace("_", " ")), own,
+                                             _default(f), None))  # fmt: skip
+        text = " | ".join(texts)
+        if kind == "bool":
+            p.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=text)
+        elif kind in _TYPES:
+            extra: dict[str, Any] = {}
+            if allowed and all(getattr(cls, "CHOICES", {}).get(field_name) is not None for _, cls, _ in
+                               owners[field_name]):  # fmt: skip
+                extra = {"choices": sorted(allowed), "metavar": field_name.upper()}
+            p.add_argument(flag, type=_TYPES[kind], default=None, help=text, **extra)
+        elif kind in ("list[int]", "list[float]", "list[str]"):
+            p.add_argument(flag, type=_TYPES[kind[5:-1]], nargs="+", default=None, help=text)
+        else:
+            raise TypeError(f"--{field_name.replace('_', '-')}: no command-line flag for type {kind!r}")

@@ -16,6 +16,8 @@ Examples::
     innerloop rl maml-train --env navigation2d --out runs/maml-rl/nav            # MAML-TRPO (paper settings)
     innerloop rl maml-train --env navigation2d --inner-steps 0 --out runs/maml-rl/nav-pretrained
     innerloop rl maml-eval --out runs/maml-rl/nav --pretrained runs/maml-rl/nav-pretrained
+    innerloop rl train --algo maml --env navigation2d --out runs/maml-rl/nav    # the same as maml-train
+    innerloop rl eval --algo maml --out runs/maml-rl/nav                        # the same as maml-eval
 
 Prints one line per baseline and, with ``--out DIR``, writes ``DIR/baselines.csv`` and ``DIR/baselines.md``.
 """
@@ -27,7 +29,7 @@ import dataclasses
 from pathlib import Path
 
 from innerloop._io import atomic_write_json, atomic_write_text, write_csv
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
+from innerloop.cli._flags import add_config_flags, add_run_flags, dataclass_values
 
 ENVS = ("bandit", "mdp")
 
@@ -38,9 +40,10 @@ def _algos() -> dict[str, type]:
     A new algorithm adds its entry here and its branch in :func:`run_train` / :func:`run_eval`; the flags of every
     config are offered (one flag per field name), and a flag that the chosen algorithm's config lacks is refused.
     """
+    from innerloop.rl.maml.trainer import MamlRLConfig
     from innerloop.rl.rl2_trainer import RL2Config
 
-    return {"rl2": RL2Config}
+    return {"rl2": RL2Config, "maml": MamlRLConfig}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,22 +79,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_plot)
 
     algos = _algos()
-    t = rsub.add_parser("train", help="train a meta-RL agent (--algo rl2: PPO on whole trials, any mixer as memory)")
+    t = rsub.add_parser("train", help="train a meta-RL agent (--algo rl2: PPO on whole trials, any mixer as memory; "
+                        "--algo maml: MAML-TRPO, as maml-train)")  # fmt: skip
     t.add_argument("--algo", choices=sorted(algos), required=True, help="the meta-RL algorithm")
-    seen: set[str] = {"algo"}
-    for cls in algos.values():
-        names = {f.name for f in dataclasses.fields(cls)}
-        add_dataclass_flags(t, cls, skip=seen)
-        seen |= names
+    add_config_flags(t, algos)
     t.add_argument("--progress", action="store_true", help="show a progress bar while training")
-    add_run_flags(t)
+    add_run_flags(t, "--steps (rl2) or --iterations (maml)")
     t.set_defaults(func=run_train)
     e = rsub.add_parser("eval", help="test a trained run on the fixed test trials (writes <out>/eval.json)")
     e.add_argument("--algo", choices=sorted(algos), required=True, help="the algorithm the run was trained with")
-    e.add_argument("--out", required=True, help="the run directory to evaluate")
+    e.add_argument("--out", type=Path, required=True, help="the run directory to evaluate")
     e.add_argument("--eval-trials", type=int, default=None, help="test trials; default: the run's eval_trials")
     e.add_argument("--device", default=None, help="cpu or cuda; default: the run's device")
     e.add_argument("--greedy", action="store_true", help="take the most likely action instead of sampling")
+    e.add_argument("--pretrained", type=Path, default=None,
+                   help="maml: a run of the same env trained with --inner-steps 0, compared at every step")
+    e.add_argument("--eval-tasks", type=int, default=None, help="maml: held-out tasks; default: the run's")
+    e.add_argument("--eval-steps", type=int, default=None, help="maml: adaptation steps reported; default: the run's")
+    e.add_argument("--eval-seed", type=int, default=None, help="maml: seed of the held-out tasks; default: the run's")
     e.set_defaults(func=run_eval)
 
 
@@ -138,7 +143,7 @@ def run_baselines(args: argparse.Namespace) -> int:
 
 
 def _register_maml(rsub: argparse._SubParsersAction) -> None:
-    from innerloop.cli._flags import add_dataclass_flags, add_run_flags
+    from innerloop.cli._flags import add_dataclass_flags
     from innerloop.rl.maml.trainer import MamlRLConfig
 
     t = rsub.add_parser("maml-train", help="MAML for RL (TRPO through a policy-gradient inner step); resumes --out",
@@ -172,16 +177,21 @@ def _print_maml(metrics: dict) -> None:
 
 
 def run_maml_train(args: argparse.Namespace) -> int:
-    from innerloop.cli._flags import dataclass_values
-    from innerloop.rl.maml.trainer import MamlRLConfig, evaluate_run, train
+    from innerloop.rl.maml.trainer import MamlRLConfig
 
     cfg = MamlRLConfig(**dataclass_values(args, MamlRLConfig))
+    return _train_maml(cfg, args, progress=not args.no_progress, evaluate=not args.no_eval, command="maml-train")
+
+
+def _train_maml(cfg: object, args: argparse.Namespace, progress: bool, evaluate: bool, command: str) -> int:
+    from innerloop.rl.maml.trainer import evaluate_run, train
+
     kind = f"MAML-TRPO, {cfg.inner_steps} inner step(s)" if cfg.inner_steps else "pretrained (no inner step)"
-    print(f"innerloop rl maml-train: {kind} on {cfg.env}, {cfg.iterations} iterations x {cfg.meta_batch} tasks x "
+    print(f"innerloop rl {command}: {kind} on {cfg.env}, {cfg.iterations} iterations x {cfg.meta_batch} tasks x "
           f"{cfg.trajectories} trajectories, out {cfg.out}", flush=True)  # fmt: skip
-    summary = train(cfg, progress=not args.no_progress, fresh=args.fresh, extend=args.extend)
+    summary = train(cfg, progress=progress, fresh=args.fresh, extend=args.extend)
     print(f"trained {summary['steps']} iterations in {summary['train_seconds']:.0f} s", flush=True)
-    if not args.no_eval:
+    if evaluate:
         print(f"return after 0..{cfg.eval_steps} inner steps on {cfg.eval_tasks} held-out tasks (mean +- 95% CI):")
         _print_maml(evaluate_run(cfg.out))
     return 0
@@ -200,6 +210,7 @@ def run_maml_eval(args: argparse.Namespace) -> int:
     _print_maml(metrics)
     print(f"wrote {args.out / 'metrics.json'} and {args.out / 'adaptation.png'}")
     return 0
+
 
 def _algo_config(args: argparse.Namespace) -> object:
     """The chosen algorithm's config from the flags; a flag of another algorithm is a clear error."""
@@ -229,10 +240,23 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"total reward per trial ({what} actions): {r['mean']:.3f} +- {r['ci95']:.3f} "
                   f"(95% CI, {r['trials']} test trials)")  # fmt: skip
         return 0
+    if args.algo == "maml":
+        return _train_maml(cfg, args, progress=args.progress, evaluate=True, command="train --algo maml")
     raise AssertionError(f"no trainer for --algo {args.algo}")  # pragma: no cover - argparse checks the choices
 
 
+_EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy"),
+               "maml": ("pretrained", "eval_tasks", "eval_steps", "eval_seed")}  # fmt: skip
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    for algo, names in _EVAL_FLAGS.items():
+        for name in names:
+            if algo != args.algo and getattr(args, name) not in (None, False):
+                raise ValueError(f"--{name.replace('_', '-')} is a setting of `rl eval --algo {algo}`, not of --algo "
+                                 f"{args.algo}; drop it")  # fmt: skip
+    if args.algo == "maml":
+        return run_maml_eval(args)
     if args.algo == "rl2":
         from innerloop.rl.rl2_trainer import evaluate_rl2, load_rl2
 

@@ -87,3 +87,31 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert "maml" in text and "random" in text and (out / "metrics.json").is_file()
     assert main(["rl", "maml-eval", "--out", str(tmp_path / "nothing")]) == 2
     assert "maml-train" in capsys.readouterr().err
+
+
+def test_rl_train_and_eval_take_algo_maml(tmp_path, capsys):
+    """``rl train|eval --algo maml`` run the same trainer and evaluation as ``maml-train|maml-eval``; a flag of the
+    other algorithm is a one-line error naming it."""
+    from innerloop.cli.main import main
+
+    out = tmp_path / "algo"
+    flags = ["--threads", "1", "--meta-batch", "2", "--trajectories", "2", "--horizon", "4", "--hidden-size", "4",
+             "--iterations", "1", "--cg-iters", "2", "--eval-tasks", "2", "--eval-steps", "1", "--env", "navigation2d",
+             "--out", str(out)]  # fmt: skip
+    assert main(["rl", "train", "--algo", "maml", *flags]) == 0
+    assert "innerloop rl train --algo maml: MAML-TRPO" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["env"] == "navigation2d"
+    assert main(["rl", "eval", "--algo", "maml", "--out", str(out), "--eval-tasks", "3"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["eval_tasks"] == 3
+    capsys.readouterr()
+    for argv, match in (
+        (["train", "--algo", "maml", "--mixer", "gru", "--out", str(tmp_path / "x")], "--mixer is not a setting of"),
+        (["train", "--algo", "rl2", "--threads", "1", "--out", str(tmp_path / "x")], "--threads is not a setting of"),
+        (["train", "--algo", "rl2", "--env", "navigation2d", "--out", str(tmp_path / "x")], "navigation2d"),
+        (["eval", "--algo", "maml", "--out", str(out), "--greedy"], "--greedy is a setting of `rl eval --algo rl2`"),
+        (["eval", "--algo", "rl2", "--out", str(out), "--eval-tasks", "2"], "--eval-tasks is a setting of"),
+    ):
+        assert main(["rl", *argv]) == 2
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()
