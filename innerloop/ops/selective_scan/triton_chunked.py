@@ -74,13 +74,18 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _n_par(rows_blocks: int, n_chunks: int, device: torch.device) -> int:
     """Programs per ``(row, block)`` of the backward's pass 3."""
     target = BWD_PROGRAMS
     if target is None:
         if device.type != "cuda":
             return n_chunks
-        target = 8 * torch.cuda.get_device_properties(device).multi_processor_count
+        target = 8 * _sm_count(device)
     return max(1, min(n_chunks, -(-target // rows_blocks)))
 
 
