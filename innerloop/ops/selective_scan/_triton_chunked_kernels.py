@@ -48,15 +48,15 @@ def chunk_state_kernel(
 
 
 def chunk_carry_kernel(
-    A_ptr, ds_ptr, h0_ptr,  # inputs
-    loc_ptr,  # in: local state of every chunk; out (in place): the carried-in state of every chunk
-    out_ptr,  # the state carried out of the last chunk visited
+    A_ptr, ds_ptr, h0_ptr, loc_ptr,  # inputs (loc: the local state of every chunk)
+    carry_ptr,  # output: the state carried into every chunk (same layout as loc)
+    out_ptr,  # output: the state carried out of the last chunk visited
     E, N, n_chunks,
     HAS_H0: tl.constexpr, REVERSE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
 ):
     """Pass 2, grid ``(B, E blocks)``, sequential over chunks: ``carry <- exp(A ΣΔ_k) ⊙ carry + local_k``.
 
-    Forward (``REVERSE=False``): the carry is the state, from ``h0``; slot ``k`` gets the state before chunk ``k``,
+    Forward (``REVERSE=False``): the carry is the state, from ``h0``; ``carry[k]`` is the state before chunk ``k``,
     ``out`` the final state. Backward (``REVERSE=True``): the carry is ``a_{t+1} ⊙ g_{t+1}`` at a chunk's end, from
     ``∂L/∂h_T``, chunks last to first; ``out`` is ``∂L/∂h_0``. The decay over a chunk, ``exp(A ΣΔ)``, is the product
     of its per-token decays (both <= 1: nothing is divided).
@@ -79,10 +79,9 @@ def chunk_carry_kernel(
         else:
             k = i
         slot = pid_b * n_chunks + k
-        p = loc_ptr + slot * E64 * N + en
-        local = tl.load(p, mask=m2, other=0.0)
+        local = tl.load(loc_ptr + slot * E64 * N + en, mask=m2, other=0.0)
         dsum = tl.load(ds_ptr + slot * E64 + e, mask=me, other=0.0)
-        tl.store(p, carry, mask=m2)
+        tl.store(carry_ptr + slot * E64 * N + en, carry, mask=m2)
         carry = tl.exp(dsum[:, None] * A) * carry + local
     tl.store(out_ptr + pid_b * E64 * N + en, carry, mask=m2)
 

@@ -112,13 +112,14 @@ def _fwd_op(
     cfg = _config(u, A, block_e)
     n_chunks = -(-T // chunk)
     n_blocks = -(-E // cfg["BLOCK_E"])
-    H = u.new_empty(Bn, n_chunks, E, N, dtype=acc)  # local end states, then (pass 2, in place) the start states
+    local = u.new_empty(Bn, n_chunks, E, N, dtype=acc)  # end state of every chunk from a zero start
+    H = torch.empty_like(local)  # the true start state of every chunk
     dsum = u.new_empty(Bn, n_chunks, E, dtype=acc)
     hT = u.new_empty(Bn, E, N, dtype=acc)
     y = torch.empty_like(u)
-    kern["chunk_state_kernel"][(Bn, n_blocks, n_chunks)](u, delta, A, B, H, dsum, T, E, N, n_chunks, CHUNK=chunk,
+    kern["chunk_state_kernel"][(Bn, n_blocks, n_chunks)](u, delta, A, B, local, dsum, T, E, N, n_chunks, CHUNK=chunk,
                                                          **cfg)
-    kern["chunk_carry_kernel"][(Bn, n_blocks)](A, dsum, h0 if h0 is not None else hT, H, hT, E, N, n_chunks,
+    kern["chunk_carry_kernel"][(Bn, n_blocks)](A, dsum, h0 if h0 is not None else hT, local, H, hT, E, N, n_chunks,
                                                HAS_H0=h0 is not None, REVERSE=False, **cfg)
     kern["chunk_out_kernel"][(Bn, n_blocks, n_chunks)](u, delta, A, B, C, D if D is not None else u, H, y,
                                                        T, E, N, n_chunks, HAS_D=D is not None, CHUNK=chunk, **cfg)
@@ -151,11 +152,13 @@ def _bwd_op(
     cfg = _config(u, A, block_e)
     n_chunks = H.shape[1]
     n_blocks = -(-E // cfg["BLOCK_E"])
-    G = torch.empty_like(H)  # local carries, then (pass 2, in place) the carry into every chunk's end
+    G_local = torch.empty_like(H)  # every chunk's carry at its start from a zero carry at its end
+    G = torch.empty_like(H)  # the true carry into every chunk's end
     dh0 = u.new_empty(Bn, E, N, dtype=acc)
-    kern["chunk_grad_state_kernel"][(Bn, n_blocks, n_chunks)](delta, A, C, dy, G, T, E, N, n_chunks, CHUNK=chunk,
+    kern["chunk_grad_state_kernel"][(Bn, n_blocks, n_chunks)](delta, A, C, dy, G_local, T, E, N, n_chunks, CHUNK=chunk,
                                                               **cfg)
-    kern["chunk_carry_kernel"][(Bn, n_blocks)](A, dsum, dhT, G, dh0, E, N, n_chunks, HAS_H0=True, REVERSE=True,
+    kern["chunk_carry_kernel"][(Bn, n_blocks)](A, dsum, dhT, G_local, G, dh0, E, N, n_chunks, HAS_H0=True,
+                                               REVERSE=True,
                                                **cfg)
     n_par = _n_par(Bn * n_blocks, n_chunks, u.device)
     scratch = u.new_empty(Bn * n_blocks * n_par * (chunk + 1) * cfg["BLOCK_E"] * cfg["BLOCK_N"], dtype=acc)
