@@ -267,19 +267,19 @@ def _compile_chunked_for_sm90(cases):
     from innerloop.ops.selective_scan import _triton_chunked_kernels as k
     from innerloop.ops.selective_scan import triton_chunked as tc
 
-    for T, E, N, in_dtype in cases:
+    for T, E, N, in_dtype, flags_on in cases:
         BLOCK_E, BLOCK_N, num_warps = tc._launch_config(E, N, None)
-        ptr = {"float32": "*fp32", "bfloat16": "*bf16", "float64": "*fp64"}[in_dtype]
+        ptr = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}[in_dtype]
         acc_ptr = "*fp64" if in_dtype == "float64" else "*fp32"
         acc = tc._acc(torch.float64 if in_dtype == "float64" else torch.float32)
         ints = {"T": T, "E": E, "N": N, "n_chunks": -(-T // 64), "n_par": 3}
         common = dict(BLOCK_E=BLOCK_E, BLOCK_N=BLOCK_N, ACC=acc)
         kernels = {
             "chunk_state_kernel": (dict(CHUNK=64), ("u_ptr", "delta_ptr", "B_ptr")),
-            "chunk_carry_kernel": (dict(HAS_H0=True, REVERSE=True), ()),
-            "chunk_out_kernel": (dict(HAS_D=True, CHUNK=64), ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "y_ptr")),
+            "chunk_carry_kernel": (dict(HAS_H0=flags_on, REVERSE=flags_on), ()),
+            "chunk_out_kernel": (dict(HAS_D=flags_on, CHUNK=64), ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "y_ptr")),
             "chunk_grad_state_kernel": (dict(CHUNK=64), ("delta_ptr", "C_ptr", "dy_ptr")),
-            "chunk_bwd_kernel": (dict(HAS_D=True, CHUNK=64),
+            "chunk_bwd_kernel": (dict(HAS_D=flags_on, CHUNK=64),
                                  ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "dy_ptr", "du_ptr", "ddelta_ptr")),
         }
         for name, (flags, input_ptrs) in kernels.items():
@@ -300,8 +300,10 @@ def _compile_chunked_for_sm90(cases):
 @pytest.mark.parametrize("slow", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["mamba-bf16", "all"])
 def test_chunked_compiles_for_sm90(slow):
     """The interpreter never lowers the kernels, so compile them for sm_90 too (in a fresh process, without
-    TRITON_INTERPRET): Mamba-sized bf16; under slow also every int equal to 1, and float64."""
-    cases = [(2048, 1536, 16, "bfloat16"), (7, 1, 1, "float32"), (100, 64, 5, "float64")][:None if slow else 1]
+    TRITON_INTERPRET): Mamba-sized bf16 with D, initial state and the reverse boundary pass; under slow also every
+    int equal to 1, float16, float64 and the other branch of every flag."""
+    cases = [(2048, 1536, 16, "bfloat16", True), (7, 1, 1, "float32", False), (100, 64, 5, "float64", True),
+             (300, 96, 16, "float16", False)][:None if slow else 1]
     code = f"{inspect.getsource(_compile_chunked_for_sm90)}\n_compile_chunked_for_sm90({cases!r})"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = env.get("TRITON_DEFAULT_FP_FUSION", "1")  # silences a 3.9 warning
