@@ -22,7 +22,8 @@ def chunk_state_kernel(
     T, E, N, n_chunks,
     CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Forward pass 1, grid ``(B, E blocks, n_chunks)``: the chunk's scan from ``h = 0``."""
+    """Forward pass 1, grid ``(B, E blocks, n_chunks - 1)``: the chunk's scan from ``h = 0`` (the last chunk's is
+    not needed: pass 3 writes the final state)."""
     pid_b = tl.program_id(0).to(tl.int64)
     k = tl.program_id(2)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -48,18 +49,18 @@ def chunk_state_kernel(
 
 
 def chunk_carry_kernel(
-    A_ptr, ds_ptr, h0_ptr, loc_ptr,  # inputs (loc: the local state of every chunk)
+    A_ptr, ds_ptr, h0_ptr, loc_ptr,  # inputs (loc, ds: every chunk's local state and ΣΔ, where pass 1 wrote them)
     carry_ptr,  # output: the state carried into every chunk (same layout as loc)
-    out_ptr,  # output: the state carried out of the last chunk visited
     E, N, n_chunks,
     HAS_H0: tl.constexpr, REVERSE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Pass 2, grid ``(B, E blocks)``, sequential over chunks: ``carry <- exp(A ΣΔ_k) ⊙ carry + local_k``.
+    """Pass 2, grid ``(B, E blocks)``, sequential over the ``n_chunks - 1`` boundaries:
+    ``carry <- exp(A ΣΔ_k) ⊙ carry + local_k``.
 
-    Forward (``REVERSE=False``): the carry is the state, from ``h0``; ``carry[k]`` is the state before chunk ``k``,
-    ``out`` the final state. Backward (``REVERSE=True``): the carry is ``a_{t+1} ⊙ g_{t+1}`` at a chunk's end, from
-    ``∂L/∂h_T``, chunks last to first; ``out`` is ``∂L/∂h_0``. The decay over a chunk, ``exp(A ΣΔ)``, is the product
-    of its per-token decays (both <= 1: nothing is divided).
+    Forward (``REVERSE=False``): the carry is the state, from ``h0``; ``carry[k]`` is the state before chunk ``k``
+    (chunks ``0 .. n-2`` are read). Backward (``REVERSE=True``): the carry is ``a_{t+1} ⊙ g_{t+1}`` after a chunk's
+    last token, from ``∂L/∂h_T``, chunks last to first (chunks ``n-1 .. 1`` are read). The decay over a chunk,
+    ``exp(A ΣΔ)``, is the product of its per-token decays (all <= 1: nothing is divided).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -73,7 +74,7 @@ def chunk_carry_kernel(
         carry = tl.load(h0_ptr + pid_b * E64 * N + en, mask=m2, other=0.0).to(ACC)
     else:
         carry = tl.zeros([BLOCK_E, BLOCK_N], dtype=ACC)
-    for i in range(0, n_chunks):
+    for i in range(0, n_chunks - 1):
         if REVERSE:  # noqa: SIM108 - a constexpr branch, kept as a statement for Triton
             k = n_chunks - 1 - i
         else:
@@ -83,16 +84,21 @@ def chunk_carry_kernel(
         dsum = tl.load(ds_ptr + slot * E64 + e, mask=me, other=0.0)
         tl.store(carry_ptr + slot * E64 * N + en, carry, mask=m2)
         carry = tl.exp(dsum[:, None] * A) * carry + local
-    tl.store(out_ptr + pid_b * E64 * N + en, carry, mask=m2)
+    if REVERSE:  # noqa: SIM108 - a constexpr branch, kept as a statement for Triton
+        last = pid_b * n_chunks
+    else:
+        last = pid_b * n_chunks + n_chunks - 1
+    tl.store(carry_ptr + last * E64 * N + en, carry, mask=m2)
 
 
 def chunk_out_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, H_ptr,  # inputs (H: the state before every chunk)
-    y_ptr,  # output
+    y_ptr, hT_ptr,  # outputs
     T, E, N, n_chunks,
     HAS_D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Forward pass 3, grid ``(B, E blocks, n_chunks)``: the chunk again from its true start state, writing ``y``."""
+    """Forward pass 3, grid ``(B, E blocks, n_chunks)``: the chunk again from its true start state, writing ``y``
+    (and, for the last chunk, the final state)."""
     pid_b = tl.program_id(0).to(tl.int64)
     k = tl.program_id(2)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -117,18 +123,21 @@ def chunk_out_kernel(
         if HAS_D:
             y_t += Dv * u_t
         tl.store(y_ptr + off, y_t.to(y_ptr.dtype.element_ty), mask=me)
+    if k == n_chunks - 1:
+        tl.store(hT_ptr + pid_b * E64 * N + en, h, mask=m2)
 
 
 def chunk_grad_state_kernel(
     delta_ptr, A_ptr, C_ptr, dy_ptr,  # inputs
-    gl_ptr,  # output: the chunk's local carry a_s ⊙ g_s at its first token s, from a zero carry at its end
+    gl_ptr, ds_ptr,  # outputs: the chunk's carry a_s ⊙ g_s at its first token s from a zero carry at its end; ΣΔ
     T, E, N, n_chunks,
     CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Backward pass 1, grid ``(B, E blocks, n_chunks)``: the adjoint ``g_t = dy_t C_t + a_{t+1} ⊙ g_{t+1}`` over
-    the chunk, last token to first, from 0."""
+    """Backward pass 1, grid ``(B, E blocks, n_chunks - 1)`` for chunks ``1 .. n-1`` (chunk 0's carry is
+    ``∂L/∂h_0``, written by pass 3): the adjoint ``g_t = dy_t C_t + a_{t+1} ⊙ g_{t+1}`` over the chunk, last token
+    to first, from 0."""
     pid_b = tl.program_id(0).to(tl.int64)
-    k = tl.program_id(2)
+    k = tl.program_id(2) + 1
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     n = tl.arange(0, BLOCK_N)
     me, mn = e < E, n < N
@@ -139,6 +148,7 @@ def chunk_grad_state_kernel(
     s = k * CHUNK
     cnt = tl.minimum(CHUNK, T - s)
     carry = tl.zeros([BLOCK_E, BLOCK_N], dtype=ACC)
+    dsum = tl.zeros([BLOCK_E], dtype=ACC)
     for i in range(0, cnt):
         t = s + cnt - 1 - i
         off = pid_b * T * E64 + t * E64 + e
@@ -146,13 +156,16 @@ def chunk_grad_state_kernel(
         dy_t = tl.load(dy_ptr + off, mask=me, other=0.0).to(ACC)
         C_t = tl.load(C_ptr + (pid_b * T + t) * N + n, mask=mn, other=0.0).to(ACC)
         carry = tl.exp(d_t[:, None] * A) * (dy_t[:, None] * C_t[None, :] + carry)
-    tl.store(gl_ptr + (pid_b * n_chunks + k) * E64 * N + en, carry, mask=m2)
+        dsum += d_t
+    slot = pid_b * n_chunks + k
+    tl.store(gl_ptr + slot * E64 * N + en, carry, mask=m2)
+    tl.store(ds_ptr + slot * E64 + e, dsum, mask=me)
 
 
 def chunk_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, H_ptr, G_ptr, dy_ptr,  # inputs (G: carry into every chunk's end)
     scratch_ptr,  # [B, E blocks, n_par, CHUNK + 1, BLOCK_E, BLOCK_N]: one chunk's states per program
-    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr,  # outputs (dA, dD: per program; dB, dC: per E block)
+    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dh0_ptr,  # outputs (dA, dD: per program; dB, dC: per block)
     T, E, N, n_chunks, n_par,
     HAS_D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
 ):
@@ -222,6 +235,8 @@ def chunk_bwd_kernel(
             tl.store(dC_ptr + part + t * N, tl.sum(dy_t[:, None] * h_cur, axis=0), mask=mn)
             g_next = a * g
             h_cur = h_prev
+        if k == 0:
+            tl.store(dh0_ptr + pid_b * E64 * N + en, g_next, mask=m2)  # ∂L/∂h_0 = a_1 ⊙ g_1
         tl.debug_barrier()  # every read of scratch done before the next chunk overwrites it
     row = pid_b * n_par + pid_c  # dA [B, n_par, E, N], dD [B, n_par, E]: summed over rows and programs by torch
     tl.store(dA_ptr + row * E64 * N + en, dA_acc, mask=m2)

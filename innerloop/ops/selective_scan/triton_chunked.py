@@ -7,22 +7,24 @@ Here time is cut into chunks of ``c`` tokens and every pass but a short one runs
 ``(batch row, channel block, chunk)`` (the kernels are in ``_triton_chunked_kernels.py``):
 
 Forward
-  1. per chunk, the scan from a zero state: its local end state and ``ΣΔ`` over the chunk (``[B, T/c, E, N]``);
-  2. per ``(batch row, channel block)``, sequential over the ``T/c`` chunk boundaries:
-     ``H_{k+1} = exp(A ΣΔ_k) ⊙ H_k + local_k`` from ``H_0 = initial_state``: the true start state of every chunk and
-     the final state (the decay of a whole chunk is the product of its decays: nothing is divided);
-  3. per chunk, the scan again from ``H_k``, writing ``y``. ``H`` is also what the backward keeps.
+  1. per chunk but the last, the scan from a zero state: its local end state and ``ΣΔ`` over the chunk;
+  2. per ``(batch row, channel block)``, sequential over the ``T/c - 1`` chunk boundaries:
+     ``H_{k+1} = exp(A ΣΔ_k) ⊙ H_k + local_k`` from ``H_0 = initial_state``: the true start state of every chunk
+     (the decay of a whole chunk is the product of its decays: nothing is divided);
+  3. per chunk, the scan again from ``H_k``, writing ``y`` (the last chunk also the final state). ``H`` is what the
+     backward keeps.
 Backward (the adjoint of ``README.md`` is the same linear recurrence run backwards)
-  1. per chunk, the adjoint from a zero carry at the chunk's end, giving its local carry at the chunk's start;
-  2. sequential over boundaries, last to first, from ``∂L/∂h_T``: the carry into every chunk's end, and ``∂L/∂h_0``;
+  1. per chunk but the first, the adjoint from a zero carry at the chunk's end: its local carry at its start, ΣΔ;
+  2. sequential over the boundaries, last to first, from ``∂L/∂h_T``: the carry into every chunk's end;
   3. per chunk, the states re-run from ``H_k`` into a scratch buffer, then the adjoint backwards from the carry:
-     every input gradient. ``dB``, ``dC`` are summed over channel blocks and ``dA``, ``dD`` over programs and batch
-     rows by torch (deterministic, no atomics). To bound the scratch, pass 3 runs ``n_par`` programs per
-     ``(row, block)`` that take every ``n_par``-th chunk (``BWD_PROGRAMS``).
+     every input gradient (chunk 0 also ``∂L/∂h_0``). ``dB``, ``dC`` are summed over channel blocks and ``dA``,
+     ``dD`` over programs and batch rows by torch (deterministic, no atomics). To bound the scratch, pass 3 runs
+     ``n_par`` programs per ``(row, block)`` that take every ``n_par``-th chunk (``BWD_PROGRAMS``).
+A single chunk (``T <= c``) is pass 3 alone, forward and backward: the sequential kernel's work.
 
-Work: the forward runs the recurrence twice (passes 1 and 3) instead of once, the backward three times instead of
-twice; in exchange the sequential depth is ``2c + T/c`` steps instead of ``T``. Memory: ``[B, T/c, E, N]`` states
-(float32) and ``[B, T/c, E]`` sums are kept for the backward, as the sequential kernel keeps its checkpoints.
+Work: the forward runs the recurrence about twice (passes 1 and 3) instead of once, the backward three times instead
+of twice; in exchange the sequential depth is ``2c + T/c`` steps instead of ``T``. Memory: the ``[B, T/c, E, N]``
+chunk start states (float32) are kept for the backward, as the sequential kernel keeps its checkpoints.
 
 Registered as the ``torch.library`` custom ops ``innerloop::selective_scan_chunked_fwd`` / ``_bwd`` with an autograd
 formula and fake implementations (``torch.compile`` traces through them). Importing this module does not need
@@ -102,9 +104,9 @@ def _config(u: Tensor, A: Tensor, block_e: int) -> dict:
 def _fwd_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, h0: Tensor | None, chunk: int,
     block_e: int, save: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``y`` (u's dtype), the final state, and (only if ``save``) the chunk start states ``[B, n_chunks, E, N]`` and
-    the chunk sums of Δ ``[B, n_chunks, E]`` (compute dtype). Inputs arrive contiguous."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``y`` (u's dtype), the final state, and (only if ``save``) the start state of every chunk
+    ``[B, n_chunks, E, N]`` (compute dtype). Inputs arrive contiguous."""
     kern = _kernels()
     Bn, T, E = u.shape
     N = A.shape[1]
@@ -112,20 +114,19 @@ def _fwd_op(
     cfg = _config(u, A, block_e)
     n_chunks = -(-T // chunk)
     n_blocks = -(-E // cfg["BLOCK_E"])
-    local = u.new_empty(Bn, n_chunks, E, N, dtype=acc)  # end state of every chunk from a zero start
+    local = u.new_empty(Bn, n_chunks, E, N, dtype=acc)  # end state of every chunk but the last, from a zero start
+    dsum = u.new_empty(Bn, n_chunks, E, dtype=acc)  # ΣΔ of every chunk but the last
     H = torch.empty_like(local)  # the true start state of every chunk
-    dsum = u.new_empty(Bn, n_chunks, E, dtype=acc)
     hT = u.new_empty(Bn, E, N, dtype=acc)
     y = torch.empty_like(u)
-    kern["chunk_state_kernel"][(Bn, n_blocks, n_chunks)](u, delta, A, B, local, dsum, T, E, N, n_chunks, CHUNK=chunk,
-                                                         **cfg)
-    kern["chunk_carry_kernel"][(Bn, n_blocks)](A, dsum, h0 if h0 is not None else hT, local, H, hT, E, N, n_chunks,
+    if n_chunks > 1:
+        kern["chunk_state_kernel"][(Bn, n_blocks, n_chunks - 1)](u, delta, A, B, local, dsum, T, E, N, n_chunks,
+                                                                 CHUNK=chunk, **cfg)
+    kern["chunk_carry_kernel"][(Bn, n_blocks)](A, dsum, h0 if h0 is not None else hT, local, H, E, N, n_chunks,
                                                HAS_H0=h0 is not None, REVERSE=False, **cfg)
-    kern["chunk_out_kernel"][(Bn, n_blocks, n_chunks)](u, delta, A, B, C, D if D is not None else u, H, y,
+    kern["chunk_out_kernel"][(Bn, n_blocks, n_chunks)](u, delta, A, B, C, D if D is not None else u, H, y, hT,
                                                        T, E, N, n_chunks, HAS_D=D is not None, CHUNK=chunk, **cfg)
-    if not save:
-        H, dsum = H.new_empty(Bn, 0, E, N), dsum.new_empty(Bn, 0, E)
-    return y, hT, H, dsum
+    return y, hT, H if save else H.new_empty(Bn, 0, E, N)
 
 
 @_fwd_op.register_fake
@@ -134,14 +135,13 @@ def _(u, delta, A, B, C, D, h0, chunk, block_e, save):
     N = A.shape[1]
     acc = compute_dtype(u)
     n = -(-T // chunk) if save else 0
-    return (torch.empty_like(u), u.new_empty(Bn, E, N, dtype=acc), u.new_empty(Bn, n, E, N, dtype=acc),
-            u.new_empty(Bn, n, E, dtype=acc))
+    return torch.empty_like(u), u.new_empty(Bn, E, N, dtype=acc), u.new_empty(Bn, n, E, N, dtype=acc)
 
 
 @torch.library.custom_op("innerloop::selective_scan_chunked_bwd", mutates_args=())
 def _bwd_op(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, H: Tensor, dsum: Tensor,
-    dy: Tensor, dhT: Tensor, chunk: int, block_e: int,
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, H: Tensor, dy: Tensor, dhT: Tensor,
+    chunk: int, block_e: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``du, ddelta, dA, dB, dC`` (each in its input's dtype), ``dD`` (D's dtype; empty without D) and ``dh0``
     (compute dtype). ``dy`` is contiguous in u's dtype, ``dhT`` in the compute dtype."""
@@ -152,13 +152,13 @@ def _bwd_op(
     cfg = _config(u, A, block_e)
     n_chunks = H.shape[1]
     n_blocks = -(-E // cfg["BLOCK_E"])
-    G_local = torch.empty_like(H)  # every chunk's carry at its start from a zero carry at its end
+    G_local = torch.empty_like(H)  # every chunk's carry at its start from a zero carry at its end (chunks 1 .. n-1)
+    dsum = H.new_empty(Bn, n_chunks, E)
     G = torch.empty_like(H)  # the true carry into every chunk's end
-    dh0 = u.new_empty(Bn, E, N, dtype=acc)
-    kern["chunk_grad_state_kernel"][(Bn, n_blocks, n_chunks)](delta, A, C, dy, G_local, T, E, N, n_chunks, CHUNK=chunk,
-                                                              **cfg)
-    kern["chunk_carry_kernel"][(Bn, n_blocks)](A, dsum, dhT, G_local, G, dh0, E, N, n_chunks, HAS_H0=True,
-                                               REVERSE=True,
+    if n_chunks > 1:
+        kern["chunk_grad_state_kernel"][(Bn, n_blocks, n_chunks - 1)](delta, A, C, dy, G_local, dsum, T, E, N,
+                                                                      n_chunks, CHUNK=chunk, **cfg)
+    kern["chunk_carry_kernel"][(Bn, n_blocks)](A, dsum, dhT, G_local, G, E, N, n_chunks, HAS_H0=True, REVERSE=True,
                                                **cfg)
     n_par = _n_par(Bn * n_blocks, n_chunks, u.device)
     scratch = u.new_empty(Bn * n_blocks * n_par * (chunk + 1) * cfg["BLOCK_E"] * cfg["BLOCK_N"], dtype=acc)
@@ -166,15 +166,16 @@ def _bwd_op(
     dA = u.new_empty(Bn, n_par, E, N, dtype=acc)
     dB, dC = (u.new_empty(Bn, n_blocks, T, N, dtype=acc) for _ in range(2))
     dD = u.new_empty(Bn, n_par, E, dtype=acc)
+    dh0 = u.new_empty(Bn, E, N, dtype=acc)
     kern["chunk_bwd_kernel"][(Bn, n_blocks, n_par)](
-        u, delta, A, B, C, D if D is not None else u, H, G, dy, scratch, du, ddelta, dA, dB, dC, dD,
+        u, delta, A, B, C, D if D is not None else u, H, G, dy, scratch, du, ddelta, dA, dB, dC, dD, dh0,
         T, E, N, n_chunks, n_par, HAS_D=D is not None, CHUNK=chunk, **cfg)
     dD_ = u.new_empty(0) if D is None else dD.sum((0, 1)).to(D.dtype)
     return (du, ddelta, dA.sum((0, 1)).to(A.dtype), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype), dD_, dh0)
 
 
 @_bwd_op.register_fake
-def _(u, delta, A, B, C, D, H, dsum, dy, dhT, chunk, block_e):
+def _(u, delta, A, B, C, D, H, dy, dhT, chunk, block_e):
     Bn, _, E = u.shape
     dD = u.new_empty(0) if D is None else torch.empty_like(D)
     return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
@@ -183,18 +184,18 @@ def _(u, delta, A, B, C, D, H, dsum, dy, dhT, chunk, block_e):
 
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, h0, chunk, block_e, save = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, output[2], output[3])
+    ctx.save_for_backward(u, delta, A, B, C, D, output[2])
     ctx.chunk, ctx.block_e, ctx.save = chunk, block_e, save
     ctx.has_d, ctx.h0_dtype = D is not None, None if h0 is None else h0.dtype
 
 
-def _backward(ctx, dy, dhT, _dH, _ddsum):
-    u, delta, A, B, C, D, H, dsum = ctx.saved_tensors
+def _backward(ctx, dy, dhT, _dH):
+    u, delta, A, B, C, D, H = ctx.saved_tensors
     if not ctx.save:
         raise RuntimeError("triton_chunked_selective_scan: backward through a call made without saving states")
     dy = torch.zeros_like(u) if dy is None else dy.to(u.dtype).contiguous()
     dhT = H.new_zeros(H.shape[0], H.shape[2], H.shape[3]) if dhT is None else dhT.to(H.dtype).contiguous()
-    du, ddelta, dA, dB, dC, dD, dh0 = _bwd_op(u, delta, A, B, C, D, H, dsum, dy, dhT, ctx.chunk, ctx.block_e)
+    du, ddelta, dA, dB, dC, dD, dh0 = _bwd_op(u, delta, A, B, C, D, H, dy, dhT, ctx.chunk, ctx.block_e)
     return (du, ddelta, dA, dB, dC, dD if ctx.has_d else None,
             None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None, None)
 
@@ -270,5 +271,5 @@ def triton_chunked_selective_scan(
         return u.new_zeros(Bn, 0, E), h0
     ins = [None if t is None else t.contiguous() for t in (u, delta, A, B, C, D, initial_state)]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)
-    y, hT, _, _ = _fwd_op(*ins, min(chunk_size, T), block_e or 0, save)
+    y, hT, _ = _fwd_op(*ins, min(chunk_size, T), block_e or 0, save)
     return y, hT
