@@ -49,4 +49,25 @@ timeout 150 $PY -m pytest -q -x -m gpu tests/ops/test_ttt_triton.py -p no:cachep
   --junitxml="$OUT/pytest_gpu.xml" > "$OUT/pytest_gpu.txt" 2>&1
 log "gpu tests exit $?"
 tail -n 5 "$OUT/pytest_gpu.txt" | tee -a "$OUT/gpu_check.log"
+# ---- Mamba's selective scan (issue 11 item 5): sequential vs chunked Triton scan ------------------------------------
+# Its own budget SCAN_BUDGET (default 150 s: 2/3 benchmark, 1/3 gpu tests), cut to what is left before
+# GPU_CHECK_DEADLINE (default 570 s since the script started) so that the whole script stays in one 10-minute run;
+# skipped, and logged, with under 40 s left.
+scan_budget=${SCAN_BUDGET:-150}
+scan_left=$(( ${GPU_CHECK_DEADLINE:-570} - ($(date +%s) - start) ))
+[ "$scan_left" -lt "$scan_budget" ] && scan_budget=$scan_left
+if [ "$scan_budget" -ge 40 ]; then
+  log "selective scan benchmark (bf16 u/B/C, E=1536, N=16, 32768 tokens per batch, L=2k/8k/32k; ${scan_budget}s)"
+  # shellcheck disable=SC2086
+  timeout $(( scan_budget * 2 / 3 )) $PY benchmarks/bench_selective_scan.py --cuda --out "$OUT/gpu_scan.jsonl" \
+    $BENCH_ARGS > "$OUT/gpu_scan.txt" 2>&1
+  log "scan benchmark exit $?"
+  timeout $(( scan_budget / 3 )) $PY -m pytest -q -x -m gpu tests/ops/test_selective_scan_chunked.py \
+    tests/ops/test_selective_scan_triton.py -p no:cacheprovider --junitxml="$OUT/pytest_gpu_scan.xml" \
+    > "$OUT/pytest_gpu_scan.txt" 2>&1
+  log "scan gpu tests exit $?"
+  tail -n 5 "$OUT/pytest_gpu_scan.txt" | tee -a "$OUT/gpu_check.log"
+else
+  log "selective scan section skipped: ${scan_left}s left before GPU_CHECK_DEADLINE"
+fi
 log "done"

@@ -94,7 +94,8 @@ class Mamba(nn.Module):
             device has one, else the chunked scan, logging why once), ``'fused'`` (the fused kernel for every
             length, with the same fallback), ``'chunk'`` (the pure-PyTorch chunked scan; ``'torch'`` is a
             deprecated alias) or ``'naive'`` (the reference loop). Default: ``'auto'``.
-        chunk_size (int, Optional): chunk of the fast scans (the fused kernel's backward checkpoints). Default: 32.
+        chunk_size (int, Optional): chunk of the fast scans (the fused kernel's backward checkpoints; the
+            chunked CUDA kernel uses its own, ``fused.CUDA_CHUNK_SIZE``). Default: 32.
 
     Examples:
         >>> layer = Mamba(32, 4)

@@ -7,16 +7,21 @@ from .naive import naive_selective_scan
 
 
 def __getattr__(name: str):
-    # triton_selective_scan is imported on first access: importing triton is slow, and Triton reads
+    # the Triton scans are imported on first access: importing triton is slow, and Triton reads
     # TRITON_INTERPRET when it is imported
     if name == "triton_selective_scan":
         from .triton_scan import triton_selective_scan
 
         return triton_selective_scan
+    if name == "triton_chunked_selective_scan":
+        from .triton_chunked import triton_chunked_selective_scan
+
+        return triton_chunked_selective_scan
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "chunk_selective_scan", "cpu_fused_selective_scan", "cpu_kernel_available", "fused_scan_available",
-    "fused_scan_unavailable", "fused_selective_scan", "naive_selective_scan", "triton_selective_scan",
+    "fused_scan_unavailable", "fused_selective_scan", "naive_selective_scan", "triton_chunked_selective_scan",
+    "triton_selective_scan",
 ]

@@ -1,5 +1,6 @@
 """The fused selective-scan kernel for a tensor's device: compiled C on the CPU (``cpu_fused.py``), Triton on CUDA
-(``triton_scan.py``; needs ``pip install triton``).
+(needs ``pip install triton``): the chunked kernel, parallel over time (``triton_chunked.py``), or, if that one fails
+its self-check on the device, the sequential one (``triton_scan.py``), with a logged warning.
 
 Same signature as :func:`naive_selective_scan`. :func:`fused_scan_available` says whether a device has one that
 works; the Mamba layer falls back to the pure-PyTorch :func:`chunk_selective_scan` where it has none. "Works" is
@@ -28,15 +29,43 @@ from .chunk import chunk_selective_scan
 from .cpu_fused import cpu_fused_selective_scan
 
 logger = logging.getLogger(__name__)
-_CHECKED: dict[str, str | None] = {}  # device -> None (kernel passed its self-check) or the reason it is not used
+Scan = Callable[..., tuple[Tensor, Tensor]]
+# device -> (the kernel that passed its self-check, None) or (None, the reason no kernel is used)
+_CHECKED: dict[str, tuple[Scan | None, str | None]] = {}
+# Tokens per chunk of the chunked CUDA kernel, whatever ``chunk_size`` the caller passes (that one is the checkpoint
+# interval of the CPU and sequential kernels; 32 in the Mamba layer). Not tuned on a GPU yet:
+# benchmarks/bench_selective_scan.py --cuda times 32 to 256.
+CUDA_CHUNK_SIZE = 64
 
 
-def _kernel(device: torch.device) -> Callable[..., tuple[Tensor, Tensor]]:
+def _cuda_kernels() -> dict[str, Scan]:
+    """The CUDA kernels in the order they are tried (imports triton: only when a CUDA tensor asks for it)."""
+    from .triton_chunked import triton_chunked_selective_scan
+    from .triton_scan import triton_selective_scan
+
+    return {"chunked": triton_chunked_selective_scan, "sequential": triton_selective_scan}
+
+
+def _kernel(device: torch.device) -> Scan:
+    """The device's kernel: on CUDA the one that passed its self-check, else (not checked yet) the chunked one."""
     if device.type == "cpu":
         return cpu_fused_selective_scan
-    from .triton_scan import triton_selective_scan  # imports triton: only when a CUDA tensor asks for it
+    chosen, _ = _CHECKED.get(str(device), (None, None))
+    return chosen or _cuda_kernels()["chunked"]
 
-    return triton_selective_scan
+
+def _choose_cuda_kernel(device: torch.device) -> tuple[Scan | None, str | None]:
+    """The first CUDA kernel (chunked, then sequential) that passes :func:`self_check` on ``device``, or None and why
+    none did. A chunked kernel that fails while the sequential one passes is logged as a warning."""
+    failures = []
+    for name, fn in _cuda_kernels().items():
+        failure = _self_check_failure(device, fn)
+        if failure is None:
+            if failures:
+                logger.warning("selective scan on %s: %s; using the sequential Triton kernel", device, failures[0])
+            return fn, None
+        failures.append(f"the {name} Triton kernel failed its self-check: {failure}")
+    return None, "; ".join(failures)
 
 
 def _self_check_failure(device: torch.device, fn: Callable[..., tuple[Tensor, Tensor]]) -> str | None:
@@ -104,9 +133,13 @@ def fused_scan_unavailable(device: torch.device | str) -> str | None:
         return "triton is not installed (pip install triton)"
     key = str(device)
     if key not in _CHECKED:
-        failure = _self_check_failure(device, _kernel(device))
-        _CHECKED[key] = None if failure is None else f"the kernel failed its self-check: {failure}"
-    return _CHECKED[key]
+        if device.type == "cuda":
+            _CHECKED[key] = _choose_cuda_kernel(device)
+        else:
+            failure = _self_check_failure(device, _kernel(device))
+            _CHECKED[key] = (_kernel(device), None) if failure is None else (
+                None, f"the kernel failed its self-check: {failure}")
+    return _CHECKED[key][1]
 
 
 def fused_scan_available(device: torch.device | str) -> bool:
@@ -120,12 +153,16 @@ def fused_selective_scan(
     initial_state: Tensor | None = None, chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """Selective SSM by the fused kernel of ``u``'s device; arguments and returns as :func:`naive_selective_scan`,
-    ``chunk_size`` = tokens between the state checkpoints kept for the backward.
+    ``chunk_size`` = tokens between the state checkpoints kept for the backward. The chunked CUDA kernel ignores it
+    and cuts time into chunks of ``CUDA_CHUNK_SIZE`` tokens.
 
     Raises:
         RuntimeError: no fused kernel for ``u``'s device here (no C compiler on a CPU machine, say).
         ImportError: a CUDA tensor and no triton.
     """
     if u.device.type in ("cpu", "cuda"):
-        return _kernel(u.device)(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
+        fn = _kernel(u.device)
+        if u.device.type == "cuda" and fn is _cuda_kernels()["chunked"]:
+            chunk_size = CUDA_CHUNK_SIZE
+        return fn(u, delta, A, B, C, D, initial_state, chunk_size=chunk_size)
     raise RuntimeError(f"no fused selective-scan kernel for device {u.device}; use chunk_selective_scan")
