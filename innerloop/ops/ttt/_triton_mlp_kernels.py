@@ -342,7 +342,7 @@ def ttt_mlp_bwd_kernel(
         deta = tl.where(causal, dm2 * (S + 1.0), 0.0)
         dtq = -tl.sum(dzbar * a2b[None, :], 1)
         # the gradient of the update u2b = sum_j lr_j G2_j (+ a2)
-        if commit:
+        if commit:  # noqa: SIM108 - a run-time branch (scf.if), not a Python conditional expression
             du2b = -tau_last * gb2
         else:
             du2b = tl.load(dgb2o_ptr + pid * D + d).to(ACC)
