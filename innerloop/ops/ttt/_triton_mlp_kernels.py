@@ -18,7 +18,8 @@ Everything that needs a sum over ``F`` (``Z2``, ``Xb2 X2^T``, ``zbar``; in the b
 accumulated over the blocks in registers, so a segment takes two passes over the blocks forward (``Z2``; then ``G1``,
 the test view and the update) and four backward. The per-row hidden activations of the current segment
 (``Z1, G1, Zb1``; backward also ``dZb1, dG1``: ``[BB, F]`` each) go to a per-program global scratch between passes.
-A ``tl.debug_barrier()`` separates passes, so every thread of the program sees the blocks other threads stored.
+A ``tl.debug_barrier()`` separates passes, so every thread of the program sees the blocks other threads stored, and
+precedes every in-place write of a weight block (no thread overwrites a block another has not read yet).
 
 Written and tested in Triton's CPU interpreter only; it has never run on a GPU.
 """
@@ -199,6 +200,7 @@ def ttt_mlp_fwd_kernel(
             zb += tl.dot(xb2, w2, input_precision=PREC, out_dtype=ACC)
             if HAS_ACC:
                 zb -= tq[:, None] * tl.dot(xb2, a2w, input_precision=PREC, out_dtype=ACC)
+            tl.debug_barrier()  # every thread has read this block before any writes it back
             if commit:
                 tl.store(W1p + p1, w1 - tau_last * u1)
                 tl.store(b1p + fo, bb1 - tau_last * u1b)
@@ -461,6 +463,7 @@ def ttt_mlp_bwd_kernel(
             G2 += tl.dot(tl.trans(xb2), dzbar, input_precision=PREC, out_dtype=ACC)
             G2 += tl.dot(tl.trans(dh), g2, input_precision=PREC, out_dtype=ACC)
             G2 += tl.dot(tl.trans(x2), dz2, input_precision=PREC, out_dtype=ACC)
+            tl.debug_barrier()  # every thread has read this block before any writes it back
             tl.store(G1p + p1, G1)
             tl.store(g1p + fo, gb1)
             tl.store(G2p + p2, G2)
