@@ -49,12 +49,13 @@ log "benchmark (op level, bf16, H=12, D=64, 32768 tokens per batch)"
 timeout "$(limit 240)" $PY benchmarks/gpu_ttt.py --out "$OUT/gpu_ttt.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt.txt" 2>&1
 log "benchmark exit $?"
 
-# TTT-MLP kernels (never run on a GPU before): a correctness check row, then fwd and fwd+bwd of mlp_triton and
-# mlp_chunk next to our TTT-Linear kernel (same run, same inputs): the target is TTT-MLP fwd+bwd within 4x of it
-log "TTT-MLP benchmark (mlp_triton, mlp_chunk, triton = our TTT-Linear kernel)"
+# TTT-MLP kernels (never run on a GPU before): a correctness check row, then fwd and fwd+bwd of mlp_triton,
+# mlp_triton_fused and mlp_chunk next to our TTT-Linear kernel (same run, same inputs); the target is TTT-MLP
+# fwd+bwd within 4x of it
+log "TTT-MLP benchmark (mlp_triton, mlp_triton_fused, mlp_chunk; triton = our TTT-Linear kernel)"
 # shellcheck disable=SC2086
-timeout "$(limit 120)" $PY benchmarks/gpu_ttt.py --paths triton,mlp_triton,mlp_chunk --repeats 5 --max-seconds 3 \
-  --out "$OUT/gpu_ttt_mlp.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt_mlp.txt" 2>&1
+timeout "$(limit 120)" $PY benchmarks/gpu_ttt.py --paths triton,mlp_triton,mlp_triton_fused,mlp_chunk \
+  --repeats 5 --max-seconds 3 --out "$OUT/gpu_ttt_mlp.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt_mlp.txt" 2>&1
 log "TTT-MLP benchmark exit $?"
 
 log "gpu-marked tests (TTT-Linear Triton kernels and dispatch)"

@@ -1,6 +1,7 @@
 """TTT-Linear op on a GPU: our Triton kernels vs our PyTorch dual form vs fla's ``chunk_ttt_linear`` vs SDPA.
-TTT-MLP op: our Triton kernels (``mlp_triton``) vs our PyTorch dual form (``mlp_chunk``), not in the default paths:
-``--paths triton,mlp_triton,mlp_chunk`` times it next to our TTT-Linear kernel (``gpu_check.sh`` does).
+TTT-MLP op: our Triton kernels (``mlp_triton``: split forward; ``mlp_triton_fused``: one-pass forward) vs our PyTorch
+dual form (``mlp_chunk``), not in the default paths: ``--paths triton,mlp_triton,mlp_triton_fused,mlp_chunk`` times it
+next to our TTT-Linear kernel (``gpu_check.sh`` does).
 
 Our kernels run three times: the defaults (``triton``: float32 matmuls exact, split forward: a sequential pass for
 the weights, then the outputs of all mini-batches in parallel), ``triton_tf32`` (tf32 tensor-core matmuls) and
@@ -45,7 +46,8 @@ import torch.nn.functional as F  # noqa: E402
 from innerloop.ops.ttt import TTTState, chunk_ttt_linear, chunk_ttt_mlp  # noqa: E402
 
 DEFAULT_PATHS = ("triton", "triton_tf32", "triton_fused", "chunk", "fla", "sdpa")
-PATHS = (*DEFAULT_PATHS, "mlp_triton", "mlp_chunk")  # TTT-MLP (hidden 4D): the Triton kernels, the dual form
+# TTT-MLP (hidden 4D): the Triton kernels (split forward; one-pass forward), the dual form
+PATHS = (*DEFAULT_PATHS, "mlp_triton", "mlp_triton_fused", "mlp_chunk")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,10 +146,13 @@ def _sdpa(x: dict) -> list[torch.Tensor]:
 
 
 def path_fn(name: str) -> Callable | None:
-    if name == "mlp_triton":
-        from innerloop.ops.ttt.triton_mlp import triton_ttt_mlp
+    if name.startswith("mlp_triton"):
+        from innerloop.ops.ttt import triton_mlp
 
-        return _ours(triton_ttt_mlp, mlp=True)
+        call = _ours(triton_mlp.triton_ttt_mlp, mlp=True)
+        if name == "mlp_triton_fused":
+            call.switches, call.switch_module = {"FORWARD": "fused"}, triton_mlp
+        return call
     if name == "mlp_chunk":
         return _ours(chunk_ttt_mlp, mlp=True)
     if name.startswith("triton"):
@@ -176,22 +181,25 @@ def _sync(device: torch.device) -> None:
 
 def runner(fn: Callable, x: dict, mode: str) -> Callable[[], None]:
     """A call of ``fn`` for ``mode``: ``fwd`` under no_grad, ``fwdbwd`` with the backward of a fixed output gradient.
-    ``fn.switches`` (module settings of ``triton_linear``) hold for the whole call, backward included."""
+    ``fn.switches`` (module settings of ``fn.switch_module``, default ``triton_linear``) hold for the whole call,
+    backward included."""
     switches = getattr(fn, "switches", {})
     run = _runner(fn, x, mode)
     if not switches:
         return run
     from innerloop.ops.ttt import triton_linear
 
+    module = getattr(fn, "switch_module", triton_linear)
+
     def switched() -> None:
-        old = {k: getattr(triton_linear, k) for k in switches}
+        old = {k: getattr(module, k) for k in switches}
         for k, v in switches.items():
-            setattr(triton_linear, k, v)
+            setattr(module, k, v)
         try:
             run()
         finally:
             for k, v in old.items():
-                setattr(triton_linear, k, v)
+                setattr(module, k, v)
     return switched
 
 

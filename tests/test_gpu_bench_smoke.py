@@ -46,14 +46,18 @@ def test_smoke_run_mlp(tmp_path):
     pytest.importorskip("triton")
     bench = _load()
     out = tmp_path / "rows.jsonl"
-    argv = ["--smoke", "--paths", "triton,mlp_triton,mlp_chunk", "--modes", "fwdbwd", "--out", str(out)]
+    paths = "triton,mlp_triton,mlp_triton_fused,mlp_chunk"
+    argv = ["--smoke", "--paths", paths, "--modes", "fwdbwd", "--out", str(out)]
     assert bench.main(argv) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     checks = {r["op"]: r for r in rows if r["kind"] == "check"}
     assert set(checks) == {"ttt_linear", "ttt_mlp"}
     assert max(v for k, v in checks["ttt_mlp"].items() if k.startswith("d") or k == "o") < 1e-5
     times = {(r["path"], r["mode"]) for r in rows if r["kind"] == "time" and r.get("ms_median", 0) > 0}
-    assert times == {(p, "fwdbwd") for p in ("triton", "mlp_triton", "mlp_chunk")}
+    assert times == {(p, "fwdbwd") for p in ("triton", "mlp_triton", "mlp_triton_fused", "mlp_chunk")}
+    from innerloop.ops.ttt import triton_mlp
+
+    assert triton_mlp.FORWARD == "split"  # mlp_triton_fused's switch was put back
 
 
 def test_defaults():

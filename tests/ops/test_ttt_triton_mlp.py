@@ -161,6 +161,24 @@ def test_state_chaining_and_no_grad():
     assert_close("o strided", o, o_nc, atol=0.0, rtol=0.0)
 
 
+@pytest.mark.slow
+def test_fused_forward_equals_split(monkeypatch):
+    """The one-pass forward (outputs inside the sequential pass) == the split one (outputs of every segment in
+    parallel from the saved weights), with and without a backward to come."""
+    from innerloop.ops.ttt import triton_mlp
+
+    ts = make_inputs(1, 11, 1, 16, offset=3, bsz=4, dtype=torch.float32)
+    res = {}
+    for mode in ("split", "fused"):
+        monkeypatch.setattr(triton_mlp, "FORWARD", mode)
+        outs, _, grads = outputs_and_grads(triton_ttt_mlp, ts, 3)
+        with torch.no_grad():
+            o_ng, _ = run(triton_ttt_mlp, ts, 3)
+        res[mode] = [*outs, *grads, o_ng]
+    for i, (a, b) in enumerate(zip(res["split"], res["fused"])):
+        assert_close(f"split vs fused [{i}]", a, b, atol=1e-6, rtol=1e-6)
+
+
 def test_empty_sequence():
     ts = [None if t is None else t.detach() for t in make_inputs(1, 3, 1, 16, dtype=torch.float32)]
     o, s = triton_ttt_mlp(*[x[:, :0] for x in ts[:4]], *ts[4:7], TTTState(tuple(ts[7:11]), tuple(ts[11:15]), 0))
@@ -233,7 +251,11 @@ def _compile_for_sm90(cases):
     for D, bsz, ln, acc, dtype in cases:
         launch = triton_mlp._launch(D, 4 * D, bsz)
         opts = {k: launch.pop(k) for k in ("num_warps", "num_stages")}
-        for fn, extra in [(kern.ttt_mlp_fwd_kernel, {"SAVE": True}), (kern.ttt_mlp_bwd_kernel, {})]:
+        variants = [(kern.ttt_mlp_fwd_kernel, {"SAVE": True, "OUT": False}), (kern.ttt_mlp_out_kernel, {}),
+                    (kern.ttt_mlp_bwd_kernel, {})]
+        if D == 64:  # the one-pass forward (triton_mlp.FORWARD = "fused")
+            variants.append((kern.ttt_mlp_fwd_kernel, {"SAVE": False, "OUT": True}))
+        for fn, extra in variants:
             n_ptrs = fn.arg_names.index("T")
             sig = {name: "*fp32" for name in fn.arg_names[:n_ptrs]}
             sig.update({n: f"*{dtype}" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr",

@@ -107,23 +107,134 @@ def _seg_geom(s, T, off, c0, BSZ: tl.constexpr):
 
 
 @triton.jit
+def _fwd_seg(
+    q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W1p, b1p, W2p, b2, gW1p, gb1p, gW2p, gb2p,
+    gW1op, gb1op, gW2op, gb2op, ck1p, ckb1p, ck2p, lnw, lnb, bi, hi, T, H, t0, o, c, first, tau_last, eps,
+    BSZ: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FB: tl.constexpr, BB: tl.constexpr,
+    HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, OUT: tl.constexpr, UPD: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """One segment forward from the weights at ``W1p, b1p, W2p`` (pointers to this program's blocks) and ``b2``:
+    stores its outputs (``OUT``); with ``UPD`` writes the update back (in place when the segment commits, else as the
+    final accumulators ``g*op``) and returns the new ``b2``; with ``SAVE`` copies the weights to ``ck*p`` first."""
+    d = tl.arange(0, D)
+    r = tl.arange(0, BB)
+    fr = tl.arange(0, FB)
+    commit = o + c == BSZ
+    nf = tl.where(first, 1, 0)  # masks the accumulators' loads outside the first segment
+    rm = r < c
+    row = (bi * T + t0 + r) * H + hi
+    xk = _load_rows(k_ptr, row, rm, D, ACC)
+    xv = _load_rows(v_ptr, row, rm, D, ACC)
+    lr = tl.load(lr_ptr + row, mask=rm, other=0.0).to(ACC)
+    tq = tl.load(tau_ptr + o + r, mask=rm, other=0.0).to(ACC)
+    # pass 1: Z2 = gelu(XK W1 + b1) W2 + b2, block by block
+    z2 = tl.zeros([BB, D], dtype=ACC) + b2[None, :]
+    for fb in range(0, F // FB):
+        fo = fb * FB + fr
+        w1 = tl.load(W1p + d[:, None] * F + fo[None, :])
+        bb1 = tl.load(b1p + fo)
+        w2 = tl.load(W2p + fo[:, None] * D + d[None, :])
+        if SAVE:
+            tl.store(ck1p + d[:, None] * F + fo[None, :], w1)
+            tl.store(ckb1p + fo, bb1)
+            tl.store(ck2p + fo[:, None] * D + d[None, :], w2)
+        z1 = tl.dot(xk, w1, input_precision=PREC, out_dtype=ACC) + bb1[None, :]
+        z2 += tl.dot(_gelu(z1), w2, input_precision=PREC, out_dtype=ACC)
+    g2, _, _, _, _ = _loss_grad(z2, xk, xv, lnw, lnb, rm, eps, D, HAS_LN)
+    causal = r[:, None] >= r[None, :]
+    eta = tl.where(causal, tq[:, None] * lr[None, :], 0.0)
+    if OUT:
+        xq = _load_rows(q_ptr, row, rm, D, ACC)
+        m1 = (tl.dot(xq, tl.trans(xk), input_precision=PREC, out_dtype=ACC) + 1.0) * eta
+    else:
+        xq = xk
+        m1 = eta
+    xkl = xk * lr[:, None]
+    # pass 2: G1, the test view (Zb1, Xb2, accumulating Xb2 W2 and Xb2 X2^T) and the update, block by block
+    zb = tl.zeros([BB, D], dtype=ACC)
+    S = tl.zeros([BB, BB], dtype=ACC)
+    for fb in range(0, F // FB):
+        fo = fb * FB + fr
+        p1 = d[:, None] * F + fo[None, :]
+        p2 = fo[:, None] * D + d[None, :]
+        w1 = tl.load(W1p + p1)
+        bb1 = tl.load(b1p + fo)
+        w2 = tl.load(W2p + p2)
+        z1 = tl.dot(xk, w1, input_precision=PREC, out_dtype=ACC) + bb1[None, :]  # recomputed (no scratch)
+        x2 = _gelu(z1)
+        g1 = tl.dot(g2, tl.trans(w2), input_precision=PREC, out_dtype=ACC) * _gelu_d(z1)
+        if HAS_ACC:
+            a1w = tl.load(gW1p + p1, mask=p1 < nf * D * F, other=0.0).to(ACC)
+            a1b = tl.load(gb1p + fo, mask=fo < nf * F, other=0.0).to(ACC)
+            a2w = tl.load(gW2p + p2, mask=p2 < nf * F * D, other=0.0).to(ACC)
+        if OUT:
+            zb1 = tl.dot(xq, w1, input_precision=PREC, out_dtype=ACC) + bb1[None, :]
+            zb1 -= tl.dot(m1, g1, input_precision=PREC, out_dtype=ACC)
+            if HAS_ACC:
+                zb1 -= tq[:, None] * (tl.dot(xq, a1w, input_precision=PREC, out_dtype=ACC) + a1b[None, :])
+            xb2 = _gelu(zb1)
+            S += tl.dot(xb2, tl.trans(x2), input_precision=PREC, out_dtype=ACC)
+            zb += tl.dot(xb2, w2, input_precision=PREC, out_dtype=ACC)
+            if HAS_ACC:
+                zb -= tq[:, None] * tl.dot(xb2, a2w, input_precision=PREC, out_dtype=ACC)
+        if UPD:
+            u1 = tl.dot(tl.trans(xkl), g1, input_precision=PREC, out_dtype=ACC)
+            u1b = tl.sum(g1 * lr[:, None], 0)
+            u2 = tl.dot(tl.trans(x2 * lr[:, None]), g2, input_precision=PREC, out_dtype=ACC)
+            if HAS_ACC:
+                u1 += a1w
+                u1b += a1b
+                u2 += a2w
+            tl.debug_barrier()  # every thread has read this block before any writes it back
+            if commit:
+                tl.store(W1p + p1, w1 - tau_last * u1)
+                tl.store(b1p + fo, bb1 - tau_last * u1b)
+                tl.store(W2p + p2, w2 - tau_last * u2)
+            else:  # only the last segment may end before a boundary: its update is the final accumulator
+                tl.store(gW1op + p1, u1)
+                tl.store(gb1op + fo, u1b)
+                tl.store(gW2op + p2, u2)
+    if HAS_ACC:  # noqa: SIM108 - a compile-time branch of the kernel
+        a2b = tl.load(gb2p + d, mask=d < nf * D, other=0.0).to(ACC)
+    else:
+        a2b = tl.zeros([D], dtype=ACC)
+    if OUT:
+        zbar = zb + b2[None, :] - tl.dot((S + 1.0) * eta, g2, input_precision=PREC, out_dtype=ACC)
+        zbar -= tq[:, None] * a2b[None, :]
+        if HAS_LN:
+            xo, _ = _ln_stats(zbar, D, eps)
+            out = xq + xo * lnw[None, :] + lnb[None, :]
+        else:
+            out = zbar
+        tl.store(o_ptr + row[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=rm[:, None])
+    if UPD:
+        u2b = tl.sum(g2 * lr[:, None], 0) + a2b
+        if commit:
+            b2 -= tau_last * u2b
+        else:
+            tl.store(gb2op + d, u2b)
+    return b2
+
+
+@triton.jit
 def ttt_mlp_fwd_kernel(
     q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, lnw_ptr, lnb_ptr,
     W1_ptr, b1_ptr, W2_ptr, b2_ptr,  # in: the initial state (a copy); out: the final one (updated in place)
     gW1_ptr, gb1_ptr, gW2_ptr, gb2_ptr,  # the state's accumulated gradients (read when HAS_ACC, first segment)
     gW1o_ptr, gb1o_ptr, gW2o_ptr, gb2o_ptr,  # final accumulators: zeros in, written if the last segment does not commit
-    o_ptr, ck1_ptr, ckb1_ptr, ck2_ptr, ckb2_ptr, sZ1_ptr,
+    o_ptr, ck1_ptr, ckb1_ptr, ck2_ptr, ckb2_ptr,
     T, H, off, c0, n_seg, eps,
     BSZ: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FB: tl.constexpr, BB: tl.constexpr,
-    HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, OUT: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    """The forward, one program per (batch row, head): outputs, the final state, and (``SAVE``) the weights at every
-    segment start (``ck*``: ``[B*H, n_seg, ...]``) for the backward."""
+    """The sequential pass, one program per (batch row, head): the final state and (``SAVE``) the weights at every
+    segment start (``ck*``: ``[B*H, n_seg, ...]``); with ``OUT`` also the outputs (the one-pass forward), else
+    :func:`ttt_mlp_out_kernel` computes them from the saved weights."""
     pid = tl.program_id(0).to(tl.int64)
     bi, hi = pid // H, pid % H
     d = tl.arange(0, D)
-    r = tl.arange(0, BB)
-    fr = tl.arange(0, FB)
     tau_last = tl.load(tau_ptr + BSZ - 1).to(ACC)
     if HAS_LN:
         lnw = tl.load(lnw_ptr + hi * D + d).to(ACC)
@@ -132,101 +243,49 @@ def ttt_mlp_fwd_kernel(
         lnw = tl.zeros([D], dtype=ACC)
         lnb = tl.zeros([D], dtype=ACC)
     W1p, b1p, W2p = W1_ptr + pid * D * F, b1_ptr + pid * F, W2_ptr + pid * F * D
-    sZ1 = sZ1_ptr + pid * BB * F
     b2 = tl.load(b2_ptr + pid * D + d).to(ACC)
     for s in range(0, n_seg):
         t0, o, c = _seg_geom(s, T, off, c0, BSZ)
-        commit = o + c == BSZ
-        first = s == 0
-        nf = tl.where(first, 1, 0)  # masks the accumulators' loads outside the first segment
-        rm = r < c
-        row = (bi * T + t0 + r) * H + hi
-        xq = _load_rows(q_ptr, row, rm, D, ACC)
-        xk = _load_rows(k_ptr, row, rm, D, ACC)
-        xv = _load_rows(v_ptr, row, rm, D, ACC)
-        lr = tl.load(lr_ptr + row, mask=rm, other=0.0).to(ACC)
-        tq = tl.load(tau_ptr + o + r, mask=rm, other=0.0).to(ACC)
         ck = pid * n_seg + s
         if SAVE:
             tl.store(ckb2_ptr + ck * D + d, b2)
-        # pass 1: Z2 = gelu(XK W1 + b1) W2 + b2, block by block
-        z2 = tl.zeros([BB, D], dtype=ACC) + b2[None, :]
-        for fb in range(0, F // FB):
-            fo = fb * FB + fr
-            w1 = tl.load(W1p + d[:, None] * F + fo[None, :])
-            bb1 = tl.load(b1p + fo)
-            w2 = tl.load(W2p + fo[:, None] * D + d[None, :])
-            if SAVE:
-                tl.store(ck1_ptr + ck * D * F + d[:, None] * F + fo[None, :], w1)
-                tl.store(ckb1_ptr + ck * F + fo, bb1)
-                tl.store(ck2_ptr + ck * F * D + fo[:, None] * D + d[None, :], w2)
-            z1 = tl.dot(xk, w1, input_precision=PREC, out_dtype=ACC) + bb1[None, :]
-            tl.store(sZ1 + r[:, None] * F + fo[None, :], z1)
-            z2 += tl.dot(_gelu(z1), w2, input_precision=PREC, out_dtype=ACC)
-        g2, _, _, _, _ = _loss_grad(z2, xk, xv, lnw, lnb, rm, eps, D, HAS_LN)
-        causal = r[:, None] >= r[None, :]
-        eta = tl.where(causal, tq[:, None] * lr[None, :], 0.0)
-        m1 = (tl.dot(xq, tl.trans(xk), input_precision=PREC, out_dtype=ACC) + 1.0) * eta
-        xkl = xk * lr[:, None]
-        tl.debug_barrier()
-        # pass 2: G1, the test view (Zb1, Xb2, accumulating Xb2 W2 and Xb2 X2^T) and the update, block by block
-        zb = tl.zeros([BB, D], dtype=ACC)
-        S = tl.zeros([BB, BB], dtype=ACC)
-        for fb in range(0, F // FB):
-            fo = fb * FB + fr
-            p1 = d[:, None] * F + fo[None, :]
-            p2 = fo[:, None] * D + d[None, :]
-            w1 = tl.load(W1p + p1)
-            bb1 = tl.load(b1p + fo)
-            w2 = tl.load(W2p + p2)
-            z1 = tl.load(sZ1 + r[:, None] * F + fo[None, :])
-            x2 = _gelu(z1)
-            g1 = tl.dot(g2, tl.trans(w2), input_precision=PREC, out_dtype=ACC) * _gelu_d(z1)
-            zb1 = tl.dot(xq, w1, input_precision=PREC, out_dtype=ACC) + bb1[None, :]
-            zb1 -= tl.dot(m1, g1, input_precision=PREC, out_dtype=ACC)
-            u1 = tl.dot(tl.trans(xkl), g1, input_precision=PREC, out_dtype=ACC)
-            u1b = tl.sum(g1 * lr[:, None], 0)
-            u2 = tl.dot(tl.trans(x2 * lr[:, None]), g2, input_precision=PREC, out_dtype=ACC)
-            if HAS_ACC:
-                a1w = tl.load(gW1_ptr + pid * D * F + p1, mask=p1 < nf * D * F, other=0.0).to(ACC)
-                a1b = tl.load(gb1_ptr + pid * F + fo, mask=fo < nf * F, other=0.0).to(ACC)
-                a2w = tl.load(gW2_ptr + pid * F * D + p2, mask=p2 < nf * F * D, other=0.0).to(ACC)
-                zb1 -= tq[:, None] * (tl.dot(xq, a1w, input_precision=PREC, out_dtype=ACC) + a1b[None, :])
-                u1 += a1w
-                u1b += a1b
-                u2 += a2w
-            xb2 = _gelu(zb1)
-            S += tl.dot(xb2, tl.trans(x2), input_precision=PREC, out_dtype=ACC)
-            zb += tl.dot(xb2, w2, input_precision=PREC, out_dtype=ACC)
-            if HAS_ACC:
-                zb -= tq[:, None] * tl.dot(xb2, a2w, input_precision=PREC, out_dtype=ACC)
-            tl.debug_barrier()  # every thread has read this block before any writes it back
-            if commit:
-                tl.store(W1p + p1, w1 - tau_last * u1)
-                tl.store(b1p + fo, bb1 - tau_last * u1b)
-                tl.store(W2p + p2, w2 - tau_last * u2)
-            else:  # only the last segment may end before a boundary: its update is the final accumulator
-                tl.store(gW1o_ptr + pid * D * F + p1, u1)
-                tl.store(gb1o_ptr + pid * F + fo, u1b)
-                tl.store(gW2o_ptr + pid * F * D + p2, u2)
-        zbar = zb + b2[None, :] - tl.dot((S + 1.0) * eta, g2, input_precision=PREC, out_dtype=ACC)
-        u2b = tl.sum(g2 * lr[:, None], 0)
-        if HAS_ACC:
-            a2b = tl.load(gb2_ptr + pid * D + d, mask=d < nf * D, other=0.0).to(ACC)
-            zbar -= tq[:, None] * a2b[None, :]
-            u2b += a2b
-        if HAS_LN:
-            xo, _ = _ln_stats(zbar, D, eps)
-            out = xq + xo * lnw[None, :] + lnb[None, :]
-        else:
-            out = zbar
-        tl.store(o_ptr + row[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=rm[:, None])
-        if commit:
-            b2 -= tau_last * u2b
-        else:
-            tl.store(gb2o_ptr + pid * D + d, u2b)
-        tl.debug_barrier()
+        b2 = _fwd_seg(
+            q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, W1p, b1p, W2p, b2,
+            gW1_ptr + pid * D * F, gb1_ptr + pid * F, gW2_ptr + pid * F * D, gb2_ptr + pid * D,
+            gW1o_ptr + pid * D * F, gb1o_ptr + pid * F, gW2o_ptr + pid * F * D, gb2o_ptr + pid * D,
+            ck1_ptr + ck * D * F, ckb1_ptr + ck * F, ck2_ptr + ck * F * D, lnw, lnb, bi, hi, T, H, t0, o, c, s == 0,
+            tau_last, eps, BSZ, D, F, FB, BB, HAS_LN, HAS_ACC, SAVE, OUT, True, ACC, PREC)
+        tl.debug_barrier()  # the next segment reads the blocks written back by every thread
     tl.store(b2_ptr + pid * D + d, b2)
+
+
+@triton.jit
+def ttt_mlp_out_kernel(
+    q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, lnw_ptr, lnb_ptr, gW1_ptr, gb1_ptr, gW2_ptr, gb2_ptr,
+    ck1_ptr, ckb1_ptr, ck2_ptr, ckb2_ptr, o_ptr,
+    T, H, off, c0, n_seg, eps,
+    BSZ: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FB: tl.constexpr, BB: tl.constexpr,
+    HAS_LN: tl.constexpr, HAS_ACC: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """The outputs of one segment (program ``(segment, batch row * H + head)``) from the weights saved at its start
+    by the sequential pass: every segment at once, in parallel."""
+    s = tl.program_id(0)  # segments on grid axis 0 (up to 2^31 - 1; axis 1 stops at 65535)
+    pid = tl.program_id(1).to(tl.int64)
+    bi, hi = pid // H, pid % H
+    d = tl.arange(0, D)
+    if HAS_LN:
+        lnw = tl.load(lnw_ptr + hi * D + d).to(ACC)
+        lnb = tl.load(lnb_ptr + hi * D + d).to(ACC)
+    else:
+        lnw = tl.zeros([D], dtype=ACC)
+        lnb = tl.zeros([D], dtype=ACC)
+    t0, o, c = _seg_geom(s, T, off, c0, BSZ)
+    ck = pid * n_seg + s
+    _fwd_seg(
+        q_ptr, k_ptr, v_ptr, lr_ptr, tau_ptr, o_ptr, ck1_ptr + ck * D * F, ckb1_ptr + ck * F, ck2_ptr + ck * F * D,
+        tl.load(ckb2_ptr + ck * D + d), gW1_ptr + pid * D * F, gb1_ptr + pid * F, gW2_ptr + pid * F * D,
+        gb2_ptr + pid * D, gW1_ptr, gb1_ptr, gW2_ptr, gb2_ptr, ck1_ptr, ckb1_ptr, ck2_ptr, lnw, lnb, bi, hi, T, H,
+        t0, o, c, s == 0, 0.0, eps, BSZ, D, F, FB, BB, HAS_LN, HAS_ACC, False, True, False, ACC, PREC)
 
 
 @triton.jit

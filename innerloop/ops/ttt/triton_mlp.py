@@ -30,6 +30,11 @@ from .triton_linear import _acc_dtype, _segments, _tl_acc, interpreted
 
 _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 128
+# "split": the sequential pass computes only what the recursion needs (G1, G2, the updates) and saves the weights at
+# every segment start; then the outputs of every segment in parallel from those (the same memory without a backward:
+# 128 KB per head and mini-batch at D = 64). "fused": one sequential pass does both. Not measured yet
+# (benchmarks/gpu_ttt.py times both: mlp_triton, mlp_triton_fused).
+FORWARD = "split"
 
 
 @functools.cache
@@ -60,6 +65,8 @@ def unsupported(q: Tensor, hidden: int, tensors: list[Tensor]) -> str | None:
     if D < 16 or D > MAX_HEAD_DIM or D & (D - 1):
         return (f"head_dim {D} is not supported by the Triton TTT-MLP kernel: it needs a power of two in "
                 f"[16, {MAX_HEAD_DIM}]; use chunk_ttt_mlp (mode='chunk') or change num_heads")
+    if q.shape[0] * q.shape[2] > 65535:  # grid axis 1 of the parallel output kernel
+        return f"batch * heads = {q.shape[0] * q.shape[2]} > 65535 programs; split the batch"
     if hidden % 16:
         return f"the Triton TTT-MLP kernel needs a hidden width that is a multiple of 16, got {hidden}"
     if q.dtype not in _IN_DTYPES:
@@ -97,16 +104,22 @@ def _fwd_op(
     o = torch.empty_like(q)
     W1o, b1o, W2o, b2o = W1.clone(), b1.clone(), W2.clone(), b2.clone()
     gW1o, gb1o, gW2o, gb2o = torch.zeros_like(W1), torch.zeros_like(b1), torch.zeros_like(W2), torch.zeros_like(b2)
-    ns = n_seg if save else 0
+    split = FORWARD == "split" and n_seg > 1
+    ns = n_seg if save or split else 0  # the output kernel reads the weights of every segment start
     ck1, ckb1 = W1.new_empty(B * H, ns, D, F), W1.new_empty(B * H, ns, F)
     ck2, ckb2 = W1.new_empty(B * H, ns, F, D), W1.new_empty(B * H, ns, D)
-    sZ1 = W1.new_empty(B * H, launch["BB"], F)
     has_ln = ln_weight is not None
     lnw, lnb = (ln_weight, ln_bias) if has_ln else (tau, tau)
+    flags = dict(HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(W1.dtype), PREC=precision, **launch)
     kern.ttt_mlp_fwd_kernel[(B * H,)](
         q, k, v, lr, tau, lnw, lnb, W1o, b1o, W2o, b2o, gW1, gb1, gW2, gb2, gW1o, gb1o, gW2o, gb2o,
-        o, ck1, ckb1, ck2, ckb2, sZ1, T, H, offset, c0, n_seg, eps,
-        HAS_LN=has_ln, HAS_ACC=offset > 0, SAVE=save, ACC=_tl_acc(W1.dtype), PREC=precision, **launch)
+        o, ck1, ckb1, ck2, ckb2, T, H, offset, c0, n_seg, eps, SAVE=save or split, OUT=not split, **flags)
+    if split:
+        kern.ttt_mlp_out_kernel[(n_seg, B * H)](
+            q, k, v, lr, tau, lnw, lnb, gW1, gb1, gW2, gb2, ck1, ckb1, ck2, ckb2, o, T, H, offset, c0, n_seg, eps,
+            **flags)
+        if not save:
+            ck1, ckb1, ck2, ckb2 = ck1[:, :0], ckb1[:, :0], ck2[:, :0], ckb2[:, :0]
     return o, W1o, b1o, W2o, b2o, gW1o, gb1o, gW2o, gb2o, ck1, ckb1, ck2, ckb2
 
 
