@@ -1,7 +1,7 @@
 """TTT-Linear op on a GPU: our Triton kernels vs our PyTorch dual form vs fla's ``chunk_ttt_linear`` vs SDPA.
-TTT-MLP op: our Triton kernels (``mlp_triton``: split forward; ``mlp_triton_fused``: one-pass forward) vs our PyTorch
-dual form (``mlp_chunk``), not in the default paths: ``--paths triton,mlp_triton,mlp_triton_fused,mlp_chunk`` times it
-next to our TTT-Linear kernel (``gpu_check.sh`` does).
+TTT-MLP op: our Triton kernels (``mlp_triton``: split; ``mlp_triton_fused``: one-pass forward and backward) vs our
+PyTorch dual form (``mlp_chunk``), not in the default paths: ``--paths triton,mlp_triton,mlp_triton_fused,mlp_chunk``
+times it next to our TTT-Linear kernel (``gpu_check.sh`` does).
 
 Our kernels run three times: the defaults (``triton``: float32 matmuls exact, split forward: a sequential pass for
 the weights, then the outputs of all mini-batches in parallel), ``triton_tf32`` (tf32 tensor-core matmuls) and
@@ -46,7 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 from innerloop.ops.ttt import TTTState, chunk_ttt_linear, chunk_ttt_mlp  # noqa: E402
 
 DEFAULT_PATHS = ("triton", "triton_tf32", "triton_fused", "chunk", "fla", "sdpa")
-# TTT-MLP (hidden 4D): the Triton kernels (split forward; one-pass forward), the dual form
+# TTT-MLP (hidden 4D): the Triton kernels (split; one-pass forward and backward), the dual form
 PATHS = (*DEFAULT_PATHS, "mlp_triton", "mlp_triton_fused", "mlp_chunk")
 
 
@@ -151,7 +151,7 @@ def path_fn(name: str) -> Callable | None:
 
         call = _ours(triton_mlp.triton_ttt_mlp, mlp=True)
         if name == "mlp_triton_fused":
-            call.switches, call.switch_module = {"FORWARD": "fused"}, triton_mlp
+            call.switches, call.switch_module = {"FORWARD": "fused", "BACKWARD": "fused"}, triton_mlp
         return call
     if name == "mlp_chunk":
         return _ours(chunk_ttt_mlp, mlp=True)

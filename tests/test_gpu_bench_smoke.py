@@ -57,7 +57,7 @@ def test_smoke_run_mlp(tmp_path):
     assert times == {(p, "fwdbwd") for p in ("triton", "mlp_triton", "mlp_triton_fused", "mlp_chunk")}
     from innerloop.ops.ttt import triton_mlp
 
-    assert triton_mlp.FORWARD == "split"  # mlp_triton_fused's switch was put back
+    assert triton_mlp.FORWARD == triton_mlp.BACKWARD == "split"  # mlp_triton_fused's switches were put back
 
 
 def test_defaults():

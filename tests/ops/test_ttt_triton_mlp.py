@@ -162,15 +162,16 @@ def test_state_chaining_and_no_grad():
 
 
 @pytest.mark.slow
-def test_fused_forward_equals_split(monkeypatch):
-    """The one-pass forward (outputs inside the sequential pass) == the split one (outputs of every segment in
-    parallel from the saved weights), with and without a backward to come."""
+def test_fused_passes_equal_split(monkeypatch):
+    """The one-pass forward and backward (everything inside the sequential pass) == the split ones (the parts that
+    need only the saved weights in parallel over segments), with and without a backward to come."""
     from innerloop.ops.ttt import triton_mlp
 
     ts = make_inputs(1, 11, 1, 16, offset=3, bsz=4, dtype=torch.float32)
     res = {}
     for mode in ("split", "fused"):
         monkeypatch.setattr(triton_mlp, "FORWARD", mode)
+        monkeypatch.setattr(triton_mlp, "BACKWARD", mode)
         outs, _, grads = outputs_and_grads(triton_ttt_mlp, ts, 3)
         with torch.no_grad():
             o_ng, _ = run(triton_ttt_mlp, ts, 3)
@@ -252,9 +253,9 @@ def _compile_for_sm90(cases):
         launch = triton_mlp._launch(D, 4 * D, bsz)
         opts = {k: launch.pop(k) for k in ("num_warps", "num_stages")}
         variants = [(kern.ttt_mlp_fwd_kernel, {"SAVE": True, "OUT": False}), (kern.ttt_mlp_out_kernel, {}),
-                    (kern.ttt_mlp_bwd_kernel, {})]
-        if D == 64:  # the one-pass forward (triton_mlp.FORWARD = "fused")
-            variants.append((kern.ttt_mlp_fwd_kernel, {"SAVE": False, "OUT": True}))
+                    (kern.ttt_mlp_bwd_par_kernel, {}), (kern.ttt_mlp_bwd_seq_kernel, {})]
+        if D == 64:  # the one-pass kernels (triton_mlp.FORWARD / BACKWARD = "fused")
+            variants += [(kern.ttt_mlp_fwd_kernel, {"SAVE": False, "OUT": True}), (kern.ttt_mlp_bwd_kernel, {})]
         for fn, extra in variants:
             n_ptrs = fn.arg_names.index("T")
             sig = {name: "*fp32" for name in fn.arg_names[:n_ptrs]}

@@ -35,6 +35,10 @@ MAX_HEAD_DIM = 128
 # 128 KB per head and mini-batch at D = 64). "fused": one sequential pass does both. Not measured yet
 # (benchmarks/gpu_ttt.py times both: mlp_triton, mlp_triton_fused).
 FORWARD = "split"
+# "split": the test view of the backward (everything that needs only the saved weights and the output gradient) for
+# every segment in parallel, writing per-token rows (float32 [B, T, H, 4D] x 4), then a sequential pass over the
+# training view; "fused": one sequential pass does all of it (no per-token rows). Not measured yet.
+BACKWARD = "split"
 
 
 @functools.cache
@@ -156,16 +160,31 @@ def _bwd_op(
     dlnw, dlnb = ck1.new_empty(B * H, D), ck1.new_empty(B * H, D)
     dW1, db1, dW2, db2 = (x.to(acc).clone().contiguous() for x in (dW1o, db1o, dW2o, db2o))  # updated in place
     dgW1, dgb1, dgW2, dgb2 = (torch.zeros(x.shape, dtype=acc, device=x.device) for x in (dW1o, db1o, dW2o, db2o))
-    scratch = [ck1.new_empty(B * H, launch["BB"], F) for _ in range(5)]
     has_ln = ln_weight is not None
     lnw, lnb = (ln_weight, ln_bias) if has_ln else (tau, tau)
-    kern.ttt_mlp_bwd_kernel[(B * H,)](
-        q, k, v, lr, tau, lnw, lnb, gW1, gb1, gW2, gb2, ck1, ckb1, ck2, ckb2,
-        do, dgW1o, dgb1o, dgW2o, dgb2o, dW1, db1, dW2, db2,
-        dq, dk, dv, dlr, dtau, dlnw, dlnb, dgW1, dgb1, dgW2, dgb2, *scratch,
-        T, H, offset, c0, n_seg, eps,
-        HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(acc), PREC=precision, **launch)
-    return dq, dk, dv, dlr, dtau, dlnw, dlnb, dW1, db1, dW2, db2, dgW1, dgb1, dgW2, dgb2
+    flags = dict(HAS_LN=has_ln, HAS_ACC=offset > 0, ACC=_tl_acc(acc), PREC=precision, **launch)
+    if BACKWARD == "fused":
+        scratch = [ck1.new_empty(B * H, launch["BB"], F) for _ in range(5)]
+        kern.ttt_mlp_bwd_kernel[(B * H,)](
+            q, k, v, lr, tau, lnw, lnb, gW1, gb1, gW2, gb2, ck1, ckb1, ck2, ckb2,
+            do, dgW1o, dgb1o, dgW2o, dgb2o, dW1, db1, dW2, db2,
+            dq, dk, dv, dlr, dtau, dlnw, dlnb, dgW1, dgb1, dgW2, dgb2, *scratch, T, H, offset, c0, n_seg, eps, **flags)
+        return dq, dk, dv, dlr, dtau, dlnw, dlnb, dW1, db1, dW2, db2, dgW1, dgb1, dgW2, dgb2
+    # split: the test view of every segment in parallel (per-token rows), then the sequential training view
+    rows_d = [torch.empty(B, T, H, D, dtype=acc, device=q.device) for _ in range(3)]  # dkp, dzbar, dG2
+    rows_f = [torch.empty(B, T, H, F, dtype=acc, device=q.device) for _ in range(4)]  # Zb1, dZb1, dG1, dX2
+    dlnw_o, dlnb_o = ck1.new_zeros(B * H, n_seg, D), ck1.new_zeros(B * H, n_seg, D)
+    kern.ttt_mlp_bwd_par_kernel[(n_seg, B * H)](
+        q, k, v, lr, tau, lnw, lnb, gW1, gb1, gW2, gb2, ck1, ckb1, ck2, ckb2, do,
+        dq, rows_d[0], dlr, dtau, dlnw_o, dlnb_o, dgW1, dgb1, dgW2, dgb2, *rows_d[1:], *rows_f,
+        T, H, offset, c0, n_seg, eps, **flags)
+    scratch = [ck1.new_empty(B * H, launch["BB"], F) for _ in range(3)]
+    kern.ttt_mlp_bwd_seq_kernel[(B * H,)](
+        q, k, v, lr, tau, lnw, lnb, gW1, gb1, gW2, gb2, ck1, ckb1, ck2, ckb2, dgW1o, dgb1o, dgW2o, dgb2o,
+        dW1, db1, dW2, db2, rows_d[0], dk, dv, dlr, dtau, dlnw, dlnb, dgW1, dgb1, dgW2, dgb2,
+        *rows_d[1:], *rows_f, *scratch, T, H, offset, c0, n_seg, eps, **flags)
+    return (dq, dk, dv, dlr, dtau, dlnw + dlnw_o.sum(1), dlnb + dlnb_o.sum(1), dW1, db1, dW2, db2, dgW1, dgb1, dgW2,
+            dgb2)
 
 
 @_bwd_op.register_fake
