@@ -52,9 +52,9 @@ def _kernels():
 
 
 def _block_f(D: int, F: int) -> int:
-    """Hidden columns per block: 16 from ``D = 64`` (compiled for sm_90 at ``D = 64``, 8 warps, ptxas reports 255
-    registers and 0.3 KB (forward) / 1 KB (backward) of spills with 16, 6.7 KB / 2.1 KB with 32), else 32 when ``F`` is
-    a multiple of 32 (fewer blocks for the interpreter's tiny test shapes)."""
+    """Hidden columns per block: 16 from ``D = 64`` (compiled for sm_90 at ``D = 64``, 8 warps, ptxas reports at most
+    1 KB of spills with 16, up to 6.7 KB with 32; README.md), else 32 when ``F`` is a multiple of 32 (fewer blocks
+    for the interpreter's tiny test shapes)."""
     return 16 if D >= 64 or F % 32 else 32
 
 
