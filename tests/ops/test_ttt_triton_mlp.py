@@ -291,10 +291,10 @@ def test_compiles_for_sm90(cases):
     pytest.param(torch.float32, 2, 500, 12, 64, 0, id="fp32-T500-H12-D64"),
     pytest.param(torch.bfloat16, 2, 500, 12, 64, 0, id="bf16-T500-H12-D64"),
     pytest.param(torch.bfloat16, 1, 131, 4, 128, 7, id="bf16-T131-D128-off7"),
-    pytest.param(torch.float32, 3, 77, 2, 32, 3, id="fp32-T77-D32-off3"),
 ])
 def test_cuda_vs_chunk(dtype, B, T, H, D, offset):
-    """Real shapes on the GPU against the PyTorch dual form in float32 on the same (rounded) values."""
+    """Real shapes on the GPU against the PyTorch dual form in float32 on the same (rounded) values. (Each case
+    compiles four kernels; float32 with an offset is also the self-check, run by the layer test below.)"""
     ts32 = make_inputs(B, T, H, D, offset=offset, dtype=torch.float32, lr_scale=0.05)
     ts = [t.detach().to(dtype).requires_grad_() if i < 3 else t for i, t in enumerate(ts32)]
     ref_ts = [None if t is None else t.detach().float().requires_grad_() for t in ts]
