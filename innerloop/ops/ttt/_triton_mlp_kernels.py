@@ -16,10 +16,15 @@ inner weights (``2 D F`` float32: 128 KB at ``D = 64``) do not fit one program's
 float32 buffer per (batch row, head) (L2-resident: 1.5 MB for 12 heads), read and updated in place block by block.
 Everything that needs a sum over ``F`` (``Z2``, ``Xb2 X2^T``, ``zbar``; in the backward ``dG2`` and ``dM1``) is
 accumulated over the blocks in registers, so a segment takes two passes over the blocks forward (``Z2``; then ``G1``,
-the test view and the update) and four backward. The per-row hidden activations of the current segment
-(``Z1, G1, Zb1``; backward also ``dZb1, dG1``: ``[BB, F]`` each) go to a per-program global scratch between passes.
-A ``tl.debug_barrier()`` separates passes, so every thread of the program sees the blocks other threads stored, and
-precedes every in-place write of a weight block (no thread overwrites a block another has not read yet).
+the test view and the update) and four backward. The backward's sequential kernels keep the per-row hidden
+activations of the current segment (``Z1, G1``, ...: ``[BB, F]`` each) in a per-program global scratch between
+passes. A ``tl.debug_barrier()`` separates passes, so every thread of the program sees the blocks other threads
+stored, and precedes every in-place write of a weight block (no thread overwrites a block another has not read yet).
+
+Kernels: ``ttt_mlp_fwd_kernel`` (the sequential pass; with ``OUT`` also the outputs: the one-pass forward),
+``ttt_mlp_out_kernel`` (outputs, parallel over segments, from the saved weights), ``ttt_mlp_bwd_kernel`` (the
+one-pass backward), ``ttt_mlp_bwd_par_kernel`` (the test view of the backward, parallel over segments, writing
+per-token rows) and ``ttt_mlp_bwd_seq_kernel`` (the rest, segments in reverse, carrying the weights' gradient).
 
 Written and tested in Triton's CPU interpreter only; it has never run on a GPU.
 """
