@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One prepared GPU run for issue 11 (shared/docs/gpu.md §3): the TTT-Linear op benchmark, then the gpu-marked tests,
-# in about 8 minutes, everything written under $OUT as it goes (a time-out still leaves what was measured).
+# One prepared GPU run for issue 11 (shared/docs/gpu.md §3): the TTT-Linear op benchmark, the TTT-MLP op benchmark
+# (next to our TTT-Linear kernel), then the gpu-marked tests, within a global budget of BUDGET seconds (default 540;
+# each step gets at most its own limit and what is left), everything written under $OUT as it goes (a time-out still
+# leaves what was measured).
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh        # from the repository root, on a CUDA machine
 #
@@ -18,7 +20,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TRITON_DEFAULT_FP_FUSION=${TRITON_DEFAULT_FP_FUSION:-1}
 [ -z "$BENCH_ARGS" ] && unset TRITON_INTERPRET
 start=$(date +%s)
+BUDGET=${BUDGET:-540}
 log() { echo "[$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/gpu_check.log"; }
+# seconds a step may take: its own limit, or what is left of the budget if less (at least 1)
+limit() { local left=$(( BUDGET - ($(date +%s) - start) )); [ "$left" -lt "$1" ] && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   log "installing carried wheels into .whl/site"
@@ -41,14 +46,32 @@ log "versions: $(tr '\n' ' ' < "$OUT/versions.txt")"
 
 log "benchmark (op level, bf16, H=12, D=64, 32768 tokens per batch)"
 # shellcheck disable=SC2086
-timeout 300 $PY benchmarks/gpu_ttt.py --out "$OUT/gpu_ttt.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt.txt" 2>&1
+timeout "$(limit 220)" $PY benchmarks/gpu_ttt.py --out "$OUT/gpu_ttt.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt.txt" 2>&1
 log "benchmark exit $?"
 
-log "gpu-marked tests (TTT Triton kernels and dispatch)"
-timeout 150 $PY -m pytest -q -x -m gpu tests/ops/test_ttt_triton.py -p no:cacheprovider \
+# TTT-MLP kernels (never run on a GPU before): a correctness check row, then fwd and fwd+bwd of mlp_triton,
+# mlp_triton_fused and mlp_chunk next to our TTT-Linear kernel (same run, same inputs); the target is TTT-MLP
+# fwd+bwd within 4x of it
+log "TTT-MLP benchmark (mlp_triton, mlp_triton_fused, mlp_chunk; triton = our TTT-Linear kernel)"
+# shellcheck disable=SC2086
+timeout "$(limit 120)" $PY benchmarks/gpu_ttt.py --paths triton,mlp_triton,mlp_triton_fused,mlp_chunk \
+  --repeats 5 --max-seconds 3 --out "$OUT/gpu_ttt_mlp.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt_mlp.txt" 2>&1
+log "TTT-MLP benchmark exit $?"
+
+log "gpu-marked tests (TTT-Linear Triton kernels and dispatch)"
+timeout "$(limit 100)" $PY -m pytest -q -x -m gpu tests/ops/test_ttt_triton.py -p no:cacheprovider \
   --junitxml="$OUT/pytest_gpu.xml" > "$OUT/pytest_gpu.txt" 2>&1
 log "gpu tests exit $?"
 tail -n 5 "$OUT/pytest_gpu.txt" | tee -a "$OUT/gpu_check.log"
+
+# (each new (dtype, head dim, offset) case compiles four TTT-MLP kernels; the bf16 D=64 ones are cached by the
+# benchmark above; if this step times out, rerun it alone with a larger BUDGET)
+log "gpu-marked tests (TTT-MLP Triton kernels and dispatch)"
+timeout "$(limit 100)" $PY -m pytest -q -m gpu tests/ops/test_ttt_triton_mlp.py -p no:cacheprovider \
+  --junitxml="$OUT/pytest_gpu_mlp.xml" > "$OUT/pytest_gpu_mlp.txt" 2>&1
+log "gpu tests (TTT-MLP) exit $?"
+tail -n 5 "$OUT/pytest_gpu_mlp.txt" | tee -a "$OUT/gpu_check.log"
+
 # ---- Mamba's selective scan (issue 11 item 5): sequential vs chunked Triton scan ------------------------------------
 # Its own budget SCAN_BUDGET (default 150 s: 2/3 benchmark, 1/3 gpu tests), cut to what is left before
 # GPU_CHECK_DEADLINE (default 570 s since the script started) so that the whole script stays in one 10-minute run;

@@ -1,4 +1,7 @@
 """TTT-Linear op on a GPU: our Triton kernels vs our PyTorch dual form vs fla's ``chunk_ttt_linear`` vs SDPA.
+TTT-MLP op: our Triton kernels (``mlp_triton``: split; ``mlp_triton_fused``: one-pass forward and backward) vs our
+PyTorch dual form (``mlp_chunk``), not in the default paths: ``--paths triton,mlp_triton,mlp_triton_fused,mlp_chunk``
+times it next to our TTT-Linear kernel (``gpu_check.sh`` does).
 
 Our kernels run three times: the defaults (``triton``: float32 matmuls exact, split forward: a sequential pass for
 the weights, then the outputs of all mini-batches in parallel), ``triton_tf32`` (tf32 tensor-core matmuls) and
@@ -40,9 +43,11 @@ if "--smoke" in sys.argv and "TRITON_INTERPRET" not in os.environ:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from innerloop.ops.ttt import TTTState, chunk_ttt_linear  # noqa: E402
+from innerloop.ops.ttt import TTTState, chunk_ttt_linear, chunk_ttt_mlp  # noqa: E402
 
-PATHS = ("triton", "triton_tf32", "triton_fused", "chunk", "fla", "sdpa")
+DEFAULT_PATHS = ("triton", "triton_tf32", "triton_fused", "chunk", "fla", "sdpa")
+# TTT-MLP (hidden 4D): the Triton kernels (split; one-pass forward and backward), the dual form
+PATHS = (*DEFAULT_PATHS, "mlp_triton", "mlp_triton_fused", "mlp_chunk")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=64, help="head dim D")
     p.add_argument("--mini-batch", type=int, default=16)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--paths", default=",".join(PATHS), help=f"subset of {PATHS}")
+    p.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"subset of {PATHS}")
     p.add_argument("--modes", default="fwd,fwdbwd")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (compiling) one")
@@ -63,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.lengths, args.tokens, args.heads, args.dim, args.dtype = "21", 42, 1, 16, "fp32"
-        args.repeats, args.warmup, args.max_seconds, args.paths = 1, 0, 0.0, "triton,triton_fused,chunk,fla,sdpa"
+        args.repeats, args.warmup, args.max_seconds = 1, 0, 0.0
+        if args.paths == ",".join(DEFAULT_PATHS):  # an explicit --paths (e.g. the TTT-MLP ones) is kept
+            args.paths = "triton,triton_fused,chunk,fla,sdpa"
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.paths = args.paths.split(",")
     args.modes = args.modes.split(",")
@@ -101,12 +108,15 @@ def make_inputs(B: int, T: int, H: int, D: int, bsz: int, dtype: torch.dtype, de
         q=r(B, T, H, D, dt=dtype), k=r(B, T, H, D, dt=dtype), v=r(B, T, H, D, dt=dtype),
         lr=(0.1 / D) * torch.sigmoid(r(B, T, H)), tau=(1 / torch.arange(1.0, bsz + 1)).to(device),
         ln_weight=1 + r(H, D, scale=0.1), ln_bias=r(H, D, scale=0.1), W0=r(H, D, D, scale=0.02), b0=r(H, D, scale=0.0),
-    )
+        W1=r(H, D, 4 * D, scale=0.02), b1=r(H, 4 * D, scale=0.0), W2=r(H, 4 * D, D, scale=0.02), b2=r(H, D, scale=0.0),
+    )  # W0, b0: TTT-Linear's initial state; W1, b1, W2, b2: TTT-MLP's
 
 
-def _ours(fn: Callable) -> Callable:
+def _ours(fn: Callable, mlp: bool = False) -> Callable:
+    names = ("W1", "b1", "W2", "b2") if mlp else ("W0", "b0")
+
     def call(x: dict) -> list[torch.Tensor]:
-        state = TTTState.from_params((x["W0"], x["b0"]), x["q"].shape[0])
+        state = TTTState.from_params(tuple(x[n] for n in names), x["q"].shape[0])
         o, s = fn(x["q"], x["k"], x["v"], x["lr"], x["tau"], x["ln_weight"], x["ln_bias"], state)
         return [o, *s.params]
     return call
@@ -136,6 +146,15 @@ def _sdpa(x: dict) -> list[torch.Tensor]:
 
 
 def path_fn(name: str) -> Callable | None:
+    if name.startswith("mlp_triton"):
+        from innerloop.ops.ttt import triton_mlp
+
+        call = _ours(triton_mlp.triton_ttt_mlp, mlp=True)
+        if name == "mlp_triton_fused":
+            call.switches, call.switch_module = {"FORWARD": "fused", "BACKWARD": "fused"}, triton_mlp
+        return call
+    if name == "mlp_chunk":
+        return _ours(chunk_ttt_mlp, mlp=True)
     if name.startswith("triton"):
         import functools
 
@@ -162,22 +181,25 @@ def _sync(device: torch.device) -> None:
 
 def runner(fn: Callable, x: dict, mode: str) -> Callable[[], None]:
     """A call of ``fn`` for ``mode``: ``fwd`` under no_grad, ``fwdbwd`` with the backward of a fixed output gradient.
-    ``fn.switches`` (module settings of ``triton_linear``) hold for the whole call, backward included."""
+    ``fn.switches`` (module settings of ``fn.switch_module``, default ``triton_linear``) hold for the whole call,
+    backward included."""
     switches = getattr(fn, "switches", {})
     run = _runner(fn, x, mode)
     if not switches:
         return run
     from innerloop.ops.ttt import triton_linear
 
+    module = getattr(fn, "switch_module", triton_linear)
+
     def switched() -> None:
-        old = {k: getattr(triton_linear, k) for k in switches}
+        old = {k: getattr(module, k) for k in switches}
         for k, v in switches.items():
-            setattr(triton_linear, k, v)
+            setattr(module, k, v)
         try:
             run()
         finally:
             for k, v in old.items():
-                setattr(triton_linear, k, v)
+                setattr(module, k, v)
     return switched
 
 
@@ -220,21 +242,28 @@ def timed(run: Callable[[], None], device: torch.device, repeats: int, warmup: i
             "repeats": len(times), "first_call_s": first}
 
 
-def check(x: dict, device: torch.device) -> dict:
-    """Relative RMS error of the kernel's output and gradients against the dual form on the same (rounded) values."""
-    from innerloop.ops.ttt.triton_linear import triton_ttt_linear
+def check(x: dict, device: torch.device, mlp: bool = False) -> dict:
+    """Relative RMS error of the kernel's output and gradients against the dual form on the same (rounded) values
+    (TTT-Linear, or TTT-MLP with ``mlp``)."""
     from innerloop.testing import err_ratio
 
+    if mlp:
+        from innerloop.ops.ttt.triton_mlp import triton_ttt_mlp as kernel
+        ref, wnames = chunk_ttt_mlp, ("W1", "W2")
+    else:
+        from innerloop.ops.ttt.triton_linear import triton_ttt_linear as kernel
+        ref, wnames = chunk_ttt_linear, ("W0",)
     res = []
-    for fn in (triton_ttt_linear, chunk_ttt_linear):
+    for fn in (kernel, ref):
         leaves = {n: t.detach().float().requires_grad_() if n != "tau" else t for n, t in x.items()}
-        if fn is triton_ttt_linear:
+        if fn is kernel:
             leaves.update({n: x[n].detach().requires_grad_() for n in ("q", "k", "v")})
-        o = _ours(fn)(leaves)[0]
-        g = torch.autograd.grad(o.float().square().sum(), [leaves[n] for n in ("q", "k", "v", "lr", "W0")])
+        o = _ours(fn, mlp)(leaves)[0]
+        g = torch.autograd.grad(o.float().square().sum(), [leaves[n] for n in ("q", "k", "v", "lr", *wnames)])
         res.append([o, *g])
-    names = ("o", "dq", "dk", "dv", "dlr", "dW0")
-    return {"kind": "check", **{n: err_ratio(r.float(), a.float()) for n, a, r in zip(names, *res)}}
+    names = ("o", "dq", "dk", "dv", "dlr", *(f"d{n}" for n in wnames))
+    return {"kind": "check", "op": "ttt_mlp" if mlp else "ttt_linear",
+            **{n: err_ratio(r.float(), a.float()) for n, a, r in zip(names, *res)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,11 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     for i, T in enumerate(args.lengths):
         B = max(1, args.tokens // T)
         x = make_inputs(B, T, args.heads, args.dim, args.mini_batch, dtype, device)
-        if i == 0 and "triton" in fns:
-            try:
-                emit({**check(x, device), "T": T, "B": B})
-            except Exception as e:  # noqa: BLE001
-                emit({"kind": "check", "T": T, "error": f"{type(e).__name__}: {e}"})
+        for path, mlp in (("triton", False), ("mlp_triton", True)):
+            if i == 0 and path in fns:
+                try:
+                    emit({**check(x, device, mlp), "T": T, "B": B})
+                except Exception as e:  # noqa: BLE001
+                    emit({"kind": "check", "op": "ttt_mlp" if mlp else "ttt_linear", "T": T,
+                          "error": f"{type(e).__name__}: {e}"})
         for name, fn in fns.items():
             for mode in args.modes:
                 row = {"kind": "time", "path": name, "mode": mode, "T": T, "B": B, "H": args.heads, "D": args.dim,

@@ -40,6 +40,26 @@ def test_smoke_run(tmp_path):
     assert triton_linear.FORWARD == triton_linear.BACKWARD == "split"  # triton_fused's switches were put back
 
 
+@pytest.mark.slow
+def test_smoke_run_mlp(tmp_path):
+    """The TTT-MLP rows (``--paths mlp_triton,mlp_chunk``, with our TTT-Linear kernel next to them)."""
+    pytest.importorskip("triton")
+    bench = _load()
+    out = tmp_path / "rows.jsonl"
+    paths = "triton,mlp_triton,mlp_triton_fused,mlp_chunk"
+    argv = ["--smoke", "--paths", paths, "--modes", "fwdbwd", "--out", str(out)]
+    assert bench.main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    checks = {r["op"]: r for r in rows if r["kind"] == "check"}
+    assert set(checks) == {"ttt_linear", "ttt_mlp"}
+    assert max(v for k, v in checks["ttt_mlp"].items() if k.startswith("d") or k == "o") < 1e-5
+    times = {(r["path"], r["mode"]) for r in rows if r["kind"] == "time" and r.get("ms_median", 0) > 0}
+    assert times == {(p, "fwdbwd") for p in ("triton", "mlp_triton", "mlp_triton_fused", "mlp_chunk")}
+    from innerloop.ops.ttt import triton_mlp
+
+    assert triton_mlp.FORWARD == triton_mlp.BACKWARD == "split"  # mlp_triton_fused's switches were put back
+
+
 def test_defaults():
     bench = _load()
     args = bench.parse_args([])

@@ -83,11 +83,11 @@ class TTTBase(nn.Module):
         use_gate (bool, Optional): Mamba backbone: ``gelu_tanh(X θ_g) ⊙`` before ``o_proj``. Default: False.
         conv_kernel (int, Optional): kernel of the ``share_qk`` convs. Default: 4.
         mode (str, Optional): op path (``innerloop.layers.modes``): ``'auto'`` (one-token calls take the recurrent
-            step; longer ones the dual form, and TTT-Linear the device's kernel through ``auto_ttt_linear``: the
-            fused C kernel for inference on the CPU, the Triton kernels on CUDA after a one-time self-check;
-            ``INNERLOOP_NO_KERNEL=1`` turns kernels off), ``'chunk'`` (dual form), ``'recurrent'`` (primal, token
-            by token), ``'naive'`` (reference) or, TTT-Linear only, ``'fused'`` (the device's kernel; logs why and
-            uses ``'chunk'`` where it cannot run). Default: ``'auto'``.
+            step; longer ones the device's path through ``auto_ttt_linear`` / ``auto_ttt_mlp``: TTT-Linear's fused
+            C kernel for inference on the CPU (TTT-MLP: the dual form), the Triton kernels on CUDA after a one-time
+            self-check; ``INNERLOOP_NO_KERNEL=1`` turns kernels off), ``'chunk'`` (dual form), ``'recurrent'``
+            (primal, token by token), ``'naive'`` (reference) or, TTT-Linear only, ``'fused'`` (the device's kernel;
+            logs why and uses ``'chunk'`` where it cannot run). Default: ``'auto'``.
         initializer_range (float, Optional): std of the normal init of projections and inner weights. Default: 0.02.
         eps (float, Optional): epsilon of the inner LayerNorm. Default: ``1e-6``.
     """
@@ -182,10 +182,8 @@ class TTTBase(nn.Module):
         if mode == "auto":
             if T == 1:
                 mode = "recurrent"
-            elif self.kind == "linear":  # the device's kernel where it applies (ops/ttt/dispatch.py), else chunk
-                return ttt_ops.auto_ttt_linear
-            else:
-                mode = "chunk"
+            else:  # the device's kernel where it applies (ops/ttt/dispatch.py: CUDA), else chunk
+                return ttt_ops.auto_ttt_linear if self.kind == "linear" else ttt_ops.auto_ttt_mlp
         return getattr(ttt_ops, f"{mode}_ttt_{self.kind}")
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None):

@@ -206,7 +206,7 @@ def test_mode_dispatch(monkeypatch):
     lin, mlp = TTTLinear(32, 4, mini_batch_size=4), TTTMLP(32, 4, mini_batch_size=4)
     assert lin.mode == mlp.mode == "auto"
     assert lin._op(1) is ttt_ops.recurrent_ttt_linear and lin._op(9) is ttt_ops.auto_ttt_linear
-    assert mlp._op(1) is ttt_ops.recurrent_ttt_mlp and mlp._op(9) is ttt_ops.chunk_ttt_mlp
+    assert mlp._op(1) is ttt_ops.recurrent_ttt_mlp and mlp._op(9) is ttt_ops.auto_ttt_mlp  # chunk on the CPU
     for mode in ("naive", "chunk", "recurrent"):
         lin.mode = mlp.mode = mode
         assert lin._op(1) is getattr(ttt_ops, f"{mode}_ttt_linear")

@@ -1,12 +1,13 @@
 """TTT-Linear and TTT-MLP ops: reference, dual-form chunked, and recurrent paths with one signature (plus a fused CPU
 kernel for TTT-Linear's inference forward: ``cpu_fused_ttt_linear`` takes it where it applies, ``fused_ttt_linear``
 also logs why when it cannot; and Triton kernels for TTT-Linear on CUDA, ``triton_ttt_linear``, imported on first
-access; ``auto_ttt_linear`` picks the path for the device, ``dispatch.py``)."""
+access, and ``triton_ttt_mlp`` likewise for TTT-MLP; ``auto_ttt_linear`` / ``auto_ttt_mlp`` pick the path for the
+device, ``dispatch.py``)."""
 
 from ._common import TTTState, layer_norm
 from .chunk import chunk_ttt_linear, chunk_ttt_mlp
 from .cpu_linear import cpu_fused_ttt_linear, cpu_ttt_linear_available
-from .dispatch import auto_ttt_linear, fused_ttt_linear
+from .dispatch import auto_ttt_linear, auto_ttt_mlp, fused_ttt_linear
 from .naive import linear_f_res, mlp_f_res, naive_ttt_linear, naive_ttt_mlp
 from .recurrent import recurrent_ttt_linear, recurrent_ttt_mlp
 
@@ -17,12 +18,17 @@ def __getattr__(name: str):
         from .triton_linear import triton_ttt_linear
 
         return triton_ttt_linear
+    if name == "triton_ttt_mlp":
+        from .triton_mlp import triton_ttt_mlp
+
+        return triton_ttt_mlp
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "TTTState",
     "auto_ttt_linear",
+    "auto_ttt_mlp",
     "chunk_ttt_linear",
     "chunk_ttt_mlp",
     "cpu_fused_ttt_linear",
@@ -36,4 +42,5 @@ __all__ = [
     "recurrent_ttt_linear",
     "recurrent_ttt_mlp",
     "triton_ttt_linear",
+    "triton_ttt_mlp",
 ]
