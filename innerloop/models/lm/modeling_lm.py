@@ -232,7 +232,8 @@ class CausalLM(nn.Module):
         Args:
             cuda_graph (bool | None, Optional): capture the one-token step of the whole model in a CUDA graph over
                 static buffers and replay it per token (no per-kernel launch cost). None: on when the model is on
-                CUDA. True on another device is an error; a failed capture is logged and the steps run without it.
+                CUDA (unless ``static_cache=False``). True on another device, or with ``static_cache=False``, is an
+                error; a failed capture is logged and the steps run without it.
                 Default: None.
             static_cache (bool | None, Optional): decode with fixed-shape state buffers (:meth:`static_step`) even
                 without a graph (same tokens; a check, or a mixer-by-mixer comparison). None: as ``cuda_graph``.
@@ -246,23 +247,25 @@ class CausalLM(nn.Module):
             raise ValueError(f"generate needs a non-empty prompt [B, T], got {tuple(input_ids.shape)}")
         on_cuda = self.embed_tokens.weight.device.type == "cuda"
         auto = cuda_graph is None and static_cache is None
+        if cuda_graph and static_cache is False:
+            raise ValueError("cuda_graph=True runs over static buffers; pass static_cache=True (or None)")
         if cuda_graph and not on_cuda:
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on "
                              f"{self.embed_tokens.weight.device}; pass cuda_graph=None or False")
-        cuda_graph = on_cuda if cuda_graph is None else cuda_graph
+        cuda_graph = on_cuda and static_cache is not False if cuda_graph is None else cuda_graph
         static_cache = cuda_graph if static_cache is None else static_cache
-        if cuda_graph and not static_cache:
-            raise ValueError("cuda_graph=True runs over static buffers; pass static_cache=True (or None)")
         total = input_ids.shape[1] + max_new_tokens
         if max_length is not None and max_length < total:
             raise ValueError(f"generate reaches length {total} (prompt {input_ids.shape[1]} + max_new_tokens "
                              f"{max_new_tokens}) but max_length={max_length}; pass max_length >= {total} or None")
         out = self(input_ids)
-        logits, step = out.logits[:, -1], None
+        logits, state, step = out.logits[:, -1], out.state, None
+        del out
         self.decode_path = "eager"  # which way the last generate() ran its steps (a check for tests and benchmarks)
         if static_cache and max_new_tokens > 1:
             try:
-                step = self._static_decoder(out.state, max_length or total, input_ids.shape[0], cuda_graph)
+                step = self._static_decoder(state, max_length or total, input_ids.shape[0], cuda_graph)
+                state = None  # the static buffers hold a copy: free the eager state (attention's cache)
             except TypeError as e:  # a mixer without a static step (innerloop.layers.decode)
                 if not auto:
                     raise
@@ -275,8 +278,8 @@ class CausalLM(nn.Module):
                 if step is not None:
                     logits = step(nxt)[:, -1]
                 else:
-                    out = self(nxt, out.state)
-                    logits = out.logits[:, -1]
+                    out = self(nxt, state)
+                    logits, state = out.logits[:, -1], out.state
         return torch.cat(tokens, dim=1)
 
     def _static_decoder(self, state: LMState, max_length: int, batch_size: int,
