@@ -122,7 +122,7 @@ class CUDAGraphStep:
     the graph's logits buffer (overwritten by the next call: read it first).
 
     Args:
-        model (CausalLM): on a CUDA device, in eval mode, with gradients off.
+        model (CausalLM): on a CUDA device, in eval mode (the step runs without gradients).
         static (StaticLMState): the buffers the graph reads and advances.
         batch_size (int): rows ``B`` of the token ids.
         warmup (int, Optional): untimed steps on the copy before the capture. Default: 2.
@@ -138,7 +138,7 @@ class CUDAGraphStep:
                              f"cuda_graph=False")
         self.model, self.static = model, static
         self.input_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        with _autocast_without_cache(device.type):
+        with torch.no_grad(), _autocast_without_cache(device.type):
             scratch = static.clone()
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
