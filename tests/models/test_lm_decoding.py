@@ -66,6 +66,16 @@ def test_defaults_on_cpu_decode_eagerly():
     assert model.decode_path == "eager"
 
 
+def test_iter_generate_streams_generates_tokens():
+    model = make_model("ttt_mlp", "mamba")
+    prompt = torch.randint(0, 61, (2, 3))
+    steps = model.iter_generate(prompt, 5, generator=torch.Generator().manual_seed(0), static_cache=True)
+    got = torch.cat([prompt, *steps], dim=1)
+    assert torch.equal(got, model.generate(prompt, 5, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="max_length"):  # checked at the call, before any next()
+        model.iter_generate(prompt, 5, static_cache=True, max_length=4)
+
+
 def test_cache_limit_is_an_error_naming_max_length():
     model = make_model("attention")
     prompt = torch.randint(0, 61, (1, 3))

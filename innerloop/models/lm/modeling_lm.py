@@ -6,7 +6,7 @@ Layout: token ids ``[B, T]``, hidden states ``[B, T, C]``, logits ``[B, T, V]``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
@@ -233,8 +233,7 @@ class CausalLM(nn.Module):
             cuda_graph (bool | None, Optional): capture the one-token step of the whole model in a CUDA graph over
                 static buffers and replay it per token (no per-kernel launch cost). None: on when the model is on
                 CUDA (unless ``static_cache=False``). True on another device, or with ``static_cache=False``, is an
-                error; a failed capture is logged and the steps run without it.
-                Default: None.
+                error; a failed capture is logged and the steps run without it. Default: None.
             static_cache (bool | None, Optional): decode with fixed-shape state buffers (:meth:`static_step`) even
                 without a graph (same tokens; a check, or a mixer-by-mixer comparison). None: as ``cuda_graph``.
                 Default: None.
@@ -242,6 +241,19 @@ class CausalLM(nn.Module):
                 at least ``T + max_new_tokens``. None: exactly that. Default: None.
         Returns:
             Tensor: ``[B, T + max_new_tokens]``, the prompt followed by the sampled tokens.
+        """
+        steps = self.iter_generate(input_ids, max_new_tokens, temperature, top_k, top_p, generator,
+                                   cuda_graph=cuda_graph, static_cache=static_cache, max_length=max_length)
+        return torch.cat([input_ids, *steps], dim=1)
+
+    def iter_generate(
+        self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        top_p: float | None = None, generator: torch.Generator | None = None, *, cuda_graph: bool | None = None,
+        static_cache: bool | None = None, max_length: int | None = None,
+    ) -> Iterator[Tensor]:
+        """:meth:`generate` one token at a time: yields each sampled ``[B, 1]`` as soon as it exists (streaming).
+
+        The arguments are checked when called (not at the first ``next``); the prefill runs at the first ``next``.
         """
         if input_ids.dim() != 2 or input_ids.shape[1] < 1:
             raise ValueError(f"generate needs a non-empty prompt [B, T], got {tuple(input_ids.shape)}")
@@ -258,29 +270,33 @@ class CausalLM(nn.Module):
         if max_length is not None and max_length < total:
             raise ValueError(f"generate reaches length {total} (prompt {input_ids.shape[1]} + max_new_tokens "
                              f"{max_new_tokens}) but max_length={max_length}; pass max_length >= {total} or None")
+        return self._decode(input_ids, max_new_tokens, (temperature, top_k, top_p, generator), bool(cuda_graph),
+                            bool(static_cache), auto, max_length or total)
+
+    @torch.no_grad()
+    def _decode(self, input_ids: Tensor, max_new_tokens: int, sampling: tuple, cuda_graph: bool, static_cache: bool,
+                auto: bool, max_length: int) -> Iterator[Tensor]:
         out = self(input_ids)
         logits, state, step = out.logits[:, -1], out.state, None
         del out
         self.decode_path = "eager"  # which way the last generate() ran its steps (a check for tests and benchmarks)
         if static_cache and max_new_tokens > 1:
             try:
-                step = self._static_decoder(state, max_length or total, input_ids.shape[0], cuda_graph)
+                step = self._static_decoder(state, max_length, input_ids.shape[0], cuda_graph)
                 state = None  # the static buffers hold a copy: free the eager state (attention's cache)
             except TypeError as e:  # a mixer without a static step (innerloop.layers.decode)
                 if not auto:
                     raise
                 log_once(f"generate-static:{self.config.mixer}", "generate: %s; decoding eagerly", e, log=logger)
-        tokens = [input_ids]
         for i in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)[:, None]
-            tokens.append(nxt)
+            nxt = sample_next(logits, *sampling)[:, None]
+            yield nxt
             if i + 1 < max_new_tokens:
                 if step is not None:
                     logits = step(nxt)[:, -1]
                 else:
                     out = self(nxt, state)
                     logits, state = out.logits[:, -1], out.state
-        return torch.cat(tokens, dim=1)
 
     def _static_decoder(self, state: LMState, max_length: int, batch_size: int,
                         cuda_graph: bool) -> Callable[[Tensor], Tensor]:
