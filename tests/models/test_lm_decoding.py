@@ -186,3 +186,26 @@ def test_cuda_graph_bf16_equals_static_steps(mixer):
             tok = graph[:, 5:6]
             eager = model(tok, out.state).logits
             assert_close("bf16 step", eager, model.static_step(tok, st), ratio=2e-2)
+
+
+@pytest.mark.gpu
+def test_eager_one_query_attention_is_not_cudnn():
+    """bf16 one-token attention steps on CUDA never call the cuDNN SDPA backend (it rebuilds a graph per cache
+    length); the static step calls no SDPA at all."""
+    model = make_model("attention", device="cuda")
+    prompt = torch.randint(0, 61, (1, 7), device="cuda")
+    tok = prompt[:, :1]
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        out = model(prompt)
+        static = model.static_state(out.state, 16)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            state = out.state
+            for _ in range(3):
+                state = model(tok, state).state
+        names = {e.key for e in prof.key_averages()}
+        assert any("scaled_dot_product" in n for n in names), sorted(names)
+        assert not [n for n in names if "cudnn" in n.lower()], sorted(names)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                model.static_step(tok, static)
+        assert not [e.key for e in prof.key_averages() if "scaled_dot_product" in e.key]
