@@ -53,13 +53,13 @@ tail -n 5 "$OUT/pytest_gpu.txt" | tee -a "$OUT/gpu_check.log"
 
 # ---- LM decode (CUDA graphs over static state) and LM-level benchmark (issue 11 items 4 and 6): <= 3 minutes ----
 log "gpu-marked decode tests (graph-captured generate equals eager, every mixer)"
-timeout 45 $PY -m pytest -q -m gpu tests/models/test_lm_decoding.py -p no:cacheprovider \
+timeout 60 $PY -m pytest -q -m gpu tests/models/test_lm_decoding.py -p no:cacheprovider \
   --junitxml="$OUT/pytest_gpu_decode.xml" > "$OUT/pytest_gpu_decode.txt" 2>&1
 log "decode tests exit $?"
 tail -n 5 "$OUT/pytest_gpu_decode.txt" | tee -a "$OUT/gpu_check.log"
 log "benchmark (LM level: 4 layers, width 768, every mixer, bf16: decode eager/static/graph, fwd, train)"
 # shellcheck disable=SC2086
-timeout 135 $PY benchmarks/gpu_lm.py --out "$OUT/gpu_lm.jsonl" --budget 110 $BENCH_ARGS > "$OUT/gpu_lm.txt" 2>&1
+timeout 120 $PY benchmarks/gpu_lm.py --out "$OUT/gpu_lm.jsonl" --budget 95 $BENCH_ARGS > "$OUT/gpu_lm.txt" 2>&1
 log "lm benchmark exit $?"
 # ---- end of the LM section ----
 
