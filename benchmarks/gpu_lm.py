@@ -10,9 +10,11 @@ Per mixer (attention, TTT-Linear, TTT-MLP, Mamba, RNN, LSTM, GRU; Transformer ba
 - ``fwd``: forward tokens/s (no grad) and ``train``: training-step tokens/s (forward, next-token loss, backward,
   AdamW step) at L = 2k, 8k, 32k with 32,768 tokens per batch (``B = tokens // L``).
 
-The rows run decode first, then the lengths in increasing order, mixer by mixer, so a time-out (``--budget``) leaves
-the cheap numbers. Every row is appended to a JSON-lines file as soon as it is measured; the first line records the
-device and versions; a failing row (out of memory, a capture that fails) records its error and the rest go on.
+The rows run decode first, then fwd/train, each in the order of ``--positions`` / ``--lengths`` (by default the ends of
+the issue's targets first: 1k and 16k, then 4k; 2k and 32k, then 8k), mixer by mixer, so a time-out (``--budget``)
+leaves the numbers that matter most. Every row is appended to a JSON-lines file as soon as it is measured; the first
+line records the device and versions; a failing row (out of memory, a capture that fails) records its error and the
+rest go on.
 
     python benchmarks/gpu_lm.py --out gpu_lm.jsonl             # on a CUDA machine (bash benchmarks/gpu_check.sh)
     python benchmarks/gpu_lm.py --smoke --out /tmp/lm.jsonl    # tiny model on the CPU (a test; graph rows: error)
@@ -54,9 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--intermediate", type=int, default=2048)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--lengths", default="2048,8192,32768", help="context lengths L of the fwd/train rows")
+    p.add_argument("--lengths", default="2048,32768,8192",
+                   help="context lengths L of the fwd/train rows, in the order run (the targets' ends first)")
     p.add_argument("--tokens", type=int, default=32768, help="tokens per fwd/train batch: B = tokens // L")
-    p.add_argument("--positions", default="1024,4096,16384", help="prefill lengths of the decode rows")
+    p.add_argument("--positions", default="1024,16384,4096",
+                   help="prefill lengths of the decode rows, in the order run (the targets' ends first)")
     p.add_argument("--decode-tokens", type=int, default=32, help="timed tokens per decode row")
     p.add_argument("--kinds", default="decode,fwd,train", help="subset of decode,fwd,train")
     p.add_argument("--ways", default=",".join(WAYS), help=f"decode ways, subset of {WAYS}")

@@ -41,7 +41,7 @@ def test_defaults_and_budget(tmp_path):
     bench = _load()
     args = bench.parse_args([])
     assert (args.layers, args.hidden, args.heads, args.vocab, args.dtype) == (4, 768, 12, 32000, "bf16")
-    assert args.lengths == [2048, 8192, 32768] and args.positions == [1024, 4096, 16384]
+    assert args.lengths == [2048, 32768, 8192] and args.positions == [1024, 16384, 4096]
     assert args.mixers == list(bench.MIXERS)
     with pytest.raises(SystemExit):
         bench.parse_args(["--mixers", "transformer"])
