@@ -58,6 +58,30 @@ def test_static_step_equals_eager(mixer, backbone):
     assert torch.equal(sampled, again)
 
 
+@pytest.mark.parametrize("mixer", ["attention", "ttt_mlp", "lstm"])
+def test_static_state_clone_is_independent(mixer):
+    """The CUDA graph warms up on a clone (StaticLMState.clone): stepping it leaves the original as it was."""
+    model = make_model(mixer, "mamba")
+    prompt = torch.randint(0, 61, (1, 3))
+    with torch.no_grad():
+        static = model.static_state(model(prompt).state, 8)
+        before = [t.clone() for t in _tensors(static.layers)]
+        scratch = static.clone()
+        model.static_step(prompt[:, :1], scratch)
+        model.static_step(prompt[:, :1], scratch)
+        assert static.length == 3 and int(static.position) == 3 and scratch.length == 5
+        assert all(torch.equal(a, b) for a, b in zip(before, _tensors(static.layers)))
+        assert not all(torch.equal(a, b) for a, b in zip(before, _tensors(scratch.layers)))
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [t for x in tree for t in _tensors(x)]
+    return []
+
+
 def test_defaults_on_cpu_decode_eagerly():
     model = make_model("ttt_linear")
     out = model.generate(torch.randint(0, 61, (1, 3)), 4, temperature=0)
