@@ -82,6 +82,16 @@ def _tensors(tree) -> list[torch.Tensor]:
     return []
 
 
+def test_static_step_outside_no_grad():
+    model = make_model("ttt_linear", "mamba")
+    prompt = torch.randint(0, 61, (1, 3))
+    out = model(prompt)  # grad mode on: the prefill state holds the inner parameters differentiably
+    static = model.static_state(out.state, 5)
+    logits = model.static_step(prompt[:, :1], static)
+    assert not logits.requires_grad
+    assert_close("logits", model(prompt[:, :1], out.state).logits.detach(), logits, atol=1e-5, rtol=1e-5)
+
+
 def test_defaults_on_cpu_decode_eagerly():
     model = make_model("ttt_linear")
     out = model.generate(torch.randint(0, 61, (1, 3)), 4, temperature=0)

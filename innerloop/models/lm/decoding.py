@@ -47,6 +47,7 @@ class StaticLMState:
         return StaticLMState(copy.deepcopy(self.layers), self.position.clone(), self.length, self.max_length)
 
 
+@torch.no_grad()
 def build_static_state(model: CausalLM, state: LMState, max_length: int) -> StaticLMState:
     """Buffers holding ``state`` (the state after a prefill) for decoding up to ``max_length`` positions in all.
 
@@ -89,8 +90,10 @@ def _step(model: CausalLM, static: StaticLMState, input_ids: Tensor) -> Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
+@torch.no_grad()
 def static_step(model: CausalLM, static: StaticLMState, input_ids: Tensor) -> Tensor:
-    """Run one token per row ``input_ids [B, 1]`` from ``static``, which is advanced in place to include it.
+    """Run one token per row ``input_ids [B, 1]`` from ``static``, which is advanced in place to include it (decoding
+    only: no gradients).
 
     Returns:
         Tensor: ``logits [B, 1, V]`` (at least float32), the values ``model(input_ids, state).logits`` has.
