@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One prepared GPU run for issue 11 (shared/docs/gpu.md §3): the TTT-Linear op benchmark, the TTT-MLP op benchmark
-# (next to our TTT-Linear kernel), then the gpu-marked tests, within a global budget of BUDGET seconds (default 540;
+# One prepared GPU run for issue 11 (shared/docs/gpu.md §3), within a global budget of BUDGET seconds (default 540;
 # each step gets at most its own limit and what is left), everything written under $OUT as it goes (a time-out still
-# leaves what was measured).
+# leaves what was measured). In order: the TTT-Linear op benchmark (ours, our PyTorch dual form, fla, SDPA), the TTT-MLP
+# op benchmark next to our TTT-Linear kernel, the gpu-marked tests of both kernels, Mamba's sequential vs chunked
+# selective scan (benchmark + gpu tests), then the LM decode tests (CUDA graphs) and the LM-level benchmark
+# (benchmarks/gpu_lm.py: every mixer, 4 layers, width 768, bf16).
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh        # from the repository root, on a CUDA machine
 #
@@ -46,7 +48,7 @@ log "versions: $(tr '\n' ' ' < "$OUT/versions.txt")"
 
 log "benchmark (op level, bf16, H=12, D=64, 32768 tokens per batch)"
 # shellcheck disable=SC2086
-timeout "$(limit 220)" $PY benchmarks/gpu_ttt.py --out "$OUT/gpu_ttt.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt.txt" 2>&1
+timeout "$(limit 130)" $PY benchmarks/gpu_ttt.py --out "$OUT/gpu_ttt.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt.txt" 2>&1
 log "benchmark exit $?"
 
 # TTT-MLP kernels (never run on a GPU before): a correctness check row, then fwd and fwd+bwd of mlp_triton,
@@ -54,12 +56,12 @@ log "benchmark exit $?"
 # fwd+bwd within 4x of it
 log "TTT-MLP benchmark (mlp_triton, mlp_triton_fused, mlp_chunk; triton = our TTT-Linear kernel)"
 # shellcheck disable=SC2086
-timeout "$(limit 120)" $PY benchmarks/gpu_ttt.py --paths triton,mlp_triton,mlp_triton_fused,mlp_chunk \
+timeout "$(limit 60)" $PY benchmarks/gpu_ttt.py --paths triton,mlp_triton,mlp_triton_fused,mlp_chunk \
   --repeats 5 --max-seconds 3 --out "$OUT/gpu_ttt_mlp.jsonl" $BENCH_ARGS > "$OUT/gpu_ttt_mlp.txt" 2>&1
 log "TTT-MLP benchmark exit $?"
 
 log "gpu-marked tests (TTT-Linear Triton kernels and dispatch)"
-timeout "$(limit 100)" $PY -m pytest -q -x -m gpu tests/ops/test_ttt_triton.py -p no:cacheprovider \
+timeout "$(limit 60)" $PY -m pytest -q -x -m gpu tests/ops/test_ttt_triton.py -p no:cacheprovider \
   --junitxml="$OUT/pytest_gpu.xml" > "$OUT/pytest_gpu.txt" 2>&1
 log "gpu tests exit $?"
 tail -n 5 "$OUT/pytest_gpu.txt" | tee -a "$OUT/gpu_check.log"
@@ -67,30 +69,33 @@ tail -n 5 "$OUT/pytest_gpu.txt" | tee -a "$OUT/gpu_check.log"
 # (each new (dtype, head dim, offset) case compiles four TTT-MLP kernels; the bf16 D=64 ones are cached by the
 # benchmark above; if this step times out, rerun it alone with a larger BUDGET)
 log "gpu-marked tests (TTT-MLP Triton kernels and dispatch)"
-timeout "$(limit 100)" $PY -m pytest -q -m gpu tests/ops/test_ttt_triton_mlp.py -p no:cacheprovider \
+timeout "$(limit 50)" $PY -m pytest -q -m gpu tests/ops/test_ttt_triton_mlp.py -p no:cacheprovider \
   --junitxml="$OUT/pytest_gpu_mlp.xml" > "$OUT/pytest_gpu_mlp.txt" 2>&1
 log "gpu tests (TTT-MLP) exit $?"
 tail -n 5 "$OUT/pytest_gpu_mlp.txt" | tee -a "$OUT/gpu_check.log"
 
 # ---- Mamba's selective scan (issue 11 item 5): sequential vs chunked Triton scan ------------------------------------
-# Its own budget SCAN_BUDGET (default 150 s: 2/3 benchmark, 1/3 gpu tests), cut to what is left before
-# GPU_CHECK_DEADLINE (default 570 s since the script started) so that the whole script stays in one 10-minute run;
-# skipped, and logged, with under 40 s left.
-scan_budget=${SCAN_BUDGET:-150}
-scan_left=$(( ${GPU_CHECK_DEADLINE:-570} - ($(date +%s) - start) ))
-[ "$scan_left" -lt "$scan_budget" ] && scan_budget=$scan_left
-if [ "$scan_budget" -ge 40 ]; then
-  log "selective scan benchmark (bf16 u/B/C, E=1536, N=16, 32768 tokens per batch, L=2k/8k/32k; ${scan_budget}s)"
-  # shellcheck disable=SC2086
-  timeout $(( scan_budget * 2 / 3 )) $PY benchmarks/bench_selective_scan.py --cuda --out "$OUT/gpu_scan.jsonl" \
-    $BENCH_ARGS > "$OUT/gpu_scan.txt" 2>&1
-  log "scan benchmark exit $?"
-  timeout $(( scan_budget / 3 )) $PY -m pytest -q -x -m gpu tests/ops/test_selective_scan_chunked.py \
-    tests/ops/test_selective_scan_triton.py -p no:cacheprovider --junitxml="$OUT/pytest_gpu_scan.xml" \
-    > "$OUT/pytest_gpu_scan.txt" 2>&1
-  log "scan gpu tests exit $?"
-  tail -n 5 "$OUT/pytest_gpu_scan.txt" | tee -a "$OUT/gpu_check.log"
-else
-  log "selective scan section skipped: ${scan_left}s left before GPU_CHECK_DEADLINE"
-fi
+log "selective scan benchmark (bf16 u/B/C, E=1536, N=16, 32768 tokens per batch, L=2k/8k/32k)"
+# shellcheck disable=SC2086
+timeout "$(limit 55)" $PY benchmarks/bench_selective_scan.py --cuda --out "$OUT/gpu_scan.jsonl" \
+  $BENCH_ARGS > "$OUT/gpu_scan.txt" 2>&1
+log "scan benchmark exit $?"
+timeout "$(limit 25)" $PY -m pytest -q -x -m gpu tests/ops/test_selective_scan_chunked.py \
+  tests/ops/test_selective_scan_triton.py -p no:cacheprovider --junitxml="$OUT/pytest_gpu_scan.xml" \
+  > "$OUT/pytest_gpu_scan.txt" 2>&1
+log "scan gpu tests exit $?"
+tail -n 5 "$OUT/pytest_gpu_scan.txt" | tee -a "$OUT/gpu_check.log"
+
+# ---- LM decode (CUDA graphs over static state) and LM-level benchmark (issue 11 items 4 and 6): at most 160 s ----
+log "gpu-marked decode tests (graph-captured generate equals eager, every mixer)"
+timeout "$(limit 50)" $PY -m pytest -q -m gpu tests/models/test_lm_decoding.py -p no:cacheprovider \
+  --junitxml="$OUT/pytest_gpu_decode.xml" > "$OUT/pytest_gpu_decode.txt" 2>&1
+log "decode tests exit $?"
+tail -n 5 "$OUT/pytest_gpu_decode.txt" | tee -a "$OUT/gpu_check.log"
+log "benchmark (LM level: 4 layers, width 768, every mixer, bf16: decode eager/static/graph, fwd, train)"
+# shellcheck disable=SC2086
+timeout "$(limit 110)" $PY benchmarks/gpu_lm.py --out "$OUT/gpu_lm.jsonl" --budget 85 $BENCH_ARGS > "$OUT/gpu_lm.txt" 2>&1
+log "lm benchmark exit $?"
+# ---- end of the LM section ----
+
 log "done"

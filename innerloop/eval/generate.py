@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -62,18 +62,29 @@ def stream_generate(
         gen.manual_seed(seed)
     prompt_ids = list(prompt) if tokenizer is None else tokenizer.encode(prompt).tolist()
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    out = model(ids)
+    if hasattr(model, "iter_generate"):  # CausalLM: on CUDA its steps replay a CUDA graph (models/lm/decoding.py)
+        steps = model.iter_generate(ids, max_new_tokens, temperature, top_k or None, top_p, gen)
+    else:
+        steps = _steps(model, ids, max_new_tokens, (temperature, top_k or None, top_p, gen))
     produced = bytearray()
-    for i in range(max_new_tokens):
-        nxt = sample_next(out.logits[:, -1], temperature, top_k or None, top_p, gen)  # [1]
+    for nxt in steps:
         t = int(nxt.item())
         piece = bytes([t]) if tokenizer is None else tokenizer.token_bytes(t)
         produced += piece
         if write is not None:
             write(piece)
-        if i + 1 < max_new_tokens:
-            out = model(nxt[:, None], out.state)
     return bytes(produced)
+
+
+@torch.no_grad()
+def _steps(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, sampling: tuple) -> Iterator[torch.Tensor]:
+    """The sampled tokens ``[1, 1]`` one by one, for a model with only ``forward(ids, state)``."""
+    out = model(ids)
+    for i in range(max_new_tokens):
+        nxt = sample_next(out.logits[:, -1], *sampling)[:, None]
+        yield nxt
+        if i + 1 < max_new_tokens:
+            out = model(nxt, out.state)
 
 
 def stdout_writer() -> Callable[[bytes], None]:

@@ -6,12 +6,14 @@ Layout: hidden states ``[B, T, C]``; per-head tensors ``[B, T, H, D]``; the cach
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .common import apply_rope, rope_angles
 from .modes import resolve_mode
@@ -77,6 +79,42 @@ class KVCache:
         vb[:, :, self.length : n] = v
         written[0] = n
         return KVCache(kb, vb, n, written)
+
+
+class StaticKVCache(NamedTuple):
+    """A preallocated cache of fixed shape for static-state decoding (``innerloop.layers.decode``): the step writes
+    position ``p`` in place and attends over the whole buffer with a mask ``< p + 1``, so no shape depends on the
+    cache length.
+
+    Attributes:
+        k (Tensor): ``[B, H, max_length, D]`` RoPE-rotated keys (positions past the current one are stale or zero).
+        v (Tensor): ``[B, H, max_length, D]`` values.
+    """
+
+    k: Tensor
+    v: Tensor
+
+
+# One query over a cache: SDPA under bf16/fp16 on CUDA may pick cuDNN, which builds a new graph for every new key
+# length (~12 ms of CPU per decode step on an H200, shared/docs/gpu.md §1); these backends do not.
+_ONE_QUERY_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def one_query_attention(q: Tensor, keys: Tensor, values: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Softmax attention of one query per head over ``S`` keys, as a plain matmul-softmax-matmul (a fixed set of
+    kernels at every ``S``; the softmax in float32).
+
+    Args:
+        q (Tensor): ``[B, H, 1, D]``.
+        keys, values (Tensor): ``[B, H, S, D]``.
+        valid (Tensor, Optional): ``[S]`` bool, the keys to attend to (None: all). Default: None.
+    Returns:
+        Tensor: ``[B, H, 1, D]`` in ``values``' dtype.
+    """
+    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # [B, H, 1, S]
+    if valid is not None:
+        scores = scores.masked_fill(~valid, float("-inf"))
+    return torch.matmul(scores.softmax(-1).to(values.dtype), values)
 
 
 @register_mixer("attention")
@@ -168,16 +206,52 @@ class CausalSelfAttention(nn.Module):
         state = KVCache(k, v, T, [T]) if state is None else state.append(k.to(state.k.dtype), v.to(state.v.dtype))
         keys, values = state.keys.to(q.dtype), state.values.to(q.dtype)
         if start == 0 or T == 1:
-            # Square causal mask, or one query that sees every cached key.
-            o = F.scaled_dot_product_attention(q, keys, values, is_causal=start == 0 and T > 1)
+            # Square causal mask, or one query that sees every cached key (no cuDNN for that one: see above).
+            one_query = T == 1 and x.device.type == "cuda"
+            with sdpa_kernel(_ONE_QUERY_BACKENDS) if one_query else nullcontext():
+                o = F.scaled_dot_product_attention(q, keys, values, is_causal=start == 0 and T > 1)
         else:
             # Chunk after a prefix: query i sits at position start + i (SDPA's is_causal aligns top-left instead).
             mask = torch.arange(start, start + T, device=x.device)[:, None] >= torch.arange(start + T, device=x.device)
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, C)), state
 
+    def static_decode_state(self, state: KVCache | None, max_length: int) -> StaticKVCache:
+        """A :class:`StaticKVCache` of ``max_length`` positions holding ``state``'s keys and values (a copy).
+
+        Raises:
+            ValueError: ``state`` already holds more than ``max_length`` positions.
+        """
+        if not isinstance(state, KVCache):
+            raise TypeError(f"state must be a KVCache (after a prefill), got {type(state)}")
+        if state.length > max_length:
+            raise ValueError(f"the cache holds {state.length} positions, more than max_length={max_length}; "
+                             f"pass max_length >= {state.length}")
+        B, H, _, D = state.k.shape
+        k = state.k.new_zeros(B, H, max_length, D)
+        v = state.v.new_zeros(B, H, max_length, D)
+        k[:, :, : state.length] = state.keys
+        v[:, :, : state.length] = state.values
+        return StaticKVCache(k, v)
+
+    def static_decode_step(self, x: Tensor, cache: StaticKVCache, position: Tensor) -> Tensor:
+        """One token ``x [B, 1, C]`` at ``position`` (long ``[1]``, ``< max_length``: the caller checks it): its key
+        and value are written into ``cache`` in place, then it attends over positions ``<= position``. ``y [B, 1, C]``.
+        """
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)
+        cos, sin = rope_angles(position, self.head_dim, self.rope_theta)
+        q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)  # [B, H, 1, D]
+        cache.k.index_copy_(2, position, k.to(cache.k.dtype))
+        cache.v.index_copy_(2, position, v.transpose(1, 2).to(cache.v.dtype))
+        valid = torch.arange(cache.k.shape[2], device=x.device) <= position  # [S]
+        o = one_query_attention(q, cache.k.to(q.dtype), cache.v.to(q.dtype), valid)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, C))
+
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, rope_theta={self.rope_theta:g}"
 
 
-__all__ = ["CausalSelfAttention", "KVCache"]
+__all__ = ["CausalSelfAttention", "KVCache", "StaticKVCache", "one_query_attention"]

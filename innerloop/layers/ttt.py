@@ -37,6 +37,21 @@ class TTTLayerState(NamedTuple):
     position: int
 
 
+class TTTStaticState(NamedTuple):
+    """Fixed-shape decode buffers of a TTT layer (``innerloop.layers.decode``); the position is the caller's tensor.
+
+    Attributes:
+        params, grads (tuple[Tensor, ...]): as :class:`TTTState` (at least float32, contiguous); grads are zeros at
+            a mini-batch boundary.
+        conv_q, conv_k (Tensor | None): ``[B, C, K - 1]`` conv states (``share_qk`` only).
+    """
+
+    params: tuple[Tensor, ...]
+    grads: tuple[Tensor, ...]
+    conv_q: Tensor | None
+    conv_k: Tensor | None
+
+
 def set_ttt_lr_warmup(model: nn.Module, init_lr: float, fraction: float) -> int:
     """Warm up the inner learning rate of every TTT layer in ``model`` (the authors' TTT-MLP recipe).
 
@@ -249,18 +264,22 @@ class TTTBase(nn.Module):
         """The inner loop's views of ``x [B, T, C]`` read from ``state``'s position: test (Q), training (K) and label
         (V) views ``[B, T, H, D]`` (RoPE at position mod ``mini_batch_size`` on Q and K), and the conv states after
         ``x`` (None without ``share_qk``)."""
+        return self._views(x, state.position, state.conv_q, state.conv_k)
+
+    def _views(self, x: Tensor, position: int | Tensor, conv_q: Tensor | None, conv_k: Tensor | None):
+        """:meth:`views` from a position (an int, or a long tensor ``[1]`` for a static step) and conv states."""
         B, T, C = x.shape
         H, D = self.num_heads, self.head_dim
         cq = ck = None
         if self.share_qk:
             xq = self.q_proj(x)
-            XQ, cq = self.conv_q(xq, state.conv_q)
-            XK, ck = self.conv_k(xq, state.conv_k)
+            XQ, cq = self.conv_q(xq, conv_q)
+            XK, ck = self.conv_k(xq, conv_k)
         else:
             XQ, XK = self.q_proj(x), self.k_proj(x)
         XV = self.v_proj(x)
         XQ, XK, XV = (t.reshape(B, T, H, D) for t in (XQ, XK, XV))
-        pos = (state.position + torch.arange(T, device=x.device)) % self.mini_batch_size
+        pos = (position + torch.arange(T, device=x.device)) % self.mini_batch_size
         cos, sin = rope_angles(pos, D, self.rope_theta)
         return apply_rope(XQ, cos, sin), apply_rope(XK, cos, sin), XV, cq, ck
 
@@ -286,10 +305,46 @@ class TTTBase(nn.Module):
         o, ttt_state = self._op(T)(
             XQ, XK, XV, self.lr_gate(x), self.tau(), self.ttt_norm_weight, self.ttt_norm_bias, state.ttt, self.eps
         )
-        y = self.post_norm(o.reshape(B, T, C))
+        return self._output(x, o), TTTLayerState(ttt_state, cq, ck, state.position + T)
+
+    def _output(self, x: Tensor, o: Tensor) -> Tensor:
+        """The layer's output ``[B, T, C]`` from its input ``x`` and the op's output ``o [B, T, H, D]``."""
+        y = self.post_norm(o.reshape(x.shape))
         if self.use_gate:
             y = F.gelu(self.g_proj(x), approximate="tanh") * y
-        return self.o_proj(y), TTTLayerState(ttt_state, cq, ck, state.position + T)
+        return self.o_proj(y)
+
+    def static_decode_state(self, state: TTTLayerState, max_length: int) -> TTTStaticState:
+        """Buffers holding ``state`` for static-state decoding (``innerloop.layers.decode``; a copy, inner model and
+        gradients in at least float32 as the recurrent step keeps them); ``max_length`` does not matter here."""
+        if not isinstance(state, TTTLayerState):
+            raise TypeError(f"state must be a TTTLayerState (after a prefill), got {type(state)}")
+        if state.position > max_length:
+            raise ValueError(f"the state is at position {state.position}, past max_length={max_length}; "
+                             f"pass max_length >= {state.position}")
+
+        def buf(t: Tensor) -> Tensor:
+            return t.to(torch.promote_types(t.dtype, torch.float32)).clone(memory_format=torch.contiguous_format)
+
+        params = tuple(map(buf, state.ttt.params))
+        # at a mini-batch boundary the grads are ignored (and need not be zeros); the static step needs zeros there
+        grads = tuple(buf(g) if state.ttt.offset else torch.zeros_like(p) for g, p in zip(state.ttt.grads, params))
+        conv = [None if c is None else c.clone(memory_format=torch.contiguous_format)
+                for c in (state.conv_q, state.conv_k)]
+        return TTTStaticState(params, grads, *conv)
+
+    def static_decode_step(self, x: Tensor, buffers: TTTStaticState, position: Tensor) -> Tensor:
+        """One token ``x [B, 1, C]`` at ``position`` (long ``[1]``) from ``buffers``, which are updated in place; the
+        same values as ``forward`` with ``mode='auto'`` (the recurrent step). Returns ``y [B, 1, C]``."""
+        XQ, XK, XV, cq, ck = self._views(x, position, buffers.conv_q, buffers.conv_k)
+        step = ttt_ops.static_step_ttt_linear if self.kind == "linear" else ttt_ops.static_step_ttt_mlp
+        ttt = TTTState(buffers.params, buffers.grads, position % self.mini_batch_size)
+        o, ttt = step(XQ, XK, XV, self.lr_gate(x), self.tau(), self.ttt_norm_weight, self.ttt_norm_bias, ttt, self.eps)
+        for dst, src in zip((*buffers.params, *buffers.grads, buffers.conv_q, buffers.conv_k),
+                            (*ttt.params, *ttt.grads, cq, ck)):
+            if dst is not None:
+                dst.copy_(src)
+        return self._output(x, o)
 
     def extra_repr(self) -> str:
         return (

@@ -5,6 +5,8 @@ Layout: token ids ``[B, T]``, hidden states ``[B, T, C]``, logits ``[B, T, V]``.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
@@ -16,8 +18,12 @@ from torch.utils.checkpoint import checkpoint
 
 from innerloop.layers import RMSNorm, SwiGLU, build_mixer
 from innerloop.layers.common import CausalConv1d
+from innerloop.layers.modes import log_once
 
 from .configuration_lm import LMConfig
+from .decoding import CUDAGraphStep, StaticLMState, build_static_state, static_step
+
+logger = logging.getLogger(__name__)
 
 
 class BlockState(NamedTuple):
@@ -61,11 +67,23 @@ class Block(nn.Module):
         return BlockState(conv, self.mixer.init_state(batch_size, device, dtype))
 
     def forward(self, h: Tensor, state: BlockState | None = None) -> tuple[Tensor, BlockState]:
+        return self.residuals(
+            h,
+            lambda x: self.conv(x, None if state is None else state.conv),
+            lambda x: self.mixer(x, None if state is None else state.mixer),
+        )
+
+    def residuals(
+        self, h: Tensor, conv: Callable[[Tensor], tuple[Tensor, Any]] | None,
+        mixer: Callable[[Tensor], tuple[Tensor, Any]],
+    ) -> tuple[Tensor, BlockState]:
+        """The block on ``h [B, T, C]`` with the conv and the mixer called as ``conv(x) -> (y, state)`` and
+        ``mixer(x) -> (y, state)`` (the eager forward, or a static decode step: ``innerloop.models.lm.decoding``)."""
         conv_state = None
         if self.conv is not None:
-            y, conv_state = self.conv(self.conv_norm(h), None if state is None else state.conv)
+            y, conv_state = conv(self.conv_norm(h))
             h = h + y
-        y, mixer_state = self.mixer(self.seq_norm(h), None if state is None else state.mixer)
+        y, mixer_state = mixer(self.seq_norm(h))
         h = h + y
         h = h + self.mlp(self.ffn_norm(h))
         return h, BlockState(conv_state, mixer_state)
@@ -190,23 +208,109 @@ class CausalLM(nn.Module):
         position = (0 if state is None else state.position) + input_ids.shape[1]
         return self.norm(h), LMState(tuple(new_states), position)
 
+    def static_state(self, state: LMState, max_length: int) -> StaticLMState:
+        """Fixed-shape decode buffers holding ``state`` (e.g. after a prefill) for up to ``max_length`` positions in
+        all (attention's cache is preallocated to it), for :meth:`static_step` (``innerloop.models.lm.decoding``)."""
+        return build_static_state(self, state, max_length)
+
+    def static_step(self, input_ids: Tensor, static: StaticLMState) -> Tensor:
+        """One token per row ``input_ids [B, 1]`` from ``static`` (advanced in place): ``logits [B, 1, V]``, the
+        values of ``self(input_ids, state).logits``, with the same kernels at every position (CUDA-graph ready)."""
+        return static_step(self, static, input_ids)
+
     @torch.no_grad()
     def generate(
         self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-        top_p: float | None = None, generator: torch.Generator | None = None,
+        top_p: float | None = None, generator: torch.Generator | None = None, *, cuda_graph: bool | None = None,
+        static_cache: bool | None = None, max_length: int | None = None,
     ) -> Tensor:
         """Prefill ``input_ids [B, T]`` once, then decode ``max_new_tokens`` one at a time from the state.
 
+        Sampling (:func:`sample_next`) happens on the host side of each step in the same order whichever way the
+        steps run, so the same ``generator`` gives the same tokens.
+
+        Args:
+            cuda_graph (bool | None, Optional): capture the one-token step of the whole model in a CUDA graph over
+                static buffers and replay it per token (no per-kernel launch cost). None: on when the model is on
+                CUDA (unless ``static_cache=False``). True on another device, or with ``static_cache=False``, is an
+                error; a failed capture is logged and the steps run without it. Default: None.
+            static_cache (bool | None, Optional): decode with fixed-shape state buffers (:meth:`static_step`) even
+                without a graph (same tokens; a check, or a mixer-by-mixer comparison). None: as ``cuda_graph``.
+                Default: None.
+            max_length (int | None, Optional): positions the static buffers hold (attention's preallocated cache);
+                at least ``T + max_new_tokens``. None: exactly that. Default: None.
         Returns:
             Tensor: ``[B, T + max_new_tokens]``, the prompt followed by the sampled tokens.
         """
+        steps = self.iter_generate(input_ids, max_new_tokens, temperature, top_k, top_p, generator,
+                                   cuda_graph=cuda_graph, static_cache=static_cache, max_length=max_length)
+        return torch.cat([input_ids, *steps], dim=1)
+
+    def iter_generate(
+        self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        top_p: float | None = None, generator: torch.Generator | None = None, *, cuda_graph: bool | None = None,
+        static_cache: bool | None = None, max_length: int | None = None,
+    ) -> Iterator[Tensor]:
+        """:meth:`generate` one token at a time: yields each sampled ``[B, 1]`` as soon as it exists (streaming).
+
+        The arguments are checked when called (not at the first ``next``); the prefill runs at the first ``next``.
+        """
         if input_ids.dim() != 2 or input_ids.shape[1] < 1:
             raise ValueError(f"generate needs a non-empty prompt [B, T], got {tuple(input_ids.shape)}")
+        on_cuda = self.embed_tokens.weight.device.type == "cuda"
+        auto = cuda_graph is None and static_cache is None
+        if cuda_graph and static_cache is False:
+            raise ValueError("cuda_graph=True runs over static buffers; pass static_cache=True (or None)")
+        if cuda_graph and not on_cuda:
+            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on "
+                             f"{self.embed_tokens.weight.device}; pass cuda_graph=None or False")
+        cuda_graph = on_cuda and static_cache is not False if cuda_graph is None else cuda_graph
+        static_cache = cuda_graph if static_cache is None else static_cache
+        total = input_ids.shape[1] + max_new_tokens
+        if max_length is not None and max_length < total:
+            raise ValueError(f"generate reaches length {total} (prompt {input_ids.shape[1]} + max_new_tokens "
+                             f"{max_new_tokens}) but max_length={max_length}; pass max_length >= {total} or None")
+        return self._decode(input_ids, max_new_tokens, (temperature, top_k, top_p, generator), bool(cuda_graph),
+                            bool(static_cache), auto, max_length or total)
+
+    @torch.no_grad()
+    def _decode(self, input_ids: Tensor, max_new_tokens: int, sampling: tuple, cuda_graph: bool, static_cache: bool,
+                auto: bool, max_length: int) -> Iterator[Tensor]:
         out = self(input_ids)
-        tokens = [input_ids]
+        logits, state, step = out.logits[:, -1], out.state, None
+        del out
+        self.decode_path = "eager"  # which way the last generate() ran its steps (a check for tests and benchmarks)
+        if static_cache and max_new_tokens > 1:
+            try:
+                step = self._static_decoder(state, max_length, input_ids.shape[0], cuda_graph)
+                state = None  # the static buffers hold a copy: free the eager state (attention's cache)
+            except TypeError as e:  # a mixer without a static step (innerloop.layers.decode)
+                if not auto:
+                    raise
+                log_once(f"generate-static:{self.config.mixer}", "generate: %s; decoding eagerly", e, log=logger)
         for i in range(max_new_tokens):
-            nxt = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)[:, None]
-            tokens.append(nxt)
+            nxt = sample_next(logits, *sampling)[:, None]
+            yield nxt
             if i + 1 < max_new_tokens:
-                out = self(nxt, out.state)
-        return torch.cat(tokens, dim=1)
+                if step is not None:
+                    logits = step(nxt)[:, -1]
+                else:
+                    out = self(nxt, state)
+                    logits, state = out.logits[:, -1], out.state
+
+    def _static_decoder(self, state: LMState, max_length: int, batch_size: int,
+                        cuda_graph: bool) -> Callable[[Tensor], Tensor]:
+        """The step function of :meth:`generate`: a CUDA graph's replay, else :meth:`static_step` (the decode path
+        is recorded in ``self.decode_path``)."""
+        static = self.static_state(state, max_length)
+        self.decode_path = "static"
+        if not cuda_graph:
+            return partial(static_step, self, static)
+        try:
+            step = CUDAGraphStep(self, static, batch_size)
+        except Exception as e:  # noqa: BLE001 - any capture failure: log it and decode without the graph
+            logger.warning("generate: capturing the decode step in a CUDA graph failed (%s: %s); decoding without "
+                           "the graph (same tokens, slower)", type(e).__name__, e)
+            return partial(static_step, self, static)
+        self.decode_path = "cuda_graph"
+        return step

@@ -9,7 +9,7 @@ from .chunk import chunk_ttt_linear, chunk_ttt_mlp
 from .cpu_linear import cpu_fused_ttt_linear, cpu_ttt_linear_available
 from .dispatch import auto_ttt_linear, auto_ttt_mlp, fused_ttt_linear
 from .naive import linear_f_res, mlp_f_res, naive_ttt_linear, naive_ttt_mlp
-from .recurrent import recurrent_ttt_linear, recurrent_ttt_mlp
+from .recurrent import recurrent_ttt_linear, recurrent_ttt_mlp, static_step_ttt_linear, static_step_ttt_mlp
 
 
 def __getattr__(name: str):
@@ -41,6 +41,8 @@ __all__ = [
     "naive_ttt_mlp",
     "recurrent_ttt_linear",
     "recurrent_ttt_mlp",
+    "static_step_ttt_linear",
+    "static_step_ttt_mlp",
     "triton_ttt_linear",
     "triton_ttt_mlp",
 ]

@@ -1,0 +1,51 @@
+"""Smoke test of benchmarks/gpu_lm.py (``--smoke``: a tiny LM of every mixer on the CPU). No timing assertions: every
+row is measured or says why not (the CUDA-graph rows need a GPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("gpu_lm", ROOT.parent / "benchmarks" / "gpu_lm.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_lm"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run(tmp_path):
+    bench = _load()
+    out = tmp_path / "rows.jsonl"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    env, rows = rows[0], rows[1:]
+    assert env["kind"] == "env" and env["torch"] and env["model"]["layers"] == 2
+    assert not [r for r in rows if "error" in r and r.get("way") != "graph"]
+    got = {(r["kind"], r["mixer"], r.get("way")) for r in rows if "error" not in r}
+    for mixer in bench.MIXERS:
+        assert {("decode", mixer, "eager"), ("decode", mixer, "static"), ("fwd", mixer, None),
+                ("train", mixer, None)} <= got
+    assert all(r["ms_per_token"] > 0 for r in rows if r["kind"] == "decode" and "error" not in r)
+    assert all(r["tokens_per_s"] > 0 for r in rows if r["kind"] in ("fwd", "train"))
+
+
+def test_defaults_and_budget(tmp_path):
+    bench = _load()
+    args = bench.parse_args([])
+    assert (args.layers, args.hidden, args.heads, args.vocab, args.dtype) == (4, 768, 12, 32000, "bf16")
+    assert args.lengths == [2048, 32768, 8192] and args.positions == [1024, 16384, 4096]
+    assert args.mixers == list(bench.MIXERS)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--mixers", "transformer"])
+    out = tmp_path / "rows.jsonl"  # a spent budget skips every row, and says so
+    assert bench.main(["--smoke", "--budget", "0", "--mixers", "gru", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
+    assert rows and all("error" in r for r in rows)
