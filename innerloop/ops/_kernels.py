@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+
+import torch
 
 ENV = "INNERLOOP_NO_KERNEL"
 
@@ -14,4 +17,28 @@ def kernels_disabled() -> str | None:
     """
     if os.environ.get(ENV, "") not in ("", "0"):
         return f"compiled kernels are disabled by {ENV}"
+    return None
+
+
+def interpreted() -> bool:
+    """Whether Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``; read on every call)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_unavailable(device: torch.device | str, what: str) -> str | None:
+    """Why the Triton kernel ``what`` (e.g. ``"the Triton TTT-MLP kernel"``) cannot run on ``device``, or None.
+
+    The preconditions every Triton kernel of the ops shares: a CUDA device, kernels not disabled, CUDA available,
+    triton installed. A kernel's own self-check and operand checks come after these.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"{what} runs on CUDA devices, not {device.type}"
+    disabled = kernels_disabled()
+    if disabled:
+        return disabled
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
     return None

@@ -16,14 +16,13 @@ messages go to the ``logging`` module (stderr by default), never to stdout.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .._kernels import kernels_disabled
+from .._kernels import triton_unavailable
 from . import cpu_fused
 from .chunk import chunk_selective_scan
 from .cpu_fused import cpu_fused_selective_scan
@@ -125,12 +124,8 @@ def fused_scan_unavailable(device: torch.device | str) -> str | None:
             return str(e)
     elif device.type != "cuda":
         return f"no fused selective-scan kernel for {device.type} devices"
-    elif kernels_disabled():
-        return kernels_disabled()
-    elif not torch.cuda.is_available():
-        return "CUDA is not available"
-    elif importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install triton)"
+    elif triton_unavailable(device, "the Triton selective scan") is not None:
+        return triton_unavailable(device, "the Triton selective scan")
     key = str(device)
     if key not in _CHECKED:
         if device.type == "cuda":

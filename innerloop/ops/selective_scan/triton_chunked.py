@@ -36,11 +36,11 @@ Status: tested in Triton's CPU interpreter and compiled for sm_90 only; it has n
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import Tensor
 
+from .._kernels import interpreted
 from ._common import check_inputs, compute_dtype
 from .triton_scan import _launch_config
 
@@ -63,11 +63,6 @@ def _kernels():
     names = ("chunk_state_kernel", "chunk_carry_kernel", "chunk_out_kernel", "chunk_grad_state_kernel",
              "chunk_bwd_kernel")
     return {name: triton.jit(getattr(k, name)) for name in names}
-
-
-def interpreted() -> bool:
-    """Whether the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _acc(dtype: torch.dtype):

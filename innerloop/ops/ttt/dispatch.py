@@ -16,14 +16,13 @@ the reason logged once; on the CPU :func:`chunk_ttt_mlp`, unchanged.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .._kernels import kernels_disabled
+from .._kernels import triton_unavailable
 from . import cpu_linear
 from ._common import TTTState
 from .chunk import chunk_ttt_linear, chunk_ttt_mlp
@@ -127,23 +126,24 @@ def triton_linear_unavailable(device: torch.device | str) -> str | None:
     Needs a CUDA device, triton, no ``INNERLOOP_NO_KERNEL``, and a passed self-check (run once per device and process
     on the first call). Logs nothing: the caller reports the reason.
     """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"the Triton TTT-Linear kernel runs on CUDA devices, not {device.type}"
-    disabled = kernels_disabled()
-    if disabled:
-        return disabled
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install triton)"
-    key = str(device)
-    if key not in _CHECKED:
-        from .triton_linear import triton_ttt_linear
+    from .triton_linear import triton_ttt_linear
 
-        failure = _self_check_failure(device, triton_ttt_linear)
-        _CHECKED[key] = None if failure is None else f"the kernel failed its self-check: {failure}"
-    return _CHECKED[key]
+    return _checked_kernel(device, "TTT-Linear", _CHECKED, lambda d: _self_check_failure(d, triton_ttt_linear))
+
+
+def _checked_kernel(device: torch.device | str, kind: str, checked: dict[str, str | None],
+                    failure: Callable[[torch.device], str | None]) -> str | None:
+    """Why the Triton ``kind`` kernel is not used on ``device`` (the shared preconditions, then its self-check
+    ``failure``, run once per device and cached in ``checked``), or None."""
+    device = torch.device(device)
+    reason = triton_unavailable(device, f"the Triton {kind} kernel")
+    if reason is not None:
+        return reason
+    key = str(device)
+    if key not in checked:
+        why = failure(device)
+        checked[key] = None if why is None else f"the kernel failed its self-check: {why}"
+    return checked[key]
 
 
 def _log_once(reason: str, kind: str = "TTT-Linear") -> None:
@@ -208,23 +208,9 @@ def self_check_mlp(device: torch.device | str, fn: Op | None = None) -> bool:
 def triton_mlp_unavailable(device: torch.device | str) -> str | None:
     """Why :func:`triton_ttt_mlp` is not used on ``device`` here, or None if it is (as
     :func:`triton_linear_unavailable`, with the TTT-MLP self-check, run once per device and process)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"the Triton TTT-MLP kernel runs on CUDA devices, not {device.type}"
-    disabled = kernels_disabled()
-    if disabled:
-        return disabled
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install triton)"
-    key = str(device)
-    if key not in _CHECKED_MLP:
-        from .triton_mlp import triton_ttt_mlp
+    from .triton_mlp import triton_ttt_mlp
 
-        failure = _self_check_failure_mlp(device, triton_ttt_mlp)
-        _CHECKED_MLP[key] = None if failure is None else f"the kernel failed its self-check: {failure}"
-    return _CHECKED_MLP[key]
+    return _checked_kernel(device, "TTT-MLP", _CHECKED_MLP, lambda d: _self_check_failure_mlp(d, triton_ttt_mlp))
 
 
 def _cuda_mlp(q, k, v, lr, tau, ln_weight, ln_bias, state, eps=1e-6) -> tuple[Tensor, TTTState]:

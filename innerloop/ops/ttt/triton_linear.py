@@ -20,11 +20,11 @@ Status: written and tested in Triton's CPU interpreter only; it has never run on
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import Tensor
 
+from .._kernels import interpreted
 from ._common import TTTState, check_inputs
 from .chunk import chunk_ttt_linear
 
@@ -52,11 +52,6 @@ def _kernels():
     return kern
 
 
-def interpreted() -> bool:
-    """Whether the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def unsupported(q: Tensor, tensors: list[Tensor]) -> str | None:
     """Why :func:`triton_ttt_linear` cannot run on these operands (``q [B, T, H, D]`` plus the rest), or None.
 
@@ -64,20 +59,25 @@ def unsupported(q: Tensor, tensors: list[Tensor]) -> str | None:
     bfloat16, float32 (float64 in the interpreter only), and every operand on one CUDA device (any device when
     ``TRITON_INTERPRET=1``).
     """
+    return operands_unsupported(q, tensors, "TTT-Linear", "chunk_ttt_linear")
+
+
+def operands_unsupported(q: Tensor, tensors: list[Tensor], kind: str, fallback: str) -> str | None:
+    """The operand checks both TTT kernels share (the ``kind`` kernel; ``fallback`` is the op named in the fix)."""
     D = q.shape[-1]
     if D < 16 or D > MAX_HEAD_DIM or D & (D - 1):
-        return (f"head_dim {D} is not supported by the Triton TTT-Linear kernel: it needs a power of two in "
-                f"[16, {MAX_HEAD_DIM}]; use chunk_ttt_linear (mode='chunk') or change num_heads")
+        return (f"head_dim {D} is not supported by the Triton {kind} kernel: it needs a power of two in "
+                f"[16, {MAX_HEAD_DIM}]; use {fallback} (mode='chunk') or change num_heads")
     if q.shape[0] * q.shape[2] > 65535:  # grid axis 1 of the parallel kernels
         return f"batch * heads = {q.shape[0] * q.shape[2]} > 65535 programs; split the batch"
     if q.dtype not in _IN_DTYPES:
-        return f"the Triton TTT-Linear kernel takes float16/bfloat16/float32 inputs, got {q.dtype}"
+        return f"the Triton {kind} kernel takes float16/bfloat16/float32 inputs, got {q.dtype}"
     if q.dtype == torch.float64 and not interpreted():
-        return "float64 is only supported in Triton's interpreter; use chunk_ttt_linear for float64"
+        return f"float64 is only supported in Triton's interpreter; use {fallback} for float64"
     if any(t.device != q.device for t in tensors):
         return f"all operands must be on one device, got {sorted({str(t.device) for t in tensors})}"
     if q.device.type != "cuda" and not interpreted():
-        return f"the Triton TTT-Linear kernel needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}"
+        return f"the Triton {kind} kernel needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}"
     return None
 
 

@@ -26,10 +26,8 @@ from torch import Tensor
 
 from ._common import TTTState, check_inputs
 from .chunk import chunk_ttt_mlp
-from .triton_linear import _acc_dtype, _segments, _tl_acc, interpreted
+from .triton_linear import _acc_dtype, _segments, _tl_acc, operands_unsupported
 
-_IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-MAX_HEAD_DIM = 128
 # "split": the sequential pass computes only what the recursion needs (G1, G2, the updates) and saves the weights at
 # every segment start; then the outputs of every segment in parallel from those (the same memory without a backward:
 # 128 KB per head and mini-batch at D = 64). "fused": one sequential pass does both. Not measured yet
@@ -65,23 +63,9 @@ def unsupported(q: Tensor, hidden: int, tensors: list[Tensor]) -> str | None:
     v one of float16, bfloat16, float32 (float64 in the interpreter only), every operand on one CUDA device (any
     device when ``TRITON_INTERPRET=1``).
     """
-    D = q.shape[-1]
-    if D < 16 or D > MAX_HEAD_DIM or D & (D - 1):
-        return (f"head_dim {D} is not supported by the Triton TTT-MLP kernel: it needs a power of two in "
-                f"[16, {MAX_HEAD_DIM}]; use chunk_ttt_mlp (mode='chunk') or change num_heads")
-    if q.shape[0] * q.shape[2] > 65535:  # grid axis 1 of the parallel output kernel
-        return f"batch * heads = {q.shape[0] * q.shape[2]} > 65535 programs; split the batch"
     if hidden % 16:
         return f"the Triton TTT-MLP kernel needs a hidden width that is a multiple of 16, got {hidden}"
-    if q.dtype not in _IN_DTYPES:
-        return f"the Triton TTT-MLP kernel takes float16/bfloat16/float32 inputs, got {q.dtype}"
-    if q.dtype == torch.float64 and not interpreted():
-        return "float64 is only supported in Triton's interpreter; use chunk_ttt_mlp for float64"
-    if any(t.device != q.device for t in tensors):
-        return f"all operands must be on one device, got {sorted({str(t.device) for t in tensors})}"
-    if q.device.type != "cuda" and not interpreted():
-        return f"the Triton TTT-MLP kernel needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}"
-    return None
+    return operands_unsupported(q, tensors, "TTT-MLP", "chunk_ttt_mlp")
 
 
 def _launch(D: int, F: int, bsz: int) -> dict:
