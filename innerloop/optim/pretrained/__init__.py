@@ -127,7 +127,7 @@ def load_rule(name: str, directory: str | Path | None = None) -> nn.Module:
         ) from None
     if info.get("format") != FORMAT:
         raise ValueError(f"{meta_path} has format {info.get('format')!r}; this innerloop reads format {FORMAT}")
-    rule = cls(**kwargs)
+    rule = cls(**{**getattr(cls, "ADDED_KWARGS", {}), **kwargs})  # files saved before an argument existed
     rule.load_state_dict(load_file(str(weights_path)), strict=True)
     rule.meta = info.get("meta", {})
     return rule
