@@ -127,6 +127,7 @@ class MetaOptConfig:
     dim: int = 10  # quadratic: dimension of theta
     hidden: int = 20  # digits_mlp: hidden units per layer
     layers: int = 1  # digits_mlp: hidden layers
+    train_layers: list[int] = field(default_factory=list)  # digits_mlp: meta-train on these layer counts in turn (1 2)
     activation: str = "sigmoid"  # digits_mlp: sigmoid | relu
     minibatch: int = 128  # digits_mlp, digits_conv: examples per optimizee step
     eval_instances: int = 100  # held-out instances (fixed seed) on which the rule and the baselines are compared
@@ -159,6 +160,9 @@ class MetaOptConfig:
                              f"{self.meta_lr}")  # fmt: skip
         for b in self.baselines:
             check_choice("baseline", b, BASELINES)
+        if self.train_layers and (self.problem != "digits_mlp" or min(self.train_layers) < 1):
+            raise ValueError(f"--train-layers {self.train_layers}: give hidden-layer counts >= 1, with --problem "
+                             f"digits_mlp (got --problem {self.problem})")  # fmt: skip
         if not self.lr_grid or not all(lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid must be a non-empty list of learning rates > 0, got {self.lr_grid}")
 
@@ -311,7 +315,7 @@ RESUME_FREE_KEYS = frozenset({"out", "eval_out", "log_every", "checkpoint_every"
 LOG_FIELDS = ["meta_step", "episode", "loss", "final_loss", "train_seconds"]
 # Config fields added after runs were first made, with the value that reproduces what those runs did.
 ADDED_FIELDS = {"layers": 1, "activation": "sigmoid", "init_rule": "", "eval_out": "", "meta_loss": "sum",
-                "meta_clip": 0.0, "mlp_base": "none", "mlp_step_mult": 0.0}  # fmt: skip
+                "meta_clip": 0.0, "mlp_base": "none", "mlp_step_mult": 0.0, "train_layers": []}  # fmt: skip
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -339,7 +343,12 @@ class MetaOptTrainer(TrainLoop):
             raise ValueError(f"the rule {type(rule).__name__} has no learnable weights to meta-train; give an "
                              f"nn.Module rule with parameters (e.g. --rule sgd_lr)")  # fmt: skip
         self.cfg, self.rule = cfg, rule.to(cfg.device)
-        self.problem = problem if problem is not None else build_problem(cfg, "train")
+        if cfg.train_layers and problem is not None:
+            raise ValueError("--train-layers builds its own optimizees; do not also give a problem")
+        # the optimizees meta-trained on, one per episode in turn (one, unless --train-layers names several nets)
+        self.problems = ([build_problem(dataclasses.replace(cfg, layers=n), "train") for n in cfg.train_layers]
+                         or [problem if problem is not None else build_problem(cfg, "train")])  # fmt: skip
+        self.problem = self.problems[0]
         self.weights = weights
         self.opt = torch.optim.Adam(weights, lr=cfg.meta_lr)
         self.episode = EpisodeState(torch.Generator().manual_seed(cfg.seed))
@@ -361,6 +370,7 @@ class MetaOptTrainer(TrainLoop):
 
     def train_step(self, step: int) -> dict[str, float]:
         u = step % self.cfg.unrolls
+        self.problem = self.problems[(step // self.cfg.unrolls) % len(self.problems)]  # this episode's optimizee
         if u == 0:
             self.start_episode()
         ep = self.episode
@@ -397,9 +407,8 @@ def train_rule(cfg: MetaOptConfig, rule: nn.Module | None = None, problem: Probl
     Returns:
         dict: the training summary (steps, seconds, final meta-loss, stopped early).
     """
-    problem = problem if problem is not None else build_problem(cfg, "train")
     if rule is None:
-        rule = make_rule(cfg, problem)
+        rule = make_rule(cfg, problem if problem is not None else build_problem(cfg, "train"))
     trainer = MetaOptTrainer(cfg, rule, problem, progress, fresh, extend, callbacks)
     return trainer.fit(map_location=cfg.device)
 

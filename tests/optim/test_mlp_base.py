@@ -102,3 +102,18 @@ def test_config_builds_the_mlp_rule_it_names():
     assert (rule.base, rule.step_mult, rule.batch_dims) == ("adam", 0.03, 1)
     rule = make_rule(MetaOptConfig(rule="mlp", mlp_base="none"), Quadratic())
     assert (rule.base, rule.step_mult) == ("none", 1e-3)
+
+
+def test_train_layers_cycles_the_optimizee_per_episode():
+    pytest.importorskip("sklearn")
+    cfg = MetaOptConfig(problem="digits_mlp", rule="lstm", steps=2, unroll=1, batch=2, hidden=4, minibatch=8,
+                        train_layers=[1, 2])  # fmt: skip
+    trainer = MetaOptTrainer(cfg, make_rule(cfg, Quadratic()), run=False)
+    keys = []
+    for step in range(6):
+        trainer.train_step(step)
+        keys.append(sorted(trainer.episode.params))
+    one, two = ["b1", "b2", "w1", "w2"], ["b1", "b2", "b3", "w1", "w2", "w3"]
+    assert keys == [one, one, two, two, one, one]
+    with pytest.raises(ValueError, match="--train-layers"):
+        MetaOptConfig(problem="quadratic", train_layers=[1, 2])
