@@ -4,9 +4,12 @@ An *episode* samples a batch of optimizee instances (:mod:`innerloop.optim.probl
 rule for ``steps`` optimizee steps, in unrolls of ``unroll`` steps. One *meta-step* is one unroll: the meta-loss is
 the sum over the unroll of the optimizee losses after each update, ``sum_{t=1..unroll} f(theta_t)`` (averaged over
 instances; the released code also adds ``f(theta_0)`` of the unroll, a constant there, so the meta-gradient is the
-same), and one Adam step on the rule's weights follows. The optimizee parameters and the rule's state are
-carried to the next unroll of the episode, detached there (the truncation). By default the optimizee gradients are
-detached (second derivatives dropped, as in the paper and its released code); ``second_order=True`` keeps them.
+same), or with ``meta_loss="log"`` the mean log loss over the unroll (Metz et al.), and one Adam step on the
+rule's weights follows (its meta-gradient optionally clipped to a global norm). The optimizee parameters and the
+rule's state are carried to the next unroll of the episode, detached there (the truncation). By default the
+optimizee gradients are detached (second derivatives dropped, as in the paper and its released code);
+``second_order=True`` keeps them (on the digits MLP the first-order meta-gradient of the MLP rule had the wrong
+sign mid-episode: RESULTS.md).
 
 Training runs on the run scaffold (:class:`innerloop.runs.TrainLoop`): the carried parameters, rule state, instances
 and the sampling generator are checkpointed with the rule and Adam, so a killed or interrupted run resumes to the
