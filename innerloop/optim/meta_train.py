@@ -163,6 +163,9 @@ class MetaOptConfig:
                              f"{self.meta_lr}")  # fmt: skip
         for b in self.baselines:
             check_choice("baseline", b, BASELINES)
+        if self.mlp_step_mult and self.rule != "mlp":
+            raise ValueError(f"--mlp-step-mult sets the mlp rule's step length; --rule {self.rule} has none. Drop the "
+                             f"flag or use --rule mlp")  # fmt: skip
         if self.train_layers and (self.problem != "digits_mlp" or min(self.train_layers) < 1):
             raise ValueError(f"--train-layers {self.train_layers}: give hidden-layer counts >= 1, with --problem "
                              f"digits_mlp (got --problem {self.problem})")  # fmt: skip
