@@ -4,9 +4,12 @@ An *episode* samples a batch of optimizee instances (:mod:`innerloop.optim.probl
 rule for ``steps`` optimizee steps, in unrolls of ``unroll`` steps. One *meta-step* is one unroll: the meta-loss is
 the sum over the unroll of the optimizee losses after each update, ``sum_{t=1..unroll} f(theta_t)`` (averaged over
 instances; the released code also adds ``f(theta_0)`` of the unroll, a constant there, so the meta-gradient is the
-same), and one Adam step on the rule's weights follows. The optimizee parameters and the rule's state are
-carried to the next unroll of the episode, detached there (the truncation). By default the optimizee gradients are
-detached (second derivatives dropped, as in the paper and its released code); ``second_order=True`` keeps them.
+same), or with ``meta_loss="log"`` the mean log loss over the unroll (Metz et al.), and one Adam step on the
+rule's weights follows (its meta-gradient optionally clipped to a global norm). The optimizee parameters and the
+rule's state are carried to the next unroll of the episode, detached there (the truncation). By default the
+optimizee gradients are detached (second derivatives dropped, as in the paper and its released code);
+``second_order=True`` keeps them (on the digits MLP the first-order meta-gradient of the MLP rule had the wrong
+sign mid-episode: RESULTS.md).
 
 Training runs on the run scaffold (:class:`innerloop.runs.TrainLoop`): the carried parameters, rule state, instances
 and the sampling generator are checkpointed with the rule and Adam, so a killed or interrupted run resumes to the
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 
 from innerloop.errors import check_choice
 from innerloop.optim.learned import LSTMRule, MLPRule
+from innerloop.optim.learned.mlp import BASES
 from innerloop.optim.problems import (
     ConvClassifier,
     Instance,
@@ -87,13 +91,16 @@ class LearnedLR(nn.Module):
         return {k: -rates[self.names.index(k)] * g for k, g in grads.items()}, state
 
 
-# rule name -> factory(one instance's initial parameters, unbatched) -> nn.Module rule, which is then called on
-# parameters stacked over instances [n, ...] and must treat each instance as if it were alone.
-RULES: dict[str, Callable[[Params], nn.Module]] = {
+# rule name -> factory(one instance's initial parameters, unbatched, and the rule's options from the config, see
+# make_rule) -> nn.Module rule, which is then called on parameters stacked over instances [n, ...] and must treat
+# each instance as if it were alone.
+RULES: dict[str, Callable[..., nn.Module]] = {
     "sgd_lr": lambda params: LearnedLR(params),
     "lstm": lambda params: LSTMRule(),  # coordinatewise: stacked instances are just more coordinates
-    "mlp": lambda params: MLPRule(batch_dims=1),  # its feature RMS is per instance, over all but the leading dim
+    # its feature RMS is per instance, over all but the leading dim
+    "mlp": lambda params, **options: MLPRule(batch_dims=1, **options),
 }
+META_LOSSES = ("sum", "log")
 
 PROBLEMS = ("quadratic", "digits_mlp", "digits_conv")
 ACTIVATIONS = ("sigmoid", "relu")
@@ -105,7 +112,8 @@ class MetaOptConfig:
     flags' ``--help``). The defaults are the paper's released code: 100 steps in unrolls of 20, Adam 1e-3."""
 
     # allowed values of the fields with a fixed set (the command line offers them as choices)
-    CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES, "activation": ACTIVATIONS}
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"problem": PROBLEMS, "rule": RULES, "activation": ACTIVATIONS,
+                                                     "meta_loss": META_LOSSES, "mlp_base": BASES}  # fmt: skip
 
     problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, digits_mlp or digits_conv (innerloop[optim])
     rule: str = "sgd_lr"  # learned rule: sgd_lr (per-tensor rates), lstm (Andrychowicz et al.), mlp (Metz et al.)
@@ -115,9 +123,14 @@ class MetaOptConfig:
     batch: int = 128  # independent optimizee instances per meta-step
     meta_lr: float = 1e-3  # Adam learning rate on the rule's weights
     second_order: bool = False  # backpropagate through the optimizee gradients (default off: dropped, as the paper)
+    meta_loss: str = "sum"  # per unroll: sum (the paper: sum of the losses) | log (mean log loss, as Metz et al.)
+    meta_clip: float = 0.0  # clip the meta-gradient to this global norm before each Adam step (0 = no clipping)
+    mlp_base: str = "adam"  # mlp rule: adam (the untrained rule is an Adam-like step) | none (Metz's plain MLP)
+    mlp_step_mult: float = 0.0  # mlp rule: its step length b in d * exp(a m) * b (0 = 1e-2 with adam, 1e-3 with none)
     dim: int = 10  # quadratic: dimension of theta
     hidden: int = 20  # digits_mlp: hidden units per layer
     layers: int = 1  # digits_mlp: hidden layers
+    train_layers: list[int] = field(default_factory=list)  # digits_mlp: meta-train on these layer counts in turn (1 2)
     activation: str = "sigmoid"  # digits_mlp: sigmoid | relu
     minibatch: int = 128  # digits_mlp, digits_conv: examples per optimizee step
     eval_instances: int = 100  # held-out instances (fixed seed) on which the rule and the baselines are compared
@@ -143,11 +156,19 @@ class MetaOptConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps % self.unroll:
             raise ValueError(f"--unroll {self.unroll} must divide --steps {self.steps} (an episode is whole unrolls)")
-        if self.eval_steps < 0 or self.max_seconds < 0 or not self.meta_lr > 0:
-            raise ValueError(f"eval_steps and max_seconds must be >= 0 and meta_lr > 0, got {self.eval_steps}, "
-                             f"{self.max_seconds}, {self.meta_lr}")  # fmt: skip
+        if self.eval_steps < 0 or self.max_seconds < 0 or not self.meta_lr > 0 or self.meta_clip < 0 \
+                or self.mlp_step_mult < 0:
+            raise ValueError(f"eval_steps, max_seconds, meta_clip and mlp_step_mult must be >= 0 and meta_lr > 0, got "
+                             f"{self.eval_steps}, {self.max_seconds}, {self.meta_clip}, {self.mlp_step_mult}, "
+                             f"{self.meta_lr}")  # fmt: skip
         for b in self.baselines:
             check_choice("baseline", b, BASELINES)
+        if self.mlp_step_mult and self.rule != "mlp":
+            raise ValueError(f"--mlp-step-mult sets the mlp rule's step length; --rule {self.rule} has none. Drop the "
+                             f"flag or use --rule mlp")  # fmt: skip
+        if self.train_layers and (self.problem != "digits_mlp" or min(self.train_layers) < 1):
+            raise ValueError(f"--train-layers {self.train_layers}: give hidden-layer counts >= 1, with --problem "
+                             f"digits_mlp (got --problem {self.problem})")  # fmt: skip
         if not self.lr_grid or not all(lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid must be a non-empty list of learning rates > 0, got {self.lr_grid}")
 
@@ -174,10 +195,18 @@ def build_problem(cfg: MetaOptConfig, split: str = "train", steps: int | None = 
                          layers=cfg.layers).to(cfg.device)  # fmt: skip
 
 
-def build_rule(name: str, params: Params) -> nn.Module:
-    """The rule ``RULES[name]`` for parameters like ``params`` (one instance's, unbatched)."""
+def build_rule(name: str, params: Params, **options: Any) -> nn.Module:
+    """The rule ``RULES[name]`` for parameters like ``params`` (one instance's, unbatched); ``options`` go to its
+    factory."""
     check_choice("rule", name, RULES)
-    return RULES[name](params)
+    return RULES[name](params, **options)
+
+
+def rule_options(cfg: MetaOptConfig) -> dict[str, Any]:
+    """The options of ``cfg.rule`` set by the config (the ``--mlp-*`` flags for ``mlp``; none for the others)."""
+    if cfg.rule != "mlp":
+        return {}
+    return {"base": cfg.mlp_base, "step_mult": cfg.mlp_step_mult or None}
 
 
 class NonFiniteGradientError(TrainingDivergedError):
@@ -188,7 +217,8 @@ class UnrollResult(NamedTuple):
     """What :func:`unroll` returns.
 
     Attributes:
-        meta_loss (Tensor): scalar, ``mean_i sum_{t=1..length} f_i(theta_t)``, differentiable in the rule's weights.
+        meta_loss (Tensor): scalar, differentiable in the rule's weights: ``mean_i sum_{t=1..length} f_i(theta_t)``
+            (``meta_loss="sum"``) or ``mean_{i,t} log f_i(theta_t)`` (``"log"``).
         losses (Tensor): ``[length, n]`` the optimizee losses after each update.
         params (dict[str, Tensor]): the parameters after the unroll (``[n, ...]``, attached to the graph).
         state (Any): the rule's state after the unroll (attached to the graph).
@@ -201,7 +231,7 @@ class UnrollResult(NamedTuple):
 
 
 def unroll(problem: Problem, rule: Any, instances: Instance, params: Params, state: Any, start: int, length: int,
-           second_order: bool = False) -> UnrollResult:  # fmt: skip
+           second_order: bool = False, meta_loss: str = "sum") -> UnrollResult:  # fmt: skip
     """Optimise a batch of instances with ``rule`` for ``length`` steps from step ``start``, keeping the graph.
 
     Args:
@@ -215,6 +245,10 @@ def unroll(problem: Problem, rule: Any, instances: Instance, params: Params, sta
         length (int): optimizee steps.
         second_order (bool, Optional): keep the graph of the optimizee gradients (their dependence on the rule's
             weights); False detaches them. Default: False.
+        meta_loss (str, Optional): ``"sum"``: the sum of the losses after each update, averaged over instances
+            (Andrychowicz et al.); ``"log"``: the mean of their logarithms over steps and instances (Metz et al.:
+            every decade of progress counts the same, so late steps at small losses are not drowned by the first
+            ones). Default: ``"sum"``.
 
     Returns:
         UnrollResult: meta-loss, per-step losses, final parameters and rule state.
@@ -242,7 +276,12 @@ def unroll(problem: Problem, rule: Any, instances: Instance, params: Params, sta
         params = {k: params[k] + updates[k] for k in names}
     terms.append(batch_loss(problem, instances, params, start + length))
     losses = torch.stack(terms)  # [length, n]
-    return UnrollResult(losses.sum(0).mean(), losses, params, state)
+    check_choice("meta_loss", meta_loss, META_LOSSES)
+    if meta_loss == "log":
+        value = torch.log(losses.clamp_min(torch.finfo(losses.dtype).tiny)).mean()
+    else:
+        value = losses.sum(0).mean()
+    return UnrollResult(value, losses, params, state)
 
 
 def detach_tree(tree: Any) -> Any:
@@ -281,7 +320,8 @@ RESUME_FREE_KEYS = frozenset({"out", "eval_out", "log_every", "checkpoint_every"
                               "tune_instances", "eval_steps", "baselines", "lr_grid"})  # fmt: skip
 LOG_FIELDS = ["meta_step", "episode", "loss", "final_loss", "train_seconds"]
 # Config fields added after runs were first made, with the value that reproduces what those runs did.
-ADDED_FIELDS = {"layers": 1, "activation": "sigmoid", "init_rule": "", "eval_out": ""}
+ADDED_FIELDS = {"layers": 1, "activation": "sigmoid", "init_rule": "", "eval_out": "", "meta_loss": "sum",
+                "meta_clip": 0.0, "mlp_base": "none", "mlp_step_mult": 0.0, "train_layers": []}  # fmt: skip
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -309,7 +349,13 @@ class MetaOptTrainer(TrainLoop):
             raise ValueError(f"the rule {type(rule).__name__} has no learnable weights to meta-train; give an "
                              f"nn.Module rule with parameters (e.g. --rule sgd_lr)")  # fmt: skip
         self.cfg, self.rule = cfg, rule.to(cfg.device)
-        self.problem = problem if problem is not None else build_problem(cfg, "train")
+        if cfg.train_layers and problem is not None:
+            raise ValueError("--train-layers builds its own optimizees; do not also give a problem")
+        # the optimizees meta-trained on, one per episode in turn (one, unless --train-layers names several nets)
+        self.problems = ([build_problem(dataclasses.replace(cfg, layers=n), "train") for n in cfg.train_layers]
+                         or [problem if problem is not None else build_problem(cfg, "train")])  # fmt: skip
+        self.problem = self.problems[0]
+        self.weights = weights
         self.opt = torch.optim.Adam(weights, lr=cfg.meta_lr)
         self.episode = EpisodeState(torch.Generator().manual_seed(cfg.seed))
         scaffold = Run(cfg.out, dataclasses.asdict(cfg), steps_key="episodes", resume_free=RESUME_FREE_KEYS,
@@ -330,16 +376,19 @@ class MetaOptTrainer(TrainLoop):
 
     def train_step(self, step: int) -> dict[str, float]:
         u = step % self.cfg.unrolls
+        self.problem = self.problems[(step // self.cfg.unrolls) % len(self.problems)]  # this episode's optimizee
         if u == 0:
             self.start_episode()
         ep = self.episode
         res = unroll(self.problem, self.rule, ep.instances, ep.params, ep.rule_state, u * self.cfg.unroll,
-                     self.cfg.unroll, self.cfg.second_order)  # fmt: skip
+                     self.cfg.unroll, self.cfg.second_order, self.cfg.meta_loss)  # fmt: skip
         logs = {"loss": res.meta_loss.item(), "final_loss": res.losses[-1].mean().item(),
                 "episode": step // self.cfg.unrolls + 1}  # fmt: skip
         check_finite(logs["loss"], "meta-loss", self, step)
         self.opt.zero_grad(set_to_none=True)
         res.meta_loss.backward()
+        if self.cfg.meta_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.weights, self.cfg.meta_clip)
         self.opt.step()
         ep.params, ep.rule_state = detach_tree(res.params), detach_tree(res.state)
         return logs
@@ -364,9 +413,8 @@ def train_rule(cfg: MetaOptConfig, rule: nn.Module | None = None, problem: Probl
     Returns:
         dict: the training summary (steps, seconds, final meta-loss, stopped early).
     """
-    problem = problem if problem is not None else build_problem(cfg, "train")
     if rule is None:
-        rule = make_rule(cfg, problem)
+        rule = make_rule(cfg, problem if problem is not None else build_problem(cfg, "train"))
     trainer = MetaOptTrainer(cfg, rule, problem, progress, fresh, extend, callbacks)
     return trainer.fit(map_location=cfg.device)
 
@@ -378,7 +426,7 @@ def make_rule(cfg: MetaOptConfig, problem: Problem) -> nn.Module:
                                   torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        rule = build_rule(cfg.rule, example)
+        rule = build_rule(cfg.rule, example, **rule_options(cfg))
     if cfg.init_rule:
         from innerloop.optim.pretrained import load_rule
 
@@ -387,7 +435,8 @@ def make_rule(cfg: MetaOptConfig, problem: Problem) -> nn.Module:
             raise ValueError(
                 f"--init-rule {cfg.init_rule} is a {type(start).__name__} with {getattr(start, 'config', None)}, "
                 f"but --rule {cfg.rule} builds a {type(rule).__name__} with {getattr(rule, 'config', None)}; start "
-                f"from a pretrained rule of the same kind (innerloop.optim.available_rules())"
+                f"from a pretrained rule of the same kind (innerloop.optim.available_rules()), with the flags that "
+                f"build it (e.g. --mlp-base none for a rule saved with base none)"
             )  # fmt: skip
         rule.load_state_dict(start.state_dict())
     return rule

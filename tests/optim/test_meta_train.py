@@ -225,7 +225,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
 def test_init_rule_starts_from_a_pretrained_rule():
     from innerloop.optim import load_rule
 
-    rule = make_rule(MetaOptConfig(rule="mlp", init_rule="mlp-quadratic"), Quadratic())
+    rule = make_rule(MetaOptConfig(rule="mlp", mlp_base="none", init_rule="mlp-quadratic"), Quadratic())
     shipped = load_rule("mlp-quadratic")
     assert rule.batch_dims == 1  # built for stacked instances, as meta-training calls it
     for k, v in shipped.state_dict().items():
@@ -246,5 +246,6 @@ def test_runs_saved_before_the_added_fields_still_resume():
 
     now = dataclasses.asdict(MetaOptConfig())
     old = {k: v for k, v in now.items() if k not in ADDED_FIELDS}
-    assert config_diff(upgrade_config(old), now) == {}
+    # the one added field whose old behaviour is not today's default: MLP rules were mlp_lopt's plain MLP
+    assert config_diff(upgrade_config(old), now) == {"mlp_base": ("none", "adam")}
     assert upgrade_config({**old, "layers": 2})["layers"] == 2  # a saved value wins

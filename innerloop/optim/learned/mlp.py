@@ -2,9 +2,22 @@
 optimizer of "Understanding and correcting pathologies in the training of learned optimizers", 2019).
 
 Every coordinate is described by a feature vector; one small MLP, shared by all coordinates, maps it to a direction
-``d`` and a log-magnitude ``m``, and the update is ``d * exp(a * m) * b`` (``a = exp_mult``, ``b = step_mult``,
-both 1e-3 by default as in ``mlp_lopt``: the untrained MLP's outputs are O(1), so steps start near 1e-3 and the
-magnitude head changes them multiplicatively). Features of coordinate ``i`` of tensor ``k`` at step ``t``:
+``d`` and a log-magnitude ``m``, and the update is ``d * exp(a * m) * b`` (``a = exp_mult``, ``b = step_mult``).
+Two parametrisations of ``d`` (``base``):
+
+- ``"none"``: ``d`` is the MLP's output alone, as in ``mlp_lopt`` (with ``a = b = 1e-3`` there). The untrained
+  rule is then a random linear map of the features: its steps point nowhere in particular, ~1e-3 long, and the
+  magnitude head can lengthen them only through ``exp(1e-3 * m)``. On the digits MLP (tuned Adam takes steps of
+  ~0.03) meta-training this rule did not get off the ground in 20 minutes.
+- ``"adam"`` (default): ``d = MLP(x) + s . x``, a learned linear skip from the features whose weight starts at
+  ``-1`` on the RMS-normalised Adam-like column ``m_j / r`` (``beta_j`` the decay closest to 0.9) and 0 elsewhere,
+  with the MLP's output layer started at 1/100 of PyTorch's default scale. The untrained rule is so a (per-tensor
+  normalised) Adam step of length ~``b`` (default 1e-2) that already reduces the loss (where ``g^2 (1 - beta_v)`` is
+  below ``eps``, i.e. ``|g| < ~3e-3`` with the defaults, ``r`` is ~constant and the step is per-tensor normalised
+  momentum instead); meta-training learns the correction to it and, through ``s``, the step length (the residual
+  design of learned optimizers built on a hand-designed one).
+
+Features of coordinate ``i`` of tensor ``k`` at step ``t``:
 
 - per coordinate: the gradient ``g``, the parameter ``theta``, momenta ``m_j = beta_j m_j + (1 - beta_j) g`` for
   each ``beta_j`` in ``momentum_decays``, the RMS ``r = sqrt(v + eps)`` with ``v = beta_v v + (1 - beta_v) g^2``, and
@@ -19,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +48,9 @@ from innerloop.optim.learned._common import (
     split,
 )
 
-__all__ = ["MLPRule"]
+__all__ = ["BASES", "MLPRule"]
+
+BASES = ("adam", "none")  # MLPRule's parametrisations of the direction (see the module docstring)
 
 
 class MLPRule(nn.Module):
@@ -54,7 +70,10 @@ class MLPRule(nn.Module):
         horizon (int, Optional): the number of steps the optimizer is meant to run; adds the feature
             ``2 * min(step / horizon, 1) - 1``. Default: None.
         exp_mult (float): ``a`` in ``d * exp(a * m) * b``. Default: 1e-3.
-        step_mult (float): ``b`` in ``d * exp(a * m) * b``. Default: 1e-3.
+        step_mult (float): ``b`` in ``d * exp(a * m) * b``. Default: None (1e-2 with ``base="adam"``, 1e-3 with
+            ``"none"``).
+        base (str): ``"adam"`` (the untrained rule is an Adam-like step, see above) or ``"none"`` (``mlp_lopt``'s
+            plain MLP output; rules saved before this option existed are ``"none"``). Default: ``"adam"``.
         eps (float): added to ``v`` inside the square root. Default: 1e-8.
         norm_eps (float): added to the per-tensor mean square of each feature column. Default: 1e-12.
         check_finite (bool): raise on NaN/inf gradients (one device sync per update; skipped under ``vmap``).
@@ -75,6 +94,9 @@ class MLPRule(nn.Module):
         (torch.Size([3, 2]), torch.Size([6, 3]), 19)
     """
 
+    # constructor arguments added after rules were first saved, with the value that rebuilds those rules
+    ADDED_KWARGS: ClassVar[dict[str, Any]] = {"base": "none"}
+
     def __init__(
         self,
         hidden_size: int = 32,
@@ -84,13 +106,18 @@ class MLPRule(nn.Module):
         timescales: Sequence[float] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000),
         horizon: int | None = None,
         exp_mult: float = 1e-3,
-        step_mult: float = 1e-3,
+        step_mult: float | None = None,
         eps: float = 1e-8,
         norm_eps: float = 1e-12,
         check_finite: bool = True,
         batch_dims: int = 0,
+        base: str = "adam",
     ) -> None:
         super().__init__()
+        if base not in BASES:
+            raise ValueError(f"MLPRule: unknown base {base!r}; choose from {', '.join(BASES)}")
+        if step_mult is None:
+            step_mult = 1e-2 if base == "adam" else 1e-3
         if batch_dims not in (0, 1):
             raise ValueError(f"MLPRule: batch_dims must be 0 or 1, got {batch_dims}")
         decays = [float(b) for b in momentum_decays]
@@ -114,6 +141,7 @@ class MLPRule(nn.Module):
             "eps": eps,
             "norm_eps": norm_eps,
             "check_finite": check_finite,
+            "base": base,
         }
         self.decays, self.rms_decay = decays, rms_decay
         self.timescales, self.horizon = self.config["timescales"], horizon
@@ -123,6 +151,19 @@ class MLPRule(nn.Module):
         self.num_features = self.num_tensor_features + len(self.timescales) + (horizon is not None)
         sizes = [self.num_features] + [hidden_size] * num_layers + [2]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.base = base
+        if base == "adam":
+            # the untrained rule: -(m_j / r) normalised, the Adam-like direction; the MLP adds a small correction
+            j = min(range(len(decays)), key=lambda i: abs(decays[i] - 0.9)) if decays else None
+            self.skip = nn.Linear(self.num_features, 2, bias=False)
+            with torch.no_grad():
+                self.skip.weight.zero_()
+                if j is not None:
+                    self.skip.weight[0, 4 + len(decays) + j] = -1.0
+                else:  # no momentum: the RMS-normalised gradient g / r
+                    self.skip.weight[0, 3] = -1.0
+                self.layers[-1].weight.mul_(0.01)
+                self.layers[-1].bias.mul_(0.01)
 
     def init(self, params: Params) -> dict[str, dict[str, Tensor]]:
         """Zero momenta ``[numel, len(momentum_decays)]`` and second moments ``[numel, 1]`` per parameter."""
@@ -198,10 +239,13 @@ class MLPRule(nn.Module):
         x = torch.cat(feats)  # [P, num_tensor_features]
         prog = self.progress(step, x).expand(x.shape[0], -1)  # [P, len(timescales) (+1)]
         x = torch.cat([x, prog], dim=-1)  # [P, num_features]
+        skip = F.linear(x, cast_weight(self.skip.weight, x)) if self.base == "adam" else None  # [P, 2]
         for i, layer in enumerate(self.layers):
             x = F.linear(x, cast_weight(layer.weight, x), cast_weight(layer.bias, x))
             if i < len(self.layers) - 1:
                 x = torch.relu(x)
+        if skip is not None:
+            x = x + skip
         direction, magnitude = x[:, 0], x[:, 1]  # [P]
         out = direction * torch.exp(magnitude * self.exp_mult) * self.step_mult
         sizes = [grads[k].numel() for k in names]
@@ -226,4 +270,5 @@ class MLPRule(nn.Module):
         return self.update(grads, state, params, step)
 
     def extra_repr(self) -> str:
-        return f"features={self.num_features}, exp_mult={self.exp_mult}, step_mult={self.step_mult}"
+        return (f"features={self.num_features}, base={self.base}, exp_mult={self.exp_mult}, "
+                f"step_mult={self.step_mult}")

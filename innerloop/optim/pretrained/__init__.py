@@ -10,8 +10,8 @@ A rule named ``<name>`` is two files in this folder (or in any folder given as `
 names. ``innerloop optim train ... --export NAME`` produces the files that get shipped here; each json records that
 command, the run's config, how many meta-steps it trained and its evaluation against the tuned baselines (RESULTS.md
 has the tables). Shipped: ``lstm-quadratic`` and ``mlp-quadratic`` (10-d quadratics, 100 steps) and ``lstm-digits``
-(the 20-sigmoid-unit MLP on scikit-learn's 8x8 digits, 100 steps); a rule knows only the problems it was meta-trained
-on.
+and ``mlp-digits`` (the 20-sigmoid-unit MLP on scikit-learn's 8x8 digits, 100 steps); a rule knows only the problems
+it was meta-trained on.
 
 Examples:
     >>> import tempfile
@@ -127,7 +127,7 @@ def load_rule(name: str, directory: str | Path | None = None) -> nn.Module:
         ) from None
     if info.get("format") != FORMAT:
         raise ValueError(f"{meta_path} has format {info.get('format')!r}; this innerloop reads format {FORMAT}")
-    rule = cls(**kwargs)
+    rule = cls(**{**getattr(cls, "ADDED_KWARGS", {}), **kwargs})  # files saved before an argument existed
     rule.load_state_dict(load_file(str(weights_path)), strict=True)
     rule.meta = info.get("meta", {})
     return rule
