@@ -138,7 +138,7 @@ def test_ppo_solves_one_fixed_tabular_mdp():
             self.reward_means = (1.0 + torch.randn(1, S, A, generator=g)).expand(B, S, A).clone()
             self._tasks_sampled = True
 
-    cfg = RL2Config(env="mdp", episodes=1, hidden_size=32, trials=64, steps=80, eval_every=0, eval_trials=400)
+    cfg = RL2Config(env="mdp", episodes=1, hidden_size=64, trials=128, steps=100, eval_every=0, eval_trials=400)
     policy, opt = build_rl2(cfg)
     trainer = RL2Trainer(cfg, policy, opt, run=False)
     trainer.trials = TrialEnv(OneMDP(batch_size=cfg.trials), 1)
@@ -150,4 +150,4 @@ def test_ppo_solves_one_fixed_tabular_mdp():
     cfg.make_trials = lambda b: TrialEnv(OneMDP(batch_size=b), 1)  # evaluate on the same MDP
     got = evaluate_rl2(cfg, policy, greedy=True)["mean"]
     assert best == pytest.approx(29.145, abs=0.01)  # random play: 10 (E[mu] = 1 per step)
-    assert got > 0.9 * best, (got, best)
+    assert got > 0.9 * best, (got, best)  # measured 29.0 (sampled actions, 200 trials) in a probe
