@@ -14,7 +14,7 @@ RL²: :class:`RL2Policy` (any mixer as the memory), PPO + GAE (:mod:`innerloop.r
 from .envs import BatchedTaskEnv, BernoulliBandit, Navigation2D, TabularMDP
 from .evaluate import BASELINES, BaselineResult, evaluate_baselines, run_bandit_trials, run_mdp_trials
 from .maml import GaussianMLPPolicy, MamlRLConfig, trpo_step
-from .ppo import PPOLoss, gae, normalize, ppo_loss
+from .ppo import PPOLoss, ValueNormalizer, gae, normalize, ppo_loss
 from .rl2 import RL2Policy, Rollout, rollout
 from .rl2_trainer import RL2Config, RL2Trainer, build_rl2, evaluate_rl2, load_rl2, train_rl2
 from .trial import TrialEnv, rl2_input
@@ -23,4 +23,4 @@ __all__ = ["BASELINES", "BaselineResult", "BatchedTaskEnv", "BernoulliBandit", "
            "TrialEnv", "evaluate_baselines", "rl2_input", "run_bandit_trials", "run_mdp_trials"]
 __all__ += ["GaussianMLPPolicy", "MamlRLConfig", "trpo_step"]  # MAML for RL (innerloop.rl.maml)
 __all__ += ["PPOLoss", "RL2Config", "RL2Policy", "RL2Trainer", "Rollout", "build_rl2", "evaluate_rl2", "gae",
-            "load_rl2", "normalize", "ppo_loss", "rollout", "train_rl2"]  # RL² with PPO
+            "load_rl2", "normalize", "ppo_loss", "rollout", "train_rl2", "ValueNormalizer"]  # RL² with PPO

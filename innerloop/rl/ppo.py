@@ -8,12 +8,13 @@ can too.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["PPOLoss", "gae", "normalize", "ppo_loss"]
+__all__ = ["PPOLoss", "ValueNormalizer", "gae", "normalize", "ppo_loss"]
 
 
 def gae(rewards: Tensor, values: Tensor, last_value: Tensor | None = None, gamma: float = 0.99, lam: float = 0.95,
@@ -60,6 +61,53 @@ def gae(rewards: Tensor, values: Tensor, last_value: Tensor | None = None, gamma
 def normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
     """``(x - mean) / (std + eps)`` over all elements (PPO's advantage normalisation)."""
     return (x - x.mean()) / (x.std() + eps) if x.numel() > 1 else x - x.mean()
+
+
+class ValueNormalizer:
+    """Running mean and variance of the value targets, for a value head that predicts *standardised* returns.
+
+    The value loss of PPO is in the units of the return: a trial of 100 MDP steps with rewards around 1 has targets
+    around 60, so an unnormalised head starts with a value loss in the thousands whose gradient drowns the policy's in
+    a shared memory (and global-norm clipping then shrinks both). With the head predicting ``(R - mean) / std`` the
+    loss stays O(1) whatever the reward scale (PopArt's target normalisation, van Hasselt et al. 2016, without its
+    output-preserving rescale). The statistics are over every target seen so far (parallel Welford update) and are
+    checkpointed with the run (``state_dict``).
+
+    Examples:
+        >>> vn = ValueNormalizer()
+        >>> vn.update(torch.tensor([1.0, 3.0]))
+        >>> vn.mean, vn.std, vn.normalize(torch.tensor([3.0])).tolist(), vn.denormalize(torch.tensor([0.0])).tolist()
+        (2.0, 1.0, [1.0], [2.0])
+    """
+
+    def __init__(self, eps: float = 1e-4) -> None:
+        self.eps, self.count, self.mean, self.var = float(eps), 0, 0.0, 1.0
+
+    @property
+    def std(self) -> float:
+        return max(math.sqrt(self.var), self.eps)
+
+    def update(self, targets: Tensor) -> None:
+        """Fold a batch of targets (any shape) into the running mean and variance."""
+        x = targets.detach().double().flatten()
+        n, m, v = x.numel(), float(x.mean()), float(x.var(unbiased=False))
+        total = self.count + n
+        d = m - self.mean
+        self.var = (self.var * self.count + v * n + d * d * self.count * n / total) / total
+        self.mean += d * n / total
+        self.count = total
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x * self.std + self.mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count, self.mean, self.var = int(state["count"]), float(state["mean"]), float(state["var"])
 
 
 class PPOLoss(NamedTuple):

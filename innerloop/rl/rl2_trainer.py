@@ -35,7 +35,7 @@ from innerloop.runs import (
 )
 
 from .envs import BernoulliBandit, TabularMDP
-from .ppo import gae, normalize, ppo_loss
+from .ppo import ValueNormalizer, gae, normalize, ppo_loss
 from .rl2 import RL2Policy, rollout
 from .trial import TrialEnv
 
@@ -57,6 +57,7 @@ class RL2Config:
     states: int = 10  # mdp: states
     actions: int = 5  # mdp: actions
     horizon: int = 10  # mdp: steps per episode
+    prev_obs: bool = False  # also feed the previous observation: each input is a whole transition (s, a, r, s')
     mixer: str = "gru"  # the policy's memory: any registered mixer
     hidden_size: int = 256  # policy width
     num_layers: int = 1  # policy blocks
@@ -73,6 +74,7 @@ class RL2Config:
     max_grad_norm: float = 0.5  # gradient clipping (global norm); 0 = none
     gamma: float = 0.99  # discount over the trial
     lam: float = 0.3  # GAE lambda
+    value_norm: bool = False  # the value head predicts standardised returns (running mean/std of the targets)
     eval_trials: int = 1000  # fixed test trials (seed 2000) for val_return and metrics.json
     eval_every: int = 50  # steps between evaluations (0 = only at the end)
     log_every: int = 10  # steps between log.csv rows
@@ -113,7 +115,7 @@ class RL2Config:
             env = BernoulliBandit(self.arms, batch_size, device=self.device)
         else:
             env = TabularMDP(self.states, self.actions, self.horizon, batch_size, device=self.device)
-        return TrialEnv(env, self.episodes)
+        return TrialEnv(env, self.episodes, self.prev_obs)
 
     def describe(self) -> str:
         if self.env == "bandit":
@@ -158,11 +160,15 @@ class RL2Trainer(TrainLoop):
         self.cfg, self.policy, self.opt = cfg, policy, opt
         self.trials = cfg.make_trials(cfg.trials)
         self.generator = torch.Generator(cfg.device)
+        self.value_norm = ValueNormalizer() if cfg.value_norm else None
+        stateful: dict[str, Any] = {"optimizer": opt}
+        if self.value_norm is not None:
+            stateful["value_norm"] = self.value_norm
         the_run = None
         if run:
             the_run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="steps", resume_free=RESUME_FREE_KEYS,
                           fresh=fresh, extend=extend, command="innerloop rl train --algo rl2")  # fmt: skip
-        super().__init__(policy, the_run, cfg.steps, stateful={"optimizer": opt}, log_fields=LOG_FIELDS,
+        super().__init__(policy, the_run, cfg.steps, stateful=stateful, log_fields=LOG_FIELDS,
                          average=("loss", "return"), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                          eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callbacks=callbacks,
                          progress=progress, desc=f"RL² {cfg.mixer} {cfg.describe()}",
@@ -177,7 +183,12 @@ class RL2Trainer(TrainLoop):
         cfg, seed = self.cfg, _step_seed(self.cfg.seed, step)
         self.generator.manual_seed(seed)
         ro = rollout(self.policy, self.trials, seed, self.generator)
-        adv, ret = gae(ro.rewards, ro.values, gamma=cfg.gamma, lam=cfg.lam)
+        vn = self.value_norm
+        values = ro.values if vn is None else vn.denormalize(ro.values)  # the head predicts standardised returns
+        adv, ret = gae(ro.rewards, values, gamma=cfg.gamma, lam=cfg.lam)
+        if vn is not None:
+            vn.update(ret)
+            ret = vn.normalize(ret)
         adv = normalize(adv)
         sums: dict[str, float] = {}
         n = 0

@@ -7,6 +7,12 @@ new trial starts (:meth:`TrialEnv.reset`). At every step the policy sees
 
 where ``d_{t-1}`` is 1 when the previous step ended an episode (so ``obs_t`` is the first observation of the next
 episode). At a trial's first step the previous action, reward and flag are zeros.
+
+With ``prev_obs=True`` the input also ends with ``obs_{t-1}`` (one-hot if discrete; zeros at a trial's first step),
+the observation the previous action was taken from, so every input holds a whole transition
+``(obs_{t-1}, a_{t-1}, r_{t-1}, obs_t)``. The paper's input leaves ``obs_{t-1}`` to the memory, which then has to bind
+the state it saw one step earlier to the action and reward it sees now before it can keep a per-state record; on the
+tabular MDPs that binding is what RL² was slow to learn (RESULTS.md). Same information, one step less to learn.
 """
 
 from __future__ import annotations
@@ -53,9 +59,11 @@ class TrialEnv:
     Args:
         env (BatchedTaskEnv): the task distribution, stepped B tasks at a time.
         episodes (int): episodes per trial (n; for bandits, the number of pulls).
+        prev_obs (bool, Optional): append the previous observation to the input (see the module). Default: False.
 
     Attributes:
-        input_size (int): the width of the policy input ``x_t``: ``obs_size + action_size + 2``.
+        input_size (int): the width of the policy input ``x_t``: ``obs_size + action_size + 2`` (``+ obs_size``
+            with ``prev_obs``).
         steps_per_trial (int): ``episodes * env.horizon``.
         episode (torch.Tensor): ``long [B]`` the current episode's index within the trial.
 
@@ -68,11 +76,12 @@ class TrialEnv:
         (torch.Size([4, 5]), True, False)
     """
 
-    def __init__(self, env: BatchedTaskEnv, episodes: int) -> None:
+    def __init__(self, env: BatchedTaskEnv, episodes: int, prev_obs: bool = False) -> None:
         if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"episodes must be an integer >= 1, got {episodes!r}")
-        self.env, self.episodes = env, episodes
-        self.input_size = env.obs_size + env.action_size + 2
+        self.env, self.episodes, self.prev_obs = env, episodes, bool(prev_obs)
+        self.input_size = env.obs_size * (2 if self.prev_obs else 1) + env.action_size + 2
+        self._obs: torch.Tensor | None = None  # the observation the next action is taken from
         self.steps_per_trial = episodes * env.horizon
         self.episode = torch.zeros(env.batch_size, dtype=torch.long, device=env.device)
         self._running = False
@@ -93,6 +102,7 @@ class TrialEnv:
         none = (-torch.ones(B, dtype=torch.long, device=dev) if self.env.num_actions is not None
                 else torch.zeros(B, self.env.action_size, device=dev))  # fmt: skip
         zero = torch.zeros(B, device=dev)
+        self._obs = None
         return self._encode(obs, none, zero, zero.bool())
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,4 +130,11 @@ class TrialEnv:
 
     def _encode(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                 done: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        return rl2_input(obs, action, reward, done, self.env.num_states, self.env.num_actions)
+        x = rl2_input(obs, action, reward, done, self.env.num_states, self.env.num_actions)
+        prev, self._obs = self._obs, obs
+        if not self.prev_obs:
+            return x
+        if prev is None:  # a trial's first step: no previous observation
+            return torch.cat([x, x.new_zeros(x.shape[0], self.env.obs_size)], -1)
+        p = F.one_hot(prev, self.env.num_states).float() if self.env.num_states is not None else prev.float()
+        return torch.cat([x, p], -1)

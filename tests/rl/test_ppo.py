@@ -72,3 +72,22 @@ def test_ppo_learns_the_better_arm_of_a_two_armed_bandit():
             out.total.backward()
             opt.step()
     assert torch.softmax(logits, -1)[1].item() > 0.9
+
+
+def test_value_normalizer_tracks_every_target_seen():
+    from innerloop.rl import ValueNormalizer
+
+    torch.manual_seed(0)
+    batches = [torch.randn(4, 5) * 20 + 60, torch.randn(3, 7) * 5 + 80, torch.randn(1, 2)]
+    vn = ValueNormalizer()
+    for b in batches:
+        vn.update(b)
+    every = torch.cat([b.flatten() for b in batches]).double()
+    assert vn.count == every.numel()
+    assert vn.mean == pytest.approx(float(every.mean())) and vn.var == pytest.approx(float(every.var(unbiased=False)))
+    x = torch.tensor([10.0, 70.0])
+    assert torch.allclose(vn.denormalize(vn.normalize(x)), x)
+    assert float(vn.normalize(torch.tensor(vn.mean))) == pytest.approx(0.0, abs=1e-6)
+    again = ValueNormalizer()
+    again.load_state_dict(vn.state_dict())
+    assert again.state_dict() == vn.state_dict()

@@ -102,3 +102,23 @@ def test_trials_run_on_cuda_and_are_seeded(make):
     a, b = play(), play()
     assert a.device.type == "cuda" and a.shape[-1] == TrialEnv(make("cuda"), 1).input_size
     assert torch.equal(a, b)
+
+
+def test_prev_obs_makes_each_input_a_whole_transition():
+    S, A = 4, 2
+    plain = TrialEnv(TabularMDP(num_states=S, num_actions=A, horizon=3, batch_size=5, seed=0), episodes=2)
+    full = TrialEnv(TabularMDP(num_states=S, num_actions=A, horizon=3, batch_size=5, seed=0), episodes=2,
+                    prev_obs=True)  # fmt: skip
+    assert full.input_size == plain.input_size + S
+    x, y = plain.reset(seed=1), full.reset(seed=1)
+    assert torch.equal(y[:, :-S], x) and not y[:, -S:].any()  # the trial's first step: no previous observation
+    g = torch.Generator().manual_seed(0)
+    for t in range(plain.steps_per_trial):
+        acted_from = x[:, :S].argmax(-1)  # the state the action is taken in
+        a = torch.randint(0, A, (5,), generator=g)
+        x, _, ep_done, _ = plain.step(a)
+        y, _, _, _ = full.step(a)
+        assert torch.equal(y[:, :-S], x), t  # the paper's input unchanged
+        assert torch.equal(y[:, -S:].argmax(-1), acted_from) and torch.equal(y[:, -S:].sum(-1), torch.ones(5)), t
+        if ep_done.all() and t < plain.steps_per_trial - 1:
+            assert (x[:, :S].argmax(-1) == 0).all()  # the next episode starts in state 0; obs_{t-1} is the last state
