@@ -45,6 +45,7 @@ from innerloop.errors import check_choice
 from innerloop.layers import KVCache
 
 from .patch import PatchForecaster
+from .patchtst import EncoderAttention
 
 __all__ = ["ADAPT_MODES", "ADAPT_PARAMS", "AdaptConfig", "ForecastAdapter", "adapt_model", "adapt_run",
            "check_stateful", "plot_predictions", "state_floats"]  # fmt: skip
@@ -139,8 +140,8 @@ def check_stateful(model: nn.Module) -> None:
     if not isinstance(model, PatchForecaster):
         raise ValueError(f"--adapt state needs a patch model with a recurrent mixer (ttt_linear, ttt_mlp, mamba, lstm, "
                          f"gru); {type(model).__name__} has no state to carry: use --adapt online")  # fmt: skip
-    state = model.blocks[0].mixer.init_state(1)
-    if isinstance(state, KVCache):
+    mixer = model.blocks[0].mixer
+    if isinstance(mixer, EncoderAttention) or isinstance(mixer.init_state(1), KVCache):
         raise ValueError(f"--adapt state: the {model.mixer_name!r} mixer has no fixed-size recurrent state to carry "
                          f"(its state is a cache of every past token, which would grow with the test stream); use a "
                          f"recurrent mixer (ttt_linear, ttt_mlp, mamba, lstm, gru) or --adapt online")

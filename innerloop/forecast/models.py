@@ -173,13 +173,15 @@ FORECASTERS: dict[str, Callable[..., nn.Module]] = {
         lookback, horizon, channels, individual),
     "repeat_last": lambda lookback, horizon, channels, **_: RepeatLast(lookback, horizon, channels),
     "patch": lambda lookback, horizon, channels, mixer="attention", patch_len=16, stride=8, d_model=64, num_layers=2,
-    num_heads=4, dropout=0.0, **_: PatchForecaster(
-        lookback, horizon, channels, mixer, patch_len, stride, d_model, num_layers, num_heads, dropout),
+    num_heads=4, dropout=0.0, block="prenorm", norm="batch", d_ff=0, revin_affine=True, head_dropout=None,
+    **_: PatchForecaster(
+        lookback, horizon, channels, mixer, patch_len, stride, d_model, num_layers, num_heads, dropout,
+        mlp_hidden=d_ff or None, block=block, norm=norm, revin_affine=revin_affine, head_dropout=head_dropout),
 }  # fmt: skip
 
 # Every option a FORECASTERS constructor reads (the ForecastConfig fields of the same names).
 MODEL_OPTIONS = ("individual", "kernel_size", "mixer", "patch_len", "stride", "d_model", "num_layers", "num_heads",
-                 "dropout")  # fmt: skip
+                 "dropout", "block", "norm", "d_ff", "revin_affine", "head_dropout")  # fmt: skip
 
 
 def build_forecaster(name: str, lookback: int, horizon: int, channels: int, individual: bool = False,

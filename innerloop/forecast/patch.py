@@ -14,6 +14,11 @@ After Nie et al., "A Time Series is Worth 64 Words: Long-term Forecasting with T
    ``h += mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h))`` over the ``N`` patch tokens, and a final RMSNorm.
 5. **Flatten head**: the ``N * d_model`` features of a series map linearly to its ``H`` future steps.
 
+``block="patchtst"`` swaps step 4 for PatchTST's own encoder (:mod:`innerloop.forecast.patchtst`): post-norm blocks
+with BatchNorm (or LayerNorm) and a GELU FFN, no final norm, positions initialised uniform in ±0.02 and, with
+``mixer="attention"``, bidirectional attention with residual scores instead of the registered causal mixer; with
+``revin_affine=False`` and ``head_dropout=0`` as well this is the PatchTST of the paper's supervised ETT runs.
+
 The mixer is chosen by name from :data:`innerloop.layers.MIXERS` (``attention``, ``ttt_linear``, ``ttt_mlp``,
 ``mamba``, ``lstm``, ``gru``, ...). Every innerloop mixer is causal, attention included: patch ``n`` sees patches
 ``0 .. n`` only. PatchTST's encoder is bidirectional, so ``mixer="attention"`` is PatchTST with a causal mask (and
@@ -30,7 +35,11 @@ from torch import nn
 
 from innerloop.layers import RMSNorm, SwiGLU, build_mixer
 
-__all__ = ["PatchForecaster", "RevIN", "num_patches"]
+from .patchtst import NORMS, PostNormBlock
+
+__all__ = ["BLOCKS", "PatchForecaster", "RevIN", "num_patches"]
+
+BLOCKS = ("prenorm", "patchtst")  # innerloop's pre-norm RMSNorm + SwiGLU blocks; PatchTST's post-norm encoder
 
 
 def num_patches(lookback: int, patch_len: int, stride: int) -> int:
@@ -93,11 +102,14 @@ class _Block(nn.Module):
         self.mlp = SwiGLU(d_model, mlp_hidden)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        """``h [B, N, D]`` and the mixer's state (None = fresh) -> ``(h [B, N, D], the mixer's state after h)``."""
+    def forward(self, h: torch.Tensor, state: Any = None, scores: Any = None) -> tuple[torch.Tensor, Any, Any]:
+        """``h [B, N, D]``, the mixer's state (None = fresh) -> ``(h, the mixer's state after h, scores)``.
+
+        ``scores`` (PatchTST's residual attention, :class:`~innerloop.forecast.patchtst.PostNormBlock`) passes through.
+        """
         y, state = self.mixer(self.seq_norm(h), state)
         h = h + self.drop(y)
-        return h + self.drop(self.mlp(self.ffn_norm(h))), state
+        return h + self.drop(self.mlp(self.ffn_norm(h))), state, scores
 
 
 class PatchForecaster(nn.Module):
@@ -123,7 +135,15 @@ class PatchForecaster(nn.Module):
         revin (bool, Optional): RevIN around the model; off, the raw (already scaled) series go in. Default: True.
         mixer_options (dict | None, Optional): keyword arguments of the mixer (e.g. ``{"mini_batch_size": 8}``).
             Default: None.
-        mlp_hidden (int | None, Optional): SwiGLU width; None = ``2 * d_model``. Default: None.
+        mlp_hidden (int | None, Optional): the FFN's hidden width (SwiGLU, or PatchTST's GELU FFN: its ``d_ff``);
+            None = ``2 * d_model``. Default: None.
+        block (str, Optional): ``"prenorm"`` (RMSNorm + mixer + SwiGLU) or ``"patchtst"`` (PatchTST's post-norm
+            encoder, see the module docstring). Default: ``"prenorm"``.
+        norm (str, Optional): the ``patchtst`` block's norm, ``"batch"`` (PatchTST's) or ``"layer"``.
+            Default: ``"batch"``.
+        revin_affine (bool, Optional): RevIN's learnable per-channel affine (PatchTST's ETT runs: off).
+            Default: True.
+        head_dropout (float | None, Optional): dropout on the head's input; None = ``dropout``. Default: None.
 
     Examples:
         >>> PatchForecaster(50, 12, 3, mixer="gru", d_model=16)(torch.randn(2, 50, 3)).shape
@@ -132,27 +152,37 @@ class PatchForecaster(nn.Module):
 
     def __init__(self, lookback: int, horizon: int, channels: int, mixer: str = "attention", patch_len: int = 16,
                  stride: int = 8, d_model: int = 64, num_layers: int = 2, num_heads: int = 4, dropout: float = 0.0,
-                 revin: bool = True, mixer_options: dict[str, Any] | None = None,
-                 mlp_hidden: int | None = None) -> None:  # fmt: skip
+                 revin: bool = True, mixer_options: dict[str, Any] | None = None, mlp_hidden: int | None = None,
+                 block: str = "prenorm", norm: str = "batch", revin_affine: bool = True,
+                 head_dropout: float | None = None) -> None:  # fmt: skip
         super().__init__()
         for name, v in (("lookback", lookback), ("horizon", horizon), ("channels", channels), ("d_model", d_model),
                         ("num_layers", num_layers)):  # fmt: skip
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        head_dropout = dropout if head_dropout is None else head_dropout
+        if not (0.0 <= dropout < 1.0 and 0.0 <= head_dropout < 1.0):
+            raise ValueError(f"dropout and head_dropout must be in [0, 1), got {dropout} and {head_dropout}")
+        if block not in BLOCKS or norm not in NORMS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)} and norm one of {', '.join(NORMS)}, got "
+                             f"{block!r} and {norm!r}")  # fmt: skip
         self.lookback, self.horizon, self.channels = lookback, horizon, channels
-        self.patch_len, self.stride, self.mixer_name = patch_len, stride, mixer
+        self.patch_len, self.stride, self.mixer_name, self.block = patch_len, stride, mixer, block
         self.num_patches = num_patches(lookback, patch_len, stride)
-        self.revin = RevIN(channels) if revin else None
+        self.revin = RevIN(channels, affine=revin_affine) if revin else None
         self.embed = nn.Linear(patch_len, d_model)
-        self.pos = nn.Parameter(torch.randn(self.num_patches, d_model) * 0.02)  # learned, one row per patch
+        pos = torch.empty(self.num_patches, d_model).uniform_(-0.02, 0.02) if block == "patchtst" else (
+            torch.randn(self.num_patches, d_model) * 0.02)
+        self.pos = nn.Parameter(pos)  # learned, one row per patch
         self.drop = nn.Dropout(dropout)
+        hidden, options = mlp_hidden or 2 * d_model, dict(mixer_options or {})
         self.blocks = nn.ModuleList(
-            _Block(mixer, d_model, num_heads, mlp_hidden or 2 * d_model, dropout, dict(mixer_options or {}))
+            PostNormBlock(mixer, d_model, num_heads, hidden, dropout, norm, options) if block == "patchtst"
+            else _Block(mixer, d_model, num_heads, hidden, dropout, options)
             for _ in range(num_layers)
-        )
-        self.norm = RMSNorm(d_model)
+        )  # fmt: skip
+        self.norm = RMSNorm(d_model) if block == "prenorm" else nn.Identity()
+        self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(self.num_patches * d_model, horizon)
 
     def patchify(self, series: torch.Tensor) -> torch.Tensor:
@@ -185,10 +215,10 @@ class PatchForecaster(nn.Module):
             x, stats = self.revin.normalize(x)
         series = x.transpose(1, 2).reshape(B * C, L)  # channel independence: [B*C, L]
         h = self.drop(self.embed(self.patchify(series)) + self.pos)  # [B*C, N, D]
-        new_states = []
+        new_states, scores = [], None
         for n, block in enumerate(self.blocks):
-            h, state = block(h, None if states is None else states[n])
+            h, state, scores = block(h, None if states is None else states[n], scores)
             new_states.append(state)
-        y = self.head(self.drop(self.norm(h).flatten(1)))  # [B*C, N*D] -> [B*C, H]
+        y = self.head(self.head_drop(self.norm(h).flatten(1)))  # [B*C, N*D] -> [B*C, H]
         y = y.reshape(B, C, self.horizon).transpose(1, 2)  # [B, H, C]
         return (self.revin.denormalize(y, stats) if self.revin is not None else y), new_states

@@ -31,18 +31,22 @@ from innerloop.models import count_params
 from innerloop.runs import Callback, Run, TrainLoop, check_finite, read_config, torch_threads
 
 from .models import FORECASTERS, MODEL_OPTIONS, build_forecaster
+from .patch import BLOCKS
+from .patchtst import NORMS
 
-__all__ = ["EarlyStopping", "ForecastConfig", "ForecastTrainer", "evaluate_forecaster", "evaluate_run", "load_data",
-           "load_forecaster", "model_options", "train_forecaster"]  # fmt: skip
+__all__ = ["EarlyStopping", "ForecastConfig", "ForecastTrainer", "LR_SCHEDULES", "evaluate_forecaster", "evaluate_run",
+           "load_data", "load_forecaster", "lr_at", "model_options", "train_forecaster"]  # fmt: skip
 
 BEST_FILE = "best_model.safetensors"
+LR_SCHEDULES = ("step", "patchtst")
 
 
 @dataclass
 class ForecastConfig:
     """One forecasting run (saved as ``config.json``; the trailing comments are the CLI flags' ``--help``)."""
 
-    CHOICES: ClassVar[dict[str, Collection[str]]] = {"model": FORECASTERS, "features": FEATURES, "mixer": MIXERS}
+    CHOICES: ClassVar[dict[str, Collection[str]]] = {"model": FORECASTERS, "features": FEATURES, "mixer": MIXERS,
+                                                     "block": BLOCKS, "norm": NORMS, "lr_schedule": LR_SCHEDULES}
 
     data: str = "ETTh1"  # ETTh1 | ETTh2 (checksummed, standard split), or the path to a CSV with a date column
     data_root: str = ""  # folder holding ETTh1.csv / ETTh2.csv; default: $INNERLOOP_DATA/ett
@@ -61,10 +65,16 @@ class ForecastConfig:
     num_layers: int = 2  # patch: mixer + SwiGLU blocks
     num_heads: int = 4  # patch: mixer heads (d_model must divide by it; TTT needs an even d_model / num_heads)
     dropout: float = 0.0  # patch: dropout on the tokens, the blocks' branches and the head's input
+    block: str = "prenorm"  # patch: prenorm (RMSNorm, mixer, SwiGLU) or patchtst (PatchTST's encoder)
+    norm: str = "batch"  # patch with --block patchtst: batch (PatchTST's BatchNorm) or layer
+    d_ff: int = 0  # patch: the FFN's hidden width (PatchTST's d_ff); 0 = 2 * d_model
+    revin_affine: bool = True  # patch: RevIN's learnable per-channel affine (PatchTST's ETT scripts: off)
+    head_dropout: float | None = None  # patch: dropout on the head's input; unset = --dropout (PatchTST: 0)
     epochs: int = 10  # maximum training epochs (early stopping may end sooner)
     batch_size: int = 32  # training windows per step (DLinear on ETTh1: 32)
     lr: float = 0.005  # Adam learning rate (DLinear on ETTh1: 0.005)
-    lr_decay: float = 0.5  # multiply the learning rate by this every epoch after the second; 1 = constant
+    lr_decay: float = 0.5  # step schedule: times this every epoch after the second; 1 = constant
+    lr_schedule: str = "step"  # step (with --lr-decay) or patchtst (lr/25, then lr, from epoch 5 x0.9 each)
     patience: int = 3  # stop after this many epochs without a lower validation MSE; 0 = never stop early
     eval_batch_size: int = 512  # windows per batch when validating and testing
     log_every: int = 50  # steps between log.csv rows (every epoch end is logged too)
@@ -80,17 +90,18 @@ class ForecastConfig:
                      "patch_len", "stride", "d_model", "num_layers", "num_heads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "checkpoint_every", "threads"):
+        for name in ("patience", "checkpoint_every", "threads", "d_ff"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off / default), got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.dropout < 1 or not 0 <= (self.head_dropout or 0.0) < 1:
+            raise ValueError(f"dropout and head_dropout must be in [0, 1), got {self.dropout} and {self.head_dropout}")
         if not self.lr > 0 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr must be > 0 and lr_decay in (0, 1], got {self.lr} and {self.lr_decay}")
 
 
 # Fields added after the first version of ForecastConfig: a config saved before them reads as their defaults.
-ADDED_FIELDS = ("mixer", "patch_len", "stride", "d_model", "num_layers", "num_heads", "dropout")
+ADDED_FIELDS = ("mixer", "patch_len", "stride", "d_model", "num_layers", "num_heads", "dropout", "block", "norm",
+                "d_ff", "revin_affine", "head_dropout", "lr_schedule")
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -115,27 +126,40 @@ def load_data(cfg: ForecastConfig) -> ForecastData:
 
 
 @torch.no_grad()
-def evaluate_forecaster(model: nn.Module, windows: WindowDataset, batch_size: int = 512) -> dict[str, float]:
+def evaluate_forecaster(model: nn.Module, windows: WindowDataset, batch_size: int = 512,
+                        drop_last_of: int = 0) -> dict[str, float]:  # fmt: skip
     """MSE and MAE of ``model`` over every window of ``windows`` (means over windows, horizon steps and channels).
 
     Args:
         model (nn.Module): a :class:`~innerloop.forecast.Forecaster`.
         windows (WindowDataset): the split to score.
         batch_size (int, Optional): windows per forward pass. Default: 512.
+        drop_last_of (int, Optional): also score as the DLinear / PatchTST reference code's test loader does, which
+            reads the windows in order in batches of this size and drops the last partial batch: ``mse_drop_last``
+            and ``mae_drop_last`` over the first ``len(windows) // drop_last_of * drop_last_of`` windows; 0 = not.
+            Default: 0.
 
     Returns:
-        dict[str, float]: ``{"mse", "mae", "windows"}``.
+        dict[str, float]: ``{"mse", "mae", "windows"}`` (and ``"mse_drop_last", "mae_drop_last",
+        "windows_drop_last"`` with ``drop_last_of``).
     """
     was = model.training
     model.eval()
-    se = ae = 0.0
+    se, ae = [], []  # per window
     for x, y in windows.batches(batch_size):
         err = (model(x) - y).double()  # [B, H, C]
-        se += float(err.pow(2).sum())
-        ae += float(err.abs().sum())
+        se.append(err.pow(2).flatten(1).sum(1))
+        ae.append(err.abs().flatten(1).sum(1))
     model.train(was)
-    n = len(windows) * windows.horizon * windows.channels
-    return {"mse": se / n, "mae": ae / n, "windows": len(windows)}
+    se_w, ae_w = torch.cat(se), torch.cat(ae)
+    per = windows.horizon * windows.channels
+    out = {"mse": float(se_w.sum()) / (len(windows) * per), "mae": float(ae_w.sum()) / (len(windows) * per),
+           "windows": len(windows)}  # fmt: skip
+    if drop_last_of > 0:
+        k = len(windows) // drop_last_of * drop_last_of
+        out.update(mse_drop_last=float(se_w[:k].sum()) / max(k * per, 1),
+                   mae_drop_last=float(ae_w[:k].sum()) / max(k * per, 1), windows_drop_last=k)  # fmt: skip
+    return out
 
 
 class EarlyStopping:
@@ -176,6 +200,19 @@ RESUME_FREE_KEYS = frozenset({"out", "data_root", "log_every", "checkpoint_every
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "val_mse", "train_seconds"]
 
 
+def lr_at(cfg: ForecastConfig, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based) under ``cfg.lr_schedule``.
+
+    ``step`` (DLinear's): ``lr`` for two epochs, then times ``lr_decay`` every epoch. ``patchtst``: what PatchTST's
+    ETT scripts (their ``type3`` schedule) actually run: ``lr / 25`` in the first epoch (their one-cycle scheduler,
+    built but unused, sets the optimizer to its starting value, and ``type3`` only takes over after epoch 1), ``lr``
+    in epochs 2 to 4, then ``lr * 0.9 ** (epoch - 3)`` (0-based ``epoch >= 3``).
+    """
+    if cfg.lr_schedule == "patchtst":
+        return cfg.lr / 25 if epoch == 0 else cfg.lr * 0.9 ** max(epoch - 3, 0)
+    return cfg.lr * cfg.lr_decay ** max(epoch - 1, 0)
+
+
 class ForecastTrainer(TrainLoop):
     """Epochs of shuffled mini-batches on the run scaffold; a validation pass closes every epoch (see the module).
 
@@ -210,8 +247,8 @@ class ForecastTrainer(TrainLoop):
                 "channels": list(self.data.columns), "num_params": sum(p.numel() for p in self.model.parameters())}
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate of epoch ``epoch`` (0-based): ``lr`` for two epochs, then times ``lr_decay`` per epoch."""
-        return self.cfg.lr * self.cfg.lr_decay ** max(epoch - 1, 0)
+        """The learning rate of epoch ``epoch`` (0-based), see :func:`lr_at`."""
+        return lr_at(self.cfg, epoch)
 
     def order(self, epoch: int) -> torch.Tensor:
         """Epoch ``epoch``'s permutation of the training windows, a pure function of ``(seed, epoch)``."""
@@ -314,10 +351,14 @@ def _train_forecaster(cfg: ForecastConfig, fresh: bool, extend: bool, callbacks:
 
 def _metrics(cfg: ForecastConfig, model: nn.Module, data: ForecastData) -> dict[str, Any]:
     val = evaluate_forecaster(model, data.val, cfg.eval_batch_size)
-    test = evaluate_forecaster(model, data.test, cfg.eval_batch_size)
+    test = evaluate_forecaster(model, data.test, cfg.eval_batch_size, drop_last_of=cfg.batch_size)
+    # test_mse is over every window (the honest number); test_mse_drop_last is what the reference code reports (its
+    # test loader drops the last partial batch of the training batch size: the last windows of the test period)
     return {"data": cfg.data, "model": cfg.model, "features": cfg.features, "lookback": cfg.lookback,
             "horizon": cfg.horizon, "test_mse": test["mse"], "test_mae": test["mae"], "val_mse": val["mse"],
-            "val_mae": val["mae"], "windows": data.sizes(), "num_params": count_params(model)}
+            "val_mae": val["mae"], "test_mse_drop_last": test["mse_drop_last"],
+            "test_mae_drop_last": test["mae_drop_last"], "test_windows_drop_last": test["windows_drop_last"],
+            "windows": data.sizes(), "num_params": count_params(model)}
 
 
 def load_forecaster(out: str | Path, **overrides: Any) -> tuple[ForecastConfig, nn.Module]:
