@@ -20,7 +20,7 @@ import torch
 from _timing import environment
 from torch import nn
 
-from innerloop.optim import LearnedOptimizer, LSTMRule, MLPRule
+from innerloop.optim import LearnedOptimizer, LSTMRule, MLPRule, TinyRule
 
 
 def make_model(width: int, depth: int, d_in: int, device: str) -> nn.Module:
@@ -40,12 +40,22 @@ def _lstm_update_path(model: nn.Module) -> LearnedOptimizer:
     return opt
 
 
+def _tiny_update_path(model: nn.Module) -> LearnedOptimizer:
+    """The tiny rule through its differentiable ``TinyRule.update`` (the reference of its C kernel)."""
+    opt = LearnedOptimizer(model.parameters(), rule=TinyRule())
+    opt.rule.inference_apply_ = None
+    opt.rule.inference_update = None
+    return opt
+
+
 def optimizers(model: nn.Module) -> dict[str, Callable[[], torch.optim.Optimizer]]:
     return {
         "adam": lambda: torch.optim.Adam(model.parameters(), lr=1e-3),
         "lstm": lambda: LearnedOptimizer(model.parameters(), rule=LSTMRule()),
         "lstm-update": lambda: _lstm_update_path(model),
         "mlp": lambda: LearnedOptimizer(model.parameters(), rule=MLPRule()),
+        "tiny": lambda: LearnedOptimizer(model.parameters(), rule=TinyRule()),
+        "tiny-update": lambda: _tiny_update_path(model),
     }
 
 
@@ -93,8 +103,9 @@ def main() -> None:
     p.add_argument("--d-in", type=int, default=784)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--only", default="adam,lstm,lstm-update,mlp",
-                   help="comma-separated subset of adam, lstm, lstm-update (the differentiable path), mlp")
+    p.add_argument("--only", default="adam,lstm,lstm-update,mlp,tiny,tiny-update",
+                   help="comma-separated subset of adam, lstm, lstm-update (the differentiable path), mlp, tiny, "
+                        "tiny-update (its differentiable path)")
     p.add_argument("--json", default="")
     a = p.parse_args()
     if a.threads:
