@@ -92,7 +92,8 @@ def tiny_step(
         dtype = params[k].dtype
         if dtype not in consts:
             c = torch.tensor([*rule.decays, rule.rms_decay, rule.eps, rule.norm_eps, rule.exp_mult, rule.step_mult,
-                              1.0 if scale is None else scale, scale is not None], dtype=dtype)  # fmt: skip
+                              1.0 if scale is None else scale, scale is not None, 1 - rule.rms_decay],
+                             dtype=dtype)  # fmt: skip
             consts[dtype] = (rule.kernel_weights(step, dtype), c)
         gcs[k] = grads[k].contiguous()
         sums[k] = torch.empty(rule.num_features, dtype=torch.float64)

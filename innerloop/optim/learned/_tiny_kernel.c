@@ -70,7 +70,8 @@ static inline REAL exp_simd(REAL x) {
     return q * two_k;
 }
 
-/* consts: decays[NM], rms_decay, eps, norm_eps, exp_mult, step_mult, scale, in_place (1: out += scale * u). */
+/* consts: decays[NM], rms_decay, eps, norm_eps, exp_mult, step_mult, scale, in_place (1: out += scale * u),
+   1 - rms_decay. */
 
 #define NEW_STATE(i)                                                                                                   \
     REAL gi = g[i];                                                                                                    \
@@ -82,7 +83,7 @@ static inline REAL exp_simd(REAL x) {
 
 #define CONSTANTS                                                                                                      \
     const REAL rms_decay = consts[NM], eps = consts[NM + 1];                                                           \
-    const REAL omv = (REAL)1 - rms_decay;                                                                              \
+    const REAL omv = consts[NM + 7];                                                                            \
     REAL dec[NM], omd[NM];                                                                                             \
     for (int j = 0; j < NM; j++) {                                                                                     \
         dec[j] = consts[j];                                                                                            \
