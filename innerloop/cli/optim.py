@@ -2,10 +2,11 @@
 Adam, RMSprop, SGD and Nesterov momentum.
 
 Flags are generated from :class:`innerloop.optim.meta_train.MetaOptConfig`. Rules are looked up by name in
-``innerloop.optim.meta_train.RULES``: ``sgd_lr`` (per-tensor learnable learning rates, the test rule), ``lstm``
-(the coordinatewise LSTM optimizer of Andrychowicz et al. 2016) and ``mlp`` (a per-parameter MLP optimizer in the
-style of Metz et al.). Problems: ``quadratic``, ``digits_mlp`` (``--hidden``, ``--layers``, ``--activation`` give the
-paper's generalisation optimizees) and ``digits_conv`` (its CIFAR conv net at 8x8). Examples::
+``innerloop.optim.meta_train.RULES``: ``sgd_lr`` (per-tensor learnable learning rates, the test rule), ``lstm`` (the
+coordinatewise LSTM optimizer of Andrychowicz et al. 2016), ``mlp`` (a per-parameter MLP optimizer in the style of Metz
+et al.) and ``tiny`` (a 4-unit per-coordinate MLP whose step costs about an Adam step). Problems: ``quadratic``,
+``digits_mlp`` (``--hidden``, ``--layers``, ``--activation`` give the paper's generalisation optimizees) and
+``digits_conv`` (its CIFAR conv net at 8x8). Examples::
 
     innerloop optim train --problem quadratic --rule sgd_lr --episodes 200 --out runs/lopt-quad
     innerloop optim eval --out runs/lopt-quad            # re-evaluates the run's checkpoint with its config.json

@@ -1,6 +1,7 @@
 """Optimisers for inner loops: update rules as optax-style ``(init, update)`` pairs over parameter dicts, and linear
-algebra on parameter dicts; learned update rules (:class:`LSTMRule`, :class:`MLPRule`), their ``torch.optim``
-drop-in (:class:`LearnedOptimizer`) and the pretrained-rule registry (:func:`load_rule`, :func:`save_rule`).
+algebra on parameter dicts; learned update rules (:class:`LSTMRule`, :class:`MLPRule`, :class:`TinyRule`), their
+``torch.optim`` drop-in (:class:`LearnedOptimizer`) and the pretrained-rule registry (:func:`load_rule`,
+:func:`save_rule`).
 
 This package sits on the same floor as :mod:`innerloop.meta` and imports nothing above ``torch`` but the run
 scaffold: the meta-learning algorithms, the TTT layers' inner loops and learned optimizers all plug into the same
@@ -18,7 +19,7 @@ Examples:
     tensor([0.9000, 0.9000])
 """
 
-from innerloop.optim.learned import LSTMRule, MLPRule, log_and_sign
+from innerloop.optim.learned import LSTMRule, MLPRule, TinyRule, log_and_sign
 from innerloop.optim.linalg import conjugate_gradient, dot
 from innerloop.optim.meta_train import RULES, LearnedLR, MetaOptConfig, train_rule, unroll
 from innerloop.optim.pretrained import available_rules, load_rule, save_rule
@@ -69,6 +70,7 @@ __all__ = [
     "sample_instances",
     "save_rule",
     "sgd",
+    "TinyRule",
     "train_rule",
     "unroll",
 ]

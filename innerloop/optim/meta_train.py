@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from innerloop.errors import check_choice
-from innerloop.optim.learned import LSTMRule, MLPRule
+from innerloop.optim.learned import LSTMRule, MLPRule, TinyRule
 from innerloop.optim.learned.mlp import BASES
 from innerloop.optim.problems import (
     ConvClassifier,
@@ -99,6 +99,7 @@ RULES: dict[str, Callable[..., nn.Module]] = {
     "lstm": lambda params: LSTMRule(),  # coordinatewise: stacked instances are just more coordinates
     # its feature RMS is per instance, over all but the leading dim
     "mlp": lambda params, **options: MLPRule(batch_dims=1, **options),
+    "tiny": lambda params, **options: TinyRule(batch_dims=1, **options),  # the same, per instance
 }
 META_LOSSES = ("sum", "log")
 
@@ -116,7 +117,7 @@ class MetaOptConfig:
                                                      "meta_loss": META_LOSSES, "mlp_base": BASES}  # fmt: skip
 
     problem: str = "quadratic"  # optimizee: quadratic ||W theta - y||^2, digits_mlp or digits_conv (innerloop[optim])
-    rule: str = "sgd_lr"  # learned rule: sgd_lr (per-tensor rates), lstm (Andrychowicz et al.), mlp (Metz et al.)
+    rule: str = "sgd_lr"  # learned rule: sgd_lr (per-tensor rates), lstm (Andrychowicz et al.), mlp (Metz et al.), tiny
     episodes: int = 10000  # meta-training episodes; each samples new instances and optimises them for --steps steps
     steps: int = 100  # optimizee steps per episode
     unroll: int = 20  # optimizee steps per truncated-BPTT unroll = per meta-step; must divide --steps
@@ -125,8 +126,8 @@ class MetaOptConfig:
     second_order: bool = False  # backpropagate through the optimizee gradients (default off: dropped, as the paper)
     meta_loss: str = "sum"  # per unroll: sum (the paper: sum of the losses) | log (mean log loss, as Metz et al.)
     meta_clip: float = 0.0  # clip the meta-gradient to this global norm before each Adam step (0 = no clipping)
-    mlp_base: str = "adam"  # mlp rule: adam (the untrained rule is an Adam-like step) | none (Metz's plain MLP)
-    mlp_step_mult: float = 0.0  # mlp rule: its step length b in d * exp(a m) * b (0 = 1e-2 with adam, 1e-3 with none)
+    mlp_base: str = "adam"  # mlp, tiny rules: adam (the untrained rule is an Adam-like step) | none (a plain MLP)
+    mlp_step_mult: float = 0.0  # mlp, tiny rules: step length b in d * exp(a m) * b (0 = 1e-2; mlp with none: 1e-3)
     dim: int = 10  # quadratic: dimension of theta
     hidden: int = 20  # digits_mlp: hidden units per layer
     layers: int = 1  # digits_mlp: hidden layers
@@ -163,9 +164,9 @@ class MetaOptConfig:
                              f"{self.meta_lr}")  # fmt: skip
         for b in self.baselines:
             check_choice("baseline", b, BASELINES)
-        if self.mlp_step_mult and self.rule != "mlp":
-            raise ValueError(f"--mlp-step-mult sets the mlp rule's step length; --rule {self.rule} has none. Drop the "
-                             f"flag or use --rule mlp")  # fmt: skip
+        if self.mlp_step_mult and self.rule not in ("mlp", "tiny"):
+            raise ValueError(f"--mlp-step-mult sets the mlp and tiny rules' step length; --rule {self.rule} has none. "
+                             f"Drop the flag or use --rule mlp or tiny")  # fmt: skip
         if self.train_layers and (self.problem != "digits_mlp" or min(self.train_layers) < 1):
             raise ValueError(f"--train-layers {self.train_layers}: give hidden-layer counts >= 1, with --problem "
                              f"digits_mlp (got --problem {self.problem})")  # fmt: skip
@@ -203,7 +204,10 @@ def build_rule(name: str, params: Params, **options: Any) -> nn.Module:
 
 
 def rule_options(cfg: MetaOptConfig) -> dict[str, Any]:
-    """The options of ``cfg.rule`` set by the config (the ``--mlp-*`` flags for ``mlp``; none for the others)."""
+    """The options of ``cfg.rule`` set by the config (the ``--mlp-*`` flags for ``mlp`` and ``tiny``; none for the
+    others)."""
+    if cfg.rule == "tiny":
+        return {"base": cfg.mlp_base, **({"step_mult": cfg.mlp_step_mult} if cfg.mlp_step_mult else {})}
     if cfg.rule != "mlp":
         return {}
     return {"base": cfg.mlp_base, "step_mult": cfg.mlp_step_mult or None}

@@ -2,9 +2,10 @@
 
 The optimizer holds a frozen copy of the rule (weights without grad, eval mode) and, at each :meth:`step`, calls
 ``rule.update`` (or the rule's ``inference_update``, its no-autograd fast path, when it has one) on every parameter of a
-group that has a gradient, under ``torch.no_grad()``, then adds
-``scale * update`` in place. The rule's per-parameter state lives in ``self.state[p]`` beside ``"step"``, so
-``state_dict()`` / ``load_state_dict()`` save and restore it like Adam's moments.
+group that has a gradient, under ``torch.no_grad()``, then adds ``scale * update`` in place; a rule with
+``inference_apply_(grads, state, params, step, scale)`` (TinyRule) does both itself, writing the parameters and its
+state in place. The rule's per-parameter state lives in ``self.state[p]`` beside ``"step"``, so ``state_dict()`` /
+``load_state_dict()`` save and restore it like Adam's moments.
 """
 
 from __future__ import annotations
@@ -134,11 +135,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if k not in fresh:
                     saved = {f: v for f, v in self.state[p].items() if f != "step"}
                     state[k] = saved["state"] if set(saved) == {"state"} else saved
-        # a rule's no-autograd fast path (LSTMRule.inference_update), else its update
-        update = getattr(self.rule, "inference_update", None) or self.rule.update
-        updates, new_state = update(grads, state, params, step)
+        # a rule's in-place fast path (TinyRule.inference_apply_: parameters and state updated in place), else its
+        # no-autograd fast path (LSTMRule.inference_update), else its update
+        apply_ = getattr(self.rule, "inference_apply_", None) if not stateless else None
+        if apply_ is not None:
+            new_state = apply_(grads, state, params, step, scale)
+        else:
+            update = getattr(self.rule, "inference_update", None) or self.rule.update
+            updates, new_state = update(grads, state, params, step)
         for k, p in named.items():
-            p.add_(updates[k].to(p.dtype), alpha=scale)
+            if apply_ is None:
+                p.add_(updates[k].to(p.dtype), alpha=scale)
             entry: dict[str, Any] = {"step": step + 1}
             if not stateless:
                 value = new_state[k]

@@ -17,7 +17,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _lopt_run import EPISODES, UNROLLS, LearnedMomentum, run  # noqa: E402
 
-from innerloop.optim import RULES, LearnedLR, MetaOptConfig, MLPClassifier, MLPRule, Quadratic, sample_instances  # noqa: E402
+from innerloop.optim import (  # noqa: E402
+    RULES,
+    LearnedLR,
+    MetaOptConfig,
+    MLPClassifier,
+    MLPRule,
+    Quadratic,
+    TinyRule,
+    sample_instances,
+)
 from innerloop.optim.meta_eval import rollout  # noqa: E402
 from innerloop.optim.meta_train import MetaOptTrainer, NonFiniteGradientError, make_rule, unroll  # noqa: E402
 from innerloop.runs import Callback, RunInterrupted, latest_checkpoint, read_log  # noqa: E402
@@ -107,14 +116,14 @@ def test_every_rule_weight_gets_a_meta_gradient(name, problem_fn):
     problem = problem_fn()
     rule = make_rule(MetaOptConfig(rule=name), problem)
     instances, params = sample_instances(problem, 4, torch.Generator().manual_seed(1))
-    if isinstance(rule, MLPRule):
+    if isinstance(rule, MLPRule | TinyRule):  # TinyRule: the same, with its one hidden layer
         # At its random init ~6 of the 32 first-layer ReLU units are inactive on every coordinate (the progress
         # features are near-constant, acting as a negative bias), so their weights get exactly zero gradient: that
         # is ReLU, not the plumbing. Raise each hidden bias above the largest |W x| its inputs allow, so every unit
         # is active; then every weight must be reached through the unroll (every feature column included).
         bound = max(math.sqrt(v[0].numel()) for v in params.values()) + 1.0  # |feature| <= sqrt(n): RMS-normalised
         with torch.no_grad():
-            for layer in rule.layers[:-1]:
+            for layer in rule.layers[:-1] if isinstance(rule, MLPRule) else [rule.hidden]:
                 reach = bound * layer.weight.abs().sum(1)
                 layer.bias.copy_(1.0 + reach)
                 bound = float((layer.bias + reach).max())

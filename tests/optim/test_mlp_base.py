@@ -102,7 +102,8 @@ def test_config_builds_the_mlp_rule_it_names():
     assert (rule.base, rule.step_mult, rule.batch_dims) == ("adam", 0.03, 1)
     rule = make_rule(MetaOptConfig(rule="mlp", mlp_base="none"), Quadratic())
     assert (rule.base, rule.step_mult) == ("none", 1e-3)
-    with pytest.raises(ValueError, match="--mlp-step-mult sets the mlp rule's step length; --rule lstm has none"):
+    with pytest.raises(ValueError, match="--mlp-step-mult sets the mlp and tiny rules' step length; "
+                       "--rule lstm has none"):
         MetaOptConfig(rule="lstm", mlp_step_mult=0.03)
 
 

@@ -10,8 +10,9 @@ A rule named ``<name>`` is two files in this folder (or in any folder given as `
 names. ``innerloop optim train ... --export NAME`` produces the files that get shipped here; each json records that
 command, the run's config, how many meta-steps it trained and its evaluation against the tuned baselines (RESULTS.md
 has the tables). Shipped: ``lstm-quadratic`` and ``mlp-quadratic`` (10-d quadratics, 100 steps) and ``lstm-digits``
-and ``mlp-digits`` (the 20-sigmoid-unit MLP on scikit-learn's 8x8 digits, 100 steps); a rule knows only the problems
-it was meta-trained on.
+and ``mlp-digits`` (the 20-sigmoid-unit MLP on scikit-learn's 8x8 digits, 100 steps), and ``tiny-digits`` (a
+:class:`~innerloop.optim.TinyRule`, whose step costs about an Adam step, on the same digits MLP); a rule knows only the
+problems it was meta-trained on.
 
 Examples:
     >>> import tempfile
