@@ -218,6 +218,7 @@ def finished_metrics(cfg: ICLConfig) -> dict[str, Any] | None:
     if not path.is_file() or not (Path(cfg.out) / "config.json").is_file():
         return None
     saved, _ = read_config(cfg.out, "innerloop icl compare")
+    saved.setdefault("freeze_encoder_steps", 0)  # runs made before the option existed trained without it
     if config_diff(saved, dataclasses.asdict(cfg), _REPORT_ONLY):
         return None
     metrics = read_json(path)

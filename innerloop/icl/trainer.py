@@ -47,6 +47,7 @@ class ICLConfig:
     ways: int = 5  # omniglot: classes per task
     image_size: int = 28  # omniglot: image side in pixels
     channels: int = 64  # omniglot, in-context learners: filters of the conv image encoder
+    freeze_encoder_steps: int = 0  # omniglot, in-context: the image encoder stays at its init for these first updates
     data_root: str = ""  # omniglot: the data folder (the two zips); default: $INNERLOOP_DATA/omniglot
     steps: int = 500  # meta-updates; tasks seen in training = steps * meta_batch
     meta_batch: int = 25  # tasks per meta-update
@@ -75,7 +76,7 @@ class ICLConfig:
                      "channels"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("query_shots", "noise", "checkpoint_every", "max_seconds", "eval_points"):
+        for name in ("query_shots", "noise", "checkpoint_every", "max_seconds", "eval_points", "freeze_encoder_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.task != "linear" and self.noise:
@@ -86,6 +87,9 @@ class ICLConfig:
                 if self.shots + q > drawers:
                     raise ValueError(f"omniglot has {drawers} images per character: shots + {name} = {self.shots} + "
                                      f"{q} > {drawers}; lower --{name.replace('_', '-')} (per class)")  # fmt: skip
+        if self.freeze_encoder_steps and (self.task != "omniglot" or learner_kind(self.learner) != "in-context"):
+            raise ValueError(f"--freeze-encoder-steps applies to the image encoder of an in-context learner on "
+                             f"omniglot; {self.learner} on {self.task} has none: use --freeze-encoder-steps 0")
         if not (self.lr > 0 and self.inner_lr > 0):
             raise ValueError(f"lr and inner_lr must be > 0, got {self.lr}, {self.inner_lr}")
 
@@ -133,6 +137,10 @@ RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_secon
 class ICLTrainer(TrainLoop):
     """One step: meta-batch ``step`` of the training tasks, the learner's ``meta_backward``, one Adam update.
 
+    With ``cfg.freeze_encoder_steps`` the image encoder of an in-context learner stays at its initialisation for the
+    first updates (its gradients are dropped, so Adam neither moves it nor updates its moments): the memory first
+    learns the lookup on fixed random features, then both train (RESULTS.md, Omniglot probes).
+
     Args:
         cfg (ICLConfig): the run.
         learner (nn.Module), opt (torch.optim.Optimizer): from :func:`build`.
@@ -161,6 +169,9 @@ class ICLTrainer(TrainLoop):
         batch = self.train_tasks.batch(step, self.cfg.meta_batch)
         self.opt.zero_grad(set_to_none=True)
         loss = float(self.learner.meta_backward(batch))
+        if step < self.cfg.freeze_encoder_steps:  # no gradient = Adam leaves the encoder (and its moments) alone
+            for p in self.learner.model.encoder.parameters():
+                p.grad = None
         try:
             check_finite(loss, "meta-loss", self, step)
         except TrainingDivergedError:

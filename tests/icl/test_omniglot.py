@@ -131,3 +131,42 @@ def test_train_cli_prints_accuracy(tiny_cfg, capsys):
                  "--channels", "8", "--hidden-size", "8", "--num-layers", "1", "--num-heads", "2", "--eval-tasks",
                  "2", "--eval-points", "2", "--out", cfg.out]) == 0  # fmt: skip
     assert re.search(r"test accuracy \(ood\): \d+\.\d% \+- ", capsys.readouterr().out)
+
+
+def _encoder_and_rest(cfg: ICLConfig) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    from innerloop.icl import build_learner
+    from innerloop.runs import load_latest_weights
+
+    learner = build_learner(cfg.learner, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                            num_heads=cfg.num_heads, classes=cfg.ways, channels=cfg.channels)  # fmt: skip
+    if Path(cfg.out, "checkpoints").is_dir():
+        load_latest_weights(Path(cfg.out) / "checkpoints", learner)
+    else:  # the initialisation: build() seeds torch with cfg.seed first
+        from innerloop.icl.trainer import build
+
+        learner = build(cfg)[0]
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    enc = {k: v for k, v in state.items() if k.startswith("model.encoder.")}
+    return enc, {k: v for k, v in state.items() if not k.startswith("model.encoder.")}
+
+
+@pytest.mark.parametrize("freeze, encoder_moves", [(2, False), (1, True), (0, True)])
+def test_freeze_encoder_steps_keeps_the_image_encoder_at_its_init(tiny_cfg, tmp_path, freeze, encoder_moves):
+    from innerloop.icl import train
+
+    cfg = tiny_cfg(learner="gru", freeze_encoder_steps=freeze, out=str(tmp_path / f"freeze{freeze}"))
+    enc0, rest0 = _encoder_and_rest(cfg)
+    train(cfg, evaluate_after=False)
+    enc1, rest1 = _encoder_and_rest(cfg)
+    assert any(not torch.equal(rest0[k], rest1[k]) for k in rest0)  # the memory and head train throughout
+    moved = any(not torch.equal(enc0[k], enc1[k]) for k in enc0)
+    assert moved == encoder_moves
+
+
+def test_freeze_encoder_steps_needs_an_in_context_image_learner():
+    with pytest.raises(ValueError, match="freeze-encoder-steps applies to the image encoder"):
+        ICLConfig(task="sinusoid", learner="gru", freeze_encoder_steps=5)
+    with pytest.raises(ValueError, match="freeze-encoder-steps applies to the image encoder"):
+        ICLConfig(task="omniglot", learner="maml", freeze_encoder_steps=5)
+    with pytest.raises(ValueError, match="freeze_encoder_steps must be >= 0"):
+        ICLConfig(task="omniglot", learner="gru", freeze_encoder_steps=-1)
