@@ -29,7 +29,7 @@ from innerloop._io import atomic_write_text, pyplot, read_json, write_csv
 from innerloop.data.fewshot import mean_ci95
 from innerloop.runs import config_diff, read_config
 
-from .trainer import ICLConfig, train
+from .trainer import ICLConfig, train, upgrade_config
 
 __all__ = ["CLASSIFICATION_FIELDS", "FIELDS", "baseline_rows", "budget_text", "compare", "fields", "finished_metrics",
            "markdown_table"]  # fmt: skip
@@ -218,7 +218,7 @@ def finished_metrics(cfg: ICLConfig) -> dict[str, Any] | None:
     if not path.is_file() or not (Path(cfg.out) / "config.json").is_file():
         return None
     saved, _ = read_config(cfg.out, "innerloop icl compare")
-    saved.setdefault("freeze_encoder_steps", 0)  # runs made before the option existed trained without it
+    saved = upgrade_config(saved)  # runs made before a field existed, at the value they trained with
     if config_diff(saved, dataclasses.asdict(cfg), _REPORT_ONLY):
         return None
     metrics = read_json(path)

@@ -132,6 +132,14 @@ def build(cfg: ICLConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
 # change how a run is reported, not what it computes: allowed to differ on resume
 RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_tasks", "eval_points",
                               "eval_batch", "test_steps", "data_root"})  # fmt: skip
+# Config fields added after runs were first made, with the value that reproduces what those runs did.
+ADDED_FIELDS: dict[str, Any] = {"freeze_encoder_steps": 0}
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before :data:`ADDED_FIELDS` existed, in today's form, so older runs still resume and count as
+    finished."""
+    return {**ADDED_FIELDS, **saved}
 
 
 class ICLTrainer(TrainLoop):
@@ -154,7 +162,7 @@ class ICLTrainer(TrainLoop):
         self.cfg, self.learner, self.opt = cfg, learner, opt
         self.train_tasks = cfg.tasks("train")
         run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="steps", resume_free=RESUME_FREE_KEYS, fresh=fresh,
-                  extend=extend, command="innerloop icl train")  # fmt: skip
+                  extend=extend, command="innerloop icl train", upgrade=upgrade_config)  # fmt: skip
         super().__init__(learner, run, cfg.steps, stateful={"optimizer": opt}, log_fields=["step", "loss",
                          "train_seconds"], log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                          max_seconds=cfg.max_seconds, callbacks=callbacks, progress=progress,

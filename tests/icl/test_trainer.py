@@ -59,3 +59,31 @@ def test_train_evaluates_in_and_out_of_distribution(tmp_path):
     assert (tmp_path / "m" / "metrics.json").is_file()
     again = evaluate(config("maml", str(tmp_path / "m"), steps=2), build_learner("maml"))
     assert set(again) >= {"in", "ood", "seconds_per_task"}
+
+
+
+def test_a_run_saved_before_a_field_existed_still_resumes_and_counts_as_finished(tmp_path):
+    """A config saved before ``freeze_encoder_steps`` existed (the field absent) reads at the value those runs trained
+    with (0): the checkpoint check accepts it, and ``icl compare`` still counts the finished run as done."""
+    import dataclasses
+    import json
+
+    from innerloop.icl.compare import finished_metrics
+    from innerloop.icl.trainer import ADDED_FIELDS, RESUME_FREE_KEYS, upgrade_config
+    from innerloop.runs import Run
+
+    now = dataclasses.asdict(config("gru", str(tmp_path / "r")))
+    old = {k: v for k, v in now.items() if k not in ADDED_FIELDS}
+    with pytest.raises(ConfigMismatchError):  # without the upgrade the absent field is a difference
+        Run(tmp_path, now, resume_free=RESUME_FREE_KEYS).check_config(old, tmp_path)
+    Run(tmp_path, now, resume_free=RESUME_FREE_KEYS, upgrade=upgrade_config).check_config(old, tmp_path)
+    assert upgrade_config({**old, "freeze_encoder_steps": 3})["freeze_encoder_steps"] == 3  # a saved value wins
+
+    out = tmp_path / "done"
+    train(config("gru", str(out), steps=2))
+    path = out / "config.json"
+    body = json.loads(path.read_text())
+    for name in ADDED_FIELDS:
+        body.pop(name)
+    path.write_text(json.dumps(body))
+    assert finished_metrics(config("gru", str(out), steps=2)) is not None
