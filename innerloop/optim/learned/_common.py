@@ -109,3 +109,20 @@ def split(flat: Tensor, sizes: Sequence[int]) -> tuple[Tensor, ...]:
 def cast_weight(w: Tensor, like: Tensor) -> Tensor:
     """``w`` on ``like``'s device and dtype (a differentiable no-op when they already match)."""
     return w.to(device=like.device, dtype=like.dtype)
+
+
+def instance_count(who: str, batch_dims: int, name: str, g: Tensor) -> int:
+    """How many optimizee instances are stacked in ``g``: 1 unless the rule was built with ``batch_dims=1``, then the
+    size of ``g``'s first dimension (each instance's tensor gets its own per-tensor normalisation).
+
+    Raises:
+        ValueError: ``batch_dims=1`` and ``g`` has no first dimension of size >= 1 (``who`` names the rule).
+    """
+    if not batch_dims:
+        return 1
+    if g.dim() < 1 or g.shape[0] < 1:
+        raise ValueError(
+            f"{who}(batch_dims=1): parameter {name!r} has shape {tuple(g.shape)}; with batch_dims=1 every "
+            f"tensor is a stack of instances [n, ...] with n >= 1"
+        )
+    return g.shape[0]

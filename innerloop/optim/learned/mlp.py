@@ -45,6 +45,7 @@ from innerloop.optim.learned._common import (
     check_params,
     check_update_inputs,
     compute_dtype,
+    instance_count,
     split,
 )
 
@@ -254,14 +255,7 @@ class MLPRule(nn.Module):
 
     def _groups(self, name: str, g: Tensor) -> int:
         """The number of instances stacked in ``g`` (1 unless ``batch_dims`` is 1)."""
-        if not self.batch_dims:
-            return 1
-        if g.dim() < 1 or g.shape[0] < 1:
-            raise ValueError(
-                f"MLPRule(batch_dims=1): parameter {name!r} has shape {tuple(g.shape)}; with batch_dims=1 every "
-                f"tensor is a stack of instances [n, ...] with n >= 1"
-            )
-        return g.shape[0]
+        return instance_count("MLPRule", self.batch_dims, name, g)
 
     def forward(
         self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int

@@ -42,6 +42,7 @@ from innerloop.optim.learned._common import (
     check_params,
     check_update_inputs,
     compute_dtype,
+    instance_count,
     split,
 )
 
@@ -258,14 +259,8 @@ class TinyRule(nn.Module):
                 )
 
     def _groups(self, name: str, g: Tensor) -> int:
-        if not self.batch_dims:
-            return 1
-        if g.dim() < 1 or g.shape[0] < 1:
-            raise ValueError(
-                f"TinyRule(batch_dims=1): parameter {name!r} has shape {tuple(g.shape)}; with batch_dims=1 every "
-                f"tensor is a stack of instances [n, ...] with n >= 1"
-            )
-        return g.shape[0]
+        """The number of instances stacked in ``g`` (1 unless ``batch_dims`` is 1)."""
+        return instance_count("TinyRule", self.batch_dims, name, g)
 
     def forward(
         self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
