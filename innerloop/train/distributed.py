@@ -63,5 +63,8 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Tear the process group down once every rank has reached this point (a gloo rank whose peer tears the group
+    down first can abort with "terminate called without an active exception": seen once in CI)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
