@@ -48,3 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     return run_command(args.func, args)
+
+
+if __name__ == "__main__":  # python -m innerloop.cli.main works like python -m innerloop
+    raise SystemExit(main())

@@ -23,7 +23,30 @@ from innerloop.layers import MIXERS, MixerStack, RMSNorm
 
 from .trial import TrialEnv
 
-__all__ = ["RL2Policy", "Rollout", "rollout"]
+__all__ = ["RL2Critic", "RL2Policy", "Rollout", "rollout"]
+
+
+class RL2Critic(MixerStack):
+    """The value network of an RL² agent with a separate critic: its own memory, the actor's shape, a value head.
+
+    ``x -> linear -> [h + mixer(norm h); h + mlp(norm h)] * num_layers -> norm -> value``; same arguments as
+    :class:`RL2Policy` (already checked there). Shapes: ``x [B, T, I] -> values [B, T], states``.
+    """
+
+    def __init__(self, input_size: int, mixer: str, hidden_size: int, num_layers: int, num_heads: int,
+                 mlp_ratio: int, mixer_options: dict[str, Any]) -> None:  # fmt: skip
+        super().__init__()
+        self.embed = nn.Linear(input_size, hidden_size)
+        self.build_blocks(mixer, hidden_size, num_layers, num_heads, mlp_ratio, mixer_options)
+        self.norm = RMSNorm(hidden_size)
+        self.value_head = nn.Linear(hidden_size, 1)
+
+    def initial_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> list:
+        return [m.init_state(batch_size, device, dtype) for m in self.mixers]
+
+    def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:
+        h, new = self.blocks(self.embed(x), state)
+        return self.value_head(self.norm(h)).squeeze(-1), new
 
 
 class RL2Policy(MixerStack):
@@ -39,6 +62,10 @@ class RL2Policy(MixerStack):
         num_heads (int): heads of attention and TTT mixers. Default: 4.
         mlp_ratio (int): SwiGLU width ``mlp_ratio * C`` after each mixer; 0 = none. Default: 0.
         mixer_options (dict, Optional): extra mixer kwargs (TTT defaults to ``mini_batch_size=8``).
+        separate_critic (bool, Optional): the values come from a second network with its own memory
+            (:class:`RL2Critic`, same mixer and width) instead of a head on the actor's memory, so the value loss
+            never trains the actor. Its state is carried and reset with the actor's: the memory ``state`` is the
+            list of the actor's per-layer states followed by the critic's. Default: False.
 
     Shapes: :meth:`forward` ``x [B, T, I] -> logits [B, T, A], values [B, T], states``; :meth:`step`
     ``x [B, I] -> logits [B, A], values [B], states``.
@@ -52,7 +79,7 @@ class RL2Policy(MixerStack):
 
     def __init__(self, input_size: int, num_actions: int, mixer: str = "gru", hidden_size: int = 256,
                  num_layers: int = 1, num_heads: int = 4, mlp_ratio: int = 0,
-                 mixer_options: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 mixer_options: dict[str, Any] | None = None, separate_critic: bool = False) -> None:  # fmt: skip
         super().__init__()
         if mixer not in MIXERS:
             raise ValueError(f"unknown mixer {mixer!r}; choose from {', '.join(sorted(MIXERS))}")
@@ -68,23 +95,40 @@ class RL2Policy(MixerStack):
         self.build_blocks(mixer, hidden_size, num_layers, num_heads, mlp_ratio, opts)
         self.norm = RMSNorm(hidden_size)
         self.policy_head = nn.Linear(hidden_size, num_actions)
-        self.value_head = nn.Linear(hidden_size, 1)
+        self.separate_critic = bool(separate_critic)
+        self.value_head = None if separate_critic else nn.Linear(hidden_size, 1)
         with torch.no_grad():  # near-uniform first policy (PPO practice: small last-layer init of the actor)
             self.policy_head.weight.mul_(0.01)
             self.policy_head.bias.zero_()
+        self.critic = (RL2Critic(input_size, mixer, hidden_size, num_layers, num_heads, mlp_ratio, opts)
+                       if separate_critic else None)  # fmt: skip
+
+    def parameter_groups(self) -> list[list[nn.Parameter]]:
+        """``[actor and value head]`` (shared memory) or ``[actor, critic]`` (separate): clipped one by one."""
+        if self.critic is None:
+            return [list(self.parameters())]
+        critic = {id(p) for p in self.critic.parameters()}
+        return [[p for p in self.parameters() if id(p) not in critic], list(self.critic.parameters())]
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> list:
         """The memory at the start of a trial: each mixer's ``init_state`` for ``batch_size`` trials."""
         w = self.embed.weight
-        return [m.init_state(batch_size, device or w.device, w.dtype) for m in self.mixers]
+        states = [m.init_state(batch_size, device or w.device, w.dtype) for m in self.mixers]
+        if self.critic is not None:
+            states += self.critic.initial_state(batch_size, device or w.device, w.dtype)
+        return states
 
     def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, Tensor, list]:
         """Run ``x [B, T, I]`` from ``state`` (None = a trial's start); ``(logits [B, T, A], values [B, T], state)``."""
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"expected RL² inputs [B, T, {self.input_size}], got {tuple(x.shape)}")
-        h, new = self.blocks(self.embed(x), state)
+        n = len(self.mixers)
+        h, new = self.blocks(self.embed(x), None if state is None else state[:n])
         h = self.norm(h)
-        return self.policy_head(h), self.value_head(h).squeeze(-1), new
+        if self.critic is None:
+            return self.policy_head(h), self.value_head(h).squeeze(-1), new
+        values, critic_new = self.critic(x, None if state is None else state[n:])
+        return self.policy_head(h), values, new + critic_new
 
     def step(self, x: Tensor, state: list | None) -> tuple[Tensor, Tensor, list]:
         """One step ``x [B, I]`` from ``state``: ``(logits [B, A], values [B], state)``."""

@@ -75,6 +75,7 @@ class RL2Config:
     gamma: float = 0.99  # discount over the trial
     lam: float = 0.3  # GAE lambda
     value_norm: bool = False  # the value head predicts standardised returns (running mean/std of the targets)
+    separate_critic: bool = False  # the values come from a second network with its own memory (no shared memory)
     eval_trials: int = 1000  # fixed test trials (seed 2000) for val_return and metrics.json
     eval_every: int = 50  # steps between evaluations (0 = only at the end)
     log_every: int = 10  # steps between log.csv rows
@@ -128,7 +129,7 @@ def build_rl2(cfg: RL2Config) -> tuple[RL2Policy, torch.optim.Optimizer]:
     torch.manual_seed(cfg.seed)
     trials = cfg.make_trials(1)
     policy = RL2Policy(trials.input_size, trials.env.num_actions, cfg.mixer, cfg.hidden_size, cfg.num_layers,
-                       cfg.num_heads, cfg.mlp_ratio).to(cfg.device)  # fmt: skip
+                       cfg.num_heads, cfg.mlp_ratio, separate_critic=cfg.separate_critic).to(cfg.device)  # fmt: skip
     return policy, torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
 
 
@@ -136,6 +137,15 @@ def build_rl2(cfg: RL2Config) -> tuple[RL2Policy, torch.optim.Optimizer]:
 RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_trials", "eval_every"})
 LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
               "val_return", "train_seconds"]  # fmt: skip
+
+
+# fields added after the first runs, with the value that reproduces those runs: an old run resumes and loads as before
+ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False}
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` from before a field existed, in today's form (the field at its old behaviour)."""
+    return {**ADDED_FIELDS, **saved}
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -167,7 +177,8 @@ class RL2Trainer(TrainLoop):
         the_run = None
         if run:
             the_run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="steps", resume_free=RESUME_FREE_KEYS,
-                          fresh=fresh, extend=extend, command="innerloop rl train --algo rl2")  # fmt: skip
+                          fresh=fresh, extend=extend, command="innerloop rl train --algo rl2",
+                          upgrade=upgrade_config)  # fmt: skip
         super().__init__(policy, the_run, cfg.steps, stateful=stateful, log_fields=LOG_FIELDS,
                          average=("loss", "return"), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                          eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callbacks=callbacks,
@@ -200,8 +211,9 @@ class RL2Trainer(TrainLoop):
                                  cfg.value_coef, cfg.entropy_coef)  # fmt: skip
                 self.opt.zero_grad(set_to_none=True)
                 terms.total.backward()
-                norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
-                                                      cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+                # separate actor and critic are clipped one by one, so a large value gradient never shrinks the actor's
+                norm = sum(torch.nn.utils.clip_grad_norm_(group, cfg.max_grad_norm if cfg.max_grad_norm > 0
+                                                          else math.inf) for group in self.policy.parameter_groups())
                 try:
                     check_finite(float(terms.total.detach()) + float(norm), "PPO loss / gradient norm", self, step)
                 except TrainingDivergedError:

@@ -108,3 +108,39 @@ def test_bad_policy_input():
         RL2Policy(4, 2, "gruu")
     with pytest.raises(ValueError, match=r"expected RL² inputs \[B, T, 4\]"):
         RL2Policy(4, 2, "gru", hidden_size=8)(torch.zeros(2, 3, 5))
+
+
+@pytest.mark.parametrize("mixer", ["gru", "attention"])
+def test_separate_critic_has_its_own_memory_and_gradients(mixer):
+    torch.manual_seed(0)
+    pi = RL2Policy(9, 3, mixer, hidden_size=16, num_layers=2, num_heads=2, mlp_ratio=1, separate_critic=True)
+    actor, critic = pi.parameter_groups()
+    assert {id(p) for p in actor}.isdisjoint(id(p) for p in critic) and len(actor) + len(critic) == len(
+        list(pi.parameters()))
+    assert pi.value_head is None and len(pi.initial_state(2)) == 4  # two actor layers, then two critic layers
+    x = torch.randn(3, 7, 9)
+    logits, values, _ = pi(x)
+    # the value loss reaches only the critic, the policy loss only the actor
+    values.pow(2).mean().backward(retain_graph=True)
+    assert all(p.grad is None for p in actor) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in critic)
+    pi.zero_grad(set_to_none=True)
+    torch.log_softmax(logits, -1)[..., 0].mean().backward()
+    assert all(p.grad is None for p in critic) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in actor)
+    # step by step (both memories carried) equals the whole-trial forward
+    state = pi.initial_state(3)
+    for t in range(x.shape[1]):
+        step_logits, step_values, state = pi.step(x[:, t], state)
+        torch.testing.assert_close(step_logits, logits[:, t].detach(), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(step_values, values[:, t].detach(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_rollout_logp_and_values_equal_the_ppo_forward(separate):
+    trials = TrialEnv(TabularMDP(num_states=3, num_actions=2, horizon=3, batch_size=5), episodes=3)
+    torch.manual_seed(0)
+    pi = RL2Policy(trials.input_size, 2, "gru", hidden_size=16, separate_critic=separate)
+    ro = rollout(pi, trials, 4, torch.Generator().manual_seed(0))
+    logits, values, _ = pi(ro.inputs)
+    logp = torch.log_softmax(logits, -1).gather(-1, ro.actions[..., None])[..., 0]
+    torch.testing.assert_close(logp, ro.logp, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(values, ro.values, atol=1e-5, rtol=1e-4)

@@ -26,26 +26,51 @@ def _logged(out: Path) -> list[tuple[str, ...]]:
     return [tuple(r[c] for c in COLUMNS) for r in read_log(out / "log.csv")]
 
 
-def _weights(out: Path) -> dict[str, torch.Tensor]:
-    policy, _ = build_rl2(config(str(out)))
+def _weights(out: Path, **kw) -> dict[str, torch.Tensor]:
+    policy, _ = build_rl2(config(str(out), **kw))
     load_latest_weights(out / "checkpoints", policy)
     return policy.state_dict()
 
 
-def test_sigkill_then_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("separate", [False, True])
+def test_sigkill_then_resume_is_exact(tmp_path, separate):
     straight = tmp_path / "straight"
-    run(straight)
+    run(straight, separate_critic=separate)
     rows = _logged(straight)
     assert [int(r[0]) for r in rows] == list(range(1, STEPS + 1))
     assert rows[2][-1] != "" and float(rows[0][2]) > 0  # val_return at step 3; mean trial return logged
     out = tmp_path / "killed"
-    argv = [sys.executable, str(Path(__file__).parent / "_rl2_child.py"), str(out), "0.4", str(torch.get_num_threads())]
+    argv = [sys.executable, str(Path(__file__).parent / "_rl2_child.py"), str(out), "0.4", str(torch.get_num_threads()),
+            str(int(separate))]  # fmt: skip
     kill_mid_run(argv, out / "checkpoints" / "step_00000002")  # later steps are lost
     assert len(read_log(out / "log.csv")) < STEPS
-    run(out)
+    run(out, separate_critic=separate)
     assert _logged(out) == rows
-    a, b = _weights(out), _weights(straight)
+    a, b = _weights(out, separate_critic=separate), _weights(straight, separate_critic=separate)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("critic.") for k in a) == separate
+
+
+def test_separate_critic_is_part_of_the_run_and_old_runs_still_resume(tmp_path):
+    run(tmp_path / "r", steps=2)
+    with pytest.raises(ConfigMismatchError, match="separate_critic"):
+        run(tmp_path / "r", steps=2, separate_critic=True)
+    # a run saved before the field existed (no separate_critic / value_norm / prev_obs in its config) still loads,
+    # and its checkpoints' configs compare equal to today's defaults (so it resumes)
+    from innerloop.rl.rl2_trainer import upgrade_config
+    from innerloop.runs.run import config_diff
+
+    old = tmp_path / "old"
+    run(old, steps=2)
+    saved = json.loads((old / "config.json").read_text())
+    now = {k: v for k, v in saved.items() if k != "resolved"}
+    for k in ("separate_critic", "value_norm", "prev_obs"):
+        saved.pop(k)
+    (old / "config.json").write_text(json.dumps(saved))
+    before = {k: v for k, v in saved.items() if k != "resolved"}
+    assert config_diff(before, now) and not config_diff(upgrade_config(before), now)
+    cfg, policy, _ = load_rl2(old)
+    assert not cfg.separate_critic and policy.critic is None
 
 
 def test_another_config_in_the_same_directory_is_refused(tmp_path):
