@@ -32,6 +32,7 @@ from innerloop.runs import (
     check_finite,
     load_latest_weights,
     read_config,
+    torch_threads,
 )
 
 from .envs import BernoulliBandit, TabularMDP
@@ -82,6 +83,7 @@ class RL2Config:
     checkpoint_every: int = 50  # steps between checkpoints (also at the end)
     seed: int = 0  # seed of the initialisation, training tasks and action draws
     device: str = "cpu"  # cpu or cuda
+    threads: int = 0  # torch CPU threads for the run (0 = leave torch's default)
     max_seconds: float = 0.0  # stop early after this much training time (0 = no limit); resumable
     out: str = "runs/rl/rl2"  # run folder: config.json, log.csv, checkpoints/, metrics.json
 
@@ -98,7 +100,7 @@ class RL2Config:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("mlp_ratio", "value_coef", "entropy_coef", "max_grad_norm", "eval_every", "checkpoint_every",
-                     "max_seconds"):  # fmt: skip
+                     "max_seconds", "threads"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.minibatches > self.trials:
@@ -134,13 +136,14 @@ def build_rl2(cfg: RL2Config) -> tuple[RL2Policy, torch.optim.Optimizer]:
 
 
 # change how a run is reported, not what it computes: allowed to differ on resume
-RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_trials", "eval_every"})
+RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_trials", "eval_every",
+                              "threads"})  # fmt: skip
 LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
               "val_return", "train_seconds"]  # fmt: skip
 
 
 # fields added after the first runs, with the value that reproduces those runs: an old run resumes and loads as before
-ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False}
+ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False, "threads": 0}
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -259,14 +262,15 @@ def train_rl2(cfg: RL2Config, *, evaluate_after: bool = True, fresh: bool = Fals
         dict: the training summary (``train_seconds``, ``steps``, ``val_return``, ...), ``params`` and, with
         ``evaluate_after``, ``test`` (sampled actions) and ``test_greedy`` (argmax actions) from :func:`evaluate_rl2`.
     """
-    policy, opt = build_rl2(cfg)
-    trainer = RL2Trainer(cfg, policy, opt, fresh=fresh, extend=extend, callbacks=callbacks, progress=progress)
-    summary = {**trainer.fit(), **trainer.resolved_config()}
-    summary["env_steps"] = summary["steps"] * cfg.trials * trainer.trials.steps_per_trial  # done, not planned
-    if not evaluate_after:
-        return summary
-    metrics = {**summary, "env": cfg.describe(), "mixer": cfg.mixer, "test": evaluate_rl2(cfg, policy),
-               "test_greedy": evaluate_rl2(cfg, policy, greedy=True)}  # fmt: skip
+    with torch_threads(cfg.threads):
+        policy, opt = build_rl2(cfg)
+        trainer = RL2Trainer(cfg, policy, opt, fresh=fresh, extend=extend, callbacks=callbacks, progress=progress)
+        summary = {**trainer.fit(), **trainer.resolved_config()}
+        summary["env_steps"] = summary["steps"] * cfg.trials * trainer.trials.steps_per_trial  # done, not planned
+        if not evaluate_after:
+            return summary
+        metrics = {**summary, "env": cfg.describe(), "mixer": cfg.mixer, "test": evaluate_rl2(cfg, policy),
+                   "test_greedy": evaluate_rl2(cfg, policy, greedy=True)}  # fmt: skip
     atomic_write_json(Path(cfg.out) / "metrics.json", metrics)
     return metrics
 

@@ -64,7 +64,9 @@ def test_separate_critic_is_part_of_the_run_and_old_runs_still_resume(tmp_path):
     run(old, steps=2)
     saved = json.loads((old / "config.json").read_text())
     now = {k: v for k, v in saved.items() if k != "resolved"}
-    for k in ("separate_critic", "value_norm", "prev_obs"):
+    from innerloop.rl.rl2_trainer import ADDED_FIELDS
+
+    for k in ADDED_FIELDS:
         saved.pop(k)
     (old / "config.json").write_text(json.dumps(saved))
     before = {k: v for k, v in saved.items() if k != "resolved"}
@@ -83,8 +85,11 @@ def test_cli_train_then_eval(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["rl", "train", "--algo", "rl2", "--env", "mdp", "--states", "3", "--actions", "2", "--horizon", "2",
             "--episodes", "2", "--mixer", "mamba", "--hidden-size", "8", "--steps", "2", "--trials", "4",
-            "--epochs", "1", "--minibatches", "2", "--eval-trials", "8", "--out", str(out)]  # fmt: skip
+            "--epochs", "1", "--minibatches", "2", "--eval-trials", "8", "--threads", "1",
+            "--out", str(out)]  # fmt: skip
+    threads = torch.get_num_threads()
     assert main(argv) == 0
+    assert torch.get_num_threads() == threads  # --threads holds for the run only
     text = capsys.readouterr().out
     assert "RL² (mamba memory) on mdp S=3 A=2 H=2 n=2" in text and "total reward per trial (greedy actions)" in text
     m = json.loads((out / "metrics.json").read_text())

@@ -106,7 +106,7 @@ def test_rl_train_and_eval_take_algo_maml(tmp_path, capsys):
     capsys.readouterr()
     for argv, match in (
         (["train", "--algo", "maml", "--mixer", "gru", "--out", str(tmp_path / "x")], "--mixer is not a setting of"),
-        (["train", "--algo", "rl2", "--threads", "1", "--out", str(tmp_path / "x")], "--threads is not a setting of"),
+        (["train", "--algo", "rl2", "--cg-iters", "2", "--out", str(tmp_path / "x")], "--cg-iters is not a setting of"),
         (["train", "--algo", "rl2", "--env", "navigation2d", "--out", str(tmp_path / "x")], "navigation2d"),
         (["eval", "--algo", "maml", "--out", str(out), "--greedy"], "--greedy is a setting of `rl eval --algo rl2`"),
         (["eval", "--algo", "rl2", "--out", str(out), "--eval-tasks", "2"], "--eval-tasks is a setting of"),
