@@ -126,3 +126,16 @@ def instance_count(who: str, batch_dims: int, name: str, g: Tensor) -> int:
             f"tensor is a stack of instances [n, ...] with n >= 1"
         )
     return g.shape[0]
+
+
+def moment_state(who: str, params: Params, momenta: int) -> dict[str, dict[str, Tensor]]:
+    """Zero momenta ``m [numel, momenta]`` and second moments ``v [numel, 1]`` per parameter, in each parameter's
+    compute dtype and on its device: the state of the MLP and Tiny rules (``who`` names the rule in errors)."""
+    check_params(who, params)
+    return {
+        k: {
+            "m": torch.zeros(v.numel(), momenta, dtype=compute_dtype({k: v}), device=v.device),
+            "v": torch.zeros(v.numel(), 1, dtype=compute_dtype({k: v}), device=v.device),
+        }
+        for k, v in params.items()
+    }

@@ -42,10 +42,10 @@ from innerloop.optim.learned._common import (
     Params,
     cast_weight,
     check_finite,
-    check_params,
     check_update_inputs,
     compute_dtype,
     instance_count,
+    moment_state,
     split,
 )
 
@@ -168,14 +168,7 @@ class MLPRule(nn.Module):
 
     def init(self, params: Params) -> dict[str, dict[str, Tensor]]:
         """Zero momenta ``[numel, len(momentum_decays)]`` and second moments ``[numel, 1]`` per parameter."""
-        check_params("MLPRule", params)
-        return {
-            k: {
-                "m": torch.zeros(v.numel(), len(self.decays), dtype=compute_dtype({k: v}), device=v.device),
-                "v": torch.zeros(v.numel(), 1, dtype=compute_dtype({k: v}), device=v.device),
-            }
-            for k, v in params.items()
-        }
+        return moment_state("MLPRule", params, len(self.decays))
 
     def progress(self, step: int, like: Tensor) -> Tensor:
         """The training-progress features of ``step``, ``[len(timescales) (+1 with horizon)]``."""

@@ -39,10 +39,10 @@ from innerloop.optim.learned._common import (
     Params,
     cast_weight,
     check_finite,
-    check_params,
     check_update_inputs,
     compute_dtype,
     instance_count,
+    moment_state,
     split,
 )
 
@@ -149,14 +149,7 @@ class TinyRule(nn.Module):
 
     def init(self, params: Params) -> dict[str, dict[str, Tensor]]:
         """Zero momenta ``[numel, len(momentum_decays)]`` and second moments ``[numel, 1]`` per parameter."""
-        check_params("TinyRule", params)
-        return {
-            k: {
-                "m": torch.zeros(v.numel(), len(self.decays), dtype=compute_dtype({k: v}), device=v.device),
-                "v": torch.zeros(v.numel(), 1, dtype=compute_dtype({k: v}), device=v.device),
-            }
-            for k, v in params.items()
-        }
+        return moment_state("TinyRule", params, len(self.decays))
 
     def progress(self, step: int, like: Tensor) -> Tensor:
         """``tanh(step / s - 1)`` for each time scale, ``[len(timescales)]``."""
