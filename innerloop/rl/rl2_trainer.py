@@ -69,6 +69,7 @@ class RL2Config:
     epochs: int = 4  # PPO epochs over each batch
     minibatches: int = 4  # minibatches of trials per epoch
     lr: float = 1e-3  # Adam learning rate
+    lr_anneal: bool = False  # decay the learning rate linearly from --lr to 0 over --steps (PPO practice)
     clip: float = 0.2  # PPO ratio clip
     value_coef: float = 0.5  # weight of the value loss
     entropy_coef: float = 0.01  # weight of the entropy bonus
@@ -143,7 +144,7 @@ LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", 
 
 
 # fields added after the first runs, with the value that reproduces those runs: an old run resumes and loads as before
-ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False, "threads": 0}
+ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False, "threads": 0, "lr_anneal": False}
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -193,8 +194,19 @@ class RL2Trainer(TrainLoop):
                 "input_size": self.trials.input_size, "planned_env_steps": self.cfg.steps * self.cfg.trials
                 * self.trials.steps_per_trial}  # fmt: skip
 
+    def learning_rate(self, step: int) -> float:
+        """The Adam learning rate of (0-based) ``step``: ``lr``, or ``lr * (1 - step / steps)`` with ``lr_anneal``.
+
+        A pure function of the step, so a resumed run continues the same schedule; ``--extend`` stretches the rest of
+        it over the new ``--steps``.
+        """
+        cfg = self.cfg
+        return cfg.lr * (1.0 - step / cfg.steps) if cfg.lr_anneal else cfg.lr
+
     def train_step(self, step: int) -> dict[str, float]:
         cfg, seed = self.cfg, _step_seed(self.cfg.seed, step)
+        for group in self.opt.param_groups:
+            group["lr"] = self.learning_rate(step)
         self.generator.manual_seed(seed)
         ro = rollout(self.policy, self.trials, seed, self.generator)
         vn = self.value_norm

@@ -181,3 +181,31 @@ def test_ppo_solves_one_fixed_tabular_mdp():
     got = evaluate_rl2(cfg, policy, greedy=True)["mean"]
     assert best == pytest.approx(29.145, abs=0.01)  # random play: 10 (E[mu] = 1 per step)
     assert got > 0.9 * best, (got, best)  # measured 29.0 (sampled actions, 200 trials) in a probe
+
+
+def test_lr_anneal_decays_linearly_to_zero_and_resumes_on_schedule(tmp_path):
+    from innerloop.runs import Callback
+
+    class Seen(Callback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+
+        def on_step_end(self, loop, step, logs) -> None:
+            self.lrs.append(loop.opt.param_groups[0]["lr"])
+
+    seen = Seen()
+    run(tmp_path / "a", callbacks=[seen], lr=0.06, lr_anneal=True)
+    assert seen.lrs == pytest.approx([0.06 * (1 - s / STEPS) for s in range(STEPS)])
+    flat = Seen()
+    run(tmp_path / "b", callbacks=[flat], lr=0.06)
+    assert flat.lrs == [0.06] * STEPS
+    # the schedule is part of the run: a resume with it switched is refused, a killed run continues on schedule
+    with pytest.raises(ConfigMismatchError, match="lr_anneal"):
+        run(tmp_path / "b", lr=0.06, lr_anneal=True)
+    resumed = Seen()
+    part = tmp_path / "part"
+    run(part, lr=0.06, lr_anneal=True, steps=STEPS, max_seconds=1e-9)  # stops (checkpointed) after one step
+    run(part, callbacks=[resumed], lr=0.06, lr_anneal=True)
+    assert resumed.lrs == pytest.approx(seen.lrs[-len(resumed.lrs):]) and len(resumed.lrs) == STEPS - 1
+    a, b = _weights(part, lr=0.06, lr_anneal=True), _weights(tmp_path / "a", lr=0.06, lr_anneal=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the stopped-and-resumed run ends where the straight one does
