@@ -96,7 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="maml: a run of the same env trained with --inner-steps 0, compared at every step")
     e.add_argument("--eval-tasks", type=int, default=None, help="maml: held-out tasks; default: the run's")
     e.add_argument("--eval-steps", type=int, default=None, help="maml: adaptation steps reported; default: the run's")
-    e.add_argument("--eval-seed", type=int, default=None, help="maml: seed of the held-out tasks; default: the run's")
+    e.add_argument("--eval-seed", type=int, default=None,
+                   help="seed of the test trials (rl2; default 2000, the trials of val_return) or of the held-out "
+                   "tasks (maml; default: the run's)")  # fmt: skip
+    e.add_argument("--checkpoint", type=Path, default=None,
+                   help="rl2: evaluate this checkpoint folder of the run instead of the newest (e.g. "
+                   "<out>/checkpoints/step_00000180)")  # fmt: skip
     e.set_defaults(func=run_eval)
 
 
@@ -245,8 +250,8 @@ def run_train(args: argparse.Namespace) -> int:
     raise AssertionError(f"no trainer for --algo {args.algo}")  # pragma: no cover - argparse checks the choices
 
 
-_EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy"),
-               "maml": ("pretrained", "eval_tasks", "eval_steps", "eval_seed")}  # fmt: skip
+_EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy", "checkpoint"),
+               "maml": ("pretrained", "eval_tasks", "eval_steps")}  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -258,17 +263,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.algo == "maml":
         return run_maml_eval(args)
     if args.algo == "rl2":
-        from innerloop.rl.rl2_trainer import evaluate_rl2, load_rl2
+        from innerloop.rl.rl2_trainer import EVAL_SEED, evaluate_rl2, load_rl2
 
         overrides = {k: v for k, v in (("eval_trials", args.eval_trials), ("device", args.device)) if v is not None}
-        cfg, policy, path = load_rl2(args.out, **overrides)
-        r = evaluate_rl2(cfg, policy, greedy=args.greedy)
+        cfg, policy, path = load_rl2(args.out, args.checkpoint, **overrides)
+        r = evaluate_rl2(cfg, policy, greedy=args.greedy, seed=EVAL_SEED if args.eval_seed is None else args.eval_seed)
         r.update(checkpoint=str(path), env=cfg.describe(), mixer=cfg.mixer)
         atomic_write_json(Path(args.out) / "eval.json", r)
         what = "greedy" if args.greedy else "sampled"
         print(f"{args.out} (RL², {cfg.mixer} memory, {cfg.describe()}), checkpoint {path.name}")
         print(f"total reward per trial ({what} actions): {r['mean']:.3f} +- {r['ci95']:.3f} (95% CI, "
-              f"{r['trials']} test trials), {r['seconds']:.2f} s")  # fmt: skip
+              f"{r['trials']} test trials, seed {r['seed']}), {r['seconds']:.2f} s")  # fmt: skip
         return 0
     raise AssertionError(f"no evaluator for --algo {args.algo}")  # pragma: no cover
 

@@ -31,6 +31,7 @@ from innerloop.runs import (
     TrainLoop,
     check_finite,
     load_latest_weights,
+    load_weights,
     read_config,
     torch_threads,
 )
@@ -246,24 +247,29 @@ class RL2Trainer(TrainLoop):
         return {"return": evaluate_rl2(self.cfg, self.policy)["mean"]}
 
 
-def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False) -> dict[str, Any]:
-    """Total reward per trial on the fixed test trials (seed :data:`EVAL_SEED`): mean, 95% CI, and timing.
+def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False, seed: int = EVAL_SEED) -> dict[str, Any]:
+    """Total reward per trial on ``cfg.eval_trials`` fixed test trials: mean, 95% CI, and timing.
+
+    Args:
+        seed (int, Optional): seed of the test tasks and action draws. Default: :data:`EVAL_SEED`, the trials the
+            run's ``val_return`` is measured on; another seed gives trials independent of them (for a checkpoint
+            chosen by its ``val_return``). Training never draws from either (:func:`_step_seed` of a step).
 
     Returns:
-        dict: ``mean``, ``ci95``, ``trials``, ``greedy``, ``seconds`` (the rollout's wall time).
+        dict: ``mean``, ``ci95``, ``trials``, ``greedy``, ``seed``, ``seconds`` (the rollout's wall time).
     """
     trials = cfg.make_trials(cfg.eval_trials)
     g = torch.Generator(cfg.device)
-    g.manual_seed(EVAL_SEED)
+    g.manual_seed(seed)
     was = policy.training
     policy.eval()
     t0 = time.perf_counter()
-    ro = rollout(policy, trials, EVAL_SEED, g, greedy=greedy)
+    ro = rollout(policy, trials, seed, g, greedy=greedy)
     seconds = time.perf_counter() - t0
     policy.train(was)
     r = ro.returns.double().cpu()
     ci = 1.96 * float(r.std()) / math.sqrt(len(r)) if len(r) > 1 else float("nan")
-    return {"mean": float(r.mean()), "ci95": ci, "trials": len(r), "greedy": greedy, "seconds": seconds}
+    return {"mean": float(r.mean()), "ci95": ci, "trials": len(r), "greedy": greedy, "seed": seed, "seconds": seconds}
 
 
 def train_rl2(cfg: RL2Config, *, evaluate_after: bool = True, fresh: bool = False, extend: bool = False,
@@ -287,11 +293,14 @@ def train_rl2(cfg: RL2Config, *, evaluate_after: bool = True, fresh: bool = Fals
     return metrics
 
 
-def load_rl2(out: str | Path, **overrides: Any) -> tuple[RL2Config, RL2Policy, Path]:
-    """The config and trained policy of run directory ``out`` (its newest intact checkpoint).
+def load_rl2(out: str | Path, checkpoint: str | Path | None = None, **overrides: Any) -> tuple[RL2Config, RL2Policy,
+                                                                                             Path]:  # fmt: skip
+    """The config and trained policy of run directory ``out`` (its newest intact checkpoint, or ``checkpoint``).
 
     Args:
         out (str | Path): a run directory made by ``innerloop rl train --algo rl2``.
+        checkpoint (str | Path, Optional): a checkpoint folder of this run (``<out>/checkpoints/step_...`` or a copy
+            kept elsewhere) to load instead of the newest. Default: None.
         **overrides: config fields to change for evaluation (``eval_trials``, ``device``, ...).
 
     Returns:
@@ -306,6 +315,13 @@ def load_rl2(out: str | Path, **overrides: Any) -> tuple[RL2Config, RL2Policy, P
     known = {f.name for f in dataclasses.fields(RL2Config)}
     cfg = RL2Config(**{**{k: v for k, v in saved.items() if k in known}, "out": str(out), **overrides})
     policy, _ = build_rl2(cfg)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--checkpoint {path}: no such checkpoint folder (they are "
+                                    f"{Path(out) / 'checkpoints'}/step_NNNNNNNN)")  # fmt: skip
+        load_weights(path, policy, cfg.device)
+        return cfg, policy, path
     path = load_latest_weights(Path(out) / "checkpoints", policy, cfg.device)
     if path is None:
         raise FileNotFoundError(f"{out}/checkpoints holds no checkpoint: train it first with "

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _rl2_runs import STEPS, config, run  # noqa: E402
 
 from innerloop.cli.main import main  # noqa: E402
-from innerloop.rl import build_rl2, load_rl2  # noqa: E402
+from innerloop.rl import build_rl2, evaluate_rl2, load_rl2  # noqa: E402
+from innerloop.rl.rl2_trainer import EVAL_SEED  # noqa: E402
 from innerloop.runs import ConfigMismatchError, load_latest_weights, read_log  # noqa: E402
 from innerloop.testing import kill_mid_run  # noqa: E402
 
@@ -85,7 +86,7 @@ def test_cli_train_then_eval(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["rl", "train", "--algo", "rl2", "--env", "mdp", "--states", "3", "--actions", "2", "--horizon", "2",
             "--episodes", "2", "--mixer", "mamba", "--hidden-size", "8", "--steps", "2", "--trials", "4",
-            "--epochs", "1", "--minibatches", "2", "--eval-trials", "8", "--threads", "1",
+            "--epochs", "1", "--minibatches", "2", "--eval-trials", "8", "--threads", "1", "--checkpoint-every", "1",
             "--out", str(out)]  # fmt: skip
     threads = torch.get_num_threads()
     assert main(argv) == 0
@@ -100,6 +101,18 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert e["trials"] == 6 and e["greedy"] and e["checkpoint"].endswith("step_00000002")
     cfg, policy, _ = load_rl2(out)
     assert cfg.mixer == "mamba" and policy.mixer_name == "mamba"
+    # an earlier checkpoint, on trials independent of the validation ones
+    first = out / "checkpoints" / "step_00000001"
+    assert main(["rl", "eval", "--algo", "rl2", "--out", str(out), "--checkpoint", str(first), "--eval-seed", "7"]) == 0
+    e1 = json.loads((out / "eval.json").read_text())
+    assert e1["checkpoint"] == str(first) and e1["seed"] == 7 and e1["trials"] == 8
+    cfg1, p1, _ = load_rl2(out, first)
+    p2 = load_rl2(out)[1]
+    assert any(not torch.equal(a, b) for a, b in zip(p1.state_dict().values(), p2.state_dict().values()))
+    assert evaluate_rl2(cfg1, p1, seed=7)["mean"] == e1["mean"]
+    assert evaluate_rl2(cfg1, p1)["seed"] == EVAL_SEED
+    assert main(["rl", "eval", "--algo", "rl2", "--out", str(out), "--checkpoint", str(out / "nope")]) == 2
+    assert "no such checkpoint folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "match"), [
