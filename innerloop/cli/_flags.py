@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import os
 import sys
 import textwrap
 import tokenize
@@ -151,7 +152,8 @@ def saved_run_config(
     if out is None or getattr(args, "fresh", False) or not (Path(out) / "config.json").is_file():
         return {}
     saved, _ = read_config(out, command)
-    print(f"resuming {out}: settings not given here are taken from its config.json", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"resuming {out}: settings not given here are taken from its config.json", file=sys.stderr, flush=True)
     return upgrade(saved) if upgrade is not None else saved
 
 
