@@ -7,6 +7,7 @@ run on the fixed test trials.
 Examples::
 
     innerloop rl train --algo rl2 --env bandit --arms 5 --episodes 10 --mixer gru --steps 300 --out runs/rl/rl2-b5-10
+    innerloop rl train --algo rl2 --out runs/rl/rl2-b5-10 --steps 600 --extend   # further; other settings from the run
     innerloop rl eval --algo rl2 --out runs/rl/rl2-b5-10 --eval-trials 5000
 
     innerloop rl baselines --env bandit --arms 5 --pulls 10 --trials 1000 --out runs/rl/bandit-5-10
