@@ -14,9 +14,12 @@ import dataclasses
 import functools
 import inspect
 import io
+import os
+import sys
 import textwrap
 import tokenize
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 _TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
@@ -133,6 +136,61 @@ def dataclass_values(args: argparse.Namespace, cls: type, skip: Collection[str] 
             if f.name not in skip and getattr(args, f.name, None) is not None}  # fmt: skip
 
 
+def saved_run_config(
+    args: argparse.Namespace, command: str, upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The config of the run a training command resumes: ``--out DIR`` given, ``DIR/config.json`` there, no
+    ``--fresh``; ``{}`` otherwise (a default ``--out``, a new folder, or ``--fresh``: the command behaves as before).
+
+    The saved config is read with :func:`innerloop.runs.read_config` (its ``resolved`` part dropped) and passed
+    through ``upgrade`` (the trainer's ``upgrade_config``), so a run made by an older version reads as today's. One
+    line on stderr says that settings not given are taken from the run.
+    """
+    from innerloop.runs import read_config
+
+    out = getattr(args, "out", None)
+    if out is None or getattr(args, "fresh", False) or not (Path(out) / "config.json").is_file():
+        return {}
+    saved, _ = read_config(out, command)
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"resuming {out}: settings not given here are taken from its config.json", file=sys.stderr, flush=True)
+    return upgrade(saved) if upgrade is not None else saved
+
+
+def run_config_values(
+    args: argparse.Namespace,
+    cls: type,
+    command: str,
+    *,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    skip: Collection[str] = frozenset(),
+    saved: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The values of a training command's config ``cls``: the flags given on the command line, and, when the command
+    resumes the run in ``--out`` (:func:`saved_run_config`), that run's values of the fields not given.
+
+    So ``innerloop rl train --algo rl2 --out DIR --steps 40 --extend`` continues the run in ``DIR`` with all its
+    other settings; a flag given here still wins, and one that differs from the run is refused by
+    :meth:`innerloop.runs.Run.check_config` as before.
+
+    Args:
+        args (argparse.Namespace): the parsed command line.
+        cls (type): the config dataclass.
+        command (str): the command, for errors (e.g. ``"innerloop meta train"``).
+        upgrade (Callable, Optional): the trainer's ``upgrade_config`` (old runs in today's form). Default: None.
+        skip (Collection[str]): fields the command sets itself (neither flag nor saved value is used).
+        saved (Mapping, Optional): the saved config (or its section) already read; ``{}``: not resuming. Default:
+            None (read it here).
+
+    Returns:
+        dict: ``{field: value}`` for the fields given or saved; the others keep the dataclass's defaults.
+    """
+    if saved is None:
+        saved = saved_run_config(args, command, upgrade)
+    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    return {**{k: v for k, v in saved.items() if k in names}, **dataclass_values(args, cls, skip)}
+
+
 def at_least(low: int) -> Callable[[str], int]:
     """Argparse ``type=`` for an integer ``>= low``: ``--length 0`` is then a one-line usage error.
 
@@ -159,7 +217,8 @@ def add_run_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> No
     p.add_argument("--fresh", action="store_true",
                    help="start over even if --out holds a run; its old contents are kept in <out>.previous-<time>")
     p.add_argument("--extend", action="store_true",
-                   help=f"train a run further: resume it with a larger {steps_flag} (other settings unchanged)")
+                   help=f"train a run further: resume it with a larger {steps_flag} (settings not given are "
+                        "taken from the run's config.json)")
 
 
 

@@ -13,16 +13,17 @@ Flags are generated from :class:`innerloop.forecast.ForecastConfig`. Examples::
 ``eval --adapt state|online`` walks the test windows in time order and reports the metrics with and without the
 adaptation and the cost of each (:mod:`innerloop.forecast.adapt`); the result goes to ``<out>/adapt-<mode>.json``.
 
-Running ``train`` again with the same ``--out`` resumes from the last checkpoint (a finished run is only re-scored).
+Running ``train`` again with the same ``--out`` resumes from the last checkpoint (a finished run is only re-scored);
+settings not given are taken from the run's ``config.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
 from innerloop.forecast.adapt import AdaptConfig
-from innerloop.forecast.trainer import ForecastConfig
+from innerloop.forecast.trainer import ForecastConfig, upgrade_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,7 @@ def _print(m: dict) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from innerloop.forecast.trainer import train_forecaster
 
-    cfg = ForecastConfig(**dataclass_values(args, ForecastConfig))
+    cfg = ForecastConfig(**run_config_values(args, ForecastConfig, "innerloop forecast train", upgrade=upgrade_config))
     print(f"innerloop forecast train: {cfg.model} on {cfg.data}, look-back {cfg.lookback}, horizon {cfg.horizon}, "
           f"up to {cfg.epochs} epochs (batch {cfg.batch_size}, lr {cfg.lr}, patience {cfg.patience}), out {cfg.out}",
           flush=True)  # fmt: skip

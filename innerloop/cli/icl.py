@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, dataclass_values, run_config_values
 from innerloop.icl.tasks import TASKS
-from innerloop.icl.trainer import ICLConfig
+from innerloop.icl.trainer import ICLConfig, upgrade_config
 
 COMPARE_LEARNERS = ["attention", "ttt_linear", "lstm", "maml", "fomaml", "metasgd"]
 _COMPARE_OWN = {"learner", "task", "shots", "steps", "meta_batch", "out"}
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from innerloop.icl.trainer import train
 
-    cfg = ICLConfig(**dataclass_values(args, ICLConfig))
+    cfg = ICLConfig(**run_config_values(args, ICLConfig, "innerloop icl train", upgrade=upgrade_config))
     print(f"innerloop icl train: {cfg.learner} on {cfg.task} {cfg.shots}-shot, {cfg.steps} steps x {cfg.meta_batch} "
           f"tasks, out {cfg.out}", flush=True)  # fmt: skip
     m = train(cfg, fresh=args.fresh, extend=args.extend, progress=args.progress)

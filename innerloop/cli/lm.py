@@ -3,6 +3,7 @@
 Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainConfig`. Examples::
 
     innerloop lm train --mixer ttt_linear --steps 2000 --out runs/lm/ttt      # again with the same --out resumes
+    innerloop lm train --out runs/lm/ttt --steps 4000 --extend                  # trains it further, same settings
     innerloop lm eval --run runs/lm/ttt                                         # val loss / bits per byte
     innerloop lm eval --run runs/books/ttt_linear runs/books/attention --length 8192 --out runs/books/position
     innerloop lm generate --run runs/lm/ttt --prompt "ROMEO:" --max-new-tokens 400 --temperature 0.8 --top-p 0.95
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, run_config_values, saved_run_config
 from innerloop.layers import MIXERS
 from innerloop.models.lm import LMConfig
 from innerloop.train.config import TrainConfig
@@ -44,9 +45,12 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
     add_dataclass_flags(p, TrainConfig, set(skip) | {"model"}, show_default)
 
 
-def _config(args: argparse.Namespace, skip: set[str] = frozenset(), **extra) -> TrainConfig:
-    model = dataclass_values(args, LMConfig, set(skip) | _MODEL_SKIP)
-    run = dataclass_values(args, TrainConfig, set(skip) | {"model"})
+def _config(args: argparse.Namespace, skip: set[str] = frozenset(), resume: bool = False, **extra) -> TrainConfig:
+    """The run's config from the flags; ``resume`` (``lm train``): settings not given are taken from the run in
+    ``--out`` (its nested ``model`` for the model's fields; ``mixer_options``, Python only, kept from the run)."""
+    saved = saved_run_config(args, "innerloop lm train", TrainConfig.upgrade_dict) if resume else {}
+    model = run_config_values(args, LMConfig, "innerloop lm train", skip=skip, saved=saved.get("model") or {})
+    run = run_config_values(args, TrainConfig, "innerloop lm train", skip=set(skip) | {"model"}, saved=saved)
     return TrainConfig.from_flat(**{**model, **run, **extra})
 
 
@@ -138,7 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
     from innerloop.train.lm import train_lm
 
     extra = {} if args.out else {"out": f"runs/lm/{args.mixer or LMConfig.mixer}-{_stamp()}"}
-    cfg = _config(args, **extra)
+    cfg = _config(args, resume=True, **extra)
     is_main = _is_main_process()
     if is_main:
         print(_header(cfg), flush=True)

@@ -7,14 +7,15 @@ Flags are generated from :class:`innerloop.meta.trainer.MetaConfig` (``--inner-l
         --iterations 60000 --device cuda --out runs/omni-5w1s
     innerloop meta eval --out runs/sin-maml            # re-evaluates the run's checkpoint with its config.json
 
-Running ``train`` again with the same ``--out`` resumes from the last checkpoint.
+Running ``train`` again with the same ``--out`` resumes from the last checkpoint; settings not given are taken from
+the run's ``config.json`` (``train --out runs/sin-maml --iterations 90000 --extend`` trains it further).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
 from innerloop.meta.trainer import MetaConfig
 
 
@@ -63,7 +64,7 @@ def _evaluating(cfg: MetaConfig, split: str) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from innerloop.meta.trainer import evaluate_run, train
 
-    cfg = _config(args)
+    cfg = _config(args, run_config_values(args, MetaConfig, "innerloop meta train"))
     shape = f"{cfg.shots}-shot" if cfg.task == "sinusoid" else f"{cfg.ways}-way {cfg.shots}-shot"
     print(f"innerloop meta train: {cfg.algorithm} on {cfg.task} {shape}, {cfg.iterations} iterations x "
           f"{cfg.meta_batch} tasks, {cfg.steps} inner step(s), device {cfg.device}, out {cfg.out}", flush=True)

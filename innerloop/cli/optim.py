@@ -13,15 +13,16 @@ et al.) and ``tiny`` (a 4-unit per-coordinate MLP whose step costs about an Adam
     innerloop optim eval --out runs/lopt-digits --hidden 40 --eval-out runs/lopt-digits/hidden40  # another optimizee
     innerloop optim export --out runs/lopt-quad --name my-rule   # ship it: LearnedOptimizer(params, rule="my-rule")
 
-Running ``train`` again with the same ``--out`` resumes from the last checkpoint.
+Running ``train`` again with the same ``--out`` resumes from the last checkpoint; settings not given are taken from
+the run's ``config.json`` (``train --out runs/lopt-quad --episodes 400 --extend`` trains it further).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
-from innerloop.optim.meta_train import MetaOptConfig
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
+from innerloop.optim.meta_train import MetaOptConfig, upgrade_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
     from innerloop.optim.meta_eval import evaluate_rules
     from innerloop.optim.meta_train import train_rule
 
-    cfg = _config(args)
+    cfg = _config(args, run_config_values(args, MetaOptConfig, "innerloop optim train", upgrade=upgrade_config))
     print(f"innerloop optim train: {cfg.rule} on {cfg.problem}, {cfg.episodes} episodes x {cfg.steps} steps in "
           f"unrolls of {cfg.unroll}, {cfg.batch} instances, device {cfg.device}, out {cfg.out}",
           flush=True)  # fmt: skip

@@ -7,6 +7,7 @@ run on the fixed test trials.
 Examples::
 
     innerloop rl train --algo rl2 --env bandit --arms 5 --episodes 10 --mixer gru --steps 300 --out runs/rl/rl2-b5-10
+    innerloop rl train --algo rl2 --out runs/rl/rl2-b5-10 --steps 600 --extend   # further; other settings from the run
     innerloop rl eval --algo rl2 --out runs/rl/rl2-b5-10 --eval-trials 5000
 
     innerloop rl baselines --env bandit --arms 5 --pulls 10 --trials 1000 --out runs/rl/bandit-5-10
@@ -26,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from innerloop._io import atomic_write_json, atomic_write_text, write_csv
-from innerloop.cli._flags import add_config_flags, add_run_flags, dataclass_values
+from innerloop.cli._flags import add_config_flags, add_run_flags, run_config_values
 
 ENVS = ("bandit", "mdp")
 
@@ -44,6 +47,13 @@ def _algos() -> dict[str, type]:
     from innerloop.rl.rl2_trainer import RL2Config
 
     return {"rl2": RL2Config, "maml": MamlRLConfig}
+
+
+def _upgrades() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    """``--algo`` value -> the function that reads a run saved by an older version in today's form (where one is)."""
+    from innerloop.rl.rl2_trainer import upgrade_config
+
+    return {"rl2": upgrade_config}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -184,7 +194,7 @@ def _print_maml(metrics: dict) -> None:
 def run_maml_train(args: argparse.Namespace) -> int:
     from innerloop.rl.maml.trainer import MamlRLConfig
 
-    cfg = MamlRLConfig(**dataclass_values(args, MamlRLConfig))
+    cfg = MamlRLConfig(**run_config_values(args, MamlRLConfig, "innerloop rl maml-train"))
     return _train_maml(cfg, args, progress=not args.no_progress, evaluate=not args.no_eval, command="maml-train")
 
 
@@ -227,7 +237,8 @@ def _algo_config(args: argparse.Namespace) -> object:
             if f.name not in own and getattr(args, f.name, None) is not None:
                 raise ValueError(f"--{f.name.replace('_', '-')} is not a setting of --algo {args.algo}; drop it "
                                  f"(see innerloop rl train --help)")  # fmt: skip
-    return cls(**dataclass_values(args, cls))
+    upgrade = _upgrades().get(args.algo)
+    return cls(**run_config_values(args, cls, f"innerloop rl train --algo {args.algo}", upgrade=upgrade))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from innerloop._io import atomic_write_text, write_csv
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
 from innerloop.synth.harness import SynthConfig
 
 TABLE_TASKS = ["copy", "reverse", "selective_copy", "copying_memory", "adding", "addition", "mqar", "arm"]
@@ -41,8 +41,14 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset()) 
                    help="task constructor option, e.g. vocab_size=16 (repeatable; values are JSON or text)")
 
 
-def _config(args: argparse.Namespace, **override) -> SynthConfig:
-    values = {**dataclass_values(args, SynthConfig, {"task_options"}), "task_options": dict(args.task_option)}
+def _config(args: argparse.Namespace, resume: bool = False, **override) -> SynthConfig:
+    """The run's config; ``resume``: settings not given are taken from the run in ``--out`` (``synth train``)."""
+    if resume:
+        values = run_config_values(args, SynthConfig, "innerloop synth train")  # task_options has no flag of its own
+    else:
+        values = dataclass_values(args, SynthConfig, {"task_options"})
+    if args.task_option or not resume:
+        values["task_options"] = dict(args.task_option)
     return SynthConfig(**{**values, **override})
 
 
@@ -82,7 +88,7 @@ def _summary(m: dict) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from innerloop.synth import train
 
-    cfg = _config(args)
+    cfg = _config(args, resume=True)
     m, _ = train(cfg, progress=args.progress, fresh=args.fresh, extend=args.extend)
     print(f"{cfg.task} / {cfg.mixer} ({m['num_params']} params, hidden {m['hidden_size']}, "
           f"{m['train_seconds']:.1f} s): {_summary(m)}")

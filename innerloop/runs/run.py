@@ -10,9 +10,10 @@ Layout of ``out/``::
 
 Resuming is the default: training again with the same ``out`` continues from the newest intact checkpoint, exactly.
 A directory that holds a checkpoint of a *different* config is refused with an error naming every differing field
-(nothing is changed); ``fresh=True`` keeps that old run under a new name and starts over; ``extend=True`` allows the
-total step count to grow (the steps already taken are kept; a learning-rate schedule over the total then changes
-from the resume point on, and ``config.json`` records the extension).
+(nothing is changed; on the command line, settings left out are taken from the run's ``config.json``, so
+``--out DIR`` alone resumes it); ``fresh=True`` keeps that old run under a new name and starts over; ``extend=True``
+allows the total step count to grow (the steps already taken are kept; a learning-rate schedule over the total then
+changes from the resume point on, and ``config.json`` records the extension).
 """
 
 from __future__ import annotations
@@ -143,10 +144,12 @@ class Run:
             hint = ""
             if set(diff) == {self.steps_key}:
                 hint = f" To train it further, add --extend with the larger --{self.steps_key.replace('_', '-')}."
+            steps = f"--{self.steps_key.replace('_', '-')}"
             raise ConfigMismatchError(
-                f"{self.out} holds a checkpoint of a different run ({fields}).{hint} Use another --out, the same "
-                f"settings to resume, or --fresh to start over (the old run is kept as "
-                f"{self.out.name}.previous-<time>); nothing was changed."
+                f"{self.out} holds a checkpoint of a different run ({fields}).{hint} Use another --out, resume with "
+                f"only --out (settings you leave out are taken from the run; --extend with a larger {steps} trains "
+                f"further), or --fresh to start over (the old run is kept as {self.out.name}.previous-<time>); "
+                f"nothing was changed."
             )
         old, new = saved.get(self.steps_key), self.config.get(self.steps_key)
         if self.extend and old is not None and new is not None and new != old:

@@ -160,8 +160,9 @@ def test_run_flags_fresh_and_extend(tmp_path, capsys):
     assert main([*base, "--algorithm", "maml"]) == 0
     capsys.readouterr()
     assert main([*base, "--algorithm", "reptile"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "algorithm: checkpoint 'maml' vs now 'reptile'" in err and "--fresh" in err
+    resuming, err = capsys.readouterr().err.splitlines()  # what is taken from the run, then the one-line error
+    assert resuming == f"resuming {out}: settings not given here are taken from its config.json"
+    assert "algorithm: checkpoint 'maml' vs now 'reptile'" in err and "--fresh" in err
     assert main([*base, "--algorithm", "reptile", "--fresh"]) == 0
     assert len(list(tmp_path.glob("run.previous-*"))) == 1
     more = [a if a != "2" or i != base.index("--iterations") + 1 else "3" for i, a in enumerate(base)]
