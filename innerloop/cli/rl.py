@@ -109,6 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--eval-seed", type=int, default=None,
                    help="seed of the test trials (rl2; default 2000, the trials of val_return) or of the held-out "
                    "tasks (maml; default: the run's)")  # fmt: skip
+    e.add_argument("--paired", nargs="+", default=None, metavar="BASELINE",
+                   help="rl2: also play these classic baselines (see `innerloop rl baselines`) on the same test trials "
+                   "(same tasks and random outcomes) and report the per-trial difference agent - baseline")  # fmt: skip
     e.add_argument("--checkpoint", type=Path, default=None,
                    help="rl2: evaluate this checkpoint folder of the run instead of the newest (e.g. "
                    "<out>/checkpoints/step_00000180)")  # fmt: skip
@@ -261,7 +264,7 @@ def run_train(args: argparse.Namespace) -> int:
     raise AssertionError(f"no trainer for --algo {args.algo}")  # pragma: no cover - argparse checks the choices
 
 
-_EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy", "checkpoint"),
+_EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy", "checkpoint", "paired"),
                "maml": ("pretrained", "eval_tasks", "eval_steps")}  # fmt: skip
 
 
@@ -278,13 +281,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
         overrides = {k: v for k, v in (("eval_trials", args.eval_trials), ("device", args.device)) if v is not None}
         cfg, policy, path = load_rl2(args.out, args.checkpoint, **overrides)
-        r = evaluate_rl2(cfg, policy, greedy=args.greedy, seed=EVAL_SEED if args.eval_seed is None else args.eval_seed)
+        r = evaluate_rl2(cfg, policy, greedy=args.greedy, seed=EVAL_SEED if args.eval_seed is None else args.eval_seed,
+                         paired=args.paired or ())  # fmt: skip
         r.update(checkpoint=str(path), env=cfg.describe(), mixer=cfg.mixer)
         atomic_write_json(Path(args.out) / "eval.json", r)
         what = "greedy" if args.greedy else "sampled"
         print(f"{args.out} (RL², {cfg.mixer} memory, {cfg.describe()}), checkpoint {path.name}")
         print(f"total reward per trial ({what} actions): {r['mean']:.3f} +- {r['ci95']:.3f} (95% CI, "
               f"{r['trials']} test trials, seed {r['seed']}), {r['seconds']:.2f} s")  # fmt: skip
+        for name, p in r.get("paired", {}).items():
+            print(f"  vs {name} on the same trials: {name} {p['mean']:.3f} +- {p['ci95']:.3f}, agent - {name} "
+                  f"{p['diff']:+.3f} +- {p['diff_ci95']:.3f} (paired 95% CI)")  # fmt: skip
         return 0
     raise AssertionError(f"no evaluator for --algo {args.algo}")  # pragma: no cover
 

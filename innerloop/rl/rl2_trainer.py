@@ -37,6 +37,7 @@ from innerloop.runs import (
 )
 
 from .envs import BernoulliBandit, TabularMDP
+from .evaluate import BASELINES, run_bandit_trials, run_mdp_trials
 from .ppo import ValueNormalizer, gae, normalize, ppo_loss
 from .rl2 import RL2Policy, rollout
 from .trial import TrialEnv
@@ -247,17 +248,25 @@ class RL2Trainer(TrainLoop):
         return {"return": evaluate_rl2(self.cfg, self.policy)["mean"]}
 
 
-def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False, seed: int = EVAL_SEED) -> dict[str, Any]:
+def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False, seed: int = EVAL_SEED,
+                 paired: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
     """Total reward per trial on ``cfg.eval_trials`` fixed test trials: mean, 95% CI, and timing.
 
     Args:
         seed (int, Optional): seed of the test tasks and action draws. Default: :data:`EVAL_SEED`, the trials the
             run's ``val_return`` is measured on; another seed gives trials independent of them (for a checkpoint
             chosen by its ``val_return``). Training never draws from either (:func:`_step_seed` of a step).
+        paired (Sequence[str], Optional): classic baselines (``innerloop.rl.BASELINES[cfg.env]``) played on the
+            *same* trials: the same tasks and the same stream of random outcomes (the env seeded alike), so the
+            per-trial difference ``agent - baseline`` has far less variance than two independent means. Default: ().
 
     Returns:
-        dict: ``mean``, ``ci95``, ``trials``, ``greedy``, ``seed``, ``seconds`` (the rollout's wall time).
+        dict: ``mean``, ``ci95``, ``trials``, ``greedy``, ``seed``, ``seconds`` (the rollout's wall time) and, with
+        ``paired``, ``paired: {name: {"mean": baseline mean, "diff": mean of agent - baseline, "diff_ci95": ...}}``.
     """
+    names = list(paired)
+    for name in names:
+        check_choice(f"{cfg.env} baseline", name, BASELINES[cfg.env])
     trials = cfg.make_trials(cfg.eval_trials)
     g = torch.Generator(cfg.device)
     g.manual_seed(seed)
@@ -268,8 +277,27 @@ def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False, seed: 
     seconds = time.perf_counter() - t0
     policy.train(was)
     r = ro.returns.double().cpu()
-    ci = 1.96 * float(r.std()) / math.sqrt(len(r)) if len(r) > 1 else float("nan")
-    return {"mean": float(r.mean()), "ci95": ci, "trials": len(r), "greedy": greedy, "seed": seed, "seconds": seconds}
+    out = {"mean": float(r.mean()), "ci95": _ci95(r), "trials": len(r), "greedy": greedy, "seed": seed,
+           "seconds": seconds}  # fmt: skip
+    if names:
+        out["paired"] = {name: _paired(cfg, r, name, seed) for name in names}
+    return out
+
+
+def _ci95(x: torch.Tensor) -> float:
+    return 1.96 * float(x.std()) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+
+
+def _paired(cfg: RL2Config, returns: torch.Tensor, name: str, seed: int) -> dict[str, float]:
+    """Baseline ``name`` on the trials of ``seed`` (one batch, as the agent's) and the per-trial difference."""
+    n = len(returns)
+    if cfg.env == "bandit":
+        base = run_bandit_trials(name, cfg.arms, cfg.episodes, n, seed)
+    else:
+        base = run_mdp_trials(name, cfg.episodes, n, seed, cfg.states, cfg.actions, cfg.horizon)
+    b = torch.from_numpy(base).double()
+    d = returns - b
+    return {"mean": float(b.mean()), "ci95": _ci95(b), "diff": float(d.mean()), "diff_ci95": _ci95(d)}
 
 
 def train_rl2(cfg: RL2Config, *, evaluate_after: bool = True, fresh: bool = False, extend: bool = False,

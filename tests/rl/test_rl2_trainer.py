@@ -103,8 +103,11 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert cfg.mixer == "mamba" and policy.mixer_name == "mamba"
     # an earlier checkpoint, on trials independent of the validation ones
     first = out / "checkpoints" / "step_00000001"
-    assert main(["rl", "eval", "--algo", "rl2", "--out", str(out), "--checkpoint", str(first), "--eval-seed", "7"]) == 0
+    assert main(["rl", "eval", "--algo", "rl2", "--out", str(out), "--checkpoint", str(first), "--eval-seed", "7",
+                 "--paired", "random"]) == 0  # fmt: skip
+    assert "vs random on the same trials" in capsys.readouterr().out
     e1 = json.loads((out / "eval.json").read_text())
+    assert set(e1["paired"]) == {"random"}
     assert e1["checkpoint"] == str(first) and e1["seed"] == 7 and e1["trials"] == 8
     cfg1, p1, _ = load_rl2(out, first)
     p2 = load_rl2(out)[1]
@@ -222,3 +225,31 @@ def test_lr_anneal_decays_linearly_to_zero_and_resumes_on_schedule(tmp_path):
     assert resumed.lrs == pytest.approx(seen.lrs[-len(resumed.lrs):]) and len(resumed.lrs) == STEPS - 1
     a, b = _weights(part, lr=0.06, lr_anneal=True), _weights(tmp_path / "a", lr=0.06, lr_anneal=True)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the stopped-and-resumed run ends where the straight one does
+
+
+@pytest.mark.parametrize("env", ["bandit", "mdp"])
+def test_paired_baselines_play_the_same_trials(tmp_path, env):
+    from innerloop.rl.envs import BernoulliBandit, TabularMDP
+    from innerloop.rl.evaluate import run_bandit_trials, run_mdp_trials
+
+    kw = dict(env=env, states=3, actions=2, horizon=2, episodes=3, trials=4, steps=1, eval_trials=40)
+    run(tmp_path / "r", **kw)
+    cfg, policy, _ = load_rl2(tmp_path / "r")
+    r = evaluate_rl2(cfg, policy, seed=11, paired=["random", "greedy"])
+    for name, p in r["paired"].items():
+        base = (run_bandit_trials(name, cfg.arms, cfg.episodes, 40, 11) if env == "bandit" else
+                run_mdp_trials(name, cfg.episodes, 40, 11, 3, 2, 2))  # fmt: skip
+        assert p["mean"] == pytest.approx(float(base.mean()))
+        assert p["diff"] == pytest.approx(r["mean"] - p["mean"]) and p["diff_ci95"] > 0
+    # the same tasks: the agent's trials and the baselines' env drawn from one seed
+    trials = cfg.make_trials(40)
+    trials.reset(seed=11)
+    other = BernoulliBandit(cfg.arms, 40, seed=11) if env == "bandit" else TabularMDP(3, 2, 2, 40, seed=11)
+    other.sample_tasks()
+    if env == "bandit":
+        assert torch.equal(trials.env.probs, other.probs)
+    else:
+        assert torch.equal(trials.env.transitions, other.transitions) and torch.equal(trials.env.reward_means,
+                                                                                        other.reward_means)
+    with pytest.raises(ValueError, match="baseline"):
+        evaluate_rl2(cfg, policy, paired=["gittins_typo"])
