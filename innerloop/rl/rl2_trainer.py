@@ -31,6 +31,7 @@ from innerloop.runs import (
     TrainLoop,
     check_finite,
     load_latest_weights,
+    load_state,
     load_weights,
     read_config,
     torch_threads,
@@ -80,6 +81,7 @@ class RL2Config:
     lam: float = 0.3  # GAE lambda
     value_norm: bool = False  # the value head predicts standardised returns (running mean/std of the targets)
     separate_critic: bool = False  # the values come from a second network with its own memory (no shared memory)
+    init_from: str = ""  # fine-tune: start from this checkpoint folder's weights and value statistics (new optimizer)
     eval_trials: int = 1000  # fixed test trials (seed 2000) for val_return and metrics.json
     eval_every: int = 50  # steps between evaluations (0 = only at the end)
     log_every: int = 10  # steps between log.csv rows
@@ -146,7 +148,8 @@ LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", 
 
 
 # fields added after the first runs, with the value that reproduces those runs: an old run resumes and loads as before
-ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False, "threads": 0, "lr_anneal": False}
+ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False, "threads": 0, "lr_anneal": False,
+                "init_from": ""}
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -185,11 +188,23 @@ class RL2Trainer(TrainLoop):
             the_run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="steps", resume_free=RESUME_FREE_KEYS,
                           fresh=fresh, extend=extend, command="innerloop rl train --algo rl2",
                           upgrade=upgrade_config)  # fmt: skip
+        if cfg.init_from:
+            self._init_from(Path(cfg.init_from))
         super().__init__(policy, the_run, cfg.steps, stateful=stateful, log_fields=LOG_FIELDS,
                          average=("loss", "return"), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                          eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callbacks=callbacks,
                          progress=progress, desc=f"RL² {cfg.mixer} {cfg.describe()}",
                          diverged_hint=f"Try a lower --lr (now {cfg.lr}) or --max-grad-norm.")  # fmt: skip
+
+    def _init_from(self, path: Path) -> None:
+        """Weights (and the value normaliser's statistics) of checkpoint ``path``; a resumed run overwrites them."""
+        if not path.is_dir():
+            raise FileNotFoundError(f"--init-from {path}: no such checkpoint folder (give a run's "
+                                    f"checkpoints/step_NNNNNNNN)")  # fmt: skip
+        load_weights(path, self.policy, self.cfg.device)
+        saved = load_state(path).get("stateful", {}).get("value_norm")
+        if self.value_norm is not None and saved is not None:
+            self.value_norm.load_state_dict(saved)
 
     def resolved_config(self) -> dict[str, Any]:
         return {"algo": "rl2", "params": count_params(self.policy), "steps_per_trial": self.trials.steps_per_trial,

@@ -253,3 +253,30 @@ def test_paired_baselines_play_the_same_trials(tmp_path, env):
                                                                                         other.reward_means)
     with pytest.raises(ValueError, match="baseline"):
         evaluate_rl2(cfg, policy, paired=["gittins_typo"])
+
+
+def test_init_from_starts_from_a_checkpoints_weights_and_value_statistics(tmp_path):
+    from innerloop.runs import Callback, load_state
+
+    src = tmp_path / "src"
+    run(src, value_norm=True, steps=2, checkpoint_every=2)
+    ckpt = src / "checkpoints" / "step_00000002"
+
+    class First(Callback):
+        def on_step_start(self, loop, step) -> None:
+            if step == 0:
+                self.weights = {k: v.clone() for k, v in loop.policy.state_dict().items()}
+                self.mean = loop.value_norm.mean
+
+    first = First()
+    run(tmp_path / "tuned", callbacks=[first], value_norm=True, steps=2, init_from=str(ckpt), lr=1e-4)
+    saved = _weights(src, value_norm=True)
+    assert all(torch.equal(first.weights[k], saved[k]) for k in saved)
+    assert first.mean == load_state(ckpt)["stateful"]["value_norm"]["mean"] != 0.0
+    fresh = First()
+    run(tmp_path / "scratch", callbacks=[fresh], value_norm=True, steps=2)
+    assert not all(torch.equal(fresh.weights[k], saved[k]) for k in saved)  # (src trained 2 steps from this init)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        run(tmp_path / "wide", hidden_size=16, init_from=str(ckpt))
+    with pytest.raises(FileNotFoundError, match="--init-from"):
+        run(tmp_path / "none", init_from=str(tmp_path / "nope"))
