@@ -86,6 +86,7 @@ class RL2Config:
     eval_every: int = 50  # steps between evaluations (0 = only at the end)
     log_every: int = 10  # steps between log.csv rows
     checkpoint_every: int = 50  # steps between checkpoints (also at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = every one, to test any of them later)
     seed: int = 0  # seed of the initialisation, training tasks and action draws
     device: str = "cpu"  # cpu or cuda
     threads: int = 0  # torch CPU threads for the run (0 = leave torch's default)
@@ -105,7 +106,7 @@ class RL2Config:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("mlp_ratio", "value_coef", "entropy_coef", "max_grad_norm", "eval_every", "checkpoint_every",
-                     "max_seconds", "threads"):  # fmt: skip
+                     "keep_checkpoints", "max_seconds", "threads"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.minibatches > self.trials:
@@ -141,8 +142,8 @@ def build_rl2(cfg: RL2Config) -> tuple[RL2Policy, torch.optim.Optimizer]:
 
 
 # change how a run is reported, not what it computes: allowed to differ on resume
-RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_trials", "eval_every",
-                              "threads"})  # fmt: skip
+RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "max_seconds", "eval_trials",
+                              "eval_every", "threads"})  # fmt: skip
 LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
               "val_return", "train_seconds"]  # fmt: skip
 
@@ -187,7 +188,7 @@ class RL2Trainer(TrainLoop):
         if run:
             the_run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="steps", resume_free=RESUME_FREE_KEYS,
                           fresh=fresh, extend=extend, command="innerloop rl train --algo rl2",
-                          upgrade=upgrade_config)  # fmt: skip
+                          upgrade=upgrade_config, keep=cfg.keep_checkpoints)  # fmt: skip
         if cfg.init_from:
             self._init_from(Path(cfg.init_from))
         super().__init__(policy, the_run, cfg.steps, stateful=stateful, log_fields=LOG_FIELDS,

@@ -83,7 +83,7 @@ def save_checkpoint(directory: str | Path, step: int, model: nn.Module, state: d
         step (int): the number of completed steps; the folder is ``step_<step>``.
         model (nn.Module): its ``state_dict`` is saved (tied tensors once).
         state (dict): anything ``torch.save`` can write; ``step`` is added.
-        keep (int, Optional): checkpoints kept (the newest ones; at least 1). Default: 2.
+        keep (int, Optional): checkpoints kept (the newest ones); 0 or less keeps every one. Default: 2.
 
     Returns:
         Path: the checkpoint folder.
@@ -107,8 +107,8 @@ def save_checkpoint(directory: str | Path, step: int, model: nn.Module, state: d
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_text(directory / POINTER, final.name + "\n")
-    done = checkpoint_steps(directory)
-    for old in done[: max(len(done) - max(keep, 1), 0)]:
+    done = checkpoint_steps(directory) if keep > 0 else []
+    for old in done[: max(len(done) - keep, 0)]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final

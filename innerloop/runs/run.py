@@ -97,7 +97,7 @@ class Run:
             ``<out>.previous-<time>`` (nothing is deleted). Default: False.
         extend (bool, Optional): allow ``config[steps_key]`` to be larger than the checkpoint's. Default: False.
         is_main (bool, Optional): this process writes files (rank 0 under torchrun). Default: True.
-        keep (int, Optional): checkpoints kept. Default: 2.
+        keep (int, Optional): checkpoints kept (the newest); 0 keeps every one. Default: 2.
         command (str, Optional): how to name the fix in error messages (e.g. ``"innerloop lm train"``).
             Default: ``"the same command"``.
         upgrade (Callable[[dict], dict], Optional): turns a config saved by an older version into today's form

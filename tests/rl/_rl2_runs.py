@@ -15,7 +15,7 @@ def config(out: str, **kw: Any):
     return RL2Config(**{**base, **kw})
 
 
-def run(out: str, callbacks: list | None = None, **kw: Any) -> dict:
+def run(out: str, callbacks: list | None = None, extend: bool = False, **kw: Any) -> dict:
     from innerloop.rl import train_rl2
 
-    return train_rl2(config(str(out), **kw), evaluate_after=False, callbacks=list(callbacks or []))
+    return train_rl2(config(str(out), **kw), evaluate_after=False, callbacks=list(callbacks or []), extend=extend)

@@ -280,3 +280,17 @@ def test_init_from_starts_from_a_checkpoints_weights_and_value_statistics(tmp_pa
         run(tmp_path / "wide", hidden_size=16, init_from=str(ckpt))
     with pytest.raises(FileNotFoundError, match="--init-from"):
         run(tmp_path / "none", init_from=str(tmp_path / "nope"))
+
+
+def test_keep_checkpoints_zero_keeps_every_checkpoint_and_may_change_on_resume(tmp_path):
+    from innerloop.runs.checkpoint import checkpoint_steps
+
+    run(tmp_path / "all", keep_checkpoints=0)  # a checkpoint every 2 of 6 steps
+    assert [p.name for p in checkpoint_steps(tmp_path / "all" / "checkpoints")] == [
+        "step_00000002", "step_00000004", "step_00000006"]  # fmt: skip
+    run(tmp_path / "two")
+    assert len(checkpoint_steps(tmp_path / "two" / "checkpoints")) == 2
+    run(tmp_path / "two", keep_checkpoints=0, steps=8, extend=True)  # resume-free: no mismatch
+    assert len(checkpoint_steps(tmp_path / "two" / "checkpoints")) == 3
+    with pytest.raises(ValueError, match="keep-checkpoints must be >= 0"):
+        config(str(tmp_path / "bad"), keep_checkpoints=-1)

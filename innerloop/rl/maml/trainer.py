@@ -62,6 +62,7 @@ class MamlRLConfig:
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     log_every: int = 1  # iterations between log.csv rows
     checkpoint_every: int = 10  # iterations between checkpoints (also written at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = every one, to evaluate any of them later)
     seed: int = 0  # seed of the initialisation and of the training tasks
     max_seconds: float = 0.0  # stop training early after this wall time (0 = no limit); resumable
     out: str = "runs/maml-rl/default"  # run folder
@@ -73,7 +74,8 @@ class MamlRLConfig:
                      "log_every", "checkpoint_every"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("inner_steps", "horizon", "num_layers", "eval_steps", "threads", "max_seconds", "cg_damping"):
+        for name in ("inner_steps", "horizon", "num_layers", "eval_steps", "threads", "max_seconds", "cg_damping",
+                     "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("inner_lr", "max_kl", "init_std"):
@@ -101,8 +103,8 @@ def build_policy(cfg: MamlRLConfig, family: TaskFamily | None = None) -> Gaussia
 
 
 # Config keys that may change when a run resumes: how it is run or reported, not what it computes.
-RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_seconds", "eval_tasks", "eval_steps",
-                              "eval_seed", "threads"})  # fmt: skip
+RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "max_seconds", "eval_tasks",
+                              "eval_steps", "eval_seed", "threads"})  # fmt: skip
 LOG_FIELDS = ["iteration", "loss", "return_before", "return_after", "kl", "step_fraction", "train_seconds"]
 
 
@@ -118,7 +120,7 @@ class MamlRLTrainer(TrainLoop):
         self.cfg, self.family = cfg, cfg.family()
         self.policy = policy if policy is not None else build_policy(cfg, self.family)
         run = Run(cfg.out, dataclasses.asdict(cfg), steps_key="iterations", resume_free=RESUME_FREE_KEYS,
-                  fresh=fresh, extend=extend, command="innerloop rl maml-train")  # fmt: skip
+                  fresh=fresh, extend=extend, command="innerloop rl maml-train", keep=cfg.keep_checkpoints)  # fmt: skip
         super().__init__(
             self.policy, run, cfg.iterations, log_fields=LOG_FIELDS, average=("loss", "return_before", "return_after"),
             log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, max_seconds=cfg.max_seconds,

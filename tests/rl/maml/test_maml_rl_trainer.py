@@ -115,3 +115,12 @@ def test_rl_train_and_eval_take_algo_maml(tmp_path, capsys):
         err = capsys.readouterr().err
         assert match in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
+
+
+def test_keep_checkpoints_zero_keeps_every_checkpoint(tmp_path):
+    from innerloop.runs.checkpoint import checkpoint_steps
+
+    run(tmp_path / "all", keep_checkpoints=0)  # a checkpoint every 2 of 6 iterations
+    assert len(checkpoint_steps(tmp_path / "all" / "checkpoints")) == 3
+    run(tmp_path / "two")
+    assert len(checkpoint_steps(tmp_path / "two" / "checkpoints")) == 2
