@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from innerloop._io import atomic_write_json
+from innerloop.data.fewshot import mean_ci95
 from innerloop.errors import check_choice
 from innerloop.layers import MIXERS
 from innerloop.models import count_params
@@ -293,15 +294,11 @@ def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False, seed: 
     seconds = time.perf_counter() - t0
     policy.train(was)
     r = ro.returns.double().cpu()
-    out = {"mean": float(r.mean()), "ci95": _ci95(r), "trials": len(r), "greedy": greedy, "seed": seed,
-           "seconds": seconds}  # fmt: skip
+    mean, ci = mean_ci95(r)
+    out = {"mean": mean, "ci95": ci, "trials": len(r), "greedy": greedy, "seed": seed, "seconds": seconds}
     if names:
         out["paired"] = {name: _paired(cfg, r, name, seed) for name in names}
     return out
-
-
-def _ci95(x: torch.Tensor) -> float:
-    return 1.96 * float(x.std()) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
 
 
 def _paired(cfg: RL2Config, returns: torch.Tensor, name: str, seed: int) -> dict[str, float]:
@@ -312,8 +309,8 @@ def _paired(cfg: RL2Config, returns: torch.Tensor, name: str, seed: int) -> dict
     else:
         base = run_mdp_trials(name, cfg.episodes, n, seed, cfg.states, cfg.actions, cfg.horizon)
     b = torch.from_numpy(base).double()
-    d = returns - b
-    return {"mean": float(b.mean()), "ci95": _ci95(b), "diff": float(d.mean()), "diff_ci95": _ci95(d)}
+    (mean, ci), (diff, diff_ci) = mean_ci95(b), mean_ci95(returns - b)
+    return {"mean": mean, "ci95": ci, "diff": diff, "diff_ci95": diff_ci}
 
 
 def train_rl2(cfg: RL2Config, *, evaluate_after: bool = True, fresh: bool = False, extend: bool = False,

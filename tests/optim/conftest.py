@@ -1,4 +1,5 @@
-"""Shared helpers of the update-rule tests: the hand-set LSTM (see tests/optim/test_learned.py's docstring)."""
+"""Shared helpers of the update-rule tests: the hand-set LSTM (see tests/optim/test_learned.py's docstring) and
+gradients spread over several decades."""
 
 from __future__ import annotations
 
@@ -34,3 +35,20 @@ def make_hand_set_lstm(lr: float, beta: float | None = None) -> LSTMRule:
 @pytest.fixture
 def hand_set_lstm():
     return make_hand_set_lstm
+
+
+def make_decade_grads(params: dict, gen: torch.Generator, dtype: torch.dtype, lowest: int) -> dict:
+    """Random gradients shaped like ``params`` whose magnitudes span the decades ``10**lowest .. 1``, every fifth
+    entry zero (``lowest`` sets how far below 1 they reach, e.g. past a preprocessing threshold)."""
+    out = {}
+    for k, v in params.items():
+        decades = torch.randint(lowest, 1, v.shape, generator=gen)
+        g = torch.randn(v.shape, generator=gen, dtype=torch.float64) * 10.0**decades
+        g.view(-1)[::5] = 0.0
+        out[k] = g.to(dtype)
+    return out
+
+
+@pytest.fixture
+def decade_grads():
+    return make_decade_grads

@@ -12,21 +12,10 @@ from innerloop.optim.pretrained import load_rule, save_rule
 from innerloop.testing import assert_close
 
 
-def _grads(params, gen, dtype):
-    """Gradients over 7 decades (both LogAndSign branches), zeros included."""
-    out = {}
-    for k, v in params.items():
-        decades = torch.randint(-7, 1, v.shape, generator=gen)
-        g = torch.randn(v.shape, generator=gen, dtype=torch.float64) * 10.0**decades
-        g.view(-1)[::5] = 0.0
-        out[k] = g.to(dtype)
-    return out
-
-
 @pytest.mark.parametrize("chunk", [3, 7, 4096])
 @pytest.mark.parametrize("preprocess", ["log_and_sign", "none"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_lstm_fast_path_equals_update(dtype, preprocess, chunk):
+def test_lstm_fast_path_equals_update(dtype, preprocess, chunk, decade_grads):
     torch.manual_seed(0)
     rule = LSTMRule(preprocess=preprocess, num_layers=3).to(dtype)
     gen = torch.Generator().manual_seed(1)
@@ -34,7 +23,7 @@ def test_lstm_fast_path_equals_update(dtype, preprocess, chunk):
     slow = fast = rule.init(params)
     tol = {"rtol": 1e-12, "atol": 1e-15} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-7}
     for step in range(4):  # the state is carried: differences would compound
-        grads = _grads(params, gen, dtype)
+        grads = decade_grads(params, gen, dtype, -7)  # 1e-7 .. 1: both LogAndSign branches, zeros included
         before = {k: {f: t.clone() for f, t in s.items()} for k, s in fast.items()}
         u_slow, slow = rule.update(grads, slow, params, step)
         u_fast, new_fast = lstm_step_inference(rule, grads, fast, params, chunk=chunk)

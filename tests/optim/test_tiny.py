@@ -25,17 +25,6 @@ def _perturbed(rule: TinyRule, seed: int = 0) -> TinyRule:
     return rule
 
 
-def _grads(params, gen, dtype):
-    """Gradients over 7 decades, zeros included."""
-    out = {}
-    for k, v in params.items():
-        decades = torch.randint(-6, 1, v.shape, generator=gen)
-        g = torch.randn(v.shape, generator=gen, dtype=torch.float64) * 10.0**decades
-        g.view(-1)[::5] = 0.0
-        out[k] = g.to(dtype)
-    return out
-
-
 def _params(dtype):
     gen = torch.Generator().manual_seed(3)
     return {"w": torch.randn(37, 11, generator=gen, dtype=dtype), "b": torch.randn(5, generator=gen, dtype=dtype),
@@ -59,7 +48,7 @@ def test_init_update_shapes():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("options", [{}, {"base": "none"}, {"momentum_decays": (0.5,), "hidden_size": 3},
                                      {"momentum_decays": (0.5, 0.9, 0.99), "hidden_size": 5}])  # fmt: skip
-def test_kernel_equals_update(dtype, options):
+def test_kernel_equals_update(dtype, options, decade_grads):
     torch.manual_seed(0)
     rule = _perturbed(TinyRule(**options)).to(dtype)
     _kernel_or_skip(rule, dtype)
@@ -71,7 +60,7 @@ def test_kernel_equals_update(dtype, options):
     # float32: relative RMS error (updates near 0 come from cancellations, so elementwise rtol means little there)
     tol = {"rtol": 1e-10, "atol": 1e-14} if dtype == torch.float64 else {"ratio": 1e-5}
     for step in range(5):  # the state is carried: differences would compound
-        grads = _grads(params, gen, dtype)
+        grads = decade_grads(params, gen, dtype, -6)
         before = {k: {f: t.clone() for f, t in s.items()} for k, s in fast.items()}
         u_slow, slow = rule.update(grads, slow, params, step)
         u_fast, new_fast = rule.inference_update(grads, fast, params, step)
@@ -91,11 +80,11 @@ def test_kernel_equals_update(dtype, options):
                 assert_close(f"{f} {k} step {step}", slow[k][f].detach(), in_place[k][f], **tol)
 
 
-def test_fallback_without_kernel_equals_update(monkeypatch):
+def test_fallback_without_kernel_equals_update(monkeypatch, decade_grads):
     monkeypatch.setattr(_tiny_fast, "kernel_available", lambda rule, dtype=None: False)
     rule = _perturbed(TinyRule())
     params = _params(torch.float32)
-    grads = _grads(params, torch.Generator().manual_seed(1), torch.float32)
+    grads = decade_grads(params, torch.Generator().manual_seed(1), torch.float32, -6)
     u_slow, _ = rule.update(grads, rule.init(params), params, 2)
     u_fast, _ = rule.inference_update(grads, rule.init(params), params, 2)
     for k in params:  # the fallback calls update tensor by tensor: the same numbers up to the matmuls' blocking
