@@ -63,6 +63,7 @@ class RL2Config:
     actions: int = 5  # mdp: actions
     horizon: int = 10  # mdp: steps per episode
     prev_obs: bool = False  # also feed the previous observation: each input is a whole transition (s, a, r, s')
+    time_input: bool = False  # also feed the fraction of the trial left to play (the paper's input has no clock)
     mixer: str = "gru"  # the policy's memory: any registered mixer
     hidden_size: int = 256  # policy width
     num_layers: int = 1  # policy blocks
@@ -125,7 +126,7 @@ class RL2Config:
             env = BernoulliBandit(self.arms, batch_size, device=self.device)
         else:
             env = TabularMDP(self.states, self.actions, self.horizon, batch_size, device=self.device)
-        return TrialEnv(env, self.episodes, self.prev_obs)
+        return TrialEnv(env, self.episodes, self.prev_obs, self.time_input)
 
     def describe(self) -> str:
         if self.env == "bandit":
@@ -151,7 +152,7 @@ LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", 
 
 # fields added after the first runs, with the value that reproduces those runs: an old run resumes and loads as before
 ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False, "threads": 0, "lr_anneal": False,
-                "init_from": ""}
+                "init_from": "", "time_input": False}
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,11 @@ the observation the previous action was taken from, so every input holds a whole
 ``(obs_{t-1}, a_{t-1}, r_{t-1}, obs_t)``. The paper's input leaves ``obs_{t-1}`` to the memory, which then has to bind
 the state it saw one step earlier to the action and reward it sees now before it can keep a per-state record; on the
 tabular MDPs that binding is what RL² was slow to learn (RESULTS.md). Same information, one step less to learn.
+
+With ``time_input=True`` the input also ends with the fraction of the trial still to play, ``(T - t) / T`` for the
+input of step ``t`` of ``T = steps_per_trial`` (1 at the first step, ``1 / T`` at the last, 0 in the input after the
+trial's end). The paper's input has no clock: the memory has to count its steps to know how many pulls are left,
+which a finite-horizon strategy (the Gittins index used here, UCB1's ``t``) is given for free.
 """
 
 from __future__ import annotations
@@ -60,10 +65,11 @@ class TrialEnv:
         env (BatchedTaskEnv): the task distribution, stepped B tasks at a time.
         episodes (int): episodes per trial (n; for bandits, the number of pulls).
         prev_obs (bool, Optional): append the previous observation to the input (see the module). Default: False.
+        time_input (bool, Optional): append the fraction of the trial left to play (see the module). Default: False.
 
     Attributes:
         input_size (int): the width of the policy input ``x_t``: ``obs_size + action_size + 2`` (``+ obs_size``
-            with ``prev_obs``).
+            with ``prev_obs``, ``+ 1`` with ``time_input``).
         steps_per_trial (int): ``episodes * env.horizon``.
         episode (torch.Tensor): ``long [B]`` the current episode's index within the trial.
 
@@ -76,11 +82,12 @@ class TrialEnv:
         (torch.Size([4, 5]), True, False)
     """
 
-    def __init__(self, env: BatchedTaskEnv, episodes: int, prev_obs: bool = False) -> None:
+    def __init__(self, env: BatchedTaskEnv, episodes: int, prev_obs: bool = False, time_input: bool = False) -> None:
         if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"episodes must be an integer >= 1, got {episodes!r}")
-        self.env, self.episodes, self.prev_obs = env, episodes, bool(prev_obs)
-        self.input_size = env.obs_size * (2 if self.prev_obs else 1) + env.action_size + 2
+        self.env, self.episodes, self.prev_obs, self.time_input = env, episodes, bool(prev_obs), bool(time_input)
+        self.input_size = env.obs_size * (2 if self.prev_obs else 1) + env.action_size + 2 + int(self.time_input)
+        self._t = 0  # steps taken in the current trial
         self._obs: torch.Tensor | None = None  # the observation the next action is taken from
         self.steps_per_trial = episodes * env.horizon
         self.episode = torch.zeros(env.batch_size, dtype=torch.long, device=env.device)
@@ -97,6 +104,7 @@ class TrialEnv:
         self.env.sample_tasks()
         obs = self.env.reset()
         self.episode.zero_()
+        self._t = 0
         self._running = True
         B, dev = self.batch_size, self.env.device
         none = (-torch.ones(B, dtype=torch.long, device=dev) if self.env.num_actions is not None
@@ -119,6 +127,7 @@ class TrialEnv:
         if not self._running:
             raise RuntimeError("TrialEnv.step called after the trial ended (or before the first); call reset()")
         obs, reward, done = self.env.step(action)
+        self._t += 1
         self.episode += done.long()
         trial_done = self.episode >= self.episodes
         if bool(trial_done.all()):
@@ -132,9 +141,13 @@ class TrialEnv:
                 done: torch.Tensor) -> torch.Tensor:  # fmt: skip
         x = rl2_input(obs, action, reward, done, self.env.num_states, self.env.num_actions)
         prev, self._obs = self._obs, obs
-        if not self.prev_obs:
-            return x
-        if prev is None:  # a trial's first step: no previous observation
-            return torch.cat([x, x.new_zeros(x.shape[0], self.env.obs_size)], -1)
-        p = F.one_hot(prev, self.env.num_states).float() if self.env.num_states is not None else prev.float()
-        return torch.cat([x, p], -1)
+        if self.prev_obs:
+            if prev is None:  # a trial's first step: no previous observation
+                p = x.new_zeros(x.shape[0], self.env.obs_size)
+            else:
+                p = F.one_hot(prev, self.env.num_states).float() if self.env.num_states is not None else prev.float()
+            x = torch.cat([x, p], -1)
+        if self.time_input:
+            left = (self.steps_per_trial - self._t) / self.steps_per_trial
+            x = torch.cat([x, x.new_full((x.shape[0], 1), left)], -1)
+        return x

@@ -294,3 +294,12 @@ def test_keep_checkpoints_zero_keeps_every_checkpoint_and_may_change_on_resume(t
     assert len(checkpoint_steps(tmp_path / "two" / "checkpoints")) == 3
     with pytest.raises(ValueError, match="keep-checkpoints must be >= 0"):
         config(str(tmp_path / "bad"), keep_checkpoints=-1)
+
+
+def test_time_input_widens_the_policy_input_and_is_part_of_the_run(tmp_path):
+    run(tmp_path / "t", steps=2, time_input=True)
+    cfg, policy, _ = load_rl2(tmp_path / "t")
+    assert cfg.time_input and cfg.make_trials(2).input_size == config("x").make_trials(2).input_size + 1
+    assert evaluate_rl2(cfg, policy)["trials"] == cfg.eval_trials  # the saved policy reads the wider input
+    with pytest.raises(ConfigMismatchError, match="time_input"):
+        run(tmp_path / "t", steps=2)

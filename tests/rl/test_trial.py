@@ -122,3 +122,25 @@ def test_prev_obs_makes_each_input_a_whole_transition():
         assert torch.equal(y[:, -S:].argmax(-1), acted_from) and torch.equal(y[:, -S:].sum(-1), torch.ones(5)), t
         if ep_done.all() and t < plain.steps_per_trial - 1:
             assert (x[:, :S].argmax(-1) == 0).all()  # the next episode starts in state 0; obs_{t-1} is the last state
+
+
+@pytest.mark.parametrize("prev_obs", [False, True])
+def test_time_input_appends_the_fraction_of_the_trial_left(prev_obs):
+    def make(time_input):
+        env = TabularMDP(num_states=3, num_actions=2, horizon=4, batch_size=5, seed=0)
+        return TrialEnv(env, episodes=3, prev_obs=prev_obs, time_input=time_input)
+
+    plain, timed = make(False), make(True)
+    T = plain.steps_per_trial
+    assert timed.input_size == plain.input_size + 1
+    for trial in range(2):  # the clock restarts with every trial
+        x, y = plain.reset(seed=trial), timed.reset(seed=trial)
+        assert torch.equal(y[:, :-1], x) and torch.equal(y[:, -1], torch.ones(5))
+        g = torch.Generator().manual_seed(trial)
+        for t in range(1, T + 1):
+            a = torch.randint(0, 2, (5,), generator=g)
+            x, _, _, trial_done = plain.step(a)
+            y, _, _, _ = timed.step(a)
+            assert torch.equal(y[:, :-1], x), t  # everything else unchanged
+            assert torch.allclose(y[:, -1], torch.full((5,), (T - t) / T)), t
+        assert trial_done.all() and not y[:, -1].any()
