@@ -105,6 +105,7 @@ class Thompson(BanditAgent):
 
 
 @functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=4)
 def gittins_table(horizon: int, grid: int = 401) -> np.ndarray:
     """Finite-horizon Gittins indices of a Bernoulli arm with a Beta(1, 1) prior, for every state up to ``horizon``.
 
@@ -118,14 +119,16 @@ def gittins_table(horizon: int, grid: int = 401) -> np.ndarray:
     computed for ``grid`` values of ``lam`` in [0, 1] at once; the index is where ``Q_r(s, f) - lam * r`` (which falls
     as ``lam`` grows) crosses zero, linearly interpolated between grid points (error well below 1/grid).
     This is the undiscounted "finite-horizon Gittins index" (the discounted infinite-horizon index of Gittins
-    (1979) does not know that the trial ends); it costs O(grid * horizon^3), about a second for horizon 100.
+    (1979) does not know that the trial ends); it costs O(grid * horizon^3), about a second for horizon 100 and
+    minutes for 500, so the newest tables are cached (read-only) for the life of the process.
 
     Args:
         horizon (int): the trial's pulls (n); states with ``s + f + r <= horizon`` are filled.
         grid (int): number of ``lam`` values. Default: 401.
 
     Returns:
-        np.ndarray: ``[horizon + 1, horizon + 1, horizon + 1]`` indexed ``[s, f, r]`` (NaN where unreachable).
+        np.ndarray: ``[horizon + 1, horizon + 1, horizon + 1]`` indexed ``[s, f, r]`` (NaN where unreachable),
+        read-only.
     """
     H = horizon
     lam = np.linspace(0.0, 1.0, grid)[:, None, None]  # [G, 1, 1]
@@ -153,6 +156,7 @@ def gittins_table(horizon: int, grid: int = 401) -> np.ndarray:
         ok = ss + ff <= H - r
         table[:m, :m, r] = np.where(ok, idx, np.nan)
         V = V_new
+    table.setflags(write=False)
     return table
 
 

@@ -98,3 +98,9 @@ def test_evaluate_baselines_is_seeded_and_validates():
         evaluate_baselines("maze")
     with pytest.raises(ValueError, match="epsilon must lie in"):
         make_mdp_agent("epsilon_greedy", 1, 2, 2, 2, np.random.default_rng(0), epsilon=2.0)
+
+
+def test_gittins_tables_are_cached_and_read_only():
+    assert gittins_table(12) is gittins_table(12)  # computed once per process (minutes at n = 500)
+    with pytest.raises(ValueError, match="read-only"):
+        gittins_table(12)[0, 0, 1] = 0.0
