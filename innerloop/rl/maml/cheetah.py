@@ -11,8 +11,12 @@ missing.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+import mujoco
 import numpy as np
 import torch
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
@@ -20,12 +24,37 @@ from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 __all__ = ["CheetahBatch", "HalfCheetahDirEnv", "HalfCheetahVelEnv"]
 
 CTRL_COST = 0.05
+# gymnasium's half_cheetah.xml sets `settotalmass`, which mujoco >= 3.3 warns about once per model compiled (a
+# pool of cheetahs prints it a hundred times); it is not the user's to fix and does not change the model
+_ASSET_DEPRECATION = "compiler attribute 'settotalmass' is deprecated"
+
+
+@contextlib.contextmanager
+def _without_asset_deprecation() -> Iterator[None]:
+    """Drop mujoco's deprecation warning about gymnasium's asset while compiling; any other warning still prints as
+    mujoco prints it (or goes to the callback installed before)."""
+    before = mujoco.get_mju_user_warning()
+
+    def forward(message: str) -> None:
+        if _ASSET_DEPRECATION in message:
+            return
+        if before is not None:
+            before(message)
+        else:
+            print(f"WARNING: {message}\n", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(forward)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(before)
 
 
 class _TaskCheetah(HalfCheetahEnv):
     def __init__(self, task: float = 1.0, **kwargs: Any) -> None:
         kwargs.setdefault("ctrl_cost_weight", CTRL_COST)
-        super().__init__(**kwargs)
+        with _without_asset_deprecation():
+            super().__init__(**kwargs)
         self.task = float(task)
 
     def set_task(self, task: float) -> None:

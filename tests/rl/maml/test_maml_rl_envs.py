@@ -87,3 +87,25 @@ def test_cheetah_family_rollouts_are_seeded():
         assert bool(((tasks >= 0) & (tasks <= 2)).all())
         runs.append(rollout(lambda o: pol.forward_tasks(params, o), fam.make_env(tasks, 2, g), 2, 2, 5, g))
     assert runs[0].rewards.shape == (2, 2, 5) and torch.equal(runs[0].rewards, runs[1].rewards)
+
+
+def test_building_a_cheetah_drops_only_the_asset_deprecation_warning(capfd):
+    mujoco = pytest.importorskip("mujoco")
+    pytest.importorskip("gymnasium.envs.mujoco")
+    from innerloop.rl.maml import cheetah
+
+    seen = []
+    mujoco.set_mju_user_warning(seen.append)  # a callback the user installed before
+    try:
+        cheetah.HalfCheetahVelEnv()
+        with cheetah._without_asset_deprecation():
+            mujoco.get_mju_user_warning()("something else")  # any other warning still reaches the user's callback
+        assert mujoco.get_mju_user_warning() is not None  # the user's callback is back
+    finally:
+        mujoco.set_mju_user_warning(None)
+    assert seen == ["something else"]
+    cheetah.HalfCheetahVelEnv()
+    assert "settotalmass" not in capfd.readouterr().err
+    with cheetah._without_asset_deprecation():
+        mujoco.get_mju_user_warning()("something else")  # no callback before: printed as mujoco prints it
+    assert "WARNING: something else" in capfd.readouterr().err and mujoco.get_mju_user_warning() is None
