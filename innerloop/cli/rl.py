@@ -115,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", type=Path, default=None,
                    help="rl2: evaluate this checkpoint folder of the run instead of the newest (e.g. "
                    "<out>/checkpoints/step_00000180)")  # fmt: skip
+    e.add_argument("--episodes", type=int, default=None,
+                   help="rl2: test on trials of this many episodes (bandits: pulls) instead of the run's: the trained "
+                   "memory played zero-shot on longer or shorter trials")  # fmt: skip
     e.set_defaults(func=run_eval)
 
 
@@ -264,7 +267,7 @@ def run_train(args: argparse.Namespace) -> int:
     raise AssertionError(f"no trainer for --algo {args.algo}")  # pragma: no cover - argparse checks the choices
 
 
-_EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy", "checkpoint", "paired"),
+_EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy", "checkpoint", "paired", "episodes"),
                "maml": ("pretrained", "eval_tasks", "eval_steps")}  # fmt: skip
 
 
@@ -279,7 +282,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.algo == "rl2":
         from innerloop.rl.rl2_trainer import EVAL_SEED, evaluate_rl2, load_rl2
 
-        overrides = {k: v for k, v in (("eval_trials", args.eval_trials), ("device", args.device)) if v is not None}
+        overrides = {k: v for k, v in (("eval_trials", args.eval_trials), ("device", args.device),
+                                       ("episodes", args.episodes)) if v is not None}  # fmt: skip
         cfg, policy, path = load_rl2(args.out, args.checkpoint, **overrides)
         r = evaluate_rl2(cfg, policy, greedy=args.greedy, seed=EVAL_SEED if args.eval_seed is None else args.eval_seed,
                          paired=args.paired or ())  # fmt: skip

@@ -116,6 +116,16 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert evaluate_rl2(cfg1, p1)["seed"] == EVAL_SEED
     assert main(["rl", "eval", "--algo", "rl2", "--out", str(out), "--checkpoint", str(out / "nope")]) == 2
     assert "no such checkpoint folder" in capsys.readouterr().err
+    # zero-shot on longer trials: the same weights, trials of 5 episodes instead of 2
+    assert main(["rl", "eval", "--algo", "rl2", "--out", str(out), "--episodes", "5", "--paired", "random"]) == 0
+    assert "n=5" in capsys.readouterr().out
+    e5 = json.loads((out / "eval.json").read_text())
+    assert "n=5" in e5["env"] and e5["trials"] == 8 and set(e5["paired"]) == {"random"}
+    assert evaluate_rl2(load_rl2(out, episodes=5)[0], p2)["mean"] == e5["mean"]
+    assert main(["rl", "eval", "--algo", "rl2", "--out", str(out), "--episodes", "0"]) == 2
+    assert "--episodes must be >= 1" in capsys.readouterr().err
+    assert main(["rl", "eval", "--algo", "maml", "--out", str(out), "--episodes", "5"]) == 2
+    assert "--episodes is a setting of `rl eval --algo rl2`" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "match"), [
