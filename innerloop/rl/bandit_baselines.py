@@ -104,7 +104,6 @@ class Thompson(BanditAgent):
         return self.rng.beta(1.0 + self.successes, 1.0 + self.pulls - self.successes)
 
 
-@functools.lru_cache(maxsize=4)
 @functools.lru_cache(maxsize=2)  # 1 GB each at n = 500
 def gittins_table(horizon: int, grid: int = 401) -> np.ndarray:
     """Finite-horizon Gittins indices of a Bernoulli arm with a Beta(1, 1) prior, for every state up to ``horizon``.
