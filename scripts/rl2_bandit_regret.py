@@ -15,9 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from innerloop.rl.bandit_baselines import make_bandit_agent
-from innerloop.rl.envs import BernoulliBandit
-from innerloop.rl.evaluate import _agent_rng  # the baselines' own draws, as `rl eval --paired` plays them
+from innerloop.rl import play_bandit_trials
 from innerloop.rl.rl2 import rollout
 from innerloop.rl.rl2_trainer import load_rl2
 
@@ -36,18 +34,11 @@ def agent_regret(run: str, checkpoint: str | None, trials: int, seed: int) -> tu
 
 
 def baseline_regret(name: str, cfg, trials: int, seed: int, probs: torch.Tensor) -> np.ndarray:
-    env = BernoulliBandit(cfg.arms, batch_size=trials, seed=seed)
-    env.sample_tasks()
-    assert torch.allclose(env.probs, probs), "the baseline must play the agent's tasks"
-    agent = make_bandit_agent(name, trials, cfg.arms, cfg.episodes, _agent_rng(seed, 0, name))
-    best, rows, out = probs.max(1).values, torch.arange(trials), []
-    for _ in range(cfg.episodes):
-        env.reset()
-        arms = agent.act()
-        _, reward, _ = env.step(torch.from_numpy(arms))
-        agent.update(arms, reward.numpy())
-        out.append((best - probs[rows, torch.from_numpy(arms)]).numpy())
-    return np.stack(out, 1)
+    """``[trials, pulls]`` expected regret of baseline ``name`` on the agent's tasks, as `rl eval --paired` plays
+    it."""
+    arms, _, p = play_bandit_trials(name, cfg.arms, cfg.episodes, trials, seed)
+    assert np.allclose(p, probs.numpy()), "the baseline must play the agent's tasks"
+    return p.max(1, keepdims=True) - np.take_along_axis(p, arms, 1)
 
 
 def main() -> None:

@@ -12,7 +12,14 @@ RL²: :class:`RL2Policy` (any mixer as the memory), PPO + GAE (:mod:`innerloop.r
 """
 
 from .envs import BatchedTaskEnv, BernoulliBandit, Navigation2D, TabularMDP
-from .evaluate import BASELINES, BaselineResult, evaluate_baselines, run_bandit_trials, run_mdp_trials
+from .evaluate import (
+    BASELINES,
+    BaselineResult,
+    evaluate_baselines,
+    play_bandit_trials,
+    run_bandit_trials,
+    run_mdp_trials,
+)
 from .maml import GaussianMLPPolicy, MamlRLConfig, trpo_step
 from .ppo import PPOLoss, ValueNormalizer, gae, normalize, ppo_loss
 from .rl2 import RL2Policy, Rollout, rollout
@@ -20,7 +27,7 @@ from .rl2_trainer import RL2Config, RL2Trainer, build_rl2, evaluate_rl2, load_rl
 from .trial import TrialEnv, rl2_input
 
 __all__ = ["BASELINES", "BaselineResult", "BatchedTaskEnv", "BernoulliBandit", "Navigation2D", "TabularMDP",
-           "TrialEnv", "evaluate_baselines", "rl2_input", "run_bandit_trials", "run_mdp_trials"]
+           "TrialEnv", "evaluate_baselines", "play_bandit_trials", "rl2_input", "run_bandit_trials", "run_mdp_trials"]
 __all__ += ["GaussianMLPPolicy", "MamlRLConfig", "trpo_step"]  # MAML for RL (innerloop.rl.maml)
 __all__ += ["PPOLoss", "RL2Config", "RL2Policy", "RL2Trainer", "Rollout", "build_rl2", "evaluate_rl2", "gae",
             "load_rl2", "normalize", "ppo_loss", "rollout", "train_rl2", "ValueNormalizer"]  # RL² with PPO

@@ -19,7 +19,8 @@ from .bandit_baselines import BANDIT_BASELINES, make_bandit_agent
 from .envs import BernoulliBandit, TabularMDP
 from .mdp_baselines import MDP_BASELINES, make_mdp_agent
 
-__all__ = ["BASELINES", "BaselineResult", "evaluate_baselines", "run_bandit_trials", "run_mdp_trials"]
+__all__ = ["BASELINES", "BaselineResult", "evaluate_baselines", "play_bandit_trials", "run_bandit_trials",
+           "run_mdp_trials"]
 
 BASELINES = {"bandit": BANDIT_BASELINES, "mdp": MDP_BASELINES}
 
@@ -57,19 +58,30 @@ def run_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: i
     Returns:
         np.ndarray: ``[trials]`` total reward per trial.
     """
+    return play_bandit_trials(name, num_arms, pulls, trials, seed, **options)[1].sum(1)
+
+
+def play_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: int = 0,
+                       **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The trials of :func:`run_bandit_trials` (same arguments, same draws), pull by pull.
+
+    Returns:
+        tuple: ``arms`` (``int [trials, pulls]``, the arm pulled), ``rewards`` (``[trials, pulls]``, 0/1) and
+        ``probs`` (``[trials, num_arms]``, each task's success probabilities).
+    """
     if pulls < 1:
         raise ValueError(f"pulls must be >= 1, got {pulls}")
     env = BernoulliBandit(num_arms, batch_size=trials, seed=seed)
     env.sample_tasks()
     agent = make_bandit_agent(name, trials, num_arms, pulls, _agent_rng(seed, 0, name), **options)
-    total = np.zeros(trials)
-    for _ in range(pulls):
+    arms, rewards = np.zeros((trials, pulls), dtype=np.int64), np.zeros((trials, pulls))
+    for t in range(pulls):
         env.reset()
-        arms = agent.act()
-        _, reward, _ = env.step(torch.from_numpy(arms))
-        agent.update(arms, reward.numpy())
-        total += reward.numpy()
-    return total
+        arms[:, t] = agent.act()
+        _, reward, _ = env.step(torch.from_numpy(arms[:, t]))
+        rewards[:, t] = reward.numpy()
+        agent.update(arms[:, t], rewards[:, t])
+    return arms, rewards, env.probs.numpy()
 
 
 def run_mdp_trials(name: str, episodes: int, trials: int, seed: int = 0, num_states: int = 10, num_actions: int = 5,

@@ -3,23 +3,15 @@ layout keep the ICL contract (balanced one-shot tasks; query i answered from the
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from innerloop.icl.model import ICLModel
 
-_PATH = Path(__file__).resolve().parents[2] / "scripts" / "icl_feature_probe.py"
-
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("icl_feature_probe", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def probe(load_script):
+    return load_script("icl_feature_probe")
 
 
 def test_sample_draws_balanced_tasks_from_distinct_classes(probe):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from innerloop.rl import evaluate_baselines, run_bandit_trials, run_mdp_trials
+from innerloop.rl import evaluate_baselines, play_bandit_trials, run_bandit_trials, run_mdp_trials
 from innerloop.rl.bandit_baselines import gittins_table, make_bandit_agent
 from innerloop.rl.envs import BernoulliBandit
 from innerloop.rl.mdp_baselines import _optimistic_transitions, make_mdp_agent, plan
@@ -104,3 +104,15 @@ def test_gittins_tables_are_cached_and_read_only():
     assert gittins_table(12) is gittins_table(12)  # computed once per process (minutes at n = 500)
     with pytest.raises(ValueError, match="read-only"):
         gittins_table(12)[0, 0, 1] = 0.0
+
+
+def test_play_bandit_trials_returns_the_pulls_behind_run_bandit_trials():
+    arms, rewards, probs = play_bandit_trials("ucb1", 4, 30, 2000, seed=3)
+    assert arms.shape == rewards.shape == (2000, 30) and probs.shape == (2000, 4)
+    assert arms.min() >= 0 and arms.max() < 4 and set(np.unique(rewards)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(rewards.sum(1), run_bandit_trials("ucb1", 4, 30, 2000, seed=3))
+    env = BernoulliBandit(4, batch_size=2000, seed=3)
+    env.sample_tasks()
+    np.testing.assert_array_equal(probs, env.probs.numpy())  # the tasks of the env seeded alike
+    pulled = np.take_along_axis(probs, arms, 1)  # the rewards are draws of the pulled arms' probabilities
+    assert abs(rewards.mean() - pulled.mean()) < 4 * rewards.std() / np.sqrt(rewards.size)

@@ -4,7 +4,6 @@ measured total reward."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,15 +16,10 @@ from _rl2_runs import run  # noqa: E402
 
 from innerloop.rl.evaluate import run_bandit_trials  # noqa: E402
 
-_PATH = Path(__file__).resolve().parents[2] / "scripts" / "rl2_bandit_regret.py"
-
 
 @pytest.fixture(scope="module")
-def regret():
-    spec = importlib.util.spec_from_file_location("rl2_bandit_regret", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def regret(load_script):
+    return load_script("rl2_bandit_regret")
 
 
 def test_agent_and_baselines_play_the_same_tasks(tmp_path, regret, capsys):
