@@ -28,7 +28,7 @@ from innerloop.data.timeseries.ett import ETT_SHA256
 from innerloop.errors import check_choice
 from innerloop.layers import MIXERS
 from innerloop.models import count_params
-from innerloop.runs import Callback, Run, TrainLoop, check_finite, read_config, torch_threads
+from innerloop.runs import Callback, Run, TrainLoop, check_finite, fill_added_fields, read_config, torch_threads
 
 from .models import FORECASTERS, MODEL_OPTIONS, build_forecaster
 from .patch import BLOCKS
@@ -102,12 +102,8 @@ class ForecastConfig:
 # Fields added after the first version of ForecastConfig: a config saved before them reads as their defaults.
 ADDED_FIELDS = ("mixer", "patch_len", "stride", "d_model", "num_layers", "num_heads", "dropout", "block", "norm",
                 "d_ff", "revin_affine", "head_dropout", "lr_schedule")
-
-
-def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config as today's version writes it: the fields an older version lacked get their defaults."""
-    defaults = ForecastConfig.__dataclass_fields__
-    return {**{k: defaults[k].default for k in ADDED_FIELDS}, **saved}
+# a saved config as today's version writes it: the fields an older version lacked get their defaults
+upgrade_config = fill_added_fields({k: ForecastConfig.__dataclass_fields__[k].default for k in ADDED_FIELDS})
 
 
 def model_options(cfg: ForecastConfig) -> dict[str, Any]:

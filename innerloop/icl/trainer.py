@@ -24,7 +24,7 @@ from innerloop._io import atomic_write_json
 from innerloop.data.fewshot import SINUSOID_EVAL_POINTS, TEST_SEED, mean_ci95
 from innerloop.errors import check_choice
 from innerloop.models import count_params
-from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite
+from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite, fill_added_fields
 
 from .learners import build_learner, learner_kind
 from .tasks import CLASSIFICATION, TASKS, make_tasks
@@ -134,12 +134,8 @@ RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "max_secon
                               "eval_batch", "test_steps", "data_root"})  # fmt: skip
 # Config fields added after runs were first made, with the value that reproduces what those runs did.
 ADDED_FIELDS: dict[str, Any] = {"freeze_encoder_steps": 0}
-
-
-def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config saved before :data:`ADDED_FIELDS` existed, in today's form, so older runs still resume and count as
-    finished."""
-    return {**ADDED_FIELDS, **saved}
+# a config saved before them, in today's form, so older runs still resume and count as finished
+upgrade_config = fill_added_fields(ADDED_FIELDS)
 
 
 class ICLTrainer(TrainLoop):

@@ -44,7 +44,7 @@ from innerloop.optim.problems import (
     digits,
 )
 from innerloop.optim.problems import sample_instances as _sample
-from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite
+from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite, fill_added_fields
 
 __all__ = ["BASELINES", "PROBLEMS", "RULES", "LearnedLR", "MetaOptConfig", "MetaOptTrainer", "NonFiniteGradientError",
            "UnrollResult", "build_problem", "build_rule", "train_rule", "unroll"]  # fmt: skip
@@ -326,12 +326,8 @@ LOG_FIELDS = ["meta_step", "episode", "loss", "final_loss", "train_seconds"]
 # Config fields added after runs were first made, with the value that reproduces what those runs did.
 ADDED_FIELDS = {"layers": 1, "activation": "sigmoid", "init_rule": "", "eval_out": "", "meta_loss": "sum",
                 "meta_clip": 0.0, "mlp_base": "none", "mlp_step_mult": 0.0, "train_layers": []}  # fmt: skip
-
-
-def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config saved before :data:`ADDED_FIELDS` existed, in today's form (those fields at their old behaviour), so
-    older runs still resume."""
-    return {**ADDED_FIELDS, **saved}
+# a config saved before them, in today's form (those fields at their old behaviour), so older runs still resume
+upgrade_config = fill_added_fields(ADDED_FIELDS)
 
 
 class MetaOptTrainer(TrainLoop):

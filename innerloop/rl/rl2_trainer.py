@@ -31,6 +31,7 @@ from innerloop.runs import (
     TrainingDivergedError,
     TrainLoop,
     check_finite,
+    fill_added_fields,
     load_latest_weights,
     load_state,
     load_weights,
@@ -153,11 +154,7 @@ LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", 
 # fields added after the first runs, with the value that reproduces those runs: an old run resumes and loads as before
 ADDED_FIELDS = {"prev_obs": False, "value_norm": False, "separate_critic": False, "threads": 0, "lr_anneal": False,
                 "init_from": "", "time_input": False}
-
-
-def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A ``config.json`` from before a field existed, in today's form (the field at its old behaviour)."""
-    return {**ADDED_FIELDS, **saved}
+upgrade_config = fill_added_fields(ADDED_FIELDS)  # a config.json from before a field existed, in today's form
 
 
 def _step_seed(seed: int, step: int) -> int:

@@ -18,8 +18,9 @@ changes from the resume point on, and ``config.json`` records the extension).
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from innerloop.runs.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["ConfigMismatchError", "Run", "config_diff", "read_config"]
+__all__ = ["ConfigMismatchError", "Run", "config_diff", "fill_added_fields", "read_config"]
 
 
 class ConfigMismatchError(ValueError):
@@ -207,3 +208,22 @@ class Run:
     def write_metrics(self, metrics: dict[str, Any], name: str = "metrics.json") -> None:
         if self.is_main:
             atomic_write_json(self.out / name, metrics)
+
+
+def fill_added_fields(old_values: Mapping[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The ``upgrade`` of a :class:`Run` whose config only grew: a field missing from a saved config reads as its
+    value in ``old_values`` (the value that reproduces what runs made before the field existed did); saved fields are
+    kept as saved. One definition for every trainer (each keeps its own ``ADDED_FIELDS``).
+
+    Args:
+        old_values (Mapping[str, Any]): each added field's name and the value it had, in effect, before it existed.
+    Returns:
+        Callable[[dict], dict]: ``saved -> {**old_values, **saved}``, a new dict (mutable values are copied, so an
+            upgraded config never shares a list with ``old_values`` or another upgraded config).
+    """
+    frozen = copy.deepcopy(dict(old_values))
+
+    def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+        return {**copy.deepcopy(frozen), **saved}
+
+    return upgrade
