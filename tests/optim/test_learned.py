@@ -241,3 +241,32 @@ def test_torch_func_grad_equals_autograd(name):
     want = torch.autograd.grad(meta_loss(weights), list(weights.values()))
     for k, a in zip(weights, want):
         assert_close(f"{name} func.grad {k}", a, got[k])
+
+
+def test_a_rule_of_your_own_subclasses_learned_rule_and_plugs_into_the_optimizer():
+    """``LearnedRule``: calling the rule is ``update``, and a subclass works in ``LearnedOptimizer`` as the shipped
+    rules do."""
+    from innerloop.optim import LearnedOptimizer
+    from innerloop.optim.learned import LearnedRule
+
+    class SignStep(LearnedRule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.log_lr = torch.nn.Parameter(torch.tensor(math.log(0.1)))
+
+        def init(self, params):
+            return {k: {} for k in params}
+
+        def update(self, grads, state, params, step):
+            return {k: -self.log_lr.exp() * g.sign() for k, g in grads.items()}, state
+
+    rule = SignStep()
+    g = {"w": torch.tensor([2.0, -3.0, 0.0])}
+    updates, _ = rule(g, rule.init(g), g, 0)
+    assert_close("update", torch.tensor([-0.1, 0.1, 0.0]), updates["w"])
+    w = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    opt = LearnedOptimizer([w], rule)
+    (w * w).sum().backward()
+    opt.step()
+    assert_close("stepped", torch.tensor([0.9, -0.9]), w.detach())
+    assert rule._groups("w", g["w"]) == 1

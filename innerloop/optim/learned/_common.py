@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 Params = dict[str, Tensor]
 
@@ -139,3 +139,26 @@ def moment_state(who: str, params: Params, momenta: int) -> dict[str, dict[str, 
         }
         for k, v in params.items()
     }
+
+
+class LearnedRule(nn.Module):
+    """What every learned update rule shares: ``rule(grads, state, params, step)`` is :meth:`update` (so
+    ``torch.func.functional_call`` works), and ``batch_dims`` (0, or 1 when every tensor is a stack of independent
+    instances) counts the instances of a gradient. A rule defines :meth:`init` and :meth:`update`."""
+
+    batch_dims: int = 0
+
+    def update(
+        self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
+    ) -> tuple[Params, dict[str, dict[str, Tensor]]]:
+        raise NotImplementedError
+
+    def forward(
+        self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
+    ) -> tuple[Params, dict[str, dict[str, Tensor]]]:
+        """Same as :meth:`update`."""
+        return self.update(grads, state, params, step)
+
+    def _groups(self, name: str, g: Tensor) -> int:
+        """The number of instances stacked in ``g`` (1 unless ``batch_dims`` is 1)."""
+        return instance_count(type(self).__name__, self.batch_dims, name, g)

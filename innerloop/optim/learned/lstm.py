@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from innerloop.optim.learned._common import (
+    LearnedRule,
     Params,
     cast_weight,
     check_finite,
@@ -77,7 +78,7 @@ def _lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell) -> tuple[Tens
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-class LSTMRule(nn.Module):
+class LSTMRule(LearnedRule):
     """Coordinatewise LSTM learned optimizer (Andrychowicz et al. 2016) over parameter dicts.
 
     State (from :meth:`init`): ``{name: {"h": [numel, num_layers, hidden_size], "c": same}}``, zeros, in the compute
@@ -217,12 +218,6 @@ class LSTMRule(nn.Module):
                     f"{grads[k].numel()}; call rule.init on the parameters you update"
                 )
         return bool(grads)
-
-    def forward(
-        self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
-    ) -> tuple[Params, dict[str, dict[str, Tensor]]]:
-        """Same as :meth:`update`, so ``rule(grads, state, params, step)`` and ``torch.func.functional_call`` work."""
-        return self.update(grads, state, params, step)
 
     def extra_repr(self) -> str:
         return f"preprocess={self.preprocess!r}, p={self.p}, scale={self.scale}"

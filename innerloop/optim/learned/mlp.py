@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from innerloop.optim.learned._common import (
+    LearnedRule,
     Params,
     cast_weight,
     check_finite,
     check_update_inputs,
     compute_dtype,
-    instance_count,
     moment_state,
     split,
 )
@@ -54,7 +54,7 @@ __all__ = ["BASES", "MLPRule"]
 BASES = ("adam", "none")  # MLPRule's parametrisations of the direction (see the module docstring)
 
 
-class MLPRule(nn.Module):
+class MLPRule(LearnedRule):
     """Per-parameter MLP learned optimizer with momentum, RMS and training-progress features.
 
     State (from :meth:`init`): ``{name: {"m": [numel, len(momentum_decays)], "v": [numel, 1]}}``, zeros, in the
@@ -245,16 +245,6 @@ class MLPRule(nn.Module):
         sizes = [grads[k].numel() for k in names]
         updates = {k: u.reshape(grads[k].shape).to(params[k].dtype) for k, u in zip(names, split(out, sizes))}
         return updates, new_state
-
-    def _groups(self, name: str, g: Tensor) -> int:
-        """The number of instances stacked in ``g`` (1 unless ``batch_dims`` is 1)."""
-        return instance_count("MLPRule", self.batch_dims, name, g)
-
-    def forward(
-        self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
-    ) -> tuple[Params, dict[str, dict[str, Tensor]]]:
-        """Same as :meth:`update`, so ``rule(grads, state, params, step)`` and ``torch.func.functional_call`` work."""
-        return self.update(grads, state, params, step)
 
     def extra_repr(self) -> str:
         return (f"features={self.num_features}, base={self.base}, exp_mult={self.exp_mult}, "

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from innerloop.optim.learned._common import (
+    LearnedRule,
     Params,
     cast_weight,
     check_finite,
     check_update_inputs,
     compute_dtype,
-    instance_count,
     moment_state,
     split,
 )
@@ -52,7 +52,7 @@ TINY_BASES = ("adam", "none")
 MAX_MOMENTA = 3  # the C kernel's limit
 
 
-class TinyRule(nn.Module):
+class TinyRule(LearnedRule):
     """Per-coordinate tiny-MLP learned optimizer: a few normalised features, ``hidden_size`` ReLU units, an Adam-like
     linear skip; about as cheap as an Adam step with its fast path.
 
@@ -250,16 +250,6 @@ class TinyRule(nn.Module):
                     f"TinyRule: state of {k!r} has m, v of shapes {shapes} but the parameter has {n} coordinates "
                     f"(expected ({n}, {j}) and ({n}, 1)); call rule.init on the parameters you update"
                 )
-
-    def _groups(self, name: str, g: Tensor) -> int:
-        """The number of instances stacked in ``g`` (1 unless ``batch_dims`` is 1)."""
-        return instance_count("TinyRule", self.batch_dims, name, g)
-
-    def forward(
-        self, grads: Params, state: dict[str, dict[str, Tensor]], params: Params, step: int
-    ) -> tuple[Params, dict[str, dict[str, Tensor]]]:
-        """Same as :meth:`update`, so ``rule(grads, state, params, step)`` and ``torch.func.functional_call`` work."""
-        return self.update(grads, state, params, step)
 
     def extra_repr(self) -> str:
         return (f"features={self.num_features}, hidden={self.hidden.out_features}, base={self.base}, "
