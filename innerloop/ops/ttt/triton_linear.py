@@ -81,6 +81,48 @@ def operands_unsupported(q: Tensor, tensors: list[Tensor], kind: str, fallback: 
     return None
 
 
+def state_operands(ln_weight: Tensor | None, ln_bias: Tensor | None, state: TTTState) -> list[Tensor]:
+    """The LayerNorm and state tensors of a call (the ones :func:`unsupported` checks beside q, k, v, lr, tau)."""
+    return [t for t in (ln_weight, ln_bias, *state.params, *state.grads) if t is not None]
+
+
+def check_call(q: Tensor, k: Tensor, v: Tensor, precision: str, reason: str | None) -> None:
+    """The checks both Triton TTT ops make after :func:`check_inputs`: ``precision``, the operands (``reason``, from
+    the op's ``unsupported``: a TypeError for a dtype, else a ValueError) and one dtype for q, k, v."""
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
+    if reason is not None:
+        raise (TypeError if "float" in reason else ValueError)(reason)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def kernel_operands(
+    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
+    state: TTTState, precision: str,
+) -> tuple[tuple[Tensor | None, ...], bool, str, torch.dtype]:
+    """What both Triton TTT ops hand their forward custom op: ``(ins, save, precision, out_dtype)``.
+
+    ``ins`` = q, k, v contiguous in their dtype, then lr, tau, LayerNorm weight and bias (or None), the state's params
+    and grads in the accumulation dtype (float32, float64 for float64 inputs), contiguous; ``save``: autograd will
+    need the backward; ``precision``: "ieee" for float64 (tf32 is a float32 mode); ``out_dtype``: q's dtype, or
+    the autocast dtype under autocast.
+    """
+    dev = q.device.type
+    out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else q.dtype
+    acc = _acc_dtype(q)
+    if acc == torch.float64:
+        precision = "ieee"
+
+    def c(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.to(acc).contiguous()
+
+    ins = (q.contiguous(), k.contiguous(), v.contiguous(), c(lr), c(tau), c(ln_weight), c(ln_bias),
+           *(c(p) for p in state.params), *(c(g) for g in state.grads))
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)
+    return ins, save, precision, out_dtype
+
+
 def _segments(T: int, bsz: int, off: int) -> tuple[int, int]:
     """``(c0, n_seg)``: tokens of the first segment (up to the first boundary) and the number of segments."""
     c0 = min(T, bsz - off)
@@ -262,35 +304,13 @@ def triton_ttt_linear(
         ImportError: triton is not installed.
     """
     check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, 2)
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
-    extras = [t for t in (ln_weight, ln_bias, *state.params, *state.grads) if t is not None]
-    reason = unsupported(q, [q, k, v, lr, tau, *extras])
-    if reason is not None:
-        raise (TypeError if "float" in reason else ValueError)(reason)
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_call(q, k, v, precision, unsupported(q, [q, k, v, lr, tau, *state_operands(ln_weight, ln_bias, state)]))
     if not torch.compiler.is_compiling():
         _kernels()  # no triton: the ImportError saying how to install it, before any work
-    B, T, H, D = q.shape
-    dev = q.device.type
-    out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else q.dtype
+    T = q.shape[1]
     if T == 0:
         return chunk_ttt_linear(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
-    acc = _acc_dtype(q)
-    if acc == torch.float64:
-        precision = "ieee"  # tf32 is a float32 mode
-
-    def c(x: Tensor) -> Tensor:
-        return x.to(acc).contiguous()
-
-    lnw = lnb = None
-    if ln_weight is not None:
-        lnw, lnb = c(ln_weight), c(ln_bias)
-    W, b = (c(p) for p in state.params)
-    gW, gb = (c(g) for g in state.grads)
-    ins = (q.contiguous(), k.contiguous(), v.contiguous(), c(lr), c(tau), lnw, lnb, W, b, gW, gb)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)
-    with torch.autocast(dev, enabled=False):
+    ins, save, precision, out_dtype = kernel_operands(q, k, v, lr, tau, ln_weight, ln_bias, state, precision)
+    with torch.autocast(q.device.type, enabled=False):
         o, Wo, bo, gWo, gbo, _, _ = _fwd_op(*ins, state.offset, float(eps), save, precision)
     return o.to(out_dtype), TTTState((Wo, bo), (gWo, gbo), (state.offset + T) % tau.numel())

@@ -26,7 +26,14 @@ from torch import Tensor
 
 from ._common import TTTState, check_inputs
 from .chunk import chunk_ttt_mlp
-from .triton_linear import _acc_dtype, _segments, _tl_acc, operands_unsupported
+from .triton_linear import (
+    _segments,
+    _tl_acc,
+    check_call,
+    kernel_operands,
+    operands_unsupported,
+    state_operands,
+)
 
 # "split": the sequential pass computes only what the recursion needs (G1, G2, the updates) and saves the weights at
 # every segment start; then the outputs of every segment in parallel from those (the same memory without a backward:
@@ -254,34 +261,14 @@ def triton_ttt_mlp(
         >>> # o, s = triton_ttt_mlp(q, k, v, lr, tau, ln_w, ln_b, TTTState.from_params((W1, b1, W2, b2), B))
     """
     check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, 4)
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
-    extras = [t for t in (ln_weight, ln_bias, *state.params, *state.grads) if t is not None]
-    reason = unsupported(q, state.params[0].shape[-1], [q, k, v, lr, tau, *extras])
-    if reason is not None:
-        raise (TypeError if "float" in reason else ValueError)(reason)
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    operands = [q, k, v, lr, tau, *state_operands(ln_weight, ln_bias, state)]
+    check_call(q, k, v, precision, unsupported(q, state.params[0].shape[-1], operands))
     if not torch.compiler.is_compiling():
         _kernels()  # no triton: the ImportError saying how to install it, before any work
-    dev = q.device.type
-    out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else q.dtype
-    if q.shape[1] == 0:
+    T = q.shape[1]
+    if T == 0:
         return chunk_ttt_mlp(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
-    acc = _acc_dtype(q)
-    if acc == torch.float64:
-        precision = "ieee"
-
-    def c(x: Tensor) -> Tensor:
-        return x.to(acc).contiguous()
-
-    lnw = lnb = None
-    if ln_weight is not None:
-        lnw, lnb = c(ln_weight), c(ln_bias)
-    params = [c(p) for p in state.params]
-    grads = [c(g) for g in state.grads]
-    ins = (q.contiguous(), k.contiguous(), v.contiguous(), c(lr), c(tau), lnw, lnb, *params, *grads)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)
-    with torch.autocast(dev, enabled=False):
+    ins, save, precision, out_dtype = kernel_operands(q, k, v, lr, tau, ln_weight, ln_bias, state, precision)
+    with torch.autocast(q.device.type, enabled=False):
         o, *rest = _fwd_op(*ins, state.offset, float(eps), save, precision)
-    return o.to(out_dtype), TTTState(tuple(rest[:4]), tuple(rest[4:8]), (state.offset + q.shape[1]) % tau.numel())
+    return o.to(out_dtype), TTTState(tuple(rest[:4]), tuple(rest[4:8]), (state.offset + T) % tau.numel())
