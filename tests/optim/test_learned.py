@@ -246,7 +246,7 @@ def test_torch_func_grad_equals_autograd(name):
 def test_a_rule_of_your_own_subclasses_learned_rule_and_plugs_into_the_optimizer():
     """``LearnedRule``: calling the rule is ``update``, and a subclass works in ``LearnedOptimizer`` as the shipped
     rules do."""
-    from innerloop.optim import LearnedOptimizer
+    from innerloop.optim import LearnedOptimizer, UpdateRule
     from innerloop.optim.learned import LearnedRule
 
     class SignStep(LearnedRule):
@@ -261,6 +261,7 @@ def test_a_rule_of_your_own_subclasses_learned_rule_and_plugs_into_the_optimizer
             return {k: -self.log_lr.exp() * g.sign() for k, g in grads.items()}, state
 
     rule = SignStep()
+    assert isinstance(rule, UpdateRule)
     g = {"w": torch.tensor([2.0, -3.0, 0.0])}
     updates, _ = rule(g, rule.init(g), g, 0)
     assert_close("update", torch.tensor([-0.1, 0.1, 0.0]), updates["w"])

@@ -5,7 +5,8 @@
 - :class:`LSTMRule`: the coordinatewise LSTM optimizer of Andrychowicz et al. 2016, with :func:`log_and_sign`.
 - :class:`MLPRule`: a per-parameter MLP optimizer in the style of Metz et al. (learned_optimization's ``mlp_lopt``).
 - :class:`TinyRule`: a 4-unit per-coordinate MLP on 7 features with a C-kernel step about as cheap as Adam's.
-- :class:`LearnedRule`: their base (``rule(...)`` calls ``update``); subclass it for a rule of your own.
+- :class:`LearnedRule`: their ``nn.Module`` base (``rule(...)`` calls ``update``). A rule of your own needs only
+  ``init``/``update`` (:class:`innerloop.optim.UpdateRule`); subclass this for a module with learned weights.
 
 All keep their state as a dict ``{parameter name: {field: Tensor [numel, ...]}}`` built by ``init`` only.
 """

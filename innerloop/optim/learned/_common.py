@@ -142,9 +142,10 @@ def moment_state(who: str, params: Params, momenta: int) -> dict[str, dict[str, 
 
 
 class LearnedRule(nn.Module):
-    """What every learned update rule shares: ``rule(grads, state, params, step)`` is :meth:`update` (so
-    ``torch.func.functional_call`` works), and ``batch_dims`` (0, or 1 when every tensor is a stack of independent
-    instances) counts the instances of a gradient. A rule defines :meth:`init` and :meth:`update`."""
+    """The ``nn.Module`` plumbing of the learned rules, which implement :class:`innerloop.optim.UpdateRule`
+    (``init`` and ``update``; that protocol is all any rule needs): ``rule(grads, state, params, step)`` is
+    :meth:`update`, so ``torch.func.functional_call`` works on the rule's weights, and ``batch_dims`` (0, or 1 when
+    every tensor is a stack of independent instances) counts the instances of a gradient."""
 
     batch_dims: int = 0
 
