@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--baselines", nargs="+", choices=names, metavar="NAME", default=None,
                    help=f"strategies to run (bandit: {', '.join(BASELINES['bandit'])}; "
                    f"mdp: {', '.join(BASELINES['mdp'])}); default: all of the env's")  # fmt: skip
-    b.add_argument("--arms", type=int, default=5, help="bandit arms k (>= 2); default: 5")
+    b.add_argument("--arms", type=int, default=None, help="bandit arms k (>= 2); default: 5")
     b.add_argument("--pulls", type=int, default=None, help="bandit pulls per trial n (>= 1); default: 10")
     b.add_argument("--episodes", type=int, default=None,
                    help="MDP episodes per trial n (>= 1; for bandits the same as --pulls); default: 10")
@@ -144,6 +144,14 @@ def run_baselines(args: argparse.Namespace) -> int:
 
     if args.pulls is not None and args.episodes is not None and args.pulls != args.episodes:
         raise ValueError(f"--pulls {args.pulls} and --episodes {args.episodes} disagree; give one of them")
+    own = {"bandit": ("arms", "ucb_c"), "mdp": ("ucrl2_c",)}
+    for env, flags in own.items():
+        for flag in flags:
+            if env != args.env and getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} is a setting of --env {env}, not of --env {args.env}; "
+                                 f"drop it")  # fmt: skip
+    if args.arms is None:
+        args.arms = 5
     n = next((v for v in (args.pulls, args.episodes) if v is not None), 10)
     if n < 1:
         raise ValueError(f"episodes per trial (--pulls/--episodes) must be >= 1, got {n}")
@@ -244,7 +252,14 @@ def _algo_config(args: argparse.Namespace) -> object:
                 raise ValueError(f"--{f.name.replace('_', '-')} is not a setting of --algo {args.algo}; drop it "
                                  f"(see innerloop rl train --help)")  # fmt: skip
     upgrade = _upgrades().get(args.algo)
-    return cls(**run_config_values(args, cls, f"innerloop rl train --algo {args.algo}", upgrade=upgrade))
+    cfg = cls(**run_config_values(args, cls, f"innerloop rl train --algo {args.algo}", upgrade=upgrade))
+    if args.algo == "rl2":  # a flag of the other task distribution would be silently ignored
+        other = {"bandit": ("states", "actions", "horizon"), "mdp": ("arms",)}[cfg.env]
+        given = [f"--{k}" for k in other if getattr(args, k, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not a setting of --env {cfg.env}; drop "
+                             f"{'it' if len(given) == 1 else 'them'}")  # fmt: skip
+    return cfg
 
 
 def run_train(args: argparse.Namespace) -> int:

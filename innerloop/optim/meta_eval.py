@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from innerloop._io import atomic_write_json, pyplot, write_csv
 from innerloop.data.fewshot.tasks import mean_ci95
-from innerloop.optim.meta_train import BASELINES, MetaOptConfig, build_problem, make_rule
+from innerloop.optim.meta_train import BASELINES, MetaOptConfig, build_problem, make_rule, stacked
 from innerloop.optim.problems import Instance, Params, Problem, batch_loss, sample_instances
 from innerloop.runs import load_latest_weights
 
@@ -89,6 +89,7 @@ def rollout(problem: Problem, rule: Any, instances: Instance, params: Params, st
     Row ``t`` is the loss at ``theta_t`` (row 0: before any update). A diverging optimizer gives inf/NaN rows
     (nothing is raised: tuning ranks it last).
     """
+    rule = stacked(rule)  # the instances are stacked: per-instance feature statistics
     state = rule.init(params)
     losses = []
     for t in range(steps + 1):

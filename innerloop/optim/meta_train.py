@@ -21,6 +21,7 @@ returning an ``nn.Module`` update rule); rules see parameters stacked over insta
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -170,6 +171,14 @@ class MetaOptConfig:
         if self.train_layers and (self.problem != "digits_mlp" or min(self.train_layers) < 1):
             raise ValueError(f"--train-layers {self.train_layers}: give hidden-layer counts >= 1, with --problem "
                              f"digits_mlp (got --problem {self.problem})")  # fmt: skip
+        # settings of another optimizee than --problem would be silently ignored: refuse them
+        defaults = {"dim": 10, "hidden": 20, "layers": 1, "activation": "sigmoid", "minibatch": 128}
+        applies = {"quadratic": {"dim"}, "digits_mlp": {"hidden", "layers", "activation", "minibatch"},
+                   "digits_conv": {"minibatch"}}  # fmt: skip
+        unused = [f"--{k}" for k, v in defaults.items() if k not in applies[self.problem] and getattr(self, k) != v]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not a setting of --problem "
+                             f"{self.problem}; drop {'it' if len(unused) == 1 else 'them'}")  # fmt: skip
         if not self.lr_grid or not all(lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid must be a non-empty list of learning rates > 0, got {self.lr_grid}")
 
@@ -234,6 +243,16 @@ class UnrollResult(NamedTuple):
     state: Any
 
 
+def stacked(rule: Any) -> Any:
+    """``rule`` as called on instances stacked along a leading dimension: a learned rule built for one model
+    (``batch_dims=0``, e.g. from :func:`innerloop.optim.load_rule`) is returned as a shallow copy with ``batch_dims=1``
+    (same weights), so each instance's per-tensor feature statistics stay its own; other rules are returned as is."""
+    if isinstance(rule, nn.Module) and getattr(rule, "batch_dims", None) == 0:
+        rule = copy.copy(rule)
+        rule.batch_dims = 1
+    return rule
+
+
 def unroll(problem: Problem, rule: Any, instances: Instance, params: Params, state: Any, start: int, length: int,
            second_order: bool = False, meta_loss: str = "sum") -> UnrollResult:  # fmt: skip
     """Optimise a batch of instances with ``rule`` for ``length`` steps from step ``start``, keeping the graph.
@@ -260,6 +279,7 @@ def unroll(problem: Problem, rule: Any, instances: Instance, params: Params, sta
     Raises:
         NonFiniteGradientError: an optimizee gradient is NaN/inf (the step and the parameter are named).
     """
+    rule = stacked(rule)
     names = list(params)
     params = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
     terms = []

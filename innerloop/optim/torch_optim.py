@@ -69,6 +69,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             )
         if isinstance(rule, nn.Module):
             rule = copy.deepcopy(rule).requires_grad_(False).eval()
+            if getattr(rule, "batch_dims", 0):  # a rule from meta-training (stacked instances): here, one model
+                rule.batch_dims = 0
         # a rule that checks its gradients itself (LSTMRule, MLPRule) does it for the optimizer: one sync per step
         self._own_check = not hasattr(rule, "check_finite")
         if not self._own_check:

@@ -129,7 +129,8 @@ def evaluate_baselines(env: str, baselines: list[str] | None = None, trials: int
         trials (int): trials per baseline (>= 2 for a CI). Default: 1000.
         episodes (int): episodes per trial (pulls for bandits). Default: 10.
         num_arms (int): arms of the bandits (ignored for ``"mdp"``). Default: 5.
-        seed (int): chunk i of the trials uses seed ``seed + i`` for every baseline. Default: 0.
+        seed (int): chunk i of the trials uses seed ``seed * 1_000_003 + i`` for every baseline (so seeds 0 and 1
+            share no trials; seed 0's chunks are seeds 0, 1, ... as before). Default: 0.
         chunk (int): trials played at once. Default: 1000.
         options (dict[str, dict], Optional): per-baseline options, e.g. ``{"ucb1": {"c": 0.3}}``. Default: None.
 
@@ -153,9 +154,9 @@ def evaluate_baselines(env: str, baselines: list[str] | None = None, trials: int
             b = min(chunk, trials - start)
             opts = (options or {}).get(name, {})
             if env == "bandit":
-                totals.append(run_bandit_trials(name, num_arms, episodes, b, seed + i, **opts))
+                totals.append(run_bandit_trials(name, num_arms, episodes, b, seed * 1_000_003 + i, **opts))
             else:
-                totals.append(run_mdp_trials(name, episodes, b, seed + i, **opts))
+                totals.append(run_mdp_trials(name, episodes, b, seed * 1_000_003 + i, **opts))
         x = np.concatenate(totals)
         std = float(x.std(ddof=1))
         results.append(BaselineResult(name, float(x.mean()), 1.96 * std / math.sqrt(len(x)), std, len(x)))

@@ -75,3 +75,26 @@ def test_generalisation_optimizees_are_built_from_the_config():
     assert (problem.hidden, problem.layers, problem.activation, problem.horizon) == (40, 2, "relu", 6)
     conv = build_problem(MetaOptConfig(problem="digits_conv", minibatch=8), "train", 5)
     assert conv.images.shape[1:] == (1, 8, 8) and conv.batch_size == 8
+
+
+@pytest.mark.parametrize("name", ["mlp-quadratic", "tiny-digits"])
+def test_a_loaded_rule_treats_stacked_instances_as_alone(name):
+    """load_rule gives batch_dims=0 (one model); rollout/unroll stack instances, so each must still be alone."""
+    from innerloop.optim import load_rule
+    from innerloop.optim.meta_train import unroll
+
+    rule = load_rule(name)
+    problem = Quadratic()
+    instances, params = sample_instances(problem, 4, torch.Generator().manual_seed(0))
+    stacked = rollout(problem, rule, instances, params, 10)  # [11, 4]
+    def one(i: int) -> torch.Tensor:
+        pick = lambda d: {k: v[i : i + 1] for k, v in d.items()}  # noqa: E731
+        return rollout(problem, rule, pick(instances), pick(params), 10)[:, 0]
+
+    alone = torch.stack([one(i) for i in range(4)], 1)
+    torch.testing.assert_close(stacked, alone)
+    assert rule.batch_dims == 0  # the caller's rule is left as it was
+    res = unroll(problem, rule, instances, params, rule.init(params), 0, 3)
+    one = unroll(problem, rule, {k: v[:1] for k, v in instances.items()}, {k: v[:1] for k, v in params.items()},
+                 rule.init({k: v[:1] for k, v in params.items()}), 0, 3)  # fmt: skip
+    torch.testing.assert_close(res.losses[:, :1], one.losses)

@@ -258,3 +258,11 @@ def test_runs_saved_before_the_added_fields_still_resume():
     # the one added field whose old behaviour is not today's default: MLP rules were mlp_lopt's plain MLP
     assert config_diff(upgrade_config(old), now) == {"mlp_base": ("none", "adam")}
     assert upgrade_config({**old, "layers": 2})["layers"] == 2  # a saved value wins
+
+
+@pytest.mark.parametrize(("kwargs", "flag"), [({"problem": "quadratic", "hidden": 40}, "--hidden"),
+                                              ({"problem": "digits_mlp", "dim": 5}, "--dim"),
+                                              ({"problem": "digits_conv", "activation": "relu"}, "--activation")])
+def test_settings_of_another_problem_are_refused(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        MetaOptConfig(**kwargs)

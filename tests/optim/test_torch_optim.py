@@ -188,3 +188,23 @@ def test_cuda_state_follows_parameters():
         opt.step()
     p = next(model.parameters())
     assert opt.state[p]["m"].device == p.device and next(opt.rule.parameters()).device == p.device
+
+
+def test_a_rule_from_meta_training_runs_on_one_model():
+    """A rule built for stacked instances (batch_dims=1, as RULES['mlp'] makes it) updates one model as a loaded one."""
+    from innerloop.optim import load_rule
+
+    def fit(rule):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 3)
+        opt = LearnedOptimizer(model.parameters(), rule=rule)
+        x = torch.randn(16, 6)
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        return model.weight.detach().clone()
+
+    stacked = load_rule("mlp-digits")
+    stacked.batch_dims = 1
+    torch.testing.assert_close(fit(stacked), fit(load_rule("mlp-digits")))

@@ -42,6 +42,9 @@ def test_options_reach_the_baselines(capsys):
     (["--env", "mdp", "--baselines", "gittins"], "unknown mdp baseline 'gittins'; choose from"),
     (["--trials", "1"], "trials must be >= 2"),
     (["--pulls", "3", "--episodes", "4"], "disagree"),
+    (["--env", "mdp", "--arms", "7"], "--arms is a setting of --env bandit, not of --env mdp"),
+    (["--env", "mdp", "--ucb-c", "0.5"], "--ucb-c is a setting of --env bandit"),
+    (["--ucrl2-c", "0.5"], "--ucrl2-c is a setting of --env mdp"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, match):
     assert main(["rl", "baselines", *argv, "--out", str(tmp_path / "out")]) == 2

@@ -313,3 +313,14 @@ def test_time_input_widens_the_policy_input_and_is_part_of_the_run(tmp_path):
     assert evaluate_rl2(cfg, policy)["trials"] == cfg.eval_trials  # the saved policy reads the wider input
     with pytest.raises(ConfigMismatchError, match="time_input"):
         run(tmp_path / "t", steps=2)
+
+
+@pytest.mark.parametrize(("argv", "flag"), [(["--env", "bandit", "--states", "20"], "--states"),
+                                            (["--env", "bandit", "--horizon", "50"], "--horizon"),
+                                            (["--env", "mdp", "--arms", "50"], "--arms")])
+def test_cli_refuses_settings_of_the_other_env(tmp_path, capsys, argv, flag):
+    from innerloop.cli.main import main
+
+    assert main(["rl", "train", "--algo", "rl2", *argv, "--steps", "1", "--out", str(tmp_path / "r")]) == 2
+    assert f"{flag}: not a setting of --env" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
