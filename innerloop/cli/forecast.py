@@ -84,7 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("data_root", args.data_root), ("eval_batch_size", args.eval_batch_size))
                  if v is not None}  # fmt: skip
     cfg = AdaptConfig(**dataclass_values(args, AdaptConfig))
-    if cfg.adapt == "none" and args.save is None:
+    if cfg.adapt == "none" and args.save is None and cfg.split == "test" and not cfg.limit:
         _print(evaluate_run(args.out, **overrides))
         return 0
     r = adapt_run(args.out, cfg, args.save, **overrides)

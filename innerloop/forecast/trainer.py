@@ -112,9 +112,17 @@ def model_options(cfg: ForecastConfig) -> dict[str, Any]:
 
 
 def load_data(cfg: ForecastConfig) -> ForecastData:
-    """The run's splits: ETT by name (checksummed, standard borders) or any CSV (70 / 10 / 20 percent)."""
-    if cfg.data in ETT_SHA256:
-        return ett(cfg.data, cfg.data_root or None, cfg.lookback, cfg.horizon, cfg.features, cfg.target)
+    """The run's splits: ETT by name (checksummed, standard borders) or any CSV (70 / 10 / 20 percent).
+
+    A path to ``ETTh1.csv`` / ``ETTh2.csv`` is ETT too (checksummed, the standard 12 / 4 / 4-month borders), not a
+    generic CSV: the 70 / 10 / 20 split would silently give numbers not comparable with the published ones.
+    """
+    name, root = cfg.data, cfg.data_root or None
+    path = Path(cfg.data)
+    if path.suffix.lower() == ".csv" and path.stem in ETT_SHA256 and path.is_file():
+        name, root = path.stem, path.parent
+    if name in ETT_SHA256:
+        return ett(name, root, cfg.lookback, cfg.horizon, cfg.features, cfg.target)
     if not Path(cfg.data).suffix and not Path(cfg.data).exists():
         raise ValueError(f"unknown data {cfg.data!r}: give {' or '.join(ETT_SHA256)}, or the path to a CSV file")
     table = load_csv(cfg.data, cfg.date_column, cfg.target, cfg.features, min_rows=cfg.lookback + cfg.horizon)

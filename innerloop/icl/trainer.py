@@ -92,6 +92,9 @@ class ICLConfig:
                              f"omniglot; {self.learner} on {self.task} has none: use --freeze-encoder-steps 0")
         if not (self.lr > 0 and self.inner_lr > 0):
             raise ValueError(f"lr and inner_lr must be > 0, got {self.lr}, {self.inner_lr}")
+        if self.seed == TEST_SEED and self.task != "omniglot":  # omniglot's test tasks use other characters
+            raise ValueError(f"seed {TEST_SEED} is the seed of the fixed test tasks: training on it would train on the "
+                             f"test tasks themselves; use another --seed")  # fmt: skip
 
     @property
     def x_dim(self) -> int:

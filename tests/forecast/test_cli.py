@@ -26,6 +26,10 @@ def test_train_then_eval(tmp_path, capsys):
     assert f"test MSE {m['test_mse']:.4f}  MAE {m['test_mae']:.4f}" in printed and m["model"] == "nlinear"
     assert main(["forecast", "eval", "--out", str(out)]) == 0
     assert f"test MSE {m['test_mse']:.4f}" in capsys.readouterr().out
+    # --split and --limit are honoured without --adapt too (they were accepted and ignored)
+    assert main(["forecast", "eval", "--out", str(out), "--split", "val", "--limit", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "val split in time order, 3 windows" in printed and f"MSE {m['val_mse']:.4f}" not in printed
 
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch):

@@ -87,3 +87,12 @@ def test_a_run_saved_before_a_field_existed_still_resumes_and_counts_as_finished
         body.pop(name)
     path.write_text(json.dumps(body))
     assert finished_metrics(config("gru", str(out), steps=2)) is not None
+
+
+@pytest.mark.parametrize("task", ["sinusoid", "linear"])
+def test_the_test_seed_is_refused_for_training(task):
+    from innerloop.data.fewshot import TEST_SEED
+    from innerloop.icl import ICLConfig
+
+    with pytest.raises(ValueError, match="seed of the fixed test tasks"):
+        ICLConfig(task=task, seed=TEST_SEED)

@@ -77,7 +77,7 @@ def load_csv(
     if not path.is_file():
         raise FileNotFoundError(f"time-series CSV {path} does not exist: give the path to a CSV file with a header row "
                                 f"and a {date_column!r} column")  # fmt: skip
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel) is not part of the header
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:

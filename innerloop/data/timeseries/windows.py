@@ -165,6 +165,11 @@ def make_forecast_data(values: np.ndarray, lookback: int, horizon: int, ends: Se
     train_rows = values[slice(*borders["train"])]  # the scaler sees these rows and no others
     c = values.shape[1]
     scaler = StandardScaler.fit(train_rows) if scale else StandardScaler(np.zeros(c), np.ones(c))
+    for name in ("val", "test"):  # rows = look-back + their own: a shorter look-back does not make room
+        s, e = borders[name]
+        if s > 0 and e - s - lookback < horizon:
+            raise ValueError(f"the {name} split has {e - s - lookback} rows of its own, fewer than the horizon "
+                             f"{horizon}: use a longer series or a shorter --horizon")  # fmt: skip
     splits = {}
     for name, (s, e) in borders.items():
         scaled = torch.from_numpy(scaler.transform(values[s:e])).float()  # [rows, C]

@@ -152,8 +152,10 @@ def test_load_csv_columns_and_single_target(tmp_path):
 
 
 def test_too_short_split_is_a_clear_error():
-    with pytest.raises(ValueError, match="the val split has .* fewer than lookback \\+ horizon"):
-        make_forecast_data(row_index_series(100, 2), 8, 12)  # validation: rows 62..80
+    # validation: rows 62..80, 10 of its own after the look-back of 8; only a shorter horizon helps
+    with pytest.raises(ValueError, match="the val split has 10 rows of its own, fewer than the horizon 12: .* a "
+                                         "shorter --horizon"):
+        make_forecast_data(row_index_series(100, 2), 8, 12)
 
 
 def _real_ett_root() -> Path | None:
@@ -176,3 +178,22 @@ def test_real_etth1(tmp_path):
 
     m = evaluate_forecaster(RepeatLast(336, 96), d.test)
     assert abs(m["mse"] - 1.295) < 0.005 and abs(m["mae"] - 0.713) < 0.005
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfdate,a,OT\n2020-01-01,1,2\n2020-01-02,3,4\n")  # as Excel's "CSV UTF-8" writes it
+    t = load_csv(path)
+    assert t.columns == ("a", "OT") and t.values.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_a_path_to_an_ett_file_gets_the_ett_protocol(fake_ett, monkeypatch):
+    from innerloop._io import sha256_file
+    from innerloop.forecast.trainer import ForecastConfig, load_data
+
+    cfg = ForecastConfig(data=str(fake_ett / "ETTh1.csv"), lookback=24, horizon=12)
+    with pytest.raises(ValueError, match="is not the published ETTh1.csv"):  # checksummed like --data ETTh1
+        load_data(cfg)
+    monkeypatch.setitem(ETT_SHA256, "ETTh1", sha256_file(fake_ett / "ETTh1.csv"))  # pretend it is the published one
+    d = load_data(cfg)
+    assert d.borders == {"train": (0, 8640), "val": (8640 - 24, 11520), "test": (11520 - 24, 14400)}
