@@ -1,14 +1,16 @@
 """Read a multivariate time series from a CSV with a date column: :func:`load_csv` -> :class:`SeriesTable`.
 
 The file is read with the standard ``csv`` module (no pandas): a header row, then one row per time step, oldest
-first. The date column is kept as text (its only use is to name rows); every other column must be a number in every
-row. Anything else is an error naming the file, the line, the column and the fix.
+first. The date column is kept as text (its only use is to name rows and, when every date is ISO 8601, to check the
+order: a file sorted newest first would train on the future and is refused); every other column must be a number in
+every row. Anything else is an error naming the file, the line, the column and the fix.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +105,25 @@ def load_csv(
         raise ValueError(f"{path} has {len(rows)} data rows, fewer than the {max(min_rows, 1)} needed (look-back + "
                          f"horizon, and more to split into train / validation / test): use a longer series or a "
                          f"shorter --lookback / --horizon")  # fmt: skip
+    _check_order(dates, path)
     values = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(keep))
     return SeriesTable(values, tuple(header[i] for i in keep), tuple(dates), str(path))
+
+
+def _check_order(dates: list[str], path: Path) -> None:
+    """Refuse dates that go back in time when every one is ISO 8601 (other formats are not checked)."""
+    try:
+        stamps = [datetime.fromisoformat(d.strip()) for d in dates]
+    except (ValueError, TypeError):
+        return  # not ISO dates: the order is the file's
+    for i in range(1, len(stamps)):
+        try:
+            back = stamps[i] < stamps[i - 1]
+        except TypeError:  # naive next to timezone-aware: not comparable
+            return
+        if back:
+            raise ValueError(f"{path}: the dates go back in time at data row {i + 1} ({dates[i]!r} after "
+                             f"{dates[i - 1]!r}); rows must be oldest first: sort the file by date")  # fmt: skip
 
 
 def _number(text: str, path: Path, line: int, column: str) -> float:

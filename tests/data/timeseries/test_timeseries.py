@@ -187,6 +187,17 @@ def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
     assert t.columns == ("a", "OT") and t.values.tolist() == [[1.0, 2.0], [3.0, 4.0]]
 
 
+def test_a_file_sorted_newest_first_is_refused(tmp_path):
+    path = tmp_path / "rev.csv"
+    path.write_text("date,a,OT\n2020-01-03 00:00:00,1,2\n2020-01-02 00:00:00,3,4\n2020-01-01 00:00:00,5,6\n")
+    with pytest.raises(ValueError, match=r"go back in time at data row 2 .*sort the file by date"):
+        load_csv(path)
+    path.write_text("date,a,OT\nday 3,1,2\nday 2,3,4\n")  # not ISO dates: the file's order is taken as given
+    assert len(load_csv(path)) == 2
+    path.write_text("date,a,OT\n2020-01-01,1,2\n2020-01-01,3,4\n2020-01-02,5,6\n")  # ties are not going back
+    assert len(load_csv(path)) == 3
+
+
 def test_a_path_to_an_ett_file_gets_the_ett_protocol(fake_ett, monkeypatch):
     from innerloop._io import sha256_file
     from innerloop.forecast.trainer import ForecastConfig, load_data
