@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import math
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
