@@ -54,6 +54,23 @@ def _config(args: argparse.Namespace, skip: set[str] = frozenset(), resume: bool
     return TrainConfig.from_flat(**{**model, **run, **extra})
 
 
+# flags that only some mixers read: given for another mixer they would be recorded in config.json but change nothing
+_MIXER_FLAGS = ("mini_batch_size", "ttt_base_lr", "share_qk", "use_gate", "rope_theta", "conv_kernel")
+_TTT_RUN_FLAGS = ("ttt_lr_warmup_steps", "ttt_base_lr_init")
+
+
+def _warn_unused_flags(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """One line on stderr per model flag given on the command line that the chosen mixer does not read."""
+    m = cfg.model
+    used = set(MIXERS[m.mixer].config_options) | ({"conv_kernel"} if m.pre_conv else set())
+    unused = [f for f in _MIXER_FLAGS if getattr(args, f, None) is not None and f not in used]
+    if m.mixer not in ("ttt_linear", "ttt_mlp"):
+        unused += [f for f in _TTT_RUN_FLAGS if getattr(args, f, None) is not None]
+    for f in unused:
+        print(f"innerloop lm: note: --{f.replace('_', '-')} has no effect with --mixer {m.mixer} (its options: "
+              f"{', '.join(MIXERS[m.mixer].config_options) or 'none'})", file=sys.stderr)
+
+
 def _is_main_process() -> bool:
     """False on the ranks > 0 of a ``torchrun`` launch: only rank 0 prints headers and summaries."""
     return os.environ.get("RANK", "0") == "0"
@@ -123,14 +140,14 @@ def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def _header(cfg: TrainConfig) -> str:
+def _header(cfg: TrainConfig, fresh: bool = False) -> str:
     """One line saying what is about to train: mixer, budget, device, output folder."""
     from innerloop.runs.checkpoint import checkpoint_steps
     from innerloop.train.distributed import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(cfg.device) + (f" x {world} processes ({cfg.parallel})" if world > 1 else "")
-    resume = ", resuming its latest checkpoint" if checkpoint_steps(Path(cfg.out) / "checkpoints") else ""
+    resume = ", resuming its latest checkpoint" if checkpoint_steps(Path(cfg.out) / "checkpoints") and not fresh else ""
     m = cfg.model
     return (f"innerloop lm train: {m.mixer} ({m.backbone} backbone, hidden {m.hidden_size} x "
             f"{m.num_hidden_layers} layers, {cfg.tokenizer}), {cfg.steps} steps x {cfg.batch_size} x "
@@ -145,7 +162,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = _config(args, resume=True, **extra)
     is_main = _is_main_process()
     if is_main:
-        print(_header(cfg), flush=True)
+        _warn_unused_flags(args, cfg)
+        print(_header(cfg, args.fresh), flush=True)
     try:
         m = train_lm(cfg, progress=not args.no_progress, fresh=args.fresh, extend=args.extend)
     finally:  # under torchrun: leave the process group before exit (gloo/NCCL teardown at exit may abort)
@@ -171,8 +189,8 @@ def run_eval(args: argparse.Namespace) -> int:
         data = cfg.data if args.data is None else args.data
         d = load_data(data, tok, cache_dir_of(run, cfg.cache_dir), args.gutenberg or cfg.gutenberg, cfg.val_fraction)
         d.check_context(cfg.context)
-        m = evaluate_lm(model, d.val, cfg.context, cfg.batch_size, cfg.eval_batches * cfg.batch_size,
-                        token_bytes=token_bytes_of(tok))  # fmt: skip
+        m = evaluate_lm(model, d.val, cfg.context, max(cfg.batch_size // cfg.grad_accum, 1),
+                        cfg.eval_batches * cfg.batch_size, token_bytes=token_bytes_of(tok))  # fmt: skip
         name = Path(run).name
         results[name] = {**m, "tokenizer": tok.ident}
         print(f"{run}: val loss {m['loss']:.4f} nats/{'byte' if tok.name == 'bytes' else 'token'}, "

@@ -182,6 +182,13 @@ class TrainLoop:
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "rng" not in state:  # e.g. `innerloop lm import`: weights only, for eval / generate
+            where = state.get("path", "the checkpoint")
+            raise ConfigMismatchError(
+                f"{where} holds weights only, no training state (optimizer, RNG, step history): it was not written "
+                f"by a trainer (e.g. `innerloop lm import`) and cannot be resumed. Use another --out, or --fresh to "
+                f"start over (the old run is kept); nothing was changed."
+            )
         stateful = state.get("stateful")
         if stateful is None and "optimizer" in state:  # checkpoints written before the run scaffold
             stateful = {"optimizer": state["optimizer"]}

@@ -129,6 +129,9 @@ class TrainConfig(DictConfig):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "max_seconds", "eval_every", "seed"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.model.mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be >= 1, got {self.model.mini_batch_size}")
         if self.model.ttt_base_lr is not None and not self.model.ttt_base_lr > 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from innerloop.eval.lm import evaluate_lm, lm_loss, plot_curves
 from innerloop.layers import set_ttt_lr_warmup
 from innerloop.models import count_params
 from innerloop.models.lm import CausalLM
-from innerloop.runs import Callback, load_latest_weights, read_config, read_log
+from innerloop.runs import Callback, Run, load_latest_weights, read_config, read_log
 
 from .config import TrainConfig
 from .distributed import DistInfo, resolve_device, setup_distributed
@@ -117,6 +118,14 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
     """
     dist_info = dist_info or setup_distributed(cfg.device)
     check_parallel(cfg.parallel, dist_info.world_size)  # before any data is read
+    if fresh:  # move the old run aside *before* its tokenizer.json could be read as this run's
+        mover = Run(cfg.out, {}, fresh=True, is_main=dist_info.is_main)
+        mover.start_fresh_if_asked()
+        if dist_info.enabled and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if progress and dist_info.is_main and mover.moved_to is not None:
+            print(f"--fresh: the previous contents of {cfg.out} are kept in {mover.moved_to}", file=sys.stderr)
+        fresh = False  # done: the Trainer must not move this run's new tokenizer.json aside again
     data = _run_data(cfg, dist_info)
     seed_everything(cfg.seed)
     model = CausalLM(cfg.model_for(data.tokenizer.vocab_size)).to(dist_info.device)
@@ -131,10 +140,12 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
     cbs += callbacks or []
     eval_windows = cfg.eval_batches * cfg.batch_size
     token_bytes = token_bytes_of(data.tokenizer)
+    # the same windows, in batches of one training micro-batch: what fits in memory for training fits for evaluation
+    eval_batch = max(cfg.batch_size // (dist_info.world_size * cfg.grad_accum), 1)
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         set_ttt_lr_warmup(m, cfg.ttt_base_lr_init, 1.0)  # evaluate with the full inner LR whatever the warm-up says
-        return evaluate_lm(m, data.val, cfg.context, cfg.batch_size, eval_windows, token_bytes=token_bytes)
+        return evaluate_lm(m, data.val, cfg.context, eval_batch, eval_windows, token_bytes=token_bytes)
 
     trainer = Trainer(
         model, cfg, make_batch_fn(cfg, data.train, dist_info), lm_loss, eval_fn, cbs, dist_info,
@@ -150,20 +161,36 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
     return metrics
 
 
+def _is_byte_run(log_csv: str | Path) -> bool:
+    """Whether the run beside ``log_csv`` uses byte tokens (its ``config.json``; True when it cannot be read)."""
+    try:
+        body, _ = read_config(Path(log_csv).parent, "innerloop lm train")
+    except (OSError, ValueError):
+        return True
+    return body.get("tokenizer", "bytes") == "bytes"
+
+
 def plot_log(log_csv: str | Path | dict[str, str | Path], path: str | Path, name: str = "train") -> None:
-    """Loss curves (training and validation bits per byte against tokens) from one or several ``log.csv``."""
+    """Loss curves (training and validation bits against tokens) from one or several ``log.csv``.
+
+    The training log holds nats per *token*: for byte runs that is bits per byte after dividing by ln 2; for BPE runs
+    both curves are drawn in bits per token (the validation's ``val_loss``), so they share one unit."""
     logs = log_csv if isinstance(log_csv, dict) else {name: log_csv}
-    series, styles = {}, {}
+    series, styles, units = {}, {}, set()
     for i, (label, p) in enumerate(logs.items()):
         rows = read_log(p)
+        byte_run = _is_byte_run(p)
+        units.add("bits per byte" if byte_run else "bits per token")
         color = f"C{i % 10}"  # one colour per run: training solid, validation dashed with markers
         series[f"{label} train"] = ([int(r["tokens"]) for r in rows], [float(r["loss"]) / np.log(2) for r in rows])
         styles[f"{label} train"] = dict(color=color, alpha=0.8)
         val = [r for r in rows if r["val_bpb"]]
         if val:
-            series[f"{label} val"] = ([int(r["tokens"]) for r in val], [float(r["val_bpb"]) for r in val])
+            ys = [float(r["val_bpb"]) if byte_run else float(r["val_loss"]) / np.log(2) for r in val]
+            series[f"{label} val"] = ([int(r["tokens"]) for r in val], ys)
             styles[f"{label} val"] = dict(color=color, linestyle="--", marker="o")
-    plot_curves(series, path, "training tokens", "bits per byte", "Loss curves", styles)
+    ylabel = units.pop() if len(units) == 1 else "bits per token (byte runs: per byte)"
+    plot_curves(series, path, "training tokens", ylabel, "Loss curves", styles)
 
 
 def load_run(out: str | Path, device: str = "cpu") -> tuple[CausalLM, TrainConfig]:

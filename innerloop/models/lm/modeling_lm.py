@@ -105,7 +105,7 @@ def sample_next(
     if top_p is not None and top_p < 1.0:
         sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
         probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p (>= 1 token)
+        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix whose mass reaches top_p (>= 1 token)
         logits = logits.scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
@@ -257,6 +257,14 @@ class CausalLM(nn.Module):
         """
         if input_ids.dim() != 2 or input_ids.shape[1] < 1:
             raise ValueError(f"generate needs a non-empty prompt [B, T], got {tuple(input_ids.shape)}")
+        if not temperature >= 0:  # also NaN
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"top_k must be >= 1, or 0/None for no top-k filter, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {top_p}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         on_cuda = self.embed_tokens.weight.device.type == "cuda"
         auto = cuda_graph is None and static_cache is None
         if cuda_graph and static_cache is False:
