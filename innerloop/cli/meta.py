@@ -67,7 +67,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = _config(args, run_config_values(args, MetaConfig, "innerloop meta train"))
     shape = f"{cfg.shots}-shot" if cfg.task == "sinusoid" else f"{cfg.ways}-way {cfg.shots}-shot"
     print(f"innerloop meta train: {cfg.algorithm} on {cfg.task} {shape}, {cfg.iterations} iterations x "
-          f"{cfg.meta_batch} tasks, {cfg.steps} inner step(s), device {cfg.device}, out {cfg.out}", flush=True)
+          f"{cfg.meta_batch} tasks, {cfg.resolved_steps()} inner step(s), device {cfg.device}, out {cfg.out}",
+          flush=True)  # fmt: skip
     train(cfg, progress=not args.no_progress, evaluate=False, fresh=args.fresh, extend=args.extend)
     print(_evaluating(cfg, "test"), flush=True)
     _print(evaluate_run(cfg, progress=not args.no_progress))

@@ -22,6 +22,7 @@ from torch import nn
 
 from innerloop._io import atomic_write_json
 from innerloop.data.fewshot import SINUSOID_EVAL_POINTS, TEST_SEED, mean_ci95
+from innerloop.data.fewshot.tasks import shares_tasks
 from innerloop.errors import check_choice
 from innerloop.models import count_params
 from innerloop.runs import Callback, Run, TrainingDivergedError, TrainLoop, check_finite, fill_added_fields
@@ -92,9 +93,10 @@ class ICLConfig:
                              f"omniglot; {self.learner} on {self.task} has none: use --freeze-encoder-steps 0")
         if not (self.lr > 0 and self.inner_lr > 0):
             raise ValueError(f"lr and inner_lr must be > 0, got {self.lr}, {self.inner_lr}")
-        if self.seed == TEST_SEED and self.task != "omniglot":  # omniglot's test tasks use other characters
-            raise ValueError(f"seed {TEST_SEED} is the seed of the fixed test tasks: training on it would train on the "
-                             f"test tasks themselves; use another --seed")  # fmt: skip
+        if self.task != "omniglot" and shares_tasks(self.seed, self.steps * self.meta_batch, TEST_SEED,
+                                                    self.eval_tasks):  # omniglot tests on other characters
+            raise ValueError(f"seed {self.seed} with {self.steps} x {self.meta_batch} training tasks would train on "
+                             f"the fixed test tasks (seed {TEST_SEED}); use another --seed")  # fmt: skip
 
     @property
     def x_dim(self) -> int:

@@ -105,6 +105,13 @@ def inner_step(
             f"update rule {rule!r} returned updates for {sorted(updates)} but was given gradients for {sorted(grads)}; "
             f"a rule must return one update per gradient"
         )
+    for k, u in updates.items():
+        if u.shape != params[k].shape:
+            raise ValueError(
+                f"update rule {rule!r} returned an update of shape {tuple(u.shape)} for parameter {k!r} of shape "
+                f"{tuple(params[k].shape)}; a learning-rate tensor must broadcast to every parameter without changing "
+                f"its shape (one rate per inner step is a list: sgd([0.1, 0.05]))"
+            )
     return {k: v + updates[k] if k in updates else v for k, v in params.items()}, state
 
 

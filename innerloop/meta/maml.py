@@ -47,6 +47,12 @@ __all__ = ["MAML", "Learner", "MetaOutput", "default_loss", "check_batch"]
 def default_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean-squared error for floating targets (regression), cross-entropy for integer targets (classification)."""
     if target.is_floating_point():
+        if pred.shape != target.shape:
+            raise ValueError(
+                f"default_loss: regression (floating) targets {tuple(target.shape)} do not have the prediction's "
+                f"shape {tuple(pred.shape)}; give targets shaped like the model output (e.g. [K, 1], not [K]), or "
+                f"integer (long) class labels for classification"
+            )
         return F.mse_loss(pred, target)
     return F.cross_entropy(pred, target)
 
@@ -155,6 +161,7 @@ class MAML(nn.Module):
     def meta_loss(self, batch: Any, steps: int | None = None, first_order: bool | None = None) -> MetaOutput:
         """Mean query loss after adapting to each task's support set; ``.loss.backward()`` gives the meta-gradient."""
         check_batch(batch)
+        self._check_running_stats()
         params = self.params()
         buffers = dict(self.module.named_buffers())
 
@@ -171,16 +178,47 @@ class MAML(nn.Module):
         classification = not batch.query_y.is_floating_point()
         return MetaOutput(losses.mean(), losses, acc if classification else None)
 
+    # torch.nn layers whose native kernels give wrong second-order gradients under vmap (torch 2.13): batch_norm
+    # (BatchNorm, and InstanceNorm, which calls it) and layer_norm with an affine weight (LayerNorm: the gradient of the
+    # layer before it is off; pure-torch repro in the audit). GroupNorm and RMSNorm match.
+    _VMAP_UNSAFE_SECOND_ORDER = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
+
+    def _check_running_stats(self) -> None:
+        """Warn when eval() mode would normalise with running statistics that meta-training never estimated."""
+        if self.module.training:
+            return
+        stale = [
+            n
+            for n, m in self.module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats
+            and m.num_batches_tracked is not None
+            and int(m.num_batches_tracked) == 0
+        ]
+        if stale:
+            warn_once(
+                "stale-running-stats",
+                f"the model is in eval() mode, so BatchNorm {stale[0]!r} normalises with its running statistics, "
+                f"which MAML never updates (buffers are copied per task): they are still their initial values "
+                f"(mean 0, var 1). Keep the model in train() mode (batch statistics, as MAML does), or use "
+                f"track_running_stats=False / innerloop.models.meta_nets.BatchNorm2d",
+            )
+
     def _vectorize_for(self, first_order: bool, has_steps: bool) -> bool | str:
-        """vmap gives wrong second-order gradients through torch's native batch_norm: avoid it, loudly."""
+        """vmap gives wrong second-order gradients through torch's native batch/instance/layer norm: avoid it."""
         if first_order or not has_steps or self.vectorize is False:
             return self.vectorize
-        native_bn = [n for n, m in self.module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not native_bn:
+        unsafe = [
+            (n, type(m).__name__)
+            for n, m in self.module.named_modules()
+            if isinstance(m, self._VMAP_UNSAFE_SECOND_ORDER)
+        ]
+        if not unsafe:
             return self.vectorize
+        name, kind = unsafe[0]
         msg = (
-            f"second-order MAML through torch.nn BatchNorm ({native_bn[0]!r}) is wrong under vmap in torch "
-            f"{torch.__version__}; use innerloop.models.meta_nets.BatchNorm2d"
+            f"second-order MAML through torch.nn {kind} ({name!r}) is wrong under vmap in torch "
+            f"{torch.__version__}; for BatchNorm use innerloop.models.meta_nets.BatchNorm2d"
         )
         if self.vectorize is True:
             raise ValueError(msg + " or vectorize=False/'auto'")
@@ -206,6 +244,7 @@ class MAML(nn.Module):
             (Tensor [N, len(steps)], Tensor [N, len(steps)] | None): per-task losses, accuracies (classification).
         """
         check_batch(batch)
+        self._check_running_stats()
         counts = list(range(steps + 1)) if isinstance(steps, int) else list(steps)
         params = {k: v.detach() for k, v in self.params().items()}
         buffers = dict(self.module.named_buffers())
@@ -286,6 +325,12 @@ class Learner(nn.Module):
             state = rule.init({k: self.fast[k] for k in self.names})
         tensors = [self.fast[k] for k in self.names]
         grads = torch.autograd.grad(loss, tensors, create_graph=not self.first_order, allow_unused=True)
+        if all(g is None for g in grads):
+            raise ValueError(
+                "Learner.adapt: the loss does not depend on any of the learner's adapting parameters, so the step "
+                "would change nothing; compute it with the learner itself (learner(x)), not the wrapped model "
+                "(maml(x)) or another learner"
+            )
         # a parameter the loss does not use has gradient zero (every rule sees every adapting parameter)
         grads = {k: torch.zeros_like(t) if g is None else g for k, t, g in zip(self.names, tensors, grads)}
         self.fast, state = inner_step(grads, self.fast, rule, state, self.step_count, self.first_order)

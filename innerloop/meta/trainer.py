@@ -53,7 +53,7 @@ class MetaConfig:
     ways: int = 5  # classes per task (classification only)
     shots: int = 10  # support examples per class (per task for sinusoid)
     query_shots: int = 0  # query examples per class; 0 = same as shots
-    steps: int = 1  # inner steps during meta-training
+    steps: int = 0  # inner steps during meta-training; 0 = the algorithm's default (1; reptile 5, imaml 10)
     test_steps: int = 10  # inner steps at evaluation (curve reported at 0, 1, steps, test_steps)
     inner_lr: float = 0.01  # inner-loop learning rate (paper: 0.01 sinusoid, 0.4 Omniglot 5-way)
     meta_lr: float = 0.001  # outer (meta) learning rate
@@ -78,18 +78,44 @@ class MetaConfig:
         for name, allowed in self.CHOICES.items():
             check_choice(name, str(getattr(self, name)).lower() if name == "vectorize" else getattr(self, name),
                          allowed)  # fmt: skip
-        for name in ("ways", "shots", "steps", "test_steps", "meta_batch", "iterations", "cg_steps", "eval_tasks",
+        for name in ("ways", "shots", "test_steps", "meta_batch", "iterations", "cg_steps", "eval_tasks",
                      "eval_batch", "log_every", "checkpoint_every"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.query_shots < 0 or self.max_seconds < 0:
-            raise ValueError(f"query_shots and max_seconds must be >= 0, got {self.query_shots}, {self.max_seconds}")
+        if self.query_shots < 0 or self.max_seconds < 0 or self.steps < 0:
+            raise ValueError(f"query_shots, max_seconds and steps must be >= 0, got {self.query_shots}, "
+                             f"{self.max_seconds}, {self.steps}")  # fmt: skip
         for name in ("inner_lr", "meta_lr", "lam"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if self.algorithm != "imaml" and (self.lam, self.cg_steps) != (defaults["lam"], defaults["cg_steps"]):
+            raise ValueError(f"--lam and --cg-steps apply to --algorithm imaml only, not {self.algorithm}")
+        if self.first_order and self.algorithm in ("reptile", "imaml"):
+            raise ValueError(f"--first-order does not apply to {self.algorithm} (it never differentiates through the "
+                             f"inner loop); drop the flag")  # fmt: skip
+        if self.task == "sinusoid":  # image tasks draw their test tasks from other classes
+            from innerloop.data.fewshot.benchmarks import TEST_SEED, VALIDATION_SEED
+            from innerloop.data.fewshot.tasks import shares_tasks
+
+            for name, fixed in (("validation", VALIDATION_SEED), ("test", TEST_SEED)):
+                if shares_tasks(self.seed, self.iterations * self.meta_batch, fixed, self.eval_tasks):
+                    raise ValueError(
+                        f"seed {self.seed} with {self.iterations} x {self.meta_batch} training tasks would train on "
+                        f"the fixed {name} tasks (seed {fixed}); choose another --seed"
+                    )
+
+    def resolved_steps(self) -> int:
+        """Inner steps of meta-training: ``steps``, or the algorithm's default when 0 (Reptile with 1 step is joint
+        training; iMAML's implicit gradient needs the proximal inner problem solved)."""
+        return self.steps or DEFAULT_STEPS.get(self.algorithm, 1)
+
     def resolved_query(self) -> int:
         return self.query_shots or self.shots
+
+
+DEFAULT_STEPS = {"reptile": 5, "imaml": 10}  # inner steps when --steps is not given; 1 for the others
 
 
 def _vectorize(v: str) -> bool | str:
@@ -112,15 +138,16 @@ def build_algorithm(cfg: MetaConfig, model: nn.Module) -> MAML:
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose from {sorted(ALGORITHMS)}")
     vec = _vectorize(cfg.vectorize)
+    steps = cfg.resolved_steps()
     if cfg.algorithm in ("maml", "fomaml"):
-        return MAML(model, cfg.inner_lr, cfg.steps, cfg.first_order or cfg.algorithm == "fomaml", vectorize=vec)
+        return MAML(model, cfg.inner_lr, steps, cfg.first_order or cfg.algorithm == "fomaml", vectorize=vec)
     if cfg.algorithm == "anil":
-        return ANIL(model, cfg.inner_lr, cfg.steps, cfg.first_order, vectorize=vec)
+        return ANIL(model, cfg.inner_lr, steps, cfg.first_order, vectorize=vec)
     if cfg.algorithm == "metasgd":
-        return MetaSGD(model, cfg.inner_lr, cfg.steps, cfg.first_order, vectorize=vec)
+        return MetaSGD(model, cfg.inner_lr, steps, cfg.first_order, vectorize=vec)
     if cfg.algorithm == "reptile":
-        return Reptile(model, cfg.inner_lr, cfg.steps, vectorize=vec)
-    return IMAML(model, cfg.inner_lr, cfg.steps, cfg.lam, cfg.cg_steps, vectorize=vec)
+        return Reptile(model, cfg.inner_lr, steps, vectorize=vec)
+    return IMAML(model, cfg.inner_lr, steps, cfg.lam, cfg.cg_steps, vectorize=vec)
 
 
 def build_tasks(cfg: MetaConfig, split: str) -> Any:
@@ -232,7 +259,7 @@ def load_algorithm(cfg: MetaConfig) -> MAML:
 
 
 def eval_step_counts(cfg: MetaConfig) -> list[int]:
-    return sorted({0, 1, cfg.steps, cfg.test_steps})
+    return sorted({0, 1, cfg.resolved_steps(), cfg.test_steps})
 
 
 def evaluate_run(cfg: MetaConfig, algo: MAML | None = None, split: str = "test",

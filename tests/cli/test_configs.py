@@ -26,8 +26,8 @@ TINY = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, context=
         (dict(vectorize="maybe"), "unknown vectorize 'maybe'"),
         (dict(shots=0), "shots must be >= 1, got 0"),
         (dict(ways=0), "ways must be >= 1"),
-        (dict(steps=0), "steps must be >= 1"),
-        (dict(query_shots=-1), "query_shots and max_seconds must be >= 0"),
+        (dict(steps=-1), "steps must be >= 0"),
+        (dict(query_shots=-1), "query_shots, max_seconds and steps must be >= 0"),
         (dict(meta_lr=0.0), "meta_lr must be > 0"),
     ],
 )

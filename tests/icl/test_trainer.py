@@ -94,5 +94,8 @@ def test_the_test_seed_is_refused_for_training(task):
     from innerloop.data.fewshot import TEST_SEED
     from innerloop.icl import ICLConfig
 
-    with pytest.raises(ValueError, match="seed of the fixed test tasks"):
+    with pytest.raises(ValueError, match="would train on the fixed test tasks"):
         ICLConfig(task=task, seed=TEST_SEED)
+    with pytest.raises(ValueError, match="would train on the fixed test tasks"):  # reaches them after 1,000,003 tasks
+        ICLConfig(task=task, seed=TEST_SEED - 1, steps=50_000, meta_batch=25)
+    ICLConfig(task=task, seed=TEST_SEED - 1)  # 500 x 25 tasks stop far short of them

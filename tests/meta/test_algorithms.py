@@ -269,3 +269,27 @@ def test_learner_per_step_rule_runs_out_loudly():
         learner.adapt(F.mse_loss(learner(x), y))
     with pytest.raises(ValueError, match="per-step learning rates cover 2 steps"):
         learner.adapt(F.mse_loss(learner(x), y))
+
+
+def test_learner_adapt_on_a_loss_without_its_parameters_errors():
+    """learner.adapt(loss of maml(x)) silently did nothing from the second step on (all gradients None -> zeros)."""
+    maml = MAML(small_mlp(), lr=0.01)
+    b = sin_batch()
+    learner = maml.clone()
+    learner.adapt(F.mse_loss(maml(b.support_x[0]), b.support_y[0]))  # step 0: the same tensors, so it counts
+    with pytest.raises(ValueError, match="does not depend"):
+        learner.adapt(F.mse_loss(maml(b.support_x[0]), b.support_y[0]))
+
+
+@pytest.mark.parametrize("kind", ["float labels", "targets [N, K]"])
+def test_default_loss_refuses_broadcasting_targets(kind):
+    """Float class labels (5-way 1-shot: [5, 5] logits vs [5] labels) or [N, K] regression targets broadcast inside
+    mse_loss to a wrong loss; default_loss names the problem instead."""
+    if kind == "float labels":
+        net, x = nn.Sequential(nn.Flatten(), nn.Linear(4, 5)).double(), torch.randn(2, 5, 4, dtype=torch.float64)
+        y = torch.arange(5).repeat(2, 1).double()
+    else:
+        net, b = small_mlp(), sin_batch()
+        x, y = b.support_x, b.support_y[..., 0]
+    with pytest.raises(ValueError, match="prediction's shape"):
+        MAML(net, lr=0.1, vectorize=False).meta_loss(TaskBatch(x, y, x, y))

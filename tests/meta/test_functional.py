@@ -215,3 +215,56 @@ def test_native_batchnorm_vmap_second_order():
         torch.autograd.grad(vec.loss, list(plain.parameters())),
     ):
         assert_close(f"bn meta-grad {k}", a, b)
+
+
+@pytest.mark.parametrize(
+    "norm", [lambda: nn.LayerNorm([4, 5, 5]), lambda: nn.InstanceNorm2d(4, affine=True)], ids=["layer", "instance"]
+)
+def test_native_layer_and_instance_norm_second_order_not_vmapped(norm):
+    """LayerNorm / InstanceNorm kernels also give wrong second-order grads under vmap (torch 2.13): refused with
+    vectorize=True, "auto" uses the loop and then matches an explicit per-task autograd loop."""
+    from innerloop.meta import functional
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), norm(), nn.ReLU(), nn.Flatten(), nn.Linear(100, 3)).double()
+    g = torch.Generator().manual_seed(0)
+    x, x2 = torch.randn(2, 3, 6, 1, 5, 5, generator=g, dtype=torch.float64)
+    y = torch.arange(3).repeat(3, 2)
+    with pytest.raises(ValueError, match="Norm"):
+        MAML(net, lr=0.4, vectorize=True).meta_loss(TaskBatch(x, y, x2, y))
+    functional._warned.clear()
+    with pytest.warns(UserWarning, match="Norm"):
+        got = MAML(net, lr=0.4, vectorize="auto").meta_loss(TaskBatch(x, y, x2, y)).loss
+    ref = 0.0
+    for i in range(3):
+        w = dict(net.named_parameters())
+        loss = F.cross_entropy(torch.func.functional_call(net, w, (x[i],)), y[i])
+        grads = torch.autograd.grad(loss, list(w.values()), create_graph=True)
+        w = {k: v - 0.4 * gk for (k, v), gk in zip(w.items(), grads)}
+        ref = ref + F.cross_entropy(torch.func.functional_call(net, w, (x2[i],)), y[i]) / 3
+    for (k, _), a, b in zip(net.named_parameters(), torch.autograd.grad(got, list(net.parameters())),
+                            torch.autograd.grad(ref, list(net.parameters()))):  # fmt: skip
+        assert_close(f"meta-grad {k}", a, b)
+
+
+def test_eval_mode_with_never_estimated_running_stats_warns():
+    """MAML copies buffers per task, so BatchNorm running statistics stay at their initial values; eval() mode would
+    silently normalise with mean 0 / var 1."""
+    from innerloop.meta import functional
+
+    functional._warned.clear()
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1)).double()
+    batch = TaskBatch(*regression_batch(dtype=torch.float64))
+    maml = MAML(model, lr=0.1, first_order=True, vectorize=False)
+    maml.meta_loss(batch)
+    assert int(model[1].num_batches_tracked) == 0
+    maml.eval()
+    with pytest.warns(UserWarning, match="running statistics"):
+        maml.evaluate(batch, 1)
+
+
+def test_rule_update_that_changes_a_parameter_shape_errors():
+    """A 1-d lr tensor meant as per-step rates broadcasts into the parameters (shapes change) -> a clear error."""
+    p = {"w": torch.ones(2, 1)}
+    with pytest.raises(ValueError, match="one rate per inner step is a list"):
+        adapt(lambda q: (q["w"] ** 2).sum(), p, steps=2, rule=torch.tensor([0.1, 0.05]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 
 from innerloop.cli.main import main
@@ -85,3 +86,35 @@ def test_bench_meta_smoke():
     assert mod.check_same_grads(maml, mod.omniglot_batch(2, 3, 1, "cpu"), 1) < 1e-4
     row = mod.bench("tiny", maml, mod.omniglot_batch(2, 3, 1, "cpu"), 1, iters=1, rounds=1, device="cpu")
     assert row["loop_ms"] > 0 and row["vmap_ms"] > 0
+
+
+def test_sinusoid_seed_that_would_train_on_the_eval_tasks_is_refused():
+    """Sinusoid task i of seed s is generator seed s * 1_000_003 + i, so --seed 2000 (TEST_SEED) trained on the test
+    tasks, and --seed 1999 did too after 1,000,003 training tasks (the README's 70,000 x 25)."""
+    with pytest.raises(ValueError, match="fixed test tasks"):
+        MetaConfig(seed=2000)
+    with pytest.raises(ValueError, match="fixed test tasks"):
+        MetaConfig(seed=1999, iterations=70000)
+    with pytest.raises(ValueError, match="fixed validation tasks"):
+        MetaConfig(seed=1000)
+    MetaConfig(seed=1999, iterations=1000)
+    MetaConfig(seed=2000, task="omniglot")  # test classes are disjoint from training classes
+
+
+def test_inner_steps_default_per_algorithm():
+    """--steps not given: Reptile 5 (with 1 step Reptile's update is the joint-training gradient), iMAML 10 (the
+    implicit gradient needs the proximal problem solved), 1 for the MAML family; an explicit --steps wins."""
+    from innerloop.meta.trainer import build
+
+    assert [build(MetaConfig(algorithm=a))[0].steps for a in ("maml", "anil", "metasgd", "reptile", "imaml")] == [
+        1, 1, 1, 5, 10
+    ]  # fmt: skip
+    assert build(MetaConfig(algorithm="reptile", steps=1))[0].steps == 1
+
+
+def test_flags_that_do_not_apply_are_refused():
+    with pytest.raises(ValueError, match="imaml only"):
+        MetaConfig(algorithm="maml", lam=5.0)
+    with pytest.raises(ValueError, match="does not apply to reptile"):
+        MetaConfig(algorithm="reptile", first_order=True)
+    MetaConfig(algorithm="imaml", lam=5.0, cg_steps=10)

@@ -16,7 +16,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["TaskBatch", "Taskset", "LabelledDataset", "mean_ci95"]
+__all__ = ["TASK_SEED_STRIDE", "TaskBatch", "Taskset", "LabelledDataset", "mean_ci95", "shares_tasks"]
+
+# task i of a sampler with seed s draws from a generator seeded s * TASK_SEED_STRIDE + i (every seeded task sampler)
+TASK_SEED_STRIDE = 1_000_003
 
 
 @dataclass
@@ -51,6 +54,22 @@ class LabelledDataset(Protocol):
     labels: Sequence[int] | Tensor
 
     def images(self, indices: Tensor) -> Tensor: ...
+
+
+def shares_tasks(seed: int, tasks: int, fixed_seed: int, fixed_tasks: int) -> bool:
+    """Whether tasks ``0..tasks-1`` of seed ``seed`` include any of tasks ``0..fixed_tasks-1`` of ``fixed_seed``.
+
+    Task ``i`` of seed ``s`` is drawn from the generator seed ``s * TASK_SEED_STRIDE + i``, so two seeds share tasks
+    when those ranges meet: seed 2000 *is* the test set, and seed 1999 reaches it after ``TASK_SEED_STRIDE`` tasks.
+
+    Examples:
+        >>> shares_tasks(2000, 10, 2000, 600), shares_tasks(1999, 1_750_000, 2000, 600)
+        (True, True)
+        >>> shares_tasks(0, 10**6, 2000, 600)
+        False
+    """
+    first, fixed = seed * TASK_SEED_STRIDE, fixed_seed * TASK_SEED_STRIDE
+    return first < fixed + fixed_tasks and fixed < first + tasks
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:
@@ -117,7 +136,7 @@ class Taskset:
         """Dataset indices of support ``[ways*shots]``, query ``[ways*query_shots]``, and class ids ``[ways]``."""
         if self.num_tasks is not None and not 0 <= index < self.num_tasks:
             raise IndexError(f"task {index} out of range for a fixed set of {self.num_tasks}")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        g = torch.Generator().manual_seed(self.seed * TASK_SEED_STRIDE + index)
         chosen = torch.randperm(len(self.classes), generator=g)[: self.ways]
         support, query = [], []
         for c in chosen.tolist():
