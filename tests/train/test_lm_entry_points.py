@@ -1,4 +1,5 @@
-"""Regression tests for the LM-workbench audit fixes (sampling, generate arguments, --fresh with BPE, eval batch)."""
+"""The LM workbench at its entry points: sampling, generate's arguments, config bounds, evaluation batches, --fresh with
+BPE, weights-only runs, one-token labels."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def test_top_p_keeps_the_smallest_prefix_reaching_the_mass():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
     draws = torch.stack([sample_next(logits, 1.0, top_p=0.5, generator=g) for _ in range(200)])
     assert draws.eq(0).all()  # the first token alone has mass 0.5
+
+
+def test_one_token_labels_are_refused_not_nan():
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        _model()(torch.zeros(2, 1, dtype=torch.long), labels=torch.zeros(2, 1, dtype=torch.long))
+    assert _model()(torch.zeros(2, 1, dtype=torch.long)).logits.shape == (2, 1, 40)  # without labels: fine
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=float("nan")), dict(top_p=0.0), dict(top_k=-1),
