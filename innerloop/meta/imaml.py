@@ -50,6 +50,8 @@ class IMAML(MAML):
         super().__init__(model, lr, steps, True, loss_fn, None, vectorize, rule)
         if lam <= 0:
             raise ValueError(f"iMAML needs a positive proximal strength lam, got {lam}")
+        if cg_steps < 1:  # zero iterations would leave the implicit gradient at its start, 0
+            raise ValueError(f"iMAML needs cg_steps >= 1 conjugate-gradient iterations, got {cg_steps}")
         self.lam = lam
         self.cg_steps = cg_steps
 

@@ -293,3 +293,10 @@ def test_default_loss_refuses_broadcasting_targets(kind):
         x, y = b.support_x, b.support_y[..., 0]
     with pytest.raises(ValueError, match="prediction's shape"):
         MAML(net, lr=0.1, vectorize=False).meta_loss(TaskBatch(x, y, x, y))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"lam": 0.0}, "positive proximal strength"),
+                                               ({"cg_steps": 0}, "cg_steps >= 1")])
+def test_imaml_refuses_settings_that_give_no_implicit_gradient(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        IMAML(nn.Linear(2, 1), lr=0.1, steps=2, **kwargs)
