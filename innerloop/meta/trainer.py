@@ -218,7 +218,7 @@ class MetaTrainer(TrainLoop):
 
 # log.csv's "loss" / "accuracy" are the algorithm's meta-loss over the batch: the query loss after adaptation for the
 # MAML family and iMAML, but for Reptile the fit to the support + query data it adapted on (it has no held-out query
-# in training), so Reptile's curve is lower than and not comparable with the others'; compare algorithms on
+# in training), so Reptile's curve is not a held-out loss and not comparable with the others'; compare algorithms on
 # metrics.json (held-out tasks)
 LOG_FIELDS = ["iteration", "loss", "accuracy", "train_seconds"]
 
