@@ -104,7 +104,10 @@ class Thompson(BanditAgent):
         return self.rng.beta(1.0 + self.successes, 1.0 + self.pulls - self.successes)
 
 
-@functools.lru_cache(maxsize=2)  # 1 GB each at n = 500
+GITTINS_MAX_BYTES = 8 * 2**30  # gittins_table refuses to allocate more than this (horizon 500 at grid 401: ~4 GiB)
+
+
+@functools.lru_cache(maxsize=2)  # the table itself: 1 GB at n = 500
 def gittins_table(horizon: int, grid: int = 401) -> np.ndarray:
     """Finite-horizon Gittins indices of a Bernoulli arm with a Beta(1, 1) prior, for every state up to ``horizon``.
 
@@ -130,6 +133,12 @@ def gittins_table(horizon: int, grid: int = 401) -> np.ndarray:
         read-only.
     """
     H = horizon
+    need = 5 * grid * (H + 2) ** 2 * 8  # V, V_new, q, gap (float64) and the mask: about 5 [G, H+2, H+2] arrays
+    if need > GITTINS_MAX_BYTES:
+        raise ValueError(f"the Gittins table for {H} pulls on a grid of {grid} needs about {need / 2**30:.0f} GiB "
+                         f"(and O(grid * n^3) time), over the {GITTINS_MAX_BYTES / 2**30:.0f} GiB allowed "
+                         f"(innerloop.rl.bandit_baselines.GITTINS_MAX_BYTES): use fewer pulls or a smaller grid, or "
+                         f"leave gittins out of --baselines")  # fmt: skip
     lam = np.linspace(0.0, 1.0, grid)[:, None, None]  # [G, 1, 1]
     s = np.arange(H + 1)[:, None]
     f = np.arange(H + 1)[None, :]

@@ -116,3 +116,11 @@ def test_play_bandit_trials_returns_the_pulls_behind_run_bandit_trials():
     np.testing.assert_array_equal(probs, env.probs.numpy())  # the tasks of the env seeded alike
     pulled = np.take_along_axis(probs, arms, 1)  # the rewards are draws of the pulled arms' probabilities
     assert abs(rewards.mean() - pulled.mean()) < 4 * rewards.std() / np.sqrt(rewards.size)
+
+
+def test_a_gittins_table_too_large_for_memory_is_refused_before_allocating():
+    from innerloop.rl.bandit_baselines import gittins_table
+
+    with pytest.raises(ValueError, match=r"GiB .*use fewer pulls or a smaller grid"):
+        gittins_table(5000)  # ~400 GiB at grid 401: refused at once
+    assert gittins_table(20, grid=11).shape == (21, 21, 21)
