@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"(default: {DEFAULT_TRAIN_SECONDS:.0f}; 0 = no cap)")  # fmt: skip
     p.add_argument("--sample-bytes", type=at_least(0), default=None,
                    help="length of the generated sample (default: 300)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=at_least(0), default=0,
                    help="torch CPU threads (default 0 = all cores, or 1 when the load average says they are busy: "
                         "small models slow down many times when threads compete for busy cores)")
     p.add_argument("--speed-contexts", type=int, nargs="*", default=None, metavar="L",

@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="distractor steps between the first token and the probe; default: 5 50 500")  # fmt: skip
     r.add_argument("--vocab-size", type=at_least(2), default=8, help="first-token vocabulary (chance = 1 / it); "
                    "default: 8")  # fmt: skip
-    r.add_argument("--n-train", type=at_least(1), default=512, help="sequences to fit the linear probe; default: 512")
+    r.add_argument("--n-train", type=at_least(2), default=512, help="sequences to fit the linear probe (its features "
+                   "are standardised over them); default: 512")  # fmt: skip
     r.add_argument("--n-test", type=at_least(1), default=256, help="sequences to score the probe; default: 256")
     _common(r, "runs/retention", 0, "training steps to recall the first token before probing")
     r.set_defaults(func=run_retention)

@@ -179,10 +179,16 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from innerloop._io import atomic_write_text
     from innerloop.data.text import cache_dir_of, load_data, load_tokenizer, token_bytes_of
-    from innerloop.eval.lm import evaluate_lm, loss_by_position, plot_loss_by_position, write_position_csv
+    from innerloop.eval.lm import (
+        bytes_by_position,
+        evaluate_lm,
+        loss_by_position,
+        plot_loss_by_position,
+        write_position_csv,
+    )
     from innerloop.train.lm import load_run  # the model only: its data comes from innerloop.data.text
 
-    curves, results = {}, {}
+    curves, results, nbytes = {}, {}, {}
     for run in args.run:
         model, cfg = load_run(run, args.device)
         tok = load_tokenizer(cfg.tokenizer, run)
@@ -196,19 +202,18 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"{run}: val loss {m['loss']:.4f} nats/{'byte' if tok.name == 'bytes' else 'token'}, "
               f"{m['bpb']:.4f} bits/byte")  # fmt: skip
         if args.length:
-            if tok.name != "bytes":
-                print(f"({run}: BPE run, loss by position is per token; its bpb column is bits per token)",
-                      file=sys.stderr)  # fmt: skip
             with torch.no_grad():
                 curves[name] = loss_by_position(model, d.val_docs, args.length, args.chunk or cfg.context)
+            if tok.name != "bytes":  # positions are tokens; bits per byte divides by the bytes they hold
+                nbytes[name] = bytes_by_position(d.val_docs, args.length, token_bytes_of(tok))
     out = Path(args.out or args.run[0])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "eval.json", json.dumps(results, indent=2) + "\n")
     if curves:
         width = args.bucket or max(args.length // 32, 1)
-        write_position_csv(curves, out / "position.csv", width)
+        write_position_csv(curves, out / "position.csv", width, nbytes)
         try:
-            plot_loss_by_position(curves, out / "position.png", width, cfg.context)
+            plot_loss_by_position(curves, out / "position.png", width, cfg.context, nbytes)
         except ImportError as e:
             print(f"(no plot: {e})", file=sys.stderr)
         print(f"loss by position: {out / 'position.csv'}, {out / 'position.png'}")

@@ -100,9 +100,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_table(args: argparse.Namespace) -> int:
     from innerloop.synth import train
+    from innerloop.synth.harness import check_task
 
     root = Path(args.out or SynthConfig.out)
     first = _config(args, task=args.tasks[0], mixer=args.mixers[0])  # bad flags fail here, before any run
+    for task in args.tasks:  # and so do task options or lengths that one of the tasks cannot take
+        check_task(_config(args, task=task, mixer=args.mixers[0]))
     root.mkdir(parents=True, exist_ok=True)
     size = f"~{first.target_params:,} params" if first.target_params else f"hidden {first.hidden_size}"
     print(f"innerloop synth table: {len(args.tasks)} tasks x {len(args.mixers)} mixers at {size}, out {root}",

@@ -88,9 +88,10 @@ def _final_state_features(model: SynthModel, x: Tensor, batch: int = 256) -> Ten
 def retention(mixer: str, hidden_size: int, steps: int, vocab_size: int = 8, n_train: int = 512, n_test: int = 256,
               train_steps: int = 0, num_layers: int = 1, seed: int = 0, progress: bool = False) -> float:
     """Probe accuracy for decoding ``x_1`` from the state after ``steps`` more tokens (see the module docstring)."""
-    if steps < 0 or vocab_size < 2 or hidden_size < 1:
-        raise ValueError(f"need steps >= 0, vocab_size >= 2, hidden_size >= 1; got {steps}, {vocab_size}, "
-                         f"{hidden_size}")
+    if steps < 0 or vocab_size < 2 or hidden_size < 1 or n_train < 2 or n_test < 1:
+        raise ValueError(f"need steps >= 0, vocab_size >= 2, hidden_size >= 1, n_train >= 2 (the probe standardises "
+                         f"its features over them), n_test >= 1; got {steps}, {vocab_size}, {hidden_size}, {n_train}, "
+                         f"{n_test}")
     torch.manual_seed(seed)
     model = SynthModel(mixer, hidden_size, num_layers, 2, vocab_size=vocab_size, out_features=vocab_size)
     g = torch.Generator().manual_seed(seed + 1)

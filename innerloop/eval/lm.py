@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from innerloop._io import pyplot, write_csv
 from innerloop.data.text.windows import gather_windows
 
-__all__ = ["evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_windows", "write_position_csv"]
+__all__ = ["bytes_by_position", "evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_windows",
+           "write_position_csv"]
 
 LN2 = math.log(2.0)
 
@@ -100,6 +101,21 @@ def loss_by_position(model: nn.Module, docs: list[Tensor | np.ndarray], length: 
     return total / len(long_docs)
 
 
+def bytes_by_position(docs: list[Tensor | np.ndarray], length: int, token_bytes: Tensor) -> Tensor:
+    """Mean bytes of the predicted (target) token at every position ``0..length-1``, over the same documents as
+    :func:`loss_by_position`: with it, bits per byte over positions ``[s, e)`` = ``sum(loss[s:e]) / ln 2 /
+    sum(bytes[s:e])`` (BPE tokens hold several bytes each; byte tokens need none of this).
+
+    Returns:
+        Tensor: ``[length]`` float64.
+    """
+    long_docs = [d for d in docs if len(d) > length]
+    if not long_docs:
+        raise ValueError(f"no document has more than {length} tokens; lower --length")
+    tb = token_bytes.double().cpu()
+    return torch.stack([tb[_prefix(d, length + 1)[1:]] for d in long_docs]).mean(0)
+
+
 def _prefix(doc: Tensor | np.ndarray, n: int) -> Tensor:
     """First ``n`` tokens of ``doc`` as ``[n]`` int64."""
     if isinstance(doc, Tensor):
@@ -112,20 +128,39 @@ def bucket(losses: Tensor, width: int) -> list[tuple[int, int, float]]:
     return [(s, min(s + width, len(losses)), losses[s : s + width].mean().item()) for s in range(0, len(losses), width)]
 
 
-def write_position_csv(curves: dict[str, Tensor], path: str | Path, width: int) -> None:
-    """Write ``name, position_start, position_end, loss, bpb`` rows for every curve bucketed by ``width``."""
-    rows = [{"name": name, "position_start": s, "position_end": e, "loss": f"{v:.6f}", "bpb": f"{v / LN2:.6f}"}
-            for name, losses in curves.items() for s, e, v in bucket(losses, width)]  # fmt: skip
+def _bucket_bpb(losses: Tensor, width: int, nbytes: Tensor | None) -> list[tuple[int, int, float, float]]:
+    """``(start, end, mean loss, bits per byte)`` per bucket; ``nbytes`` (:func:`bytes_by_position`) for BPE curves,
+    None for byte tokens (bits per byte = loss / ln 2)."""
+    rows = []
+    for s, e, v in bucket(losses, width):
+        bpb = v / LN2 if nbytes is None else float(losses[s:e].sum() / LN2 / nbytes[s:e].sum())
+        rows.append((s, e, v, bpb))
+    return rows
+
+
+def write_position_csv(curves: dict[str, Tensor], path: str | Path, width: int,
+                       bytes_per_position: dict[str, Tensor] | None = None) -> None:  # fmt: skip
+    """Write ``name, position_start, position_end, loss, bpb`` rows for every curve bucketed by ``width``.
+
+    ``loss`` is nats per token; ``bpb`` is bits per byte, using ``bytes_per_position[name]``
+    (:func:`bytes_by_position`) for a BPE curve (without it a curve is taken to be over byte tokens).
+    """
+    nb = bytes_per_position or {}
+    rows = [{"name": name, "position_start": s, "position_end": e, "loss": f"{v:.6f}", "bpb": f"{b:.6f}"}
+            for name, losses in curves.items() for s, e, v, b in _bucket_bpb(losses, width, nb.get(name))]  # fmt: skip
     write_csv(rows, path, ["name", "position_start", "position_end", "loss", "bpb"])
 
 
-def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: int, train_context: int = 0) -> None:
-    """PNG of bits per byte against token position (bucketed by ``width``), one line per curve."""
+def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: int, train_context: int = 0,
+                          bytes_per_position: dict[str, Tensor] | None = None) -> None:  # fmt: skip
+    """PNG of bits per byte against token position (bucketed by ``width``), one line per curve (BPE curves: give
+    their ``bytes_per_position``, as for :func:`write_position_csv`)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    nb = bytes_per_position or {}
     for name, losses in curves.items():
-        rows = bucket(losses, width)
-        ax.plot([(s + e) / 2 for s, e, _ in rows], [v / LN2 for *_, v in rows], marker=".", label=name)
+        rows = _bucket_bpb(losses, width, nb.get(name))
+        ax.plot([(s + e) / 2 for s, e, *_ in rows], [b for *_, b in rows], marker=".", label=name)
     if train_context:
         ax.axvline(train_context, color="gray", ls="--", lw=1, label="training context")
     ax.set_xlabel("token position")

@@ -29,7 +29,7 @@ from innerloop.train.bptt import clip_gradients, truncated_bptt
 from .arm import arm_report
 from .model import SynthModel, match_hidden_size
 
-__all__ = ["SynthConfig", "SynthTrainer", "build_model", "evaluate", "loss_sum", "train"]
+__all__ = ["SynthConfig", "SynthTrainer", "build_model", "check_task", "evaluate", "loss_sum", "train"]
 
 REPORTS = {"arm": arm_report}  # task name -> (task, model, out, generator) -> metrics, run after training
 
@@ -81,6 +81,23 @@ class SynthConfig:
             raise ValueError(f"eval_lengths must be >= 1, got {self.eval_lengths}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def eval_lengths(cfg: SynthConfig) -> list[int]:
+    """The run's evaluation lengths: ``cfg.eval_lengths``, or ``train_length`` and twice it."""
+    return list(cfg.eval_lengths) or [cfg.train_length, 2 * cfg.train_length]
+
+
+def check_task(cfg: SynthConfig) -> SyntheticTask:
+    """The run's task, built from ``cfg.task_options`` and checked at the training and every evaluation length, so
+    a length the task cannot make (e.g. MQAR pairs beyond ``vocab_size / 2``) fails before training, not after it."""
+    task = make_task(cfg.task, **cfg.task_options)
+    for what, n in [("train_length", cfg.train_length)] + [("eval length", n) for n in eval_lengths(cfg)]:
+        try:
+            task.sample(1, n, torch.Generator().manual_seed(0))
+        except ValueError as e:
+            raise ValueError(f"{what} {n}: {e}") from e
+    return task
 
 
 def _model_io(task: SyntheticTask) -> dict[str, Any]:
@@ -195,13 +212,13 @@ def train(cfg: SynthConfig, progress: bool = False, fresh: bool = False, extend:
 
 def _train(cfg: SynthConfig, progress: bool, fresh: bool, extend: bool,
            callbacks: Sequence[Callback]) -> tuple[dict[str, Any], SynthModel]:  # fmt: skip
-    task = make_task(cfg.task, **cfg.task_options)
+    task = check_task(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, task)
     trainer = SynthTrainer(cfg, task, model, progress, fresh, extend, callbacks)
     summary = trainer.fit()
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    lengths = cfg.eval_lengths or [cfg.train_length, 2 * cfg.train_length]
+    lengths = eval_lengths(cfg)
     evals = []
     for n in lengths:
         r = evaluate(model, task, n, cfg.eval_batch_size, eval_gen)

@@ -38,7 +38,11 @@ ROOT = Path(__file__).resolve().parents[2]
         (["lm", "train", "--intermediate-size", "0"], "intermediate_size must be >= 1, got 0"),
         (["lm", "eval", "--run", "/no/run", "--length", "-1"], "argument --length: must be >= 0"),
         (["lm"], "the following arguments are required: COMMAND"),
-        (["demo", "--threads", "x"], "argument --threads: invalid int value"),
+        (["demo", "--threads", "x"], "argument --threads: expected an integer, got 'x'"),
+        (["demo", "--threads", "-2"], "argument --threads: must be >= 0, got -2"),  # was silently ignored
+        (["diagnose", "retention", "--n-train", "1"], "argument --n-train: must be >= 2, got 1"),  # was NaN features
+        (["synth", "train", "--task-option", "vocab_size=abc"], "option vocab_size must be an integer, got 'abc'"),
+        (["synth", "train", "--task", "mqar", "--train-length", "20"], "eval length 40: task 'mqar': vocab_size 64"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch, argv, match):

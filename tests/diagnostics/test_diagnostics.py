@@ -82,6 +82,12 @@ def test_retention_attention_keeps_the_first_token():
     assert retention("attention", 8, 5, vocab_size=4, n_train=128, n_test=64) == 1.0
 
 
+def test_retention_needs_two_probe_training_sequences():
+    """One training sequence gives NaN standardised features and a meaningless 'accuracy' (was silently returned)."""
+    with pytest.raises(ValueError, match="n_train >= 2"):
+        retention("gru", 8, 3, vocab_size=4, n_train=1, n_test=16)
+
+
 def test_run_retention_and_cli(tmp_path, capsys):
     rows = run_retention(["gru"], [8], [1, 3], tmp_path, vocab_size=4, n_train=64, n_test=32)
     assert [r["steps"] for r in rows] == [1, 3] and all(0 <= r["probe_acc"] <= 1 for r in rows)

@@ -64,6 +64,23 @@ def test_bad_input(tmp_path):
         train(SynthConfig(task="mqar", task_options={"vocab_size": 4}, train_length=3, steps=1, out=str(tmp_path)))
 
 
+def test_bad_lengths_and_options_fail_before_training(tmp_path, capsys):
+    """An evaluation length the task cannot make used to fail only after the whole training run."""
+    out = tmp_path / "mqar"
+    with pytest.raises(ValueError, match="eval length 40: task 'mqar': vocab_size 64 too small"):
+        train(SynthConfig(task="mqar", mixer="gru", hidden_size=8, steps=2, train_length=20, out=str(out)))
+    assert not (out / "log.csv").exists() and not (out / "checkpoints").exists()
+    with pytest.raises(ValueError, match="eval length 2: task 'selective_copy': length must be >= 4"):
+        train(SynthConfig(task="selective_copy", mixer="gru", hidden_size=8, steps=2, eval_lengths=[8, 2],
+                          out=str(tmp_path / "sc")))
+    assert not (tmp_path / "sc" / "log.csv").exists()
+    # synth table: an option one of the tasks does not take fails before the first run, not after it
+    assert main(["synth", "table", "--tasks", "mqar", "adding", "--mixers", "gru", "--steps", "2", "--hidden-size",
+                 "8", "--task-option", "vocab_size=32", "--out", str(tmp_path / "t")]) == 2
+    assert "task 'adding' takes options" in capsys.readouterr().err
+    assert not (tmp_path / "t" / "mqar-gru").exists()
+
+
 def test_cli_train_and_table(tmp_path, capsys):
     assert main(["synth", "train", "--task", "reverse", "--mixer", "gru", "--steps", "2", "--hidden-size", "8",
                  "--train-length", "2", "--task-option", "vocab_size=4", "--out", str(tmp_path / "r")]) == 0

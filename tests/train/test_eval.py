@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from innerloop.eval import check_sampling, evaluate_lm, loss_by_position, stream_generate, val_windows
-from innerloop.eval.lm import plot_loss_by_position, write_position_csv
+from innerloop.eval.lm import bytes_by_position, plot_loss_by_position, write_position_csv
 from innerloop.models.lm import CausalLM, LMConfig
 
 
@@ -59,6 +59,22 @@ def test_position_csv_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     plot_loss_by_position(curves, tmp_path / "p.png", width=10, train_context=16)
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_position_bpb_of_a_bpe_run_divides_by_the_bytes_of_the_predicted_tokens(tmp_path):
+    """The bpb column of a BPE run used to be bits per *token* (loss / ln 2)."""
+    token_bytes = torch.tensor([1, 2, 3, 4])
+    docs = [torch.tensor([0, 1, 2, 3, 0]), torch.tensor([3, 3, 3, 3, 3, 3]), torch.tensor([1, 2])]  # last: too short
+    nb = bytes_by_position(docs, 4, token_bytes)  # targets: [2, 3, 4, 1] and [4, 4, 4, 4] bytes
+    torch.testing.assert_close(nb, torch.tensor([3.0, 3.5, 4.0, 2.5], dtype=torch.float64))
+    loss = torch.tensor([2.0, 2.0, 4.0, 4.0], dtype=torch.float64)
+    write_position_csv({"bpe": loss, "bytes": loss}, tmp_path / "p.csv", width=2, bytes_per_position={"bpe": nb})
+    rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+    ln2 = torch.log(torch.tensor(2.0)).item()
+    got = {(r[0], int(r[1])): float(r[4]) for r in rows}
+    assert got[("bpe", 0)] == pytest.approx(4.0 / ln2 / 6.5, rel=1e-5)
+    assert got[("bpe", 2)] == pytest.approx(8.0 / ln2 / 6.5, rel=1e-5)
+    assert got[("bytes", 0)] == pytest.approx(2.0 / ln2, rel=1e-5)  # byte tokens: loss / ln 2, as before
 
 
 @pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])

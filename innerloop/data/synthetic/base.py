@@ -97,5 +97,13 @@ def make_task(name: str, **options) -> SyntheticTask:
     bad = set(options) - allowed
     if bad:
         raise ValueError(f"task {name!r} takes options {sorted(allowed)}, got unknown {sorted(bad)}")
+    params = {} if init is object.__init__ else inspect.signature(init).parameters
+    for key, value in options.items():  # an option has the type of its default (ints: whole numbers, not True)
+        default = params[key].default
+        want = float if isinstance(default, float) else int if isinstance(default, int) or default is None else None
+        ok = want is None or (not isinstance(value, bool) and isinstance(value, (int, float) if want is float else int))
+        if not ok:
+            raise ValueError(f"task {name!r}: option {key} must be {'a number' if want is float else 'an integer'}, "
+                             f"got {value!r}")
     return cls(**options)
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from innerloop.data._io import atomic_write_bytes, user_cache_dir
 
-from .corpus import corpus_files, num_val_docs, read_document
+from .corpus import GUTENBERG_RULES, corpus_files, num_val_docs, read_document
 from .tokenizer import Tokenizer
 
 __all__ = ["TokenCache", "default_cache_dir", "open_cache", "split_cache"]
@@ -101,6 +101,8 @@ def _stale_reason(index_path: Path, bin_path: Path, files: list[Path], gutenberg
             return f"tokenizer changed ({index['tokenizer']} -> {tok.ident})"
         if index["gutenberg"] != gutenberg:
             return "gutenberg flag changed"
+        if gutenberg and index.get("gutenberg_rules") != GUTENBERG_RULES:
+            return "the Gutenberg header stripping changed"
         saved = index["files"]
         if [e["path"] for e in saved] != [str(f.resolve()) for f in files]:
             return "the corpus's files changed (added, removed or renamed)"
@@ -155,8 +157,8 @@ def _build(bin_path: Path, index_path: Path, source: str | Path | None, files: l
     index = {
         "version": VERSION, "tokenizer": tok.ident, "tokenizer_name": tok.name, "vocab_size": tok.vocab_size,
         "dtype": dtype.name, "n_tokens": offsets[-1], "bin_size": offsets[-1] * dtype.itemsize,
-        "bin_sha256": h.hexdigest(), "source": str(source or ""), "gutenberg": gutenberg, "files": entries,
-        "doc_names": names, "doc_offsets": offsets,
+        "bin_sha256": h.hexdigest(), "source": str(source or ""), "gutenberg": gutenberg,
+        "gutenberg_rules": GUTENBERG_RULES, "files": entries, "doc_names": names, "doc_offsets": offsets,
     }  # fmt: skip
     atomic_write_bytes(index_path, (json.dumps(index, indent=1) + "\n").encode())
 

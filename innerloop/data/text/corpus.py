@@ -8,6 +8,7 @@ checksum-verified (:func:`load_bytes`).
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import torch
@@ -50,17 +51,28 @@ def split(tokens: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
     return tokens[:n], tokens[n:]
 
 
-_PG_START, _PG_END = b"*** START OF", b"*** END OF"
+# "*** START OF THE PROJECT GUTENBERG EBOOK ..." and the older "***START OF THE ..." (no space) of many files
+_PG_START = re.compile(rb"\*\*\*[ \t]*START OF")
+_PG_END = re.compile(rb"\*\*\*[ \t]*END OF")
+# the "End of (the) Project Gutenberg('s) EBook of ..." line(s) that end the body of most files, before the END marker
+_PG_END_LINE = re.compile(rb"(?im)^[ \t]*End of (?:the )?Project Gutenberg")
+_PG_TAIL = 1000  # that line is searched for in the body's last bytes only
+GUTENBERG_RULES = 2  # bump when strip_gutenberg changes: token caches built with --gutenberg are then rebuilt
 
 
 def strip_gutenberg(raw: bytes) -> bytes:
-    """Body of a Project Gutenberg file: the bytes between the ``*** START OF`` and ``*** END OF`` lines (if any)."""
-    start = raw.find(_PG_START)
-    if start >= 0:
-        nl = raw.find(b"\n", start)
+    """Body of a Project Gutenberg file: the bytes between the ``*** START OF`` and ``*** END OF`` lines (if any;
+    also without the space, ``***START OF``), less a closing "End of the Project Gutenberg EBook of ..." line."""
+    start = _PG_START.search(raw)
+    if start:
+        nl = raw.find(b"\n", start.start())
         raw = raw[nl + 1 :] if nl >= 0 else raw
-    end = raw.find(_PG_END)
-    return raw[:end] if end >= 0 else raw
+    end = _PG_END.search(raw)
+    if end:
+        raw = raw[: end.start()]
+    tail = max(len(raw) - _PG_TAIL, 0)
+    line = _PG_END_LINE.search(raw, tail)
+    return raw[: line.start()] if line else raw
 
 
 def corpus_files(path: str | Path | None = None) -> list[Path]:

@@ -27,13 +27,14 @@ def random_windows(tokens: np.ndarray | Tensor, batch_size: int, length: int,
     """Sample ``batch_size`` windows uniformly: inputs ``[B, length]`` and next-token targets ``[B, length]``.
 
     Args:
-        tokens (np.ndarray | Tensor): ``[N]`` tokens, ``N > length``.
+        tokens (np.ndarray | Tensor): ``[N]`` tokens, ``N >= length + 2``.
         batch_size (int): windows ``B``.
         length (int): tokens per window ``T`` (each window reads ``T + 1`` tokens).
         generator (torch.Generator): draws the starts.
     """
-    if len(tokens) <= length:
-        raise ValueError(f"corpus of {len(tokens)} tokens is smaller than one context window of {length} + 1")
+    if len(tokens) <= length + 1:  # starts are drawn from [0, N - length - 1): that range must not be empty
+        raise ValueError(f"corpus of {len(tokens)} tokens is smaller than one context window of {length} + 1 plus one "
+                         f"(random windows need at least {length + 2} tokens)")
     starts = torch.randint(0, len(tokens) - length - 1, (batch_size,), generator=generator)
     w = gather_windows(tokens, starts, length + 1)
     return w[:, :-1], w[:, 1:]

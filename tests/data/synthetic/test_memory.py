@@ -109,6 +109,11 @@ def test_mqar_format():
         (lambda: make_task("copy", colour=3), "unknown"),
         (lambda: make_task("copy").sample(0, 3), "batch_size"),
         (lambda: make_task("addition", base=1), "base must be >= 2"),
+        # option values of the wrong type (e.g. --task-option vocab_size=abc): a clear error, not a TypeError deep down
+        (lambda: make_task("copy", vocab_size="abc"), "option vocab_size must be an integer, got 'abc'"),
+        (lambda: make_task("copy", vocab_size=10.5), "option vocab_size must be an integer, got 10.5"),
+        (lambda: make_task("mqar", num_queries=True), "option num_queries must be an integer"),
+        (lambda: make_task("arm", max_step="fast"), "option max_step must be a number"),
     ],
 )
 def test_bad_input(call, match):

@@ -121,7 +121,20 @@ def test_source_changes_rebuild(tmp_path):
     c = open_cache(books, tok, cdir)
     assert "files changed" in c.reason and len(c.docs) == 6
     # the Gutenberg flag and the tokenizer are part of the key: their own cache files
-    assert open_cache(books, tok, cdir, gutenberg=True).bin_path != c.bin_path
+    g = open_cache(books, tok, cdir, gutenberg=True)
+    assert g.bin_path != c.bin_path and open_cache(books, tok, cdir, gutenberg=True).status == "reused"
+
+
+def test_gutenberg_cache_rebuilt_when_the_stripping_rules_change(tmp_path, monkeypatch):
+    """A cache built with --gutenberg holds stripped text: new stripping rules must not re-use it."""
+    books = make_books(tmp_path / "books")
+    tok, cdir = ByteTokenizer(), tmp_path / "c"
+    open_cache(books, tok, cdir, gutenberg=True)
+    open_cache(books, tok, cdir)
+    monkeypatch.setattr(cmod, "GUTENBERG_RULES", cmod.GUTENBERG_RULES + 1)
+    c = open_cache(books, tok, cdir, gutenberg=True)
+    assert c.status == "built" and "stripping changed" in c.reason
+    assert open_cache(books, tok, cdir).status == "reused"  # caches of unstripped text are not affected
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "bad_json", "no_bin", "wrong_tokenizer"])

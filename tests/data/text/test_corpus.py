@@ -35,6 +35,19 @@ def test_strip_gutenberg():
     assert strip_gutenberg(b"plain") == b"plain"
 
 
+def test_strip_gutenberg_older_markers_and_closing_line():
+    """Many PG files (6 of the 36 shared books: Jane Eyre, Gulliver's Travels, ...) write the markers without the
+    space, ``***START OF ...***``; most end the body with an "End of the Project Gutenberg EBook of ..." line."""
+    raw = (b"The Project Gutenberg EBook of X\r\nlicence header\r\n***START OF THE PROJECT GUTENBERG EBOOK X***\r\n"
+           b"Chapter 1\r\nbody\r\n\r\nEnd of the Project Gutenberg EBook of X, by Y\r\n\r\n"
+           b"***END OF THE PROJECT GUTENBERG EBOOK X***\r\n*** START: FULL LICENSE ***\r\nTHE FULL LICENSE")
+    assert strip_gutenberg(raw) == b"Chapter 1\r\nbody\r\n\r\n"
+    # the closing line may run over two lines; only a line that starts with it, near the end, is cut
+    raw = b"*** START OF THE PROJECT GUTENBERG EBOOK W ***\nthe End of Project Gutenberg days\nlast\n\nEnd of The " \
+          b"Project Gutenberg Etext of Walden, and On The Duty Of Civil\nDisobedience, by Thoreau\n\n\n*** END OF THE"
+    assert strip_gutenberg(raw) == b"the End of Project Gutenberg days\nlast\n\n"
+
+
 def test_non_utf8_and_errors(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
     assert load_documents(tmp_path / "bin.txt")[0].tolist() == [255, 254, 0, 97, 98, 99]

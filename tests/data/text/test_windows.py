@@ -1,6 +1,7 @@
 """Window sampling: one ``random_windows`` for tensors and memmaps; ``step_windows`` is a pure function of the step."""
 
 import numpy as np
+import pytest
 import torch
 
 from innerloop.data.text.windows import gather_windows, random_windows, step_windows
@@ -25,3 +26,11 @@ def test_step_windows_is_a_function_of_seed_and_step():
     b = random_windows(tokens, 8, 32, torch.Generator().manual_seed(7 * 1_000_003 + 12))
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
     assert not torch.equal(a[0], step_windows(tokens, 8, 32, seed=7, step=13)[0])
+
+
+def test_random_windows_exactly_one_window_is_a_clear_error():
+    """``N = length + 1`` used to reach ``torch.randint(0, 0)`` (RuntimeError: random_ expects 'from' < 'to')."""
+    with pytest.raises(ValueError, match="need at least 11 tokens"):
+        random_windows(torch.arange(10), 1, 9, torch.Generator())
+    x, y = random_windows(torch.arange(11), 4, 9, torch.Generator())
+    assert torch.equal(x[0], torch.arange(9)) and torch.equal(y[0], torch.arange(1, 10))
