@@ -2,10 +2,11 @@
 
 A kernel is one C file next to its Python wrapper, built per set of ``-D`` defines (element type, sizes) with
 ``$CC`` (default ``cc``) ``-O3 -march=native`` (retried without ``-march=native`` if the compiler refuses it) into
-``$INNERLOOP_CACHE/kernels`` (default ``~/.cache/innerloop/kernels``). The library name carries a hash of the source,
-flags, compiler version and CPU, so an edit or another machine gets a fresh build; the build writes a temporary file
-and renames it, so concurrent processes are safe. ``INNERLOOP_NO_KERNEL=1`` disables every kernel (callers fall back
-to their pure-PyTorch paths).
+``$INNERLOOP_CACHE/kernels`` (default ``~/.cache/innerloop/kernels``; ``XDG_CACHE_HOME`` is not read). The library
+name carries a hash of the source, flags, compiler version and CPU, so an edit or another machine gets a fresh build;
+the build writes a temporary file and renames it, so concurrent processes are safe; a cached file that does not load
+(truncated, corrupt) is rebuilt. ``INNERLOOP_NO_KERNEL=1`` disables every kernel, also one already loaded (read on
+every call; callers fall back to their pure-PyTorch paths).
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def build(src: Path, defines: list[str], name: str) -> ctypes.CDLL:
         key = hashlib.sha256("\0".join([src.read_text(), *args, *version, _cpu_id()]).encode()).hexdigest()[:16]
         lib = cache / f"{name}_{key}.so"
         if lib.exists():
-            break
+            try:
+                return ctypes.CDLL(str(lib))
+            except OSError as e:  # a corrupt or truncated file (a full disk, a copied cache): build a fresh one
+                errors.append(f"{lib} could not be loaded ({e}); rebuilt")
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)
@@ -66,30 +70,34 @@ def build(src: Path, defines: list[str], name: str) -> ctypes.CDLL:
             res = subprocess.run([cc, *args, "-o", tmp, str(src)], capture_output=True, text=True)
             if res.returncode == 0:
                 os.replace(tmp, lib)
-                break
+                return ctypes.CDLL(str(lib))
             errors.append(res.stderr.strip())
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    else:
-        raise RuntimeError(f"compiling {src.name} with {cc} failed:\n{errors[-1]}")
-    return ctypes.CDLL(str(lib))
+    raise RuntimeError(f"compiling {src.name} with {cc} failed:\n{errors[-1]}")
 
 
 def load(src: Path, defines: list[str], name: str, what: str,
          declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL:
     """The library ``name`` (``src`` built with ``defines``), built and loaded once per process, ``declare`` setting
     its functions' ctypes signatures. A failed build is remembered: RuntimeError ``"<what> is unavailable: ..."``."""
+    disabled = kernels_disabled()  # read on every call (also for a library already loaded), never remembered
+    if disabled:
+        raise RuntimeError(f"{what} is unavailable: {disabled}")
     with _LOCK:
         if name not in _LIBS:
             if name in _FAILED:
                 raise RuntimeError(_FAILED[name])
             try:
                 dll = build(src, defines, name)
+                declare(dll)
+            except AttributeError as e:  # a library in the cache without the kernel's functions: not ours
+                _FAILED[name] = f"{what} is unavailable: {e} (delete that file to rebuild it)"
+                raise RuntimeError(_FAILED[name]) from e
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _FAILED[name] = f"{what} is unavailable: {e}"
                 raise RuntimeError(_FAILED[name]) from e
-            declare(dll)
             _LIBS[name] = dll
         return _LIBS[name]
 

@@ -125,3 +125,105 @@ def test_bad_inputs_are_checked():
     args[1] = args[1][..., :4]
     with pytest.raises(ValueError, match="k"):
         cpu_fused_ttt_linear(*args, state)
+
+
+def test_forward_ad_never_reaches_the_kernel():
+    """The kernel makes no graph: under forward-mode AD it would drop the tangent (None) silently; it must go to the
+    dual form (which raises for forward AD) or give the true tangent, never None."""
+    import torch.autograd.forward_ad as fwAD
+
+    from innerloop.ops.ttt import auto_ttt_linear, recurrent_ttt_linear
+    from innerloop.ops.ttt.cpu_linear import kernel_unavailable
+
+    args, state = make(1, 32, 2, 8)
+    tangent = torch.randn_like(args[0])
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(args[0], tangent)
+        assert "forward-mode AD" in kernel_unavailable([dual])
+        o_ref, _ = recurrent_ttt_linear(dual, *args[1:], state)
+        want = fwAD.unpack_dual(o_ref).tangent
+        for fn in (cpu_fused_ttt_linear, auto_ttt_linear):
+            try:
+                o, _ = fn(dual, *args[1:], state)
+            except NotImplementedError:  # the dual form's autograd.Function has no jvp: a clear refusal is fine
+                continue
+            got = fwAD.unpack_dual(o).tangent
+            assert got is not None, f"{fn.__name__} dropped the forward-mode tangent"
+            assert_close("tangent", want, got, **FP64)
+
+
+def test_functorch_transforms_never_reach_the_kernel():
+    """vmap/jvp wrap tensors without storage: the kernel must not be tried on them (no 'data pointer' error)."""
+    from innerloop.ops.ttt.cpu_linear import kernel_unavailable
+
+    args, state = make(1, 32, 2, 8)
+    seen = []
+    torch.func.vmap(lambda q: seen.append(kernel_unavailable([q])) or q)(torch.stack([args[0]] * 2))
+    assert seen and "torch.func" in seen[0]
+    with pytest.raises(RuntimeError) as chunk_err:
+        torch.func.vmap(lambda q: chunk_ttt_linear(q, *args[1:], state)[0])(torch.stack([args[0]] * 2))
+    with pytest.raises(RuntimeError) as fused_err:
+        torch.func.vmap(lambda q: cpu_fused_ttt_linear(q, *args[1:], state)[0])(torch.stack([args[0]] * 2))
+    assert str(fused_err.value) == str(chunk_err.value)
+
+
+def test_self_check_failure_keeps_the_kernel_off(monkeypatch, caplog):
+    """A kernel that computes something else (a miscompile) is caught once, logged, and never used."""
+    from innerloop.ops.ttt import cpu_linear
+
+    monkeypatch.setattr(cpu_linear, "_CHECKED", {})
+    real = cpu_linear._run_kernel
+    monkeypatch.setattr(cpu_linear, "_run_kernel", lambda *a: tuple(1.001 * x for x in real(*a)))
+    args, state = make(2, 32, 2, 8)
+    with caplog.at_level("ERROR"):
+        reason = cpu_linear.kernel_unavailable([args[0]])
+    assert reason is not None and "self-check" in reason and "self-check" in caplog.text
+    compare(args, state, FP64)  # the dual form's result, exactly
+    monkeypatch.setattr(cpu_linear, "_CHECKED", {})
+    monkeypatch.setattr(cpu_linear, "_run_kernel", real)
+    assert cpu_linear.kernel_unavailable([args[0]]) is None
+
+
+@pytest.mark.parametrize("which", ["state", "lr", "ln_weight"])
+def test_mixed_dtypes_are_refused_by_name(which):
+    """An operand in another dtype than q (a float64 state with float32 q, say) is a TypeError naming it, not a
+    matmul's 'expected scalar type' deep inside the scan, on every path."""
+    from innerloop.ops.ttt import naive_ttt_linear, recurrent_ttt_linear
+
+    args, state = make(1, 20, 2, 8, dtype=torch.float32)
+    if which == "state":
+        state = TTTState(tuple(p.double() for p in state.params), tuple(g.double() for g in state.grads), 0)
+    else:
+        i = {"lr": 3, "ln_weight": 5}[which]
+        args[i] = args[i].double()
+    for fn in (naive_ttt_linear, recurrent_ttt_linear, chunk_ttt_linear, cpu_fused_ttt_linear):
+        with pytest.raises(TypeError, match=which):
+            fn(*args, state)
+
+
+def test_low_precision_state_and_other_tau_dtype_are_computed_alike():
+    """What the naive path takes (tau in another float dtype; a bf16 state with float32 q), the fast paths take."""
+    from innerloop.ops.ttt import naive_ttt_linear, recurrent_ttt_linear
+
+    args, state = make(1, 20, 2, 8, dtype=torch.float32)
+    args[4] = args[4].double()
+    ref, _ = naive_ttt_linear(*args, state)
+    for fn in (recurrent_ttt_linear, chunk_ttt_linear, cpu_fused_ttt_linear):
+        assert_close(fn.__name__, ref, fn(*args, state)[0], atol=1e-4, rtol=1e-4)
+    args[4] = args[4].float()
+    low = TTTState(tuple(p.bfloat16() for p in state.params), tuple(g.bfloat16() for g in state.grads), 0)
+    o_ref, _ = recurrent_ttt_linear(*args, low)
+    for fn in (chunk_ttt_linear, cpu_fused_ttt_linear):
+        o, s = fn(*args, low)
+        assert o.dtype == torch.float32 and s.params[0].dtype == torch.float32
+        assert_close(fn.__name__, o_ref, o, atol=1e-4, rtol=1e-4)
+
+
+def test_a_state_on_another_device_is_refused_by_name():
+    from innerloop.ops.ttt import recurrent_ttt_linear
+
+    args, state = make(1, 8, 1, 4)
+    meta = TTTState(tuple(p.to("meta") for p in state.params), tuple(g.to("meta") for g in state.grads), 0)
+    for fn in (recurrent_ttt_linear, chunk_ttt_linear, cpu_fused_ttt_linear):
+        with pytest.raises(ValueError, match=r"state.params\[0\] is on meta"):
+            fn(*args, meta)

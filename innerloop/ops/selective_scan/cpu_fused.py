@@ -6,8 +6,8 @@ passes over ``[B, T, E, N]`` (README.md); the fused loop makes one pass per dire
 backward recomputes one chunk at a time from those checkpoints, so memory is ``O(T / chunk_size)`` states.
 
 The library is built on first use by :mod:`innerloop.ops._cbuild` (system C compiler, ``-O3 -march=native``,
-cached in ``~/.cache/innerloop/kernels``). Work is split over ``torch.get_num_threads()`` threads by (batch row,
-channel block).
+cached in ``$INNERLOOP_CACHE/kernels``, default ``~/.cache/innerloop/kernels``). Work is split over
+``torch.get_num_threads()`` threads by (batch row, channel block).
 Set ``INNERLOOP_NO_KERNEL=1`` to never build (then :func:`cpu_kernel_available` is False and the Mamba layer uses
 the pure-PyTorch chunked scan).
 """
@@ -75,7 +75,7 @@ class _FusedScan(torch.autograd.Function):
         run_split(lib.scan_fwd, Bn * nEb, N * W, u.dtype, ptr(u), ptr(delta), ptr(At), ptr(Dp), ptr(B), ptr(C),
                   ptr(h0), ptr(y), ptr(hT), ptr(ck), Bn, T, E, N, chunk_size)
         ctx.save_for_backward(u, delta, At, Dp, B, C, ck)
-        ctx.chunk_size, ctx.has_h0 = chunk_size, h0 is not None
+        ctx.chunk_size, ctx.has_h0, ctx.lib = chunk_size, h0 is not None, lib  # the backward of this very kernel
         return y, hT
 
     @staticmethod
@@ -84,7 +84,7 @@ class _FusedScan(torch.autograd.Function):
         u, delta, At, Dp, B, C, ck = ctx.saved_tensors
         if ck is None:
             raise RuntimeError("cpu_fused_selective_scan: backward through a forward run without grad enabled")
-        lib = _library(u.dtype)
+        lib = ctx.lib  # even if INNERLOOP_NO_KERNEL was set since the forward
         c = ctx.chunk_size
         Bn, T, E = u.shape
         N, Ep = At.shape

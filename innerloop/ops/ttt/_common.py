@@ -139,6 +139,19 @@ def check_inputs(
     W = state.params[0]
     if W.dim() != 4 or W.shape[2] != D or state.params[-1].shape[-1] != D:
         raise ValueError(f"state was built for head_dim {W.shape[2] if W.dim() > 2 else '?'}, inputs have head_dim {D}")
+    cd = _compute_dtype(q.dtype)
+    named = [("k", k), ("v", v), ("lr", lr), ("ln_weight", ln_weight), ("ln_bias", ln_bias)]
+    named += [(f"state.params[{i}]", p) for i, p in enumerate(state.params)]
+    named += [(f"state.grads[{i}]", g) for i, g in enumerate(state.grads)]
+    for name, x in [*named, ("tau", tau)]:
+        if x is not None and x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}: every operand must be on one device")
+    for name, x in named:
+        if q.dtype in _KNOWN and x is not None and (not x.is_floating_point() or _compute_dtype(x.dtype) != cd):
+            raise TypeError(
+                f"{name} is {x.dtype} but q is {q.dtype}: the operands but tau must share one dtype (float32 also "
+                f"goes with float16/bfloat16 q); cast them alike, e.g. a state from init_state(dtype=q.dtype)"
+            )
     F_ = W.shape[3]
     expected = [(D, F_), (F_,)] if n_params == 2 else [(D, F_), (F_,), (F_, D), (D,)]
     if n_params == 2 and F_ != D:
@@ -149,6 +162,12 @@ def check_inputs(
 
 
 _LOW = (torch.float16, torch.bfloat16)
+_KNOWN = (*_LOW, torch.float32, torch.float64)  # q dtypes the operand dtype check applies to (others: each path's own)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an operand is computed in by the fast paths (:func:`fp32_recurrence`: fp16/bf16 in float32)."""
+    return torch.float32 if dtype in _LOW else dtype
 
 
 def fp32_recurrence(fn: Callable[..., tuple[Tensor, TTTState]]) -> Callable[..., tuple[Tensor, TTTState]]:
@@ -162,7 +181,10 @@ def fp32_recurrence(fn: Callable[..., tuple[Tensor, TTTState]]) -> Callable[...,
     def wrapper(q, k, v, lr, tau, ln_weight, ln_bias, state, eps=1e-6):
         dev = q.device.type if isinstance(q, Tensor) else "cpu"
         autocast = torch.is_autocast_enabled(dev)
-        if not isinstance(q, Tensor) or not q.is_floating_point() or (not autocast and q.dtype not in _LOW):
+        st0 = state if isinstance(state, TTTState) else TTTState((), ())
+        ts = (q, k, v, lr, tau, ln_weight, ln_bias, *st0.params, *st0.grads)
+        low = any(isinstance(x, Tensor) and x.dtype in _LOW for x in ts)  # any operand: a bf16 state with f32 q too
+        if not isinstance(q, Tensor) or not q.is_floating_point() or (not autocast and not low):
             return fn(q, k, v, lr, tau, ln_weight, ln_bias, state, eps)
         out_dtype = torch.get_autocast_dtype(dev) if autocast else q.dtype
 

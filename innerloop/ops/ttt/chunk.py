@@ -131,6 +131,7 @@ def _chunk_ttt(
     ln_bias: Tensor | None, state: TTTState, eps: float,
 ) -> tuple[Tensor, TTTState]:
     check_inputs(q, k, v, lr, tau, ln_weight, ln_bias, state, 4 if mlp else 2)
+    tau = tau.to(q.dtype)  # position weights in another float dtype (as the naive and recurrent paths take them)
     B, T, H, D = q.shape
     N, bsz, off = B * H, tau.numel(), state.offset
     lnw = lnb = None

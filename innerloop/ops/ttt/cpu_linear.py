@@ -17,7 +17,9 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from .._cbuild import load, ptr, run_split
 from ._common import TTTState, check_inputs
@@ -27,6 +29,7 @@ _SRC = Path(__file__).with_name("cpu_linear.c")
 _REAL = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
 logger = logging.getLogger(__name__)
 _LOGGED: set[str] = set()  # fallback reasons already logged by fused_ttt_linear
+_CHECKED: dict[tuple[torch.dtype, int], str | None] = {}  # (dtype, head dim) -> None (self-check passed) or why not
 
 
 def _library(dtype: torch.dtype, head_dim: int) -> ctypes.CDLL:
@@ -54,12 +57,17 @@ def cpu_ttt_linear_available(head_dim: int = 64, dtype: torch.dtype = torch.floa
 
 def kernel_unavailable(tensors: list[Tensor]) -> str | None:
     """Why the kernel cannot run on these operands (``tensors[0]`` is q), or None if it can: every operand in q's
-    dtype (float32/float64) on the CPU, none needing a gradient, no autocast, and a kernel that builds here.
+    dtype (float32/float64) on the CPU, none needing a gradient (nor a forward-mode tangent, nor wrapped by a
+    ``torch.func`` transform), no autocast, and a kernel that builds here and passed its self-check against
+    :func:`chunk_ttt_linear` (run once per dtype and head dim and process; a failure is logged as an error).
 
     The one place that decides when TTT-Linear's fused kernel runs (:func:`cpu_fused_ttt_linear` and
     :func:`fused_ttt_linear` both ask it).
     """
     q = tensors[0]
+    if any(is_functorch_wrapped_tensor(t) or fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        # the kernel reads raw memory and makes no graph: it would drop a forward-mode tangent (None) silently
+        return "the fused TTT-Linear kernel does not run under forward-mode AD or torch.func transforms"
     if any(t.device.type != "cpu" for t in tensors):
         return f"the fused TTT-Linear kernel runs on the CPU only, got {q.device.type} tensors"
     if q.dtype not in _REAL or any(t.dtype != q.dtype for t in tensors):
@@ -72,6 +80,56 @@ def kernel_unavailable(tensors: list[Tensor]) -> str | None:
         _library(q.dtype, q.shape[-1])
     except RuntimeError as e:  # the build's own message: no compiler, compile error, INNERLOOP_NO_KERNEL
         return str(e)
+    key = (q.dtype, q.shape[-1])
+    if key not in _CHECKED:  # once per (dtype, head dim) and process, as the selective scan's CPU kernel
+        why = _self_check_failure(*key)
+        _CHECKED[key] = None if why is None else f"the fused TTT-Linear kernel failed its self-check: {why}"
+        if why is not None:
+            logger.error("%s; using the dual form", _CHECKED[key])
+    return _CHECKED[key]
+
+
+def _run_kernel(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None,
+                ln_bias: Tensor | None, params: tuple[Tensor, ...], eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The C kernel on whole mini-batches (``T`` a multiple of ``tau.numel()``) from ``params`` at a boundary:
+    output and the final ``(W, b)``."""
+    B, T, H, D = q.shape
+    bsz = tau.numel()
+    qs, ks, vs, lrs, tau_c = (x.contiguous() for x in (q, k, v, lr, tau))
+    W, wb = (p.clone(memory_format=torch.contiguous_format) for p in params)
+    out = torch.empty_like(qs)
+    lnw = None if ln_weight is None else ln_weight.contiguous()
+    lnb = None if ln_bias is None else ln_bias.contiguous()
+    lib = _library(q.dtype, D)
+    run_split(lib.ttt_linear_fwd, B * H, 4 * bsz * D + bsz * bsz, q.dtype, ptr(qs), ptr(ks), ptr(vs), ptr(lrs),
+              ptr(tau_c), ptr(lnw), ptr(lnb), ptr(W), ptr(wb), ptr(out), T, H, bsz, eps)
+    return out, W, wb
+
+
+def _self_check_failure(dtype: torch.dtype, head_dim: int) -> str | None:
+    """None if the kernel for ``dtype`` and ``head_dim`` matches :func:`chunk_ttt_linear` (output, final W and b; with
+    and without LayerNorm; odd mini-batch 3, two mini-batches, 2 rows x 3 heads), else what differs."""
+    g = torch.Generator().manual_seed(0)
+    B, H, D, bsz = 2, 3, head_dim, 3
+
+    def r(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g)).to(dtype)
+
+    q, k, v = r(B, 2 * bsz, H, D), r(B, 2 * bsz, H, D), r(B, 2 * bsz, H, D)
+    lr, tau = (0.05 * torch.rand(B, 2 * bsz, H, generator=g)).to(dtype), (1 / torch.arange(1.0, bsz + 1)).to(dtype)
+    params = (r(B, H, D, D, scale=0.1), r(B, H, D, scale=0.1))
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    with torch.no_grad():
+        for lnw, lnb in ((1 + r(H, D, scale=0.2), r(H, D, scale=0.2)), (None, None)):
+            try:
+                got = _run_kernel(q, k, v, lr, tau, lnw, lnb, params, 1e-6)
+            except Exception as e:  # noqa: BLE001 - any failure of the kernel means: do not use it
+                return f"it raised {type(e).__name__}: {e}"
+            o, st = chunk_ttt_linear(q, k, v, lr, tau, lnw, lnb, TTTState(params, tuple(map(torch.zeros_like, params))))
+            for name, ref, x in zip(("output", "final W", "final b"), (o, *st.params), got):
+                err = ((x - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+                if not err <= tol:
+                    return f"it disagrees with the dual form in {name} (max relative error {err:.2e})"
     return None
 
 
@@ -107,16 +165,7 @@ def cpu_fused_ttt_linear(
     n = (T - lead) // bsz
     if n:
         s, e = lead, lead + n * bsz
-        c = lambda x: x[:, s:e].contiguous()  # noqa: E731
-        qs, ks, vs, lrs = c(q), c(k), c(v), c(lr)
-        W, wb = (p.clone(memory_format=torch.contiguous_format) for p in state.params)
-        out = torch.empty_like(qs)
-        tau_c = tau.contiguous()
-        lnw = None if ln_weight is None else ln_weight.contiguous()
-        lnb = None if ln_bias is None else ln_bias.contiguous()
-        lib = _library(q.dtype, D)
-        run_split(lib.ttt_linear_fwd, B * H, 4 * bsz * D + bsz * bsz, q.dtype, ptr(qs), ptr(ks), ptr(vs), ptr(lrs),
-                  ptr(tau_c), ptr(lnw), ptr(lnb), ptr(W), ptr(wb), ptr(out), e - s, H, bsz, eps)
+        out, W, wb = _run_kernel(*(x[:, s:e] for x in (q, k, v, lr)), tau, ln_weight, ln_bias, state.params, eps)
         pieces.append(out)
         state = TTTState((W, wb), tuple(torch.zeros_like(g) for g in state.grads), 0)
     if lead + n * bsz < T:
