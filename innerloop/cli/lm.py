@@ -256,6 +256,10 @@ def run_import(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from innerloop.train.compare import compare, format_table
 
+    sized = [f"--{f.replace('_', '-')}" for f in ("hidden_size", "intermediate_size") if getattr(args, f) is not None]
+    if args.target_params and sized:  # size_for_params sets both per mixer: a given width would be silently replaced
+        raise ValueError(f"--target-params chooses each mixer's hidden size (intermediate 2x): drop "
+                         f"{' and '.join(sized)}, or drop --target-params to train every mixer at the width given")
     out = args.out or f"runs/compare/{_stamp()}"
     cfg = _config(args, _SKIP_COMPARE, out=out)
     print(f"innerloop lm compare: {', '.join(args.mixers)}"

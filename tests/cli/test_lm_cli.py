@@ -55,7 +55,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, argv, match):
 def test_compare_equal_budget(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["lm", "compare", "--mixers", "ttt_linear", "attention", "--target-params", "30000", "--steps", "2",
-                 "--out", str(out), *TINY]) == 0  # fmt: skip
+                 "--out", str(out), *TINY[2:]]) == 0  # fmt: skip  (the width is --target-params')
     rows = json.loads((out / "results.json").read_text())
     assert [r["mixer"] for r in rows] == ["ttt_linear", "attention"]
     assert rows[0]["tokens"] == rows[1]["tokens"] == 2 * 4 * 32
@@ -184,3 +184,12 @@ def test_missing_tokenizers_package_is_a_clear_error(tmp_path, capsys, monkeypat
             "--tokenizer", "bpe", *TINY]  # fmt: skip
     assert main(argv) == 2
     assert "innerloop[bpe]" in capsys.readouterr().err
+
+
+def test_compare_refuses_a_width_that_target_params_would_replace(tmp_path, capsys):
+    rc = main(["lm", "compare", "--mixers", "gru", "--target-params", "20000", "--hidden-size", "64", "--steps", "1",
+               "--out", str(tmp_path / "c")])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--target-params chooses each mixer's hidden size" in err and "--hidden-size" in err
+    assert not (tmp_path / "c").exists()
