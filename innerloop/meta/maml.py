@@ -180,7 +180,7 @@ class MAML(nn.Module):
 
     # torch.nn layers whose native kernels give wrong second-order gradients under vmap (torch 2.13): batch_norm
     # (BatchNorm, and InstanceNorm, which calls it) and layer_norm with an affine weight (LayerNorm: the gradient of the
-    # layer before it is off; pure-torch repro in the audit). GroupNorm and RMSNorm match.
+    # layer before it is off; pure-torch repro: scripts/torch_vmap_norm_repro.py). GroupNorm and RMSNorm match.
     _VMAP_UNSAFE_SECOND_ORDER = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
 
     def _check_running_stats(self) -> None:
