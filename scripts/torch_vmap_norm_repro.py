@@ -4,8 +4,8 @@ affine weight) and ``F.batch_norm`` are wrong under ``torch.func.vmap``. No inne
 One MAML-style inner step per task (``torch.func.grad``), the query loss at the adapted weights, then
 ``torch.autograd.grad`` outside: vmap over the tasks vs a Python loop over them. With a correct torch every relative
 error printed is ~1e-16; with torch 2.13.0+cpu the weight *before* the norm is off by 1.4e-1 (layer_norm) and
-8.7e-2 (batch_norm). Run it on a new torch before relaxing ``MAML._vectorize_for`` (innerloop/meta/maml.py), and attach its
-output to an upstream report.
+8.7e-2 (batch_norm). Run it on a new torch before relaxing ``MAML._vectorize_for`` (innerloop/meta/maml.py), and
+attach its output to an upstream report.
 
     python scripts/torch_vmap_norm_repro.py
 """
