@@ -10,21 +10,9 @@ import torch
 from torch import nn
 
 from innerloop.data.text.tokenizer import Tokenizer
-from innerloop.models.lm import sample_next
+from innerloop.models.lm import check_sampling, sample_next
 
 __all__ = ["check_sampling", "stream_generate"]
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int = 1) -> None:
-    """Clear errors for out-of-range sampling parameters."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 1, or 0/None for no top-k filter, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {top_p}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
 
 
 @torch.no_grad()

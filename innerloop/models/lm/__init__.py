@@ -2,7 +2,7 @@
 
 from .configuration_lm import BACKBONES, PRESETS, LMConfig
 from .decoding import StaticLMState
-from .modeling_lm import BlockState, CausalLM, CausalLMOutput, LMState, sample_next
+from .modeling_lm import BlockState, CausalLM, CausalLMOutput, LMState, check_sampling, sample_next
 
 __all__ = ["BACKBONES", "PRESETS", "BlockState", "CausalLM", "CausalLMOutput", "LMConfig", "LMState", "StaticLMState",
-           "sample_next"]
+           "check_sampling", "sample_next"]

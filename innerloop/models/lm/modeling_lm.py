@@ -89,6 +89,18 @@ class Block(nn.Module):
         return h, BlockState(conv_state, mixer_state)
 
 
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int = 1) -> None:
+    """Clear errors for out-of-range sampling parameters (NaN included), before any token is sampled."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 1, or 0/None for no top-k filter, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {top_p}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+
 def sample_next(
     logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
     generator: torch.Generator | None = None,
@@ -260,14 +272,7 @@ class CausalLM(nn.Module):
         """
         if input_ids.dim() != 2 or input_ids.shape[1] < 1:
             raise ValueError(f"generate needs a non-empty prompt [B, T], got {tuple(input_ids.shape)}")
-        if not temperature >= 0:  # also NaN
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if top_k is not None and top_k < 0:
-            raise ValueError(f"top_k must be >= 1, or 0/None for no top-k filter, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {top_p}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        check_sampling(temperature, top_k, top_p, max_new_tokens)
         on_cuda = self.embed_tokens.weight.device.type == "cuda"
         auto = cuda_graph is None and static_cache is None
         if cuda_graph and static_cache is False:
