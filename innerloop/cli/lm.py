@@ -184,6 +184,7 @@ def run_eval(args: argparse.Namespace) -> int:
         evaluate_lm,
         loss_by_position,
         plot_loss_by_position,
+        val_windows,
         write_position_csv,
     )
     from innerloop.train.lm import load_run  # the model only: its data comes from innerloop.data.text
@@ -198,9 +199,14 @@ def run_eval(args: argparse.Namespace) -> int:
         m = evaluate_lm(model, d.val, cfg.context, max(cfg.batch_size // cfg.grad_accum, 1),
                         cfg.eval_batches * cfg.batch_size, token_bytes=token_bytes_of(tok))  # fmt: skip
         name = Path(run).name
-        results[name] = {**m, "tokenizer": tok.ident}
+        # what was scored: evenly spaced windows, each from an empty state (a sample of the split, as in training)
+        windows = len(val_windows(d.val, cfg.context, cfg.eval_batches * cfg.batch_size)[0])
+        scored = {"windows": windows, "context": cfg.context, "val_tokens": len(d.val)}
+        results[name] = {**m, "tokenizer": tok.ident, **scored}
         print(f"{run}: val loss {m['loss']:.4f} nats/{'byte' if tok.name == 'bytes' else 'token'}, "
-              f"{m['bpb']:.4f} bits/byte")  # fmt: skip
+              f"{m['bpb']:.4f} bits/byte (on {windows} evenly spaced windows of {cfg.context} tokens, each from an "
+              f"empty state: {min(windows * cfg.context / len(d.val), 1.0):.0%} of the validation split's "
+              f"{len(d.val):,} tokens)")  # fmt: skip
         if args.length:
             with torch.no_grad():
                 curves[name] = loss_by_position(model, d.val_docs, args.length, args.chunk or cfg.context)

@@ -25,7 +25,10 @@ def test_train_eval_generate(tmp_path, capsys):
     assert cfg["steps"] == 3 and cfg["resolved"]["vocab_size"] == 256 and cfg["resolved"]["params"] > 0
     assert json.loads((run / "metrics.json").read_text())["steps"] == 3
     assert main(["lm", "eval", "--run", str(run), "--length", "40", "--chunk", "8", "--bucket", "10"]) == 0
-    assert "bits/byte" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "bits/byte (on " in printed and "evenly spaced windows of 32 tokens" in printed  # says what it scored
+    scored = json.loads((run / "eval.json").read_text())["run"]
+    assert scored["context"] == 32 and 0 < scored["windows"] <= 4 and scored["val_tokens"] > 32
     assert (run / "position.csv").read_text().count("\n") == 1 + 4
     assert main(["lm", "generate", "--run", str(run), "--prompt", "KING:", "--max-new-tokens", "5", "--seed", "0"]) == 0
     # resume: same flags, more steps is a config change -> clear error, exit code 2, nothing overwritten
