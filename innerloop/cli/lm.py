@@ -184,7 +184,7 @@ def run_eval(args: argparse.Namespace) -> int:
         evaluate_lm,
         loss_by_position,
         plot_loss_by_position,
-        val_windows,
+        val_starts,
         write_position_csv,
     )
     from innerloop.train.lm import load_run  # the model only: its data comes from innerloop.data.text
@@ -196,11 +196,11 @@ def run_eval(args: argparse.Namespace) -> int:
         data = cfg.data if args.data is None else args.data
         d = load_data(data, tok, cache_dir_of(run, cfg.cache_dir), args.gutenberg or cfg.gutenberg, cfg.val_fraction)
         d.check_context(cfg.context)
-        m = evaluate_lm(model, d.val, cfg.context, max(cfg.batch_size // cfg.grad_accum, 1),
-                        cfg.eval_batches * cfg.batch_size, token_bytes=token_bytes_of(tok))  # fmt: skip
+        m = evaluate_lm(model, d.val, cfg.context, cfg.micro_batch_size(), cfg.eval_batches * cfg.batch_size,
+                        token_bytes=token_bytes_of(tok))  # fmt: skip
         name = Path(run).name
         # what was scored: evenly spaced windows, each from an empty state (a sample of the split, as in training)
-        windows = len(val_windows(d.val, cfg.context, cfg.eval_batches * cfg.batch_size)[0])
+        windows = len(val_starts(len(d.val), cfg.context, cfg.eval_batches * cfg.batch_size))
         scored = {"windows": windows, "context": cfg.context, "val_tokens": len(d.val)}
         results[name] = {**m, "tokenizer": tok.ident, **scored}
         print(f"{run}: val loss {m['loss']:.4f} nats/{'byte' if tok.name == 'bytes' else 'token'}, "

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from innerloop._io import pyplot, write_csv
 from innerloop.data.text.windows import gather_windows
 
-__all__ = ["bytes_by_position", "evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_windows",
-           "write_position_csv"]
+__all__ = ["bytes_by_position", "evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_starts",
+           "val_windows", "write_position_csv"]
 
 LN2 = math.log(2.0)
 
@@ -30,14 +30,19 @@ def lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def val_windows(tokens: Tensor | np.ndarray, context: int, num_windows: int) -> tuple[Tensor, Tensor]:
-    """``num_windows`` evenly spaced windows of ``tokens`` (a tensor or a token-cache memmap): inputs and next-token
-    targets, both ``[n, context]`` int64."""
-    n = len(tokens)
+def val_starts(n: int, context: int, num_windows: int) -> Tensor:
+    """Start offsets ``[n_windows]`` of the (at most ``num_windows``, distinct) evenly spaced validation windows of a
+    split of ``n`` tokens: what :func:`val_windows` scores."""
     if n <= context:
         raise ValueError(f"validation split of {n} tokens is smaller than one context window of {context} + 1; "
                          f"use a smaller --context or a larger --val-fraction")  # fmt: skip
-    starts = torch.linspace(0, n - context - 1, num_windows).long().unique()
+    return torch.linspace(0, n - context - 1, num_windows).long().unique()
+
+
+def val_windows(tokens: Tensor | np.ndarray, context: int, num_windows: int) -> tuple[Tensor, Tensor]:
+    """``num_windows`` evenly spaced windows of ``tokens`` (a tensor or a token-cache memmap): inputs and next-token
+    targets, both ``[n, context]`` int64."""
+    starts = val_starts(len(tokens), context, num_windows)
     w = gather_windows(tokens, starts, context + 1)
     return w[:, :-1], w[:, 1:]
 

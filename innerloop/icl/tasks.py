@@ -23,6 +23,7 @@ import torch
 
 from innerloop.data.fewshot import SinusoidTasks, TaskBatch, sinusoid
 from innerloop.data.fewshot.sinusoid import AMPLITUDE, PHASE
+from innerloop.data.fewshot.tasks import TASK_SEED_STRIDE
 
 from .omniglot import OmniglotTasks
 
@@ -96,7 +97,7 @@ class LinearRegressionTasks:
         n = self.shots + self.query_shots
         scale = OOD_WEIGHT_SCALE if self.ood else 1.0
         for i in ids:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            g = torch.Generator().manual_seed(self.seed * TASK_SEED_STRIDE + i)
             w = scale * torch.randn(self.dim, generator=g, dtype=torch.float64)  # [d]
             x = torch.randn(n, self.dim, generator=g, dtype=torch.float64)  # [K + Q, d]
             e = torch.randn(n, generator=g, dtype=torch.float64)  # drawn always, so noise=0 and >0 share x, w

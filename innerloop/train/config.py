@@ -183,6 +183,11 @@ class TrainConfig(DictConfig):
         """The model's :class:`LMConfig` with the tokenizer's actual ``vocab_size`` (None: the requested one)."""
         return self.model if vocab_size is None else dataclasses.replace(self.model, vocab_size=vocab_size)
 
+    def micro_batch_size(self, world_size: int = 1) -> int:
+        """Sequences per forward pass: ``batch_size / (world_size * grad_accum)`` (at least 1); evaluation uses it too,
+        so what fits in memory for training fits for evaluation."""
+        return max(self.batch_size // (world_size * self.grad_accum), 1)
+
     def resolved_ttt_warmup(self) -> int:
         """TTT inner-LR warm-up steps: ``ttt_lr_warmup_steps``, or 10% of ``steps`` for ttt_mlp and 0 otherwise."""
         if self.ttt_lr_warmup_steps is not None:

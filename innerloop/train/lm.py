@@ -140,8 +140,7 @@ def train_lm(cfg: TrainConfig, progress: bool = False, callbacks: list[Callback]
     cbs += callbacks or []
     eval_windows = cfg.eval_batches * cfg.batch_size
     token_bytes = token_bytes_of(data.tokenizer)
-    # the same windows, in batches of one training micro-batch: what fits in memory for training fits for evaluation
-    eval_batch = max(cfg.batch_size // (dist_info.world_size * cfg.grad_accum), 1)
+    eval_batch = cfg.micro_batch_size(dist_info.world_size)  # the same windows, in training-sized batches
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         set_ttt_lr_warmup(m, cfg.ttt_base_lr_init, 1.0)  # evaluate with the full inner LR whatever the warm-up says

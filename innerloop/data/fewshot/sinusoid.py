@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from .tasks import TaskBatch
+from .tasks import TASK_SEED_STRIDE, TaskBatch
 
 __all__ = ["SinusoidTasks", "sinusoid"]
 
@@ -55,7 +55,7 @@ class SinusoidTasks:
         amp, phase, xs = [], [], []
         k, q = self.shots, self.query_shots
         for i in ids:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            g = torch.Generator().manual_seed(self.seed * TASK_SEED_STRIDE + i)
             ap = torch.rand(2, generator=g, dtype=torch.float64)
             amp.append(AMPLITUDE[0] + (AMPLITUDE[1] - AMPLITUDE[0]) * ap[0])
             phase.append(PHASE[0] + (PHASE[1] - PHASE[0]) * ap[1])
