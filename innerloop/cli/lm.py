@@ -90,6 +90,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = lsub.add_parser("eval", help="validation loss / bits per byte, and loss by token position (--length)")
     e.add_argument("--run", nargs="+", required=True, help="run directories made by `innerloop lm train`")
     e.add_argument("--data", default=None, help="evaluate on this file/folder's held-out split (default: the run's)")
+    e.add_argument("--full", action="store_true",
+                   help="score every token of the validation split (windows of the run's context sliding by "
+                   "--stride, each scoring the tokens no earlier one did) instead of the training's evenly spaced "
+                   "sample of windows")
+    e.add_argument("--stride", type=at_least(1), default=None,
+                   help="with --full: tokens each window slides on; default: the context (non-overlapping windows, "
+                   "each from an empty state); smaller gives every token at least context - stride tokens before it")
     e.add_argument("--length", type=at_least(0), default=0,
                    help="score positions 0..length-1 of long held-out documents; default: 0 = off")
     e.add_argument("--chunk", type=at_least(0), default=0,
@@ -182,6 +189,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from innerloop.eval.lm import (
         bytes_by_position,
         evaluate_lm,
+        evaluate_lm_full,
         loss_by_position,
         plot_loss_by_position,
         val_starts,
@@ -189,6 +197,8 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     from innerloop.train.lm import load_run  # the model only: its data comes from innerloop.data.text
 
+    if args.stride is not None and not args.full:
+        raise ValueError("--stride is for --full (the windows that score every token); add --full or drop --stride")
     curves, results, nbytes = {}, {}, {}
     for run in args.run:
         model, cfg = load_run(run, args.device)
@@ -196,17 +206,32 @@ def run_eval(args: argparse.Namespace) -> int:
         data = cfg.data if args.data is None else args.data
         d = load_data(data, tok, cache_dir_of(run, cfg.cache_dir), args.gutenberg or cfg.gutenberg, cfg.val_fraction)
         d.check_context(cfg.context)
-        m = evaluate_lm(model, d.val, cfg.context, cfg.micro_batch_size(), cfg.eval_batches * cfg.batch_size,
-                        token_bytes=token_bytes_of(tok))  # fmt: skip
         name = Path(run).name
-        # what was scored: evenly spaced windows, each from an empty state (a sample of the split, as in training)
-        windows = len(val_starts(len(d.val), cfg.context, cfg.eval_batches * cfg.batch_size))
-        scored = {"windows": windows, "context": cfg.context, "val_tokens": len(d.val)}
-        results[name] = {**m, "tokenizer": tok.ident, **scored}
-        print(f"{run}: val loss {m['loss']:.4f} nats/{'byte' if tok.name == 'bytes' else 'token'}, "
-              f"{m['bpb']:.4f} bits/byte (on {windows} evenly spaced windows of {cfg.context} tokens, each from an "
-              f"empty state: {min(windows * cfg.context / len(d.val), 1.0):.0%} of the validation split's "
-              f"{len(d.val):,} tokens)")  # fmt: skip
+        unit = "byte" if tok.name == "bytes" else "token"
+        if args.full:
+            stride = args.stride or cfg.context
+            if stride > cfg.context:
+                raise ValueError(f"--stride {stride} is larger than the run's context {cfg.context}: windows would "
+                                 f"skip tokens; use --stride <= {cfg.context}")  # fmt: skip
+            m = evaluate_lm_full(model, d.val, cfg.context, stride, cfg.micro_batch_size(), token_bytes_of(tok))
+            results[name] = {**m, "tokenizer": tok.ident, "protocol": "full", "context": cfg.context,
+                             "stride": stride, "val_tokens": len(d.val)}  # fmt: skip
+            how = ("consecutive windows, each from an empty state" if stride == cfg.context
+                   else f"windows sliding by {stride}, each token with at least {cfg.context - stride} before it")
+            print(f"{run}: val loss {m['loss']:.4f} nats/{unit}, {m['bpb']:.4f} bits/byte (every one of the "
+                  f"validation split's {m['scored_tokens']:,} targets, in {m['windows']:,} {how}; context "
+                  f"{cfg.context})")  # fmt: skip
+        else:
+            m = evaluate_lm(model, d.val, cfg.context, cfg.micro_batch_size(), cfg.eval_batches * cfg.batch_size,
+                            token_bytes=token_bytes_of(tok))  # fmt: skip
+            # what was scored: evenly spaced windows, each from an empty state (a sample of the split, as in training)
+            windows = len(val_starts(len(d.val), cfg.context, cfg.eval_batches * cfg.batch_size))
+            scored = {"protocol": "sample", "windows": windows, "context": cfg.context, "val_tokens": len(d.val)}
+            results[name] = {**m, "tokenizer": tok.ident, **scored}
+            print(f"{run}: val loss {m['loss']:.4f} nats/{unit}, {m['bpb']:.4f} bits/byte (on {windows} evenly spaced "
+                  f"windows of {cfg.context} tokens, each from an empty state: "
+                  f"{min(windows * cfg.context / len(d.val), 1.0):.0%} of the validation split's {len(d.val):,} "
+                  f"tokens; --full scores all of it)")  # fmt: skip
         if args.length:
             with torch.no_grad():
                 curves[name] = loss_by_position(model, d.val_docs, args.length, args.chunk or cfg.context)

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from innerloop._io import pyplot, write_csv
 from innerloop.data.text.windows import gather_windows
 
-__all__ = ["bytes_by_position", "evaluate_lm", "lm_loss", "loss_by_position", "plot_loss_by_position", "val_starts",
-           "val_windows", "write_position_csv"]
+__all__ = ["bytes_by_position", "evaluate_lm", "evaluate_lm_full", "full_windows", "lm_loss", "loss_by_position",
+           "plot_loss_by_position", "val_starts", "val_windows", "write_position_csv"]
 
 LN2 = math.log(2.0)
 
@@ -69,6 +69,62 @@ def evaluate_lm(model: nn.Module, tokens: Tensor | np.ndarray, context: int, bat
     loss = total / count
     n_bytes = count if token_bytes is None else int(token_bytes[y].sum())
     return {"loss": loss, "bpb": total / LN2 / n_bytes}
+
+
+def full_windows(n: int, context: int, stride: int) -> tuple[Tensor, Tensor]:
+    """The windows that score every target of a split of ``n`` tokens exactly once (the sliding-window protocol).
+
+    Window ``i`` reads ``context`` tokens from ``starts[i]`` and scores only its last ``scored[i]`` targets: the first
+    window scores all ``context`` of its targets, each next one slides ``stride`` tokens on (the last one less, up to
+    the split's end) and scores the targets no earlier window scored, so each of those sees at least
+    ``context - stride`` tokens before it. ``stride == context``: consecutive non-overlapping windows, each from an
+    empty state; a smaller stride gives every scored token more context, for ``context / stride`` times the compute.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``starts`` and ``scored``, both ``[W]`` int64; ``scored.sum() == n - 1``.
+    """
+    if n <= context:
+        raise ValueError(f"validation split of {n} tokens is smaller than one context window of {context} + 1; "
+                         f"use a smaller --context or a larger --val-fraction")  # fmt: skip
+    if not 1 <= stride <= context:
+        raise ValueError(f"stride {stride} must be in 1..context ({context})")
+    # [W] targets covered after each window (the last one ends at the split's last token)
+    ends = torch.tensor(sorted({*range(context, n - 1, stride), n - 1}))
+    scored = torch.diff(ends, prepend=torch.tensor([0]))
+    return ends - context, scored
+
+
+@torch.no_grad()
+def evaluate_lm_full(model: nn.Module, tokens: Tensor | np.ndarray, context: int, stride: int | None = None,
+                     batch_size: int = 16, token_bytes: Tensor | None = None) -> dict[str, float]:  # fmt: skip
+    """Validation loss and bits per byte over every token of ``tokens`` (:func:`full_windows`), not a sample.
+
+    Args:
+        model (nn.Module): ``forward(ids [B, T]).logits [B, T, V]``.
+        tokens (Tensor | np.ndarray): ``[N]`` the split (a tensor or a token-cache memmap; windows are read a batch
+            at a time).
+        context (int): tokens per window.
+        stride (int, Optional): tokens each window slides on (:func:`full_windows`). Default: None = ``context``.
+        batch_size (int, Optional): windows per forward. Default: 16.
+        token_bytes (Tensor, Optional): ``[V]`` bytes per token (BPE), as for :func:`evaluate_lm`.
+    Returns:
+        dict: ``{"loss": nats/token, "bpb": float, "windows": W, "scored_tokens": N - 1}``.
+    """
+    device = next(model.parameters()).device
+    starts, scored = full_windows(len(tokens), context, stride or context)
+    keep = torch.arange(context)
+    total, count, n_bytes = 0.0, 0, 0
+    for i in range(0, len(starts), batch_size):
+        w = gather_windows(tokens, starts[i : i + batch_size], context + 1)  # [b, context + 1]
+        mask = keep >= context - scored[i : i + batch_size, None]  # [b, context]: the targets this window scores
+        logits = model(w[:, :-1].to(device)).logits
+        nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:].to(device), reduction="none").cpu()
+        total += nll[mask].double().sum().item()
+        count += int(mask.sum())
+        if token_bytes is not None:
+            n_bytes += int(token_bytes[w[:, 1:][mask]].sum())
+    n_bytes = n_bytes if token_bytes is not None else count
+    return {"loss": total / count, "bpb": total / LN2 / n_bytes, "windows": len(starts), "scored_tokens": count}
 
 
 @torch.no_grad()

@@ -30,6 +30,14 @@ def test_train_eval_generate(tmp_path, capsys):
     scored = json.loads((run / "eval.json").read_text())["run"]
     assert scored["context"] == 32 and 0 < scored["windows"] <= 4 and scored["val_tokens"] > 32
     assert (run / "position.csv").read_text().count("\n") == 1 + 4
+    # --full: every target of the validation split, said and recorded
+    assert main(["lm", "eval", "--run", str(run), "--full", "--stride", "8", "--out", str(tmp_path / "full")]) == 0
+    full = json.loads((tmp_path / "full" / "eval.json").read_text())["run"]
+    assert full["protocol"] == "full" and full["stride"] == 8 and full["scored_tokens"] == scored["val_tokens"] - 1
+    assert "every one of the validation split's" in capsys.readouterr().out
+    assert main(["lm", "eval", "--run", str(run), "--stride", "8"]) == 2  # --stride alone: refused
+    assert main(["lm", "eval", "--run", str(run), "--full", "--stride", "33"]) == 2  # stride > context: refused
+    assert "--stride is for --full" in (err := capsys.readouterr().err) and "larger than the run's context 32" in err
     assert main(["lm", "generate", "--run", str(run), "--prompt", "KING:", "--max-new-tokens", "5", "--seed", "0"]) == 0
     # resume: same flags, more steps is a config change -> clear error, exit code 2, nothing overwritten
     before = (run / "log.csv").read_text()

@@ -8,8 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from innerloop.eval import check_sampling, evaluate_lm, loss_by_position, stream_generate, val_windows
-from innerloop.eval.lm import bytes_by_position, plot_loss_by_position, write_position_csv
+from innerloop.eval import (
+    check_sampling,
+    evaluate_lm,
+    evaluate_lm_full,
+    loss_by_position,
+    stream_generate,
+    val_windows,
+)
+from innerloop.eval.lm import bytes_by_position, full_windows, plot_loss_by_position, write_position_csv
 from innerloop.models.lm import CausalLM, LMConfig
 
 
@@ -31,6 +38,52 @@ def test_evaluate_lm_matches_manual_loss():
     assert m["bpb"] == pytest.approx(ref / math.log(2), rel=1e-5)
     with pytest.raises(ValueError, match="smaller than one context window"):
         evaluate_lm(model, tokens[:10], context=16)
+
+
+@pytest.mark.parametrize(("n", "context", "stride"), [(101, 16, 16), (101, 16, 5), (17, 16, 3), (40, 16, 1), (50, 8, 7)])
+def test_evaluate_lm_full_scores_every_target_once_with_its_window(n, context, stride):
+    model = tiny_lm("attention")
+    tokens = torch.randint(0, 256, (n,), dtype=torch.uint8)
+    # the protocol written out: windows end where the first covers `context` targets and each next one `stride` more
+    ends, e = [context], context
+    while e < n - 1:
+        e = min(e + stride, n - 1)
+        ends.append(e)
+    nll, seen = [], []
+    prev = 0
+    for e in ends:  # window = tokens[e - context : e]; it scores targets prev + 1 .. e (token indices)
+        w = tokens[e - context : e + 1].long()[None]
+        per = F.cross_entropy(model(w[:, :-1]).logits[0].float(), w[0, 1:], reduction="none")
+        nll.append(per[context - (e - prev) :].double())
+        seen += list(range(prev + 1, e + 1))
+        assert e - prev <= stride or prev == 0  # every scored target after the first window sees >= context - stride
+        prev = e
+    assert seen == list(range(1, n))  # every target once, in order
+    ref = torch.cat(nll).mean().item()
+    starts, scored = full_windows(n, context, stride)
+    assert starts.tolist() == [e - context for e in ends] and int(scored.sum()) == n - 1
+    m = evaluate_lm_full(model, tokens, context, stride, batch_size=3)
+    assert m["loss"] == pytest.approx(ref, rel=1e-6) and m["bpb"] == pytest.approx(ref / math.log(2), rel=1e-6)
+    assert m["windows"] == len(ends) and m["scored_tokens"] == n - 1
+    # BPE: bits per byte divides by the bytes of the scored targets
+    token_bytes = torch.randint(1, 5, (256,))
+    mb = evaluate_lm_full(model, tokens.numpy(), context, stride, batch_size=2, token_bytes=token_bytes)  # a memmap-like
+    assert mb["loss"] == pytest.approx(ref, rel=1e-6)
+    assert mb["bpb"] == pytest.approx(ref * (n - 1) / math.log(2) / int(token_bytes[tokens[1:].long()].sum()), rel=1e-6)
+
+
+def test_evaluate_lm_full_stride_context_is_consecutive_windows_and_bad_input():
+    model = tiny_lm("ttt_linear")
+    tokens = torch.randint(0, 256, (16 * 6 + 1,), dtype=torch.uint8)  # exactly 6 windows of 16
+    m = evaluate_lm_full(model, tokens, 16, batch_size=4)
+    w = tokens.long().view(-1)[:-1].view(6, 16)
+    y = tokens.long()[1:].view(6, 16)
+    ref = F.cross_entropy(model(w).logits.flatten(0, 1), y.flatten()).item()
+    assert m["windows"] == 6 and m["loss"] == pytest.approx(ref, rel=1e-5)
+    with pytest.raises(ValueError, match="smaller than one context window"):
+        full_windows(16, 16, 16)
+    with pytest.raises(ValueError, match="stride 17 must be in 1..context"):
+        full_windows(100, 16, 17)
 
 
 @pytest.mark.parametrize("mixer", ["ttt_linear", "ttt_mlp", "attention"])
