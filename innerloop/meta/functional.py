@@ -282,5 +282,8 @@ def map_tasks(fn: Callable[..., Any], *task_args: Tensor, vectorize: bool | str 
     try:
         return vmap(fn, randomness="different")(*task_args)
     except (RuntimeError, NotImplementedError, ValueError) as e:
-        warn_once(getattr(fn, "__qualname__", "fn"), f"vmap over tasks failed ({e}); using a per-task loop")
-        return _loop_tasks(fn, task_args)
+        reason = str(e)
+    # outside the handler: an error the loop raises too (bad input, not vmap) propagates once, unchained, unwarned
+    out = _loop_tasks(fn, task_args)
+    warn_once(getattr(fn, "__qualname__", "fn"), f"vmap over tasks failed ({reason}); using a per-task loop")
+    return out

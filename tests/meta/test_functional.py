@@ -57,6 +57,27 @@ def test_vmap_equals_loop(steps):
         assert_close(f"d adapted/d {k}", a, b)
 
 
+def test_map_tasks_auto_falls_back_only_for_vmap_and_raises_user_errors_once():
+    import warnings
+
+    x = torch.randn(3, 4)
+
+    def needs_loop(a):  # .item() cannot be vmapped: the loop gives the answer, with one warning
+        return a * a.sum().item()
+
+    with pytest.warns(UserWarning, match="vmap over tasks failed"):
+        torch.testing.assert_close(map_tasks(needs_loop, x), x * x.sum(1, keepdim=True))
+
+    def bad_input(a):  # the user's own error: raised once, not chained to a vmap failure, no fallback warning
+        raise ValueError("targets have the wrong shape")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="wrong shape") as info:
+            map_tasks(bad_input, x)
+    assert info.value.__context__ is None and info.value.__cause__ is None
+
+
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_meta_grad_matches_explicit_autograd(first_order, vectorize):
