@@ -43,6 +43,9 @@ def _config(args: argparse.Namespace, base: dict | None = None) -> MetaConfig:
     from innerloop.train.distributed import resolve_device
 
     cfg = MetaConfig(**{**(base or {}), **dataclass_values(args, MetaConfig)})
+    if cfg.algorithm == "fomaml" and getattr(args, "first_order", None) is False:  # the config cannot tell it apart
+        raise ValueError("--no-first-order contradicts --algorithm fomaml (first-order MAML); use --algorithm maml "
+                         "for second-order MAML")  # fmt: skip
     resolve_device(cfg.device)
     if cfg.task != "sinusoid":
         data_root(cfg.task, cfg.data_root or None)

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
         (["meta", "train", "--shots", "0"], "shots must be >= 1, got 0"),
         (["meta", "train", "--ways", "0"], "ways must be >= 1, got 0"),
         (["meta", "train", "--inner-lr", "0"], "inner_lr must be > 0"),
+        (["meta", "train", "--algorithm", "fomaml", "--no-first-order"], "contradicts --algorithm fomaml"),
         (["meta", "train", "--task", "miniimagenet", "--data-root", "/does/not/exist"], "--data-root DIR"),
         (["meta", "eval", "--out", "/no/run"], "config.json not found"),
         (["diagnose", "retention", "--hidden-sizes", "0"], "argument --hidden-sizes: must be >= 1, got 0"),
