@@ -33,12 +33,13 @@ from .registry import register_mixer
 logger = logging.getLogger(__name__)
 
 
-def _fused_ok(device: torch.device) -> bool:
-    """Whether the fused scan runs on ``device``; logs the reason once per device when it falls back."""
-    reason = fused_scan_unavailable(device)
+def _fused_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused scan runs on ``device`` for inputs of ``dtype``; logs the reason once per device and dtype
+    when it falls back."""
+    reason = fused_scan_unavailable(device, dtype)
     if reason is not None:
-        log_once(f"mamba-fused:{device}", "Mamba: no fused selective-scan kernel on %s (%s); using the pure-PyTorch "
-                 "chunked scan (mode='chunk')", device, reason, log=logger)
+        log_once(f"mamba-fused:{device}:{dtype}", "Mamba: no fused selective-scan kernel on %s (%s); using the "
+                 "pure-PyTorch chunked scan (mode='chunk')", device, reason, log=logger)
     return reason is None
 
 
@@ -215,7 +216,7 @@ class Mamba(nn.Module):
         mode = resolve_mode(self.mode, self.modes, "Mamba", self.mode_aliases)  # re-read: it may be set after init
         if mode == "auto":
             mode = "naive" if x.shape[1] == 1 else "fused"
-        if mode == "fused" and not _fused_ok(x.device):
+        if mode == "fused" and not _fused_ok(x.device, delta.dtype):
             mode = "chunk"
         if mode == "naive":
             y, ssm = naive_selective_scan(xs, delta, A, Bm, Cm, self.D, h0)

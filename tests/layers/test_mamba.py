@@ -113,7 +113,7 @@ def test_fused_mode_falls_back_with_a_warning(monkeypatch, caplog, mode):
 
     layer = make(mode=mode, chunk_size=8)
     x = torch.randn(2, 19, 16, dtype=torch.float64)
-    monkeypatch.setattr(mamba, "fused_scan_unavailable", lambda device: "no C compiler: 'cc' not found")
+    monkeypatch.setattr(mamba, "fused_scan_unavailable", lambda device, dtype: "no C compiler: 'cc' not found")
     monkeypatch.setattr(modes, "_logged", set())
     with caplog.at_level("WARNING", logger="innerloop.layers.mamba"):
         y, _ = layer(x)

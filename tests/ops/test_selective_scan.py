@@ -277,7 +277,23 @@ def test_fused_available_runs_the_self_check_once(monkeypatch):
 
     calls = []
     monkeypatch.setattr(fused, "_CHECKED", {})
-    monkeypatch.setattr(fused, "_self_check_failure", lambda device, fn: calls.append(device) or "it raised boom")
+    monkeypatch.setattr(fused, "_self_check_failure", lambda device, fn, dtype: calls.append(1) or "it raised boom")
     assert not fused.fused_scan_available("cpu") and not fused.fused_scan_available("cpu")
     assert len(calls) == 1
     assert fused.fused_scan_unavailable("cpu") == "the kernel failed its self-check: it raised boom"
+
+
+@needs_kernel
+def test_the_float64_cpu_build_is_checked_on_its_own(monkeypatch):
+    """The C kernel's float64 build is a separate library: a wrong one is refused while float32 is used."""
+    from innerloop.ops.selective_scan import fused
+
+    def wrong_in_float64(*a, **kw):
+        y, h = cpu_fused_selective_scan(*a, **kw)
+        return (y * 1.001 if y.dtype == torch.float64 else y), h
+
+    monkeypatch.setattr(fused, "_CHECKED", {})
+    monkeypatch.setattr(fused, "_kernel", lambda device: wrong_in_float64)
+    assert fused.fused_scan_unavailable("cpu", torch.float32) is None
+    assert "disagrees with the chunked scan in y" in fused.fused_scan_unavailable("cpu", torch.float64)
+    assert fused.fused_scan_unavailable("cpu") is None  # float32 by default

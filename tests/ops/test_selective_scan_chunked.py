@@ -233,7 +233,7 @@ def test_dispatch_picks_the_chunked_kernel_after_its_self_check():
 def test_dispatch_falls_back_to_the_sequential_kernel(monkeypatch, caplog):
     """A chunked kernel failing its self-check is logged and the sequential one used; both failing gives the
     reason, and fused_selective_scan on CUDA uses the chosen kernel."""
-    def failure(device, fn):
+    def failure(device, fn, dtype=torch.float32):
         return "it raised boom" if fn is triton_chunked_selective_scan else None
 
     monkeypatch.setattr(fused, "_self_check_failure", failure)
@@ -242,7 +242,7 @@ def test_dispatch_falls_back_to_the_sequential_kernel(monkeypatch, caplog):
     assert fn is triton_selective_scan and reason is None
     assert "the chunked Triton kernel failed its self-check: it raised boom" in caplog.text
     assert "using the sequential Triton kernel" in caplog.text
-    monkeypatch.setattr(fused, "_self_check_failure", lambda device, fn: "it raised boom")
+    monkeypatch.setattr(fused, "_self_check_failure", lambda device, fn, dtype=None: "it raised boom")
     fn, reason = fused._choose_cuda_kernel(torch.device("cuda"))
     assert fn is None and "chunked" in reason and "sequential" in reason
     monkeypatch.setattr(fused, "_CHECKED", {"cuda:3": (triton_selective_scan, None)})

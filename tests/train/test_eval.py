@@ -40,7 +40,9 @@ def test_evaluate_lm_matches_manual_loss():
         evaluate_lm(model, tokens[:10], context=16)
 
 
-@pytest.mark.parametrize(("n", "context", "stride"), [(101, 16, 16), (101, 16, 5), (17, 16, 3), (40, 16, 1), (50, 8, 7)])
+@pytest.mark.parametrize(
+    ("n", "context", "stride"), [(101, 16, 16), (101, 16, 5), (17, 16, 3), (40, 16, 1), (50, 8, 7)]
+)
 def test_evaluate_lm_full_scores_every_target_once_with_its_window(n, context, stride):
     model = tiny_lm("attention")
     tokens = torch.randint(0, 256, (n,), dtype=torch.uint8)
@@ -67,9 +69,10 @@ def test_evaluate_lm_full_scores_every_target_once_with_its_window(n, context, s
     assert m["windows"] == len(ends) and m["scored_tokens"] == n - 1
     # BPE: bits per byte divides by the bytes of the scored targets
     token_bytes = torch.randint(1, 5, (256,))
-    mb = evaluate_lm_full(model, tokens.numpy(), context, stride, batch_size=2, token_bytes=token_bytes)  # a memmap-like
+    mb = evaluate_lm_full(model, tokens.numpy(), context, stride, batch_size=2, token_bytes=token_bytes)  # as a memmap
     assert mb["loss"] == pytest.approx(ref, rel=1e-6)
-    assert mb["bpb"] == pytest.approx(ref * (n - 1) / math.log(2) / int(token_bytes[tokens[1:].long()].sum()), rel=1e-6)
+    n_bytes = int(token_bytes[tokens[1:].long()].sum())
+    assert mb["bpb"] == pytest.approx(ref * (n - 1) / math.log(2) / n_bytes, rel=1e-6)
 
 
 def test_evaluate_lm_full_stride_context_is_consecutive_windows_and_bad_input():

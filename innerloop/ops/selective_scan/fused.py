@@ -67,10 +67,12 @@ def _choose_cuda_kernel(device: torch.device) -> tuple[Scan | None, str | None]:
     return None, "; ".join(failures)
 
 
-def _self_check_failure(device: torch.device, fn: Callable[..., tuple[Tensor, Tensor]]) -> str | None:
-    """None if ``fn`` matches :func:`chunk_selective_scan` on ``device``, else what went wrong (:func:`self_check`)."""
+def _self_check_failure(device: torch.device, fn: Callable[..., tuple[Tensor, Tensor]],
+                        dtype: torch.dtype = torch.float32) -> str | None:  # fmt: skip
+    """None if ``fn`` matches :func:`chunk_selective_scan` on ``device`` at ``dtype``, else what went wrong
+    (:func:`self_check`)."""
     g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     ins = [r(2, 45, 37), torch.nn.functional.softplus(r(2, 45, 37) - 1), -torch.exp(0.5 * r(37, 16)), r(2, 45, 16),
            r(2, 45, 16), r(37), r(2, 37, 16)]
     w_y, w_h = r(2, 45, 37), r(2, 37, 16)
@@ -85,9 +87,10 @@ def _self_check_failure(device: torch.device, fn: Callable[..., tuple[Tensor, Te
     except Exception as e:  # noqa: BLE001 - any failure of the kernel means: do not use it
         return f"it raised {type(e).__name__}: {e}"
     names = ("y", "final state", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
     for name, ref, got in zip(names, *results):
         err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
-        if not err <= 1e-4:
+        if not err <= tol:
             return f"it disagrees with the chunked scan in {name} (max relative error {err:.2e})"
     return None
 
@@ -106,41 +109,43 @@ def self_check(device: torch.device | str, fn: Callable[..., tuple[Tensor, Tenso
     return failure is None
 
 
-def fused_scan_unavailable(device: torch.device | str) -> str | None:
+def fused_scan_unavailable(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str | None:
     """Why :func:`fused_selective_scan` cannot be used on ``device`` here, or None if it can.
 
-    The one place that picks the kernel by device: the compiled C kernel on the CPU (built on the first call), Triton
-    on CUDA; either must pass the self-check (:func:`self_check`) once per device and process. Logs nothing: the
-    caller reports the reason.
+    The one place that picks the kernel by device: the compiled C kernel on the CPU (built on the first call; its
+    float32 and float64 builds are separate libraries, each checked: ``dtype`` = the scan's computing dtype), Triton
+    on CUDA; either must pass the self-check (:func:`self_check`) once per device (and CPU build) and process. Logs
+    nothing: the caller reports the reason.
 
     Returns:
         str | None: None, or the cause (the C build's error, kernels disabled, no triton, the failed self-check).
     """
     device = torch.device(device)
+    cpu_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # what the C kernel computes in
     if device.type == "cpu":
         try:
-            cpu_fused._library(torch.float32)
+            cpu_fused._library(cpu_dtype)
         except RuntimeError as e:  # the build's own message: no compiler, compile error, INNERLOOP_NO_KERNEL
             return str(e)
     elif device.type != "cuda":
         return f"no fused selective-scan kernel for {device.type} devices"
     elif triton_unavailable(device, "the Triton selective scan") is not None:
         return triton_unavailable(device, "the Triton selective scan")
-    key = str(device)
+    key = str(device) if device.type == "cuda" else f"{device}:{cpu_dtype}"
     if key not in _CHECKED:
         if device.type == "cuda":
             _CHECKED[key] = _choose_cuda_kernel(device)
         else:
-            failure = _self_check_failure(device, _kernel(device))
+            failure = _self_check_failure(device, _kernel(device), cpu_dtype)
             _CHECKED[key] = (_kernel(device), None) if failure is None else (
                 None, f"the kernel failed its self-check: {failure}")
     return _CHECKED[key][1]
 
 
-def fused_scan_available(device: torch.device | str) -> bool:
+def fused_scan_available(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
     """True if :func:`fused_selective_scan` has a kernel for ``device`` here that passed :func:`self_check` (builds
     the CPU kernel and runs the check on the first call per device); :func:`fused_scan_unavailable` says why not."""
-    return fused_scan_unavailable(device) is None
+    return fused_scan_unavailable(device, dtype) is None
 
 
 def fused_selective_scan(
