@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .common import apply_rope, rope_angles
+from .common import apply_rope, rope_angles, rope_dtype
 from .modes import resolve_mode
 from .registry import register_mixer
 
@@ -102,7 +102,7 @@ _ONE_QUERY_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTIO
 
 def one_query_attention(q: Tensor, keys: Tensor, values: Tensor, valid: Tensor | None = None) -> Tensor:
     """Softmax attention of one query per head over ``S`` keys, as a plain matmul-softmax-matmul (a fixed set of
-    kernels at every ``S``; the softmax in float32).
+    kernels at every ``S``; the softmax in at least float32).
 
     Args:
         q (Tensor): ``[B, H, 1, D]``.
@@ -111,7 +111,8 @@ def one_query_attention(q: Tensor, keys: Tensor, values: Tensor, valid: Tensor |
     Returns:
         Tensor: ``[B, H, 1, D]`` in ``values``' dtype.
     """
-    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # [B, H, 1, S]
+    scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, H, 1, S]
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.shape[-1] ** -0.5
     if valid is not None:
         scores = scores.masked_fill(~valid, float("-inf"))
     return torch.matmul(scores.softmax(-1).to(values.dtype), values)
@@ -199,7 +200,8 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # [B, T, H, D]
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)
-        cos, sin = rope_angles(torch.arange(start, start + T, device=x.device), self.head_dim, self.rope_theta)
+        cos, sin = rope_angles(torch.arange(start, start + T, device=x.device), self.head_dim, self.rope_theta,
+                               rope_dtype(x))
         q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)  # [B, H, T, D]
         v = v.transpose(1, 2)
         # Without a state there is nothing to copy: the new state views this call's keys/values.
@@ -242,7 +244,7 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)
-        cos, sin = rope_angles(position, self.head_dim, self.rope_theta)
+        cos, sin = rope_angles(position, self.head_dim, self.rope_theta, rope_dtype(x))
         q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)  # [B, H, 1, D]
         cache.k.index_copy_(2, position, k.to(cache.k.dtype))
         cache.v.index_copy_(2, position, v.transpose(1, 2).to(cache.v.dtype))

@@ -27,7 +27,7 @@ def no_weight_decay(module: nn.Module, *names: str) -> None:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 and cast back (as Llama and the TTT authors do).
+    """RMSNorm computed in at least float32 and cast back (as Llama and the TTT authors do; float64 stays float64).
 
     Args:
         dim (int): normalised width.
@@ -40,7 +40,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # a float64 model stays float64
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * y.to(x.dtype)
 
@@ -66,21 +66,31 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x), inplace=True).mul_(self.up_proj(x)))
 
 
-def rope_angles(positions: Tensor, head_dim: int, theta: float = 1e4) -> tuple[Tensor, Tensor]:
+def rope_angles(
+    positions: Tensor, head_dim: int, theta: float = 1e4, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """Cos/sin tables for RoPE on interleaved pairs ``(x[2i], x[2i+1])``, angle ``pos * theta^(-2i/head_dim)``.
 
     Args:
         positions (Tensor): ``[T]`` integer positions.
         head_dim (int): even head dimension ``D``.
         theta (float, Optional): RoPE base. Default: ``1e4``.
+        dtype (torch.dtype, Optional): dtype the angles are computed in: float32 (every model in float32 or lower
+            precision, as Llama), or float64 for a float64 model (float32 angles are off by up to ~1e-3 rad at
+            position 32k). The layers pass ``rope_dtype(x)``. Default: ``torch.float32``.
     Returns:
-        tuple[Tensor, Tensor]: ``cos, sin`` of shape ``[T, D // 2]`` in float32.
+        tuple[Tensor, Tensor]: ``cos, sin`` of shape ``[T, D // 2]`` in ``dtype``.
     """
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    ang = positions.float()[:, None] * inv_freq[None, :]
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim)
+    ang = positions.to(dtype)[:, None] * inv_freq[None, :]
     return ang.cos(), ang.sin()
+
+
+def rope_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of RoPE angles for activations ``x``: float64 for float64, else float32."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -118,9 +128,16 @@ class CausalConv1d(nn.Module):
 
         Computed as ``K`` shifted multiply-adds in the ``[B, T, C]`` layout (2-3x faster on CPU than transposing to
         ``conv1d``'s ``[B, C, T]`` and back, and the output stays contiguous)."""
-        K = self.kernel_size
+        K, C = self.kernel_size, self.conv.in_channels
+        if x.dim() != 3 or x.shape[-1] != C:
+            raise ValueError(f"CausalConv1d expects x of shape [B, T, {C}], got {tuple(x.shape)}")
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        elif tuple(state.shape) != (x.shape[0], C, K - 1):
+            raise ValueError(
+                f"conv state must be [B, C, K - 1] = {[x.shape[0], C, K - 1]}, got "
+                f"{tuple(state.shape)}: a state from another batch size, width or kernel size?"
+            )
         full = torch.cat([state.to(x.dtype).transpose(1, 2), x], dim=1)  # [B, K - 1 + T, C]
         T, w = x.shape[1], self.conv.weight[:, 0].to(x.dtype)  # w [C, K]
         y = torch.addcmul(self.conv.bias.to(x.dtype), full[:, :T], w[:, 0])

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from innerloop.ops.rnn import naive_gru, naive_lstm, naive_rnn, weights_of
 
-from .modes import resolve_mode
+from .modes import log_once, resolve_mode
 from .registry import register_mixer
 
 
@@ -79,6 +79,9 @@ class _RecurrentMixer(nn.Module):
             for s in (state.h,) if state.c is None else (state.h, state.c):
                 if tuple(s.shape) != want:
                     raise ValueError(f"state tensors must be [L, B, S] = {list(want)}, got {tuple(s.shape)}")
+                if s.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+                    raise TypeError(f"state dtype {s.dtype} != input dtype {x.dtype}; cast the state, or build it "
+                                    f"with init_state(batch_size, dtype=x.dtype)")
         if lengths is not None and lengths.shape != (x.shape[0],):
             raise ValueError(f"lengths must be [B] = [{x.shape[0]}], got {tuple(lengths.shape)}")
 
@@ -99,6 +102,12 @@ class _RecurrentMixer(nn.Module):
     def _naive(self, x: Tensor, state: RNNState, lengths: Tensor | None) -> tuple[Tensor, RNNState]:
         raise NotImplementedError
 
+    def _no_fused_kernel(self, x: Tensor) -> bool:
+        """Whether the torch.nn kernel cannot run here: the LSTM under float16 autocast on the CPU (oneDNN raises
+        "could not create a primitive descriptor"; float16 parameters without autocast work)."""
+        return (self.has_cell and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.float16)
+
     def forward(self, x: Tensor, state: RNNState | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor, RNNState]:
         """Run ``x [B, T, C]`` from ``state`` (None = zeros).
@@ -115,6 +124,11 @@ class _RecurrentMixer(nn.Module):
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         mode = resolve_mode(self.mode, self.modes, type(self).__name__)  # re-read: it may be set after init
+        if mode != "naive" and self._no_fused_kernel(x):
+            log_once(f"rnn-fp16-cpu:{type(self).__name__}", "%s: torch.nn.%s has no float16 kernel on the CPU "
+                     "(oneDNN fails under float16 autocast); using the reference cells (mode='naive')",
+                     type(self).__name__, self.core_cls.__name__)
+            mode = "naive"
         y, state = (self._naive if mode == "naive" else self._fused)(x, state, lengths)
         if self.out_proj is not None:
             y = self.out_proj(y)

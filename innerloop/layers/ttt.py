@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from innerloop.ops import ttt as ttt_ops
 from innerloop.ops.ttt import TTTState
 
-from .common import CausalConv1d, apply_rope, rope_angles
+from .common import CausalConv1d, apply_rope, rope_angles, rope_dtype
 from .modes import resolve_mode
 from .registry import register_mixer
 
@@ -258,7 +258,12 @@ class TTTBase(nn.Module):
 
     def tau(self) -> Tensor:
         """Position weights ``τ_i = max(0, 1/(i+1) + learnable_token_idx[i])``, ``[b]``."""
-        return torch.clamp_min(self.token_idx + self.learnable_token_idx, 0.0)
+        off = self.learnable_token_idx
+        # 1/(i+1) from the index, not the token_idx buffer: a buffer made in float32 and cast by .double() keeps
+        # float32's rounding of 1/3, 1/5, ... (same values as the buffer in float32 and lower precision)
+        exact = torch.float64 if off.dtype == torch.float64 else torch.float32
+        idx = 1.0 / torch.arange(1, off.numel() + 1, device=off.device, dtype=exact)
+        return torch.clamp_min(idx.to(off.dtype) + off, 0.0)
 
     def views(self, x: Tensor, state: TTTLayerState) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """The inner loop's views of ``x [B, T, C]`` read from ``state``'s position: test (Q), training (K) and label
@@ -280,7 +285,7 @@ class TTTBase(nn.Module):
         XV = self.v_proj(x)
         XQ, XK, XV = (t.reshape(B, T, H, D) for t in (XQ, XK, XV))
         pos = (position + torch.arange(T, device=x.device)) % self.mini_batch_size
-        cos, sin = rope_angles(pos, D, self.rope_theta)
+        cos, sin = rope_angles(pos, D, self.rope_theta, rope_dtype(x))
         return apply_rope(XQ, cos, sin), apply_rope(XK, cos, sin), XV, cq, ck
 
     def inner_loss(self, params: tuple[Tensor, ...], k: Tensor, v: Tensor) -> Tensor:

@@ -55,6 +55,20 @@ def test_forward_matches_naive(B, T, C, H, theta):
     assert state.length == T
 
 
+def test_float64_is_float64_accurate():
+    """A float64 layer matches the float64 reference to float64 precision, forward and static decode step (RoPE
+    angles and the one-query scores were float32: ~4e-9 off)."""
+    layer = make(32, 4, torch.float64)
+    x = torch.randn(2, 19, 32, dtype=torch.float64)
+    ref = naive_attention(layer, x)
+    y, state = layer(x)
+    assert_close("y", ref, y, atol=1e-13, rtol=1e-13)
+    _, prefix = layer(x[:, :18])
+    cache = layer.static_decode_state(prefix, 19)
+    y_step = layer.static_decode_step(x[:, 18:], cache, torch.tensor([18]))
+    assert_close("static step", ref[:, 18:], y_step, atol=1e-13, rtol=1e-13)
+
+
 def test_registered():
     assert MIXERS["attention"] is CausalSelfAttention
     layer = build_mixer("attention", 16, 2, rope_theta=100.0)

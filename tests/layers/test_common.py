@@ -89,3 +89,28 @@ def test_swiglu_inference_path_matches_training_path():
     with torch.no_grad():
         y_inf = mlp(x)
     assert_close("swiglu no_grad", mlp(x).detach(), y_inf, atol=0, rtol=0)
+
+
+def test_float64_stays_float64():
+    """RMSNorm and the RoPE tables of a float64 model are float64-accurate (they were computed in float32: ~1e-7
+    relative in RMSNorm, up to ~1e-3 rad in the angles at position 32k)."""
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    norm = RMSNorm(16).double()
+    assert_close("rmsnorm", x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt(), norm(x), atol=1e-14, rtol=1e-14)
+    pos = torch.tensor([0, 1, 17, 4097, 32768])
+    ang = pos.double()[:, None] * 1e4 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    cos, sin = rope_angles(pos, 8, dtype=torch.float64)
+    assert cos.dtype == torch.float64
+    assert_close("cos", ang.cos(), cos, atol=1e-12, rtol=0)
+    assert_close("sin", ang.sin(), sin, atol=1e-12, rtol=0)
+    assert rope_angles(pos, 8)[0].dtype == torch.float32  # the default stays float32 (every lower precision)
+
+
+def test_causal_conv_checks_its_state():
+    conv = CausalConv1d(8, kernel_size=4)
+    x = torch.randn(2, 3, 8)
+    for bad in ((3, 8, 3), (2, 6, 3), (2, 8, 1)):  # another batch size, width, kernel size
+        with pytest.raises(ValueError, match=r"conv state must be \[B, C, K - 1\]"):
+            conv(x, torch.zeros(bad))
+    with pytest.raises(ValueError, match=r"expects x of shape \[B, T, 8\]"):
+        conv(torch.randn(2, 3, 6))

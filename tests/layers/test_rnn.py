@@ -158,6 +158,31 @@ def test_registered_and_bad_inputs():
         naive_gru(torch.randn(2, 3, 5), weights_of(nn.GRU(4, 3, batch_first=True)))
 
 
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+def test_state_dtype_is_checked(cls):
+    """A state in another dtype than the input is a clear error (the LSTM's oneDNN kernel said "get_mkldnn_dtype:
+    unsupported data type")."""
+    layer = cls(8, 1)
+    state = layer.init_state(2, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"state dtype torch.float64 != input dtype torch.float32"):
+        layer(torch.randn(2, 3, 8), state)
+
+
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+def test_float16_autocast_on_cpu(cls):
+    """Under float16 autocast on the CPU every mixer runs (torch.nn.LSTM's oneDNN kernel raised "could not create a
+    primitive descriptor"; the LSTM takes the reference cells there) and matches float64 to float16 precision."""
+    layer = cls(8, 1, num_layers=2)
+    x = torch.randn(2, 6, 8)
+    ref, _ = layer.double()(x.double())
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.float16):
+        y, state = layer(x)
+        y2, _ = layer(x[:, 3:], layer(x[:, :3])[1])
+    assert_close("fp16 autocast", ref, y, ratio=5e-3)
+    assert_close("fp16 autocast, chunked", y[:, 3:], y2, ratio=5e-3)
+
+
 @pytest.mark.parametrize("mixer", ["rnn", "lstm", "gru"])
 def test_lm_state_equivalence(mixer):
     cfg = LMConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

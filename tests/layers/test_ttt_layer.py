@@ -81,6 +81,18 @@ def test_naive_matches_spec(cls, mamba):
     assert state.position == 11 and state.ttt.offset == 11 % 4
 
 
+@pytest.mark.parametrize(("cls", "mamba"), VARIANTS)
+def test_float64_is_float64_accurate(cls, mamba):
+    """In float64 the layer equals the spec to float64 precision: tau's 1/(i+1) and the RoPE angles were float32
+    values (the token_idx buffer cast by .double(), float32 angles), ~1e-8 off."""
+    layer = make_layer(cls, mamba, b=3)
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    tau = torch.clamp(1.0 / torch.arange(1, 4, dtype=torch.float64) + layer.learnable_token_idx.detach(), min=0)
+    assert_close("tau", tau, layer.tau().detach(), atol=1e-15, rtol=1e-15)
+    assert_close("layer vs spec", direct_layer(layer, x), layer(x)[0], atol=1e-12, rtol=1e-12)
+    assert layer.float().tau().dtype == torch.float32
+
+
 @pytest.mark.parametrize("mode", ["naive", "chunk"])
 @pytest.mark.parametrize(("cls", "mamba"), VARIANTS)
 def test_state_equivalence(cls, mamba, mode):

@@ -215,6 +215,20 @@ def test_errors():
         model(torch.randint(0, 99, (1, 3)), state=other.init_state(1))
 
 
+@pytest.mark.parametrize("mixer", ["attention", "mamba", "gru"])
+def test_state_from_another_backbone_is_an_error(mixer):
+    """A state without the pre-conv state restarted the Mamba backbone's conv from zeros mid-sequence (and one with it
+    was silently ignored by the Transformer backbone)."""
+    mamba, plain = make_model(mixer, "mamba"), make_model(mixer, "transformer")
+    ids = torch.randint(0, 99, (2, 5))
+    with pytest.raises(ValueError, match="lacks a pre-conv state but this model has pre_conv=True"):
+        mamba(ids[:, :1], plain(ids).state)
+    with pytest.raises(ValueError, match="has a pre-conv state but this model has pre_conv=False"):
+        plain(ids[:, :1], mamba(ids).state)
+    with pytest.raises(ValueError, match=r"conv state must be \[B, C, K - 1\]"):
+        mamba(torch.randint(0, 99, (3, 1)), mamba(ids).state)  # another batch size: the pre-conv says so first
+
+
 def test_bf16_autocast_cpu():
     model = CausalLM(LMConfig(**TINY, mixer="ttt_mlp", backbone="mamba"))
     ids = torch.randint(0, 99, (2, 13))

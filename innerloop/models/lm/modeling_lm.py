@@ -67,6 +67,10 @@ class Block(nn.Module):
         return BlockState(conv, self.mixer.init_state(batch_size, device, dtype))
 
     def forward(self, h: Tensor, state: BlockState | None = None) -> tuple[Tensor, BlockState]:
+        if state is not None and (state.conv is None) != (self.conv is None):
+            # a pre-conv state of None would silently restart the conv from zeros mid-sequence
+            raise ValueError(f"state {'lacks' if state.conv is None else 'has'} a pre-conv state but this model has "
+                             f"pre_conv={self.conv is not None}: a state from a model with another backbone/pre_conv?")
         return self.residuals(
             h,
             lambda x: self.conv(x, None if state is None else state.conv),
