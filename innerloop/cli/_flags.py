@@ -188,6 +188,18 @@ def run_config_values(
     if saved is None:
         saved = saved_run_config(args, command, upgrade)
     names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+    missing, shared = sorted(names - set(saved)), names & set(saved)
+    if unknown and missing and len(unknown) >= len(shared):  # mostly settings this command does not have: another's
+        out = getattr(args, "out", None)
+
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (f" (and {len(names) - 4} more)" if len(names) > 4 else "")
+
+        raise ValueError(f"{out} holds a run of another command, not of `{command}`: its config.json has "
+                         f"{some(unknown)} and no {some(missing)}. Resume it with the command that made it, use "
+                         f"another --out, or --fresh to start over (the old run is kept as {Path(str(out)).name}"
+                         f".previous-<time>); nothing was changed.")  # fmt: skip
     return {**{k: v for k, v in saved.items() if k in names}, **dataclass_values(args, cls, skip)}
 
 

@@ -318,7 +318,9 @@ def train_forecaster(cfg: ForecastConfig, fresh: bool = False, extend: bool = Fa
         progress (bool, Optional): a progress bar and resume messages. Default: False.
 
     Returns:
-        dict: the metrics as written to ``metrics.json`` (``test_mse``, ``test_mae``, ``val_mse``, ...).
+        dict: the metrics as written to ``metrics.json`` (``test_mse``, ``test_mae``, ``val_mse``, ...); a run stopped
+        before its first epoch ended (by a callback) has no validated weights: only the training summary is returned
+        (``epochs_run`` 0) and nothing is scored or written besides the checkpoint, which the next call resumes.
     """
     with torch_threads(cfg.threads):
         return _train_forecaster(cfg, fresh, extend, callbacks, progress)
@@ -336,11 +338,14 @@ def _train_forecaster(cfg: ForecastConfig, fresh: bool, extend: bool, callbacks:
         trainer = ForecastTrainer(cfg, model, data, fresh, extend, callbacks, progress)
         summary = trainer.fit()
         run = trainer.run
+        if not trainer.early.history:  # stopped (by a callback) before the first epoch's validation: nothing to score
+            return {**summary, "best_epoch": None, "epochs_run": 0}
         model.load_state_dict(trainer.early.best_weights)
         best_epoch = trainer.early.best_epoch + 1
         epochs_run = len(trainer.early.history)
     else:
-        run = Run(out, dataclasses.asdict(cfg), steps_key="epochs", resume_free=RESUME_FREE_KEYS, fresh=fresh)
+        run = Run(out, dataclasses.asdict(cfg), steps_key="epochs", resume_free=RESUME_FREE_KEYS, fresh=fresh,
+                  command="innerloop forecast train")  # fmt: skip
         run.start_fresh_if_asked()
         out.mkdir(parents=True, exist_ok=True)
         run.write_config({"windows": data.sizes(), "borders": data.borders, "channels": list(data.columns)})

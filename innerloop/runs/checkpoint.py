@@ -70,6 +70,16 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _is_write_error(e: BaseException) -> bool:
+    """Whether ``e`` raised while writing a checkpoint is the file system refusing the write (full, quota, read-only,
+    permissions), whichever library reported it."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e).lower()
+    return any(s in text for s in ("i/o error", "os error", "failed writing", "no space", "file too large",
+                                   "unexpected pos", "permission denied"))  # fmt: skip
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -96,13 +106,24 @@ def save_checkpoint(directory: str | Path, step: int, model: nn.Module, state: d
     final = directory / f"step_{step:08d}"
     tmp = directory / f"step_{step:08d}.tmp"
     tmp.mkdir()
-    st.save_model(model, str(tmp / MODEL_FILE))
-    torch.save({**state, "step": step}, tmp / STATE_FILE)
-    files = {}
-    for name in (MODEL_FILE, STATE_FILE):
-        _fsync(tmp / name)
-        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-    atomic_write_json(tmp / MANIFEST, {"step": step, "files": files})
+    try:
+        st.save_model(model, str(tmp / MODEL_FILE))
+        torch.save({**state, "step": step}, tmp / STATE_FILE)
+        files = {}
+        for name in (MODEL_FILE, STATE_FILE):
+            _fsync(tmp / name)
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+        atomic_write_json(tmp / MANIFEST, {"step": step, "files": files})
+    except Exception as e:
+        # a full disk or quota surfaces as OSError, safetensors' SafetensorError or torch's RuntimeError
+        if not _is_write_error(e):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "no earlier checkpoint exists"
+        if (directory / POINTER).is_file():
+            kept = f"the newest checkpoint {directory / (directory / POINTER).read_text().strip()} is kept"
+        raise OSError(f"cannot write checkpoint {final} ({type(e).__name__}: {e}); {kept}. Free disk space (or "
+                      f"check the folder's permissions) and run the same command again to resume") from e  # fmt: skip
     if final.exists():  # re-saving the same step (e.g. a resumed run that ends where it started)
         shutil.rmtree(final)
     os.replace(tmp, final)

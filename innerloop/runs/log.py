@@ -14,7 +14,8 @@ class CSVLogger:
     """Append rows with columns ``fields`` to ``path``.
 
     On resume (``resume_step`` given), the rows logged after ``resume_step`` by the killed segment of the run are
-    dropped first (the resumed run logs them again, with the same values), so the file always reads as one run.
+    dropped first (the resumed run logs them again, with the same values), so the file always reads as one run; the
+    TensorBoard events of those steps are purged likewise (``SummaryWriter(purge_step=resume_step + 1)``).
 
     Args:
         path (str | Path): the CSV file.
@@ -48,7 +49,9 @@ class CSVLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
                 raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-            self._tb = SummaryWriter(str(tensorboard_dir))
+            # on resume, hide the events the killed segment logged after the checkpoint (they are logged again)
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(tensorboard_dir), purge_step=purge)
 
     def log(self, row: dict[str, Any]) -> None:
         """Write one row (missing columns are left empty) and flush it."""

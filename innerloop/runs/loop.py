@@ -8,7 +8,8 @@ identically for every trainer:
 - log rows to ``log.csv`` (averaged columns are means over the last ``log_every`` steps, from the saved history, so a
   resumed run logs the same numbers as an uninterrupted one);
 - evaluate every ``eval_every`` steps and at the end; checkpoint every ``checkpoint_every`` steps and at the end;
-- stop after ``max_seconds`` of training (checkpointed, resumable) or when a callback sets ``should_stop``;
+- stop after ``max_seconds`` of training (checkpointed; the budget counts the whole run's training time, so a run it
+  stopped trains nothing more until it is resumed with a larger one) or when a callback sets ``should_stop``;
 - stop on a NaN/inf loss without saving (the last good checkpoint stays the newest);
 - on Ctrl-C (SIGINT) finish the current step, save a checkpoint and raise :class:`RunInterrupted`;
 - a tqdm bar on the main process only.
@@ -276,9 +277,16 @@ class TrainLoop:
         for cb in self.callbacks:
             cb.on_train_start(self)
         self.model.train()
+        if self.max_seconds > 0 and self.train_seconds >= self.max_seconds and self.step < self.total_steps:
+            # the budget counts the whole run's training time: a run it stopped goes on only with a larger one
+            self.stopped_early = True
+            if self.verbose and self.is_main:
+                print(f"the time budget is spent: {self.train_seconds:.1f} s of training (max_seconds "
+                      f"{self.max_seconds:g}) took the run to step {self.step} of {self.total_steps}; nothing was "
+                      f"trained. Give a larger --max-seconds (or 0, no limit) to go on", file=sys.stderr)  # fmt: skip
         try:
             with _SigintGuard() as guard:
-                while self.step < self.total_steps:
+                while self.step < self.total_steps and not self.stopped_early:
                     step = self.step
                     for cb in self.callbacks:
                         cb.on_step_start(self, step)

@@ -19,6 +19,7 @@ changes from the resume point on, and ``config.json`` records the extension).
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -117,6 +118,25 @@ class Run:
         self.ckpt_dir = self.out / "checkpoints"
         self.extensions: list[dict[str, int]] = []
         self.moved_to: Path | None = None
+        self._check_one_writer()
+
+    def _check_one_writer(self) -> None:
+        """Refuse to be one of several processes that would each write ``out`` as its only writer: a trainer that
+        does not train data-parallel, launched by ``torchrun`` (every process would train the same run and race on
+        its files)."""
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+            if not (self.is_main and rank > 0):
+                return
+        else:
+            rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+            if world <= 1:
+                return
+        who = "this trainer" if self.command == "the same command" else f"`{self.command}`"
+        raise ValueError(f"{who} trains in one process, but this is process {rank} of {world} (a torchrun "
+                         f"launch): every process would train the same run and write {self.out} at once. Launch it "
+                         f"without torchrun (`innerloop lm train` is the data-parallel trainer); nothing was "
+                         f"written.")  # fmt: skip
 
     # ---- starting
     def _has_contents(self) -> bool:

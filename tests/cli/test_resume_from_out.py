@@ -145,3 +145,19 @@ def test_run_config_values_reads_the_run_only_when_out_is_given(tmp_path, monkey
     assert run_config_values(_args(), RL2Config, "x") == {}  # the default --out is never read
     upgraded = run_config_values(_args(out=str(run)), RL2Config, "x", upgrade=lambda d: {**d, "threads": 2})
     assert upgraded["threads"] == 2 and "unknown" not in upgraded and "resolved" not in upgraded
+
+
+def test_another_commands_run_is_refused_by_name(tmp_path, capsys):
+    """``--out`` naming another command's run: one line saying so (it used to read that run's settings as its own,
+    e.g. an lm run's ``device auto`` as a meta run's, a torch traceback; rl2's ``env bandit`` as MAML's, "unknown
+    env")."""
+    out = tmp_path / "rl2"
+    assert main(["rl", "train", "--algo", "rl2", *CASES["rl2"][1], "--steps", "1", "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for command in (["rl", "train", "--algo", "maml"], ["meta", "train"], ["lm", "train"]):
+        assert main([*command, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"holds a run of another command, not of `innerloop {' '.join(command)}`" in err, err
+        assert "nothing was changed" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -138,3 +138,19 @@ def test_repeat_last_is_only_scored(csv, tmp_path):
     m = run(csv, tmp_path / "r", model="repeat_last")
     assert m["steps"] == 0 and m["best_epoch"] is None and m["test_mse"] > 0
     assert (tmp_path / "r" / "config.json").is_file() and not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_stop_before_the_first_validation_scores_nothing_and_resumes(csv, tmp_path, straight):
+    """A callback's stop in the middle of the first epoch leaves no validated weights: the run returns its summary
+    (it used to fail loading an empty state dict as the best weights) and the next call resumes it exactly."""
+
+    class StopFirst(Callback):
+        def on_step_end(self, trainer, step, logs):
+            trainer.should_stop = True
+
+    out = tmp_path / "run"
+    m = run(csv, out, callbacks=[StopFirst()])
+    assert m["steps"] == 1 and m["stopped_early"] and m["epochs_run"] == 0 and "test_mse" not in m
+    assert not (out / "metrics.json").exists() and not (out / "best_model.safetensors").exists()
+    m = run(csv, out)
+    assert logged(out) == straight[1] and same_numbers(m) == same_numbers(straight[2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -95,3 +96,96 @@ def test_torch_threads_restores_the_callers_count():
     except KeyError:
         pass
     assert torch.get_num_threads() == before
+
+
+def test_a_spent_time_budget_trains_nothing_more(tmp_path, capsys):
+    """A run stopped by max_seconds goes on only with a larger budget: running it again with the same one trains no
+    step (it used to take one more step, checkpoint and evaluate on every run)."""
+    first = Toy(tmp_path / "r", steps=50)
+    first.max_seconds = 1e-9
+    assert first.fit()["steps"] == 1
+    again = Toy(tmp_path / "r", steps=50)
+    again.max_seconds, again.verbose = 1e-9, True
+    summary = again.fit()
+    assert summary["steps"] == 1 and summary["stopped_early"]
+    assert "time budget is spent" in capsys.readouterr().err
+    assert latest_checkpoint(tmp_path / "r" / "checkpoints").name == "step_00000001"
+    assert len(read_log(tmp_path / "r" / "log.csv")) == 1
+    assert Toy(tmp_path / "r", steps=50).fit()["steps"] == 50  # no budget: goes on
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_keeps_the_last(tmp_path, monkeypatch):
+    """A full disk while a checkpoint is written: an OSError naming it and the kept checkpoint, no debris, and the
+    next run resumes from the kept one (safetensors reports it as its own SafetensorError, torch.save as a
+    RuntimeError: neither is an error the command line reports in one line)."""
+    import safetensors.torch as st
+
+    Toy(tmp_path / "r", steps=2).fit()
+    real = st.save_model
+
+    def full_disk(model, filename, *a, **kw):
+        real(model, filename, *a, **kw)
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(st, "save_model", full_disk)
+    kept = r"cannot write checkpoint .*step_00000004 .*No space left.*step_00000002 is kept"
+    with pytest.raises(OSError, match=kept):
+        Toy(tmp_path / "r", steps=6, extend=True).fit()
+    ckpts = tmp_path / "r" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000002"]
+    monkeypatch.setattr(st, "save_model", real)
+    Toy(tmp_path / "a").fit()
+    Toy(tmp_path / "r", steps=6, extend=True).fit()
+    a, r = read_log(tmp_path / "a" / "log.csv"), read_log(tmp_path / "r" / "log.csv")
+    assert [x["loss"] for x in r] == [x["loss"] for x in a]
+
+
+def test_a_bug_while_saving_keeps_its_traceback(tmp_path):
+    class Unpicklable:
+        def state_dict(self):
+            return {"f": lambda: 0}
+
+        def load_state_dict(self, state): ...
+
+    toy = Toy(tmp_path / "r", steps=2)
+    toy.stateful["bad"] = Unpicklable()
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+        toy.fit()
+
+
+def test_a_trainer_launched_by_torchrun_on_several_processes_is_refused(tmp_path, monkeypatch):
+    """Only the LM trainer trains data-parallel: any other under torchrun would train the same run once per process,
+    all writing the same folder (seen: a crash on another process's half-written checkpoint)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"`innerloop synth train` trains in one process.*process 1 of 2.*torchrun"):
+        Run(tmp_path / "r", {"steps": 2}, command="innerloop synth train")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    Run(tmp_path / "r", {"steps": 2})  # one process: fine
+    assert not (tmp_path / "r").exists()
+
+
+def test_resumed_tensorboard_log_purges_the_killed_segments_steps(tmp_path, monkeypatch):
+    """log.csv drops the rows logged after the checkpoint by a killed run; TensorBoard must hide those steps too, or
+    every step between the checkpoint and the kill shows twice (tensorboard itself need not be installed here)."""
+    import sys
+    import types
+
+    made = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            made.append(purge_step)
+
+        def add_scalar(self, *a): ...
+
+        def close(self): ...
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    from innerloop.runs import CSVLogger
+
+    CSVLogger(tmp_path / "log.csv", ["step", "loss"], None, tmp_path / "tb").close()
+    CSVLogger(tmp_path / "log.csv", ["step", "loss"], 4, tmp_path / "tb").close()
+    assert made == [None, 5]  # a new run purges nothing; resumed at step 4, steps >= 5 are logged again
