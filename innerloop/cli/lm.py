@@ -165,6 +165,9 @@ def run_train(args: argparse.Namespace) -> int:
     from innerloop.train.distributed import cleanup_distributed
     from innerloop.train.lm import train_lm
 
+    if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would stamp its own folder
+        raise ValueError("under torchrun, give the run's folder with --out: the default runs/lm/<mixer>-<time> is "
+                         "stamped by each process's own clock, so the processes could name different folders")
     extra = {} if args.out else {"out": f"runs/lm/{args.mixer or LMConfig.mixer}-{_stamp()}"}
     cfg = _config(args, resume=True, **extra)
     is_main = _is_main_process()

@@ -63,6 +63,12 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, argv, match):
     assert match in err and "Traceback" not in err
 
 
+def test_train_under_torchrun_needs_out(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["lm", "train", "--steps", "1", *TINY]) == 2
+    assert "under torchrun, give the run's folder with --out" in capsys.readouterr().err
+
+
 def test_compare_equal_budget(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["lm", "compare", "--mixers", "ttt_linear", "attention", "--target-params", "30000", "--steps", "2",
