@@ -69,6 +69,10 @@ class CSVLogger:
 
 
 def read_log(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a ``log.csv`` as dicts of strings."""
-    with Path(path).open(newline="") as f:
-        return list(csv.DictReader(f))
+    """Rows of a ``log.csv`` as dicts of strings (a file that is not text is a ValueError naming it)."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path} is not a readable CSV log ({e}); move it away (the run's checkpoints do not need "
+                         f"it) and run the same command again") from e

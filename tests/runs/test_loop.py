@@ -189,3 +189,10 @@ def test_resumed_tensorboard_log_purges_the_killed_segments_steps(tmp_path, monk
     CSVLogger(tmp_path / "log.csv", ["step", "loss"], None, tmp_path / "tb").close()
     CSVLogger(tmp_path / "log.csv", ["step", "loss"], 4, tmp_path / "tb").close()
     assert made == [None, 5]  # a new run purges nothing; resumed at step 4, steps >= 5 are logged again
+
+
+def test_a_garbled_log_is_an_error_naming_the_file(tmp_path):
+    bad = tmp_path / "log.csv"
+    bad.write_bytes(b"step,loss\n1,\xff\xfe\n")
+    with pytest.raises(ValueError, match=f"{bad} is not a readable CSV log"):
+        read_log(bad)
