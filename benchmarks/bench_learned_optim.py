@@ -108,7 +108,7 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--d-in", type=int, default=784)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds (>= 2: the 20/80%% quantiles need two)")
     p.add_argument("--only", default="adam,lstm,lstm-update,mlp,tiny,tiny-update",
                    help="comma-separated subset of adam, lstm, lstm-update (the differentiable path), mlp, tiny, "
                         "tiny-update (its differentiable path)")
@@ -117,6 +117,8 @@ def main() -> None:
                         "out the time spent descheduled on a loaded machine)")
     p.add_argument("--json", default="")
     a = p.parse_args()
+    if a.repeats < 2:
+        p.error(f"--repeats must be >= 2 (the 20/80% quantiles need two timings), got {a.repeats}")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)

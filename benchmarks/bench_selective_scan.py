@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -155,6 +156,10 @@ def cuda_main(argv: list[str]) -> int:
     import os
 
     args = parse_cuda_args(argv)
+    if not args.smoke and not torch.cuda.is_available():  # the GPU sizes on a CPU only fail, row by row
+        print(f"bench_selective_scan.py --cuda: error: no CUDA device here (torch {torch.__version__}); run it on a "
+              f"GPU machine, or add --smoke for tiny shapes in Triton's CPU interpreter", file=sys.stderr)  # fmt: skip
+        return 2
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
     import importlib.metadata
@@ -236,8 +241,6 @@ def cuda_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
-        import sys
-
         argv = sys.argv[1:]
     if argv[:1] == ["--cuda"]:
         return cuda_main(argv[1:])

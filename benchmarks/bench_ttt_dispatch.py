@@ -10,7 +10,7 @@ compare the runs' ranges (only what is measured on one machine in one sitting is
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import torch
@@ -47,4 +47,8 @@ def main(label: str, repeats: int = 60) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "innerloop")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("label", nargs="?", default="innerloop", help="printed before the timings (e.g. the checkout)")
+    parser.add_argument("--repeats", type=int, default=60, help="timed calls per row (median)")
+    args = parser.parse_args()
+    main(args.label, args.repeats)

@@ -18,6 +18,7 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -150,6 +151,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = p.parse_args()
+    if not Path(args.official).is_file():  # every row times the authors' scan next to ours
+        p.error(f"the authors' ttt.py is not at {args.official}: pass --official PATH (ttt-lm-pytorch's ttt.py)")
     rows = run(args)
     if args.json:
         meta = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),

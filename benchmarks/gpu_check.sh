@@ -45,6 +45,10 @@ for p in ("triton", "fla-core", "flash-linear-attention", "einops"):
         print(p, None)
 PYEOF
 log "versions: $(tr '\n' ' ' < "$OUT/versions.txt")"
+if [ -z "$BENCH_ARGS" ] && ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  log "error: no CUDA device here (or no torch in $PY): run this on a GPU machine; BENCH_ARGS=--smoke tries it on a CPU"
+  exit 2
+fi
 
 log "benchmark (op level, bf16, H=12, D=64, 32768 tokens per batch)"
 # shellcheck disable=SC2086

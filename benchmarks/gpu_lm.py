@@ -234,7 +234,12 @@ def _decode(model: CausalLM, state, first: torch.Tensor, n: int, way: str, devic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if not args.smoke and not torch.cuda.is_available():  # the GPU sizes on a CPU run for many minutes
+        print(f"{Path(__file__).name}: error: no CUDA device here (torch {torch.__version__}); run it on a GPU "
+              f"machine, or add --smoke for a tiny model on the CPU (a test of this script)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    device = torch.device("cpu" if args.smoke else "cuda")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.perf_counter() + args.budget

@@ -268,7 +268,12 @@ def check(x: dict, device: torch.device, mlp: bool = False) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if not args.smoke and not torch.cuda.is_available():  # the GPU sizes on a CPU run for many minutes
+        print(f"{Path(__file__).name}: error: no CUDA device here (torch {torch.__version__}); run it on a GPU "
+              f"machine, or add --smoke for tiny shapes on the CPU in Triton's interpreter (a test of this script)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    device = torch.device("cpu" if args.smoke else "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

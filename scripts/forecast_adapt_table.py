@@ -7,8 +7,8 @@ Usage: ``python scripts/forecast_adapt_table.py RUNS_DIR`` where ``RUNS_DIR`` ho
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 ORDER = ["dlinear", "attention", "ttt_linear", "ttt_mlp", "mamba", "lstm", "gru"]
@@ -56,4 +56,9 @@ def main(root: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", nargs="?", default="runs", help="folder of run folders; default: runs")
+    args = parser.parse_args()
+    if not Path(args.runs_dir).is_dir():
+        parser.error(f"{args.runs_dir} is not a folder: give the folder that holds the forecasting run folders")
+    main(args.runs_dir)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,3 +75,25 @@ def test_gpu_check_script_parses():
     if shutil.which("bash") is None:
         pytest.skip("no bash")
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal without a CUDA device")
+def test_refuses_without_cuda(tmp_path, capsys):
+    """Without ``--smoke`` on a CPU machine it ran the GPU sizes on the CPU for many minutes (the default run passed
+    5 minutes); tiny sizes here, so that the old behaviour (rows measured on the CPU, exit 0) fails fast."""
+    out = tmp_path / "rows.jsonl"
+    argv = ["--lengths", "64", "--tokens", "64", "--heads", "1", "--dim", "16", "--paths", "chunk", "--modes", "fwd",
+            "--repeats", "1", "--out", str(out)]  # fmt: skip
+    assert _load().main(argv) == 2
+    assert "gpu_ttt.py: error: no CUDA device here" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal without a CUDA device")
+def test_gpu_check_script_stops_without_cuda(tmp_path):
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "BENCH_ARGS": "", "BUDGET": "30"}
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no CUDA device here" in r.stdout and not (tmp_path / "gpu_ttt.txt").exists()

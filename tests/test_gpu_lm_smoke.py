@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent
 
@@ -49,3 +50,15 @@ def test_defaults_and_budget(tmp_path):
     assert bench.main(["--smoke", "--budget", "0", "--mixers", "gru", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
     assert rows and all("error" in r for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal without a CUDA device")
+def test_refuses_without_cuda(tmp_path, capsys):
+    """Without ``--smoke`` on a CPU machine it ran the 4-layer width-768 model on the CPU until its budget (3 min);
+    tiny sizes here, so that the old behaviour (rows measured on the CPU, exit 0) fails fast."""
+    out = tmp_path / "rows.jsonl"
+    argv = ["--mixers", "gru", "--layers", "1", "--hidden", "32", "--heads", "2", "--intermediate", "64", "--vocab",
+            "64", "--lengths", "16", "--tokens", "16", "--positions", "8", "--decode-tokens", "2", "--repeats", "1",
+            "--out", str(out)]  # fmt: skip
+    assert _load().main(argv) == 2
+    assert "gpu_lm.py: error: no CUDA device here" in capsys.readouterr().err and not out.exists()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +45,14 @@ def test_cuda_defaults():
     assert args.paths == ["sequential", "chunked", "torch"]
     with pytest.raises(SystemExit):
         _load().parse_cuda_args(["--paths", "mamba_cuda"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal without a CUDA device")
+def test_cuda_mode_refuses_without_cuda(tmp_path, capsys):
+    """``--cuda`` without ``--smoke`` on a CPU machine wrote an env row saying "cpu (interpreter)" and failed every
+    row with a traceback; it now stops with one line."""
+    out = tmp_path / "rows.jsonl"
+    argv = ["--cuda", "--lengths", "8", "--tokens", "8", "--channels", "2", "--d-state", "2", "--chunks", "4",
+            "--paths", "torch", "--repeats", "1", "--out", str(out)]  # fmt: skip
+    assert _load().main(argv) == 2
+    assert "--cuda: error: no CUDA device here" in capsys.readouterr().err and not out.exists()

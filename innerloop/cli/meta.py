@@ -14,9 +14,14 @@ the run's ``config.json`` (``train --out runs/sin-maml --iterations 90000 --exte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
 from innerloop.meta.trainer import MetaConfig
+
+# MetaConfig fields evaluation never reads: `meta eval` has no flag for them, so one given is an error, not ignored
+TRAIN_ONLY = frozenset({"iterations", "meta_lr", "meta_optimizer", "meta_batch", "log_every", "checkpoint_every",
+                        "max_seconds", "seed"})  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = msub.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks",
                         description="Evaluate the checkpoint in --out with its config.json; flags given here "
                         "override the saved values (e.g. --eval-tasks, --test-steps, --device).")  # fmt: skip
-    add_dataclass_flags(e, MetaConfig)
+    add_dataclass_flags(e, MetaConfig, skip=TRAIN_ONLY)
     e.add_argument("--split", default="test", choices=["validation", "test"],
                    help="which fixed task set to evaluate on; default: test")  # fmt: skip
     e.set_defaults(func=run_eval)
@@ -46,7 +51,7 @@ def _config(args: argparse.Namespace, base: dict | None = None) -> MetaConfig:
     if cfg.algorithm == "fomaml" and getattr(args, "first_order", None) is False:  # the config cannot tell it apart
         raise ValueError("--no-first-order contradicts --algorithm fomaml (first-order MAML); use --algorithm maml "
                          "for second-order MAML")  # fmt: skip
-    resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))  # "auto", "cpu:0" -> what torch is given
     if cfg.task != "sinusoid":
         data_root(cfg.task, cfg.data_root or None)
     return cfg

@@ -20,6 +20,7 @@ the run's ``config.json`` (``train --out runs/lopt-quad --episodes 400 --extend`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
 from innerloop.optim.meta_train import MetaOptConfig, upgrade_config
@@ -55,7 +56,7 @@ def _config(args: argparse.Namespace, base: dict | None = None) -> MetaOptConfig
     from innerloop.train.distributed import resolve_device
 
     cfg = MetaOptConfig(**{**(base or {}), **dataclass_values(args, MetaOptConfig)})
-    resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))  # "auto", "cpu:0" -> what torch is given
     return cfg
 
 

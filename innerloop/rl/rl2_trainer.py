@@ -118,8 +118,9 @@ class RL2Config:
         if not (self.lr > 0 and self.clip > 0 and 0 < self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ValueError(f"need lr > 0, clip > 0, 0 < gamma <= 1, 0 <= lam <= 1; got {self.lr}, {self.clip}, "
                              f"{self.gamma}, {self.lam}")  # fmt: skip
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: no CUDA device here; use --device cpu")
+        from innerloop.train.distributed import resolve_device
+
+        resolve_device(self.device)  # a clear error for a typo ("gpu") or for cuda without a GPU
 
     def make_trials(self, batch_size: int) -> TrialEnv:
         """``batch_size`` trials of this config's task distribution (seeded later, by :func:`rollout`)."""

@@ -255,7 +255,9 @@ def load_weights(path: str | Path, model: nn.Module, map_location: str | torch.d
     if bad or unknown:
         raise ValueError(f"checkpoint {path} does not fit this model (different config?): "
                          f"shape mismatches {bad[:5]}, unexpected keys {unknown[:5]}")  # fmt: skip
-    missing, unexpected = st.load_model(model, str(path / MODEL_FILE), strict=False, device=str(map_location))
+    device = torch.device(map_location)
+    device = "cpu" if device.type == "cpu" else str(device)  # safetensors refuses "cpu:0"
+    missing, unexpected = st.load_model(model, str(path / MODEL_FILE), strict=False, device=device)
     shared = {k for k in missing if any(own[k] is own[j] or own[k].data_ptr() == own[j].data_ptr()
                                         for j in saved)}  # fmt: skip
     missing = sorted(set(missing) - shared)

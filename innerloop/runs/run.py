@@ -112,6 +112,10 @@ class Run:
         command: str = "the same command", upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:  # fmt: skip
         self.out, self.config = Path(out), dict(config)
+        blocker = next((p for p in (self.out, *self.out.parents) if p.exists()), None)  # nearest existing path
+        if blocker is not None and not blocker.is_dir():
+            raise NotADirectoryError(f"cannot use {self.out} as the run folder: {blocker} is a file, not a folder; "
+                                     f"give --out a folder (new or a run's)")  # fmt: skip
         self.steps_key, self.resume_free = steps_key, frozenset(resume_free)
         self.fresh, self.extend, self.is_main, self.keep, self.command = fresh, extend, is_main, keep, command
         self.upgrade = upgrade

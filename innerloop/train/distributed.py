@@ -40,12 +40,24 @@ class DistInfo:
 
 
 def resolve_device(device: str) -> str:
-    """``'auto'`` -> ``'cuda'`` if available else ``'cpu'``; an unavailable CUDA device is a clear error."""
+    """``'auto'`` -> ``'cuda'`` if available else ``'cpu'``; a name torch does not know (``gpu``), a device type
+    other than cpu/cuda, and an unavailable CUDA device are clear errors. ``cpu:N`` is ``cpu``.
+
+    Examples:
+        >>> resolve_device("cpu:0")
+        'cpu'
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use --device cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return device
+    return "cpu" if kind == "cpu" else device  # one CPU device; "cpu:0" is refused by safetensors' loader
 
 
 def setup_distributed(device: str = "auto") -> DistInfo:

@@ -44,6 +44,12 @@ ROOT = Path(__file__).resolve().parents[2]
         (["diagnose", "retention", "--n-train", "1"], "argument --n-train: must be >= 2, got 1"),  # was NaN features
         (["synth", "train", "--task-option", "vocab_size=abc"], "option vocab_size must be an integer, got 'abc'"),
         (["synth", "train", "--task", "mqar", "--train-length", "20"], "eval length 40: task 'mqar': vocab_size 64"),
+        # a device torch does not know was a RuntimeError traceback from torch.device
+        (["meta", "train", "--device", "gpu"], "unknown device 'gpu'; use --device cpu, cuda or cuda:N"),
+        (["lm", "train", "--device", "gpu"], "unknown device 'gpu'"),
+        (["optim", "train", "--device", "mps"], "unknown device 'mps'"),
+        (["rl", "train", "--algo", "rl2", "--device", "gpu"], "unknown device 'gpu'"),
+        (["demo", "--device", "gpu"], "unknown device 'gpu'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch, argv, match):
@@ -174,3 +180,31 @@ def test_run_flags_fresh_and_extend(tmp_path, capsys):
     assert main([*more, "--algorithm", "reptile"]) == 2
     assert "--extend" in capsys.readouterr().err
     assert main([*more, "--algorithm", "reptile", "--extend"]) == 0
+
+
+def test_an_out_that_is_a_file_says_so(tmp_path, capsys):
+    """``--out`` naming a file (or a path under one) was ``[Errno 17] File exists`` / ``[Errno 20] Not a directory``."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["synth", "train", "--steps", "1", "--out", str(afile)]) == 2
+    assert f"cannot use {afile} as the run folder: {afile} is a file, not a folder" in capsys.readouterr().err
+    assert main(["meta", "train", "--iterations", "1", "--out", str(afile / "run")]) == 2
+    assert f"{afile} is a file, not a folder; give --out a folder" in capsys.readouterr().err
+
+
+def test_meta_eval_refuses_training_only_flags(tmp_path, capsys):
+    """``meta eval --iterations 5`` (or --meta-lr, --seed, ...) was accepted and silently ignored."""
+    assert main(["meta", "eval", "--out", str(tmp_path), "--iterations", "5"]) == 2
+    assert "unrecognized arguments: --iterations 5" in capsys.readouterr().err
+    assert main(["meta", "eval", "--out", str(tmp_path), "--eval-tasks", "5"]) == 2  # an eval flag: the run is missing
+    assert "config.json not found" in capsys.readouterr().err
+
+
+def test_meta_on_cpu_0_trains_and_evaluates(tmp_path, capsys):
+    """``--device cpu:0`` trained, then crashed in evaluation (safetensors refuses the name); ``auto`` crashed."""
+    for device in ("cpu:0", "auto"):
+        out = tmp_path / device.replace(":", "")
+        argv = ["meta", "train", "--device", device, "--iterations", "2", "--meta-batch", "2", "--eval-tasks", "2",
+                "--eval-batch", "2", "--test-steps", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+        assert "test mse after  1 steps" in capsys.readouterr().out

@@ -118,6 +118,17 @@ def test_checkpoint_debris_is_ignored(tmp_path):
     assert latest_checkpoint(ck).name == "step_00000004"
 
 
+def test_checkpoint_loads_onto_cpu_0(tmp_path):
+    """``map_location="cpu:0"`` (torch's name of the one CPU device) was refused by safetensors' loader."""
+    from innerloop.runs import load_weights
+
+    model, ck = torch.nn.Linear(3, 2), tmp_path / "checkpoints"
+    save_checkpoint(ck, 1, model, {})
+    other = torch.nn.Linear(3, 2)
+    load_weights(latest_checkpoint(ck), other, map_location="cpu:0")
+    assert torch.equal(other.weight, model.weight)
+
+
 def test_load_checkpoint_into_other_model_is_a_clear_error(tmp_path):
     from innerloop.models.lm import CausalLM
 

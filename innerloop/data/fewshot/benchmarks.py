@@ -43,7 +43,8 @@ def data_root(name: str, root: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"no data folder for {name}: {where}")
     path = Path(root) if root else Path(base) / name
     if not path.is_dir():
-        raise FileNotFoundError(f"{name} data folder {path} does not exist: {where}")
+        problem = "is a file, not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"{name} data folder {path} {problem}: {where}")
     return path
 
 
@@ -75,9 +76,11 @@ def get_tasksets(
             SinusoidTasks(shots, SINUSOID_EVAL_POINTS, TEST_SEED),
         )
     if name == "omniglot":
-        from .omniglot import OmniglotClasses, load_omniglot, omniglot_split
+        from .omniglot import OmniglotClasses, check_complete, load_omniglot, omniglot_split
 
-        images, names = load_omniglot(data_root(name, root))
+        path = data_root(name, root)
+        images, names = load_omniglot(path)
+        check_complete(images, names, path)
         split = omniglot_split(names)
         train = OmniglotClasses(images, split["train"], rotations=(0, 90, 180, 270))
         val, test = OmniglotClasses(images, split["validation"]), OmniglotClasses(images, split["test"])
@@ -90,9 +93,14 @@ def get_tasksets(
         from .miniimagenet import MiniImageNet
 
         r = data_root(name, root)
+        sets = {split: MiniImageNet(r, split) for split in ("train", "validation", "test")}
+        for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+            if shared := sorted(set(sets[a].class_names) & set(sets[b].class_names)):
+                raise ValueError(f"{r}: {len(shared)} classes (e.g. {shared[0]}) are in both the {a} and "
+                                 f"the {b} split; the split CSVs need disjoint classes (Ravi: 64/16/20)")  # fmt: skip
         return (
-            Taskset(MiniImageNet(r, "train"), ways, shots, q, seed=seed),
-            Taskset(MiniImageNet(r, "validation"), ways, shots, q, num_tasks=eval_tasks, seed=VALIDATION_SEED),
-            Taskset(MiniImageNet(r, "test"), ways, shots, q, num_tasks=eval_tasks, seed=TEST_SEED),
+            Taskset(sets["train"], ways, shots, q, seed=seed),
+            Taskset(sets["validation"], ways, shots, q, num_tasks=eval_tasks, seed=VALIDATION_SEED),
+            Taskset(sets["test"], ways, shots, q, num_tasks=eval_tasks, seed=TEST_SEED),
         )
     raise ValueError(f"unknown benchmark {name!r}; choose sinusoid, omniglot or miniimagenet")

@@ -10,8 +10,10 @@ uint8, 25 MB) is cached under ``$INNERLOOP_CACHE`` (default ``~/.cache/innerloop
 Get the two zips from https://github.com/brendenlake/omniglot (folder ``python/``) or with :func:`download_omniglot`.
 
 MAML split: the 1,623 characters (both zips) are shuffled with a fixed seed; the first 1,200 are for meta-training
-(1,100 train + 100 validation, as in cbfinn/maml) and the remaining 423 for meta-test. Training classes are
-augmented with rotations by 90, 180 and 270 degrees as new classes (4,400 classes).
+(1,100 train + 100 validation, as in cbfinn/maml) and the remaining 423 for meta-test. The sizes are MAML's, the
+characters are not: the shuffle is torch's (seed 1), not that code's Python ``random.shuffle``, and it is not the
+Vinyals et al. split. Training classes are augmented with rotations by 90, 180 and 270 degrees as new classes (4,400
+classes); validation and test classes are not rotated. :func:`check_complete` refuses a partial copy.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import re
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -29,7 +32,7 @@ from torch import Tensor
 
 from innerloop.data._io import user_cache_dir
 
-__all__ = ["OmniglotClasses", "load_omniglot", "omniglot_split", "download_omniglot", "SPLIT_SEED"]
+__all__ = ["OmniglotClasses", "check_complete", "download_omniglot", "load_omniglot", "omniglot_split", "SPLIT_SEED"]
 
 ZIPS = ("images_background", "images_evaluation")
 REPO = "https://github.com/brendenlake/omniglot"
@@ -40,6 +43,10 @@ UPSTREAM_MD5 = {
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
 SPLIT_SEED = 1
+FULL_COUNTS = {"images_background": 964, "images_evaluation": 659}  # characters per zip; 20 drawers each
+DRAWERS = 20
+_DAMAGED = (f"get a fresh copy of images_background.zip / images_evaluation.zip from {REPO} (folder python/), or "
+            f"with download_omniglot(DIR), which checks their md5")  # fmt: skip
 _PNG = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/(character\d+)/([^/]+\.png)$")
 
 
@@ -66,37 +73,49 @@ def _sources(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _decode(data: bytes, size: int) -> Tensor:
-    from PIL import Image
+def _decode(data: bytes, size: int, where: str) -> Tensor:
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("L").resize((size, size), Image.LANCZOS)
-        pix = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("L").resize((size, size), Image.LANCZOS)
+            pix = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL raises SyntaxError for a broken PNG chunk
+        raise ValueError(f"{where} is not a readable PNG ({type(e).__name__}): {_DAMAGED}") from None
     return 255 - pix  # strokes (black in the PNG) become bright
+
+
+def _read_zip(src: Path, chars: dict[str, list[tuple[str, bytes]]]) -> None:
+    try:
+        with zipfile.ZipFile(src) as z:
+            for n in z.namelist():
+                m = _PNG.search(n)
+                if m:
+                    chars.setdefault(f"{m[1]}/{m[2]}/{m[3]}", []).append((m[4], z.read(n)))
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a truncated download, a damaged member
+        raise ValueError(f"{src} is damaged or incomplete ({type(e).__name__}: {e}): {_DAMAGED}") from None
 
 
 def _read_all(root: Path, size: int) -> tuple[Tensor, list[str]]:
     chars: dict[str, list[tuple[str, bytes]]] = {}
+    where: dict[str, Path] = {}  # character -> the zip or folder it came from (for errors)
     for _, src in _sources(root):
         if src.suffix == ".zip":
-            with zipfile.ZipFile(src) as z:
-                entries = [(n, z) for n in z.namelist()]
-                for n, zz in entries:
-                    m = _PNG.search(n)
-                    if m:
-                        chars.setdefault(f"{m[1]}/{m[2]}/{m[3]}", []).append((m[4], zz.read(n)))
+            _read_zip(src, chars)
         else:
             for path in sorted(src.rglob("*.png")):
                 m = _PNG.search(path.as_posix())
                 if m:
                     chars.setdefault(f"{m[1]}/{m[2]}/{m[3]}", []).append((m[4], path.read_bytes()))
+        where.update({n: src for n in chars if n not in where})
     if not chars:
         raise FileNotFoundError(f"{root} holds no Omniglot PNGs (<split>/<Alphabet>/characterNN/*.png)")
     names = sorted(chars)
     counts = {len(chars[n]) for n in names}
     if len(counts) != 1:
         raise ValueError(f"Omniglot characters must all have the same number of drawers, found {sorted(counts)}")
-    images = torch.stack([torch.stack([_decode(d, size) for _, d in sorted(chars[n])]) for n in names])
+    images = torch.stack([torch.stack([_decode(d, size, f"{where[n]}: {n}/{f}") for f, d in sorted(chars[n])])
+                          for n in names])  # fmt: skip
     return images, names  # [C, drawers, size, size] uint8
 
 
@@ -112,8 +131,11 @@ def load_omniglot(root: str | Path, size: int = 28, cache: bool = True) -> tuple
     cache_dir = user_cache_dir()
     cache_file = cache_dir / f"omniglot{size}_{key.hexdigest()[:12]}.pt"
     if cache and cache_file.exists():
-        blob = torch.load(cache_file, weights_only=False)
-        return blob["images"], blob["names"]
+        try:
+            blob = torch.load(cache_file, weights_only=False)
+            return blob["images"], blob["names"]
+        except Exception:  # noqa: BLE001 - an unreadable cache (any error torch.load gives) is rebuilt
+            pass
     images, names = _read_all(root, size)
     if cache:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +143,24 @@ def load_omniglot(root: str | Path, size: int = 28, cache: bool = True) -> tuple
         torch.save({"images": images, "names": names}, tmp)
         os.replace(tmp, cache_file)
     return images, names
+
+
+def check_complete(images: Tensor, names: list[str], root: str | Path) -> None:
+    """Raise unless ``images``/``names`` (from :func:`load_omniglot`) are all of Omniglot: 964 + 659 characters x 20.
+
+    The MAML split is a permutation of all 1,623 characters, so a partial copy (an interrupted extraction, the
+    ``_small`` zips) would silently give other training and test classes.
+
+    Raises:
+        ValueError: a count differs; the message gives the counts found and expected.
+    """
+    found = {split: sum(n.startswith(split + "/") for n in names) for split in FULL_COUNTS}
+    if found != FULL_COUNTS or images.shape[1] != DRAWERS:
+        raise ValueError(
+            f"{root} is not the whole of Omniglot: found {found['images_background']} + "
+            f"{found['images_evaluation']} characters (background + evaluation) x {images.shape[1]} drawers, expected "
+            f"964 + 659 x 20, which the 1,100/100/423 split needs; {_DAMAGED}"
+        )
 
 
 def omniglot_split(names: list[str], seed: int = SPLIT_SEED, train: int = 1100, val: int = 100) -> dict[str, Tensor]:
@@ -165,25 +205,47 @@ class OmniglotClasses:
         return out.unsqueeze(1)
 
 
+def _checksum_error(path: Path, name: str, md5: dict[str, str], sha256: dict[str, str]) -> str | None:
+    """What is wrong with ``path``'s checksums (``None``: they match or none is expected)."""
+    data = path.read_bytes()
+    for algo, expected in (("md5", md5.get(name)), ("sha256", sha256.get(name))):
+        if expected and hashlib.new(algo, data).hexdigest() != expected:
+            return f"its {algo} is {hashlib.new(algo, data).hexdigest()}, expected {expected}"
+    return None
+
+
 def download_omniglot(
     root: str | Path, md5: dict[str, str] | None = None, sha256: dict[str, str] | None = None
 ) -> Path:
     """Download the two zips from the official repository into ``root`` and verify their checksums.
 
-    The upstream md5s are checked by default (the only ones published); pass ``sha256={name: hex}`` to pin
-    sha256 as well. Never called by tests.
+    A zip already in ``root`` is verified, not downloaded again. A download goes to ``<name>.part`` and becomes
+    ``<name>.zip`` only once its checksums match, so a damaged download is never used. The upstream md5s are checked
+    by default (the only ones published); pass ``sha256={name: hex}`` to pin sha256 as well, and ``md5={}`` to
+    verify a copy rebuilt from the pixels (e.g. the shared data folder, whose README gives its sha256). Never called
+    by tests.
+
+    Raises:
+        ValueError: a zip in ``root`` or a download whose checksum differs (the message says what to do).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     md5 = UPSTREAM_MD5 if md5 is None else md5
     for name in ZIPS:
         dest = root / f"{name}.zip"
-        if not dest.exists():
-            tmp = dest.with_suffix(".part")
+        if dest.exists():
+            if problem := _checksum_error(dest, name, md5, sha256 or {}):
+                raise ValueError(f"{dest} is not the upstream {name}.zip: {problem}. Delete it and call "
+                                 f"download_omniglot again; for a copy rebuilt from the pixels (data README), pass "
+                                 f"md5={{}} and its sha256=")  # fmt: skip
+            continue
+        tmp = dest.with_suffix(".part")
+        try:
             urllib.request.urlretrieve(URL.format(name), tmp)
+            if problem := _checksum_error(tmp, name, md5, sha256 or {}):
+                raise ValueError(f"the download of {URL.format(name)} is damaged or changed upstream: {problem}; "
+                                 f"nothing was written to {dest}. Try again, or get the zip by hand")  # fmt: skip
             os.replace(tmp, dest)
-        data = dest.read_bytes()
-        for algo, expected in (("md5", (md5 or {}).get(name)), ("sha256", (sha256 or {}).get(name))):
-            if expected and hashlib.new(algo, data).hexdigest() != expected:
-                raise ValueError(f"{dest}: {algo} {hashlib.new(algo, data).hexdigest()} != expected {expected}")
+        finally:
+            tmp.unlink(missing_ok=True)
     return root

@@ -131,3 +131,95 @@ def test_miniimagenet_folder(tmp_path):
         get_tasksets("miniimagenet", ways=2, shots=2, query_shots=2, root=root)
     with pytest.raises(FileNotFoundError, match="not a mini-ImageNet root"):
         MiniImageNet(tmp_path, "train")
+
+
+def test_damaged_omniglot_zip_is_a_clear_error(tmp_path, monkeypatch):
+    """A truncated zip (an interrupted download) or a damaged member names the zip and how to get a fresh one."""
+    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path / "cache"))
+    root = make_omniglot(tmp_path, True)
+    zip_path = root / "images_background.zip"
+    data = zip_path.read_bytes()
+    zip_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"images_background.zip is damaged or incomplete .*brendenlake/omniglot"):
+        load_omniglot(root, cache=False)
+    zip_path.write_bytes(data)
+    with zipfile.ZipFile(zip_path) as z:
+        info = z.infolist()[3]
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 5  # inside the member's data
+    damaged = bytearray(data)
+    damaged[at] ^= 0xFF
+    zip_path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"images_background.zip is damaged or incomplete \((BadZipFile|error)"):
+        load_omniglot(root, cache=False)
+
+
+def test_a_file_that_is_not_a_png_is_named(tmp_path):
+    root = make_omniglot(tmp_path, False)
+    bad = sorted((root / "images_evaluation").rglob("*.png"))[1]
+    bad.write_bytes(b"<html>404</html>")
+    with pytest.raises(ValueError, match=r"images_evaluation/Alpha0/character01/0001_02.png is not a readable PNG"):
+        load_omniglot(root, cache=False)
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "z").mkdir()
+    root = make_omniglot(tmp_path / "z", True)
+    images, _ = load_omniglot(root)
+    cache = next((tmp_path / "cache").glob("omniglot28_*.pt"))
+    cache.write_bytes(cache.read_bytes()[:100])
+    again, _ = load_omniglot(root)
+    assert torch.equal(again, images)
+
+
+def _full_names(background: int = 964, evaluation: int = 659) -> list[str]:
+    return sorted([f"images_background/A/character{i:04d}" for i in range(background)]
+                  + [f"images_evaluation/B/character{i:04d}" for i in range(evaluation)])  # fmt: skip
+
+
+def test_a_partial_omniglot_is_refused_by_the_benchmark(tmp_path, monkeypatch):
+    """The MAML split permutes all 1,623 characters: a copy missing some would silently give other classes."""
+    from innerloop.data.fewshot import omniglot
+
+    def fake_load(names):
+        return lambda root: (torch.zeros(len(names), 20, 2, 2, dtype=torch.uint8), names)
+
+    monkeypatch.setattr(omniglot, "load_omniglot", fake_load(_full_names()))
+    train, val, test = get_tasksets("omniglot", root=tmp_path)
+    assert (len(train.classes), len(val.classes), len(test.classes)) == (4400, 100, 423)
+    monkeypatch.setattr(omniglot, "load_omniglot", fake_load(_full_names(background=914)))
+    with pytest.raises(ValueError, match=r"not the whole of Omniglot: found 914 \+ 659 characters .* expected 964"):
+        get_tasksets("omniglot", root=tmp_path)
+
+
+def test_download_keeps_only_verified_zips(tmp_path, monkeypatch):
+    """A download goes to .part and is kept only when its checksum matches; a zip already there is verified."""
+    import hashlib
+    import urllib.request
+
+    from innerloop.data.fewshot.omniglot import download_omniglot
+
+    served = {"images_background": b"background bytes", "images_evaluation": b"evaluation bytes"}
+    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, dest: Path(dest).write_bytes(
+        served[url.rsplit("/", 1)[1].removesuffix(".zip")]))  # fmt: skip
+    good = {k: hashlib.md5(v).hexdigest() for k, v in served.items()}
+    with pytest.raises(ValueError, match="is damaged or changed upstream: its md5 is .* nothing was written"):
+        download_omniglot(tmp_path / "a")  # the upstream md5s: these bytes do not match
+    assert list((tmp_path / "a").iterdir()) == []
+    assert download_omniglot(tmp_path / "b", md5=good) == tmp_path / "b"
+    assert (tmp_path / "b" / "images_evaluation.zip").read_bytes() == b"evaluation bytes"
+    with pytest.raises(ValueError, match=r"is not the upstream images_background.zip: .* Delete it"):
+        download_omniglot(tmp_path / "b")  # already there, other checksums (as a rebuilt copy): not re-downloaded
+
+
+def test_miniimagenet_splits_must_not_share_classes(tmp_path):
+    root = make_miniimagenet(tmp_path / "mini")
+    (root / "test.csv").write_text((root / "train.csv").read_text())  # a wrong CSV: the training classes again
+    with pytest.raises(ValueError, match="4 classes .* are in both the train and the test split"):
+        get_tasksets("miniimagenet", ways=2, shots=1, root=root)
+
+
+def test_data_root_that_is_a_file(tmp_path):
+    (tmp_path / "omniglot.zip").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="omniglot.zip is a file, not a folder: give --data-root DIR"):
+        get_tasksets("omniglot", root=tmp_path / "omniglot.zip")
