@@ -21,6 +21,7 @@ int64 in ``0..ways-1``; queries likewise with ``query_shots`` per class.
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,9 +41,14 @@ TRAIN_ROTATIONS = (0, 90, 180, 270)
 def omniglot_images(root: str, size: int) -> tuple[Tensor, tuple[str, ...]]:
     """All characters ``uint8 [C, 20, size, size]`` and their ``split/Alphabet/characterNN`` names (cached per
     process, and on disk by :func:`innerloop.data.fewshot.omniglot.load_omniglot`; needs Pillow the first time)."""
-    from innerloop.data.fewshot.omniglot import load_omniglot
+    from innerloop.data.fewshot.omniglot import check_complete, load_omniglot
 
     images, names = load_omniglot(root, size)
+    try:
+        check_complete(images, names, root)
+    except ValueError as e:  # a partial copy draws other splits (the alphabets share one random stream)
+        warnings.warn(f"{e}. Its train/test/ood splits differ from a whole copy's; results are not comparable",
+                      stacklevel=2)  # fmt: skip
     return images, tuple(names)
 
 

@@ -170,3 +170,11 @@ def test_freeze_encoder_steps_needs_an_in_context_image_learner():
         ICLConfig(task="omniglot", learner="maml", freeze_encoder_steps=5)
     with pytest.raises(ValueError, match="freeze_encoder_steps must be >= 0"):
         ICLConfig(task="omniglot", learner="gru", freeze_encoder_steps=-1)
+
+
+def test_a_partial_copy_is_warned_about(tiny_root):
+    from innerloop.icl.omniglot import omniglot_images
+
+    omniglot_images.cache_clear()
+    with pytest.warns(UserWarning, match=r"is not the whole of Omniglot: found 6 \+ 3 characters.*not comparable"):
+        omniglot_images(str(tiny_root), 14)
