@@ -1,0 +1,76 @@
+"""RESULTS.md and BENCHMARKS.md: every ``innerloop`` command they record still parses with today's CLI.
+
+Each result there comes with the command that made it; a renamed or removed flag would leave a command that no longer
+runs. Commands are found in fenced and indented blocks (continuation lines joined, leading ``VAR=value`` settings
+dropped) and checked as tests/test_readme.py checks the README's (parsed without running, flags spelled in full).
+Optional parts written ``[--flag ...]`` are checked as if given; a command with a placeholder (``$n``, ``RUN``,
+``H``) is not checked, and the test says how many were skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.test_readme import innerloop_args, leaf_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ("RESULTS.md", "BENCHMARKS.md")
+START = re.compile(r"^\s*(?:[A-Z_]+=\S*\s+)*(?:innerloop|python3? -m innerloop|torchrun)\s")
+PLACEHOLDER = re.compile(r"\$|^[A-Z][A-Z_0-9-]*$")  # $n, ${X}, RUN, H, CHECKPOINT
+
+
+def doc_commands(doc: str) -> list[tuple[int, str]]:
+    """``(line, command)`` of every innerloop command line in ``doc`` (continuations joined, comments kept)."""
+    lines, out, i = (ROOT / doc).read_text().splitlines(), [], 0
+    while i < len(lines):
+        if START.match(lines[i]) and (lines[i].startswith("    ") or not lines[i].startswith(" ")):
+            start, cmd = i + 1, ""
+            while True:
+                cmd += lines[i].strip().removesuffix("\\") + " "
+                if not lines[i].rstrip().endswith("\\") or i + 1 == len(lines):
+                    break
+                i += 1
+            out.append((start, cmd.strip()))
+        i += 1
+    return out
+
+
+CASES = [(doc, line, cmd) for doc in DOCS for line, cmd in doc_commands(doc)]
+
+
+def _argv(command: str) -> list[str] | None:
+    """The innerloop arguments, or None for a command written with placeholders."""
+    argv = shlex.split(re.sub(r"\[(--[^\]]*)\]", r"\1", command.split("; done")[0]), comments=True)
+    while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+        argv = argv[1:]
+    args = innerloop_args(argv)
+    if args is None or any(PLACEHOLDER.search(a) for a in args):
+        return None
+    return args
+
+
+@pytest.mark.parametrize(("doc", "line", "command"), CASES, ids=[f"{d}:{n}" for d, n, _ in CASES])
+def test_recorded_command_parses(doc, line, command, capsys):
+    from innerloop.cli.main import build_parser
+
+    args = _argv(command)
+    if args is None:
+        pytest.skip(f"{doc}:{line}: written with placeholders")
+    parser = build_parser()
+    try:
+        parser.parse_args(args)
+    except SystemExit as e:
+        pytest.fail(f"{doc}:{line}: `{command}` no longer parses (exit {e.code}): {capsys.readouterr().err}")
+    known = leaf_parser(parser, args)._option_string_actions
+    flags = [a.split("=")[0] for a in args if a.startswith("-") and not re.fullmatch(r"-\d.*", a)]
+    assert not [f for f in flags if f not in known], f"{doc}:{line}: `{command}`: flags abbreviated or renamed"
+
+
+def test_the_docs_have_commands():
+    """Guards the extraction: RESULTS.md records many commands, most without placeholders."""
+    checked = [c for d, _, c in CASES if d == "RESULTS.md" and _argv(c) is not None]
+    assert len(checked) >= 80
