@@ -35,6 +35,8 @@ class Parser(argparse.ArgumentParser):
 def one_line(e: BaseException) -> str:
     """The exception's message on one line, with a hint for a missing optional package."""
     text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:  # mkdir of an output folder, say
+        text += f"; {e.filename} (or a folder above it) is a file where a folder is needed: give another --out"
     if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in _EXTRAS:
         text += f"; install it with pip install 'innerloop[{_EXTRAS[e.name.split('.')[0]]}]'"
     return text

@@ -75,6 +75,13 @@ def _args(func):
     return argparse.Namespace(command="lm", lm_command="train", func=func)
 
 
+def test_an_output_folder_that_is_a_file_says_so(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    argv = ["diagnose", "retention", "--hidden-sizes", "4", "--steps", "1", "--out", str(tmp_path / "f")]
+    assert main(argv) == 2
+    assert "is a file where a folder is needed: give another --out" in capsys.readouterr().err
+
+
 def test_interrupt_is_exit_code_130(capsys):
     def interrupted(args):
         raise KeyboardInterrupt
