@@ -3,7 +3,11 @@
 Needs the MuJoCo extra: ``pip install 'innerloop[mujoco]'`` (gymnasium[mujoco] and ``mujoco>=3,<4``; the 4.0.0
 package on the index is not usable). The task is the goal velocity ``v_goal ~ U[0, 2]`` (reward
 ``-|v - v_goal| - 0.05 ||a||^2``) or the direction ``d in {-1, +1}`` (reward ``d v - 0.05 ||a||^2``), ``v`` the forward
-velocity; the control-cost weight is set to the paper's 0.05 (gymnasium's default is 0.1).
+velocity (the root's x displacement over one step of 0.05 s, as pytorch-maml-rl; Finn et al.'s rllab env reads the
+torso's centre-of-mass velocity instead); the control-cost weight is set to the paper's 0.05 (gymnasium's default is
+0.1). Actions are clipped to [-1, 1] before they are applied and charged, as in both references. The observation is
+gymnasium v5's 17 numbers (``qpos[1:]``, ``qvel``); both references append the torso's centre of mass (3 more,
+including the absolute x position), which we leave out.
 
 Import this module only through :func:`innerloop.rl.maml.tasks.make_family`, which names the fix when mujoco is
 missing.

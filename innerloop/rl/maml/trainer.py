@@ -10,6 +10,7 @@ all tasks jointly, no inner step).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +76,24 @@ class MamlRLConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("inner_steps", "horizon", "num_layers", "eval_steps", "threads", "max_seconds", "cg_damping",
-                     "keep_checkpoints"):
-            if getattr(self, name) < 0:
+                     "keep_checkpoints", "seed", "eval_seed"):  # fmt: skip
+            if not getattr(self, name) >= 0:  # `not >=` also refuses nan
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("inner_lr", "max_kl", "init_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("inner_lr", "max_kl", "init_std", "cg_damping"):  # inf passes the checks above, then no step
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        for name in ("seed", "eval_seed"):
+            if getattr(self, name) >= 2**64:
+                raise ValueError(f"{name} must be < 2**64 (torch.manual_seed's range), got {getattr(self, name)}")
         if not 0 < self.gamma <= 1 or not 0 < self.ls_backtrack < 1:
             raise ValueError(f"need 0 < gamma <= 1 and 0 < ls_backtrack < 1, got {self.gamma}, {self.ls_backtrack}")
+        if self.normalize_advantages and self.trajectories == 1 and self.horizon == 1:
+            raise ValueError("normalize_advantages standardises each task's trajectories x horizon advantages and "
+                             "needs at least 2 of them, got --trajectories 1 --horizon 1: raise one of them or give "
+                             "--no-normalize-advantages")  # fmt: skip
 
     def family(self) -> TaskFamily:
         return make_family(self.env, self.horizon)
@@ -211,6 +222,13 @@ def evaluate_run(out: str | Path, pretrained: str | Path | None = None, **overri
         if pcfg.env != cfg.env:
             raise ValueError(f"the pretrained run {pretrained} is on {pcfg.env}, this run on {cfg.env}; give a run "
                              f"of the same env")  # fmt: skip
+        # both would be reported as "pretrained": one row would silently replace the other
+        if not cfg.inner_steps:
+            raise ValueError(f"{out} is itself a pretrained run (trained with --inner-steps 0); evaluate a MAML run "
+                             f"with --pretrained {out}, or this run without --pretrained")  # fmt: skip
+        if pcfg.inner_steps:
+            raise ValueError(f"the pretrained run {pretrained} was trained with --inner-steps {pcfg.inner_steps} (a "
+                             f"MAML run); --pretrained takes a run trained with --inner-steps 0")  # fmt: skip
         policies["pretrained"] = ppolicy
     policies["random"] = build_policy(cfg)
     metrics = evaluate_policies(cfg, policies)

@@ -8,6 +8,7 @@ loss and the KL are computed; :func:`trpo_step` only sees a function of the para
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,9 +50,11 @@ def trpo_step(params: Params, objective: Callable[[Params], tuple[Tensor, Tensor
     Returns:
         (dict[str, Tensor], TRPOStats): new parameters (detached; the old ones if no trial was accepted) and stats.
     """
-    if not max_kl > 0 or cg_iters < 1 or ls_steps < 1 or not 0 < backtrack < 1 or damping < 0:
-        raise ValueError(f"TRPO needs max_kl > 0, cg_iters >= 1, ls_steps >= 1, 0 < backtrack < 1, damping >= 0; "
-                         f"got {max_kl}, {cg_iters}, {ls_steps}, {backtrack}, {damping}")  # fmt: skip
+    # an infinite max_kl or a nan/inf damping makes every trial step non-finite: all rejected, TRPO never moves
+    finite = math.isfinite(max_kl) and math.isfinite(damping)
+    if not finite or not max_kl > 0 or cg_iters < 1 or ls_steps < 1 or not 0 < backtrack < 1 or damping < 0:
+        raise ValueError(f"TRPO needs finite max_kl > 0, cg_iters >= 1, ls_steps >= 1, 0 < backtrack < 1, finite "
+                         f"damping >= 0; got {max_kl}, {cg_iters}, {ls_steps}, {backtrack}, {damping}")  # fmt: skip
     theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     with torch.enable_grad():
         loss, kl = objective(theta)

@@ -166,6 +166,10 @@ def test_trpo_on_a_maml_batch_keeps_the_post_update_kl_within_the_bound():
 def test_bad_trpo_and_policy_settings_are_refused():
     with pytest.raises(ValueError, match="max_kl"):
         trpo_step({"w": torch.zeros(1)}, lambda p: (p["w"].sum(), p["w"].sum()), max_kl=0.0)
+    # accepted before: every trial step is then inf/nan and rejected, so "TRPO" silently never moves
+    for kw in ({"max_kl": float("inf")}, {"damping": float("nan")}, {"damping": float("inf")}):
+        with pytest.raises(ValueError, match="finite"):
+            trpo_step({"w": torch.zeros(1)}, lambda p: (p["w"].sum(), p["w"].sum()), **kw)
     with pytest.raises(ValueError, match="activation"):
         GaussianMLPPolicy(2, 2, activation="gelu")
     with pytest.raises(ValueError, match="init_std"):

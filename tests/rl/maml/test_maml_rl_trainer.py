@@ -54,10 +54,26 @@ def test_another_config_in_the_same_directory_is_refused(tmp_path):
 @pytest.mark.parametrize(("field", "value", "match"), [
     ("env", "ant", "choose from"), ("trajectories", 0, "trajectories"), ("inner_lr", 0.0, "inner_lr"),
     ("max_kl", -1.0, "max_kl"), ("inner_steps", -1, "inner_steps"), ("gamma", 1.5, "gamma"),
+    # accepted before, then: a numpy traceback after config.json was written (seeds), a run that trains without ever
+    # moving (inf max_kl, nan damping: every line-search trial is rejected), a "diverged" error blaming --max-kl
+    ("seed", -1, "seed must be >= 0"), ("eval_seed", -1, "eval_seed must be >= 0"), ("seed", 2**64, "2\\*\\*64"),
+    ("max_kl", float("inf"), "max_kl must be finite"), ("cg_damping", float("nan"), "cg_damping must be >= 0"),
+    ("cg_damping", float("inf"), "cg_damping must be finite"), ("init_std", float("inf"), "init_std must be finite"),
+    ("max_seconds", float("nan"), "max_seconds must be >= 0"),
 ])  # fmt: skip
 def test_bad_settings_are_refused(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         config(str(tmp_path), **{field: value})
+    assert not any(tmp_path.iterdir())  # refused before the run folder is written
+
+
+def test_one_step_per_task_with_normalised_advantages_is_refused(tmp_path):
+    """One trajectory of one step: the per-task standardisation divides by the std of one number (nan), which used
+    to surface as "training diverged ... Try a lower --max-kl"."""
+    with pytest.raises(ValueError, match="--no-normalize-advantages"):
+        config(str(tmp_path), trajectories=1, horizon=1)
+    config(str(tmp_path), trajectories=1, horizon=1, normalize_advantages=False)
+    config(str(tmp_path), trajectories=1, horizon=2)
 
 
 def test_evaluation_reports_every_step_for_every_policy(tmp_path):
@@ -72,6 +88,22 @@ def test_evaluation_reports_every_step_for_every_policy(tmp_path):
     assert json.loads((tmp_path / "maml" / "metrics.json").read_text())["eval_tasks"] == 3
     again = evaluate_run(tmp_path / "maml", tmp_path / "pre")  # the same held-out tasks and noise every time
     assert again["policies"] == m["policies"]
+
+
+def test_evaluation_refuses_two_runs_that_would_share_the_pretrained_row(tmp_path):
+    """A run trained with inner_steps=0 is reported as "pretrained", and so is --pretrained: evaluating one such
+    run against another used to drop the first from metrics.json and report the second's numbers in its place; a
+    MAML run given as --pretrained was reported as "pretrained"."""
+    torch.set_num_threads(1)  # restored by _restore_threads
+    run(tmp_path / "pre", iterations=1, inner_steps=0)
+    run(tmp_path / "pre2", iterations=1, inner_steps=0, seed=1)
+    run(tmp_path / "maml", iterations=1)
+    with pytest.raises(ValueError, match="is itself a pretrained run"):
+        evaluate_run(tmp_path / "pre", tmp_path / "pre2")
+    with pytest.raises(ValueError, match="--inner-steps 1 \\(a MAML run\\)"):
+        evaluate_run(tmp_path / "maml", tmp_path / "maml")
+    assert not (tmp_path / "pre" / "metrics.json").exists() and not (tmp_path / "maml" / "metrics.json").exists()
+    assert list(evaluate_run(tmp_path / "pre")["policies"]) == ["pretrained", "random"]  # alone it is fine
 
 
 def test_cli_train_and_eval(tmp_path, capsys):
