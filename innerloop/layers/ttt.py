@@ -259,11 +259,12 @@ class TTTBase(nn.Module):
     def tau(self) -> Tensor:
         """Position weights ``τ_i = max(0, 1/(i+1) + learnable_token_idx[i])``, ``[b]``."""
         off = self.learnable_token_idx
-        # 1/(i+1) from the index, not the token_idx buffer: a buffer made in float32 and cast by .double() keeps
-        # float32's rounding of 1/3, 1/5, ... (same values as the buffer in float32 and lower precision)
-        exact = torch.float64 if off.dtype == torch.float64 else torch.float32
-        idx = 1.0 / torch.arange(1, off.numel() + 1, device=off.device, dtype=exact)
-        return torch.clamp_min(idx.to(off.dtype) + off, 0.0)
+        if off.dtype == torch.float64:
+            # 1/(i+1) from the index: the token_idx buffer, made in float32 and cast by .double(), keeps float32's
+            # rounding of 1/3, 1/5, ... (in float32 and lower precision the buffer is exact; it saves ops per call)
+            idx = 1.0 / torch.arange(1, off.numel() + 1, device=off.device, dtype=torch.float64)
+            return torch.clamp_min(idx + off, 0.0)
+        return torch.clamp_min(self.token_idx + off, 0.0)
 
     def views(self, x: Tensor, state: TTTLayerState) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """The inner loop's views of ``x [B, T, C]`` read from ``state``'s position: test (Q), training (K) and label
