@@ -1,6 +1,6 @@
 """The command lines of the scripts in ``benchmarks/`` and ``scripts/`` that read ``sys.argv`` themselves: ``--help``
 prints usage (it ran the benchmark, or raised), and a bad argument is one usage line (exit code 2), not a traceback.
-Every case exits before any work."""
+Every case but one (a two-step smoke run) exits before any work."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("argv", "code", "match"),
     [
         (["benchmarks/bench_ttt_dispatch.py", "--help"], 0, "usage: bench_ttt_dispatch.py"),  # ran the benchmark
+        (["benchmarks/bench_train_step.py", "smoke", "--repeats", "1"], 0, "train step ms (median)"),
         (["scripts/forecast_adapt_table.py", "--help"], 0, "usage: forecast_adapt_table.py"),  # FileNotFoundError
         (["scripts/forecast_adapt_table.py", "/no/runs"], 2, "/no/runs is not a folder"),
         (["benchmarks/bench_learned_optim.py", "--repeats", "1"], 2, "--repeats must be >= 2"),  # StatisticsError
