@@ -174,8 +174,6 @@ class CausalSelfAttention(nn.Module):
     def _check(self, x: Tensor, state: KVCache | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"expected x of shape [B, T, {self.hidden_size}], got {tuple(x.shape)}")
-        if x.shape[1] == 0:
-            raise ValueError("expected at least one token, got T = 0")
         if state is None:
             return
         if not isinstance(state, KVCache):
@@ -196,6 +194,8 @@ class CausalSelfAttention(nn.Module):
         """
         self._check(x, state)
         B, T, C = x.shape
+        if T == 0:  # an empty chunk: nothing to attend, the cache unchanged (as for every mixer)
+            return x.new_zeros(B, 0, C), self.init_state(B, x.device, x.dtype) if state is None else state
         start = 0 if state is None else state.length
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # [B, T, H, D]
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)

@@ -70,8 +70,6 @@ class _RecurrentMixer(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"{type(self).__name__} expects x of shape [B, T, {self.hidden_size}], "
                              f"got {tuple(x.shape)}")
-        if x.shape[1] == 0:
-            raise ValueError("expected at least one token, got T = 0")
         if state is not None:
             if not isinstance(state, RNNState) or (state.c is None) == self.has_cell:
                 raise TypeError(f"state must be an RNNState from {type(self).__name__}.init_state / forward")
@@ -123,6 +121,8 @@ class _RecurrentMixer(nn.Module):
         self._check(x, state, lengths)
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        if x.shape[1] == 0:  # an empty chunk: the state unchanged (as for every mixer; torch.nn's RNNs refuse T = 0)
+            return x.new_zeros(x.shape[0], 0, self.hidden_size), state
         mode = resolve_mode(self.mode, self.modes, type(self).__name__)  # re-read: it may be set after init
         if mode != "naive" and self._no_fused_kernel(x):
             log_once(f"rnn-fp16-cpu:{type(self).__name__}", "%s: torch.nn.%s has no float16 kernel on the CPU "

@@ -29,6 +29,22 @@ def test_built_in_mixers_honour_the_contract(name):
             build_mixer(name, 16, 2, mode=mode)
 
 
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_an_empty_chunk_is_a_no_op(name):
+    """Every mixer takes T = 0 (a stream's empty chunk): no output rows, and the state goes on as if it were not there."""
+    torch.manual_seed(0)
+    layer = build_mixer(name, 16, 2).double()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    y, _ = layer(x)
+    y0, s0 = layer(x[:, :0])  # from the start
+    assert y0.shape == (2, 0, 16)
+    ya, s = layer(x[:, :4], s0)
+    ye, s = layer(x[:, 4:4], s)  # mid-stream
+    yb, _ = layer(x[:, 4:], s)
+    assert ye.shape == (2, 0, 16)
+    torch.testing.assert_close(torch.cat([ya, ye, yb], 1), y, rtol=1e-12, atol=1e-12)
+
+
 def test_modes_vocabulary():
     assert MODES == ("auto", "naive", "chunk", "recurrent", "fused")
     with pytest.raises(ValueError, match=r"unknown mode 'torch'; the modes are \('auto', 'naive'"):
