@@ -31,7 +31,7 @@ def test_built_in_mixers_honour_the_contract(name):
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_an_empty_chunk_is_a_no_op(name):
-    """Every mixer takes T = 0 (a stream's empty chunk): no output rows, and the state goes on as if it were not there."""
+    """Every mixer takes T = 0 (an empty chunk of a stream): no output rows, and the state goes on unchanged."""
     torch.manual_seed(0)
     layer = build_mixer(name, 16, 2).double()
     x = torch.randn(2, 9, 16, dtype=torch.float64)
