@@ -128,7 +128,6 @@ def leaf_parser(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Ar
 
 @pytest.mark.parametrize(("line", "command"), COMMANDS, ids=[f"line{n}" for n, _ in COMMANDS])
 def test_bash_command(line, command):
-    from innerloop.cli.main import build_parser
 
     argv = shlex.split(command, comments=True)
     if argv[0] == "make":
@@ -143,17 +142,24 @@ def test_bash_command(line, command):
         return
     args = innerloop_args(argv)
     assert args is not None, f"README.md:{line}: `{command}`: unknown command (teach tests/test_readme.py about it)"
+    check_cli_args(args, f"README.md:{line}: `{command}`")
+
+
+def check_cli_args(args: list[str], where: str) -> None:
+    """Fail (naming ``where``) unless the innerloop CLI parses ``args``, every flag spelled out in full."""
+    from innerloop.cli.main import build_parser
+
     parser = build_parser()
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
             parser.parse_args(args)
         except SystemExit as e:
-            pytest.fail(f"README.md:{line}: `{command}` does not parse (exit {e.code}):\n{err.getvalue()}")
+            pytest.fail(f"{where} does not parse (exit {e.code}):\n{err.getvalue()}")
     known = leaf_parser(parser, args)._option_string_actions
     flags = [a.split("=")[0] for a in args if a.startswith("-") and not re.fullmatch(r"-\d.*", a)]
     unknown = [f for f in flags if f not in known]
-    assert not unknown, f"README.md:{line}: `{command}`: flags {unknown} are not options (abbreviated or renamed?)"
+    assert not unknown, f"{where}: flags {unknown} are not options (abbreviated or renamed?)"
 
 
 def test_readme_has_blocks():
