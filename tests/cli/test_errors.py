@@ -202,7 +202,7 @@ def test_an_out_that_is_a_file_says_so(tmp_path, capsys):
 def test_meta_eval_refuses_training_only_flags(tmp_path, capsys):
     """``meta eval --iterations 5`` (or --meta-lr, --seed, ...) was accepted and silently ignored."""
     assert main(["meta", "eval", "--out", str(tmp_path), "--iterations", "5"]) == 2
-    assert "unrecognized arguments: --iterations 5" in capsys.readouterr().err
+    assert "innerloop meta eval: error: unrecognized arguments: --iterations 5" in capsys.readouterr().err
     assert main(["meta", "eval", "--out", str(tmp_path), "--eval-tasks", "5"]) == 2  # an eval flag: the run is missing
     assert "config.json not found" in capsys.readouterr().err
 
