@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = msub.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks",
                         description="Evaluate the checkpoint in --out with its config.json; flags given here "
                         "override the saved values (e.g. --eval-tasks, --test-steps, --device).")  # fmt: skip
-    add_dataclass_flags(e, MetaConfig, skip=TRAIN_ONLY)
+    shown = {f.name: "the run's" for f in dataclasses.fields(MetaConfig)}  # eval reads the run's config.json
+    add_dataclass_flags(e, MetaConfig, skip=TRAIN_ONLY, show_default={**shown, "out": MetaConfig.out})
     e.add_argument("--split", default="test", choices=["validation", "test"],
                    help="which fixed task set to evaluate on; default: test")  # fmt: skip
     e.set_defaults(func=run_eval)
