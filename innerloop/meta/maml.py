@@ -276,7 +276,9 @@ class Learner(nn.Module):
     so a loss computed after ``adapt`` backpropagates to the original module. This is the per-task Python-loop way
     of doing MAML (learn2learn / higher style); :meth:`MAML.meta_loss` is the vectorised equivalent, and both take
     their steps with :func:`innerloop.meta.functional.inner_step`. The rule's state (e.g. momentum) and the step
-    counter carry over from one ``adapt`` call to the next.
+    counter carry over from one ``adapt`` call to the next. Buffers are the module's own: a BatchNorm in train mode
+    updates the module's running statistics in place here, while :meth:`MAML.meta_loss` works on copies (outputs and
+    gradients are the same either way; only the module's buffers afterwards differ).
 
     Args:
         module (nn.Module): the network (used only for its forward through ``functional_call``).
