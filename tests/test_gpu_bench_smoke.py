@@ -97,3 +97,17 @@ def test_gpu_check_script_stops_without_cuda(tmp_path):
                        timeout=120)  # fmt: skip
     assert r.returncode == 2, r.stdout + r.stderr
     assert "no CUDA device here" in r.stdout and not (tmp_path / "gpu_ttt.txt").exists()
+
+
+def test_gpu_check_script_runs_only_the_steps_asked_for(tmp_path):
+    """ONLY="..." (a targeted rerun with what is left of the device time) runs just those steps."""
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "BENCH_ARGS": "--smoke", "BUDGET": "60",
+           "ONLY": "scan-tests"}  # fmt: skip
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert "scan gpu tests exit" in log and "done" in log
+    assert "benchmark (op level" not in log and "decode tests" not in log and not (tmp_path / "gpu_ttt.txt").exists()
