@@ -22,6 +22,27 @@ from innerloop.optim.rules import UpdateRule
 
 __all__ = ["LearnedOptimizer"]
 
+# hyper-parameters of torch's own optimizers: a learned rule has none of them, so a group that sets one is refused
+# rather than silently run without it (a group's step size is ``scale``)
+_TORCH_HYPERPARAMETERS = frozenset({
+    "lr", "momentum", "dampening", "nesterov", "betas", "beta1", "beta2", "eps", "weight_decay", "amsgrad",
+    "alpha", "centered", "rho", "lr_decay", "initial_accumulator_value", "lambd", "t0", "momentum_decay",
+    "decoupled_weight_decay", "maximize", "foreach", "fused", "capturable", "differentiable",
+})  # fmt: skip
+
+
+class _ParamGroup(dict):
+    """A param group whose missing ``"lr"`` says why, so a ``torch.optim.lr_scheduler`` fails with a clear message."""
+
+    def __missing__(self, key: Any) -> Any:
+        if key in ("lr", "initial_lr"):
+            raise KeyError(
+                f"LearnedOptimizer has no learning rate ({key!r}), so torch.optim.lr_scheduler cannot drive it: a "
+                f"learned rule sets its own step size. Scale its updates with a group's 'scale' instead (e.g. "
+                f"for group in opt.param_groups: group['scale'] *= 0.5)"
+            )
+        raise KeyError(key)
+
 
 class LearnedOptimizer(torch.optim.Optimizer):
     """Run a learned update rule (or any rule with dict state) as a drop-in ``torch.optim`` optimizer.
@@ -38,6 +59,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         check_finite (bool): raise ``ValueError`` naming the parameters whose gradient has NaN/inf entries (one
             device sync per step; a rule with a ``check_finite`` attribute, as the learned rules have, gets this value
             and does the check). Default: True.
+
+    A group may not set torch's hyper-parameters (``lr``, ``weight_decay``, ``betas``, ...): the rule would ignore
+    them, so they are refused; for the same reason ``torch.optim.lr_scheduler`` raises (there is no ``lr``): change a
+    group's ``scale`` instead.
 
     Examples:
         >>> from innerloop.optim import LSTMRule
@@ -81,6 +106,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
         first = next((p for g in self.param_groups for p in g["params"]), None)
         if isinstance(rule, nn.Module) and first is not None:
             rule.to(first.device)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.add_param_group``; a group that sets a torch hyper-parameter (``lr``, ...) is
+        refused: the learned rule would silently ignore it."""
+        if isinstance(param_group, Mapping):
+            unused = sorted(_TORCH_HYPERPARAMETERS & set(param_group))
+            if unused:
+                raise ValueError(
+                    f"LearnedOptimizer: a parameter group sets {unused}, which a learned rule does not use (it has no "
+                    f"learning rate, momentum or weight decay of torch's kind); set 'scale' (multiplier on the rule's "
+                    f"update, default {self.defaults['scale']}) instead"
+                )
+            param_group = _ParamGroup(param_group)
+        super().add_param_group(param_group)
 
     def _names(self, gi: int, group: dict[str, Any]) -> list[str]:
         names = group.get("param_names")
@@ -163,13 +202,38 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """As ``torch.optim.Optimizer.load_state_dict``, but the rule's state keeps its saved dtype.
 
         torch casts floating state to the parameter's dtype; a learned rule keeps float32 state for float16/bfloat16
-        parameters, so it is restored (on the parameter's device) as it was saved.
+        parameters, so it is restored (on the parameter's device) as it was saved. A saved state whose tensors do not
+        have the shapes the rule gives this optimizer's parameter (another model's optimizer) raises ``ValueError``.
         """
         saved = state_dict["state"]
-        super().load_state_dict(state_dict)
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
+        if len(ids) == len(params):  # else torch's own check below says what differs
+            self._check_shapes(ids, params, saved)
+        super().load_state_dict(state_dict)
+        self.param_groups = [_ParamGroup(g) for g in self.param_groups]
         for i, p in zip(ids, params):
             for key, v in saved.get(i, {}).items():
                 if isinstance(v, Tensor) and key != "step" and v.is_floating_point():
                     self.state[p][key] = v.to(device=p.device, copy=True)
+
+    def _check_shapes(self, ids: list[Any], params: list[Tensor], saved: Mapping[Any, Any]) -> None:
+        """Raise ``ValueError`` if a saved state tensor's shape differs from the one ``rule.init`` gives its
+        parameter (the rule's state is per coordinate: another parameter's state would only fail, or not, later)."""
+        for n, (i, p) in enumerate(zip(ids, params)):
+            entry = saved.get(i)
+            if not entry or set(entry) == {"step"} or not p.is_floating_point() or p.is_complex():
+                continue
+            with torch.no_grad():
+                fresh = self.rule.init({"p": p.detach()})
+            fresh = fresh.get("p") if isinstance(fresh, Mapping) else None
+            if not isinstance(fresh, Mapping):
+                continue
+            for key, v in entry.items():
+                want = fresh.get(key)
+                if isinstance(v, Tensor) and isinstance(want, Tensor) and v.shape != want.shape:
+                    raise ValueError(
+                        f"LearnedOptimizer.load_state_dict: saved state {key!r} of parameter {n} has shape "
+                        f"{tuple(v.shape)}, but this optimizer's parameter {n} (shape {tuple(p.shape)}) needs "
+                        f"{tuple(want.shape)}; the state dict was saved from an optimizer over other parameters"
+                    )

@@ -1,9 +1,14 @@
 """LearnedOptimizer, the torch.optim drop-in: the hand-set LSTM reproduces torch.optim.SGD, closures, parameter groups
-with their own scale, state_dict round trips, frozen rule weights, errors; and a learned rule inside MAML."""
+with their own scale, state_dict round trips, frozen rule weights, errors; and a learned rule inside MAML. The
+torch.optim contract: a mid-training ``state_dict`` round trip through ``torch.save`` and
+``torch.load(weights_only=True)`` is bit-identical to never stopping, a state dict of other parameters is refused at
+load, torch hyper-parameters in a group (which the rule would ignore) are refused, an ``lr_scheduler`` fails saying
+why, and a parameter without a gradient does not advance."""
 
 from __future__ import annotations
 
 import copy
+import io
 import types
 
 import pytest
@@ -11,7 +16,7 @@ import torch
 from torch import nn
 
 from innerloop.meta import MAML
-from innerloop.optim import LearnedOptimizer, LSTMRule, MLPRule, sgd
+from innerloop.optim import LearnedOptimizer, LSTMRule, MLPRule, TinyRule, sgd
 from innerloop.testing import assert_close
 
 
@@ -208,3 +213,122 @@ def test_a_rule_from_meta_training_runs_on_one_model():
     stacked = load_rule("mlp-digits")
     stacked.batch_dims = 1
     torch.testing.assert_close(fit(stacked), fit(load_rule("mlp-digits")))
+
+
+_RULES = {"lstm": LSTMRule, "mlp": MLPRule, "tiny": TinyRule}
+
+
+def _regression_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def _regression_train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 4, generator=gen)
+    y = x.sum(-1, keepdim=True).sin()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name", sorted(_RULES))
+def test_state_dict_resume_through_torch_save_is_bit_identical(name):
+    torch.manual_seed(0)
+    rule = _RULES[name]()
+
+    def build():
+        model = _regression_model()
+        groups = [{"params": model[0].parameters(), "scale": 0.5}, {"params": model[2].parameters()}]
+        return model, LearnedOptimizer(groups, rule=rule)
+
+    model, opt = build()
+    _regression_train(model, opt, 4)
+    want = _regression_train(model, opt, 4)
+    model, opt = build()
+    _regression_train(model, opt, 4)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    resumed, opt = build()
+    resumed.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    assert _regression_train(resumed, opt, 4) == want
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert p is not q
+    assert [g["scale"] for g in opt.param_groups] == [0.5, 1.0]
+    assert {opt.state[p]["step"] for p in resumed.parameters()} == {8}
+
+
+@pytest.mark.parametrize("name", sorted(_RULES))
+def test_load_state_dict_of_other_parameters_is_refused(name):
+    w = torch.nn.Parameter(torch.randn(2, 3))
+    opt = LearnedOptimizer([w], rule=_RULES[name]())
+    w.grad = torch.randn(2, 3)
+    opt.step()
+    other = torch.nn.Parameter(torch.randn(4))
+    fresh = LearnedOptimizer([other], rule=_RULES[name]())
+    with pytest.raises(ValueError, match=r"load_state_dict: saved state .* has shape \(6, .*needs \(4, "):
+        fresh.load_state_dict(opt.state_dict())
+    assert not fresh.state  # nothing was loaded
+
+
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "betas"])
+def test_torch_hyperparameters_in_a_group_are_refused(key):
+    w, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(1))
+    with pytest.raises(ValueError, match=rf"sets \['{key}'\].*set 'scale'"):
+        LearnedOptimizer([{"params": [w], key: 0.0}], rule=LSTMRule())
+    opt = LearnedOptimizer([w], rule=LSTMRule())
+    with pytest.raises(ValueError, match=rf"sets \['{key}'\]"):
+        opt.add_param_group({"params": [b], key: 0.0})
+    opt.add_param_group({"params": [b], "scale": 0.5})  # the rule's own setting is fine
+    assert opt.param_groups[1]["scale"] == 0.5
+
+
+def test_lr_scheduler_fails_saying_why():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = LearnedOptimizer([w], rule=LSTMRule())
+    with pytest.raises(KeyError, match="no learning rate.*'scale'"):
+        torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    opt.load_state_dict(opt.state_dict())  # groups rebuilt by torch still explain
+    with pytest.raises(KeyError, match="no learning rate"):
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    with pytest.raises(KeyError, match="'momentum'"):  # other missing keys stay plain KeyErrors
+        opt.param_groups[0]["momentum"]
+
+
+@pytest.mark.parametrize("name", sorted(_RULES))
+def test_parameter_without_gradient_does_not_advance(name):
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = LearnedOptimizer([a, b], rule=_RULES[name]())
+    a.grad, b.grad = torch.ones(3), torch.ones(3)
+    opt.step()
+    before = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[b].items()}
+    b_before = b.detach().clone()
+    for _ in range(2):
+        a.grad, b.grad = torch.ones(3), None
+        opt.step()
+    assert torch.equal(b, b_before) and opt.state[a]["step"] == 3
+    assert all(torch.equal(v, before[k]) if torch.is_tensor(v) else v == before[k] for k, v in opt.state[b].items())
+
+
+def test_step_closure_under_no_grad_gets_grad_enabled():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = LearnedOptimizer([w], rule=LSTMRule())
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        loss = opt.step(closure)
+    assert loss.requires_grad and loss.item() == 3.0
+    assert not w.requires_grad or w.grad_fn is None
