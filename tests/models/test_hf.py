@@ -399,3 +399,69 @@ def test_generate_continues_from_the_returned_cache():
     kw = {"cache" if hasattr(first, "cache") else "past_key_values": cache}
     more = m.generate(first.sequences, max_new_tokens=4, do_sample=False, **kw)
     assert torch.equal(more, m.generate(x, max_new_tokens=8, do_sample=False))
+
+
+@pytest.mark.parametrize(("mixer", "backbone"), ALL)
+def test_padding_is_refused_for_every_mixer(mixer, backbone):
+    # a recurrent state would read the pad tokens: left or right, forward or generate, the model refuses
+    m, x = model(mixer, backbone), ids(2, 6)
+    for mask in (torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6]), torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])):
+        with pytest.raises(NotImplementedError, match="padding"):
+            m(x, attention_mask=mask)
+        with pytest.raises(NotImplementedError, match="padding"):
+            m.generate(x, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "mamba"])
+def test_output_hidden_states_and_return_dict_as_transformers(backbone):
+    m, x = model("ttt_linear", backbone, num_hidden_layers=3), ids(2, 6)
+    out = m(x, output_hidden_states=True)
+    lm = m.to_causal_lm()
+    # as transformers' models: the embeddings, each block's output but the last, the final normed states
+    want, h = [lm.embed_tokens(x)], lm.embed_tokens(x)
+    for block in lm.layers:
+        h, _ = block(h)
+        want.append(h)
+    want[-1] = lm.norm(h)
+    assert len(out.hidden_states) == 4
+    for got, ref in zip(out.hidden_states, want):
+        torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(out.logits, lm(x).logits)
+    assert m(x).hidden_states is None
+    base = InnerloopModel(m.config, lm)
+    torch.testing.assert_close(base(x, output_hidden_states=True).hidden_states[-1], base(x).last_hidden_state)
+    gen = m.generate(x, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_hidden_states=True)
+    assert all(step is not None and len(step) == 4 for step in gen.hidden_states)
+    # return_dict=False gives a plain tuple (loss first when labels are given), as transformers' models do
+    tup = m(x, labels=x, return_dict=False)
+    assert type(tup) is tuple and torch.equal(tup[1], m(x, labels=x).logits) and tup[0] == m(x, labels=x).loss
+    assert type(base(x, return_dict=False)) is tuple
+
+
+def test_resize_token_embeddings_keeps_the_lm_config(tmp_path):
+    m = model("ttt_linear")
+    m.resize_token_embeddings(70)
+    assert m.config.vocab_size == m.to_causal_lm().config.vocab_size == 70
+    new = torch.tensor([[65, 69, 3]])
+    assert m(new).logits.shape == (1, 3, 70)  # the new ids are accepted
+    m.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(back(new).logits, m(new).logits)
+    m.resize_token_embeddings(60)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 60\)"):  # not an IndexError deep inside
+        m(torch.tensor([[62, 1]]))
+
+
+def test_trainer_label_smoothing_is_a_next_token_loss(tmp_path):
+    import torch.nn.functional as F
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, Trainer, TrainingArguments
+
+    m, x = model("ttt_linear"), ids(2, 9)
+    args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.1, report_to=[], use_cpu=True)
+    loss = Trainer(model=m, args=args).compute_loss(m, {"input_ids": x, "labels": x.clone()})
+    logits = m(x).logits
+    want = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), label_smoothing=0.1)
+    torch.testing.assert_close(loss, want)
+    # the Auto mappings still list (and import) every registered model
+    assert InnerloopForCausalLM in MODEL_FOR_CAUSAL_LM_MAPPING.values()
+    assert len(MODEL_FOR_CAUSAL_LM_MAPPING.items()) == len(MODEL_FOR_CAUSAL_LM_MAPPING.keys())

@@ -26,6 +26,8 @@ from .configuration import MODEL_TYPE, InnerloopConfig
 
 __all__ = ["InnerloopForCausalLM", "InnerloopModel", "InnerloopPreTrainedModel"]
 
+_TRAINER_KEY = f"{MODEL_TYPE} (registered by innerloop.models.hf)"
+
 # transformers renamed the cache argument and output field ``past_key_values`` -> ``cache`` (5.2x)
 _CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
@@ -37,6 +39,10 @@ def _cache_arg(cache: Any, past_key_values: Any) -> InnerloopCache | None:
                         f"KV caches), got {type(cache).__name__}; pass cache=None (the model makes one) or "
                         f"InnerloopCache.for_model(model)")  # fmt: skip
     return cache
+
+
+def _return_dict(config: InnerloopConfig, return_dict: bool | None) -> bool:
+    return getattr(config, "return_dict", True) if return_dict is None else return_dict
 
 
 def _check_inputs(input_ids: Tensor | None, attention_mask: Tensor | None, inputs_embeds: Tensor | None) -> None:
@@ -110,19 +116,41 @@ class InnerloopPreTrainedModel(PreTrainedModel):
                     self.model._init_weights(sub)
 
     def _lm_forward(self, input_ids: Tensor, cache: InnerloopCache | None, use_cache: bool | None,
-                    attention_mask: Tensor | None, inputs_embeds: Tensor | None) -> tuple[Tensor, Any]:  # fmt: skip
-        """The final hidden states ``[B, T, C]`` from the cache's state, and the cache updated in place (or None)."""
+                    attention_mask: Tensor | None, inputs_embeds: Tensor | None,
+                    output_hidden_states: bool | None = None) -> tuple[Tensor, Any, tuple | None]:  # fmt: skip
+        """The final hidden states ``[B, T, C]`` from the cache's state, the cache updated in place (or None), and,
+        with ``output_hidden_states``, every layer's hidden states as transformers gives them (the embeddings, each
+        block's output but the last, the final normed states: ``num_hidden_layers + 1`` tensors), else None."""
         _check_inputs(input_ids, attention_mask, inputs_embeds)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.model.gradient_checkpointing and self.training:
             use_cache = False  # no decode state while training with checkpointing
-        h, state = self.model.hidden_states(input_ids, None if cache is None else cache.lm_state())
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        seen: list[Tensor] = []
+        hooks = []
+        if output_hidden_states:  # read off the modules CausalLM.hidden_states runs, not a second loop over them
+            keep = lambda module, args, out: seen.append(out[0] if isinstance(out, tuple) else out)  # noqa: E731
+            hooks = [m.register_forward_hook(keep) for m in (self.model.embed_tokens, *self.model.layers[:-1])]
+        try:
+            h, state = self.model.hidden_states(input_ids, None if cache is None else cache.lm_state())
+        finally:
+            for hook in hooks:
+                hook.remove()
+        all_h = (*seen, h) if output_hidden_states else None
         if not use_cache and cache is None:
-            return h, None
+            return h, None, all_h
         if cache is None:
             cache = InnerloopCache.for_model(self.model)
         cache.set_lm_state(state)
-        return h, cache
+        return h, cache, all_h
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """transformers' ``resize_token_embeddings``, keeping the wrapped ``CausalLM``'s config in step (its token-id
+        check and everything else read ``vocab_size`` from it)."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.model.config = dataclasses.replace(self.model.config, vocab_size=embeddings.weight.shape[0])
+        return embeddings
 
 
 def _reset_keeping_loaded(module: nn.Module) -> None:
@@ -154,12 +182,13 @@ class InnerloopModel(InnerloopPreTrainedModel):
     def forward(
         self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, cache: Any = None,
         past_key_values: Any = None, use_cache: bool | None = None, inputs_embeds: Tensor | None = None,
-        return_dict: bool | None = None, **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
+    ) -> BaseModelOutputWithPast | tuple:
         """``input_ids [B, T]`` -> ``last_hidden_state [B, T, C]`` and the cache (an :class:`InnerloopCache`)."""
-        h, cache = self._lm_forward(input_ids, _cache_arg(cache, past_key_values), use_cache, attention_mask,
-                                    inputs_embeds)  # fmt: skip
-        return BaseModelOutputWithPast(last_hidden_state=h, **{_CACHE_FIELD: cache})
+        h, cache, all_h = self._lm_forward(input_ids, _cache_arg(cache, past_key_values), use_cache, attention_mask,
+                                           inputs_embeds, output_hidden_states)  # fmt: skip
+        out = BaseModelOutputWithPast(last_hidden_state=h, hidden_states=all_h, **{_CACHE_FIELD: cache})
+        return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
 
 class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
@@ -221,8 +250,8 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
         self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, cache: Any = None,
         past_key_values: Any = None, use_cache: bool | None = None, labels: Tensor | None = None,
         logits_to_keep: int | Tensor = 0, inputs_embeds: Tensor | None = None, return_dict: bool | None = None,
-        num_items_in_batch: int | Tensor | None = None, **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+        num_items_in_batch: int | Tensor | None = None, output_hidden_states: bool | None = None, **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
         """Logits of ``input_ids [B, T]`` continuing the cache's state, and the next-token loss given ``labels``.
 
         Args:
@@ -235,11 +264,14 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
                 positions. Default: 0.
             num_items_in_batch (int, Optional): the Trainer's count of target tokens over accumulated micro-batches;
                 the loss is then the sum over this batch divided by it. Default: None (mean over this batch).
+            output_hidden_states (bool, Optional): also return ``hidden_states``, as transformers models do (the
+                embeddings, each block's output, the final normed states). Default: ``config.output_hidden_states``.
+            return_dict (bool, Optional): False returns ``to_tuple()`` of the output. Default: ``config.return_dict``.
         Returns:
             CausalLMOutputWithPast: ``logits [B, T', V]`` (at least float32), ``loss``, and the cache.
         """
-        h, cache = self._lm_forward(input_ids, _cache_arg(cache, past_key_values), use_cache, attention_mask,
-                                    inputs_embeds)  # fmt: skip
+        h, cache, all_h = self._lm_forward(input_ids, _cache_arg(cache, past_key_values), use_cache, attention_mask,
+                                           inputs_embeds, output_hidden_states)  # fmt: skip
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else logits_to_keep
         if isinstance(keep, int):
             keep = slice(None)
@@ -256,7 +288,8 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
             else:
                 loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
                 loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache})
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=all_h, **{_CACHE_FIELD: cache})
+        return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
     def prepare_inputs_for_generation(
         self, input_ids: Tensor, cache: Any = None, past_key_values: Any = None, attention_mask: Tensor | None = None,
@@ -270,15 +303,21 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
             input_ids = input_ids[:, cache.get_seq_length():]
         inputs = {"input_ids": input_ids.contiguous(), "attention_mask": attention_mask, "use_cache": use_cache,
                   _CACHE_FIELD: cache}  # fmt: skip
-        if "logits_to_keep" in kwargs:
-            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        for key in ("logits_to_keep", "output_hidden_states"):
+            if key in kwargs:
+                inputs[key] = kwargs[key]
         return inputs
 
 
 def register() -> None:
     """Register the classes with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM`` (done on import)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     AutoConfig.register(MODEL_TYPE, InnerloopConfig, exist_ok=True)
     AutoModel.register(InnerloopConfig, InnerloopModel, exist_ok=True)
     AutoModelForCausalLM.register(InnerloopConfig, InnerloopForCausalLM, exist_ok=True)
+    # Trainer(label_smoothing_factor>0) shifts the labels (next-token loss) only for class names in this table;
+    # register() does not add them, so it would smooth the *unshifted* loss. The key is no config's model type, so
+    # the lazy Auto mappings (which import transformers.models.<model_type>) skip it.
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(_TRAINER_KEY, InnerloopForCausalLM.__name__)
