@@ -10,7 +10,6 @@ its syntax checked (python) and is reported as skipped.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -116,16 +115,6 @@ def innerloop_args(argv: list[str]) -> list[str] | None:
     return None
 
 
-def leaf_parser(parser: argparse.ArgumentParser, args: list[str]) -> argparse.ArgumentParser:
-    """The (sub)parser that handles ``args``: follow subcommand names down the tree."""
-    for token in args:
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        if token.startswith("-") or not subs or token not in subs[0].choices:
-            break
-        parser = subs[0].choices[token]
-    return parser
-
-
 @pytest.mark.parametrize(("line", "command"), COMMANDS, ids=[f"line{n}" for n, _ in COMMANDS])
 def test_bash_command(line, command):
 
@@ -147,7 +136,7 @@ def test_bash_command(line, command):
 
 def check_cli_args(args: list[str], where: str) -> None:
     """Fail (naming ``where``) unless the innerloop CLI parses ``args``, every flag spelled out in full."""
-    from innerloop.cli.main import build_parser
+    from innerloop.cli.main import build_parser, leaf_parser
 
     parser = build_parser()
     err = io.StringIO()

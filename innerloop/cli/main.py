@@ -48,14 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # reported by the subcommand that was given them, which names itself and its --help
-            _leaf(parser, sys.argv[1:] if argv is None else argv).error(f"unrecognized arguments: {' '.join(extra)}")
+            leaf = leaf_parser(parser, sys.argv[1:] if argv is None else argv)
+            leaf.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     return run_command(args.func, args)
 
 
-def _leaf(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
-    """The (sub)parser that handles ``argv``: subcommand names followed down the tree."""
+def leaf_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)parser that handles ``argv``: subcommand names followed down the tree (also used by the tests that
+    check the README's and the results' command lines)."""
     for token in argv:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if token.startswith("-") or not subs or token not in subs[0].choices:

@@ -30,12 +30,16 @@ def lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def val_starts(n: int, context: int, num_windows: int) -> Tensor:
-    """Start offsets ``[n_windows]`` of the (at most ``num_windows``, distinct) evenly spaced validation windows of a
-    split of ``n`` tokens: what :func:`val_windows` scores."""
+def _check_split(n: int, context: int) -> None:
     if n <= context:
         raise ValueError(f"validation split of {n} tokens is smaller than one context window of {context} + 1; "
                          f"use a smaller --context or a larger --val-fraction")  # fmt: skip
+
+
+def val_starts(n: int, context: int, num_windows: int) -> Tensor:
+    """Start offsets ``[n_windows]`` of the (at most ``num_windows``, distinct) evenly spaced validation windows of a
+    split of ``n`` tokens: what :func:`val_windows` scores."""
+    _check_split(n, context)
     return torch.linspace(0, n - context - 1, num_windows).long().unique()
 
 
@@ -83,11 +87,10 @@ def full_windows(n: int, context: int, stride: int) -> tuple[Tensor, Tensor]:
     Returns:
         tuple[Tensor, Tensor]: ``starts`` and ``scored``, both ``[W]`` int64; ``scored.sum() == n - 1``.
     """
-    if n <= context:
-        raise ValueError(f"validation split of {n} tokens is smaller than one context window of {context} + 1; "
-                         f"use a smaller --context or a larger --val-fraction")  # fmt: skip
+    _check_split(n, context)
     if not 1 <= stride <= context:
-        raise ValueError(f"stride {stride} must be in 1..context ({context})")
+        raise ValueError(f"--stride {stride} must be in 1..{context} (the context): a larger stride would skip "
+                         f"tokens")  # fmt: skip
     # [W] targets covered after each window (the last one ends at the split's last token)
     ends = torch.tensor(sorted({*range(context, n - 1, stride), n - 1}))
     scored = torch.diff(ends, prepend=torch.tensor([0]))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .common import apply_rope, rope_angles, rope_dtype
+from .common import apply_rope, at_least_float32, rope_angles
 from .modes import resolve_mode
 from .registry import register_mixer
 
@@ -112,7 +112,7 @@ def one_query_attention(q: Tensor, keys: Tensor, values: Tensor, valid: Tensor |
         Tensor: ``[B, H, 1, D]`` in ``values``' dtype.
     """
     scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, H, 1, S]
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.shape[-1] ** -0.5
+    scores = scores.to(at_least_float32(scores.dtype)) * q.shape[-1] ** -0.5
     if valid is not None:
         scores = scores.masked_fill(~valid, float("-inf"))
     return torch.matmul(scores.softmax(-1).to(values.dtype), values)
@@ -201,7 +201,7 @@ class CausalSelfAttention(nn.Module):
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)
         cos, sin = rope_angles(torch.arange(start, start + T, device=x.device), self.head_dim, self.rope_theta,
-                               rope_dtype(x))
+                               at_least_float32(x.dtype))
         q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)  # [B, H, T, D]
         v = v.transpose(1, 2)
         # Without a state there is nothing to copy: the new state views this call's keys/values.
@@ -244,7 +244,7 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)
-        cos, sin = rope_angles(position, self.head_dim, self.rope_theta, rope_dtype(x))
+        cos, sin = rope_angles(position, self.head_dim, self.rope_theta, at_least_float32(x.dtype))
         q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)  # [B, H, 1, D]
         cache.k.index_copy_(2, position, k.to(cache.k.dtype))
         cache.v.index_copy_(2, position, v.transpose(1, 2).to(cache.v.dtype))

@@ -40,7 +40,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # a float64 model stays float64
+        x32 = x.to(at_least_float32(x.dtype))  # a float64 model stays float64
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * y.to(x.dtype)
 
@@ -77,7 +77,7 @@ def rope_angles(
         theta (float, Optional): RoPE base. Default: ``1e4``.
         dtype (torch.dtype, Optional): dtype the angles are computed in: float32 (every model in float32 or lower
             precision, as Llama), or float64 for a float64 model (float32 angles are off by up to ~1e-3 rad at
-            position 32k). The layers pass ``rope_dtype(x)``. Default: ``torch.float32``.
+            position 32k). The layers pass ``at_least_float32(x.dtype)``. Default: ``torch.float32``.
     Returns:
         tuple[Tensor, Tensor]: ``cos, sin`` of shape ``[T, D // 2]`` in ``dtype``.
     """
@@ -88,9 +88,10 @@ def rope_angles(
     return ang.cos(), ang.sin()
 
 
-def rope_dtype(x: Tensor) -> torch.dtype:
-    """The dtype of RoPE angles for activations ``x``: float64 for float64, else float32."""
-    return torch.promote_types(x.dtype, torch.float32)
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the layers compute norms, RoPE angles and softmax scores in: float32 for float32 and lower
+    precision, float64 for a float64 model."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -98,7 +99,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     Computed in at least float32 (float64 stays float64) and returned in ``x``'s dtype.
     """
-    dt = torch.promote_types(x.dtype, torch.float32)
+    dt = at_least_float32(x.dtype)
     pairs = torch.view_as_complex(x.to(dt).unflatten(-1, (-1, 2)).contiguous())  # [B, T, H, D/2]: x[2i] + i x[2i+1]
     rot = torch.complex(cos.to(dt), sin.to(dt))[:, None, :]  # [T, 1, D/2]: e^{i angle}
     return torch.view_as_real(pairs * rot).flatten(-2).to(x.dtype)  # one complex multiply rotates every pair

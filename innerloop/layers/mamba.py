@@ -26,7 +26,7 @@ from innerloop.ops.selective_scan import (
     naive_selective_scan,
 )
 
-from .common import CausalConv1d, no_weight_decay
+from .common import CausalConv1d, at_least_float32, no_weight_decay
 from .modes import log_once, resolve_mode
 from .registry import register_mixer
 
@@ -181,7 +181,7 @@ class Mamba(nn.Module):
         device, dtype = device or w.device, dtype or w.dtype
         conv = self.conv.init_state(batch_size, device, dtype)
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
-                          dtype=torch.promote_types(dtype, torch.float32))
+                          dtype=at_least_float32(dtype))
         return MambaState(conv, ssm)
 
     def _check(self, x: Tensor, state: MambaState | None) -> None:
@@ -210,7 +210,7 @@ class Mamba(nn.Module):
         xs = F.silu(xs)
         dt, Bm, Cm = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = self.dt_proj(dt)
-        delta = F.softplus(dt.to(torch.promote_types(dt.dtype, torch.float32)))  # [B, T, E], at least float32
+        delta = F.softplus(dt.to(at_least_float32(dt.dtype)))  # [B, T, E], at least float32
         A = -torch.exp(self.A_log.to(delta.dtype))  # [E, N]
         h0 = None if state is None else state.ssm
         mode = resolve_mode(self.mode, self.modes, "Mamba", self.mode_aliases)  # re-read: it may be set after init

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from innerloop.ops import ttt as ttt_ops
 from innerloop.ops.ttt import TTTState
 
-from .common import CausalConv1d, apply_rope, rope_angles, rope_dtype
+from .common import CausalConv1d, apply_rope, at_least_float32, rope_angles
 from .modes import resolve_mode
 from .registry import register_mixer
 
@@ -286,7 +286,7 @@ class TTTBase(nn.Module):
         XV = self.v_proj(x)
         XQ, XK, XV = (t.reshape(B, T, H, D) for t in (XQ, XK, XV))
         pos = (position + torch.arange(T, device=x.device)) % self.mini_batch_size
-        cos, sin = rope_angles(pos, D, self.rope_theta, rope_dtype(x))
+        cos, sin = rope_angles(pos, D, self.rope_theta, at_least_float32(x.dtype))
         return apply_rope(XQ, cos, sin), apply_rope(XK, cos, sin), XV, cq, ck
 
     def inner_loss(self, params: tuple[Tensor, ...], k: Tensor, v: Tensor) -> Tensor:
@@ -330,7 +330,7 @@ class TTTBase(nn.Module):
                              f"pass max_length >= {state.position}")
 
         def buf(t: Tensor) -> Tensor:
-            return t.to(torch.promote_types(t.dtype, torch.float32)).clone(memory_format=torch.contiguous_format)
+            return t.to(at_least_float32(t.dtype)).clone(memory_format=torch.contiguous_format)
 
         params = tuple(map(buf, state.ttt.params))
         # at a mini-batch boundary the grads are ignored (and need not be zeros); the static step needs zeros there

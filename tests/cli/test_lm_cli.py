@@ -37,7 +37,8 @@ def test_train_eval_generate(tmp_path, capsys):
     assert "every one of the validation split's" in capsys.readouterr().out
     assert main(["lm", "eval", "--run", str(run), "--stride", "8"]) == 2  # --stride alone: refused
     assert main(["lm", "eval", "--run", str(run), "--full", "--stride", "33"]) == 2  # stride > context: refused
-    assert "--stride is for --full" in (err := capsys.readouterr().err) and "larger than the run's context 32" in err
+    err = capsys.readouterr().err
+    assert "--stride is for --full" in err and "--stride 33 must be in 1..32 (the context): a larger stride" in err
     assert main(["lm", "generate", "--run", str(run), "--prompt", "KING:", "--max-new-tokens", "5", "--seed", "0"]) == 0
     # resume: same flags, more steps is a config change -> clear error, exit code 2, nothing overwritten
     before = (run / "log.csv").read_text()

@@ -85,7 +85,7 @@ def test_evaluate_lm_full_stride_context_is_consecutive_windows_and_bad_input():
     assert m["windows"] == 6 and m["loss"] == pytest.approx(ref, rel=1e-5)
     with pytest.raises(ValueError, match="smaller than one context window"):
         full_windows(16, 16, 16)
-    with pytest.raises(ValueError, match="stride 17 must be in 1..context"):
+    with pytest.raises(ValueError, match=r"--stride 17 must be in 1\.\.16 \(the context\)"):
         full_windows(100, 16, 17)
 
 

@@ -159,7 +159,7 @@ def check_complete(images: Tensor, names: list[str], root: str | Path) -> None:
         raise ValueError(
             f"{root} is not the whole of Omniglot: found {found['images_background']} + "
             f"{found['images_evaluation']} characters (background + evaluation) x {images.shape[1]} drawers, expected "
-            f"964 + 659 x 20, which the 1,100/100/423 split needs; {_DAMAGED}"
+            f"{' + '.join(map(str, FULL_COUNTS.values()))} x {DRAWERS}, which the 1,100/100/423 split needs; {_DAMAGED}"
         )
 
 
@@ -209,8 +209,8 @@ def _checksum_error(path: Path, name: str, md5: dict[str, str], sha256: dict[str
     """What is wrong with ``path``'s checksums (``None``: they match or none is expected)."""
     data = path.read_bytes()
     for algo, expected in (("md5", md5.get(name)), ("sha256", sha256.get(name))):
-        if expected and hashlib.new(algo, data).hexdigest() != expected:
-            return f"its {algo} is {hashlib.new(algo, data).hexdigest()}, expected {expected}"
+        if expected and (got := hashlib.new(algo, data).hexdigest()) != expected:
+            return f"its {algo} is {got}, expected {expected}"
     return None
 
 

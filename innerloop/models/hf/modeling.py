@@ -18,6 +18,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from innerloop.layers import RMSNorm
+from innerloop.layers.common import at_least_float32
 from innerloop.layers.ttt import TTTBase
 from innerloop.models.lm import CausalLM
 
@@ -276,7 +277,7 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
         if isinstance(keep, int):
             keep = slice(None)
         logits = self.model.lm_head(h[:, keep])
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # as CausalLM.forward
+        logits = logits.to(at_least_float32(logits.dtype))  # as CausalLM.forward
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape or logits.shape[1] != labels.shape[1]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from innerloop.layers.common import at_least_float32
 from innerloop.layers.decode import static_decode_state, static_decode_step
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def _step(model: CausalLM, static: StaticLMState, input_ids: Tensor) -> Tensor:
         )[0]
     pos.add_(1)
     logits = model.lm_head(model.norm(h))
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.to(at_least_float32(logits.dtype))
 
 
 @torch.no_grad()

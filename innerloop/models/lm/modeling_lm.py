@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from innerloop.layers import RMSNorm, SwiGLU, build_mixer
-from innerloop.layers.common import CausalConv1d
+from innerloop.layers.common import CausalConv1d, at_least_float32
 from innerloop.layers.modes import log_once
 
 from .configuration_lm import LMConfig
@@ -189,7 +189,7 @@ class CausalLM(nn.Module):
         """
         h, new_state = self.hidden_states(input_ids, state)
         logits = self.lm_head(h)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32, as the authors
+        logits = logits.to(at_least_float32(logits.dtype))  # at least fp32, as the authors
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:
