@@ -223,6 +223,8 @@ def test_unsupported_strategies_and_inputs_are_refused():
         m.generate(x, max_new_tokens=3, prompt_lookup_num_tokens=2)
     with pytest.raises(NotImplementedError, match="padding"):
         m.generate(x, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]), max_new_tokens=3)
+    with pytest.raises(NotImplementedError, match="padding"):  # right padding too: the rows would not continue
+        m.generate(x, attention_mask=torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]), max_new_tokens=3)
     with pytest.raises(TypeError, match="InnerloopCache"):
         m(x, cache=DynamicCache())
     with pytest.raises(NotImplementedError, match="roll the state back"):
@@ -402,14 +404,84 @@ def test_generate_continues_from_the_returned_cache():
 
 
 @pytest.mark.parametrize(("mixer", "backbone"), ALL)
-def test_padding_is_refused_for_every_mixer(mixer, backbone):
-    # a recurrent state would read the pad tokens: left or right, forward or generate, the model refuses
-    m, x = model(mixer, backbone), ids(2, 6)
-    for mask in (torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6]), torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])):
-        with pytest.raises(NotImplementedError, match="padding"):
-            m(x, attention_mask=mask)
-        with pytest.raises(NotImplementedError, match="padding"):
-            m.generate(x, attention_mask=mask, max_new_tokens=2, do_sample=False)
+def test_right_padding_is_exact_and_left_padding_refused_for_every_mixer(mixer, backbone):
+    # right padding (a padding collator's batch): each row's real logits and its loss are the row's alone; a padded
+    # forward returns no cache (it would have read the pads)
+    m = model(mixer, backbone, mini_batch_size=4)
+    x, lengths = ids(3, 11), [11, 6, 3]  # remainders and one-token-past-a-mini-batch rows
+    mask = (torch.arange(11) < torch.tensor(lengths)[:, None]).long()
+    labels = x.masked_fill(mask == 0, -100)
+    out = m(x, attention_mask=mask, labels=labels)
+    assert (out.cache if hasattr(out, "cache") else out.past_key_values) is None
+    total, count = 0.0, 0
+    for r, n in enumerate(lengths):
+        alone = m(x[r : r + 1, :n], labels=x[r : r + 1, :n])
+        torch.testing.assert_close(out.logits[r, :n], alone.logits[0])
+        total, count = total + alone.loss * (n - 1), count + n - 1
+    torch.testing.assert_close(out.loss, total / count)
+    # the AutoModel too
+    base = InnerloopModel(tiny(mixer, backbone, mini_batch_size=4))
+    base.model.load_state_dict(m.model.state_dict())
+    torch.testing.assert_close(base(x, attention_mask=mask).last_hidden_state[1, :6], base(x[1:2, :6])[0][0])
+    # a padded forward cannot hand out a state, and left padding or padding in generate is refused
+    with pytest.raises(ValueError, match="use_cache=True with a right-padded batch"):
+        m(x, attention_mask=mask, use_cache=True)
+    left = mask.flip(1)
+    with pytest.raises(NotImplementedError, match="only right padding is supported"):
+        m(x, attention_mask=left)
+    for pad in (mask, left):
+        with pytest.raises(NotImplementedError, match="generate.. with padding"):
+            m.generate(x, attention_mask=pad, max_new_tokens=2, do_sample=False)
+
+
+def test_padding_after_a_cache_or_of_another_shape_is_refused():
+    m, x = model("ttt_linear"), ids(2, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
+    state = m(x, use_cache=True)
+    cache = state.cache if hasattr(state, "cache") else state.past_key_values
+    with pytest.raises(NotImplementedError, match="and a cache"):
+        m(x[:, :2], attention_mask=torch.cat([torch.ones(2, 6, dtype=torch.long), mask[:, 3:5]], 1), cache=cache)
+    with pytest.raises(NotImplementedError, match=r"attention_mask \(2, 7\) for input_ids \(2, 6\)"):
+        m(x, attention_mask=torch.cat([mask, torch.zeros(2, 1, dtype=torch.long)], 1))
+    with pytest.raises(NotImplementedError, match="only right padding"):
+        m(x, attention_mask=torch.tensor([[1, 0, 1, 1, 0, 0], [1] * 6]))  # a hole
+    with pytest.raises(NotImplementedError, match="only right padding"):
+        m(x, attention_mask=torch.tensor([[1, 1, 1, 1, 2, 0], [1] * 6]))  # not 0/1
+
+
+WORDS = ("to", "be", "or", "not", "that", "is", "the", "question")
+
+
+def _word_tokenizer(padding_side: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   padding_side=padding_side)  # fmt: skip
+
+
+def test_trainer_with_transformers_padding_collator(tmp_path):
+    # DataCollatorForLanguageModeling pads on the right and sets labels -100 there: the Trainer's loss is the
+    # token-weighted mean of each text's own loss; a left-padding tokenizer gets the fix in the error
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    texts = ["to be or not to be that is the question", "that is the question", "to be"]
+    m = model("ttt_linear", vocab_size=16)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    tok = _word_tokenizer("right")
+    batch = DataCollatorForLanguageModeling(tok, mlm=False)([tok(t) for t in texts])
+    assert not batch["attention_mask"].bool().all()
+    loss = Trainer(model=m, args=args).compute_loss(m, dict(batch))
+    singles = [m(x, labels=x) for x in (torch.tensor([tok(t)["input_ids"]]) for t in texts)]
+    weights = [len(t.split()) - 1 for t in texts]
+    torch.testing.assert_close(loss, sum(s.loss * w for s, w in zip(singles, weights)) / sum(weights))
+    tok = _word_tokenizer("left")
+    batch = DataCollatorForLanguageModeling(tok, mlm=False)([tok(t) for t in texts])
+    with pytest.raises(NotImplementedError, match="padding_side = 'right'"):
+        Trainer(model=m, args=args).compute_loss(m, dict(batch))
 
 
 @pytest.mark.parametrize("backbone", ["transformer", "mamba"])

@@ -46,15 +46,41 @@ def _return_dict(config: InnerloopConfig, return_dict: bool | None) -> bool:
     return getattr(config, "return_dict", True) if return_dict is None else return_dict
 
 
-def _check_inputs(input_ids: Tensor | None, attention_mask: Tensor | None, inputs_embeds: Tensor | None) -> None:
+def _check_inputs(input_ids: Tensor | None, attention_mask: Tensor | None, inputs_embeds: Tensor | None,
+                  cache: InnerloopCache | None) -> bool:
+    """Refuse what the model cannot compute exactly; True when ``attention_mask`` right-pads a fresh batch.
+
+    Right padding (each row: ones, then zeros) is exact for every mixer: all are causal, so a real token's logits never
+    read the pads after it (the loss skips them through ``labels=-100``, as transformers' collators set them). Left
+    padding, padding after a cache and any other zeros would feed pads into a row's recurrent state and positions.
+    """
     if inputs_embeds is not None:
         raise NotImplementedError("innerloop models take input_ids, not inputs_embeds")
     if input_ids is None:
         raise ValueError("input_ids is required ([B, T] token ids)")
+    if attention_mask is None or not attention_mask.numel() or bool(attention_mask.bool().all()):
+        return False
+    mask = attention_mask
+    if mask.shape != input_ids.shape or cache is not None:
+        raise NotImplementedError(f"padding (zeros in attention_mask) is supported only on the right of a batch fed "
+                                  f"without a cache, with the mask the shape of input_ids; got attention_mask "
+                                  f"{tuple(mask.shape)} for input_ids {tuple(input_ids.shape)}"
+                                  + (" and a cache" if cache is not None else ""))  # fmt: skip
+    valid = mask.bool()
+    if not bool(((mask == 0) | (mask == 1)).all()) or bool((valid[:, 1:] & ~valid[:, :-1]).any()):
+        raise NotImplementedError("only right padding is supported (each row of attention_mask: ones, then zeros): "
+                                  "left padding would feed the pads into every recurrent state and shift the "
+                                  "positions. Pad on the right (tokenizer.padding_side = 'right'), or batch prompts of "
+                                  "equal length")  # fmt: skip
+    return True
+
+
+def _refuse_padded_generation(attention_mask: Tensor | None) -> None:
     if attention_mask is not None and attention_mask.numel() and not bool(attention_mask.bool().all()):
-        raise NotImplementedError("padding (zeros in attention_mask) is not supported: a recurrent state would read "
-                                  "the pad tokens. Batch prompts of equal length, or generate one prompt at a "
-                                  "time")  # fmt: skip
+        raise NotImplementedError("generate() with padding (zeros in attention_mask) is not supported: the decode "
+                                  "state has one position for the whole batch, so rows of different lengths cannot "
+                                  "continue together. Generate prompts of different lengths one at a time, or batch "
+                                  "prompts of equal length")  # fmt: skip
 
 
 class InnerloopPreTrainedModel(PreTrainedModel):
@@ -122,8 +148,11 @@ class InnerloopPreTrainedModel(PreTrainedModel):
         """The final hidden states ``[B, T, C]`` from the cache's state, the cache updated in place (or None), and,
         with ``output_hidden_states``, every layer's hidden states as transformers gives them (the embeddings, each
         block's output but the last, the final normed states: ``num_hidden_layers + 1`` tensors), else None."""
-        _check_inputs(input_ids, attention_mask, inputs_embeds)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        padded = _check_inputs(input_ids, attention_mask, inputs_embeds, cache)
+        if padded and use_cache:
+            raise ValueError("use_cache=True with a right-padded batch: the returned state would have read the pads. "
+                             "Pass use_cache=False (or leave it unset: a padded forward returns no cache)")  # fmt: skip
+        use_cache = False if padded else self.config.use_cache if use_cache is None else use_cache
         if self.model.gradient_checkpointing and self.training:
             use_cache = False  # no decode state while training with checkpointing
         if output_hidden_states is None:
@@ -197,7 +226,9 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
 
     ``generate()`` works with greedy search, sampling (temperature, top-k, top-p), repetition penalty, stopping
     criteria and beam search (the states are reordered); assisted/speculative decoding is refused (a recurrent state
-    cannot be rolled back). Padding is refused: batch prompts of equal length.
+    cannot be rolled back). ``forward`` takes right-padded batches (transformers' padding collators, training and
+    scoring: exact, since every mixer is causal; no cache is returned); left padding, and padding in ``generate``, are
+    refused: generate prompts of different lengths one at a time.
 
     Args:
         config (InnerloopConfig): the model's config.
@@ -257,7 +288,9 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
 
         Args:
             input_ids (Tensor): ``[B, T]`` token ids, the tokens after those the cache has seen.
-            attention_mask (Tensor, Optional): ``[B, T_total]``, all ones (padding is refused). Default: None.
+            attention_mask (Tensor, Optional): ``[B, T_total]``: all ones, or ``[B, T]`` ones then zeros per row
+                (right padding, without a cache: the real tokens' logits and loss are exactly the unpadded rows';
+                no cache is returned). Left padding is refused. Default: None.
             cache / past_key_values (InnerloopCache, Optional): state after earlier tokens. Default: None.
             use_cache (bool, Optional): return the state (an :class:`InnerloopCache`). Default: ``config.use_cache``.
             labels (Tensor, Optional): ``[B, T]`` targets aligned with input_ids (shifted inside), -100 ignored.
@@ -300,6 +333,7 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
         cache = _cache_arg(cache, past_key_values)
         if inputs_embeds is not None:
             raise NotImplementedError("innerloop models generate from input_ids, not inputs_embeds")
+        _refuse_padded_generation(attention_mask)
         if cache is not None and cache.get_seq_length() > 0:
             input_ids = input_ids[:, cache.get_seq_length():]
         inputs = {"input_ids": input_ids.contiguous(), "attention_mask": attention_mask, "use_cache": use_cache,
