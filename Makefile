@@ -29,7 +29,7 @@ test-slow: setup
 KERNEL_TRITON ?= 3.6.0
 KERNEL_VENV := .venv-triton$(KERNEL_TRITON)
 KERNEL_TESTS := tests/ops/test_ttt_triton.py tests/ops/test_ttt_triton_mlp.py tests/ops/test_selective_scan_triton.py \
-	tests/ops/test_selective_scan_chunked.py
+	tests/ops/test_selective_scan_chunked.py tests/ops/test_triton_bounds.py
 test-kernels-triton:
 	test -x $(KERNEL_VENV)/bin/python || $(PY) -m venv $(KERNEL_VENV)
 	$(KERNEL_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION) triton==$(KERNEL_TRITON) "numpy<2.4" \
