@@ -178,3 +178,35 @@ def test_the_checker_catches_an_unmasked_access():
     assert "load of 2 element(s)" in violations[0] and "'x'" in violations[0]
     assert "store of 2 element(s)" in violations[1] and "'y'" in violations[1]
     assert torch.equal(x, y)  # the in-bounds part was still copied back
+
+
+def test_the_checker_catches_races_and_missing_barriers():
+    """Programs writing one element, and a block read back transposed with and without a barrier."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def every_program_stores_zero(x, y):
+        tl.store(y, tl.load(x + tl.program_id(0)))  # each program its own x, all of them y[0]
+
+    @triton.jit
+    def transpose_through_global(x, tmp, y, N: tl.constexpr, BARRIER: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(tmp + i[:, None] * N + i[None, :], tl.load(x + i[:, None] * N + i[None, :]))
+        if BARRIER:
+            tl.debug_barrier()
+        tl.store(y + i[:, None] * N + i[None, :], tl.load(tmp + i[None, :] * N + i[:, None]))  # other threads' data
+
+    x, y = torch.arange(4.0), torch.zeros(1)
+    with checked_memory() as report:
+        every_program_stores_zero[(4,)](x, y)
+    assert report.violations == ["every_program_stores_zero: an element stored by two programs (3 accesses)"]
+    x = torch.arange(16.0).reshape(4, 4)
+    for barrier in (False, True):
+        tmp, y = torch.zeros(4, 4), torch.zeros(4, 4)
+        with checked_memory() as report:
+            transpose_through_global[(1,)](x, tmp, y, N=4, BARRIER=barrier)
+        assert torch.equal(y, x.T)
+        want = [] if barrier else ["transpose_through_global: store then load of an element at another block position "
+                                   "with no debug_barrier between (12 accesses)"]  # fmt: skip
+        assert report.violations == want
