@@ -42,3 +42,15 @@ def triton_unavailable(device: torch.device | str, what: str) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install triton)"
     return None
+
+
+def refuse_double_backward(op: str, alternative: str) -> None:
+    """Raise if a hand-written backward of ``op`` is itself being differentiated (called with grad mode on, i.e.
+    ``create_graph=True``): it builds no graph through its own intermediates, so the second-order result would miss
+    terms silently (``once_differentiable`` only errors lazily, and ``torch.autograd.grad(..., inputs=...)`` may
+    never reach its error node). ``alternative`` names the path to use instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{op} is once differentiable: its hand-written backward cannot be differentiated again "
+            f"(create_graph=True: double backward, second-order MAML, Hessian-vector products); use {alternative}"
+        )

@@ -297,3 +297,23 @@ def test_the_float64_cpu_build_is_checked_on_its_own(monkeypatch):
     assert fused.fused_scan_unavailable("cpu", torch.float32) is None
     assert "disagrees with the chunked scan in y" in fused.fused_scan_unavailable("cpu", torch.float64)
     assert fused.fused_scan_unavailable("cpu") is None  # float32 by default
+
+
+@pytest.mark.parametrize("fn", FAST_FNS, ids=FAST_IDS)
+def test_refuses_double_backward(fn):
+    """With once_differentiable, a gradient taken with create_graph=True had no graph (or a lazy error node that
+    torch.autograd.grad(..., inputs=...) never reached), so a MAML-style meta-gradient through it was silently wrong
+    (168.08 vs 158.30 here). It must raise, naming the twice-differentiable path; the naive scan gives the reference."""
+    ins = make_inputs(2, 9, 5, 3, torch.float64)
+    w = torch.randn(2, 9, 5, dtype=torch.float64)
+
+    def meta_grad(op, **kw):
+        y, _ = op(*ins, **kw)
+        (gB,) = torch.autograd.grad((y * w).sum(), ins[3], create_graph=True)
+        y2, _ = naive_selective_scan(ins[0], ins[1], ins[2], ins[3] - 0.1 * gB, *ins[4:])
+        return torch.autograd.grad(y2.pow(2).sum(), ins[1])[0]
+
+    ref = meta_grad(naive_selective_scan)
+    assert ref.abs().max() > 0
+    with pytest.raises(RuntimeError, match="once differentiable.*naive_selective_scan"):
+        meta_grad(fn, chunk_size=4)

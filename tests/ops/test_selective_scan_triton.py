@@ -221,3 +221,12 @@ def test_triton_passes_the_self_check():
     from innerloop.ops.selective_scan.fused import self_check
 
     assert self_check(DEVICE, triton_selective_scan)
+
+
+def test_triton_refuses_double_backward():
+    """once_differentiable let a create_graph=True gradient through the kernel come back without a graph, so a
+    MAML-style meta-gradient through it was silently wrong; it must raise, naming the naive scan."""
+    ins = make_inputs(1, 5, 3, 2, torch.float64)
+    y, _ = triton_selective_scan(*ins, chunk_size=2)
+    with pytest.raises(RuntimeError, match="triton_selective_scan is once differentiable.*naive_selective_scan"):
+        torch.autograd.grad(y.pow(2).sum(), ins[3], create_graph=True)

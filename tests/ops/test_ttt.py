@@ -312,3 +312,23 @@ def test_gelu_second_derivative():
     (d1,) = torch.autograd.grad(_gelu(x).sum(), x, create_graph=True)
     (d2,) = torch.autograd.grad(d1.sum(), x)
     assert_close("gelu''", d2, _gelu_dd(x.detach()), **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_chunk_refuses_double_backward(model):
+    """The dual form's scans have hand-written backwards that build no graph: a gradient taken with create_graph=True
+    and differentiated again missed terms silently (TTT-Linear, one full mini-batch: the meta-gradient of W0 through
+    dL/dlr was off by 167%). It must raise, naming the path that is twice differentiable; the recurrent path is."""
+    B, T, H, D, bsz = 1, 4, 1, 4, 4  # exactly one full mini-batch: the silent case
+    ts, offset = make_inputs(B, T, H, D, model, bsz=bsz)
+    w = torch.randn(B, T, H, D, dtype=torch.float64)
+
+    def meta_grad(op):
+        o, _ = call(op, ts, offset)
+        (g_lr,) = torch.autograd.grad((o * w).sum(), ts[3], create_graph=True)
+        return torch.autograd.grad(g_lr.pow(2).sum(), ts[7])[0]
+
+    with pytest.raises(RuntimeError, match=f"chunk_ttt_{model} is once differentiable.*recurrent_ttt_{model}"):
+        meta_grad(OPS[("chunk", model)])
+    ref = meta_grad(OPS[("naive", model)])
+    assert_close("recurrent second derivative", ref, meta_grad(OPS[("recurrent", model)]), **TOL[torch.float64])

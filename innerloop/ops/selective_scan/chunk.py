@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from .._kernels import refuse_double_backward
 from ._common import check_inputs, compute_dtype
 
 
@@ -48,8 +48,8 @@ class _ChunkScan(torch.autograd.Function):
         return y, h
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dh):
+        refuse_double_backward("chunk_selective_scan", "naive_selective_scan for higher-order gradients")
         u, delta, A, B, C, *starts = ctx.saved_tensors
         c = ctx.c
         T, Bn, E = u.shape

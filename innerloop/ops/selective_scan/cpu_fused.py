@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._cbuild import load, ptr, run_split
+from .._kernels import refuse_double_backward
 from ._common import check_inputs, compute_dtype
 
 W = 16  # channels per block: must equal W in cpu_scan.c
@@ -79,8 +79,8 @@ class _FusedScan(torch.autograd.Function):
         return y, hT
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dhT):
+        refuse_double_backward("cpu_fused_selective_scan", "naive_selective_scan for higher-order gradients")
         u, delta, At, Dp, B, C, ck = ctx.saved_tensors
         if ck is None:
             raise RuntimeError("cpu_fused_selective_scan: backward through a forward run without grad enabled")

@@ -24,8 +24,8 @@ import os
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from .._kernels import refuse_double_backward
 from ._common import check_inputs, compute_dtype
 
 try:
@@ -202,8 +202,8 @@ class _TritonScan(torch.autograd.Function):
         return y, hT
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dhT):
+        refuse_double_backward("triton_selective_scan", "naive_selective_scan for higher-order gradients")
         u, delta, A, B, C, D, h0, ckpt = ctx.saved_tensors
         _, bwd, _ = _kernels()
         Bn, T, E = u.shape

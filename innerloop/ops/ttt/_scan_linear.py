@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._kernels import refuse_double_backward
+
 _ln = torch.ops.aten.native_layer_norm
 _ln_bwd = torch.ops.aten.native_layer_norm_backward
 _MASK = [True, False, False]
@@ -88,6 +90,7 @@ class LinearScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, dwn: Tensor | None):
+        refuse_double_backward("chunk_ttt_linear", "recurrent_ttt_linear or naive_ttt_linear for higher-order grads")
         with torch.autocast(ctx.device_type, enabled=False):  # fp32 scan, like the forward
             return LinearScan._backward(ctx, dout, dwn)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._kernels import refuse_double_backward
 from ._scan_linear import inner_grad, inner_grad_vjp
 
 _gelu_bwd = torch.ops.aten.gelu_backward  # (grad, x) -> grad * gelu'(x), one fused kernel
@@ -84,6 +85,7 @@ class MLPScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dw1n, dw2n, db2n):
+        refuse_double_backward("chunk_ttt_mlp", "recurrent_ttt_mlp or naive_ttt_mlp for higher-order gradients")
         with torch.autocast(ctx.device_type, enabled=False):  # fp32 scan, like the forward
             return MLPScan._backward(ctx, dout, dw1n, dw2n, db2n)
 
