@@ -49,7 +49,7 @@ class _ChunkScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh):
-        refuse_double_backward("chunk_selective_scan", "naive_selective_scan for higher-order gradients")
+        refuse_double_backward("chunk_selective_scan", "naive_selective_scan (the Mamba layer: mode='naive')")
         u, delta, A, B, C, *starts = ctx.saved_tensors
         c = ctx.c
         T, Bn, E = u.shape

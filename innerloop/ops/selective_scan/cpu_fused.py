@@ -80,7 +80,7 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dhT):
-        refuse_double_backward("cpu_fused_selective_scan", "naive_selective_scan for higher-order gradients")
+        refuse_double_backward("cpu_fused_selective_scan", "naive_selective_scan (the Mamba layer: mode='naive')")
         u, delta, At, Dp, B, C, ck = ctx.saved_tensors
         if ck is None:
             raise RuntimeError("cpu_fused_selective_scan: backward through a forward run without grad enabled")

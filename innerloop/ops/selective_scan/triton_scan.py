@@ -203,7 +203,7 @@ class _TritonScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dhT):
-        refuse_double_backward("triton_selective_scan", "naive_selective_scan for higher-order gradients")
+        refuse_double_backward("triton_selective_scan", "naive_selective_scan (the Mamba layer: mode='naive')")
         u, delta, A, B, C, D, h0, ckpt = ctx.saved_tensors
         _, bwd, _ = _kernels()
         Bn, T, E = u.shape

@@ -90,7 +90,8 @@ class LinearScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, dwn: Tensor | None):
-        refuse_double_backward("chunk_ttt_linear", "recurrent_ttt_linear or naive_ttt_linear for higher-order grads")
+        refuse_double_backward("chunk_ttt_linear",
+                               "recurrent_ttt_linear or naive_ttt_linear (a TTT layer: mode='recurrent')")  # fmt: skip
         with torch.autocast(ctx.device_type, enabled=False):  # fp32 scan, like the forward
             return LinearScan._backward(ctx, dout, dwn)
 

@@ -85,7 +85,7 @@ class MLPScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dw1n, dw2n, db2n):
-        refuse_double_backward("chunk_ttt_mlp", "recurrent_ttt_mlp or naive_ttt_mlp for higher-order gradients")
+        refuse_double_backward("chunk_ttt_mlp", "recurrent_ttt_mlp or naive_ttt_mlp (a TTT layer: mode='recurrent')")
         with torch.autocast(ctx.device_type, enabled=False):  # fp32 scan, like the forward
             return MLPScan._backward(ctx, dout, dw1n, dw2n, db2n)
 
