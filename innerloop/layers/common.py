@@ -117,6 +117,8 @@ class CausalConv1d(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 4) -> None:
         super().__init__()
+        if kernel_size < 1:  # torch would fail later, deep inside Conv1d or init_state
+            raise ValueError(f"conv kernel_size must be >= 1, got {kernel_size}")
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=True)
 

@@ -138,6 +138,8 @@ class TTTBase(nn.Module):
             raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
         if conv_kernel < 1:
             raise ValueError(f"conv_kernel must be >= 1, got {conv_kernel}")
+        if not rope_theta > 0:  # 0, negative or NaN: NaN RoPE angles, NaN outputs (as attention refuses it)
+            raise ValueError(f"rope_theta must be positive, got {rope_theta}")
         mode = resolve_mode(mode, self.modes, type(self).__name__)
         C, H = hidden_size, num_heads
         self.hidden_size, self.num_heads, self.head_dim = C, H, C // H

@@ -114,3 +114,10 @@ def test_causal_conv_checks_its_state():
             conv(x, torch.zeros(bad))
     with pytest.raises(ValueError, match=r"expects x of shape \[B, T, 8\]"):
         conv(torch.randn(2, 3, 6))
+
+
+def test_causal_conv_refuses_an_empty_kernel():
+    """kernel_size 0 (e.g. LMConfig(conv_kernel=0, pre_conv=True)) failed deep inside torch (init_state's zeros)."""
+    for k in (0, -2):
+        with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+            CausalConv1d(8, kernel_size=k)

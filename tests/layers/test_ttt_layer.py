@@ -273,3 +273,11 @@ def test_errors():
     _, s_b8 = TTTLinear(32, 4, mini_batch_size=8, mode="naive")(torch.randn(1, 6, 32))
     with pytest.raises(ValueError, match="mini_batch_size"):
         layer(torch.randn(1, 2, 32), s_b8)
+
+
+@pytest.mark.parametrize("theta", [0.0, -100.0, float("nan")])
+def test_rope_theta_must_be_positive(theta):
+    """A non-positive or NaN RoPE base gave NaN angles and NaN outputs without an error (attention refuses it)."""
+    for cls in (TTTLinear, TTTMLP):
+        with pytest.raises(ValueError, match="rope_theta must be positive"):
+            cls(16, 2, rope_theta=theta)

@@ -537,3 +537,19 @@ def test_trainer_label_smoothing_is_a_next_token_loss(tmp_path):
     # the Auto mappings still list (and import) every registered model
     assert InnerloopForCausalLM in MODEL_FOR_CAUSAL_LM_MAPPING.values()
     assert len(MODEL_FOR_CAUSAL_LM_MAPPING.items()) == len(MODEL_FOR_CAUSAL_LM_MAPPING.keys())
+
+
+@pytest.mark.parametrize("mixer", ["ttt_linear", "mamba"])
+def test_a_model_in_mode_chunk_can_be_wrapped_and_exported(mixer, tmp_path):
+    """LMConfig(mode='chunk') is valid, but InnerloopConfig read it as a saved legacy config ('chunk' -> 'auto'), so
+    from_causal_lm and export_hf refused the model: "the CausalLM's config ... differs from the InnerloopConfig's"."""
+    torch.manual_seed(0)
+    lm = CausalLM(LMConfig(**{**tiny().to_lm_config().to_dict(), "mixer": mixer, "mode": "chunk"})).eval()
+    hf = InnerloopForCausalLM.from_causal_lm(lm).eval()
+    assert hf.config.mode == "chunk" and hf.config.to_lm_config() == lm.config
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(hf(ids).logits, lm(ids).logits)
+        back, cfg = load_hf_as_causal_lm(export_hf(lm, tmp_path / "hf"))
+        assert cfg.mode == "auto"  # a saved 'chunk' is read as the old default (innerloop.layers.modes)
+        torch.testing.assert_close(back.eval()(ids).logits, lm(ids).logits, rtol=1e-5, atol=1e-6)

@@ -215,6 +215,17 @@ def test_errors():
         model(torch.randint(0, 99, (1, 3)), state=other.init_state(1))
 
 
+def test_config_values_that_give_nan_or_deep_errors_are_refused():
+    """rms_norm_eps < 0 gave NaN logits; conv_kernel 0 with the pre-conv failed inside torch; TTT's rope_theta 0 gave
+    NaN logits (attention already refused it)."""
+    with pytest.raises(ValueError, match="rms_norm_eps must be >= 0"):
+        LMConfig(**TINY, rms_norm_eps=-1.0)
+    with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+        CausalLM(LMConfig(**TINY, mixer="attention", pre_conv=True, conv_kernel=0))
+    with pytest.raises(ValueError, match="rope_theta must be positive"):
+        CausalLM(LMConfig(**TINY, mixer="ttt_linear", rope_theta=0.0))
+
+
 @pytest.mark.parametrize("mixer", ["attention", "mamba", "gru"])
 def test_state_from_another_backbone_is_an_error(mixer):
     """A state without the pre-conv state restarted the Mamba backbone's conv from zeros mid-sequence (and one with it

@@ -58,10 +58,13 @@ class InnerloopConfig(PretrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
     def to_lm_config(self) -> LMConfig:
-        """The :class:`LMConfig` this config carries."""
-        return LMConfig.from_dict({k: getattr(self, k) for k in LM_FIELDS})
+        """The :class:`LMConfig` this config carries (not read as a saved config again: a saved legacy ``mode='chunk'``
+        became ``'auto'`` when this config was made, and one from :meth:`from_lm_config` keeps its mode)."""
+        return LMConfig(**{k: getattr(self, k) for k in LM_FIELDS})
 
     @classmethod
     def from_lm_config(cls, config: LMConfig, **kwargs: Any) -> InnerloopConfig:
         """An InnerloopConfig carrying ``config``; ``kwargs`` go to PretrainedConfig (e.g. ``eos_token_id``)."""
-        return cls(**config.to_dict(), **kwargs)
+        hf_config = cls(**config.to_dict(), **kwargs)
+        hf_config.mode = config.mode  # __init__ reads 'chunk' as a saved legacy 'auto'; this config runs what it says
+        return hf_config

@@ -89,6 +89,8 @@ class LMConfig(DictConfig):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.rms_norm_eps >= 0:  # a negative (or NaN) epsilon gives NaN logits
+            raise ValueError(f"rms_norm_eps must be >= 0, got {self.rms_norm_eps}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"
