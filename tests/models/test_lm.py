@@ -305,3 +305,28 @@ def test_weight_decay_matches_the_authors(mixer):
     assert len(decay["params"]) == len(DECAYED[mixer]) and len(decay["params"]) + len(keep["params"]) == len(
         list(model.parameters()))
     assert [len(g["params"]) for g in weight_decay_groups(model, 0.1)] == [len(decay["params"]), len(keep["params"])]
+
+
+@pytest.mark.parametrize("mixer", ["ttt_linear", "ttt_mlp"])
+def test_gradient_checkpointing_with_naive_ttt_blocks(mixer, caplog, monkeypatch):
+    """torch.func (the naive TTT reference's inner gradients) refuses checkpointing's saved-tensor hooks: such blocks
+    ran into a deep RuntimeError; they now run unchecked (logged once) and give the same gradients."""
+    from innerloop.layers import modes
+
+    monkeypatch.setattr(modes, "_logged", set())
+    torch.manual_seed(0)
+    model = CausalLM(LMConfig(**{**TINY, "mini_batch_size": 4}, mixer=mixer, mode="naive")).train()
+    x = torch.randint(0, 99, (2, 7))
+
+    def grads():
+        model.zero_grad()
+        model(x, labels=x).loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.gradient_checkpointing = True
+    with caplog.at_level("WARNING"):
+        checked = grads()
+    for a, b in zip(plain, checked):
+        assert torch.equal(a, b)
+    assert "TTT blocks in mode 'naive' run without it" in caplog.text

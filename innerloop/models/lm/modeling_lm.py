@@ -19,11 +19,23 @@ from torch.utils.checkpoint import checkpoint
 from innerloop.layers import RMSNorm, SwiGLU, build_mixer
 from innerloop.layers.common import CausalConv1d, at_least_float32
 from innerloop.layers.modes import log_once
+from innerloop.layers.ttt import TTTBase
 
 from .configuration_lm import LMConfig
 from .decoding import CUDAGraphStep, StaticLMState, build_static_state, static_step
 
 logger = logging.getLogger(__name__)
+
+
+def _checkpointable(block: nn.Module) -> bool:
+    """Whether activation checkpointing can recompute ``block``: not a TTT block in mode ``"naive"``, whose reference
+    inner gradients (``torch.func.grad``) refuse checkpointing's saved-tensor hooks; such a block runs as it is."""
+    if isinstance(block.mixer, TTTBase) and block.mixer.mode == "naive":
+        log_once("checkpoint-naive-ttt", "gradient checkpointing: TTT blocks in mode 'naive' run without it (the "
+                 "reference's torch.func inner gradients refuse checkpointing); mode 'chunk' gives the same gradients "
+                 "and can be checkpointed", log=logger)  # fmt: skip
+        return False
+    return True
 
 
 class BlockState(NamedTuple):
@@ -218,7 +230,7 @@ class CausalLM(nn.Module):
         new_states = []
         for i, block in enumerate(self.layers):
             block_state = None if state is None else state.layers[i]
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and _checkpointable(block):
                 func = self._gradient_checkpointing_func or partial(checkpoint, use_reentrant=False)
                 h, s = func(block, h, block_state)  # recomputed in backward: activations of one block at a time
             else:
