@@ -96,11 +96,10 @@ class Runner:
 def build_ours(mixer: str, size: Size) -> Runner:
     from innerloop.models.lm import CausalLM, LMConfig
 
-    options = {"mode": "chunk"} if mixer == "mamba_torch" else {}
     cfg = LMConfig(
         vocab_size=size.vocab, hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=size.heads,
         intermediate_size=size.intermediate, mixer=mixer.removesuffix("_torch"), backbone="transformer",
-        mini_batch_size=size.mini_batch, mixer_options=options,
+        mini_batch_size=size.mini_batch, mode="chunk" if mixer == "mamba_torch" else "auto",
         ttt_base_lr=TTT_BASE_LR[mixer.removeprefix("ttt_")] if mixer.startswith("ttt_") else None,
     )
     model = CausalLM(cfg).eval()

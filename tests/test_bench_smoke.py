@@ -35,7 +35,7 @@ def _official_available() -> bool:
 
 
 @pytest.mark.parametrize("models", [
-    "ttt_linear,ttt_mlp,attention",
+    "ttt_linear,ttt_mlp,attention,mamba_torch",
     pytest.param("ttt_linear,official_linear", marks=pytest.mark.skipif(
         not _official_available(), reason="needs /tmp/ttt_official.py and transformers 4.x")),
 ])

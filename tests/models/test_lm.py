@@ -224,6 +224,9 @@ def test_config_values_that_give_nan_or_deep_errors_are_refused():
         CausalLM(LMConfig(**TINY, mixer="attention", pre_conv=True, conv_kernel=0))
     with pytest.raises(ValueError, match="rope_theta must be positive"):
         CausalLM(LMConfig(**TINY, mixer="ttt_linear", rope_theta=0.0))
+    # a mixer option repeating a field ran the model with b = 3 while config.mini_batch_size said 2
+    with pytest.raises(ValueError, match=r"mixer_options \['mini_batch_size'\] repeat LMConfig fields"):
+        LMConfig(**{**TINY, "mini_batch_size": 2}, mixer="ttt_mlp", mixer_options={"mini_batch_size": 3})
 
 
 @pytest.mark.parametrize("mixer", ["attention", "mamba", "gru"])

@@ -34,7 +34,8 @@ class LMConfig(DictConfig):
 
     Each registered mixer declares the fields it takes in its class attribute ``config_options`` (TTT: the TTT
     fields; attention: ``rope_theta``; Mamba: ``conv_kernel``); ``mode`` goes to every mixer; ``mixer_options``
-    are passed verbatim on top, and one the mixer's constructor does not take is an error.
+    are passed verbatim on top; one the mixer's constructor does not take, or one that repeats an LMConfig field, is
+    an error.
 
     Args:
         vocab_size (int, Optional): Default: 32000 (Llama tokenizer).
@@ -106,6 +107,10 @@ class LMConfig(DictConfig):
         if undeclared:
             raise ValueError(f"mixer {self.mixer!r} ({cls.__name__}) declares config_options {undeclared} that "
                              f"LMConfig does not have; pass them in mixer_options instead")
+        shadowed = sorted(set(self.mixer_options) & fields)
+        if shadowed:  # the mixer would run with the option while the config reported the field
+            raise ValueError(f"mixer_options {shadowed} repeat LMConfig fields; set the fields themselves "
+                             f"(e.g. LMConfig({shadowed[0]}=...)), so that the config says what the model runs")
         params = inspect.signature(cls.__init__).parameters
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             taken = [n for n, p in params.items() if n not in ("self", "hidden_size", "num_heads")
