@@ -140,6 +140,10 @@ class TTTBase(nn.Module):
             raise ValueError(f"conv_kernel must be >= 1, got {conv_kernel}")
         if not rope_theta > 0:  # 0, negative or NaN: NaN RoPE angles, NaN outputs (as attention refuses it)
             raise ValueError(f"rope_theta must be positive, got {rope_theta}")
+        if ttt_base_lr is not None and not 0 <= ttt_base_lr < float("inf"):  # NaN/inf: NaN; < 0: gradient ascent
+            raise ValueError(f"ttt_base_lr must be finite and >= 0, got {ttt_base_lr}")
+        if not eps > 0:  # the inner LayerNorm's epsilon: 0 divides by zero on constant rows, < 0 or NaN gives NaN
+            raise ValueError(f"eps must be positive, got {eps}")
         mode = resolve_mode(mode, self.modes, type(self).__name__)
         C, H = hidden_size, num_heads
         self.hidden_size, self.num_heads, self.head_dim = C, H, C // H

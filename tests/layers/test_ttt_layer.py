@@ -281,3 +281,13 @@ def test_rope_theta_must_be_positive(theta):
     for cls in (TTTLinear, TTTMLP):
         with pytest.raises(ValueError, match="rope_theta must be positive"):
             cls(16, 2, rope_theta=theta)
+
+
+@pytest.mark.parametrize(("option", "value"), [("ttt_base_lr", float("nan")), ("ttt_base_lr", -0.1),
+                                               ("ttt_base_lr", float("inf")), ("eps", -1.0), ("eps", 0.0)])
+def test_inner_lr_and_eps_must_be_sensible(option, value):
+    """A NaN inner LR or LayerNorm epsilon gave NaN outputs, a negative LR gradient ascent in the inner loop."""
+    for cls in (TTTLinear, TTTMLP):
+        with pytest.raises(ValueError, match=f"{option} must be"):
+            cls(16, 2, **{option: value})
+    TTTLinear(16, 2, ttt_base_lr=0.0)  # no inner learning: an ablation, allowed
