@@ -67,3 +67,22 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
             raise
         print(f"{command_name(args)}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as e:  # sizes too large for the machine (--batch-size 1e9): the sizes are the fix, not the code
+        if os.environ.get("INNERLOOP_TRACEBACK") or not is_out_of_memory(e):
+            raise
+        print(f"{command_name(args)}: error: out of memory ({one_line(e)[:200]}); lower the sizes given (batch, "
+              "width, layers, length, instances)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is torch failing to allocate a tensor: CUDA's ``OutOfMemoryError``, the CPU allocator's
+    ``RuntimeError`` (``can't allocate memory``) or a size whose byte count overflows."""
+    import torch
+
+    text = str(e)
+    return (
+        isinstance(e, torch.OutOfMemoryError)
+        or "can't allocate memory" in text
+        or "Storage size calculation overflowed" in text
+    )

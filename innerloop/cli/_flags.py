@@ -22,7 +22,27 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
+
+def number(text: str) -> float:
+    """Argparse ``type=`` for a float flag: ``float`` without ``nan`` (which passes every ``x < 0`` check and then
+    trains or scores with NaN). ``inf`` stays allowed (e.g. "no limit"); each config checks its own range.
+
+    Examples:
+        >>> number("1e-3")
+        0.001
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
+
+
+number.__name__ = "number"  # argparse names the type in some messages
+
+_TYPES: dict[str, Any] = {"int": int, "float": number, "str": str}
 _TOOL_COMMENTS = ("fmt:", "noqa", "type:", "pragma")
 
 
@@ -146,9 +166,11 @@ def saved_run_config(
     through ``upgrade`` (the trainer's ``upgrade_config``), so a run made by an older version reads as today's. One
     line on stderr says that settings not given are taken from the run.
     """
-    from innerloop.runs import read_config
+    from innerloop.runs.run import check_out, read_config
 
     out = getattr(args, "out", None)
+    if out is not None:
+        check_out(out)
     if out is None or getattr(args, "fresh", False) or not (Path(out) / "config.json").is_file():
         return {}
     saved, _ = read_config(out, command)

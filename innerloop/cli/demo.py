@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from innerloop._io import atomic_write_json, atomic_write_text
-from innerloop.cli._flags import at_least
+from innerloop.cli._flags import at_least, number
 
 # 1000 steps x 16 x 128 bytes = 2.05M training bytes per model (~2 epochs of the training split). Measured on 2
 # idle cores (taskset, 2 threads): TTT-Linear 0.115 s/step, the Transformer 0.078 s/step, ~3.4 minutes in all.
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=at_least(1), default=None,
                    help=f"optimizer steps per model (default: {DEFAULT_STEPS})")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps: checks the pipeline in seconds")
-    p.add_argument("--max-train-seconds", type=float, default=None,
+    p.add_argument("--max-train-seconds", type=number, default=None,
                    help=f"cap on TTT-Linear's training time, the Transformer then gets as many steps "
                         f"(default: {DEFAULT_TRAIN_SECONDS:.0f}; 0 = no cap)")  # fmt: skip
     p.add_argument("--sample-bytes", type=at_least(0), default=None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import at_least
+from innerloop.cli._flags import at_least, number
 
 ALL_MIXERS = ["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear", "ttt_mlp"]
 
@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: 100")  # fmt: skip
     g.add_argument("--hidden-size", type=at_least(1), default=32, help="model width; default: 32")
     g.add_argument("--num-layers", type=at_least(1), default=1, help="mixer layers; default: 1")
-    g.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clip of the clipped run; default: 1.0")
-    g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the training steps; default: 0.01")
+    g.add_argument("--clip-norm", type=number, default=1.0, help="gradient-norm clip of the clipped run; default: 1.0")
+    g.add_argument("--lr", type=number, default=1e-2, help="Adam learning rate of the training steps; default: 0.01")
     _common(g, "runs/gradflow", 200, "training steps on the adding problem before the trained measurement")
     g.set_defaults(func=run_gradflow)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, dataclass_values, run_config_values
 from innerloop.forecast.adapt import AdaptConfig
 from innerloop.forecast.trainer import ForecastConfig, upgrade_config
 
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--data-root", default=None, help="folder holding ETTh1.csv / ETTh2.csv; default: the run's")
     pl.add_argument("--window", type=int, default=0, help="window index in the split; default: 0")
     pl.add_argument("--channel", default="OT", help="the column drawn; default: OT")
-    pl.add_argument("--context", type=int, default=0, help="look-back steps drawn; default: 0 = the horizon")
+    pl.add_argument("--context", type=at_least(0), default=0, help="look-back steps drawn; default: 0 = the horizon")
     pl.add_argument("--file", default=None, help="PNG path; default: <out>/pred-<adapt>-<window>.png")
     add_dataclass_flags(pl, AdaptConfig, skip=("limit",))
     pl.set_defaults(func=run_plot)

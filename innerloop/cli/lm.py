@@ -23,7 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, run_config_values, saved_run_config
+from innerloop.cli._flags import (
+    add_dataclass_flags,
+    add_run_flags,
+    at_least,
+    number,
+    run_config_values,
+    saved_run_config,
+)
 from innerloop.layers import MIXERS
 from innerloop.models.lm import LMConfig
 from innerloop.train.config import TrainConfig
@@ -112,10 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--run", required=True, help="run directory made by `innerloop lm train`")
     g.add_argument("--prompt", default="\n", help="text to continue; default: a newline")
     g.add_argument("--max-new-tokens", type=at_least(1), default=500, help="tokens to sample; default: 500")
-    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature >= 0, 0 = greedy; "
+    g.add_argument("--temperature", type=number, default=0.8, help="sampling temperature >= 0, 0 = greedy; "
                    "default: 0.8")  # fmt: skip
     g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; default: 0 = off")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; default: 1 = off")
+    g.add_argument("--top-p", type=number, default=1.0, help="nucleus mass in (0, 1]; default: 1 = off")
     g.add_argument("--seed", type=int, default=None, help="sampling seed; default: random")
     g.add_argument("--device", default="auto", help=_DEVICE_HELP)
     g.set_defaults(func=run_generate)
@@ -134,7 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--mixers", nargs="+", default=["ttt_linear", "attention"], choices=sorted(MIXERS),
                    metavar="MIXER", help=f"mixers to train, one of: {', '.join(sorted(MIXERS))}; "
                    "default: ttt_linear attention")  # fmt: skip
-    c.add_argument("--target-params", type=float, default=0, help="size each model to ~this many params; "
+    c.add_argument("--target-params", type=number, default=0, help="size each model to ~this many params; "
                    "default: 0 = the same hidden size for all")  # fmt: skip
     c.add_argument("--out", default=None, help="comparison folder; default: runs/compare/<time>")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -89,7 +89,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from innerloop.runs import read_config
 
     out = args.out or MetaConfig.out
-    saved, _ = read_config(out, "innerloop meta train")
+    saved, _ = read_config(out, "innerloop meta train", MetaConfig)
     cfg = _config(args, saved)
     print(f"innerloop meta eval: {out} ({cfg.algorithm} on {cfg.task}); {_evaluating(cfg, args.split)}", flush=True)
     _print(evaluate_run(cfg, split=args.split, progress=True))

@@ -77,6 +77,10 @@ def run_train(args: argparse.Namespace) -> int:
     from innerloop.optim.meta_train import train_rule
 
     cfg = _config(args, run_config_values(args, MetaOptConfig, "innerloop optim train", upgrade=upgrade_config))
+    if args.export:  # a name or rule it cannot write fails now, not after the training
+        from innerloop.optim.export import check_export
+
+        check_export(cfg.rule, args.export)
     print(f"innerloop optim train: {cfg.rule} on {cfg.problem}, {cfg.episodes} episodes x {cfg.steps} steps in "
           f"unrolls of {cfg.unroll}, {cfg.batch} instances, device {cfg.device}, out {cfg.out}",
           flush=True)  # fmt: skip
@@ -103,7 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from innerloop.runs import read_config
 
     out = args.out or MetaOptConfig.out
-    saved, _ = read_config(out, "innerloop optim train")
+    saved, _ = read_config(out, "innerloop optim train", MetaOptConfig)
     cfg = _config(args, saved)
     print(f"innerloop optim eval: {out} ({cfg.rule} on {cfg.problem}); {_evaluating(cfg)}", flush=True)
     _print(evaluate_rules(cfg))

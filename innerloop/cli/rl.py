@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from innerloop._io import atomic_write_json, atomic_write_text, write_csv
-from innerloop.cli._flags import add_config_flags, add_run_flags, run_config_values
+from innerloop.cli._flags import add_config_flags, add_run_flags, number, run_config_values
 
 ENVS = ("bandit", "mdp")
 
@@ -74,10 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MDP episodes per trial n (>= 1; for bandits the same as --pulls); default: 10")
     b.add_argument("--trials", type=int, default=1000, help="trials per baseline (>= 2); default: 1000")
     b.add_argument("--seed", type=int, default=0, help="seed of the tasks, rewards and agents; default: 0")
-    b.add_argument("--epsilon", type=float, default=None,
+    b.add_argument("--epsilon", type=number, default=None,
                    help="exploration rate of epsilon_greedy and epsilon_greedy_posterior; default: 0.1")
-    b.add_argument("--ucb-c", type=float, default=None, help="scale of UCB1's bonus (bandit); default: 0.1")
-    b.add_argument("--ucrl2-c", type=float, default=None, help="scale of UCRL2's confidence sets (mdp); default: 0.1")
+    b.add_argument("--ucb-c", type=number, default=None, help="scale of UCB1's bonus (bandit); default: 0.1")
+    b.add_argument("--ucrl2-c", type=number, default=None, help="scale of UCRL2's confidence sets (mdp); default: 0.1")
     b.add_argument("--out", type=Path, default=None, help="folder for baselines.csv and baselines.md; default: none")
     b.set_defaults(func=run_baselines)
     _register_maml(rsub)
@@ -289,7 +289,7 @@ _EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy", "checkpoint", "paired"
 def run_eval(args: argparse.Namespace) -> int:
     for algo, names in _EVAL_FLAGS.items():
         for name in names:
-            if algo != args.algo and getattr(args, name) not in (None, False):
+            if algo != args.algo and getattr(args, name) is not None and getattr(args, name) is not False:  # 0 too
                 raise ValueError(f"--{name.replace('_', '-')} is a setting of `rl eval --algo {algo}`, not of --algo "
                                  f"{args.algo}; drop it")  # fmt: skip
     if args.algo == "maml":

@@ -17,10 +17,10 @@ from torch import nn
 
 from innerloop.optim.meta_eval import _load_rule
 from innerloop.optim.meta_train import MetaOptConfig, build_problem
-from innerloop.optim.pretrained import PRETRAINED_DIR, save_rule
+from innerloop.optim.pretrained import PRETRAINED_DIR, _check_name, save_rule
 from innerloop.runs import latest_checkpoint, load_state, read_config
 
-__all__ = ["export_rule", "reproduce_command"]
+__all__ = ["check_export", "export_rule", "reproduce_command"]
 
 # where and how a run is run, not what it trains (a time budget that did not bind is left out too: the rule came from
 # every episode of the config)
@@ -49,6 +49,31 @@ def reproduce_command(cfg: MetaOptConfig, name: str, time_bound: bool = False) -
     return " ".join(["innerloop optim train", *flags, f"--out runs/optim/{name}", f"--export {name}"])
 
 
+def check_export(rule: str, name: str) -> None:
+    """Refuse an export that :func:`export_rule` could not write, before any training: a bad ``name``, or a ``rule``
+    (``MetaOptConfig.rule``) that has no saved form (``sgd_lr``'s per-tensor learning rates belong to one model's
+    parameter names, so it cannot be loaded by name for another model).
+
+    Raises:
+        ValueError: the name or the rule cannot be exported.
+    """
+    import torch
+
+    from innerloop.optim.learned import RULES as SAVABLE
+    from innerloop.optim.meta_train import RULES
+
+    _check_name(name)
+
+    def savable(r: str) -> bool:
+        made = RULES[r]({"w": torch.zeros(1)})  # the rule's class; its size does not matter here
+        return SAVABLE.get(type(made).__name__) is type(made)
+
+    if rule in RULES and not savable(rule):
+        ok = [r for r in RULES if savable(r)]
+        raise ValueError(f"--rule {rule} cannot be exported as a pretrained rule: only a rule trained with --rule "
+                         f"{', '.join(ok)} can")  # fmt: skip
+
+
 def export_rule(out: str | Path, name: str, directory: str | Path | None = None) -> Path:
     """Save the rule of training run ``out`` (its newest intact checkpoint) as pretrained rule ``name``.
 
@@ -61,8 +86,9 @@ def export_rule(out: str | Path, name: str, directory: str | Path | None = None)
         Path: the ``.json`` written.
     """
     out = Path(out)
-    saved, _ = read_config(out, "innerloop optim train")
+    saved, _ = read_config(out, "innerloop optim train", MetaOptConfig)
     cfg = MetaOptConfig(**{**saved, "device": "cpu"})
+    check_export(cfg.rule, name)
     rule: nn.Module = _load_rule(cfg, build_problem(cfg))
     checkpoint = latest_checkpoint(out / "checkpoints")
     trained = int(load_state(checkpoint)["step"]) if checkpoint is not None else 0

@@ -49,6 +49,16 @@ def plot_rl2_curves(runs: Sequence[str | Path], out: str | Path, baselines: str 
         if not rows or not {"step", "return"} <= set(rows[0]):
             raise ValueError(f"{log} has no 'step'/'return' columns: it is not the log of an RL² run")
         logs.append((_label(run), rows))
+    lines = []
+    if baselines is not None:  # checked before any drawing: a wrong file is one clear error, not a KeyError
+        path = Path(baselines)
+        if path.is_dir():
+            raise IsADirectoryError(f"--baselines {path} is a folder: give the baselines.csv in it "
+                                    f"({path / 'baselines.csv'})")  # fmt: skip
+        lines = _rows(path)
+        if not lines or not {"baseline", "mean"} <= set(lines[0]):
+            raise ValueError(f"{path} has no 'baseline'/'mean' columns: give the baselines.csv written by "
+                             f"`innerloop rl baselines --out DIR`")  # fmt: skip
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, rows) in enumerate(logs):
@@ -58,10 +68,9 @@ def plot_rl2_curves(runs: Sequence[str | Path], out: str | Path, baselines: str 
         val = [(int(r["step"]), float(r["val_return"])) for r in rows if r.get("val_return")]
         if val:
             ax.plot(*zip(*val), "o-", color=color, label=f"{label}, test trials")
-    if baselines is not None:
-        for j, r in enumerate(_rows(Path(baselines))):
-            ax.axhline(float(r["mean"]), linestyle="--", linewidth=1, color=f"C{(len(logs) + j) % 10}",
-                       label=f"{r['baseline']} {float(r['mean']):.2f}")  # fmt: skip
+    for j, r in enumerate(lines):
+        ax.axhline(float(r["mean"]), linestyle="--", linewidth=1, color=f"C{(len(logs) + j) % 10}",
+                   label=f"{r['baseline']} {float(r['mean']):.2f}")  # fmt: skip
     ax.set_xlabel("PPO step")
     ax.set_ylabel("total reward per trial")
     ax.set_title("RL² learning curves")

@@ -19,6 +19,7 @@ changes from the resume point on, and ``config.json`` records the extension).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -67,21 +68,45 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any], free: Iterable[s
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
 
 
-def read_config(out: str | Path, command: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def check_out(out: str | Path) -> None:
+    """Refuse an empty run folder name: ``Path("")`` is the current directory, so ``--out "$DIR"`` with ``DIR``
+    unset would train into (or resume from) whatever folder the command runs in.
+
+    Raises:
+        ValueError: ``out`` is empty.
+    """
+    if not str(out).strip():
+        raise ValueError(f"--out is empty ({str(out)!r}): give the run's folder (an unset shell variable in "
+                         f"--out \"$DIR\"?)")  # fmt: skip
+
+
+def read_config(out: str | Path, command: str, cls: type | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``config.json`` that :meth:`Run.write_config` wrote in run directory ``out``: ``(config, resolved)``.
 
     Args:
         out (str | Path): the run directory.
         command (str): the command that makes such runs, for the error (e.g. ``"innerloop meta train"``).
+        cls (type, Optional): the config dataclass the saved config is read into: a setting it does not have (the
+            run of another command, e.g. ``meta eval --out <an lm run>``) is a clear error, not a ``TypeError`` of
+            ``cls(**config)``. Default: None (not checked).
 
     Raises:
         FileNotFoundError: ``out`` holds no ``config.json`` (the message names ``command``).
+        ValueError: ``cls`` given and the config has settings ``cls`` does not have.
     """
     path = Path(out) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: give a run directory made by `{command}`")
     body = read_json(path)
     resolved = body.pop("resolved", None) or {}
+    if cls is not None:
+        unknown = sorted(set(body) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            more = f" (and {len(unknown) - 4} more)" if len(unknown) > 4 else ""
+            raise ValueError(
+                f"{out} holds no run of `{command}`: its config.json has {', '.join(unknown[:4])}{more}, "
+                f"which {cls.__name__} does not have; give a run directory made by `{command}`"
+            )
     return body, resolved
 
 
@@ -111,6 +136,7 @@ class Run:
         fresh: bool = False, extend: bool = False, is_main: bool = True, keep: int = 2,
         command: str = "the same command", upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:  # fmt: skip
+        check_out(out)
         self.out, self.config = Path(out), dict(config)
         blocker = next((p for p in (self.out, *self.out.parents) if p.exists()), None)  # nearest existing path
         if blocker is not None and not blocker.is_dir():

@@ -57,6 +57,9 @@ def import_run(hf_dir: str | Path, out: str | Path) -> Path:
     from innerloop.models.hf import load_hf_as_causal_lm  # the hf extra
 
     hf_dir, out = Path(hf_dir), Path(out)
+    if not (hf_dir / "config.json").is_file():  # else transformers reads the path as a Hub repo id
+        raise FileNotFoundError(f"{hf_dir / 'config.json'} not found: give --from-hf the folder written by "
+                                f"`innerloop lm export --run RUN --to-hf DIR`")  # fmt: skip
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: give a new --out folder for the imported run")
     model, hf_config = load_hf_as_causal_lm(hf_dir)

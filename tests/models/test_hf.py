@@ -285,6 +285,16 @@ def test_other_model_type_and_missing_weights_file(tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path / "noweights")
 
 
+def test_a_run_directory_is_not_taken_for_a_transformers_model(tmp_path):
+    """`innerloop lm import --from-hf <a run directory>` ended in a deep `AttributeError: module 'torch' has no
+    attribute 'auto'`: the run's config.json (no model_type, a nested "model") was read as a model config."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {"hidden_size": 16}, "steps": 2, "dtype": "auto"}))
+    with pytest.raises(ValueError, match="innerloop lm export --run RUN --to-hf DIR"):
+        InnerloopForCausalLM.from_pretrained(run)
+
+
 def test_gradient_checkpointing_same_gradients_and_off_by_default():
     cfg = LMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    mini_batch_size=4, backbone="mamba")  # fmt: skip

@@ -132,8 +132,8 @@ def _build(bin_path: Path, index_path: Path, source: str | Path | None, files: l
         bin_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(tmp, "wb")  # noqa: SIM115 (closed by the with below)
     except OSError as e:
-        raise RuntimeError(f"cannot write the token cache in {bin_path.parent} ({type(e).__name__}: {e}); give a "
-                           f"writable --cache-dir") from e  # fmt: skip
+        raise OSError(f"cannot write the token cache in {bin_path.parent} ({type(e).__name__}: {e}); give a "
+                      f"writable --cache-dir") from e  # fmt: skip
     offsets, names, entries, h = [0], [], [], hashlib.sha256()
     try:
         with out as f:

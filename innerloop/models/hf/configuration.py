@@ -51,6 +51,10 @@ class InnerloopConfig(PretrainedConfig):
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> InnerloopConfig:
         """transformers' ``from_dict``, refusing the config of another model type (transformers only warns)."""
         other = config_dict.get("model_type")
+        if other is None and isinstance(config_dict.get("model"), dict):  # config.json of a run directory
+            raise ValueError("this is the config.json of an innerloop run directory (innerloop lm train --out), not "
+                             "of a transformers model directory: make one with `innerloop lm export --run RUN --to-hf "
+                             "DIR` (export_hf in Python) and load or import that")  # fmt: skip
         if other not in (None, MODEL_TYPE):
             raise ValueError(f"this is the config of a {other!r} model, not an innerloop one (model_type "
                              f"{MODEL_TYPE!r}): load it with transformers' AutoModelForCausalLM, or, for the TTT "

@@ -90,8 +90,11 @@ class LMConfig(DictConfig):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.rms_norm_eps >= 0:  # a negative (or NaN) epsilon gives NaN logits
-            raise ValueError(f"rms_norm_eps must be >= 0, got {self.rms_norm_eps}")
+        if not 0 <= self.rms_norm_eps < float("inf"):  # < 0, nan: NaN losses; inf: a model that outputs a constant
+            raise ValueError(f"rms_norm_eps must be >= 0 and finite, got {self.rms_norm_eps}")
+        if not 0 <= self.initializer_range < float("inf"):
+            raise ValueError(f"initializer_range (the std of the init) must be >= 0 and finite, got "
+                             f"{self.initializer_range}")  # fmt: skip
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"

@@ -196,6 +196,6 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="is empty"):
         open_cache(tmp_path / "e", ByteTokenizer(), tmp_path / "c")
     (tmp_path / "file").write_bytes(b"x")
-    with pytest.raises(RuntimeError, match="cannot write the token cache"):
+    with pytest.raises(OSError, match="cannot write the token cache"):
         open_cache(None, ByteTokenizer(), tmp_path / "file" / "cache")
     assert cmod._dtype_for(65536) == np.uint16 and cmod._dtype_for(65537) == np.uint32
