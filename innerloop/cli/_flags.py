@@ -42,6 +42,83 @@ def number(text: str) -> float:
 
 number.__name__ = "number"  # argparse names the type in some messages
 
+
+def positive(text: str) -> float:
+    """Argparse ``type=`` for a finite float ``> 0`` (a learning rate, a clip norm, a bonus scale's upper end).
+
+    Examples:
+        >>> positive("0.5")
+        0.5
+    """
+    value = number(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+positive.__name__ = "positive number"
+
+
+def non_negative(text: str) -> float:
+    """Argparse ``type=`` for a finite float ``>= 0`` (an exploration bonus scale, where 0 means none).
+
+    Examples:
+        >>> non_negative("0")
+        0.0
+    """
+    value = number(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+non_negative.__name__ = "non-negative number"
+
+
+class Distinct(argparse.Action):
+    """Argparse ``action=`` for a list flag (``nargs="+"``) whose values must differ: ``--mixers lstm lstm`` would
+    train, score or draw the same thing twice (and overwrite its own files), so it is a one-line usage error.
+
+    Examples:
+        >>> p = argparse.ArgumentParser()
+        >>> _ = p.add_argument("--mixers", nargs="+", action=Distinct)
+        >>> p.parse_args(["--mixers", "rnn", "lstm"]).mixers
+        ['rnn', 'lstm']
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        seen: list[Any] = []
+        for v in values:
+            if v in seen:
+                raise argparse.ArgumentError(self, f"{v!r} is given twice; give each value once")
+            seen.append(v)
+        setattr(namespace, self.dest, values)
+
+
+def folder(text: str) -> str:
+    """Argparse ``type=`` for an output folder or file: not empty (``Path("")`` is the current directory, so
+    ``--out "$DIR"`` with ``DIR`` unset would write into whatever folder the command runs in).
+
+    Examples:
+        >>> folder("runs/x")
+        'runs/x'
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"is empty ({text!r}): give a path (an unset shell variable in \"$DIR\"?)")
+    return text
+
+
+folder.__name__ = "path"
+
+
+def folder_path(text: str) -> Path:
+    """:func:`folder` as a :class:`~pathlib.Path`."""
+    return Path(folder(text))
+
+
+folder_path.__name__ = "path"
+
 _TYPES: dict[str, Any] = {"int": int, "float": number, "str": str}
 _TOOL_COMMENTS = ("fmt:", "noqa", "type:", "pragma")
 
@@ -246,14 +323,40 @@ def at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def image_file(text: str) -> Path:
+    """Argparse ``type=`` for a figure to write: not empty, not a folder, and a format matplotlib writes (a name
+    without one gets ``.png``, as matplotlib itself would add it, so the path printed is the file written).
+
+    Examples:
+        >>> str(image_file("runs/curves"))
+        'runs/curves.png'
+    """
+    path = Path(folder(text))
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: give the image file to write, e.g. "
+                                         f"{str(path / 'plot.png')!r}")  # fmt: skip
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise argparse.ArgumentTypeError(f"{text!r}: matplotlib cannot write {path.suffix!r} files; end the name "
+                                         f"with one of {', '.join('.' + f for f in sorted(formats))}")  # fmt: skip
+    return path
+
+
+image_file.__name__ = "image file"
+
+
 def add_run_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
     """``--fresh`` and ``--extend``: what to do when ``--out`` already holds a run (see :class:`innerloop.runs.Run`)."""
-    p.add_argument("--fresh", action="store_true",
+    g = p.add_mutually_exclusive_group()  # together they contradict each other: a usage error
+    g.add_argument("--fresh", action="store_true",
                    help="start over even if --out holds a run; its old contents are kept in <out>.previous-<time>")
-    p.add_argument("--extend", action="store_true",
+    g.add_argument("--extend", action="store_true",
                    help=f"train a run further: resume it with a larger {steps_flag} (settings not given are "
                         "taken from the run's config.json)")
-
 
 
 def add_config_flags(

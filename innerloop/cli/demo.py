@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from innerloop._io import atomic_write_json, atomic_write_text
-from innerloop.cli._flags import at_least, number
+from innerloop.cli._flags import at_least, folder, number
 
 # 1000 steps x 16 x 128 bytes = 2.05M training bytes per model (~2 epochs of the training split). Measured on 2
 # idle cores (taskset, 2 threads): TTT-Linear 0.115 s/step, the Transformer 0.078 s/step, ~3.4 minutes in all.
@@ -40,7 +40,7 @@ QUICK_SPEED_CONTEXTS = (32, 64)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="TTT-Linear vs Transformer byte-LMs on tiny-shakespeare in ~3-4 CPU minutes")
-    p.add_argument("--out", default=None, help="output folder (default: runs/demo-<time>)")
+    p.add_argument("--out", type=folder, default=None, help="output folder (default: runs/demo-<time>)")
     p.add_argument("--steps", type=at_least(1), default=None,
                    help=f"optimizer steps per model (default: {DEFAULT_STEPS})")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps: checks the pipeline in seconds")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import at_least, number
+from innerloop.cli._flags import Distinct, at_least, folder, positive
 
 ALL_MIXERS = ["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear", "ttt_mlp"]
 
@@ -20,7 +20,7 @@ def _mixers_flag(p: argparse.ArgumentParser, default: list[str], choices: list[s
     from innerloop.layers import MIXERS
 
     choices = choices or sorted(MIXERS)
-    p.add_argument("--mixers", nargs="+", default=default, choices=choices, metavar="MIXER",
+    p.add_argument("--mixers", nargs="+", action=Distinct, default=default, choices=choices, metavar="MIXER",
                    help=f"mixers to compare, any of: {', '.join(choices)}; default: {' '.join(default)}")  # fmt: skip
 
 
@@ -28,7 +28,7 @@ def _common(p: argparse.ArgumentParser, out: str, train_steps: int, train_help: 
     p.add_argument("--train-steps", type=at_least(0), default=train_steps, help=f"{train_help}; 0 = only at "
                    f"initialisation; default: {train_steps}")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the models and the data; default: 0")
-    p.add_argument("--out", default=out, help=f"folder for the CSV and PNG; default: {out}")
+    p.add_argument("--out", type=folder, default=out, help=f"folder for the CSV and PNG; default: {out}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,16 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: 100")  # fmt: skip
     g.add_argument("--hidden-size", type=at_least(1), default=32, help="model width; default: 32")
     g.add_argument("--num-layers", type=at_least(1), default=1, help="mixer layers; default: 1")
-    g.add_argument("--clip-norm", type=number, default=1.0, help="gradient-norm clip of the clipped run; default: 1.0")
-    g.add_argument("--lr", type=number, default=1e-2, help="Adam learning rate of the training steps; default: 0.01")
+    g.add_argument("--clip-norm", type=positive, default=1.0,
+                   help="gradient-norm clip of the clipped run; default: 1.0")
+    g.add_argument("--lr", type=positive, default=1e-2, help="Adam learning rate of the training steps; default: 0.01")
     _common(g, "runs/gradflow", 200, "training steps on the adding problem before the trained measurement")
     g.set_defaults(func=run_gradflow)
 
     r = dsub.add_parser("retention", help="decode the first token from the state after n steps")
     _mixers_flag(r, ALL_MIXERS)
-    r.add_argument("--hidden-sizes", type=at_least(1), nargs="+", default=[16, 64],
+    r.add_argument("--hidden-sizes", type=at_least(1), nargs="+", action=Distinct, default=[16, 64],
                    help="state sizes to compare; default: 16 64")  # fmt: skip
-    r.add_argument("--steps", type=at_least(0), nargs="+", default=[5, 50, 500],
+    r.add_argument("--steps", type=at_least(0), nargs="+", action=Distinct, default=[5, 50, 500],
                    help="distractor steps between the first token and the probe; default: 5 50 500")  # fmt: skip
     r.add_argument("--vocab-size", type=at_least(2), default=8, help="first-token vocabulary (chance = 1 / it); "
                    "default: 8")  # fmt: skip

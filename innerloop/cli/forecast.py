@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, dataclass_values, run_config_values
+from innerloop.cli._flags import (
+    add_dataclass_flags,
+    add_run_flags,
+    at_least,
+    dataclass_values,
+    folder,
+    image_file,
+    run_config_values,
+)
 from innerloop.forecast.adapt import AdaptConfig
 from innerloop.forecast.trainer import ForecastConfig, upgrade_config
 
@@ -38,21 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = fsub.add_parser("eval", help="score a run's best weights on its validation and test windows",
                         description="Score the best weights in --out with its config.json; --data-root and "
                         "--eval-batch-size given here override the saved values.")  # fmt: skip
-    e.add_argument("--out", required=True, help="the run folder written by `innerloop forecast train`")
+    e.add_argument("--out", type=folder, required=True, help="the run folder written by `innerloop forecast train`")
     e.add_argument("--data-root", default=None, help="folder holding ETTh1.csv / ETTh2.csv; default: the run's")
     e.add_argument("--eval-batch-size", type=int, default=None, help="windows per batch; default: the run's")
     add_dataclass_flags(e, AdaptConfig)
-    e.add_argument("--save", default=None, help="JSON file for the --adapt result; default: <out>/adapt-<adapt>.json")
+    e.add_argument("--save", type=folder, default=None,
+                   help="JSON file for the --adapt result; default: <out>/adapt-<adapt>.json")
     e.set_defaults(func=run_eval)
     pl = fsub.add_parser("plot", help="PNG of one test window: look-back, truth, frozen and adapted forecast",
                          description="Walk the run's split in time order up to --window (with --adapt, adapting as "
                          "`eval --adapt` does) and draw that window's forecasts.")  # fmt: skip
-    pl.add_argument("--out", required=True, help="the run folder written by `innerloop forecast train`")
+    pl.add_argument("--out", type=folder, required=True, help="the run folder written by `innerloop forecast train`")
     pl.add_argument("--data-root", default=None, help="folder holding ETTh1.csv / ETTh2.csv; default: the run's")
     pl.add_argument("--window", type=int, default=0, help="window index in the split; default: 0")
     pl.add_argument("--channel", default="OT", help="the column drawn; default: OT")
     pl.add_argument("--context", type=at_least(0), default=0, help="look-back steps drawn; default: 0 = the horizon")
-    pl.add_argument("--file", default=None, help="PNG path; default: <out>/pred-<adapt>-<window>.png")
+    pl.add_argument("--file", type=image_file, default=None, help="PNG path; default: <out>/pred-<adapt>-<window>.png")
     add_dataclass_flags(pl, AdaptConfig, skip=("limit",))
     pl.set_defaults(func=run_plot)
 

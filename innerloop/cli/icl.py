@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, at_least, dataclass_values, run_config_values
+from innerloop.cli._flags import (
+    Distinct,
+    add_dataclass_flags,
+    add_run_flags,
+    at_least,
+    dataclass_values,
+    folder,
+    run_config_values,
+)
 from innerloop.icl.tasks import TASKS
 from innerloop.icl.trainer import ICLConfig, upgrade_config
 
@@ -40,12 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
     c = isub.add_parser("compare", help="every learner at every K, equal budget of training tasks; table + plot")
     c.add_argument("--task", default="sinusoid", choices=TASKS, help="task distribution; default: sinusoid")
-    c.add_argument("--shots", type=at_least(1), nargs="+", default=[5, 10], help="support sizes K; default: 5 10")
-    c.add_argument("--learners", nargs="+", default=COMPARE_LEARNERS, metavar="LEARNER",
+    c.add_argument("--shots", type=at_least(1), nargs="+", action=Distinct, default=[5, 10],
+                   help="support sizes K; default: 5 10")
+    c.add_argument("--learners", nargs="+", action=Distinct, default=COMPARE_LEARNERS, metavar="LEARNER",
                    help=f"mixers and/or meta-learning algorithms; default: {' '.join(COMPARE_LEARNERS)}")
     c.add_argument("--steps", type=at_least(1), default=500, help="meta-updates per learner; default: 500")
     c.add_argument("--meta-batch", type=at_least(1), default=25, help="tasks per meta-update; default: 25")
-    c.add_argument("--out", default="runs/icl/compare", help="output folder; default: runs/icl/compare")
+    c.add_argument("--out", type=folder, default="runs/icl/compare", help="output folder; default: runs/icl/compare")
     c.add_argument("--progress", action="store_true", help="show progress bars while training")
     add_dataclass_flags(c, ICLConfig, skip=_COMPARE_OWN)
     add_run_flags(c, "--steps")

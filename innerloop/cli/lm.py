@@ -24,9 +24,11 @@ import time
 from pathlib import Path
 
 from innerloop.cli._flags import (
+    Distinct,
     add_dataclass_flags,
     add_run_flags,
     at_least,
+    folder,
     number,
     run_config_values,
     saved_run_config,
@@ -95,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
 
     e = lsub.add_parser("eval", help="validation loss / bits per byte, and loss by token position (--length)")
-    e.add_argument("--run", nargs="+", required=True, help="run directories made by `innerloop lm train`")
+    e.add_argument("--run", nargs="+", action=Distinct, required=True,
+                   help="run directories made by `innerloop lm train`")
     e.add_argument("--data", default=None, help="evaluate on this file/folder's held-out split (default: the run's)")
     e.add_argument("--full", action="store_true",
                    help="score every token of the validation split (windows of the run's context sliding by "
@@ -111,7 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--bucket", type=at_least(0), default=0,
                    help="positions per plotted point; default: 0 = length / 32")
     e.add_argument("--gutenberg", action="store_true", help="strip Project Gutenberg headers/footers (books)")
-    e.add_argument("--out", default=None, help="folder for eval.json, position.csv/png; default: the first run")
+    e.add_argument("--out", type=folder, default=None,
+                   help="folder for eval.json, position.csv/png; default: the first run")
     e.add_argument("--device", default="auto", help=_DEVICE_HELP)
     e.set_defaults(func=run_eval)
 
@@ -134,16 +138,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     i = lsub.add_parser("import", help="make a run directory from a transformers model directory (hf extra)")
     i.add_argument("--from-hf", required=True, help="folder written by `innerloop lm export` (or export_hf)")
-    i.add_argument("--out", required=True, help="new run directory (for lm eval / lm generate)")
+    i.add_argument("--out", type=folder, required=True, help="new run directory (for lm eval / lm generate)")
     i.set_defaults(func=run_import)
 
     c = lsub.add_parser("compare", help="train several mixers at ~equal parameter count and token budget")
-    c.add_argument("--mixers", nargs="+", default=["ttt_linear", "attention"], choices=sorted(MIXERS),
+    c.add_argument("--mixers", nargs="+", action=Distinct, default=["ttt_linear", "attention"], choices=sorted(MIXERS),
                    metavar="MIXER", help=f"mixers to train, one of: {', '.join(sorted(MIXERS))}; "
                    "default: ttt_linear attention")  # fmt: skip
     c.add_argument("--target-params", type=number, default=0, help="size each model to ~this many params; "
                    "default: 0 = the same hidden size for all")  # fmt: skip
-    c.add_argument("--out", default=None, help="comparison folder; default: runs/compare/<time>")
+    c.add_argument("--out", type=folder, default=None, help="comparison folder; default: runs/compare/<time>")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(c, _SKIP_COMPARE)
     add_run_flags(c)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
+from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, folder, run_config_values
 from innerloop.optim.meta_train import MetaOptConfig, upgrade_config
 
 
@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_flags(t, "--episodes")
     t.set_defaults(func=run_train)
     x = osub.add_parser("export", help="ship a finished run's rule as a pretrained rule (loadable by name)")
-    x.add_argument("--out", required=True, help="the run directory made by innerloop optim train")
+    x.add_argument("--out", type=folder, required=True, help="the run directory made by innerloop optim train")
     x.add_argument("--name", required=True, help="the rule's name, e.g. lstm-quadratic")
-    x.add_argument("--dir", default=None, help="write there instead of the package's pretrained folder")
+    x.add_argument("--dir", type=folder, default=None, help="write there instead of the package's pretrained folder")
     x.set_defaults(func=run_export)
     e = osub.add_parser("eval", help="evaluate a run's rule and the tuned baselines on held-out instances",
                         description="Evaluate the rule in --out with its config.json; flags given here override the "

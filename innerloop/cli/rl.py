@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from innerloop._io import atomic_write_json, atomic_write_text, write_csv
-from innerloop.cli._flags import add_config_flags, add_run_flags, number, run_config_values
+from innerloop.cli._flags import (
+    Distinct,
+    add_config_flags,
+    add_run_flags,
+    folder_path,
+    image_file,
+    non_negative,
+    number,
+    run_config_values,
+)
 
 ENVS = ("bandit", "mdp")
 
@@ -65,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = rsub.add_parser("baselines", help="evaluate the classic strategies (random, UCB1, Gittins, PSRL, ...)")
     b.add_argument("--env", choices=ENVS, default="bandit", help="task distribution; default: bandit")
     names = sorted({n for table in BASELINES.values() for n in table})
-    b.add_argument("--baselines", nargs="+", choices=names, metavar="NAME", default=None,
+    b.add_argument("--baselines", nargs="+", action=Distinct, choices=names, metavar="NAME", default=None,
                    help=f"strategies to run (bandit: {', '.join(BASELINES['bandit'])}; "
                    f"mdp: {', '.join(BASELINES['mdp'])}); default: all of the env's")  # fmt: skip
     b.add_argument("--arms", type=int, default=None, help="bandit arms k (>= 2); default: 5")
@@ -76,16 +85,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0, help="seed of the tasks, rewards and agents; default: 0")
     b.add_argument("--epsilon", type=number, default=None,
                    help="exploration rate of epsilon_greedy and epsilon_greedy_posterior; default: 0.1")
-    b.add_argument("--ucb-c", type=number, default=None, help="scale of UCB1's bonus (bandit); default: 0.1")
-    b.add_argument("--ucrl2-c", type=number, default=None, help="scale of UCRL2's confidence sets (mdp); default: 0.1")
-    b.add_argument("--out", type=Path, default=None, help="folder for baselines.csv and baselines.md; default: none")
+    b.add_argument("--ucb-c", type=non_negative, default=None, help="scale of UCB1's bonus (bandit); default: 0.1")
+    b.add_argument("--ucrl2-c", type=non_negative, default=None,
+                   help="scale of UCRL2's confidence sets (mdp); default: 0.1")
+    b.add_argument("--out", type=folder_path, default=None,
+                   help="folder for baselines.csv and baselines.md; default: none")
     b.set_defaults(func=run_baselines)
     _register_maml(rsub)
     p = rsub.add_parser("plot", help="RL² learning curves of run folders against the classic baselines (a PNG)")
-    p.add_argument("--runs", type=Path, nargs="+", required=True, help="RL² run folders (innerloop rl train --out)")
+    p.add_argument("--runs", type=Path, nargs="+", action=Distinct, required=True,
+                   help="RL² run folders (innerloop rl train --out)")
     p.add_argument("--baselines", type=Path, default=None,
                    help="baselines.csv written by `innerloop rl baselines --out DIR`; default: none")
-    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    p.add_argument("--out", type=image_file, required=True, help="the PNG (or .pdf, .svg) to write")
     p.set_defaults(func=run_plot)
 
     algos = _algos()
@@ -98,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
     e = rsub.add_parser("eval", help="test a trained run on the fixed test trials (writes <out>/eval.json)")
     e.add_argument("--algo", choices=sorted(algos), required=True, help="the algorithm the run was trained with")
-    e.add_argument("--out", type=Path, required=True, help="the run directory to evaluate")
+    e.add_argument("--out", type=folder_path, required=True, help="the run directory to evaluate")
     e.add_argument("--eval-trials", type=int, default=None, help="test trials; default: the run's eval_trials")
     e.add_argument("--device", default=None, help="cpu or cuda; default: the run's device")
     e.add_argument("--greedy", action="store_true", help="take the most likely action instead of sampling")
@@ -109,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--eval-seed", type=int, default=None,
                    help="seed of the test trials (rl2; default 2000, the trials of val_return) or of the held-out "
                    "tasks (maml; default: the run's)")  # fmt: skip
-    e.add_argument("--paired", nargs="+", default=None, metavar="BASELINE",
+    e.add_argument("--paired", nargs="+", action=Distinct, default=None, metavar="BASELINE",
                    help="rl2: also play these classic baselines (see `innerloop rl baselines`) on the same test trials "
                    "(same tasks and random outcomes) and report the per-trial difference agent - baseline")  # fmt: skip
     e.add_argument("--checkpoint", type=Path, default=None,
@@ -150,6 +162,12 @@ def run_baselines(args: argparse.Namespace) -> int:
             if env != args.env and getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} is a setting of --env {env}, not of --env {args.env}; "
                                  f"drop it")  # fmt: skip
+    # a baseline's own setting with --baselines that leave that baseline out would be silently ignored
+    users = {"epsilon": ("epsilon_greedy", "epsilon_greedy_posterior"), "ucb_c": ("ucb1",), "ucrl2_c": ("ucrl2",)}
+    for flag, names in users.items():
+        if getattr(args, flag) is not None and args.baselines is not None and not set(names) & set(args.baselines):
+            raise ValueError(f"--{flag.replace('_', '-')} sets {' and '.join(names)}, which --baselines "
+                             f"{' '.join(args.baselines)} leaves out; add it or drop the flag")  # fmt: skip
     if args.arms is None:
         args.arms = 5
     n = next((v for v in (args.pulls, args.episodes) if v is not None), 10)
@@ -186,7 +204,7 @@ def _register_maml(rsub: argparse._SubParsersAction) -> None:
     e = rsub.add_parser("maml-eval", help="return after 0..3 adaptation steps vs pretrained and random init",
                         description="Evaluate the MAML-RL run in --out on held-out tasks; writes metrics.json and "
                         "adaptation.png there.")  # fmt: skip
-    e.add_argument("--out", type=Path, required=True, help="the run folder (made by `innerloop rl maml-train`)")
+    e.add_argument("--out", type=folder_path, required=True, help="the run folder (made by `innerloop rl maml-train`)")
     e.add_argument("--pretrained", type=Path, default=None,
                    help="a run of the same env trained with --inner-steps 0, compared at every step; default: none")
     e.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks; default: the run's")

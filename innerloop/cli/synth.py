@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from innerloop._io import atomic_write_text, write_csv
-from innerloop.cli._flags import add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
+from innerloop.cli._flags import Distinct, add_dataclass_flags, add_run_flags, dataclass_values, run_config_values
 from innerloop.synth.harness import SynthConfig
 
 TABLE_TASKS = ["copy", "reverse", "selective_copy", "copying_memory", "adding", "addition", "mqar", "arm"]
@@ -64,9 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     tb = ssub.add_parser("table", help="every mixer on every task at about equal parameter count")
     _add_config_flags(tb, skip={"task", "mixer"})
     choices = SynthConfig.CHOICES
-    tb.add_argument("--tasks", nargs="+", default=TABLE_TASKS, choices=sorted(choices["task"]), metavar="TASK",
+    tb.add_argument("--tasks", nargs="+", action=Distinct, default=TABLE_TASKS, choices=sorted(choices["task"]),
+                    metavar="TASK",
                     help=f"tasks (rows), any of: {', '.join(sorted(choices['task']))}; default: all")  # fmt: skip
-    tb.add_argument("--mixers", nargs="+", default=TABLE_MIXERS, choices=sorted(choices["mixer"]), metavar="MIXER",
+    tb.add_argument("--mixers", nargs="+", action=Distinct, default=TABLE_MIXERS, choices=sorted(choices["mixer"]),
+                    metavar="MIXER",
                     help=f"mixers (columns), any of: {', '.join(sorted(choices['mixer']))}; "
                     f"default: {' '.join(TABLE_MIXERS)}")  # fmt: skip
     add_run_flags(tb)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,6 +56,10 @@ _NORM_HEAD = ("revin", "norm", "head")  # the patch model's modules updated by n
 _BLOCK_NORMS = ("seq_norm", "ffn_norm")
 
 
+ONLINE_FIELDS = ("adapt_steps", "adapt_lr", "adapt_params", "adapt_optimizer", "update_every", "adapt_windows",
+                 "adapt_partial", "adapter_rank", "seed")  # fmt: skip
+
+
 @dataclass
 class AdaptConfig:
     """How to adapt at test time (the trailing comments are the ``innerloop forecast eval`` flags' ``--help``)."""
@@ -75,7 +79,7 @@ class AdaptConfig:
     adapt_partial: bool = False  # online: also use partly revealed windows, the loss masked to rows already seen
     adapter_rank: int = 4  # online with adapter: rank of its low-rank map along the horizon
     limit: int = 0  # walk only the first N windows (0 = all); for quick looks and plots
-    seed: int = 0  # seed of the adapter's initialisation
+    seed: int = 0  # online with adapter: seed of the adapter's initialisation
 
     def __post_init__(self) -> None:
         for name, allowed in self.CHOICES.items():
@@ -86,8 +90,22 @@ class AdaptConfig:
         for name in ("adapt_windows", "limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = default / all), got {getattr(self, name)}")
-        if not self.adapt_lr > 0:
-            raise ValueError(f"adapt_lr must be > 0, got {self.adapt_lr}")
+        if not 0 < self.adapt_lr < float("inf"):
+            raise ValueError(f"adapt_lr must be a finite number > 0, got {self.adapt_lr}")
+        # a setting of another mode would be silently ignored: refuse it (the comments' "online:" / "state:")
+        defaults = {f.name: f.default for f in fields(self)}
+        own = {"state": ("streams",), "online": ONLINE_FIELDS}
+        for mode, names in own.items():
+            given = [n for n in names if getattr(self, n) != defaults[n]]
+            if given and self.adapt != mode:
+                flags = ", ".join("--" + n.replace("_", "-") for n in given)
+                raise ValueError(f"{flags} applies to --adapt {mode} only, not --adapt {self.adapt}; add --adapt "
+                                 f"{mode} or drop it")  # fmt: skip
+        given = [n for n in ("adapter_rank", "seed") if getattr(self, n) != defaults[n]]
+        if given and self.adapt == "online" and self.adapt_params != "adapter":
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ValueError(f"{flags} applies to the adapter, which --adapt-params {self.adapt_params} does not "
+                             f"train; add --adapt-params adapter or drop it")  # fmt: skip
 
 
 class ForecastAdapter(nn.Module):

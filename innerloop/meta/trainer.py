@@ -95,6 +95,9 @@ class MetaConfig:
         if self.first_order and self.algorithm in ("reptile", "imaml"):
             raise ValueError(f"--first-order does not apply to {self.algorithm} (it never differentiates through the "
                              f"inner loop); drop the flag")  # fmt: skip
+        if self.task == "sinusoid" and (self.ways != defaults["ways"] or self.data_root):
+            raise ValueError("--ways and --data-root apply to the classification tasks (omniglot, miniimagenet), not "
+                             "to --task sinusoid (a regression task with no data files); drop them")  # fmt: skip
         if self.task == "sinusoid":  # image tasks draw their test tasks from other classes
             from innerloop.data.fewshot.benchmarks import TEST_SEED, VALIDATION_SEED
             from innerloop.data.fewshot.tasks import shares_tasks

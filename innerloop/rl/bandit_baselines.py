@@ -92,6 +92,8 @@ class EpsilonGreedy(BanditAgent):
 class UCB1(BanditAgent):
     def __init__(self, *args, c: float = 1.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if not 0 <= c < float("inf"):
+            raise ValueError(f"UCB1's bonus scale c must be a finite number >= 0, got {c}")
         self.c = c
 
     def scores(self) -> np.ndarray:

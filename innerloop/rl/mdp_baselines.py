@@ -173,6 +173,10 @@ class PSRL(MDPAgent):
 class UCRL2(MDPAgent):
     def __init__(self, *args, c: float = 0.1, delta: float = 0.05, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if not 0 <= c < float("inf"):
+            raise ValueError(f"UCRL2's confidence scale c must be a finite number >= 0, got {c}")
+        if not 0 < delta < 1:
+            raise ValueError(f"UCRL2's delta must lie in (0, 1), got {delta}")
         self.c, self.delta = c, delta
 
     def start_episode(self) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -140,8 +141,15 @@ class TrainConfig(DictConfig):
         if self.ttt_lr_warmup_steps is not None and self.ttt_lr_warmup_steps < 0:
             raise ValueError(f"ttt_lr_warmup_steps must be >= 0, or unset (None) for 10% of steps for ttt_mlp, "
                              f"else 0; got {self.ttt_lr_warmup_steps}")  # fmt: skip
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if not 0 < self.lr < math.inf or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need a finite lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if not 0 < self.adam_eps < math.inf:  # inf: every update is 0 (the run trains nothing); 0 can divide by 0
+            raise ValueError(f"adam_eps must be a finite number > 0, got {self.adam_eps}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"AdamW's betas must lie in [0, 1), got beta1 {self.beta1}, beta2 {self.beta2}")
+        for name in ("weight_decay", "ttt_base_lr_init"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if self.parallel not in PARALLEL:

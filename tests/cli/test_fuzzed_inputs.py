@@ -178,3 +178,82 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         atomic_write_text(tmp_path / "x", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def _usage_error(argv: list[str], capsys) -> str:
+    """argv is refused by argparse itself (exit code 2, one line naming the flag), before any work."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        # a setting of another task, baseline or mode (was silently ignored)
+        (["meta", "train", "--task", "sinusoid", "--data-root", "d"], "--ways and --data-root apply to the"),
+        (["meta", "train", "--task", "sinusoid", "--ways", "3"], "not to --task sinusoid"),
+        (["rl", "baselines", "--baselines", "greedy", "--ucb-c", "0.3"], "--ucb-c sets ucb1, which --baselines"),
+        (["rl", "baselines", "--baselines", "ucb1", "--epsilon", "0.3"], "--epsilon sets epsilon_greedy"),
+        (["rl", "baselines", "--env", "mdp", "--baselines", "psrl", "--ucrl2-c", "0.3"], "--ucrl2-c sets ucrl2"),
+        (["forecast", "eval", "--out", "x", "--adapt-lr", "0.01"], "--adapt-lr applies to --adapt online only"),
+        (["forecast", "eval", "--out", "x", "--adapt", "online", "--streams", "2"], "--streams applies to"),
+        (["forecast", "eval", "--out", "x", "--adapt", "online", "--adapter-rank", "2"], "applies to the adapter"),
+        # out of range
+        (["lm", "train", "--adam-eps", "inf"], "adam_eps must be a finite number > 0"),
+        (["lm", "train", "--beta2", "1"], "betas must lie in [0, 1)"),
+        (["lm", "train", "--lr", "inf"], "need a finite lr > 0"),
+        (["rl", "baselines", "--epsilon", "2"], "epsilon must lie in [0, 1]"),
+    ],
+)
+def test_a_setting_that_would_be_ignored_or_is_out_of_range_is_one_line(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.chdir(tmp_path)
+    assert says in _run(argv, capsys)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["rl", "baselines", "--ucb-c", "-1"], "argument --ucb-c: must be a finite number >= 0"),
+        (["rl", "baselines", "--env", "mdp", "--ucrl2-c", "inf"], "argument --ucrl2-c: must be a finite number >= 0"),
+        (["diagnose", "gradflow", "--lr", "inf"], "argument --lr: must be a finite number > 0"),
+        (["diagnose", "gradflow", "--clip-norm", "0"], "argument --clip-norm: must be a finite number > 0"),
+        (["diagnose", "retention", "--out", ""], "argument --out: is empty"),
+        (["rl", "baselines", "--out", ""], "argument --out: is empty"),
+        (["optim", "export", "--out", "r", "--name", "x", "--dir", " "], "argument --dir: is empty"),
+        (["lm", "compare", "--mixers", "gru", "gru"], "argument --mixers: 'gru' is given twice"),
+        (["synth", "table", "--tasks", "copy", "copy"], "argument --tasks: 'copy' is given twice"),
+        (["icl", "compare", "--shots", "5", "5"], "argument --shots: 5 is given twice"),
+        (["icl", "compare", "--learners", "maml", "maml"], "argument --learners: 'maml' is given twice"),
+        (["rl", "baselines", "--baselines", "ucb1", "ucb1"], "argument --baselines: 'ucb1' is given twice"),
+        (["meta", "train", "--fresh", "--extend"], "argument --extend: not allowed with argument --fresh"),
+        (["rl", "plot", "--runs", "r", "--out", "p.xyz"], "matplotlib cannot write '.xyz' files"),
+    ],
+)
+def test_a_meaningless_flag_value_is_a_usage_error(capsys, argv, says):
+    assert says in _usage_error(argv, capsys)
+
+
+def test_a_figure_path_is_the_file_written(tmp_path, capsys):
+    """`rl plot --out DIR` and `forecast plot --file NAME` (no suffix): matplotlib wrote NAME.png while the command
+    printed NAME; a folder is now refused, and a name without a suffix gets .png in what is written and printed."""
+    from innerloop.cli._flags import image_file
+
+    assert image_file(str(tmp_path / "curves")) == tmp_path / "curves.png"
+    assert image_file(str(tmp_path / "c.pdf")) == tmp_path / "c.pdf"
+    assert "is a folder: give the image file" in _usage_error(["rl", "plot", "--runs", "r", "--out", str(tmp_path)],
+                                                               capsys)  # fmt: skip
+    assert "is a folder" in _usage_error(["forecast", "plot", "--out", "x", "--file", str(tmp_path)], capsys)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.csv").write_text("step,return,val_return\n1,0.5,0.6\n2,0.7,\n")
+    assert main(["rl", "plot", "--runs", str(run), "--out", str(tmp_path / "curves")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'curves.png'}" and (tmp_path / "curves.png").is_file()
+
+
+def test_rl_baselines_keeps_the_settings_of_the_baselines_it_runs(capsys):
+    assert main(["rl", "baselines", "--baselines", "ucb1", "greedy", "--ucb-c", "0", "--trials", "2",
+                 "--pulls", "2"]) == 0  # fmt: skip
+    assert "ucb1" in capsys.readouterr().out

@@ -155,7 +155,7 @@ def test_online_works_for_linear_models_and_refuses_missing_parameters():
     ({"adapt_steps": 0}, "adapt_steps must be >= 1"),
     ({"update_every": 0}, "update_every must be >= 1"),
     ({"adapt_windows": -1}, "adapt_windows must be >= 0"),
-    ({"adapt_lr": 0.0}, "adapt_lr must be > 0"),
+    ({"adapt_lr": 0.0}, "adapt_lr must be a finite number > 0"),
     ({"split": "train"}, "unknown split 'train'"),
 ])  # fmt: skip
 def test_config_errors(kwargs, match):
