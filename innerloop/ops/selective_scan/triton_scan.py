@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .._kernels import refuse_double_backward
 from ._common import check_inputs, compute_dtype
+from .naive import naive_selective_scan
 
 try:
     import triton
@@ -284,6 +285,8 @@ def triton_selective_scan(
     if T == 0:
         h0 = u.new_zeros(Bn, E, A.shape[1], dtype=dt) if initial_state is None else initial_state.to(dt).clone()
         return u.new_zeros(Bn, 0, E), h0
+    if A.shape[1] == 0:  # no state (N = 0): y = D ⊙ u; the reference computes it (a launch would divide by 0)
+        return naive_selective_scan(u, delta, A, B, C, D, initial_state)
     ins = [None if t is None else t.contiguous() for t in (u, delta, A, B, C, D, initial_state)]
     chunk = min(chunk_size, T)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins):
