@@ -53,9 +53,19 @@ def _mse(pred: Tensor, y: Tensor) -> Tensor:
 
 
 def _scores(pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
-    """Per-task loss ``[N]`` and accuracy ``[N]`` (None for regression) of ``pred [N, Q, out]`` against ``y``."""
+    """Per-task loss ``[N]`` and accuracy ``[N]`` (None for regression) of ``pred [N, Q, out]`` against ``y``.
+
+    Raises:
+        ValueError: ``y`` is not ``[N, Q, out]`` (regression) or ``[N, Q]`` (class labels): it would broadcast.
+    """
     if y.is_floating_point():
+        if y.shape != pred.shape:  # e.g. [N, Q] against [N, Q, 1]: [N, Q, Q] when N == Q, a wrong loss
+            raise ValueError(f"query targets {tuple(y.shape)} do not have the predictions' shape {tuple(pred.shape)}; "
+                             f"give regression targets as [N, Q, {pred.shape[-1]}] (e.g. y[..., None])")  # fmt: skip
         return _mse(pred, y), None
+    if y.shape != pred.shape[:-1]:
+        raise ValueError(f"query labels {tuple(y.shape)} must be [N, Q] = {tuple(pred.shape[:-1])}, one class index "
+                         f"per query")  # fmt: skip
     ce = F.cross_entropy(pred.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)  # [N, Q]
     return ce.mean(1), (pred.argmax(-1) == y).float().mean(1)
 

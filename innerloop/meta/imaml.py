@@ -60,24 +60,29 @@ class IMAML(MAML):
     ) -> Params:
         """Approximate ``phi*`` of the proximal inner problem (used for meta-training and evaluation alike)."""
         steps = self.steps if steps is None else steps
-        return adapt(lambda p: self.task_loss(p, x, y), params, steps, self.inner_rule(), True, None, self.lam)
+        names = self.adapting()
+        return adapt(lambda p: self.task_loss(p, x, y), params, steps, self.inner_rule(), True, names, self.lam)
 
     def implicit_grads(self, batch: Any) -> tuple[Params, Tensor, Tensor]:
-        """Per-task implicit meta-gradients ``{name: [N, ...]}``, query losses ``[N]`` and accuracies ``[N]``."""
+        """Per-task implicit meta-gradients ``{name: [N, ...]}`` of the parameters that adapt (:meth:`adapting`; not
+        the frozen ones), query losses ``[N]`` and accuracies ``[N]``."""
         check_batch(batch)
         params = {k: v.detach() for k, v in self.params().items()}
         buffers = dict(self.module.named_buffers())
+        names = self.adapting()  # frozen parameters are constants: no implicit gradient for them
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Tensor, Tensor]:
             phi = self.adapt_params(params, sx, sy)
+            fixed = {k: v for k, v in phi.items() if k not in names}
+            phi = {k: phi[k] for k in names}
 
             def query_loss(p: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-                pred = forward(self.module, p, qx, buffers)
+                pred = forward(self.module, {**fixed, **p}, qx, buffers)
                 loss = self.loss_fn(pred, qy)
                 return loss, (loss, accuracy(pred, qy))
 
             gq, (lq, acc) = grad(query_loss, has_aux=True)(phi)
-            support_grad = grad(lambda p: self.task_loss(p, sx, sy))
+            support_grad = grad(lambda p: self.task_loss({**fixed, **p}, sx, sy))
 
             def matvec(v: Params) -> Params:  # (I + H / lam) v, H v by reverse-over-reverse
                 hv = grad(lambda p: dot(support_grad(p), v))(phi)
@@ -98,7 +103,8 @@ class IMAML(MAML):
     def meta_backward(self, batch: Any) -> MetaOutput:
         """Accumulate the mean implicit meta-gradient over tasks into ``.grad``."""
         grads, losses, acc = self.implicit_grads(batch)
-        for k, p in self.params().items():
-            g = grads[k].mean(0)
+        params = self.params()
+        for k, g in grads.items():
+            p, g = params[k], g.mean(0)
             p.grad = g if p.grad is None else p.grad + g
         return MetaOutput(losses.mean(), losses, None if batch.query_y.is_floating_point() else acc)

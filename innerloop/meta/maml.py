@@ -100,7 +100,7 @@ class MAML(nn.Module):
         first_order (bool): FOMAML, inner gradients treated as constants. Default: False.
         loss_fn (Callable, Optional): ``(pred, target) -> scalar``. Default: :func:`default_loss`.
         adapt (str | list[str] | Callable, Optional): parameters adapted in the inner loop (ANIL: ``"head"``).
-            Default: None (all).
+            Frozen parameters (``requires_grad=False``) are never adapted (see :meth:`adapting`). Default: None (all).
         vectorize (bool | "auto"): ``vmap`` over tasks, Python loop, or vmap with loop fallback. Default: "auto".
         rule (UpdateRule, Optional): the inner update rule (:mod:`innerloop.optim`). An ``nn.Module`` rule (a learned
             optimizer) becomes a submodule, so its weights are meta-trained along with the model. Default: None.
@@ -146,6 +146,26 @@ class MAML(nn.Module):
         """The update rule of the inner loop (Meta-SGD overrides this with its learned rates)."""
         return self.rule
 
+    def adapting(self) -> list[str]:
+        """Names of the parameters the inner loop changes: those chosen by ``adapt`` that require grad.
+
+        A frozen parameter (``requires_grad=False``) is a constant of both loops: it is never adapted, and no
+        meta-gradient is written to it.
+
+        Raises:
+            ValueError: every parameter chosen by ``adapt`` is frozen, so the inner loop would change nothing.
+        """
+        params = self.params()
+        chosen = select(params, self.adapt_names)
+        names = [k for k in chosen if params[k].requires_grad]
+        if not names:
+            raise ValueError(
+                f"{type(self).__name__}: every parameter the inner loop adapts ({chosen}) has requires_grad=False, so "
+                f"adaptation would change nothing; unfreeze them (requires_grad_(True)) or choose trainable ones with "
+                f"adapt= (ANIL: head=)"
+            )
+        return names
+
     def task_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         """``loss_fn(model(x; params), y)`` for one task ``x [K, ...]``."""
         return make_task_loss(self.module, self.loss_fn)(params, x, y)
@@ -156,7 +176,8 @@ class MAML(nn.Module):
         """Adapt ``params`` to one task's support set ``x [K, ...], y [K, ...]``."""
         steps = self.steps if steps is None else steps
         first_order = self.first_order if first_order is None else first_order
-        return adapt(lambda p: self.task_loss(p, x, y), params, steps, self.inner_rule(), first_order, self.adapt_names)
+        names = self.adapting()
+        return adapt(lambda p: self.task_loss(p, x, y), params, steps, self.inner_rule(), first_order, names)
 
     def meta_loss(self, batch: Any, steps: int | None = None, first_order: bool | None = None) -> MetaOutput:
         """Mean query loss after adapting to each task's support set; ``.loss.backward()`` gives the meta-gradient."""
@@ -171,7 +192,7 @@ class MAML(nn.Module):
             return self.loss_fn(pred, qy), accuracy(pred, qy)
 
         first_order = self.first_order if first_order is None else first_order
-        vectorize = self._vectorize_for(first_order, (steps or self.steps) > 0)
+        vectorize = self._vectorize_for(first_order, (self.steps if steps is None else steps) > 0)
         losses, acc = map_tasks(
             one_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y, vectorize=vectorize
         )
@@ -246,6 +267,11 @@ class MAML(nn.Module):
         check_batch(batch)
         self._check_running_stats()
         counts = list(range(steps + 1)) if isinstance(steps, int) else list(steps)
+        if not counts or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in counts):
+            raise ValueError(
+                f"evaluate: steps must be an int >= 0 (reports 0..steps) or a non-empty list of ints >= 0, "
+                f"got {steps!r}"
+            )
         params = {k: v.detach() for k, v in self.params().items()}
         buffers = dict(self.module.named_buffers())
 
@@ -266,7 +292,7 @@ class MAML(nn.Module):
 
     def clone(self) -> Learner:
         """A stateful learner whose parameters start as (and stay differentiable w.r.t.) the meta-parameters."""
-        return Learner(self.module, self.params(), self.inner_rule(), self.first_order, self.adapt_names)
+        return Learner(self.module, self.params(), self.inner_rule(), self.first_order, self.adapting())
 
 
 class Learner(nn.Module):
@@ -286,7 +312,8 @@ class Learner(nn.Module):
         rule (UpdateRule | float | list | dict): the inner update rule, or a learning rate for
             :func:`innerloop.optim.as_rule`; a per-step rule is indexed by the number of ``adapt`` calls so far.
         first_order (bool): do not build a graph through the inner gradients. Default: False.
-        names (str | list[str] | Callable, Optional): which parameters ``adapt`` changes. Default: all.
+        names (str | list[str] | Callable, Optional): which parameters ``adapt`` changes; of these, the ones that do
+            not require grad (frozen) stay fixed. Default: all.
 
     Examples:
         >>> net = torch.nn.Linear(2, 1)
@@ -305,7 +332,14 @@ class Learner(nn.Module):
         self.fast = dict(params)
         self.rule = as_rule(rule)
         self.first_order = first_order
-        self.names = select(self.fast, names)
+        chosen = select(self.fast, names)
+        self.names = [k for k in chosen if self.fast[k].requires_grad]  # frozen parameters stay as they are
+        if not self.names:
+            raise ValueError(
+                f"Learner: none of the parameters it adapts ({chosen}) requires grad, so adapt could not "
+                f"differentiate a loss with respect to them; give parameters that require grad (frozen ones, "
+                f"requires_grad=False, are never adapted)"
+            )
         self._adapt_names = names
         self.state = self.rule.init({k: self.fast[k] for k in self.names})
         self.step_count = 0
@@ -342,6 +376,6 @@ class Learner(nn.Module):
 
     def clone(self) -> Learner:
         """A new learner starting from this one's current parameters and rule state (still graph-connected)."""
-        out = Learner(self.module, self.fast, self.rule, self.first_order, self._adapt_names)
-        out.state, out.step_count = self.state, self.step_count
+        out = Learner(self.module, self.fast, self.rule, self.first_order, self.names)
+        out.state, out.step_count, out._adapt_names = self.state, self.step_count, self._adapt_names
         return out

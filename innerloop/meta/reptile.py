@@ -51,10 +51,10 @@ class Reptile(MAML):
         x = torch.cat([batch.support_x, batch.query_x], 1)  # [N, K + Q, ...]
         y = torch.cat([batch.support_y, batch.query_y], 1)
 
-        rule = self.inner_rule()
+        rule, names = self.inner_rule(), self.adapting()
 
         def one_task(tx: Tensor, ty: Tensor) -> tuple[Params, Tensor, Tensor]:
-            fast = adapt(lambda p: self.task_loss(p, tx, ty), params, self.steps, rule, True, self.adapt_names)
+            fast = adapt(lambda p: self.task_loss(p, tx, ty), params, self.steps, rule, True, names)
             pred = forward(self.module, fast, tx)
             return fast, self.loss_fn(pred, ty), accuracy(pred, ty)
 
@@ -65,6 +65,8 @@ class Reptile(MAML):
         """Set ``.grad = theta - mean_i phi_i`` (accumulating) and return the post-adaptation task losses."""
         fast, losses, acc = self.adapted(batch)
         for k, p in self.params().items():
+            if not p.requires_grad:  # frozen: an outer optimizer must not move it (not even by weight decay)
+                continue
             direction = p.detach() - fast[k].mean(0)
             p.grad = direction if p.grad is None else p.grad + direction
         return MetaOutput(losses.mean(), losses, None if batch.query_y.is_floating_point() else acc)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -320,7 +321,9 @@ class ModuleProblem:
     as the parameter dict (``torch.func.functional_call``).
 
     Args:
-        module (nn.Module): the optimizee network (its buffers are used as they are).
+        module (nn.Module): the optimizee network (its buffers are used as they are). A parameter whose own
+            module has no ``reset_parameters()`` (a bare ``nn.Parameter`` of a custom module) keeps its value in
+            every instance: a warning names such parameters.
         loss_fn (Callable[[Tensor, Tensor], Tensor]): ``(outputs, targets) -> scalar``, e.g. ``F.mse_loss``.
         sampler (Callable[[torch.Generator], dict[str, Tensor]]): draws one instance's data.
         batch (Callable[[Instance, int], tuple[Tensor, Tensor]], Optional): ``(instance, step) -> (inputs,
@@ -347,6 +350,16 @@ class ModuleProblem:
             raise ValueError(f"module problem: {type(module).__name__} has no parameters to optimise")
         self.module, self.loss_fn, self.sampler, self.batch = module, loss_fn, sampler, batch
         self.vectorize = vectorize
+        fixed = [f"{m_name}.{p_name}" if m_name else p_name for m_name, m in module.named_modules()
+                 if not callable(getattr(m, "reset_parameters", None))
+                 for p_name, _ in m.named_parameters(recurse=False)]  # fmt: skip
+        if fixed:  # every instance would start from the module's own values of these: no fresh initialisation
+            warnings.warn(
+                f"module problem: {fixed[:4]}{' ...' if len(fixed) > 4 else ''} belong to modules without "
+                f"reset_parameters(), so every instance starts from the same values for them (only the other "
+                f"weights are freshly initialised); give their module a reset_parameters() that redraws them",
+                stacklevel=2,
+            )
 
     def sample(self, generator: torch.Generator) -> Instance:
         instance = self.sampler(generator)

@@ -37,6 +37,9 @@ def gae(rewards: Tensor, values: Tensor, last_value: Tensor | None = None, gamma
         tuple[Tensor, Tensor]: advantages ``[B, T]`` and returns ``advantages + values`` ``[B, T]`` (the value
         targets).
 
+    Raises:
+        ValueError: shapes that do not line up (``last_value`` not ``[B]``, ``dones`` not ``[B, T]``).
+
     Examples:
         >>> adv, ret = gae(torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2), gamma=0.5, lam=1.0)
         >>> adv.tolist(), ret.tolist()
@@ -46,6 +49,10 @@ def gae(rewards: Tensor, values: Tensor, last_value: Tensor | None = None, gamma
         raise ValueError(f"rewards and values must both be [B, T], got {tuple(rewards.shape)} and "
                          f"{tuple(values.shape)}")  # fmt: skip
     B, T = rewards.shape
+    if last_value is not None and last_value.shape not in ((B,), (1,), ()):
+        raise ValueError(f"last_value must be [B] = [{B}] (one value per row), got {tuple(last_value.shape)}")
+    if dones is not None and dones.shape != rewards.shape:
+        raise ValueError(f"dones must be [B, T] like rewards, {tuple(rewards.shape)}, got {tuple(dones.shape)}")
     nxt = values.new_zeros(B) if last_value is None else last_value.to(values)
     keep = torch.ones_like(rewards) if dones is None else 1.0 - dones.to(rewards)
     adv = torch.zeros_like(rewards)
@@ -139,7 +146,16 @@ def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_logp: Tensor, 
 
     Returns:
         PPOLoss: ``total`` (differentiable) and its parts.
+
+    Raises:
+        ValueError: a per-step tensor's shape is not ``logits.shape[:-1]`` (it would broadcast silently).
     """
+    want = logits.shape[:-1]
+    for name, t in (("values", values), ("actions", actions), ("old_logp", old_logp), ("advantages", advantages),
+                    ("returns", returns)):  # fmt: skip
+        if t.shape != want:  # e.g. values [N, 1] from a value head against returns [N] would broadcast to [N, N]
+            raise ValueError(f"ppo_loss: {name} has shape {tuple(t.shape)} but logits {tuple(logits.shape)} need "
+                             f"{tuple(want)} (one per step; squeeze a value head's last dim)")  # fmt: skip
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     log_ratio = logp - old_logp

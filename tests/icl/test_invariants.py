@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from innerloop.data.fewshot import TaskBatch
-from innerloop.icl import build_learner
+from innerloop.icl import ICLModel, InContextLearner, build_learner
 from innerloop.icl.compare import _baseline_mse, _nearest_pixel_accuracy
 from innerloop.layers import MIXERS
 
@@ -133,3 +133,25 @@ def test_learner_free_baselines_are_set_invariant_and_query_independent():
     perm = torch.randperm(6)
     torch.testing.assert_close(_baseline_mse("least_squares", r), _baseline_mse("least_squares", _with(
         r, support_x=r.support_x[:, perm], support_y=r.support_y[:, perm])))  # fmt: skip
+
+
+@pytest.mark.parametrize("classes", [0, 3])
+def test_in_context_scores_refuse_query_targets_that_would_broadcast(classes):
+    # 4 tasks of 4 queries: regression targets [N, Q] against predictions [N, Q, 1] broadcast to [N, Q, Q] (a wrong
+    # loss, no error); class labels [N, Q, 1] against argmax [N, Q] the same for the accuracy
+    torch.manual_seed(0)
+    n = q = 4
+    if classes:
+        learner = InContextLearner(ICLModel("gru", 8, 1, 1, x_dim=1, y_dim=classes), classes=classes)
+        sy, qy = torch.randint(0, classes, (n, 3)), torch.randint(0, classes, (n, q, 1))
+    else:
+        learner = build_learner("gru", hidden_size=8, num_layers=1, num_heads=1)
+        sy, qy = torch.randn(n, 3, 1), torch.randn(n, q)
+    batch = TaskBatch(torch.randn(n, 3, 1), sy, torch.randn(n, q, 1), qy)
+    with pytest.raises(ValueError, match="query"):
+        learner.task_scores(batch)
+    with pytest.raises(ValueError, match="query"):
+        learner.meta_backward(batch)
+    fixed = TaskBatch(batch.support_x, sy, batch.query_x, qy[..., 0] if classes else qy[..., None])
+    loss, _ = learner.task_scores(fixed)
+    assert loss.shape == (n,)

@@ -4,13 +4,15 @@ user-written update rule)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from innerloop.data import SinusoidTasks, TaskBatch
-from innerloop.meta import ANIL, IMAML, MAML, MetaSGD, Reptile, conjugate_gradient, make_task_loss
+from innerloop.meta import ANIL, IMAML, MAML, Learner, MetaSGD, Reptile, conjugate_gradient, make_task_loss
 from innerloop.models.meta_nets import SinusoidMLP
 from innerloop.testing import assert_close
 
@@ -300,3 +302,68 @@ def test_default_loss_refuses_broadcasting_targets(kind):
 def test_imaml_refuses_settings_that_give_no_implicit_gradient(kwargs, match):
     with pytest.raises(ValueError, match=match):
         IMAML(nn.Linear(2, 1), lr=0.1, steps=2, **kwargs)
+
+
+def _frozen_and_buffer_nets() -> tuple[nn.Module, nn.Module]:
+    """The same network twice: the first layer's weight frozen (requires_grad=False), or a buffer (the reference)."""
+    frozen = small_mlp()
+    ref = copy.deepcopy(frozen)
+    frozen.body[0].weight.requires_grad_(False)
+    w = ref.body[0].weight.detach().clone()
+    del ref.body[0].weight
+    ref.body[0].register_buffer("weight", w)
+    return frozen, ref
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda m: MAML(m, lr=0.1, steps=2), id="maml"),
+        pytest.param(lambda m: MAML(m, lr=0.1, steps=2, first_order=True), id="fomaml"),
+        pytest.param(lambda m: MetaSGD(m, lr=0.1), id="metasgd"),
+        pytest.param(lambda m: Reptile(m, lr=0.1, steps=2), id="reptile"),
+        pytest.param(lambda m: IMAML(m, lr=0.1, steps=3, cg_steps=2), id="imaml"),
+    ],
+)
+def test_frozen_parameters_are_constants_of_both_loops(make):
+    # a parameter with requires_grad=False is neither adapted nor given a .grad (which an outer optimizer over
+    # model.parameters() would apply): the same as the parameter being a buffer
+    frozen, ref = _frozen_and_buffer_nets()
+    algo_f, algo_r, batch = make(frozen), make(ref), sin_batch()
+    out_f, out_r = algo_f.meta_backward(batch), algo_r.meta_backward(batch)
+    assert_close("loss", out_r.loss, out_f.loss)
+    assert frozen.body[0].weight.grad is None
+    grads_f = {k: p.grad for k, p in frozen.named_parameters()}
+    for k, p in ref.named_parameters():
+        assert_close(f"grad {k}", p.grad, grads_f[k])
+
+
+def test_frozen_parameters_stay_fixed_in_the_learner():
+    frozen, ref = _frozen_and_buffer_nets()
+    batch = sin_batch()
+    losses = []
+    for model in (frozen, ref):
+        learner = MAML(model, lr=0.1).clone()
+        for _ in range(2):
+            learner.adapt(F.mse_loss(learner(batch.support_x[0]), batch.support_y[0]))
+        losses.append(F.mse_loss(learner(batch.query_x[0]), batch.query_y[0]))
+        losses[-1].backward()
+        if model is frozen:
+            assert learner.fast["body.0.weight"] is model.body[0].weight
+    assert_close("query loss", losses[1], losses[0])
+    assert_close("meta-grad", ref.body[2].weight.grad, frozen.body[2].weight.grad)
+
+
+def test_nothing_left_to_adapt_is_refused():
+    model = small_mlp()
+    model.head.requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        ANIL(model, lr=0.1).meta_loss(sin_batch())
+    with pytest.raises(ValueError, match="requires grad"):
+        Learner(model, dict(model.head.named_parameters()), rule=0.1)
+
+
+@pytest.mark.parametrize("steps", [-1, [], [0, -2], [1.5]])
+def test_evaluate_refuses_bad_step_counts(steps):
+    with pytest.raises(ValueError, match="evaluate: steps"):
+        MAML(small_mlp()).evaluate(sin_batch(), steps)

@@ -268,6 +268,16 @@ def test_native_layer_and_instance_norm_second_order_not_vmapped(norm):
         assert_close(f"meta-grad {k}", a, b)
 
 
+def test_zero_inner_steps_given_to_meta_loss_may_vmap_through_a_native_norm():
+    # meta_loss(batch, steps=0) has no inner step, so no second-order term: vectorize=True must not be refused
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(2, 4), nn.LayerNorm(4), nn.Linear(4, 1)).double()
+    g = torch.Generator().manual_seed(0)
+    x, x2, y, y2 = torch.randn(4, 3, 5, 2, generator=g, dtype=torch.float64)
+    batch = TaskBatch(x, y[..., :1], x2, y2[..., :1])
+    got = MAML(net, lr=0.4, steps=2, vectorize=True).meta_loss(batch, steps=0)
+    assert_close("zero-step loss", F.mse_loss(net(x2), y2[..., :1]), got.loss)
+
 def test_eval_mode_with_never_estimated_running_stats_warns():
     """MAML copies buffers per task, so BatchNorm running statistics stay at their initial values; eval() mode would
     silently normalise with mean 0 / var 1."""

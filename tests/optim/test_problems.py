@@ -4,6 +4,7 @@ problem is reproducible from its seed, and bad problems fail clearly."""
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import pytest
 import torch
@@ -201,3 +202,29 @@ def test_bad_problems_are_clear_errors():
     ragged = ModuleProblem(torch.nn.Linear(2, 1), F.mse_loss, lambda g: {"x": torch.zeros(next(sizes), 2)})
     with pytest.raises(ValueError, match="equal shapes"):
         sample_instances(ragged, 2, _gen())
+
+
+class _BareParameter(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3, 1))  # no reset_parameters(): never redrawn
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w + self.lin(x)
+
+
+def test_module_problem_warns_about_parameters_it_cannot_reinitialise():
+    # instances are meant to start from fresh weights; a bare nn.Parameter would start every instance from one value
+    def sampler(g):
+        x = torch.randn(8, 3, generator=g)
+        return {"x": x, "y": x.sum(-1, keepdim=True)}
+
+    with pytest.warns(UserWarning, match=r"\['w'\] belong to modules without reset_parameters"):
+        problem = ModuleProblem(_BareParameter(), F.mse_loss, sampler)
+    _, params = sample_instances(problem, 3, _gen())
+    assert bool((params["w"] == params["w"][0]).all())  # what the warning is about
+    assert not bool((params["lin.weight"] == params["lin.weight"][0]).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ModuleProblem(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4)), F.mse_loss, sampler)

@@ -91,3 +91,24 @@ def test_value_normalizer_tracks_every_target_seen():
     again = ValueNormalizer()
     again.load_state_dict(vn.state_dict())
     assert again.state_dict() == vn.state_dict()
+
+
+@pytest.mark.parametrize("name", ["values", "actions", "old_logp", "advantages", "returns"])
+def test_ppo_loss_refuses_per_step_tensors_that_would_broadcast(name):
+    # flattened steps [N] with a value head's [N, 1] (or advantages [N, 1]) broadcast to [N, N]: a wrong loss
+    torch.manual_seed(0)
+    n, a = 8, 3
+    args = {"logits": torch.randn(n, a), "values": torch.randn(n), "actions": torch.randint(0, a, (n,)),
+            "old_logp": torch.randn(n), "advantages": torch.randn(n), "returns": torch.randn(n)}  # fmt: skip
+    ppo_loss(**args)
+    args[name] = args[name][:, None]
+    with pytest.raises(ValueError, match=f"ppo_loss: {name} has shape"):
+        ppo_loss(**args)
+
+
+def test_gae_refuses_misshapen_last_value_and_dones():
+    r, v = torch.randn(2, 3), torch.randn(2, 3)
+    with pytest.raises(ValueError, match="last_value"):
+        gae(r, v, torch.randn(2, 1))
+    with pytest.raises(ValueError, match="dones"):
+        gae(r, v, dones=torch.zeros(3, dtype=torch.bool))
