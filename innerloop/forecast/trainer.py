@@ -287,11 +287,14 @@ class ForecastTrainer(TrainLoop):
     def resume(self, map_location: Any = "cpu") -> bool:
         resumed = super().resume(map_location)
         if resumed and self.early.stopped:  # an early-stopped run is finished: nothing left to train
+            epoch = self.step // self.steps_per_epoch  # early stopping ends an epoch
             if self.run.extend and self.total_steps > self.step:
-                raise ValueError(f"{self.run.out} stopped early after epoch {self.step} (no lower validation MSE in "
+                raise ValueError(f"{self.run.out} stopped early after epoch {epoch} (no lower validation MSE in "
                                  f"{self.early.patience} epochs; best epoch {self.early.best_epoch + 1}): it is "
                                  f"finished, and --extend has nothing to train. To train longer, start over with "
                                  f"--fresh and a larger --patience (0 = never stop early)")  # fmt: skip
+            # reported as the run that stopped reported itself (metrics.json is written again with this summary)
+            self.stopped_early = self.step < self.total_steps
             self.total_steps = self.step
         return resumed
 

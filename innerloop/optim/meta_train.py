@@ -335,7 +335,7 @@ class EpisodeState:
                 "params": detach_tree(self.params), "rule_state": detach_tree(self.rule_state)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # loaded with map_location=cfg.device: maybe on the GPU
         self.instances, self.params, self.rule_state = state["instances"], state["params"], state["rule_state"]
 
 

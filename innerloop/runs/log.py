@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from innerloop._io import atomic_write_text
 
 __all__ = ["CSVLogger", "read_log"]
 
@@ -31,12 +35,11 @@ class CSVLogger:
         self.step_key = self.fields[0]
         if resume_step is not None and self.path.exists():
             rows = [r for r in read_log(self.path) if r.get(self.step_key) and int(r[self.step_key]) <= resume_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with tmp.open("w", newline="") as f:
-                w = csv.DictWriter(f, self.fields, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-            tmp.replace(self.path)
+            buf = io.StringIO(newline="")
+            w = csv.DictWriter(buf, self.fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+            atomic_write_text(self.path, buf.getvalue())  # on disk before it replaces the log (a crash keeps one)
         new = not self.path.exists() or resume_step is None
         self._file = self.path.open("w" if new else "a", newline="")
         self._writer = csv.DictWriter(self._file, self.fields, extrasaction="ignore")
@@ -61,6 +64,12 @@ class CSVLogger:
             for k, v in row.items():
                 if k != self.step_key and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, row[self.step_key])
+
+    def sync(self) -> None:
+        """Flush the rows written so far to disk (``fsync``): called before a checkpoint, so that a checkpoint that
+        survives a power loss never claims steps whose rows were lost with the page cache (nobody logs them again)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

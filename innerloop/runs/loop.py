@@ -312,6 +312,8 @@ class TrainLoop:
                     if logger is not None and report:
                         logger.log(self._row(logs))
                     if (self.checkpoint_every and self.step % self.checkpoint_every == 0) or done or stop:
+                        if logger is not None:
+                            logger.sync()  # the rows of the steps this checkpoint holds are on disk before it
                         self.save()
                     if bar is not None:
                         bar.update(1)
@@ -363,7 +365,7 @@ class GeneratorState:
         return {"state": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["state"])
+        self.generator.set_state(state["state"].cpu())  # a state loaded onto the GPU (map_location) is not taken
 
 
 def progress_bar(items: Any, enabled: bool, desc: str, total: int | None = None) -> Any:

@@ -188,7 +188,11 @@ class Run:
         """Refuse a checkpoint of a different run (one line naming the fields and the fixes)."""
         if self.upgrade is not None:
             saved = self.upgrade(saved)
-        free = set(self.resume_free) | ({self.steps_key} if self.extend else set())
+        old, new = saved.get(self.steps_key), self.config.get(self.steps_key)
+        # a run started with --extend and stopped before its first checkpoint: its config.json records the extension,
+        # so the command that resumes it from --out alone (the steps read from there, no --extend) goes on with it
+        extend = self.extend or self._extension_recorded(old, new)
+        free = set(self.resume_free) | ({self.steps_key} if extend else set())
         diff = config_diff(saved, self.config, free)
         if diff:
             fields = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -202,12 +206,22 @@ class Run:
                 f"further), or --fresh to start over (the old run is kept as {self.out.name}.previous-<time>); "
                 f"nothing was changed."
             )
-        old, new = saved.get(self.steps_key), self.config.get(self.steps_key)
-        if self.extend and old is not None and new is not None and new != old:
+        if extend and old is not None and new is not None and new != old:
             if new < old:
                 raise ConfigMismatchError(f"--extend can only add steps: {self.out} was made for {old} "
                                           f"{self.steps_key}, now {new}; nothing was changed.")  # fmt: skip
             self.extensions.append({"from": int(old), "to": int(new), "at_step": int(path.name.split("_")[-1])})
+
+    def _extension_recorded(self, old: Any, new: Any) -> bool:
+        """Whether ``config.json`` records an extension of the step count from ``old`` to ``new`` (one asked for with
+        ``extend=True`` by the run that wrote it)."""
+        if old is None or new is None or new == old or not (self.out / "config.json").is_file():
+            return False
+        try:
+            extensions = (read_json(self.out / "config.json").get("resolved") or {}).get("extensions") or []
+        except (ValueError, AttributeError):  # unreadable, or not a config: nothing recorded
+            return False
+        return any(isinstance(e, dict) and e.get("from") == old and e.get("to") == new for e in extensions)
 
     def resume(self, module: nn.Module, map_location: Any = "cpu") -> dict[str, Any] | None:
         """Load the newest intact checkpoint's weights into ``module``; return its state (None: start from scratch).
@@ -219,6 +233,7 @@ class Run:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # under torchrun, no rank reads ``out`` before rank 0 has moved an old run aside
         skip: list[CorruptCheckpointError] = []
+        asked = list(self.extensions)
         while True:
             path = latest_checkpoint(self.ckpt_dir, skip)
             if path is None:
@@ -230,6 +245,7 @@ class Run:
                 load_weights(path, module, map_location)
             except CorruptCheckpointError as e:
                 skip.append(e)
+                self.extensions = list(asked)  # an extension is recorded once, at the checkpoint resumed from
                 continue
             self.extensions = list(state.get("extensions", [])) + self.extensions
             state["path"] = path

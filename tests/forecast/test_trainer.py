@@ -89,7 +89,9 @@ def test_early_stop_ends_the_run_and_the_best_epoch_is_scored(csv, tmp_path):
     assert m["val_mse"] == pytest.approx(min(vals), rel=1e-5) and m["best_epoch"] == 1 + vals.index(min(vals))
     again = run(csv, out, lr=5.0, patience=1, epochs=8)  # resuming a stopped run does not train on
     assert again["steps"] == m["steps"] and len(read_log(out / "log.csv")) == len(rows)
-    with pytest.raises(ValueError, match="stopped early after epoch .* --extend has nothing to train"):
+    # and metrics.json, written again, still says it stopped early (it used to flip stopped_early to false)
+    assert again == m and json.loads((out / "metrics.json").read_text()) == m
+    with pytest.raises(ValueError, match=rf"stopped early after epoch {m['epochs_run']} .* --extend has nothing"):
         run(csv, out, lr=5.0, patience=1, epochs=12, extend=True)  # asked for more: said, not silently ignored
     assert len(read_log(out / "log.csv")) == len(rows)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import pytest
@@ -196,3 +197,90 @@ def test_a_garbled_log_is_an_error_naming_the_file(tmp_path):
     bad.write_bytes(b"step,loss\n1,\xff\xfe\n")
     with pytest.raises(ValueError, match=f"{bad} is not a readable CSV log"):
         read_log(bad)
+
+
+def test_rng_states_loaded_onto_another_device_are_restored_on_the_cpu():
+    """CPU stand-in for the GPU test below: restore_rng moves each generator state to the CPU before torch takes it
+    (a state given as is, here an object that is only a tensor after .cpu(), was refused)."""
+    from innerloop.runs.checkpoint import capture_rng, restore_rng
+
+    class OnTheGPU:  # what map_location="cuda" makes of the saved ByteTensor, as far as restore_rng can tell
+        def __init__(self, t):
+            self.t = t
+
+        def cpu(self):
+            return self.t
+
+    state = capture_rng()
+    want = torch.rand(4)
+    restore_rng({**state, "torch": OnTheGPU(state["torch"])})
+    assert torch.equal(torch.rand(4), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the checkpoint is loaded onto it")
+def test_a_checkpoint_loaded_onto_the_gpu_resumes_its_rng(tmp_path):
+    """The GPU trainers resume with ``map_location`` their device, which moves every tensor of ``trainer.pt`` there,
+    the generator states too; torch takes those only as CPU byte tensors (every GPU resume used to fail with
+    "RNG state must be a torch.ByteTensor")."""
+    Toy(tmp_path / "a").fit()
+    Toy(tmp_path / "b", steps=4).fit()
+    Toy(tmp_path / "b", steps=6, extend=True).fit(map_location="cuda")
+    a, b = read_log(tmp_path / "a" / "log.csv"), read_log(tmp_path / "b" / "log.csv")
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+
+
+def test_an_extension_stopped_before_its_first_checkpoint_resumes_from_out_alone(tmp_path):
+    """`--extend --steps 8` killed before it checkpointed: config.json already says 8 steps (and records the
+    extension), the newest checkpoint still 4; resuming with the run's settings (`--out` alone, no --extend) goes on
+    exactly (it used to be refused as "a checkpoint of a different run")."""
+    from innerloop.runs import Callback
+
+    class CrashAt(Callback):
+        def on_step_start(self, trainer, step):
+            if step == 5:
+                raise KeyError("killed")
+
+    Toy(tmp_path / "a", steps=8).fit()
+    Toy(tmp_path / "b", steps=4).fit()
+    extended = Toy(tmp_path / "b", steps=8, extend=True)
+    extended.callbacks = [CrashAt()]
+    with pytest.raises(KeyError):
+        extended.fit()
+    assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step_00000004"
+    Toy(tmp_path / "b", steps=8).fit()
+    a, b = read_log(tmp_path / "a" / "log.csv"), read_log(tmp_path / "b" / "log.csv")
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]["extensions"]
+    assert saved == [{"from": 4, "to": 8, "at_step": 4}]
+    with pytest.raises(ConfigMismatchError, match="steps: checkpoint 8 vs now 10"):  # an extension not asked for
+        Toy(tmp_path / "b", steps=10).fit()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the synced files through /proc")
+def test_the_log_rows_a_checkpoint_holds_are_on_disk_before_it(tmp_path, monkeypatch):
+    """The checkpoint's files are fsynced; the log rows of the steps it holds must be too, first: after a power loss a
+    checkpoint whose rows stayed in the page cache would resume past them, and nobody would log them again."""
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    Toy(tmp_path / "r").fit()  # 6 steps, a checkpoint every 2
+    assert [n for n in synced if n in ("log.csv", "model.safetensors")] == ["log.csv", "model.safetensors"] * 3
+
+
+def test_an_extension_is_recorded_once_when_a_damaged_checkpoint_is_skipped(tmp_path):
+    """A checkpoint from before manifests whose weights do not load is skipped after its config was checked: the
+    extension is recorded at the checkpoint resumed from, once (it used to be recorded for both)."""
+    Toy(tmp_path / "r", steps=4).fit()
+    newest = latest_checkpoint(tmp_path / "r" / "checkpoints")
+    (newest / MANIFEST).unlink()
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:20])
+    with pytest.warns(UserWarning, match="step_00000004 is damaged"):
+        Toy(tmp_path / "r", steps=6, extend=True).fit()
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["resolved"]["extensions"]
+    assert saved == [{"from": 4, "to": 6, "at_step": 2}]
