@@ -131,7 +131,7 @@ def load_data(cfg: ForecastConfig) -> ForecastData:
 
 @torch.no_grad()
 def evaluate_forecaster(model: nn.Module, windows: WindowDataset, batch_size: int = 512,
-                        drop_last_of: int = 0) -> dict[str, float]:  # fmt: skip
+                        drop_last_of: int = 0) -> dict[str, float | None]:  # fmt: skip
     """MSE and MAE of ``model`` over every window of ``windows`` (means over windows, horizon steps and channels).
 
     Args:
@@ -140,11 +140,12 @@ def evaluate_forecaster(model: nn.Module, windows: WindowDataset, batch_size: in
         batch_size (int, Optional): windows per forward pass. Default: 512.
         drop_last_of (int, Optional): also score as the DLinear / PatchTST reference code's test loader does, which
             reads the windows in order in batches of this size and drops the last partial batch: ``mse_drop_last``
-            and ``mae_drop_last`` over the first ``len(windows) // drop_last_of * drop_last_of`` windows; 0 = not.
+            and ``mae_drop_last`` over the first ``len(windows) // drop_last_of * drop_last_of`` windows (None when
+            that is none: fewer windows than one batch); 0 = not.
             Default: 0.
 
     Returns:
-        dict[str, float]: ``{"mse", "mae", "windows"}`` (and ``"mse_drop_last", "mae_drop_last",
+        dict[str, float | None]: ``{"mse", "mae", "windows"}`` (and ``"mse_drop_last", "mae_drop_last",
         "windows_drop_last"`` with ``drop_last_of``).
     """
     was = model.training
@@ -160,9 +161,10 @@ def evaluate_forecaster(model: nn.Module, windows: WindowDataset, batch_size: in
     out = {"mse": float(se_w.sum()) / (len(windows) * per), "mae": float(ae_w.sum()) / (len(windows) * per),
            "windows": len(windows)}  # fmt: skip
     if drop_last_of > 0:
-        k = len(windows) // drop_last_of * drop_last_of
-        out.update(mse_drop_last=float(se_w[:k].sum()) / max(k * per, 1),
-                   mae_drop_last=float(ae_w[:k].sum()) / max(k * per, 1), windows_drop_last=k)  # fmt: skip
+        k = len(windows) // drop_last_of * drop_last_of  # 0 when the split is shorter than one batch: no score
+        out.update(mse_drop_last=float(se_w[:k].sum()) / (k * per) if k else None,
+                   mae_drop_last=float(ae_w[:k].sum()) / (k * per) if k else None,
+                   windows_drop_last=k)  # fmt: skip
     return out
 
 

@@ -87,6 +87,8 @@ class LinearRegressionTasks:
             raise ValueError(f"dim and shots must be >= 1, got dim={dim}, shots={shots}")
         if noise < 0:
             raise ValueError(f"noise is a standard deviation and must be >= 0, got {noise}")
+        if query_shots is not None and query_shots < 0:  # would take points from the support set
+            raise ValueError(f"query_shots must be >= 0, got {query_shots}")
         self.dim, self.shots = dim, shots
         self.query_shots = shots if query_shots is None else query_shots
         self.seed, self.noise, self.ood, self.dtype = seed, noise, ood, dtype

@@ -144,3 +144,12 @@ def test_cli_trains_the_patchtst_recipe(tmp_path, capsys):
     capsys.readouterr()
     assert main(["forecast", "eval", "--out", str(out)]) == 0  # rebuilt from config.json with the same options
     assert f"test MSE {m['test_mse']:.4f}" in capsys.readouterr().out
+
+
+def test_drop_last_score_of_a_split_shorter_than_one_batch_is_none():
+    """With fewer windows than one batch the reference loader scores nothing: that was reported as an MSE of 0."""
+    windows = WindowDataset(torch.randn(20, 2), 8, 3)  # 10 windows, batches of 16 keep none
+    model = PatchForecaster(8, 3, 2, mixer="gru", patch_len=4, stride=4, d_model=8, num_heads=2)
+    got = evaluate_forecaster(model, windows, drop_last_of=16)
+    assert got["windows_drop_last"] == 0 and got["mse"] > 0
+    assert got["mse_drop_last"] is None and got["mae_drop_last"] is None

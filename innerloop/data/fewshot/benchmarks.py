@@ -70,6 +70,10 @@ def get_tasksets(
     """
     q = shots if query_shots is None else query_shots
     if name == "sinusoid":
+        for split, fixed in (("validation", VALIDATION_SEED), ("test", TEST_SEED)):
+            if seed == fixed:  # task i of seed s is task i of the fixed set: the training tasks would be those
+                raise ValueError(f"seed {seed} is the seed of the fixed sinusoid {split} tasks: training on it would "
+                                 f"train on the {split} set; choose another seed")  # fmt: skip
         return (
             SinusoidTasks(shots, q, seed),
             SinusoidTasks(shots, SINUSOID_EVAL_POINTS, VALIDATION_SEED),
@@ -98,6 +102,9 @@ def get_tasksets(
             if shared := sorted(set(sets[a].class_names) & set(sets[b].class_names)):
                 raise ValueError(f"{r}: {len(shared)} classes (e.g. {shared[0]}) are in both the {a} and "
                                  f"the {b} split; the split CSVs need disjoint classes (Ravi: 64/16/20)")  # fmt: skip
+            if shared := sorted(set(sets[a].files) & set(sets[b].files)):
+                raise ValueError(f"{r}: {len(shared)} images (e.g. {shared[0]}) are listed in both the {a} and the "
+                                 f"{b} split; the split CSVs need disjoint images (Ravi: 64/16/20 classes)")
         return (
             Taskset(sets["train"], ways, shots, q, seed=seed),
             Taskset(sets["validation"], ways, shots, q, num_tasks=eval_tasks, seed=VALIDATION_SEED),

@@ -33,7 +33,7 @@ class MiniImageNet:
 
     Raises:
         FileNotFoundError: the CSV or the images folder is missing, or a listed image does not exist.
-        ValueError: a CSV without the ``filename,label`` header.
+        ValueError: a CSV without the ``filename,label`` header, or one that lists an image twice.
     """
 
     def __init__(self, root: str | Path, split: str = "train", image_size: int = 84) -> None:
@@ -52,6 +52,10 @@ class MiniImageNet:
             if reader.fieldnames is None or not {"filename", "label"} <= set(reader.fieldnames):
                 raise ValueError(f"{csv_path}: expected a 'filename,label' header, got {reader.fieldnames}")
             rows = [(r["filename"], r["label"]) for r in reader]
+        seen: set[str] = set()
+        if dupes := [fn for fn, _ in rows if fn in seen or seen.add(fn)]:
+            raise ValueError(f"{csv_path} lists {len(dupes)} images more than once (e.g. {dupes[0]}): a task could "
+                             f"then hold the same image in its support and its query set; list each image once")
         missing = [fn for fn, _ in rows if not (self.image_dir / fn).exists()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} images listed in {csv_path} are missing, e.g. {missing[0]}")

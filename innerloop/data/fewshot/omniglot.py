@@ -3,7 +3,8 @@
 Reads the two original zips (``images_background.zip``, ``images_evaluation.zip``) or their extracted folders
 (``images_background/<Alphabet>/characterNN/*.png``, also under ``omniglot-py/``). Every image is resized to 28x28
 with Lanczos (as the MAML data script does) and inverted so strokes are 1. The decoded array (1623 x 20 x 28 x 28
-uint8, 25 MB) is cached under ``$INNERLOOP_CACHE`` (default ``~/.cache/innerloop``).
+uint8, 25 MB) is cached under ``$INNERLOOP_CACHE`` (default ``~/.cache/innerloop``), keyed by the zips' paths, sizes
+and mtimes (for extracted folders: every PNG's), so a changed copy is decoded again.
 
 ``get_tasksets("omniglot")`` and ``innerloop meta train --task omniglot`` read the data from
 ``$INNERLOOP_DATA/omniglot`` unless given a folder (``root=`` in Python, ``--data-root DIR`` on the command line).
@@ -128,6 +129,10 @@ def load_omniglot(root: str | Path, size: int = 28, cache: bool = True) -> tuple
     root = Path(root)
     srcs = _sources(root)
     key = hashlib.sha1(repr([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime) for _, p in srcs]).encode())
+    for _, p in srcs:  # a folder's own size and mtime miss edits inside its alphabets: key on every PNG too
+        if p.is_dir():
+            key.update(repr([(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
+                             for f in sorted(p.rglob("*.png"))]).encode())  # fmt: skip
     cache_dir = user_cache_dir()
     cache_file = cache_dir / f"omniglot{size}_{key.hexdigest()[:12]}.pt"
     if cache and cache_file.exists():

@@ -45,6 +45,8 @@ class SinusoidTasks:
     def __init__(self, shots: int = 10, query_shots: int | None = None, seed: int = 0, dtype=torch.float32) -> None:
         if shots < 1:
             raise ValueError(f"shots must be >= 1, got {shots}")
+        if query_shots is not None and query_shots < 0:  # would take points from the support set
+            raise ValueError(f"query_shots must be >= 0, got {query_shots}")
         self.shots = shots
         self.query_shots = shots if query_shots is None else query_shots
         self.seed = seed

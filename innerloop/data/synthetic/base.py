@@ -55,12 +55,20 @@ class SyntheticTask:
     min_length = 1
 
     def sample(self, batch_size: int, length: int, generator: torch.Generator | None = None) -> SynthBatch:
-        """Draw ``batch_size`` sequences at difficulty ``length`` (deterministic given ``generator``'s seed)."""
+        """Draw ``batch_size`` sequences at difficulty ``length`` (deterministic given ``generator``'s seed).
+
+        Raises:
+            TypeError: ``batch_size`` or ``length`` is not a whole number (a float, a bool).
+            ValueError: ``batch_size < 1`` or ``length`` below the task's ``min_length``.
+        """
+        for name, v in (("batch_size", batch_size), ("length", length)):
+            if isinstance(v, bool) or not hasattr(v, "__index__"):  # 2.7 would silently become 2, True 1
+                raise TypeError(f"task {self.name!r}: {name} must be a whole number, got {v!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if length < self.min_length:
             raise ValueError(f"task {self.name!r}: length must be >= {self.min_length}, got {length}")
-        return self._sample(batch_size, int(length), generator)
+        return self._sample(int(batch_size), int(length), generator)
 
     def _sample(self, batch_size: int, length: int, g: torch.Generator | None) -> SynthBatch:
         raise NotImplementedError

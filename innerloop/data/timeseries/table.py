@@ -61,8 +61,9 @@ def load_csv(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: a missing column, an empty / non-numeric / NaN / infinite value (file, line and column named),
-            rows of different lengths, or fewer than ``min_rows`` rows.
+        ValueError: a missing or duplicated column, a target that is the date column, an empty / non-numeric / NaN /
+            infinite value (file, line and column named), rows of different lengths, a file that is not UTF-8, an ISO
+            8601 date column that goes back in time or holds a non-ISO date, or fewer than ``min_rows`` rows.
 
     Examples:
         >>> import tempfile, os
@@ -79,12 +80,27 @@ def load_csv(
     if not path.is_file():
         raise FileNotFoundError(f"time-series CSV {path} does not exist: give the path to a CSV file with a header row "
                                 f"and a {date_column!r} column")  # fmt: skip
+    try:
+        return _read(path, date_column, target, features, min_rows)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}): "
+                         f"save the CSV as UTF-8") from None  # fmt: skip
+
+
+def _read(path: Path, date_column: str, target: str, features: str, min_rows: int) -> SeriesTable:
+    """:func:`load_csv` once ``path`` is known to be a file (a non-UTF-8 byte raises ``UnicodeDecodeError``)."""
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel) is not part of the header
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:
             raise ValueError(f"{path} is empty: expected a header row such as 'date,col1,...,{target}'")
         header = [h.strip() for h in header]
+        if target == date_column:
+            raise ValueError(f"{path}: the target column (target=) and the date column (date_column=) are both "
+                             f"{target!r}; the target must be a numeric column such as {header[-1]!r}")  # fmt: skip
+        if dupes := sorted({h for h in header if header.count(h) > 1}):
+            raise ValueError(f"{path}: the header names column(s) {', '.join(map(repr, dupes))} more than once, so "
+                             f"which one is meant is ambiguous; rename them so that every column name is unique")
         for name, what in ((date_column, "date column (date_column=)"), (target, "target column (target=)")):
             if name not in header:
                 raise ValueError(f"{path} has no {what} {name!r}; its columns are {', '.join(header)}. Name the right "
@@ -111,11 +127,17 @@ def load_csv(
 
 
 def _check_order(dates: list[str], path: Path) -> None:
-    """Refuse dates that go back in time when every one is ISO 8601 (other formats are not checked)."""
-    try:
-        stamps = [datetime.fromisoformat(d.strip()) for d in dates]
-    except (ValueError, TypeError):
-        return  # not ISO dates: the order is the file's
+    """Refuse dates that go back in time when they are ISO 8601 (other formats are not checked), and a column that
+    mixes ISO 8601 dates with other text (a missing or mistyped date would otherwise turn the check off)."""
+    stamps = []
+    for i, d in enumerate(dates):
+        try:
+            stamps.append(datetime.fromisoformat(d.strip()))
+        except (ValueError, TypeError):
+            if i == 0:
+                return  # not ISO dates: the order is the file's
+            raise ValueError(f"{path}: data row {i + 1} has the date {d!r}, not ISO 8601 like the rows before it "
+                             f"({dates[0]!r}); fix or drop that row") from None  # fmt: skip
     for i in range(1, len(stamps)):
         try:
             back = stamps[i] < stamps[i - 1]

@@ -114,7 +114,15 @@ class WindowDataset(torch.utils.data.Dataset):
         return self.series[i : i + self.lookback], self.series[i + self.lookback : i + self.lookback + self.horizon]
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows ``indices`` ``[B]`` at once: ``x`` ``[B, L, C]`` and ``y`` ``[B, H, C]`` (one gather)."""
+        """Windows ``indices`` ``[B]`` (each in ``[0, len)``) at once: ``x`` ``[B, L, C]`` and ``y`` ``[B, H, C]`` (one
+        gather).
+
+        Raises:
+            IndexError: an index outside ``[0, len)`` (a negative one would gather rows from both ends of the split).
+        """
+        if indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < len(self):
+            raise IndexError(f"window indices must be in [0, {len(self)}) for the {self.name} split, got "
+                             f"{int(indices.min())} .. {int(indices.max())}")  # fmt: skip
         rows = self.series[indices[:, None] + self._offsets]  # [B, L + H, C]
         return rows[:, : self.lookback], rows[:, self.lookback :]
 
@@ -159,8 +167,22 @@ def make_forecast_data(values: np.ndarray, lookback: int, horizon: int, ends: Se
             Default: 70 / 10 / 20 percent.
         columns (Sequence[str], Optional): channel names. Default: ``c0, c1, ...``.
         scale (bool, Optional): standardise with the train statistics (off: identity scaler). Default: True.
+
+    Raises:
+        TypeError: ``lookback`` or ``horizon`` is not an integer.
+        ValueError: ``values`` is not 2-D or holds NaN / infinity, or a split is too short for the windows.
     """
+    for name, v in (("lookback", lookback), ("horizon", horizon)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be a whole number of rows, got {v!r}")
     values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise ValueError(f"values must be [T, C] with C >= 1 (rows = time steps, one column per channel), got shape "
+                         f"{values.shape}; reshape a single series with values[:, None]")  # fmt: skip
+    if not np.isfinite(values).all():
+        row, col = np.argwhere(~np.isfinite(values))[0]
+        raise ValueError(f"values[{row}, {col}] is {values[row, col]}: NaN and infinite values are not allowed (they "
+                         f"would turn the scaler and every window NaN); fill or drop those rows")  # fmt: skip
     borders = split_borders(values.shape[0], lookback, ends)
     train_rows = values[slice(*borders["train"])]  # the scaler sees these rows and no others
     c = values.shape[1]

@@ -223,3 +223,37 @@ def test_data_root_that_is_a_file(tmp_path):
     (tmp_path / "omniglot.zip").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="omniglot.zip is a file, not a folder: give --data-root DIR"):
         get_tasksets("omniglot", root=tmp_path / "omniglot.zip")
+
+
+def test_an_edited_omniglot_folder_is_decoded_again(tmp_path, monkeypatch):
+    """The cache was keyed by the top folders' size and mtime, which an edit inside an alphabet does not change: a
+    replaced image or a character added by finishing an extraction came back from the stale cache."""
+    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "f").mkdir()
+    root = make_omniglot(tmp_path / "f", False)
+    before, names = load_omniglot(root)
+    png = sorted((root / "images_background").rglob("*.png"))[0]
+    _png(None, 7).save(png)
+    changed, _ = load_omniglot(root)
+    assert torch.equal(changed, load_omniglot(root, cache=False)[0]) and not torch.equal(changed, before)
+    new = root / "images_background" / "Alpha0" / "character03"
+    new.mkdir()
+    for d in range(4):
+        _png(None, 30 + d).save(new / f"0099_{d + 1:02d}.png")
+    assert len(load_omniglot(root)[1]) == len(names) + 1
+
+
+def test_miniimagenet_images_listed_twice_are_refused(tmp_path):
+    """An image listed twice in a split could be in a task's support and query sets at once (46 of 50 tasks here
+    before the fix); one listed in two splits is a leak between them."""
+    root = make_miniimagenet(tmp_path / "mini")
+    lines = (root / "train.csv").read_text().splitlines()
+    (root / "train.csv").write_text("\n".join(lines + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"train.csv lists 12 images more than once \(e.g. n000000000000.jpg\)"):
+        MiniImageNet(root, "train")
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    test = (root / "test.csv").read_text().splitlines()
+    test[1] = lines[1].split(",")[0] + "," + test[1].split(",")[1]  # a training image under a test class
+    (root / "test.csv").write_text("\n".join(test) + "\n")
+    with pytest.raises(ValueError, match="1 images .* are listed in both the train and the test split"):
+        get_tasksets("miniimagenet", ways=2, shots=1, root=root)

@@ -62,3 +62,24 @@ def test_taskset_errors():
 def test_mean_ci95():
     m, ci = mean_ci95(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert m == 2.5 and abs(ci - 1.96 * torch.tensor([1.0, 2, 3, 4]).std().item() / 2) < 1e-6
+
+
+def test_negative_query_shots_are_refused():
+    """``query_shots=-2`` drew ``shots - 2`` points and returned them all as the support set (3 of 5), silently."""
+    from innerloop.icl.tasks import LinearRegressionTasks
+
+    for cls in (SinusoidTasks, LinearRegressionTasks):
+        with pytest.raises(ValueError, match="query_shots must be >= 0, got -2"):
+            cls(shots=5, query_shots=-2)
+    assert SinusoidTasks(shots=5, query_shots=0).batch(0, 1).support_x.shape == (1, 5, 1)
+
+
+@pytest.mark.parametrize("seed", [1000, 2000])
+def test_sinusoid_training_seed_of_a_fixed_set_is_refused(seed):
+    """Training seed 1000 (2000) drew exactly the validation (test) tasks."""
+    from innerloop.data.fewshot.benchmarks import get_tasksets
+
+    with pytest.raises(ValueError, match=f"seed {seed} is the seed of the fixed sinusoid"):
+        get_tasksets("sinusoid", shots=5, seed=seed)
+    train, val, _ = get_tasksets("sinusoid", shots=5, seed=seed + 1)
+    assert not torch.equal(train.eval_batch(0, 1).support_x, val.eval_batch(0, 1).support_x)

@@ -119,3 +119,11 @@ def test_mqar_format():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("length", [2.7, True, "3"])
+def test_a_length_that_is_not_a_whole_number_is_refused(length):
+    """``length=2.7`` was truncated to 2 and ``True`` read as 1, silently."""
+    with pytest.raises(TypeError, match="length must be a whole number"):
+        make_task("copy").sample(2, length, gen())
+    assert make_task("copy").sample(2, torch.tensor(3), gen()).inputs.shape == (2, 6)

@@ -208,3 +208,60 @@ def test_a_path_to_an_ett_file_gets_the_ett_protocol(fake_ett, monkeypatch):
     monkeypatch.setitem(ETT_SHA256, "ETTh1", sha256_file(fake_ett / "ETTh1.csv"))  # pretend it is the published one
     d = load_data(cfg)
     assert d.borders == {"train": (0, 8640), "val": (8640 - 24, 11520), "test": (11520 - 24, 14400)}
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "match"),
+    [
+        pytest.param("date,OT,x,OT\n2020-01-01,1,2,3\n", {"features": "S"}, "'OT' more than once", id="dup-target"),
+        pytest.param("date,a,a,OT\n2020-01-01,1,2,3\n", {}, "'a' more than once", id="dup-feature"),
+        pytest.param("date,a,OT\n2020-01-01,1,2\n", {"target": "date", "features": "S"},
+                     "target column .* and the date column .* are both 'date'", id="target-is-date"),
+        pytest.param("date,a,OT\n2020-01-05,1,2\nn/a,1,2\n2020-01-01,1,2\n", {},
+                     r"data row 2 has the date 'n/a', not ISO 8601", id="one-non-iso-date"),
+    ],
+)  # fmt: skip
+def test_an_ambiguous_or_unchecked_csv_is_refused(tmp_path, text, kw, match):
+    """A duplicated target was read from its first copy, a target named like the date column failed on a date as a
+    number, and one non-ISO date turned the order check off for the whole file (here: rows going back in time)."""
+    with pytest.raises(ValueError, match=match):
+        load_csv(write_text(tmp_path / "s.csv", text), **kw)
+
+
+def test_a_non_utf8_csv_names_the_file(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("date,temp°,OT\n2020-01-01,1,2\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.csv is not UTF-8 text .* save the CSV as UTF-8"):
+        load_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("values", "kw", "error", "match"),
+    [
+        pytest.param(np.arange(100.0), {}, ValueError, r"values must be \[T, C\]", id="1d"),
+        pytest.param(np.where(np.arange(200).reshape(100, 2) == 151, np.nan, 1.0), {}, ValueError,
+                     r"values\[75, 1\] is nan", id="nan"),
+        pytest.param(np.ones((100, 2)), {"lookback": 5.5}, TypeError, "lookback must be a whole number", id="float-L"),
+    ],
+)  # fmt: skip
+def test_make_forecast_data_refuses_bad_arrays(values, kw, error, match):
+    """A NaN made every window NaN silently (the scaler's mean is NaN); 1-D values and a float lookback gave deep
+    IndexError / TypeError tracebacks."""
+    with pytest.raises(error, match=match):
+        make_forecast_data(values, **{"lookback": 5, "horizon": 2, **kw})
+
+
+def test_window_batch_refuses_out_of_range_indices():
+    """A negative index gathered rows from both ends of the split (``series[-1]`` then ``series[0..]``) silently."""
+    data = make_forecast_data(np.arange(200.0).reshape(100, 2), 5, 3)
+    n = len(data.train)
+    x, _ = data.train.batch(torch.tensor([0, n - 1]))
+    assert x.shape == (2, 5, 2)
+    for bad in (-1, n):
+        with pytest.raises(IndexError, match=rf"window indices must be in \[0, {n}\) for the train split"):
+            data.train.batch(torch.tensor([0, bad]))
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
