@@ -187,18 +187,43 @@ def open_cache(source: str | Path | None, tokenizer: Tokenizer, cache_dir: str |
     return TokenCache(tokens, offsets, index, bin_path, "built" if reason else "reused", reason)
 
 
-def split_cache(cache: TokenCache, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Train tokens, validation tokens and validation documents, as views of the memmap (nothing is read).
+def _tokens_within(doc: np.ndarray, token_lengths: np.ndarray, val_fraction: float, block: int = 1 << 22) -> int:
+    """How many leading tokens of ``doc`` end within its first ``int(bytes * (1 - val_fraction))`` bytes (read in
+    blocks: a corpus of billions of tokens never needs an array of their lengths)."""
+    lengths = np.asarray(token_lengths, dtype=np.int64)
+    total = sum(int(lengths[doc[i : i + block]].sum()) for i in range(0, len(doc), block))
+    cut, seen = int(total * (1 - val_fraction)), 0
+    for i in range(0, len(doc), block):
+        ends = seen + np.cumsum(lengths[doc[i : i + block]])
+        if ends[-1] > cut:
+            return i + int(np.searchsorted(ends, cut, side="right"))
+        seen = int(ends[-1])
+    return len(doc)
 
-    Same rule as :func:`innerloop.data.text.corpus.split_corpus`: one document is split by tokens (first
-    ``1 - val_fraction`` for training); several are split by document (the last ``num_val_docs`` held out), so no
-    window of one split ever holds tokens of the other.
+
+def split_cache(
+    cache: TokenCache, val_fraction: float = 0.1, token_lengths: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Train tokens, validation tokens and validation documents, as views of the memmap.
+
+    Same rule as :func:`innerloop.data.text.corpus.split_corpus`: one document is split by bytes (the first
+    ``1 - val_fraction`` of its bytes for training, the text a BPE tokenizer was trained on:
+    :func:`innerloop.data.text.corpus.training_text`); several are split by document (the last ``num_val_docs`` held
+    out), so no window of one split ever holds tokens of the other.
+
+    Args:
+        cache (TokenCache): the corpus's tokens.
+        val_fraction (float, Optional): held-out fraction. Default: 0.1.
+        token_lengths (np.ndarray, Optional): ``[V]`` bytes per token (``Tokenizer.token_lengths``); a one-document
+            corpus is then cut after the last token that ends within the training bytes (a token across the cut goes
+            to validation). Default: None (one byte per token).
     """
     n_docs = len(cache.docs)
     if n_docs == 1:
         num_val_docs(2, val_fraction)  # validates val_fraction
         doc = cache.docs[0]
-        n = int(len(doc) * (1 - val_fraction))
+        n = int(len(doc) * (1 - val_fraction)) if token_lengths is None else _tokens_within(doc, token_lengths,
+                                                                                              val_fraction)  # fmt: skip
         return doc[:n], doc[n:], [doc[n:]]
     cut = int(cache.doc_offsets[n_docs - num_val_docs(n_docs, val_fraction)])
     val_docs = cache.docs[n_docs - num_val_docs(n_docs, val_fraction) :]

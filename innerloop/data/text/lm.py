@@ -91,7 +91,8 @@ def load_data(data: str, tokenizer: Tokenizer, cache_dir: str | Path, gutenberg:
         val_fraction (float, Optional): held-out fraction (of the bytes, or of the documents). Default: 0.1.
     """
     cache = open_cache(data or None, tokenizer, cache_dir, gutenberg)
-    train, val, val_docs = split_cache(cache, val_fraction)
+    lengths = None if tokenizer.name == "bytes" else tokenizer.token_lengths()  # BPE: cut where its training text ends
+    train, val, val_docs = split_cache(cache, val_fraction, lengths)
     return LMData(train, val, val_docs, tokenizer, data or "tiny-shakespeare", cache.bin_path)
 
 

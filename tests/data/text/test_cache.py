@@ -199,3 +199,28 @@ def test_errors(tmp_path):
     with pytest.raises(OSError, match="cannot write the token cache"):
         open_cache(None, ByteTokenizer(), tmp_path / "file" / "cache")
     assert cmod._dtype_for(65536) == np.uint16 and cmod._dtype_for(65537) == np.uint32
+
+
+def test_one_bpe_document_is_split_where_the_tokenizers_training_text_ends(tmp_path):
+    """The BPE is trained on the first 90% of the bytes (training_text); the tokens were cut at 90% of the *tokens*,
+    which moved validation text into training or the reverse (tiny-shakespeare: 9.3% of the bytes held out). Now every
+    training token lies within the BPE's training bytes and the validation starts at most one token before them."""
+    pytest.importorskip("tokenizers")
+    from innerloop.data.text.corpus import training_text
+    from innerloop.data.text.tokenizer import train_bpe
+
+    text = b"".join(b"short words %d; " % i if i < 300 else b"a much longer and rarer phrase %d. " % i
+                    for i in range(400))  # its end compresses differently from its start  # fmt: skip
+    corpus = tmp_path / "one.txt"
+    corpus.write_bytes(text)
+    seen = training_text([text], 0.1)[0]
+    tok = train_bpe([seen], vocab_size=300)
+    c = open_cache(corpus, tok, tmp_path / "c")
+    tr, va, vd = split_cache(c, 0.1, tok.token_lengths())
+    lengths = tok.token_lengths()
+    assert int(lengths[tr].sum()) <= len(seen) < int(lengths[tr].sum()) + int(lengths[va[0]])
+    assert tok.decode(tr.tolist()) == seen[: int(lengths[tr].sum())]
+    assert len(tr) + len(va) == len(c.docs[0]) and np.array_equal(vd[0], va)
+    assert int(lengths[tr].sum()) + int(lengths[va].sum()) == len(text)
+    assert len(tr) != int(len(c.docs[0]) * 0.9)  # the old cut by tokens would differ here
+    assert cmod._tokens_within(c.docs[0], lengths, 0.1, block=7) == len(tr)  # read in blocks: the same cut
