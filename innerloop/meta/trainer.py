@@ -33,6 +33,7 @@ from innerloop.runs import (
     load_latest_weights,
     progress_bar,
 )
+from innerloop.runs.checkpoint import checkpoint_steps
 
 __all__ = ["MetaConfig", "MetaTrainer", "build", "evaluate_run", "load_algorithm", "train"]
 
@@ -254,14 +255,20 @@ def train(cfg: MetaConfig, progress: bool = True, evaluate: bool = True, fresh: 
 
 def load_algorithm(cfg: MetaConfig) -> MAML:
     """The meta-learner of run ``cfg.out`` with its newest intact checkpoint's weights."""
+    return _load_algorithm(cfg)[0]
+
+
+def _load_algorithm(cfg: MetaConfig) -> tuple[MAML, Path | None]:
+    """:func:`load_algorithm` and the checkpoint it read (None: a legacy ``checkpoint.pt``)."""
     algo, _ = build(cfg)
     out = Path(cfg.out)
-    if load_latest_weights(out / "checkpoints", algo, map_location=cfg.device) is not None:
-        return algo
+    path = load_latest_weights(out / "checkpoints", algo, map_location=cfg.device)
+    if path is not None:
+        return algo, path
     legacy = out / "checkpoint.pt"  # runs written before the run scaffold
     if legacy.is_file():
         algo.load_state_dict(torch.load(legacy, map_location=cfg.device, weights_only=False)["model"])
-        return algo
+        return algo, None
     raise FileNotFoundError(f"{out} has no checkpoint: train it first with `innerloop meta train --out {out}`")
 
 
@@ -281,7 +288,9 @@ def evaluate_run(cfg: MetaConfig, algo: MAML | None = None, split: str = "test",
     """
     out = Path(cfg.out)
     if algo is None:
-        algo = load_algorithm(cfg)
+        algo, newest = _load_algorithm(cfg)
+    else:  # the trainer's: its last checkpoint is the newest
+        newest = ([None, *checkpoint_steps(out / "checkpoints")])[-1]
     tasks = build_tasks(cfg, split)
     counts = eval_step_counts(cfg)
     per_step: dict[int, list[torch.Tensor]] = {s: [] for s in counts}
@@ -294,6 +303,9 @@ def evaluate_run(cfg: MetaConfig, algo: MAML | None = None, split: str = "test",
             per_step[s].append((acc if acc is not None else losses)[:, j].cpu())
     metric = "mse" if cfg.task == "sinusoid" else "accuracy"
     metrics: dict[str, Any] = {"split": split, "eval_tasks": cfg.eval_tasks, "metric": metric, "steps": {}}
+    if newest is not None:  # what was evaluated: a run stopped early (time budget) says so
+        done = int(newest.name.removeprefix("step_"))
+        metrics.update(iterations=done, stopped_early=done < cfg.iterations)
     for s in counts:
         m, ci = mean_ci95(torch.cat(per_step[s]))
         metrics["steps"][str(s)] = {"mean": m, "ci95": ci}

@@ -70,6 +70,20 @@ def test_max_seconds_stops_and_resumes(tmp_path):
     assert latest_checkpoint(f"{cfg.out}/checkpoints").name == "step_00000001"
 
 
+def test_metrics_of_a_run_stopped_by_its_time_budget_say_so(tmp_path):
+    """metrics.json of a partly trained run (--max-seconds) could not be told from a finished run's."""
+    from innerloop.meta.trainer import evaluate_run
+
+    cfg = _cfg(tmp_path, "timed", max_seconds=1e-9, iterations=50)
+    m = train(cfg, progress=False)
+    assert (m["iterations"], m["stopped_early"]) == (1, True)
+    assert json.loads((tmp_path / "timed" / "metrics.json").read_text())["stopped_early"] is True
+    done = _cfg(tmp_path, "timed", iterations=50)
+    m = train(done, progress=False)
+    assert (m["iterations"], m["stopped_early"]) == (50, False)
+    assert evaluate_run(done) == m  # read again from the checkpoint: the same
+
+
 def test_bench_meta_smoke():
     """The benchmark's loop baseline and the core give the same meta-gradient (no timing asserted)."""
     import importlib.util
