@@ -131,6 +131,23 @@ def build(mixer: str, args: argparse.Namespace, device: torch.device) -> CausalL
     return CausalLM(cfg).to(device)
 
 
+def kernel_path(mixer: str, device: torch.device) -> str | None:
+    """Which scan a TTT or Mamba row ran on CUDA: ``"triton"``, or ``"fallback: <why>"`` (the kernel's one-time
+    self-check verdict, cached per device), so the PyTorch fallback's speed is not taken for the kernel's. None for
+    the other mixers and off CUDA."""
+    if mixer not in ("ttt_linear", "ttt_mlp", "mamba") or device.type != "cuda":
+        return None
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)  # its key
+    if mixer == "mamba":
+        from innerloop.ops.selective_scan.fused import fused_scan_unavailable as unavailable
+    else:
+        from innerloop.ops.ttt import dispatch
+
+        unavailable = dispatch.triton_linear_unavailable if mixer == "ttt_linear" else dispatch.triton_mlp_unavailable
+    reason = unavailable(device)
+    return "triton" if reason is None else f"fallback: {reason}"
+
+
 def timed(run: Callable[[], None], device: torch.device, repeats: int, max_seconds: float) -> list[float]:
     """One untimed call (compiles, allocator), then up to ``repeats`` synchronised timed calls (seconds, sorted)."""
     run()
@@ -195,8 +212,10 @@ def decode_rows(model: CausalLM, P: int, args: argparse.Namespace, device: torch
         _sync(device)
         prefill_s = time.perf_counter() - t0
         first = out.logits[:, -1:].argmax(-1)
+        kernel = kernel_path(base["mixer"], device)  # the prefill's scan
         for way in args.ways:
-            row = {**base, "way": way, "position": P, "tokens": n, "prefill_s": prefill_s}
+            row = {**base, "way": way, "position": P, "tokens": n, "prefill_s": prefill_s,
+                   **({"kernel": kernel} if kernel else {})}
             try:
                 emit({**row, **_decode(model, out.state, first, n, way, device)})
             except Exception as e:  # noqa: BLE001 - e.g. the capture fails: the row says so, the rest go on
@@ -261,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 models[base["mixer"]] = build(base["mixer"], args, device)
             row = fn()
             if row is not None:
-                emit({**base, **row})
+                kernel = kernel_path(base["mixer"], device)
+                emit({**base, **row, **({"kernel": kernel} if kernel else {})})
         except Exception as e:  # noqa: BLE001 - one failing row (OOM, a kernel) must not stop the rest
             emit({**base, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-1500:]})
         finally:

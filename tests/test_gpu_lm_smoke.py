@@ -38,6 +38,25 @@ def test_smoke_run(tmp_path):
     assert all(r["tokens_per_s"] > 0 for r in rows if r["kind"] in ("fwd", "train"))
 
 
+def test_rows_say_which_scan_ran(monkeypatch):
+    """On CUDA the TTT and Mamba rows record whether the Triton kernel ran or the fallback (and why): a self-check
+    failed under the benchmark's bf16 autocast made every such row time the PyTorch fallback, unlabelled."""
+    from innerloop.ops.selective_scan import fused
+    from innerloop.ops.ttt import dispatch
+
+    bench = _load()
+    seen = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(dispatch, "triton_linear_unavailable", lambda d: seen.append(str(d)))
+    monkeypatch.setattr(dispatch, "triton_mlp_unavailable", lambda d: "the kernel failed its self-check: boom")
+    monkeypatch.setattr(fused, "fused_scan_unavailable", lambda d: None)
+    cuda = torch.device("cuda")
+    assert bench.kernel_path("ttt_linear", cuda) == "triton" and seen == ["cuda:0"]  # the dispatch's cache key
+    assert bench.kernel_path("ttt_mlp", cuda) == "fallback: the kernel failed its self-check: boom"
+    assert bench.kernel_path("mamba", cuda) == "triton"
+    assert bench.kernel_path("attention", cuda) is None and bench.kernel_path("ttt_linear", torch.device("cpu")) is None
+
+
 def test_defaults_and_budget(tmp_path):
     bench = _load()
     args = bench.parse_args([])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -42,6 +44,19 @@ def triton_unavailable(device: torch.device | str, what: str) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install triton)"
     return None
+
+
+@contextlib.contextmanager
+def self_check_mode(device: torch.device | str) -> Iterator[None]:
+    """The mode a kernel's one-time self-check runs in, whatever its caller's: gradients on (also under
+    ``torch.inference_mode``, whose tensors cannot take part in autograd) and autocast off on ``device``.
+
+    The check is cached for the process, so the first caller's mode decided it: under bf16 autocast (the trainers
+    and ``benchmarks/gpu_lm.py`` on CUDA) the reference's backward ran in bf16 and missed the check's tolerance, and
+    under ``inference_mode`` the check raised; either way every later call used the PyTorch fallback.
+    """
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
+        yield
 
 
 def refuse_double_backward(op: str, alternative: str) -> None:

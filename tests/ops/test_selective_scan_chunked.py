@@ -241,6 +241,17 @@ def test_dispatch_picks_the_chunked_kernel_after_its_self_check():
     assert reason is None and fn is triton_chunked_selective_scan
 
 
+@pytest.mark.parametrize("mode", ["bf16-autocast", "inference_mode"])
+def test_dispatch_self_check_ignores_the_callers_mode(mode):
+    """The one-time CUDA check ran in its caller's mode: under bf16 autocast (the trainers, gpu_lm.py) the reference's
+    backward ran in bf16 and both kernels failed it, under inference_mode it raised; the GPU then used the PyTorch
+    scan for the rest of the process."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16-autocast" else torch.inference_mode()
+    with ctx:
+        fn, reason = fused._choose_cuda_kernel(torch.device(DEVICE))
+    assert reason is None and fn is triton_chunked_selective_scan
+
+
 def test_dispatch_falls_back_to_the_sequential_kernel(monkeypatch, caplog):
     """A chunked kernel failing its self-check is logged and the sequential one used; both failing gives the
     reason, and fused_selective_scan on CUDA uses the chosen kernel."""

@@ -369,6 +369,22 @@ def test_kernel_passes_the_self_check():
     assert self_check(DEVICE, triton_ttt_linear)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["bf16-autocast", "inference_mode"])
+def test_cuda_dispatch_self_check_ignores_the_callers_mode(monkeypatch, mode):
+    """The CUDA dispatch checks the kernel once per process, at the first call: under the trainers' bf16 autocast
+    (or torch.inference_mode) that check failed, so every later call on the GPU used the dual form. CPU stand-in:
+    the interpreter plays the GPU, the CUDA-only preconditions are waived."""
+    from innerloop.ops.ttt import dispatch
+
+    monkeypatch.setattr(dispatch, "triton_unavailable", lambda device, what: None)
+    monkeypatch.setattr(dispatch, "_CHECKED", {})
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16-autocast" else torch.inference_mode()
+    with ctx:
+        assert dispatch.triton_linear_unavailable("cpu") is None
+        assert dispatch.self_check("cpu", triton_ttt_linear)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_layer_default_mode_uses_kernel():

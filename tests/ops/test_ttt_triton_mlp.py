@@ -370,6 +370,18 @@ def test_kernel_passes_the_self_check():
     assert self_check_mlp(DEVICE, triton_ttt_mlp)
 
 
+@pytest.mark.slow
+def test_cuda_dispatch_self_check_ignores_the_callers_autocast(monkeypatch):
+    """As the TTT-Linear test: the one-time check made under the caller's bf16 autocast failed and the GPU ran
+    chunk_ttt_mlp for the rest of the process (the interpreter stands in for the GPU)."""
+    from innerloop.ops.ttt import dispatch
+
+    monkeypatch.setattr(dispatch, "triton_unavailable", lambda device, what: None)
+    monkeypatch.setattr(dispatch, "_CHECKED_MLP", {})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dispatch.triton_mlp_unavailable("cpu") is None
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_layer_default_mode_uses_kernel():

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._kernels import triton_unavailable
+from .._kernels import self_check_mode, triton_unavailable
 from . import cpu_fused
 from .chunk import chunk_selective_scan
 from .cpu_fused import cpu_fused_selective_scan
@@ -58,7 +58,8 @@ def _choose_cuda_kernel(device: torch.device) -> tuple[Scan | None, str | None]:
     none did. A chunked kernel that fails while the sequential one passes is logged as a warning."""
     failures = []
     for name, fn in _cuda_kernels().items():
-        failure = _self_check_failure(device, fn)
+        with self_check_mode(device):  # not the caller's bf16 autocast or inference_mode (the CPU check is unchanged)
+            failure = _self_check_failure(device, fn)
         if failure is None:
             if failures:
                 logger.warning("selective scan on %s: %s; using the sequential Triton kernel", device, failures[0])

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._kernels import triton_unavailable
+from .._kernels import self_check_mode, triton_unavailable
 from . import cpu_linear
 from ._common import TTTState
 from .chunk import chunk_ttt_linear, chunk_ttt_mlp
@@ -41,7 +41,7 @@ def _compare(device: torch.device, ref: Op, fn: Op, ins: list[Tensor], n_params:
     g = torch.Generator().manual_seed(seed)
     results, weights = [], None
     try:
-        with torch.enable_grad():  # the caller may be under no_grad (eval, generate): the check needs gradients
+        with self_check_mode(device):  # gradients on, autocast off, whatever the caller's mode (eval, generate, bf16)
             for f in (ref, fn):
                 xs = [x.to(device).requires_grad_() for x in ins]
                 params, grads = tuple(xs[7:7 + n_params]), tuple(xs[7 + n_params:])
@@ -114,7 +114,8 @@ def self_check(device: torch.device | str, fn: Op | None = None) -> bool:
     device = torch.device(device)
     if fn is None:
         from .triton_linear import triton_ttt_linear as fn
-    failure = _self_check_failure(device, fn)
+    with self_check_mode(device):
+        failure = _self_check_failure(device, fn)
     if failure is not None:
         logger.error("Triton TTT-Linear on %s failed its self-check (%s); using the dual form", device, failure)
     return failure is None
@@ -141,7 +142,8 @@ def _checked_kernel(device: torch.device | str, kind: str, checked: dict[str, st
         return reason
     key = str(device)
     if key not in checked:
-        why = failure(device)
+        with self_check_mode(device):  # the inputs too: made under the caller's inference_mode they take no grad
+            why = failure(device)
         checked[key] = None if why is None else f"the kernel failed its self-check: {why}"
     return checked[key]
 
@@ -199,7 +201,8 @@ def self_check_mlp(device: torch.device | str, fn: Op | None = None) -> bool:
     device = torch.device(device)
     if fn is None:
         from .triton_mlp import triton_ttt_mlp as fn
-    failure = _self_check_failure_mlp(device, fn)
+    with self_check_mode(device):
+        failure = _self_check_failure_mlp(device, fn)
     if failure is not None:
         logger.error("Triton TTT-MLP on %s failed its self-check (%s); using the dual form", device, failure)
     return failure is None
