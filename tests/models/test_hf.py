@@ -563,3 +563,57 @@ def test_a_model_in_mode_chunk_can_be_wrapped_and_exported(mixer, tmp_path):
         back, cfg = load_hf_as_causal_lm(export_hf(lm, tmp_path / "hf"))
         assert cfg.mode == "auto"  # a saved 'chunk' is read as the old default (innerloop.layers.modes)
         torch.testing.assert_close(back.eval()(ids).logits, lm(ids).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_sequences_and_other_position_ids_are_refused():
+    """DataCollatorWithFlattening packs sequences into one row and marks the joins by position_ids restarting at 0
+    (or cu_seq_lens_*): the model ignored them, so each recurrent state ran on from one sequence into the next and the
+    Trainer's loss was silently that of one long sequence. Positions the model uses are accepted."""
+    from transformers import DataCollatorWithFlattening
+
+    m = model("gru")
+    feats = [{"input_ids": [3, 4, 5, 6, 7]}, {"input_ids": [9, 10, 11]}]
+    with pytest.raises(NotImplementedError, match="packed sequences.*DataCollatorWithFlattening"):
+        m(**DataCollatorWithFlattening()(feats))
+    flash = DataCollatorWithFlattening(return_position_ids=False, return_flash_attn_kwargs=True)(feats)
+    with pytest.raises(NotImplementedError, match="cu_seq_lens_q"):
+        m(**flash)
+    x = ids(2, 6)
+    with pytest.raises(NotImplementedError, match="positions 0..5"):
+        m(x, position_ids=torch.arange(6)[None] + 3)
+    with pytest.raises(NotImplementedError, match="position_ids"):
+        InnerloopModel(m.config, m.to_causal_lm())(x, position_ids=torch.zeros(2, 6, dtype=torch.long))
+    # the positions the model uses: accepted, same logits (with a cache: continuing it; on right pads: any)
+    full = m(x, use_cache=False).logits
+    assert torch.equal(m(x, position_ids=torch.arange(6)[None]).logits, full)
+    out = m(x[:, :4], position_ids=torch.arange(4).expand(2, 4), use_cache=True)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    with pytest.raises(NotImplementedError, match="continue the cache .4 tokens"):
+        m(x[:, 4:], cache=cache, position_ids=torch.arange(2)[None])
+    tail = m(x[:, 4:], cache=cache, position_ids=torch.tensor([[4, 5]]), cache_position=torch.tensor([4, 5]))
+    torch.testing.assert_close(torch.cat([out.logits, tail.logits], 1), full, rtol=1e-4, atol=1e-5)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
+    pos = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)  # as transformers builds them from a mask
+    assert torch.equal(m(x, attention_mask=mask, position_ids=pos).logits, m(x, attention_mask=mask).logits)
+
+
+@pytest.mark.parametrize(("mixer", "backbone"), [("ttt_linear", "transformer"), ("lstm", "mamba"),
+                                                 ("attention", "transformer")])  # fmt: skip
+def test_generate_from_a_cache_with_beams_or_several_return_sequences(mixer, backbone):
+    """generate(cache=..., num_beams=3) repeats the prompt rows but not the given cache: it failed deep inside the
+    mixer ("state does not fit this TTTLinear (batch 6)"). The cache's rows are now repeated alike."""
+    import copy
+
+    m, x = model(mixer, backbone), ids()
+    first = m.generate(x, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    cache = first.cache if hasattr(first, "cache") else first.past_key_values
+    key = "cache" if hasattr(first, "cache") else "past_key_values"
+    beams = dict(num_beams=3, do_sample=False, num_return_sequences=2)
+    samples = dict(do_sample=True, num_return_sequences=2)
+    for kw in (beams, samples):
+        torch.manual_seed(1)
+        cont = m.generate(first.sequences, max_new_tokens=3, **kw, **{key: copy.deepcopy(cache)})
+        torch.manual_seed(1)
+        assert torch.equal(cont, m.generate(first.sequences, max_new_tokens=3, **kw)), kw
+    with pytest.raises(ValueError, match="a cache of 2 sequences for input_ids of 4 rows"):
+        m.generate(torch.cat([first.sequences, first.sequences.flip(0)]), max_new_tokens=2, **{key: cache})

@@ -75,12 +75,69 @@ def _check_inputs(input_ids: Tensor | None, attention_mask: Tensor | None, input
     return True
 
 
+# keyword arguments of transformers' packed-sequence (padding-free) batches, e.g. DataCollatorWithFlattening's
+_PACKED_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx")
+
+
+def _check_positions(input_ids: Tensor, attention_mask: Tensor | None, cache: InnerloopCache | None,
+                     position_ids: Tensor | None, kwargs: dict[str, Any]) -> None:  # fmt: skip
+    """Refuse ``position_ids`` / ``cache_position`` other than the positions the model uses, and packed batches.
+
+    Every mixer reads a token's position from its state (tokens seen before it in the row), not from these
+    arguments: given, they must be ``past + [0, T)`` (past: the cache's tokens), any value on a right pad. A batch
+    packing several sequences into one row (positions restarting at 0, or ``cu_seq_lens_*`` / ``seq_idx``) would
+    otherwise carry each recurrent state from one sequence into the next, silently.
+    """
+    packed = [k for k in _PACKED_KWARGS if kwargs.get(k) is not None]
+    T = input_ids.shape[1]
+    past = 0 if cache is None else cache.get_seq_length()
+    want = torch.arange(past, past + T, device=input_ids.device)
+    for name, given in (("position_ids", position_ids), ("cache_position", kwargs.get("cache_position"))):
+        if given is None or packed:
+            continue
+        given = torch.as_tensor(given, device=input_ids.device)
+        rows_fit = given.dim() == 1 or (given.dim() == 2 and given.shape[0] in (1, len(input_ids)))
+        if not rows_fit or given.shape[-1] != T:
+            raise ValueError(f"{name} {tuple(given.shape)} does not fit input_ids {tuple(input_ids.shape)}")
+        ok = given == want
+        if name == "position_ids" and attention_mask is not None and attention_mask.shape == input_ids.shape:
+            ok = ok | ~attention_mask.bool()  # right pads: any position (HF's cumsum-1 gives them 1 or the last)
+        if not bool(ok.all()):
+            packed.append(name)
+    if packed:
+        raise NotImplementedError(f"{' and '.join(packed)} must be the positions the model uses: each row's tokens "
+                                  f"continue the cache ({past} tokens), positions {past}..{past + T - 1}. An innerloop "
+                                  "model reads positions from its recurrent state, so it cannot take packed sequences "
+                                  "(several in one row, e.g. DataCollatorWithFlattening: the state would carry from "
+                                  "one into the next) or other positions: use a padding collator (padding on the "
+                                  "right), or one sequence per row")  # fmt: skip
+
+
 def _refuse_padded_generation(attention_mask: Tensor | None) -> None:
     if attention_mask is not None and attention_mask.numel() and not bool(attention_mask.bool().all()):
         raise NotImplementedError("generate() with padding (zeros in attention_mask) is not supported: the decode "
                                   "state has one position for the whole batch, so rows of different lengths cannot "
                                   "continue together. Generate prompts of different lengths one at a time, or batch "
                                   "prompts of equal length")  # fmt: skip
+
+
+def _expand_cache_for(cache: InnerloopCache, input_ids: Tensor) -> None:
+    """Repeat each row of a cache passed to ``generate()`` as generate repeated its prompt rows.
+
+    ``num_beams`` / ``num_return_sequences > 1`` repeat every row of ``input_ids`` (``repeat_interleave``) but not a
+    cache given by the caller, whose states then no longer fit the batch. The cache's rows are repeated alike when the
+    rows of ``input_ids`` are copies in groups of the same size; any other batch mismatch is refused.
+    """
+    have, rows = cache.batch_size, input_ids.shape[0]
+    if have == rows or have <= 0:
+        return
+    k = rows // have
+    groups = input_ids.view(have, max(k, 1), -1) if rows % have == 0 else None
+    if groups is None or not bool((groups == groups[:, :1]).all()):
+        raise ValueError(f"generate() got a cache of {have} sequences for input_ids of {rows} rows: pass the "
+                         "sequences the cache has seen (e.g. the sequences generate returned with it), one row each; "
+                         "num_beams / num_return_sequences repeat them")  # fmt: skip
+    cache.batch_repeat_interleave(k)
 
 
 class InnerloopPreTrainedModel(PreTrainedModel):
@@ -144,11 +201,13 @@ class InnerloopPreTrainedModel(PreTrainedModel):
 
     def _lm_forward(self, input_ids: Tensor, cache: InnerloopCache | None, use_cache: bool | None,
                     attention_mask: Tensor | None, inputs_embeds: Tensor | None,
-                    output_hidden_states: bool | None = None) -> tuple[Tensor, Any, tuple | None]:  # fmt: skip
+                    output_hidden_states: bool | None = None, position_ids: Tensor | None = None,
+                    kwargs: dict[str, Any] | None = None) -> tuple[Tensor, Any, tuple | None]:  # fmt: skip
         """The final hidden states ``[B, T, C]`` from the cache's state, the cache updated in place (or None), and,
         with ``output_hidden_states``, every layer's hidden states as transformers gives them (the embeddings, each
         block's output but the last, the final normed states: ``num_hidden_layers + 1`` tensors), else None."""
         padded = _check_inputs(input_ids, attention_mask, inputs_embeds, cache)
+        _check_positions(input_ids, attention_mask, cache, position_ids, kwargs or {})
         if padded and use_cache:
             raise ValueError("use_cache=True with a right-padded batch: the returned state would have read the pads. "
                              "Pass use_cache=False (or leave it unset: a padded forward returns no cache)")  # fmt: skip
@@ -212,11 +271,13 @@ class InnerloopModel(InnerloopPreTrainedModel):
     def forward(
         self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, cache: Any = None,
         past_key_values: Any = None, use_cache: bool | None = None, inputs_embeds: Tensor | None = None,
-        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, position_ids: Tensor | None = None,
+        **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
-        """``input_ids [B, T]`` -> ``last_hidden_state [B, T, C]`` and the cache (an :class:`InnerloopCache`)."""
+        """``input_ids [B, T]`` -> ``last_hidden_state [B, T, C]`` and the cache (an :class:`InnerloopCache`);
+        ``position_ids`` as :meth:`InnerloopForCausalLM.forward`."""
         h, cache, all_h = self._lm_forward(input_ids, _cache_arg(cache, past_key_values), use_cache, attention_mask,
-                                           inputs_embeds, output_hidden_states)  # fmt: skip
+                                           inputs_embeds, output_hidden_states, position_ids, kwargs)  # fmt: skip
         out = BaseModelOutputWithPast(last_hidden_state=h, hidden_states=all_h, **{_CACHE_FIELD: cache})
         return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
@@ -282,7 +343,8 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
         self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, cache: Any = None,
         past_key_values: Any = None, use_cache: bool | None = None, labels: Tensor | None = None,
         logits_to_keep: int | Tensor = 0, inputs_embeds: Tensor | None = None, return_dict: bool | None = None,
-        num_items_in_batch: int | Tensor | None = None, output_hidden_states: bool | None = None, **kwargs: Any,
+        num_items_in_batch: int | Tensor | None = None, output_hidden_states: bool | None = None,
+        position_ids: Tensor | None = None, **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         """Logits of ``input_ids [B, T]`` continuing the cache's state, and the next-token loss given ``labels``.
 
@@ -298,6 +360,10 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
                 positions. Default: 0.
             num_items_in_batch (int, Optional): the Trainer's count of target tokens over accumulated micro-batches;
                 the loss is then the sum over this batch divided by it. Default: None (mean over this batch).
+            position_ids (Tensor, Optional): ``[B, T]`` or ``[1, T]``; only checked, since every mixer reads
+                positions from its state: they must continue the cache (``past + [0, T)``; any value on a right
+                pad). Packed sequences (positions restarting in a row, ``cu_seq_lens_*``: DataCollatorWithFlattening)
+                are refused, as is a ``cache_position`` other than ``past + [0, T)``. Default: None.
             output_hidden_states (bool, Optional): also return ``hidden_states``, as transformers models do (the
                 embeddings, each block's output, the final normed states). Default: ``config.output_hidden_states``.
             return_dict (bool, Optional): False returns ``to_tuple()`` of the output. Default: ``config.return_dict``.
@@ -305,7 +371,7 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
             CausalLMOutputWithPast: ``logits [B, T', V]`` (at least float32), ``loss``, and the cache.
         """
         h, cache, all_h = self._lm_forward(input_ids, _cache_arg(cache, past_key_values), use_cache, attention_mask,
-                                           inputs_embeds, output_hidden_states)  # fmt: skip
+                                           inputs_embeds, output_hidden_states, position_ids, kwargs)  # fmt: skip
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else logits_to_keep
         if isinstance(keep, int):
             keep = slice(None)
@@ -335,6 +401,7 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
             raise NotImplementedError("innerloop models generate from input_ids, not inputs_embeds")
         _refuse_padded_generation(attention_mask)
         if cache is not None and cache.get_seq_length() > 0:
+            _expand_cache_for(cache, input_ids)
             input_ids = input_ids[:, cache.get_seq_length():]
         inputs = {"input_ids": input_ids.contiguous(), "attention_mask": attention_mask, "use_cache": use_cache,
                   _CACHE_FIELD: cache}  # fmt: skip
