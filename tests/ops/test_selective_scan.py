@@ -284,6 +284,20 @@ def test_fused_available_runs_the_self_check_once(monkeypatch):
 
 
 @needs_kernel
+@pytest.mark.parametrize("mode", ["bf16-autocast", "inference_mode"])
+def test_the_cpu_self_check_ignores_the_callers_mode(monkeypatch, mode):
+    """The check is cached for the process: run in its first caller's bf16 autocast it missed the tolerance, under
+    inference_mode it raised, and the C kernel was off for every later call (which scan ran depended on the mode of
+    the first)."""
+    from innerloop.ops.selective_scan import fused
+
+    monkeypatch.setattr(fused, "_CHECKED", {})
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16-autocast" else torch.inference_mode()
+    with ctx:
+        assert fused.fused_scan_unavailable("cpu") is None
+
+
+@needs_kernel
 def test_the_float64_cpu_build_is_checked_on_its_own(monkeypatch):
     """The C kernel's float64 build is a separate library: a wrong one is refused while float32 is used."""
     from innerloop.ops.selective_scan import fused

@@ -58,7 +58,7 @@ def _choose_cuda_kernel(device: torch.device) -> tuple[Scan | None, str | None]:
     none did. A chunked kernel that fails while the sequential one passes is logged as a warning."""
     failures = []
     for name, fn in _cuda_kernels().items():
-        with self_check_mode(device):  # not the caller's bf16 autocast or inference_mode (the CPU check is unchanged)
+        with self_check_mode(device):  # not the caller's bf16 autocast or inference_mode
             failure = _self_check_failure(device, fn)
         if failure is None:
             if failures:
@@ -137,7 +137,8 @@ def fused_scan_unavailable(device: torch.device | str, dtype: torch.dtype = torc
         if device.type == "cuda":
             _CHECKED[key] = _choose_cuda_kernel(device)
         else:
-            failure = _self_check_failure(device, _kernel(device), cpu_dtype)
+            with self_check_mode(device):  # as on CUDA: not decided by the first caller's autocast/inference_mode
+                failure = _self_check_failure(device, _kernel(device), cpu_dtype)
             _CHECKED[key] = (_kernel(device), None) if failure is None else (
                 None, f"the kernel failed its self-check: {failure}")
     return _CHECKED[key][1]
