@@ -11,7 +11,6 @@ scaffold's :class:`~innerloop.runs.TrainLoop`.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -198,7 +197,9 @@ class Trainer(TrainLoop):
                 norm = total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             else:
                 grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-                norm = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads))
+                # one host sync for the whole norm (a float() per parameter stalled a GPU once per tensor)
+                norm = as_float(torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))) if grads else 0.0
             check_finite(norm, "gradient norm", self, step)
         except TrainingDivergedError:
             self.optimizer.zero_grad(set_to_none=True)

@@ -147,6 +147,16 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
 
+def test_the_logged_gradient_norm_without_clipping_is_the_clipping_norm(tmp_path):
+    """grad_clip 0 logs the norm by its own (one-sync) path: the same number clip_grad_norm_ reports."""
+    train_lm(tiny(tmp_path, "a", steps=3, eval_every=0, grad_clip=0.0))
+    train_lm(tiny(tmp_path, "b", steps=3, eval_every=0, grad_clip=1e9))  # never clips
+    a, b = read_log(tmp_path / "a" / "log.csv"), read_log(tmp_path / "b" / "log.csv")
+    assert [float(r["loss"]) for r in a] == [float(r["loss"]) for r in b]
+    assert [float(r["grad_norm"]) for r in a] == pytest.approx([float(r["grad_norm"]) for r in b], rel=1e-6)
+    assert all(float(r["grad_norm"]) > 0 for r in a)
+
+
 def test_ttt_mlp_inner_lr_warmup(tmp_path):
     seen = []
 
