@@ -109,14 +109,15 @@ fi
 
 # ---- LM decode (CUDA graphs over static state) and LM-level benchmark (issue 11 items 4 and 6): at most 160 s ----
 if want decode-tests; then
-log "gpu-marked decode tests (graph-captured generate equals eager, every mixer)"
-timeout "$(limit 50)" $PY -m pytest -q -m gpu tests/models/test_lm_decoding.py -p no:cacheprovider \
+log "gpu-marked decode tests (graph-captured generate equals eager, every mixer) + GPU resume and optimizer tests"
+timeout "$(limit 50)" $PY -m pytest -q -m gpu tests/models/test_lm_decoding.py tests/runs/test_loop.py \
+  tests/optim/test_torch_optim.py -p no:cacheprovider \
   --junitxml="$OUT/pytest_gpu_decode.xml" > "$OUT/pytest_gpu_decode.txt" 2>&1
 log "decode tests exit $?"
 tail -n 5 "$OUT/pytest_gpu_decode.txt" | tee -a "$OUT/gpu_check.log"
 fi
 if want lm; then
-log "benchmark (LM level: 4 layers, width 768, every mixer, bf16: decode eager/static/graph, fwd, train)"
+log "benchmark (LM level: 4 layers, width 768, every mixer, bf16: decode, fwd, train; rows say which scan ran)"
 # shellcheck disable=SC2086
 timeout "$(limit 110)" $PY benchmarks/gpu_lm.py --out "$OUT/gpu_lm.jsonl" --budget 85 $BENCH_ARGS > "$OUT/gpu_lm.txt" 2>&1
 log "lm benchmark exit $?"
