@@ -109,9 +109,9 @@ fi
 
 # ---- LM decode (CUDA graphs over static state) and LM-level benchmark (issue 11 items 4 and 6): at most 160 s ----
 if want decode-tests; then
-log "gpu-marked decode tests (graph-captured generate equals eager, every mixer) + GPU resume and optimizer tests"
+log "gpu-marked decode tests (graph-captured generate equals eager, every mixer) + GPU resume, optimizer and RL² pairing tests"
 timeout "$(limit 50)" $PY -m pytest -q -m gpu tests/models/test_lm_decoding.py tests/runs/test_loop.py \
-  tests/optim/test_torch_optim.py -p no:cacheprovider \
+  tests/optim/test_torch_optim.py tests/rl/test_rl2_trainer.py -p no:cacheprovider \
   --junitxml="$OUT/pytest_gpu_decode.xml" > "$OUT/pytest_gpu_decode.txt" 2>&1
 log "decode tests exit $?"
 tail -n 5 "$OUT/pytest_gpu_decode.txt" | tee -a "$OUT/gpu_check.log"

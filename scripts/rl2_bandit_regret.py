@@ -36,7 +36,7 @@ def agent_regret(run: str, checkpoint: str | None, trials: int, seed: int) -> tu
 def baseline_regret(name: str, cfg, trials: int, seed: int, probs: torch.Tensor) -> np.ndarray:
     """``[trials, pulls]`` expected regret of baseline ``name`` on the agent's tasks, as `rl eval --paired` plays
     it."""
-    arms, _, p = play_bandit_trials(name, cfg.arms, cfg.episodes, trials, seed)
+    arms, _, p = play_bandit_trials(name, cfg.arms, cfg.episodes, trials, seed, cfg.device)  # the agent's draws
     assert np.allclose(p, probs.numpy()), "the baseline must play the agent's tasks"
     return p.max(1, keepdims=True) - np.take_along_axis(p, arms, 1)
 

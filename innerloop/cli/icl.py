@@ -81,7 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from innerloop.icl.compare import budget_text, compare
+    from innerloop.icl.compare import budget_text, compare, short_budget_text
     from innerloop.icl.learners import learner_kind
 
     for name in args.learners:
@@ -106,5 +106,7 @@ def run_compare(args: argparse.Namespace) -> int:
             continue
         print(f"K={r['shots']:<3} {r['learner']:<11} MSE in {r['mse_in']:.4f} +- {r['ci95_in']:.4f}, OOD "
               f"{r['mse_ood']:.3g}, train {r['train_seconds']:.1f} s, {r['ms_per_task']:.2f} ms/task")  # fmt: skip
+    if short := short_budget_text(rows, first):
+        print(short)
     print(f"wrote {args.out}/compare.csv, compare.md, error_vs_shots.png, cost.png")
     return 0

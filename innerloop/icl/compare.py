@@ -32,7 +32,7 @@ from innerloop.runs import config_diff, read_config
 from .trainer import ICLConfig, train, upgrade_config
 
 __all__ = ["CLASSIFICATION_FIELDS", "FIELDS", "baseline_rows", "budget_text", "compare", "fields", "finished_metrics",
-           "markdown_table"]  # fmt: skip
+           "markdown_table", "short_budget_text"]  # fmt: skip
 
 FIELDS = ["task", "shots", "learner", "kind", "params", "train_tasks", "train_seconds", "mse_in", "ci95_in",
           "mse_ood", "ci95_ood", "ms_per_task"]  # fmt: skip
@@ -55,6 +55,18 @@ def budget_text(cfg: ICLConfig) -> str:
             f"{cfg.seed}); compute per task differs (see train_seconds).")
 
 
+def short_budget_text(rows: Sequence[dict[str, Any]], cfg: ICLConfig) -> str:
+    """A sentence naming the trained learners of ``rows`` that saw fewer meta-training tasks than ``cfg``'s budget
+    (a run stopped early by ``--max-seconds``), or ``""`` when every one had the full budget."""
+    planned = cfg.steps * cfg.meta_batch
+    short = [f"{r['learner']} (K={r['shots']}) {r['train_tasks']}" for r in rows
+             if r["kind"] != "baseline" and int(r["train_tasks"]) < planned]  # fmt: skip
+    if not short:
+        return ""
+    return (f"NOT an equal budget: stopped early (time budget) after fewer than the {planned} tasks: "
+            f"{', '.join(short)} tasks; run the same command again to finish them.")
+
+
 def _task_label(cfg: ICLConfig) -> str:
     if cfg.task == "linear":
         return f"linear d={cfg.dim}" + (f" noise={cfg.noise:g}" if cfg.noise else "")
@@ -69,6 +81,12 @@ def _run_name(cfg: ICLConfig) -> str:
     return f"{cfg.task}-{cfg.shots}shot-{cfg.learner}"
 
 
+def _budget(rows: Sequence[dict[str, Any]], cfg: ICLConfig) -> str:
+    """:func:`budget_text`, followed by :func:`short_budget_text` where some learner did not get the budget."""
+    short = short_budget_text(rows, cfg)
+    return budget_text(cfg) + (f" **{short}**" if short else "")
+
+
 def _table_row(r: dict[str, Any], scores: str) -> str:
     """One row of the comparison table: K, learner, kind, cost cells (``-`` for untrained baselines), ``scores``."""
     trained = r["kind"] != "baseline"
@@ -79,7 +97,7 @@ def _table_row(r: dict[str, Any], scores: str) -> str:
 
 def _classification_table(rows: Sequence[dict[str, Any]], cfg: ICLConfig) -> str:
     lines = [
-        f"Task: Omniglot {cfg.ways}-way K-shot, {cfg.image_size}x{cfg.image_size}. {budget_text(cfg)}",
+        f"Task: Omniglot {cfg.ways}-way K-shot, {cfg.image_size}x{cfg.image_size}. {_budget(rows, cfg)}",
         f"Test: {cfg.eval_tasks} fixed tasks (seed 2000), K support + {cfg.test_points} query images per class; query "
         f"accuracy +- 95% CI over tasks. In distribution: held-out characters of the training (background) alphabets; "
         f"OOD: the 20 evaluation alphabets. Gradient learners: MAML's Omniglot CNN (4 x 64 filters, batch-statistic "
@@ -102,7 +120,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], cfg: ICLConfig) -> str:
         return _classification_table(rows, cfg)
     ood = ("amplitude U[5, 10], phase U[pi, 2 pi]" if cfg.task == "sinusoid" else "w scaled by 3")
     lines = [
-        f"Task: {_task_label(cfg)}. {budget_text(cfg)}",
+        f"Task: {_task_label(cfg)}. {_budget(rows, cfg)}",
         f"Test: {cfg.eval_tasks} fixed tasks (seed 2000), K support + {cfg.test_points} query points; MSE +- 95% CI "
         f"over tasks. OOD: {ood}. Gradient learners: MLP 1-40-40-1 (d-40-40-1), inner lr {cfg.inner_lr}, "
         f"{cfg.inner_steps} inner step(s) in training, {cfg.test_steps} at test. In-context learners: "

@@ -238,12 +238,15 @@ def train(cfg: ICLConfig, *, evaluate_after: bool = True, fresh: bool = False, e
         progress (bool, Optional): a progress bar. Default: False.
 
     Returns:
-        dict: the training summary (``train_seconds``, ``steps``, ...) plus, with ``evaluate_after``, the metrics of
-        :func:`evaluate`, the learner's ``kind``, ``params`` and ``train_tasks``.
+        dict: the training summary (``train_seconds``, ``steps``, ``stopped_early``, ...), the learner's ``kind``,
+        ``params`` and ``train_tasks`` (the meta-training tasks it was trained on: ``steps`` done x ``meta_batch``,
+        fewer than planned when the run stopped early) plus, with ``evaluate_after``, the metrics of
+        :func:`evaluate`.
     """
     learner, opt = build(cfg)
     trainer = ICLTrainer(cfg, learner, opt, fresh=fresh, extend=extend, callbacks=callbacks, progress=progress)
     summary = {**trainer.fit(), **trainer.resolved_config()}
+    summary["train_tasks"] = summary["steps"] * cfg.meta_batch  # seen, not planned: a run stopped early saw fewer
     if not evaluate_after:
         return summary
     metrics = {**summary, **evaluate(cfg, learner)}

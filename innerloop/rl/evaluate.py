@@ -44,7 +44,8 @@ def _agent_rng(seed: int, chunk: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, chunk, zlib.crc32(name.encode())])
 
 
-def run_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: int = 0, **options) -> np.ndarray:
+def run_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: int = 0, device: str = "cpu",
+                      **options) -> np.ndarray:  # fmt: skip
     """Total reward of ``trials`` trials of ``pulls`` pulls of k-armed Bernoulli bandits, played by ``name``.
 
     Args:
@@ -53,15 +54,18 @@ def run_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: i
         pulls (int): n >= 1, pulls per trial.
         trials (int): B >= 1, trials played at once.
         seed (int): seeds the tasks and the rewards (the env) and the agent. Default: 0.
+        device (str, Optional): where the env draws its tasks and rewards. A seed draws other numbers on a GPU than
+            on the CPU, so the trials of an agent whose env is on ``device`` are replayed only on the same device.
+            Default: ``"cpu"``.
         **options: the strategy's options (e.g. ``epsilon``, ``c``).
 
     Returns:
         np.ndarray: ``[trials]`` total reward per trial.
     """
-    return play_bandit_trials(name, num_arms, pulls, trials, seed, **options)[1].sum(1)
+    return play_bandit_trials(name, num_arms, pulls, trials, seed, device, **options)[1].sum(1)
 
 
-def play_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: int = 0,
+def play_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: int = 0, device: str = "cpu",
                        **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """The trials of :func:`run_bandit_trials` (same arguments, same draws), pull by pull.
 
@@ -71,7 +75,7 @@ def play_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: 
     """
     if pulls < 1:
         raise ValueError(f"pulls must be >= 1, got {pulls}")
-    env = BernoulliBandit(num_arms, batch_size=trials, seed=seed)
+    env = BernoulliBandit(num_arms, batch_size=trials, seed=seed, device=device)
     env.sample_tasks()
     agent = make_bandit_agent(name, trials, num_arms, pulls, _agent_rng(seed, 0, name), **options)
     arms, rewards = np.zeros((trials, pulls), dtype=np.int64), np.zeros((trials, pulls))
@@ -79,13 +83,13 @@ def play_bandit_trials(name: str, num_arms: int, pulls: int, trials: int, seed: 
         env.reset()
         arms[:, t] = agent.act()
         _, reward, _ = env.step(torch.from_numpy(arms[:, t]))
-        rewards[:, t] = reward.numpy()
+        rewards[:, t] = reward.cpu().numpy()
         agent.update(arms[:, t], rewards[:, t])
-    return arms, rewards, env.probs.numpy()
+    return arms, rewards, env.probs.cpu().numpy()
 
 
 def run_mdp_trials(name: str, episodes: int, trials: int, seed: int = 0, num_states: int = 10, num_actions: int = 5,
-                   horizon: int = 10, **options) -> np.ndarray:  # fmt: skip
+                   horizon: int = 10, device: str = "cpu", **options) -> np.ndarray:  # fmt: skip
     """Total reward of ``trials`` trials of ``episodes`` episodes of random tabular MDPs, played by ``name``.
 
     Args:
@@ -94,6 +98,7 @@ def run_mdp_trials(name: str, episodes: int, trials: int, seed: int = 0, num_sta
         trials (int): B >= 1.
         seed (int): seeds the env and the agent. Default: 0.
         num_states, num_actions, horizon (int): the MDPs' size. Default: 10, 5, 10 (RL²'s).
+        device (str, Optional): where the env draws (see :func:`run_bandit_trials`). Default: ``"cpu"``.
         **options: the strategy's options (e.g. ``epsilon``, ``c``).
 
     Returns:
@@ -101,17 +106,17 @@ def run_mdp_trials(name: str, episodes: int, trials: int, seed: int = 0, num_sta
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    env = TabularMDP(num_states, num_actions, horizon, batch_size=trials, seed=seed)
+    env = TabularMDP(num_states, num_actions, horizon, batch_size=trials, seed=seed, device=device)
     env.sample_tasks()
     agent = make_mdp_agent(name, trials, num_states, num_actions, horizon, _agent_rng(seed, 0, name), **options)
     total = np.zeros(trials)
     for _ in range(episodes):
-        states = env.reset().numpy()
+        states = env.reset().cpu().numpy()
         agent.start_episode()
         for h in range(horizon):
             actions = agent.act(states, h)
             next_states, reward, _ = env.step(torch.from_numpy(actions))
-            next_states, reward = next_states.numpy(), reward.numpy()
+            next_states, reward = next_states.cpu().numpy(), reward.cpu().numpy()
             agent.update(states, actions, reward, next_states)
             total += reward
             states = next_states

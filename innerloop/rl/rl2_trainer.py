@@ -301,12 +301,15 @@ def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False, seed: 
 
 
 def _paired(cfg: RL2Config, returns: torch.Tensor, name: str, seed: int) -> dict[str, float]:
-    """Baseline ``name`` on the trials of ``seed`` (one batch, as the agent's) and the per-trial difference."""
+    """Baseline ``name`` on the trials of ``seed`` (one batch, as the agent's) and the per-trial difference.
+
+    The baseline's env is seeded as the agent's and lives on the same device (a seed draws other tasks and outcomes
+    on a GPU than on the CPU), so both play the very same trials."""
     n = len(returns)
     if cfg.env == "bandit":
-        base = run_bandit_trials(name, cfg.arms, cfg.episodes, n, seed)
+        base = run_bandit_trials(name, cfg.arms, cfg.episodes, n, seed, device=cfg.device)
     else:
-        base = run_mdp_trials(name, cfg.episodes, n, seed, cfg.states, cfg.actions, cfg.horizon)
+        base = run_mdp_trials(name, cfg.episodes, n, seed, cfg.states, cfg.actions, cfg.horizon, device=cfg.device)
     b = torch.from_numpy(base).double()
     (mean, ci), (diff, diff_ci) = mean_ci95(b), mean_ci95(returns - b)
     return {"mean": mean, "ci95": ci, "diff": diff, "diff_ci95": diff_ci}

@@ -42,6 +42,23 @@ def test_compare_linear_in_python(tmp_path):
     assert all(r["mse_ood"] > 0 for r in rows)
 
 
+def test_a_learner_stopped_early_is_reported_with_the_tasks_it_saw(tmp_path):
+    """A run cut short by --max-seconds used to report the planned tasks (steps x meta-batch), and the table said
+    "Equal budget" over learners that had seen different numbers of tasks."""
+    import json
+
+    kw = dict(steps=3, meta_batch=2, dim=2, hidden_size=8, num_layers=1, num_heads=2, eval_tasks=3, eval_points=4)
+    rows = compare("linear", [3], ["fomaml"], tmp_path / "short", max_seconds=1e-9, **kw)  # stops after 1 step
+    m = json.loads((tmp_path / "short" / "runs" / "linear-3shot-fomaml" / "metrics.json").read_text())
+    assert m["steps"] == 1 and m["stopped_early"] and m["train_tasks"] == 1 * 2
+    assert rows[0]["learner"] == "fomaml" and rows[0]["train_tasks"] == 2
+    md = (tmp_path / "short" / "compare.md").read_text()
+    assert "NOT an equal budget" in md and "fomaml (K=3) 2 tasks" in md
+    full = compare("linear", [3], ["fomaml"], tmp_path / "full", **kw)
+    assert full[0]["train_tasks"] == 3 * 2
+    assert "NOT an equal budget" not in (tmp_path / "full" / "compare.md").read_text()
+
+
 def test_baselines_are_exact_where_they_should_be(tmp_path):
     """Least squares recovers noiseless linear tasks with K >= d (MSE ~ 0) and not with K < d; zero predicts E[y^2]."""
     from innerloop.icl.compare import baseline_rows

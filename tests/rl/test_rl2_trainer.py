@@ -324,3 +324,49 @@ def test_cli_refuses_settings_of_the_other_env(tmp_path, capsys, argv, flag):
     assert main(["rl", "train", "--algo", "rl2", *argv, "--steps", "1", "--out", str(tmp_path / "r")]) == 2
     assert f"{flag}: not a setting of --env" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("env", ["bandit", "mdp"])
+def test_paired_baselines_draw_on_the_agents_device(monkeypatch, env):
+    """A seed draws other tasks and outcomes on a GPU than on the CPU: `--paired` on a cuda run used to play the
+    baselines on CPU trials, not the agent's (a paired difference of two independent samples, labelled paired)."""
+    import numpy as np
+
+    from innerloop.rl import rl2_trainer
+
+    seen = []
+
+    def stub(*args, device="not given", **kwargs):
+        seen.append(device)
+        return np.zeros(4)
+
+    monkeypatch.setattr(rl2_trainer, "run_bandit_trials", stub)
+    monkeypatch.setattr(rl2_trainer, "run_mdp_trials", stub)
+    cfg = config("unused", env=env)
+    cfg.device = "cuda:3"  # set after the config's checks: nothing runs there (the baselines' runners are stubs)
+    rl2_trainer._paired(cfg, torch.ones(4, dtype=torch.float64), "random", 11)
+    assert seen == ["cuda:3"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("env", ["bandit", "mdp"])
+def test_paired_baselines_play_the_same_trials_on_a_gpu(tmp_path, env):
+    import numpy as np
+
+    from innerloop.rl.envs import TabularMDP
+    from innerloop.rl.evaluate import play_bandit_trials
+
+    kw = dict(env=env, states=3, actions=2, horizon=2, episodes=3, trials=4, steps=1, eval_trials=40, device="cuda")
+    run(tmp_path / "r", **kw)
+    cfg, policy, _ = load_rl2(tmp_path / "r")
+    r = evaluate_rl2(cfg, policy, seed=11, paired=["random"])
+    assert r["paired"]["random"]["diff_ci95"] > 0
+    trials = cfg.make_trials(40)
+    trials.reset(seed=11)
+    if env == "bandit":
+        probs = play_bandit_trials("random", cfg.arms, cfg.episodes, 40, 11, device=cfg.device)[2]
+        assert np.array_equal(trials.env.probs.cpu().numpy(), probs)
+    else:
+        other = TabularMDP(3, 2, 2, 40, seed=11, device=cfg.device)
+        other.sample_tasks()
+        assert torch.equal(trials.env.transitions, other.transitions)
