@@ -1,8 +1,9 @@
 """Gradient flow through time: ``‖∂L/∂h_t‖`` against the distance ``T - 1 - t`` from the loss, for any mixer.
 
-``h_t`` is the representation entering the first mixer block at step ``t`` (the embedded input, ``[B, T, C]``), so
-``∂L/∂h_t`` is everything the loss at the last step sends back to step ``t`` through the recurrence (for a vanilla
-RNN, ``W_xh^T ∂L/∂a_t`` with ``a_t`` the pre-activation). Vanishing gradients show as a norm decaying with distance,
+``h_t`` is the representation entering the first mixer block at step ``t`` (the embedded input, ``[B, T, C]``, before
+the block's RMSNorm), so ``∂L/∂h_t`` is everything the loss at the last step sends back to step ``t`` through the
+recurrence (for a one-layer vanilla RNN and ``t < T - 1``, ``J_norm(h_t)^T W_xh^T ∂L/∂a_t`` with ``a_t`` the
+pre-activation and ``J_norm`` the norm's Jacobian). Vanishing gradients show as a norm decaying with distance,
 exploding ones as a norm growing with it. The loss is the adding problem's (scored at the last step only), so every
 step's gradient must travel the whole distance.
 """

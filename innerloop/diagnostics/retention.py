@@ -61,7 +61,7 @@ def probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
     a, b = ((train_x - mu) / sd).double(), ((test_x - mu) / sd).double()
     Y = F.one_hot(train_y, num_classes).double() - 1.0 / num_classes
     n, d = a.shape
-    if d > n:  # dual: W = A^T (A A^T + λ n I)^{-1} Y
+    if d > n:  # dual: W = A^T (A A^T + λ I)^{-1} Y, λ = ridge * d as in the primal branch (the same W)
         K = a @ a.T + ridge * d * torch.eye(n, dtype=a.dtype)
         pred = b @ (a.T @ torch.linalg.solve(K, Y))
     else:

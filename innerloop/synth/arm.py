@@ -1,8 +1,10 @@
 """Rollouts of a trained model on the 2-link-arm task (:mod:`innerloop.data.synthetic.arm`): error vs horizon, plot.
 
-A rollout reads the first ``task.context`` true steps, then feeds the model its own predicted joint angles for
-``task.horizon`` steps. :func:`arm_report` writes the joint-angle error (rad) per horizon step (``rollout.csv``) and a
-plot of predicted vs true end-effector paths (``trajectories.png``); the harness runs it after training on ``arm``.
+A rollout reads the first ``task.context`` true steps (inputs at ``q_0 .. q_{c-1}``), then predicts ``task.horizon``
+steps from the true ``q_c`` on, each input after the first being its own previous prediction (so horizon 1 is a
+one-step prediction from true angles, horizon ``h`` has fed back ``h - 1`` predictions). :func:`arm_report` writes the
+joint-angle error (rad) per horizon step (``rollout.csv``) and a plot of predicted vs true end-effector paths
+(``trajectories.png``); the harness runs it after training on ``arm``.
 """
 
 from __future__ import annotations

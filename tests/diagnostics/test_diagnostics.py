@@ -171,3 +171,65 @@ def test_inner_losses_use_the_layers_own_views_and_loss():
             z = torch.nn.functional.layer_norm(z, (8,), eps=layer.eps) * layer.ttt_norm_weight + layer.ttt_norm_bias
             want = 0.5 * (z - (v - k)).pow(2).sum(-1).mean()
             torch.testing.assert_close(got["W0"][t], want.detach())
+
+
+class _LinearRNN(torch.nn.Module):
+    """``h_t = a h_{t-1} + e_t`` on the embedded inputs ``e``, read out at every step: ``∂L/∂e_t ∝ a^(T-1-t)``."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a, self.embed = a, torch.nn.Linear(2, 3)
+
+    def embed_inputs(self, x):
+        return self.embed(x)
+
+    def forward_embedded(self, e, state=None):
+        h, hs = torch.zeros_like(e[:, 0]), []
+        for t in range(e.shape[1]):
+            h = self.a * h + e[:, t]
+            hs.append(h)
+        return torch.stack(hs, 1).sum(-1, keepdim=True), None
+
+
+@pytest.mark.parametrize("a", [0.7, -1.3])
+def test_gradient_norms_linear_rnn_by_hand(a):
+    """A linear recurrence scored at the last step only (the adding problem): ‖∂L/∂h_t‖ = |a|^(T-1-t) ‖∂L/∂h_(T-1)‖
+    exactly, so index t of the result is distance T-1-t from the loss (vanishing for |a| < 1, exploding for > 1)."""
+    torch.manual_seed(0)
+    b = make_task("adding").sample(4, 12, torch.Generator().manual_seed(0))
+    norms = gradient_norms(_LinearRNN(a), b.inputs, b.targets, b.mask).double()
+    distance = torch.arange(11, -1, -1, dtype=torch.float64)
+    torch.testing.assert_close(norms / norms[-1], abs(a) ** distance, rtol=1e-5, atol=0)  # float32 model
+
+
+def test_inner_losses_mini_batch_weights_against_a_token_by_token_reference():
+    """With mini-batch TTT (b = 4, heads 2) every token's W_(t-1) and W_t are the inner models a from-scratch reference
+    builds: W_t = W_s - tau_i * sum_(j<=i) lr_j grad l(W_s; x_j) from the mini-batch start W_s, and W_(t-1) is the
+    previous token's W_t (W_0 for the first token); no off-by-one at the mini-batch boundaries."""
+    torch.manual_seed(0)
+    layer = TTTLinear(16, 2, mini_batch_size=4, mode="naive").double()
+    with torch.no_grad():
+        layer.learnable_ttt_lr_bias.fill_(3.0)  # large inner steps, so neighbouring weights differ clearly
+    x = torch.randn(2, 10, 16, dtype=torch.float64)
+    got = inner_losses(layer, x)
+    state = layer.init_state(2, dtype=torch.float64)
+    with torch.no_grad():
+        _, XK, XV, _, _ = layer.views(x, state)
+        lr, tau = layer.lr_gate(x), layer.tau()  # [B, T, H], [b]
+    w0 = w_prev = tuple(p.detach() for p in state.ttt.params)
+    want = {"W0": [], "W_prev": [], "W_t": []}
+    for t in range(10):
+        i = t % 4
+        if i == 0:  # a new mini-batch starts from the last token's weights
+            w_s, acc = w_prev, tuple(torch.zeros_like(p) for p in w_prev)
+        k, v = XK[:, t], XV[:, t]
+        g = torch.func.grad(lambda p, k=k, v=v: layer.inner_loss(p, k, v).sum())(w_s)
+        gate = lr[:, t]  # [B, H]
+        acc = tuple(a + gate.view(*gate.shape, *(1,) * (gi.dim() - 2)) * gi for a, gi in zip(acc, g))
+        w_t = tuple(p - tau[i] * a for p, a in zip(w_s, acc))
+        for key, w in (("W0", w0), ("W_prev", w_prev), ("W_t", w_t)):
+            want[key].append(float(layer.inner_loss(w, k, v).mean().detach()))
+        w_prev = w_t
+    for key in want:
+        torch.testing.assert_close(got[key], torch.tensor(want[key], dtype=torch.float64))
+    assert (got["W_prev"][1:] != got["W0"][1:]).all() and (got["W_t"] != got["W_prev"]).all()

@@ -213,7 +213,9 @@ class MQAR(SyntheticTask):
     Keys are tokens ``0 .. V//2 - 1``, values ``V//2 .. V-1``. ``length`` = ``N`` key-value pairs (distinct keys).
     ``inputs = [k_1, v_1, .., k_N, v_N, q_1 .. q_Q]`` with the queries a random order of ``Q = N`` of the keys
     (``num_queries`` caps ``Q``); ``targets`` = IGNORE on the pairs, the queried key's value at each query.
-    Baselines: uniform value guess ``1 / (V - V//2)``; guessing among the ``N`` values in context ``1 / N``.
+    Values are drawn independently (with replacement, so pairs may share a value; Zoology draws them without).
+    Baselines: uniform value guess ``1 / M`` (``M = V - V//2`` value tokens); guessing one of the ``N`` values in
+    context ``(1 + (N - 1) / M) / N`` (the right one, or another pair's equal value), not ``1 / N``.
     """
 
     name = "mqar"
@@ -239,7 +241,8 @@ class MQAR(SyntheticTask):
         return SynthBatch(inputs, targets, targets != IGNORE)
 
     def baseline(self, length: int) -> dict[str, float]:
-        return {"token_acc": 1.0 / (self.vocab_size - self.vocab_size // 2), "context_guess_acc": 1.0 / length}
+        m = self.vocab_size - self.vocab_size // 2  # value tokens; values repeat, so a context guess also hits copies
+        return {"token_acc": 1.0 / m, "context_guess_acc": (1.0 + (length - 1) / m) / length}
 
 
 for _task in (Copy, CopyingMemory, SelectiveCopy, Reverse, Adding, Addition, MQAR):
