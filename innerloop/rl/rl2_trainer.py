@@ -162,6 +162,12 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 1) % (2**62)
 
 
+def _training_step_of(cfg: RL2Config, seed: int) -> int | None:
+    """The training step whose tasks ``seed`` draws (:func:`_step_seed` of ``cfg.seed``), or None if none does."""
+    offset = (seed - _step_seed(cfg.seed, 0)) % (2**62)
+    return offset // 7919 if offset % 7919 == 0 and offset // 7919 < cfg.steps else None
+
+
 class RL2Trainer(TrainLoop):
     """One step: a rollout of ``cfg.trials`` trials, GAE, and ``epochs x minibatches`` PPO updates.
 
@@ -283,6 +289,10 @@ def evaluate_rl2(cfg: RL2Config, policy: RL2Policy, greedy: bool = False, seed: 
     names = list(paired)
     for name in names:
         check_choice(f"{cfg.env} baseline", name, BASELINES[cfg.env])
+    step = _training_step_of(cfg, seed)
+    if step is not None:
+        raise ValueError(f"eval seed {seed} is the seed of training step {step} (seed {cfg.seed}): its test trials "
+                         f"would be tasks the agent trained on; choose another --eval-seed")  # fmt: skip
     trials = cfg.make_trials(cfg.eval_trials)
     g = torch.Generator(cfg.device)
     g.manual_seed(seed)

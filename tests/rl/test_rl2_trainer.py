@@ -370,3 +370,18 @@ def test_paired_baselines_play_the_same_trials_on_a_gpu(tmp_path, env):
         other = TabularMDP(3, 2, 2, 40, seed=11, device=cfg.device)
         other.sample_tasks()
         assert torch.equal(trials.env.transitions, other.transitions)
+
+
+def test_an_eval_seed_that_drew_training_tasks_is_refused():
+    """Any eval seed equal to a training step's seed (e.g. 7920 with seed 0: step 1) replayed that step's tasks as
+    test trials; the default and RESULTS' seeds draw none."""
+    from innerloop.rl.rl2_trainer import _step_seed
+
+    cfg = config("unused")
+    policy, _ = build_rl2(cfg)
+    for step in (0, 1, STEPS - 1):
+        with pytest.raises(ValueError, match=f"seed of training step {step} "):
+            evaluate_rl2(cfg, policy, seed=_step_seed(cfg.seed, step))
+    assert _step_seed(0, 1) == 7920
+    for seed in (EVAL_SEED, 3000, _step_seed(cfg.seed, STEPS)):  # not drawn by training: fine
+        assert evaluate_rl2(cfg, policy, seed=seed)["trials"] == cfg.eval_trials
