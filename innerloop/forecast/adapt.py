@@ -14,8 +14,10 @@ nothing else is. Both protocols walk ``i = 0, 1, ...`` and may use, for window `
   token), so it is refused.
 - ``online`` (protocol b, TAFAS-style): before predicting windows ``i .. i+u-1`` (``u = update_every``), take
   ``steps`` gradient steps on the MSE of the newest **fully revealed** windows: window ``j`` is revealed at ``p_i``
-  when its last target row ``j + L + H - 1 < p_i``, i.e. ``j <= i - H``. With ``partial``, the windows ``j > i - H``
-  are used too, their loss masked to the target rows ``< p_i`` (TAFAS's partially observed ground truth). The
+  when its last target row ``j + L + H - 1 < p_i``, i.e. ``j <= i - H``. With ``partial``, the newest windows are
+  ``j <= i - 1`` instead, their loss masked to the target rows ``< p_i`` (TAFAS's partially observed ground truth):
+  windows ``j > i - H`` count with their revealed rows only, and with ``adapt_windows <= update_every`` a window is
+  used at most once, so its later rows never enter an update (with ``update_every = 1``, only its first). The
   parameters updated are ``all``, ``norm_head`` (RevIN, the RMSNorms and the head of a patch model), or a small
   ``adapter`` added after the forecaster (:class:`ForecastAdapter`, the identity at the start); the optimizer
   (SGD or Adam) keeps its state along the walk. The trained model is copied: the caller's is never changed.
@@ -23,8 +25,8 @@ nothing else is. Both protocols walk ``i = 0, 1, ...`` and may use, for window `
 Both walks also run the frozen model (fresh state, no update) on the same batches, so one call returns the metrics
 with and without adaptation and the wall time of each path. :func:`adapt_model` never reads the targets of a window
 before its prediction time: ``trace`` records, for every update, the prediction time and the last target row the
-update read (the tests assert ``last < time``, and that NaN written into every row ``>= p_i`` leaves the
-predictions up to window ``i`` unchanged).
+update read (the tests assert ``last < time``, and that NaN or 1e6 written into every row ``>= p_i`` leaves the
+predictions up to window ``i`` bit-identical in a walk of the whole split, for every model kind and setting).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class AdaptConfig:
     adapt_optimizer: str = "adam"  # online: optimizer of the updates (its state is kept along the walk)
     update_every: int = 1  # online: windows predicted between updates (1 = an update before every prediction)
     adapt_windows: int = 0  # online: newest revealed windows per update; 0 = update_every (each used once)
-    adapt_partial: bool = False  # online: also use partly revealed windows, the loss masked to rows already seen
+    adapt_partial: bool = False  # online: the newest windows incl. partly revealed ones, loss masked to rows seen
     adapter_rank: int = 4  # online with adapter: rank of its low-rank map along the horizon
     limit: int = 0  # walk only the first N windows (0 = all); for quick looks and plots
     seed: int = 0  # online with adapter: seed of the adapter's initialisation
@@ -214,7 +216,8 @@ def adapt_model(model: nn.Module, windows: WindowDataset, cfg: AdaptConfig, retu
     Returns:
         dict: ``mse``, ``mae`` (adapted), ``frozen_mse``, ``frozen_mae``, ``windows``, ``seconds`` and
         ``frozen_seconds`` (wall time of each path over the walk), ``ms_per_window`` and ``frozen_ms_per_window``,
-        ``extra_ms_per_window``, ``updates``, ``params_updated`` (numbers changed by the updates), ``extra_floats``
+        ``extra_ms_per_window`` (the gather of the windows' inputs, which both paths read, is timed in neither),
+        ``updates``, ``params_updated`` (numbers changed by the updates; 0 without an update), ``extra_floats``
         (numbers kept besides the frozen model's: the carried states; or the optimizer's state, the gradients and the
         adapter's weights; the activations of the backward pass are not counted).
     """
@@ -254,6 +257,7 @@ def adapt_model(model: nn.Module, windows: WindowDataset, cfg: AdaptConfig, retu
         w = cfg.adapt_windows or u
         offsets = torch.arange(H)
         for i in range(0, n, u):
+            x_now, _ = windows.batch(torch.arange(i, min(i + u, n)))  # both paths' input, timed in neither
             t0 = time.perf_counter()
             newest = i - 1 if cfg.adapt_partial else i - H  # the newest window with any / all targets before p_i
             if newest >= 0:
@@ -271,16 +275,18 @@ def adapt_model(model: nn.Module, windows: WindowDataset, cfg: AdaptConfig, retu
                     loss.backward()
                     opt.step()
                 updates += 1
-            x, _ = windows.batch(torch.arange(i, min(i + u, n)))
             with torch.no_grad():
-                preds[i : i + u] = work(x)
+                preds[i : i + u] = work(x_now)
             seconds += time.perf_counter() - t0
-            frozen[i : i + u], dt = _frozen(model, x)
+            frozen[i : i + u], dt = _frozen(model, x_now)
             frozen_seconds += dt
-        params_updated = sum(p.numel() for p in params)
-        # kept besides the model: the optimizer's state and the gradients (and the adapter, which is new weights)
-        extra = sum(state_floats(s) for s in opt.state.values()) + params_updated * (
-            2 if cfg.adapt_params == "adapter" else 1)
+        params_updated = sum(p.numel() for p in params) if updates else 0
+        # kept besides the model: the optimizer's state and the gradients (those an update made), and the adapter's
+        # weights (new, updated or not)
+        extra = sum(state_floats(s) for s in opt.state.values()) + sum(p.grad.numel() for p in params
+                                                                         if p.grad is not None)  # fmt: skip
+        if cfg.adapt_params == "adapter":
+            extra += sum(p.numel() for p in params)
     else:
         with torch.no_grad():
             for b in range(0, n, 512):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from time import sleep
 
 import pytest
 import torch
 
 from innerloop.data.timeseries import WindowDataset
-from innerloop.forecast import DLinear, PatchForecaster, evaluate_forecaster
+from innerloop.forecast import DLinear, NLinear, PatchForecaster, RepeatLast, evaluate_forecaster
 from innerloop.forecast.adapt import AdaptConfig, ForecastAdapter, adapt_model, check_stateful
 
 L, H, C = 24, 6, 2
@@ -120,6 +121,69 @@ def test_nan_in_the_future_leaves_the_predictions_unchanged(cfg):
     assert torch.isnan(r["predictions"][12]).all()
 
 
+# The full-walk poisoning check: short windows (L=8, H=3) over 26 rows, so one walk is 16 windows. Row PL+1 is
+# poisoned with NaN (windows 0, 1 must not move, window 2 reads it) and row PL+10 with 1e6 (windows 0..10 must not
+# move): both cut through a batch of update_every = 3 and of streams = 3 or 4, where a later window shares the batch.
+PL, PH = 8, 3
+POISON = ((PL + 1, float("nan")), (PL + 10, 1e6))
+
+
+def small_patch(mixer: str, block: str = "prenorm") -> PatchForecaster:
+    torch.manual_seed(0)
+    return PatchForecaster(PL, PH, C, mixer=mixer, patch_len=4, stride=2, d_model=8, num_layers=2, num_heads=2,
+                           block=block, norm="batch")  # fmt: skip
+
+
+def assert_future_never_reaches_the_past(model: torch.nn.Module, cfg: AdaptConfig) -> None:
+    """Walk the whole split (no ``limit``: later windows share batches and updates with earlier ones), then again
+    with every row ``>= r`` poisoned: the predictions of windows ``0 .. r - L`` (prediction time ``<= r``) must be
+    bit-identical, and those of window ``r - L + 1``, the first to read row ``r``, must change (the check can fail)."""
+    s = series(26)
+    clean = adapt_model(model, WindowDataset(s, PL, PH), cfg, return_predictions=True)
+    for r, value in POISON:
+        bad = s.clone()
+        bad[r:] = value
+        got = adapt_model(model, WindowDataset(bad, PL, PH), cfg, return_predictions=True)
+        k = r - PL + 1
+        for key in ("predictions", "frozen_predictions"):
+            assert torch.equal(got[key][:k], clean[key][:k]), f"{key}: row {r} = {value} reached windows < {k}"
+        assert not torch.equal(got["predictions"][k], clean["predictions"][k])
+
+
+STATEFUL = {"gru": lambda: small_patch("gru"), "ttt_linear": lambda: small_patch("ttt_linear"),
+            "mamba": lambda: small_patch("mamba"),
+            "patchtst-lstm": lambda: small_patch("lstm", "patchtst")}  # fmt: skip
+
+
+@pytest.mark.parametrize("streams", [1, 3, 4])  # 4 divides the 16 windows, 3 does not (the last batch is padded)
+@pytest.mark.parametrize("name", list(STATEFUL))
+def test_state_full_walk_never_reads_the_future(name, streams):
+    assert_future_never_reaches_the_past(STATEFUL[name](), AdaptConfig(adapt="state", streams=streams))
+
+
+ONLINE = {"dlinear": lambda: (torch.manual_seed(0), DLinear(PL, PH, C, kernel_size=3))[1],
+          "nlinear": lambda: (torch.manual_seed(0), NLinear(PL, PH, C))[1], "repeat_last": lambda: RepeatLast(PL, PH),
+          "gru": lambda: small_patch("gru"), "attention": lambda: small_patch("attention"),
+          "patchtst-attention": lambda: small_patch("attention", "patchtst")}  # fmt: skip
+# (adapt_params, adapt_partial, update_every, adapt_windows, adapt_optimizer): every pair of values at least once
+PAIRWISE = [("all", False, 1, 0, "sgd"), ("all", True, 3, 5, "adam"), ("norm_head", False, 3, 5, "sgd"),
+            ("norm_head", True, 1, 0, "adam"), ("adapter", False, 1, 5, "adam"),
+            ("adapter", True, 3, 0, "sgd")]  # fmt: skip
+
+
+@pytest.mark.parametrize("setting", PAIRWISE, ids=["-".join(map(str, p)) for p in PAIRWISE])
+@pytest.mark.parametrize("name", list(ONLINE))
+def test_online_full_walk_never_reads_the_future(name, setting):
+    params, partial, every, windows, optimizer = setting
+    if name in ("dlinear", "nlinear") and params == "norm_head":
+        params = "all"  # a linear model has no norms: its pairs with the other settings go to all
+    if name == "repeat_last":
+        params = "adapter"  # no parameters of its own
+    cfg = AdaptConfig(adapt="online", adapt_params=params, adapt_partial=partial, update_every=every,
+                      adapt_windows=windows, adapt_optimizer=optimizer, adapt_steps=2, adapt_lr=1e-2)  # fmt: skip
+    assert_future_never_reaches_the_past(ONLINE[name](), cfg)
+
+
 def test_online_adapts_a_copy_and_only_the_chosen_parameters():
     model, w = patch("gru"), WindowDataset(series(), L, H)
     before = copy.deepcopy(model.state_dict())
@@ -133,6 +197,31 @@ def test_online_adapts_a_copy_and_only_the_chosen_parameters():
     sizes = {p: adapt_model(model, w, AdaptConfig(adapt="online", adapt_params=p, limit=H + 1))["params_updated"]
              for p in ("all", "norm_head", "adapter")}  # fmt: skip
     assert sizes["all"] == n_all and sizes["adapter"] < sizes["norm_head"] < n_all
+
+
+class SlowWindows(WindowDataset):
+    """Windows whose gather takes 20 ms: time that is not adaptation and must not be reported as its cost."""
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sleep(0.02)
+        return super().batch(indices)
+
+
+def test_online_costs_count_what_they_say():
+    model, w = DLinear(L, H, C, kernel_size=5), SlowWindows(series(), L, H)
+    # no update before window H: the adapted path does the frozen path's work, so it costs nothing extra, changes
+    # no parameter and keeps no gradient or optimizer state (the gather of the windows' inputs serves both paths)
+    r = adapt_model(model, w, AdaptConfig(adapt="online", adapt_params="all", limit=H))
+    assert r["updates"] == 0 and r["params_updated"] == 0 and r["extra_floats"] == 0
+    assert r["extra_ms_per_window"] < 10  # 20 ms of gathering per window went into it
+    n_params, n_tensors = sum(p.numel() for p in model.parameters()), len(list(model.parameters()))
+    r = adapt_model(model, w, AdaptConfig(adapt="online", adapt_params="all", limit=H + 2))
+    assert r["updates"] == 2 and r["params_updated"] == n_params
+    assert r["extra_floats"] == 3 * n_params + n_tensors  # Adam's two moments and step, the gradients
+    r = adapt_model(model, w, AdaptConfig(adapt="online", adapt_params="adapter", limit=H))
+    assert r["updates"] == 0 and r["params_updated"] == 0 and r["extra_floats"] == H * 4 + 4 * H + C  # its weights
+    r = adapt_model(model, w, AdaptConfig(adapt="online", adapt_params="adapter", adapt_optimizer="sgd", limit=H + 1))
+    assert r["params_updated"] == H * 4 + 4 * H + C and r["extra_floats"] == 2 * r["params_updated"]  # + gradients
 
 
 def test_adapter_starts_as_the_identity():
