@@ -271,3 +271,15 @@ def test_a_rule_of_your_own_subclasses_learned_rule_and_plugs_into_the_optimizer
     opt.step()
     assert_close("stepped", torch.tensor([0.9, -0.9]), w.detach())
     assert rule._groups("w", g["w"]) == 1
+
+
+def test_log_and_sign_derivative_is_the_papers_piecewise_one():
+    """Second-order meta-training differentiates the preprocessing: d/dg is (1 / (p g), 0) above e^-p and (0, e^p)
+    below it, g = 0 included (the log feature is flat there, the sign feature is not)."""
+    p = 10.0
+    g = torch.tensor([0.0, 1e-6, -1e-6, 0.3, -0.3, 2.0], dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda x: log_and_sign(x, p), g).diagonal(dim1=0, dim2=2)  # [2, n]
+    small = g.abs() < math.exp(-p)
+    want_log = torch.where(small, torch.zeros_like(g), 1 / (p * g))
+    want_sign = torch.where(small, torch.full_like(g, math.exp(p)), torch.zeros_like(g))
+    torch.testing.assert_close(jac, torch.stack([want_log, want_sign]))

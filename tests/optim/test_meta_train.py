@@ -20,11 +20,13 @@ from _lopt_run import EPISODES, UNROLLS, LearnedMomentum, run  # noqa: E402
 from innerloop.optim import (  # noqa: E402
     RULES,
     LearnedLR,
+    LSTMRule,
     MetaOptConfig,
     MLPClassifier,
     MLPRule,
     Quadratic,
     TinyRule,
+    batch_loss,
     sample_instances,
 )
 from innerloop.optim.meta_eval import rollout  # noqa: E402
@@ -266,3 +268,66 @@ def test_runs_saved_before_the_added_fields_still_resume():
 def test_settings_of_another_problem_are_refused(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         MetaOptConfig(**kwargs)
+
+
+def _shift(tensors, direction, c):
+    """``tensors += c * direction`` in place."""
+    with torch.no_grad():
+        for t, d in zip(tensors, direction):
+            t.add_(c * d)
+
+
+def _frozen_gradient_meta_loss(problem, rule, instances, params, grads, steps, meta_loss):
+    """What the first-order meta-loss is a function of: the optimizee gradients are the constants ``grads[t]`` of
+    the nominal trajectory, everything else (the parameters the losses are taken at, the rule's state) moves."""
+    p, state, terms = dict(params), rule.init(params), []
+    for t in range(steps):
+        if t > 0:
+            terms.append(batch_loss(problem, instances, p, t))
+        updates, state = rule.update(grads[t], state, p, t)
+        p = {k: p[k] + updates[k] for k in p}
+    terms.append(batch_loss(problem, instances, p, steps))
+    losses = torch.stack(terms)
+    return losses.log().mean() if meta_loss == "log" else losses.sum(0).mean()
+
+
+@pytest.mark.parametrize("meta_loss", ["sum", "log"])
+@pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
+@pytest.mark.parametrize("make", [lambda: LearnedLR(["theta"], lr=0.02), LSTMRule], ids=["sgd_lr", "lstm"])
+def test_unroll_meta_gradient_is_a_finite_difference(make, second_order, meta_loss):
+    """float64, central differences along random directions of the rule's weights. Second order: of the meta-loss
+    itself. First order (the paper's default): of the meta-loss with the optimizee gradients frozen at their values on
+    the trajectory, i.e. exactly the second derivatives of f dropped and nothing else."""
+    problem = Quadratic(dim=3, std=0.5, dtype=torch.float64)
+    instances, params = sample_instances(problem, 2, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    rule, steps = make().double(), 5
+    weights = list(rule.parameters())
+    res = unroll(problem, rule, instances, params, rule.init(params), 0, steps, second_order, meta_loss)
+    got = torch.autograd.grad(res.meta_loss, weights)
+    if second_order:
+        def meta(): return unroll(problem, rule, instances, params, rule.init(params), 0, steps, True, meta_loss)[0]
+    else:
+        grads, p, state = [], {k: v.clone().requires_grad_() for k, v in params.items()}, rule.init(params)
+        for t in range(steps):  # the nominal trajectory's gradients
+            g = torch.autograd.grad(batch_loss(problem, instances, p, t).sum(), list(p.values()))
+            grads.append(dict(zip(p, g)))
+            with torch.no_grad():
+                updates, state = rule.update(grads[-1], state, p, t)
+            p = {k: (p[k] + updates[k]).detach().requires_grad_() for k in p}
+
+        def meta(): return _frozen_gradient_meta_loss(problem, rule, instances, params, grads, steps, meta_loss)
+
+        torch.testing.assert_close(meta().detach(), res.meta_loss.detach())  # the same trajectory
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        v = [torch.randn(w.shape, generator=gen, dtype=w.dtype) for w in weights]
+
+        eps = 1e-6
+        _shift(weights, v, eps)
+        plus = meta().item()
+        _shift(weights, v, -2 * eps)
+        minus = meta().item()
+        _shift(weights, v, eps)
+        directional = sum((g * d).sum() for g, d in zip(got, v)).item()
+        assert directional == pytest.approx((plus - minus) / (2 * eps), rel=1e-6, abs=1e-8)

@@ -112,3 +112,49 @@ def test_gae_refuses_misshapen_last_value_and_dones():
         gae(r, v, torch.randn(2, 1))
     with pytest.raises(ValueError, match="dones"):
         gae(r, v, dones=torch.zeros(3, dtype=torch.bool))
+
+
+def test_gae_with_dones_and_bootstrap_equals_the_forward_sum():
+    """A_t = sum_l (gamma lam)^l delta_{t+l}, stopping after the first done at or after t; the last step bootstraps
+    from last_value unless it is done."""
+    g = torch.Generator().manual_seed(0)
+    B, T, gamma, lam = 3, 7, 0.9, 0.7
+    r, v = torch.randn(B, T, generator=g, dtype=torch.float64), torch.randn(B, T, generator=g, dtype=torch.float64)
+    dones = torch.rand(B, T, generator=g) < 0.3
+    dones[0, -1] = True  # one row ends in a terminal state, the others are cut off and bootstrap
+    last = torch.randn(B, generator=g, dtype=torch.float64)
+    adv, ret = gae(r, v, last, gamma, lam, dones)
+    want = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        for t in range(T):
+            coef = 1.0
+            for s in range(t, T):
+                nxt = 0.0 if dones[b, s] else float(last[b] if s == T - 1 else v[b, s + 1])
+                want[b, t] += coef * (r[b, s] + gamma * nxt - v[b, s])
+                if dones[b, s]:
+                    break
+                coef *= gamma * lam
+    torch.testing.assert_close(adv, want)
+    torch.testing.assert_close(ret, want + v)
+
+
+def test_ppo_loss_gradient_matches_finite_differences():
+    """Clipped and unclipped steps mixed (none on a kink), value and entropy terms on: float64 central differences."""
+    g = torch.Generator().manual_seed(0)
+    N, A = 6, 3
+    logits = 0.5 * torch.randn(N, A, generator=g, dtype=torch.float64)
+    actions = torch.randint(A, (N,), generator=g)
+    old = torch.log_softmax(logits + 0.4 * torch.randn(N, A, generator=g, dtype=torch.float64), -1)
+    old = old.gather(-1, actions[:, None])[:, 0]
+    values, adv, ret = (torch.randn(N, generator=g, dtype=torch.float64) for _ in range(3))
+
+    def total(x):
+        return ppo_loss(x[: N * A].view(N, A), x[N * A:], actions, old, adv, ret, clip=0.1, entropy_coef=0.05).total
+
+    x = torch.cat([logits.flatten(), values]).requires_grad_(True)
+    (got,) = torch.autograd.grad(total(x), x)
+    assert 0 < ppo_loss(logits, values, actions, old, adv, ret, clip=0.1).clip_fraction < 1
+    eps = 1e-6
+    with torch.no_grad():
+        want = torch.stack([(total(x + eps * e) - total(x - eps * e)) / (2 * eps) for e in torch.eye(x.numel())])
+    torch.testing.assert_close(got, want, atol=1e-8, rtol=1e-6)

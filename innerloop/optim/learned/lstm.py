@@ -46,7 +46,8 @@ def log_and_sign(g: Tensor, p: float = 10.0) -> Tensor:
     ``(log(|g|) / p, sign(g))`` if ``|g| >= e^-p``, else ``(-1, e^p * g)``. Written as
     ``(log(max(|g|, e^-p)) / p, clamp(e^p * g, -1, 1))``, which is the same function with no ``eps`` (the released
     TensorFlow code adds machine epsilon inside the log, which moves the values near the threshold slightly), and
-    finite with gradient 0 at ``g = 0``.
+    finite at ``g = 0``. Its derivative (used by second-order meta-training) is the paper's, piece by piece:
+    ``(1 / (p g), 0)`` above the threshold, ``(0, e^p)`` below it, ``g = 0`` included.
 
     Args:
         g (Tensor): gradients, any shape ``[*]``.

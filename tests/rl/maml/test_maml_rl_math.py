@@ -174,3 +174,74 @@ def test_bad_trpo_and_policy_settings_are_refused():
         GaussianMLPPolicy(2, 2, activation="gelu")
     with pytest.raises(ValueError, match="init_std"):
         GaussianMLPPolicy(2, 2, init_std=0.0)
+
+
+def _two_step_tanh_batch():
+    """A 1-hidden-layer tanh policy, two inner steps on fixed trajectories (2 tasks x 3 x 4 steps), float64."""
+    torch.manual_seed(1)
+    pol = GaussianMLPPolicy(2, 2, hidden_sizes=(3,), activation="tanh", init_std=0.7).double()
+    theta = {k: v.detach().clone() for k, v in pol.named_parameters()}
+    train = [_episodes(2, 3, 4, 2, 2, torch.float64, seed=s) for s in (2, 4)]
+    batch = MetaBatch(torch.zeros(2, 2), train, _episodes(2, 3, 4, 2, 2, torch.float64, seed=3), None, None)
+    with torch.no_grad():
+        fast = stack(theta, 2)
+        for ep in train:
+            fast = adapt_tasks(pol, fast, ep, 0.3)
+        batch.old_mean, batch.old_log_std = pol.forward_tasks(fast, batch.valid.obs)
+    names = list(theta)
+
+    def unflat(v):
+        out, i = {}, 0
+        for k in names:
+            out[k] = v[i: i + theta[k].numel()].reshape(theta[k].shape)
+            i += theta[k].numel()
+        return out
+
+    return pol, theta, batch, unflat, torch.cat([theta[k].flatten() for k in names])
+
+
+def test_two_inner_steps_meta_gradient_matches_finite_differences():
+    pol, _, batch, unflat, flat = _two_step_tanh_batch()
+    x = (flat + 0.05 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(9), dtype=flat.dtype))
+    x.requires_grad_(True)
+    loss, kl = meta_objective(pol, unflat(x), batch, 0.3)
+    got = [torch.autograd.grad(v, x, retain_graph=True)[0] for v in (loss, kl)]
+    eye, eps = torch.eye(x.numel(), dtype=x.dtype), 1e-6
+    with torch.no_grad():
+        plus = [meta_objective(pol, unflat(x + eps * e), batch, 0.3) for e in eye]
+        minus = [meta_objective(pol, unflat(x - eps * e), batch, 0.3) for e in eye]
+    for j, name in enumerate(("loss", "kl")):
+        want = torch.stack([(p[j] - m[j]) / (2 * eps) for p, m in zip(plus, minus)])
+        torch.testing.assert_close(got[j], want, atol=1e-8, rtol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_trpo_uses_the_explicit_fisher_of_the_post_update_policies():
+    """The KL's Hessian at theta is the Fisher of the adapted Gaussian policies, E_s[J_mu' Sigma^-1 J_mu] + 2 J_s' J_s
+    (J the Jacobians of the adapted means and log-stds w.r.t. theta, through both inner steps); TRPO's full step is
+    the natural gradient -F^-1 g scaled to 0.5 s'F s = max_kl."""
+    pol, theta, batch, unflat, flat = _two_step_tanh_batch()
+
+    def adapted(v):
+        fast = stack(unflat(v), 2)
+        for ep in batch.train:
+            fast = adapt_tasks(pol, fast, ep, 0.3)
+        return pol.forward_tasks(fast, batch.valid.obs)
+
+    j_mu = torch.autograd.functional.jacobian(lambda v: adapted(v)[0], flat)  # [M, K, T, A, P]
+    j_s = torch.autograd.functional.jacobian(lambda v: adapted(v)[1], flat)  # [M, A, P]
+    m, k, t, _, p = j_mu.shape
+    inv_var = torch.exp(-2 * batch.old_log_std)  # [M, A]
+    fisher = torch.einsum("mktap,ma,mktaq->pq", j_mu, inv_var, j_mu) / (m * k * t)
+    fisher = fisher + 2 * torch.einsum("map,maq->pq", j_s, j_s) / m
+    hessian = torch.autograd.functional.hessian(lambda v: meta_objective(pol, unflat(v), batch, 0.3)[1], flat)
+    torch.testing.assert_close(hessian, fisher)
+    g = torch.autograd.functional.jacobian(lambda v: meta_objective(pol, unflat(v), batch, 0.3)[0], flat)
+    damping, max_kl = 1e-2, 1e-4
+    new, stats = trpo_step(theta, lambda q: meta_objective(pol, q, batch, 0.3), max_kl=max_kl, cg_iters=3 * p,
+                           damping=damping)  # fmt: skip
+    fd = fisher + damping * torch.eye(p, dtype=flat.dtype)
+    natural = torch.linalg.solve(fd, -g)
+    full = natural / torch.sqrt(0.5 * natural @ fd @ natural / max_kl)
+    step = torch.cat([(new[k] - theta[k]).flatten() for k in theta])
+    assert stats.step_fraction > 0
+    torch.testing.assert_close(step / stats.step_fraction, full)
