@@ -182,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     model, _ = load_run(out / "ttt_linear", args.device)
     prompt = b"ROMEO:\n"
     sys.stdout.write(prompt.decode())
-    stream_generate(model, prompt, sample_bytes, temperature=0.8, top_p=0.95, seed=0, write=stdout_writer())
+    write = stdout_writer()
+    stream_generate(model, prompt, sample_bytes, temperature=0.8, top_p=0.95, seed=0, write=write)
+    write(b"", final=True)
     print("\n", flush=True)
     if contexts:
         print(f"[{parts}/{parts}] inference cost at growing context, on the two trained models ...", flush=True)

@@ -99,7 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = lsub.add_parser("eval", help="validation loss / bits per byte, and loss by token position (--length)")
     e.add_argument("--run", nargs="+", action=Distinct, required=True,
                    help="run directories made by `innerloop lm train`")
-    e.add_argument("--data", default=None, help="evaluate on this file/folder's held-out split (default: the run's)")
+    e.add_argument("--data", default=None,
+                   help="evaluate on this file/folder's held-out split, tokenized with the run's tokenizer and split "
+                   "by its --val-fraction (eval.json records which); default: the run's data")
     e.add_argument("--full", action="store_true",
                    help="score every token of the validation split (windows of the run's context sliding by "
                    "--stride, each scoring the tokens no earlier one did) instead of the training's evenly spaced "
@@ -195,6 +197,22 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_names(runs: list[str]) -> list[str]:
+    """The names of run directories in ``eval.json`` and ``position.csv``: each folder's name, with as many parent
+    folders as make the names differ (``cmp1/ttt_linear``, ``cmp2/ttt_linear``: two ``lm compare`` outputs).
+
+    Raises:
+        ValueError: two of ``runs`` are the same folder written differently (``run`` and ``./run/``).
+    """
+    parts = [Path(os.path.abspath(r)).parts for r in runs]
+    if len(set(parts)) < len(parts):
+        raise ValueError(f"--run names the same folder twice ({', '.join(runs)}); give each run once")
+    k = 1
+    while len({p[-k:] for p in parts}) < len(parts):
+        k += 1
+    return ["/".join(p[-k:]) for p in parts]
+
+
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -214,18 +232,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.stride is not None and not args.full:
         raise ValueError("--stride is for --full (the windows that score every token); add --full or drop --stride")
     curves, results, nbytes = {}, {}, {}
-    for run in args.run:
+    for run, name in zip(args.run, run_names(args.run)):
         model, cfg = load_run(run, args.device)
         tok = load_tokenizer(cfg.tokenizer, run)
         data = cfg.data if args.data is None else args.data
         d = load_data(data, tok, cache_dir_of(run, cfg.cache_dir), args.gutenberg or cfg.gutenberg, cfg.val_fraction)
         d.check_context(cfg.context)
-        name = Path(run).name
         unit = "byte" if tok.name == "bytes" else "token"
         if args.full:
             stride = args.stride or cfg.context  # full_windows refuses one larger than the context
             m = evaluate_lm_full(model, d.val, cfg.context, stride, cfg.micro_batch_size(), token_bytes_of(tok))
-            results[name] = {**m, "tokenizer": tok.ident, "protocol": "full", "context": cfg.context,
+            results[name] = {**m, "data": d.source, "tokenizer": tok.ident, "protocol": "full", "context": cfg.context,
                              "stride": stride, "val_tokens": len(d.val)}  # fmt: skip
             how = ("consecutive windows, each from an empty state" if stride == cfg.context
                    else f"windows sliding by {stride}, each token with at least {cfg.context - stride} before it")
@@ -238,7 +255,7 @@ def run_eval(args: argparse.Namespace) -> int:
             # what was scored: evenly spaced windows, each from an empty state (a sample of the split, as in training)
             windows = len(val_starts(len(d.val), cfg.context, cfg.eval_batches * cfg.batch_size))
             scored = {"protocol": "sample", "windows": windows, "context": cfg.context, "val_tokens": len(d.val)}
-            results[name] = {**m, "tokenizer": tok.ident, **scored}
+            results[name] = {**m, "data": d.source, "tokenizer": tok.ident, **scored}
             print(f"{run}: val loss {m['loss']:.4f} nats/{unit}, {m['bpb']:.4f} bits/byte (on {windows} evenly spaced "
                   f"windows of {cfg.context} tokens, each from an empty state: "
                   f"{min(windows * cfg.context / len(d.val), 1.0):.0%} of the validation split's {len(d.val):,} "
@@ -271,8 +288,10 @@ def run_generate(args: argparse.Namespace) -> int:
     model, cfg = load_run(args.run, args.device)
     prompt = args.prompt.encode("utf-8")
     sys.stdout.write(args.prompt)
+    write = stdout_writer()
     stream_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                    write=stdout_writer(), tokenizer=load_tokenizer(cfg.tokenizer, args.run))  # fmt: skip
+                    write=write, tokenizer=load_tokenizer(cfg.tokenizer, args.run))  # fmt: skip
+    write(b"", final=True)  # a multi-byte character cut short by the last token: U+FFFD, not dropped
     print(flush=True)
     return 0
 

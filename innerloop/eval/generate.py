@@ -75,13 +75,17 @@ def _steps(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, sampling: t
             out = model(nxt, out.state)
 
 
-def stdout_writer() -> Callable[[bytes], None]:
+def stdout_writer() -> Callable[..., None]:
     """A ``write`` for :func:`stream_generate` that streams to the terminal as UTF-8 text: multi-byte characters
-    appear once complete, bytes that are not valid UTF-8 print as U+FFFD."""
+    appear once complete, bytes that are not valid UTF-8 print as U+FFFD.
+
+    Call ``write(b"", final=True)`` after the last token: a multi-byte character the sampling cut short is held back
+    until then (it prints as U+FFFD), instead of being dropped.
+    """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def write(b: bytes) -> None:
-        sys.stdout.write(decoder.decode(b))
+    def write(b: bytes, final: bool = False) -> None:
+        sys.stdout.write(decoder.decode(b, final))
         sys.stdout.flush()
 
     return write

@@ -52,6 +52,7 @@ def test_train_eval_generate(tmp_path, capsys):
         (["lm", "train", "--mixer", "nope"], "invalid choice: 'nope'"),
         (["lm", "train", "--data", "/does/not/exist.txt"], "does not exist"),
         (["lm", "generate", "--run", "/no/run", "--top-p", "2"], "top_p must be in"),
+        (["lm", "generate", "--run", "/no/run", "--temperature", "inf", "--top-k", "1"], "and finite"),
         (["lm", "generate", "--run", "/no/run"], "config.json not found"),
         (["lm", "eval", "--run", "/no/run"], "config.json not found"),
         (["lm", "compare", "--mixers", "ttt_linear", "lsmt"], "invalid choice: 'lsmt'"),
@@ -211,3 +212,25 @@ def test_compare_refuses_a_width_that_target_params_would_replace(tmp_path, caps
     err = capsys.readouterr().err
     assert "--target-params chooses each mixer's hidden size" in err and "--hidden-size" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_eval_of_runs_with_the_same_folder_name_keeps_each(tmp_path, capsys):
+    """Two runs named alike (``lm compare`` writes ``<out>/<mixer>``) were keyed by the folder name alone: the second
+    overwrote the first in eval.json and position.csv without a word. Each is named by as many parents as differ."""
+    import shutil
+
+    first, second = tmp_path / "cmp1" / "ttt_linear", tmp_path / "cmp2" / "ttt_linear"
+    data = small_corpus(tmp_path, 4_000)
+    assert main(["lm", "train", "--steps", "1", "--out", str(first), "--data", str(data), *TINY]) == 0
+    shutil.copytree(first, second)
+    out = tmp_path / "eval"
+    assert main(["lm", "eval", "--run", str(first), str(second), "--length", "40", "--out", str(out)]) == 0
+    scored = json.loads((out / "eval.json").read_text())
+    assert sorted(scored) == ["cmp1/ttt_linear", "cmp2/ttt_linear"]
+    assert scored["cmp1/ttt_linear"]["loss"] == scored["cmp2/ttt_linear"]["loss"]  # the same weights
+    assert scored["cmp1/ttt_linear"]["data"] == str(data)  # which corpus was scored
+    names = {line.split(",")[0] for line in (out / "position.csv").read_text().splitlines()[1:]}
+    assert names == {"cmp1/ttt_linear", "cmp2/ttt_linear"}
+    capsys.readouterr()
+    assert main(["lm", "eval", "--run", str(first), f"{first}/"]) == 2  # one folder written two ways
+    assert "names the same folder twice" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from innerloop.eval import (
     stream_generate,
     val_windows,
 )
+from innerloop.eval.generate import stdout_writer
 from innerloop.eval.lm import bytes_by_position, full_windows, plot_loss_by_position, write_position_csv
 from innerloop.models.lm import CausalLM, LMConfig
 
@@ -169,6 +170,17 @@ def test_sampling_params_are_validated(kw, match):
         check_sampling(**args)
     with pytest.raises(ValueError, match=match):
         stream_generate(tiny_lm("attention"), b"a", **args)
+
+
+def test_stdout_writer_prints_a_character_cut_short_at_the_end(capsys):
+    """A sample ending inside a multi-byte UTF-8 character: the incremental decoder held its bytes back for good, so
+    the last, incomplete character vanished from ``lm generate``'s output instead of printing as U+FFFD."""
+    write = stdout_writer()
+    for piece in (b"a", b"\xc3", b"\xa9", b"b", b"\xe2\x82"):  # "a", "é" split over two tokens, "b", 2 of 3 bytes
+        write(piece)
+    assert capsys.readouterr().out == "aéb"
+    write(b"", final=True)
+    assert capsys.readouterr().out == "\ufffd"
 
 
 def test_empty_prompt_is_an_error():

@@ -89,3 +89,39 @@ def test_weights_only_checkpoint_is_refused_clearly(tmp_path):
     loop = Loop(model, Run(tmp_path, {"steps": 5}), 5)
     with pytest.raises(ConfigMismatchError, match="weights only"):
         loop.fit()
+
+
+def test_a_tiny_temperature_samples_the_argmax_instead_of_failing():
+    """logits / 1e-40 overflows float32 (+-inf), and softmax of that row was NaN: multinomial raised "probability
+    tensor contains either inf, nan or element < 0". The limit of the distribution as T -> 0 is the argmax."""
+    logits = torch.tensor([[0.3, 2.0, -1.0, 1.9], [-3.0, -0.5, -2.0, -0.7]])  # row 2 all negative: all -inf
+    for t in (1e-40, 1e-300):
+        for kw in ({}, dict(top_k=2), dict(top_p=0.9)):
+            got = sample_next(logits, t, generator=torch.Generator().manual_seed(0), **kw)
+            assert got.tolist() == [1, 1], (t, kw)
+    with pytest.raises(RuntimeError, match="nan"):  # NaN logits (a diverged model) still fail, not argmax'ed
+        sample_next(torch.full((1, 4), float("nan")), 1e-40)
+
+
+def test_an_infinite_temperature_is_refused_not_uniform():
+    """logits / inf is 0 for every token: top_k=1 (greedy at any finite temperature) kept every token."""
+    with pytest.raises(ValueError, match="finite"):
+        sample_next(torch.randn(1, 5), float("inf"), top_k=1)
+    with pytest.raises(ValueError, match="finite"):
+        _model().generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=float("inf"), top_k=1)
+
+
+def test_sampling_at_ordinary_temperatures_is_unchanged():
+    """The overflow guard selects the scaled logits themselves: seeded draws equal the plain formula's."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    for t, k, p in ((1.0, None, None), (0.7, 20, 0.9), (1.3, None, 0.5), (1e-3, 5, None)):
+        ref = logits / t
+        if k:
+            ref = ref.masked_fill(ref < torch.topk(ref, k).values[:, -1:], float("-inf"))
+        if p:
+            s, idx = torch.sort(ref, descending=True)
+            pr = s.softmax(-1)
+            ref = ref.scatter(-1, idx, s.masked_fill(pr.cumsum(-1) - pr >= p, float("-inf")))
+        want = torch.multinomial(ref.softmax(-1), 1, generator=torch.Generator().manual_seed(5))[:, 0]
+        assert torch.equal(sample_next(logits, t, k, p, torch.Generator().manual_seed(5)), want)

@@ -107,8 +107,8 @@ class Block(nn.Module):
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int = 1) -> None:
     """Clear errors for out-of-range sampling parameters (NaN included), before any token is sampled."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < float("inf"):  # inf: every logit / inf is 0, so top-k and top-p would keep every token
+        raise ValueError(f"temperature must be >= 0 (0 = greedy) and finite, got {temperature}")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 1, or 0/None for no top-k filter, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -121,12 +121,21 @@ def sample_next(
     logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Sample one token per row from ``logits [B, V]``; ``temperature == 0`` is greedy. Returns ``[B]`` long."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    """Sample one token per row from ``logits [B, V]``; ``temperature == 0`` is greedy. Returns ``[B]`` long.
+
+    A temperature so small that ``logits / temperature`` overflows float32 (e.g. ``1e-40``) samples the row's argmax,
+    the limit of the distribution as the temperature goes to 0 (softmax of the overflowed row would be NaN).
+    """
+    if not 0 <= temperature < float("inf"):
+        raise ValueError(f"temperature must be >= 0 and finite, got {temperature}")
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    scaled = logits.float() / temperature
+    # Rows whose finite max overflowed to +-inf keep their argmax only (NaN logits still fail in multinomial);
+    # torch.where, not a host branch: no device sync per token.
+    overflow = scaled.amax(-1, keepdim=True).isinf() & logits.amax(-1, keepdim=True).isfinite()
+    greedy = torch.full_like(scaled, float("-inf")).scatter_(-1, logits.argmax(-1, keepdim=True), 0.0)
+    logits = torch.where(overflow, greedy, scaled)
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
