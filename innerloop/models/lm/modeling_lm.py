@@ -267,7 +267,10 @@ class CausalLM(nn.Module):
         """Prefill ``input_ids [B, T]`` once, then decode ``max_new_tokens`` one at a time from the state.
 
         Sampling (:func:`sample_next`) happens on the host side of each step in the same order whichever way the
-        steps run, so the same ``generator`` gives the same tokens.
+        steps run, so the same ``generator`` draws the same random numbers. The ways compute the logits in another
+        order of floating-point operations (static buffers and eager agree to ~1e-6 in float32), so the tokens are
+        the same unless a draw falls within that of a boundary between two tokens: equal in the tests (greedy and
+        seeded sampling), not guaranteed bit for bit.
 
         Args:
             cuda_graph (bool | None, Optional): capture the one-token step of the whole model in a CUDA graph over
@@ -275,8 +278,8 @@ class CausalLM(nn.Module):
                 CUDA (unless ``static_cache=False``). True on another device, or with ``static_cache=False``, is an
                 error; a failed capture is logged and the steps run without it. Default: None.
             static_cache (bool | None, Optional): decode with fixed-shape state buffers (:meth:`static_step`) even
-                without a graph (same tokens; a check, or a mixer-by-mixer comparison). None: as ``cuda_graph``.
-                Default: None.
+                without a graph (the same tokens but for ~1e-6 near-ties; a check, or a mixer-by-mixer comparison).
+                None: as ``cuda_graph``. Default: None.
             max_length (int | None, Optional): positions the static buffers hold (attention's preallocated cache);
                 at least ``T + max_new_tokens``. None: exactly that. Default: None.
         Returns:
