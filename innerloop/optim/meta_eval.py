@@ -3,8 +3,11 @@
 Every optimizer optimises the same ``N`` held-out instances (a fixed seed, never seen in training) for ``steps``
 steps; the curve is the mean optimizee loss at each step with a 95% confidence interval over the instances. The
 baselines (Adam, RMSprop, SGD, Nesterov momentum) each get the learning rate of ``lr_grid`` with the lowest mean
-loss over the whole trajectory (the quantity the rule is meta-trained to minimise) on a *separate* fixed set of
-instances, so their tuning does not see the evaluation set. Written to the run folder: ``eval.csv`` (optimizer,
+loss over the whole trajectory, ``theta_0 .. theta_T`` (the meta-loss without the ``f(theta_0)`` term, which is the
+same for every optimizer, so the ranking is that of the meta-loss) on a *separate* fixed set of instances, so their
+tuning does not see the evaluation set. The paper tuned each baseline's rate, by which criterion is not recorded
+in the docs. ``mean_over_steps`` in ``metrics.json`` is this mean over the ``T + 1`` points, the initial loss
+included. Written to the run folder: ``eval.csv`` (optimizer,
 learning rate, step, mean, ci95), ``eval.png`` (loss vs step, log scale, CI bands) and ``metrics.json``.
 """
 

@@ -89,3 +89,28 @@ def test_make_tasks_picks_the_sampler_and_flag():
         make_tasks("sinusoid", 5, noise=0.1)
     with pytest.raises(ValueError, match="noise"):
         LinearRegressionTasks(noise=-1.0)
+
+
+class _ToyClasses:
+    """Three examples of each of 6 classes; an image is ``(class, example index)``."""
+
+    labels = torch.arange(6).repeat_interleave(3)
+
+    def images(self, idx):
+        return torch.stack([self.labels[idx].float(), idx.float()], 1)
+
+
+def test_fewshot_labels_are_permuted_per_task():
+    """N-way K-shot (the Omniglot tasks' sampler): which class gets label 0 changes from task to task, so no learner
+    can memorise a class-to-label map across tasks."""
+    from innerloop.data.fewshot import Taskset
+
+    ts = Taskset(_ToyClasses(), ways=3, shots=1, query_shots=1, seed=0)
+    label0 = set()
+    for i in range(20):
+        sx, sy, qx, qy = ts.sample(i)
+        assert sorted(sy.tolist()) == [0, 1, 2]
+        label0.add(int(sx[sy == 0, 0]))
+        for lab in range(3):  # the query of label c is of the support's class c
+            assert qx[qy == lab, 0].item() == sx[sy == lab, 0].item()
+    assert len(label0) > 3

@@ -93,7 +93,8 @@ class LSTMRule(LearnedRule):
             gradient, 1 feature). Default: "log_and_sign".
         p (float): the LogAndSign exponent. The paper uses p = 10 "in all experiments"; the released code
             (deepmind/learning-to-learn) defaults to k = 5. Default: 10.
-        scale (float): the update is ``scale`` times the linear output. Default: 0.01 (both paper and code).
+        scale (float): the update is ``scale`` times the linear output. Default: 0.01 (the released code's
+            ``scale``; the paper's text gives no value that has been checked).
         forget_bias (float): added to the forget-gate bias at initialisation, as Sonnet's LSTM does. Default: 1.0.
         check_finite (bool): raise on NaN/inf gradients (one device sync per update; skipped under ``vmap``).
             Default: True.
