@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -50,6 +52,41 @@ def test_gittins_index_with_one_pull_left_is_the_posterior_mean_and_grows_with_t
     assert np.all(np.diff(table[0, 0, 1:21]) >= -1e-9), "more pulls left, larger index"
     assert table[0, 0, 20] > 0.6  # an untried arm with 20 pulls left beats a known 0.6 arm
     assert np.isnan(table[15, 10, 1])  # unreachable: 25 pulls done out of 20
+
+
+def _brute_force_gittins(s: int, f: int, r: int) -> float:
+    """The index by definition: bisect on the known arm's rate ``lam`` until pulling the Beta(1 + s, 1 + f) arm now
+    (free to retire to ``lam`` at any later pull) is worth exactly ``lam * r``; an exhaustive recursion, no grid."""
+
+    def advantage(lam: float) -> float:
+        @functools.cache
+        def value(s: int, f: int, r: int) -> float:  # best of retiring now or pulling, r pulls left
+            return 0.0 if r == 0 else max(lam * r, pull(s, f, r))
+
+        def pull(s: int, f: int, r: int) -> float:
+            p = (s + 1) / (s + f + 2)
+            return p * (1 + value(s + 1, f, r - 1)) + (1 - p) * value(s, f + 1, r - 1)
+
+        return pull(s, f, r) - lam * r
+
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if advantage(mid) >= 0 else (lo, mid)
+    return lo
+
+
+@pytest.mark.parametrize("horizon", [1, 2, 3, 4])
+def test_gittins_table_equals_a_brute_force_dynamic_program(horizon):
+    table = gittins_table(horizon)
+    states = [(s, f, r) for r in range(1, horizon + 1) for s in range(horizon) for f in range(horizon)
+              if s + f + r <= horizon]  # fmt: skip
+    want = np.array([_brute_force_gittins(*x) for x in states])
+    got = np.array([table[x] for x in states])
+    print(f"horizon {horizon}: max |table - brute force| = {np.abs(got - want).max():.2e}")
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    if horizon == 4:  # by hand: an untried arm with 2 pulls left is worth a known 5/9 arm (its mean is 1/2)
+        assert table[0, 0, 2] == pytest.approx(5 / 9)
 
 
 def test_plan_on_a_hand_case():

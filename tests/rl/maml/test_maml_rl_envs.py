@@ -74,6 +74,36 @@ def test_cheetah_envs_pass_the_env_checker_and_pay_the_task_reward(name):
     env.close()
 
 
+@pytest.mark.parametrize("name", ["halfcheetah_vel", "halfcheetah_dir"])
+def test_cheetah_reward_is_the_root_velocity_term_minus_0_05_times_the_clipped_action(name):
+    # spec (docs/rl.md): Vel -|v - v_goal| - 0.05 ||a||^2, v_goal ~ U[0, 2]; Dir dir * v - 0.05 ||a||^2, dir in {-1, 1};
+    # v recomputed here from the root's x position over one 0.05 s step, not read from gymnasium's info
+    pytest.importorskip("mujoco")
+    import numpy as np
+
+    from innerloop.rl.maml.cheetah import CheetahBatch
+
+    fam = make_family(name, horizon=3)
+    tasks = fam.sample_tasks(400, torch.Generator().manual_seed(0))
+    if name == "halfcheetah_vel":
+        assert 0 <= float(tasks.min()) < 0.05 and 1.95 < float(tasks.max()) <= 2, "v_goal ~ U[0, 2]"
+    else:
+        assert set(tasks.tolist()) == {-1.0, 1.0} and abs(float(tasks.mean())) < 0.15, "dir uniform on {-1, +1}"
+    task = tasks[:1]
+    batch = fam.make_env(task, 1, torch.Generator().manual_seed(1))  # one cheetah of the first task
+    assert isinstance(batch, CheetahBatch)
+    batch.reset()
+    env, goal = batch.envs[0], float(task[0])
+    assert env.dt == pytest.approx(0.05)
+    for action in ([0.3, -0.2, 0.1, 0.5, -0.4, 0.0], [3.0, -2.0, 0.5, 1.5, -1.0, 0.2]):  # the second is clipped
+        x0 = float(env.unwrapped.data.qpos[0])
+        _, reward = batch.step(torch.tensor([action]))
+        v = (float(env.unwrapped.data.qpos[0]) - x0) / 0.05
+        a = np.clip(action, -1, 1)
+        want = (-abs(v - goal) if name == "halfcheetah_vel" else goal * v) - 0.05 * float((a**2).sum())
+        assert float(reward[0]) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
 def test_cheetah_family_rollouts_are_seeded():
     pytest.importorskip("mujoco")
     fam = make_family("halfcheetah_vel", horizon=5)
