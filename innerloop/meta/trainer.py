@@ -53,13 +53,13 @@ class MetaConfig:
     task: str = "sinusoid"  # benchmark: sinusoid regression, or Omniglot / mini-ImageNet classification
     ways: int = 5  # classes per task (classification only)
     shots: int = 10  # support examples per class (per task for sinusoid)
-    query_shots: int = 0  # query examples per class; 0 = same as shots
+    query_shots: int = 0  # query examples per class; 0 = same as shots (MAML paper: 15 in mini-ImageNet training)
     steps: int = 0  # inner steps during meta-training; 0 = the algorithm's default (1; reptile 5, imaml 10)
-    test_steps: int = 10  # inner steps at evaluation (curve reported at 0, 1, steps, test_steps)
+    test_steps: int = 10  # inner steps at evaluation (curve at 0, 1, steps, test_steps; paper: Omniglot 5-way 3)
     inner_lr: float = 0.01  # inner-loop learning rate (paper: 0.01 sinusoid, 0.4 Omniglot 5-way)
     meta_lr: float = 0.001  # outer (meta) learning rate
     meta_optimizer: str = "adam"  # outer optimizer (Reptile's outer step size is meta_lr with sgd)
-    meta_batch: int = 25  # tasks per meta-update
+    meta_batch: int = 25  # tasks per meta-update (paper: 25 sinusoid, 32 Omniglot 5-way, 4 / 2 mini-ImageNet 1/5-shot)
     iterations: int = 1000  # meta-updates
     first_order: bool = False  # drop second-order terms of the meta-gradient (as fomaml)
     lam: float = 1.0  # iMAML proximal strength

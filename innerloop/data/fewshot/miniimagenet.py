@@ -5,6 +5,8 @@ Layout::
     root/train.csv  root/val.csv  root/test.csv     # header "filename,label"; label = WordNet id (e.g. n01532829)
     root/images/<filename>                           # JPEG/PNG images, any size (resized to image_size)
 
+Images are resized with Lanczos, as the MAML data script does (cbfinn/maml ``data/miniImagenet/proc_images.py``).
+
 The data set cannot be downloaded by innerloop (ImageNet terms): point ``root`` at your copy (``--data-root DIR``
 on the command line; default there ``$INNERLOOP_DATA/miniimagenet``). Images are loaded lazily with
 Pillow and kept in memory once read.
@@ -71,7 +73,7 @@ class MiniImageNet:
             from PIL import Image
 
             with Image.open(self.image_dir / self.files[i]) as im:
-                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.LANCZOS)
                 pix = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
             self._cache[i] = pix.view(self.image_size, self.image_size, 3).permute(2, 0, 1).contiguous()
         return self._cache[i]

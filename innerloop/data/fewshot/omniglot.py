@@ -1,10 +1,12 @@
 """Omniglot (Lake et al. 2015) for N-way K-shot tasks, 28x28, with the MAML split.
 
 Reads the two original zips (``images_background.zip``, ``images_evaluation.zip``) or their extracted folders
-(``images_background/<Alphabet>/characterNN/*.png``, also under ``omniglot-py/``). Every image is resized to 28x28
-with Lanczos (as the MAML data script does) and inverted so strokes are 1. The decoded array (1623 x 20 x 28 x 28
-uint8, 25 MB) is cached under ``$INNERLOOP_CACHE`` (default ``~/.cache/innerloop``), keyed by the zips' paths, sizes
-and mtimes (for extracted folders: every PNG's), so a changed copy is decoded again.
+(``images_background/<Alphabet>/characterNN/*.png``, also under ``omniglot-py/``). Every image is converted to
+greyscale, resized to 28x28 with Lanczos and inverted so strokes are 1. This is not what the MAML data script gives:
+cbfinn/maml's ``resize_images.py`` asks for Lanczos on the 1-bit PNGs (PIL mode "1"), which Pillow resizes with
+NEAREST, so its 28x28 images are binary; ours have grey levels at the stroke edges. The decoded array (1623 x 20 x
+28 x 28 uint8, 25 MB) is cached under ``$INNERLOOP_CACHE`` (default ``~/.cache/innerloop``), keyed by the zips'
+paths, sizes and mtimes (for extracted folders: every PNG's), so a changed copy is decoded again.
 
 ``get_tasksets("omniglot")`` and ``innerloop meta train --task omniglot`` read the data from
 ``$INNERLOOP_DATA/omniglot`` unless given a folder (``root=`` in Python, ``--data-root DIR`` on the command line).
@@ -14,7 +16,8 @@ MAML split: the 1,623 characters (both zips) are shuffled with a fixed seed; the
 (1,100 train + 100 validation, as in cbfinn/maml) and the remaining 423 for meta-test. The sizes are MAML's, the
 characters are not: the shuffle is torch's (seed 1), not that code's Python ``random.shuffle``, and it is not the
 Vinyals et al. split. Training classes are augmented with rotations by 90, 180 and 270 degrees as new classes (4,400
-classes); validation and test classes are not rotated. :func:`check_complete` refuses a partial copy.
+classes); validation and test classes are not rotated. (cbfinn/maml rotates differently: each class of every task,
+training and test alike, gets a random multiple of 90 degrees.) :func:`check_complete` refuses a partial copy.
 """
 
 from __future__ import annotations
