@@ -138,7 +138,8 @@ def evaluate_forecaster(model: nn.Module, windows: WindowDataset, batch_size: in
         model (nn.Module): a :class:`~innerloop.forecast.Forecaster`.
         windows (WindowDataset): the split to score.
         batch_size (int, Optional): windows per forward pass. Default: 512.
-        drop_last_of (int, Optional): also score as the DLinear / PatchTST reference code's test loader does, which
+        drop_last_of (int, Optional): also score as the DLinear / PatchTST reference code's test loader does (the
+            one their published numbers came from; LTSF-Linear's keeps every window since March 2023), which
             reads the windows in order in batches of this size and drops the last partial batch: ``mse_drop_last``
             and ``mae_drop_last`` over the first ``len(windows) // drop_last_of * drop_last_of`` windows (None when
             that is none: fewer windows than one batch); 0 = not.
