@@ -79,6 +79,32 @@ def outputs_and_grads(fn, ins: list, dy: torch.Tensor, dh: torch.Tensor) -> tupl
     return (y, h, *torch.autograd.grad((y * dy).sum() + (h * dh).sum(), leaves))
 
 
+def shift_(tensors: list[torch.Tensor], direction: list[torch.Tensor], c: float) -> None:
+    """``tensors += c * direction`` in place (no autograd)."""
+    with torch.no_grad():
+        for t, d in zip(tensors, direction):
+            t.add_(c * d)
+
+
+def check_directional_derivatives(f, tensors: list[torch.Tensor], grads, seed: int = 2, atol: float = 1e-7,
+                                  rtol: float = 1e-6, directions: int = 3) -> None:  # fmt: skip
+    """Assert ``<grad, v> == (f(w + eps v) - f(w - eps v)) / 2 eps`` (central finite difference, eps 1e-6) for
+    ``directions`` random directions ``v``; ``f()`` evaluates the scalar at the current values of ``tensors``
+    (shifted in place and restored). Use float64."""
+    gen = torch.Generator().manual_seed(seed)
+    eps = 1e-6
+    for _ in range(directions):
+        v = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in tensors]
+        shift_(tensors, v, eps)
+        plus = float(f())
+        shift_(tensors, v, -2 * eps)
+        minus = float(f())
+        shift_(tensors, v, eps)
+        want = torch.tensor((plus - minus) / (2 * eps), dtype=torch.float64)
+        got = sum((g * d).sum() for g, d in zip(grads, v)).to(torch.float64)
+        assert_close("directional derivative", want, got, atol=atol, rtol=rtol)
+
+
 # (input index, wrong shape, expected message) for the selective-scan input checks on inputs of B=2, T=5, E=3, N=4
 SCAN_BAD_SHAPES = [
     (0, (2, 5), "u must be"),

@@ -13,7 +13,7 @@ from torch import nn
 from innerloop.data import TaskBatch
 from innerloop.meta import ANIL, IMAML, MAML, MetaSGD, make_task_loss
 from innerloop.optim import LSTMRule
-from innerloop.testing import assert_close
+from innerloop.testing import assert_close, check_directional_derivatives
 
 
 class Net(nn.Module):
@@ -52,29 +52,6 @@ def finite_differences(f, tensors: list[torch.Tensor], eps: float = 1e-6) -> lis
             d.view(-1)[i] = (plus - minus) / (2 * eps)
         out.append(d)
     return out
-
-
-def shift(tensors: list[torch.Tensor], direction: list[torch.Tensor], c: float) -> None:
-    """``tensors += c * direction`` in place."""
-    with torch.no_grad():
-        for t, d in zip(tensors, direction):
-            t.add_(c * d)
-
-
-def directional_fd(f, tensors: list[torch.Tensor], grads: tuple[torch.Tensor, ...], seed: int = 2) -> None:
-    """``<grad, v>`` against ``(f(w + eps v) - f(w - eps v)) / 2 eps`` for three random directions ``v``."""
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(3):
-        v = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in tensors]
-        eps = 1e-6
-        shift(tensors, v, eps)
-        plus = f().item()
-        shift(tensors, v, -2 * eps)
-        minus = f().item()
-        shift(tensors, v, eps)
-        want = torch.tensor((plus - minus) / (2 * eps), dtype=torch.float64)
-        got = sum((g * d).sum() for g, d in zip(grads, v))
-        assert_close("directional derivative", want, got, atol=1e-7, rtol=1e-6)
 
 
 @pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "loop"])
@@ -137,7 +114,7 @@ def test_learned_inner_rule_weights_get_the_finite_difference_gradient(vectorize
     maml = MAML(model, rule=LSTMRule(scale=0.1).double(), steps=2, loss_fn=F.mse_loss, vectorize=vectorize)
     tensors = list(maml.parameters())  # the model's and the LSTM's weights
     got = torch.autograd.grad(maml.meta_loss(b).loss, tensors)
-    directional_fd(lambda: maml.meta_loss(b).loss, tensors, got)
+    check_directional_derivatives(lambda: maml.meta_loss(b).loss, tensors, got)
 
 
 @pytest.mark.parametrize("lam", [0.5, 4.0])
