@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["USER_ERRORS", "check_choice"]
+__all__ = ["USER_ERRORS", "check_choice", "check_whole"]
 
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, ImportError)
 
@@ -34,3 +34,18 @@ def check_choice(what: str, value: Any, choices: Iterable[str]) -> None:
     allowed = sorted(choices)
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+
+
+def check_whole(what: str, value: Any) -> None:
+    """Raise ``TypeError("<what> must be a whole number, got <value>")`` unless ``value`` is an integer (Python or
+    numpy; not a bool): a float such as 2.7 would otherwise be truncated silently, ``True`` read as 1.
+
+    Examples:
+        >>> check_whole("length", 3)
+        >>> check_whole("length", 2.7)
+        Traceback (most recent call last):
+        ...
+        TypeError: length must be a whole number, got 2.7
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be a whole number, got {value!r}")

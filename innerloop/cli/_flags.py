@@ -43,36 +43,26 @@ def number(text: str) -> float:
 number.__name__ = "number"  # argparse names the type in some messages
 
 
-def positive(text: str) -> float:
-    """Argparse ``type=`` for a finite float ``> 0`` (a learning rate, a clip norm, a bonus scale's upper end).
+def finite(low: float = 0.0, strict: bool = False) -> Callable[[str], float]:
+    """Argparse ``type=`` for a finite float ``> low`` (``strict``) or ``>= low``: a learning rate or clip norm
+    (``finite(strict=True)``), a bonus scale where 0 means none (``finite()``).
 
     Examples:
-        >>> positive("0.5")
+        >>> finite(strict=True)("0.5")
         0.5
-    """
-    value = number(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-positive.__name__ = "positive number"
-
-
-def non_negative(text: str) -> float:
-    """Argparse ``type=`` for a finite float ``>= 0`` (an exploration bonus scale, where 0 means none).
-
-    Examples:
-        >>> non_negative("0")
+        >>> finite()("0")
         0.0
     """
-    value = number(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+    bound = f"> {low:g}" if strict else f">= {low:g}"
 
+    def parse(text: str) -> float:
+        value = number(text)
+        if not (value > low if strict else value >= low) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
+        return value
 
-non_negative.__name__ = "non-negative number"
+    parse.__name__ = f"number {bound}"  # argparse names the type in some messages
+    return parse
 
 
 class Distinct(argparse.Action):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from innerloop.cli._flags import Distinct, at_least, folder, positive
+from innerloop.cli._flags import Distinct, at_least, finite, folder
 
 ALL_MIXERS = ["rnn", "lstm", "gru", "mamba", "attention", "ttt_linear", "ttt_mlp"]
 
@@ -42,9 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: 100")  # fmt: skip
     g.add_argument("--hidden-size", type=at_least(1), default=32, help="model width; default: 32")
     g.add_argument("--num-layers", type=at_least(1), default=1, help="mixer layers; default: 1")
-    g.add_argument("--clip-norm", type=positive, default=1.0,
+    g.add_argument("--clip-norm", type=finite(strict=True), default=1.0,
                    help="gradient-norm clip of the clipped run; default: 1.0")
-    g.add_argument("--lr", type=positive, default=1e-2, help="Adam learning rate of the training steps; default: 0.01")
+    g.add_argument("--lr", type=finite(strict=True), default=1e-2,
+                   help="Adam learning rate of the training steps; default: 0.01")
     _common(g, "runs/gradflow", 200, "training steps on the adding problem before the trained measurement")
     g.set_defaults(func=run_gradflow)
 

@@ -36,9 +36,9 @@ from innerloop.cli._flags import (
     Distinct,
     add_config_flags,
     add_run_flags,
+    finite,
     folder_path,
     image_file,
-    non_negative,
     number,
     run_config_values,
 )
@@ -85,8 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0, help="seed of the tasks, rewards and agents; default: 0")
     b.add_argument("--epsilon", type=number, default=None,
                    help="exploration rate of epsilon_greedy and epsilon_greedy_posterior; default: 0.1")
-    b.add_argument("--ucb-c", type=non_negative, default=None, help="scale of UCB1's bonus (bandit); default: 0.1")
-    b.add_argument("--ucrl2-c", type=non_negative, default=None,
+    b.add_argument("--ucb-c", type=finite(), default=None, help="scale of UCB1's bonus (bandit); default: 0.1")
+    b.add_argument("--ucrl2-c", type=finite(), default=None,
                    help="scale of UCRL2's confidence sets (mdp); default: 0.1")
     b.add_argument("--out", type=folder_path, default=None,
                    help="folder for baselines.csv and baselines.md; default: none")
@@ -307,7 +307,8 @@ _EVAL_FLAGS = {"rl2": ("eval_trials", "device", "greedy", "checkpoint", "paired"
 def run_eval(args: argparse.Namespace) -> int:
     for algo, names in _EVAL_FLAGS.items():
         for name in names:
-            if algo != args.algo and getattr(args, name) is not None and getattr(args, name) is not False:  # 0 too
+            value = getattr(args, name)
+            if algo != args.algo and value is not None and value is not False:  # not `in (None, False)`: 0 == False
                 raise ValueError(f"--{name.replace('_', '-')} is a setting of `rl eval --algo {algo}`, not of --algo "
                                  f"{args.algo}; drop it")  # fmt: skip
     if args.algo == "maml":

@@ -94,20 +94,16 @@ class AdaptConfig:
                 raise ValueError(f"{name} must be >= 0 (0 = default / all), got {getattr(self, name)}")
         if not 0 < self.adapt_lr < float("inf"):
             raise ValueError(f"adapt_lr must be a finite number > 0, got {self.adapt_lr}")
-        # a setting of another mode would be silently ignored: refuse it (the comments' "online:" / "state:")
-        defaults = {f.name: f.default for f in fields(self)}
-        own = {"state": ("streams",), "online": ONLINE_FIELDS}
-        for mode, names in own.items():
-            given = [n for n in names if getattr(self, n) != defaults[n]]
-            if given and self.adapt != mode:
-                flags = ", ".join("--" + n.replace("_", "-") for n in given)
-                raise ValueError(f"{flags} applies to --adapt {mode} only, not --adapt {self.adapt}; add --adapt "
-                                 f"{mode} or drop it")  # fmt: skip
-        given = [n for n in ("adapter_rank", "seed") if getattr(self, n) != defaults[n]]
-        if given and self.adapt == "online" and self.adapt_params != "adapter":
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
-            raise ValueError(f"{flags} applies to the adapter, which --adapt-params {self.adapt_params} does not "
-                             f"train; add --adapt-params adapter or drop it")  # fmt: skip
+        # a setting of another mode would be silently ignored: refuse it (the comments' "online:" / "state:"); the
+        # online check comes first, so the adapter's is reached with --adapt online only
+        changed = {f.name for f in fields(self) if getattr(self, f.name) != f.default}
+        for names, field, wanted in ((("streams",), "adapt", "state"), (ONLINE_FIELDS, "adapt", "online"),
+                                     (("adapter_rank", "seed"), "adapt_params", "adapter")):  # fmt: skip
+            given = [n for n in names if n in changed]
+            if given and getattr(self, field) != wanted:
+                flags, flag = ", ".join("--" + n.replace("_", "-") for n in given), "--" + field.replace("_", "-")
+                raise ValueError(f"{flags} applies to {flag} {wanted} only, not {flag} {getattr(self, field)}; add "
+                                 f"{flag} {wanted} or drop it")  # fmt: skip
 
 
 class ForecastAdapter(nn.Module):

@@ -42,6 +42,7 @@ __all__ = [
     "make_task_loss",
     "map_tasks",
     "select",
+    "select_trainable",
     "warn_once",
 ]
 
@@ -68,6 +69,29 @@ def select(params: Mapping[str, Tensor], names: Names) -> list[str]:
     if not out:
         raise ValueError(f"no parameter matches {names!r}; parameters are {list(params)}")
     return out
+
+
+def select_trainable(params: Mapping[str, Tensor], names: Names, who: str) -> list[str]:
+    """:func:`select`, less the parameters that do not require grad: a frozen parameter is a constant of both loops
+    (never adapted, no meta-gradient). ``who`` names the caller in the error.
+
+    Raises:
+        ValueError: nothing is chosen, or every chosen parameter is frozen (adaptation would change nothing).
+
+    Examples:
+        >>> w, b = torch.zeros(2, requires_grad=True), torch.zeros(2)
+        >>> select_trainable({"w": w, "b": b}, None, "MAML")
+        ['w']
+    """
+    chosen = select(params, names)
+    trainable = [k for k in chosen if params[k].requires_grad]
+    if not trainable:
+        raise ValueError(
+            f"{who}: none of the parameters it adapts ({chosen}) requires grad (all have requires_grad=False), so "
+            f"adaptation would change nothing; unfreeze them (requires_grad_(True)) or adapt trainable ones "
+            f"(adapt=, ANIL: head=)"
+        )
+    return trainable
 
 
 def inner_step(

@@ -37,6 +37,7 @@ from innerloop.meta.functional import (
     make_task_loss,
     map_tasks,
     select,
+    select_trainable,
     warn_once,
 )
 from innerloop.optim import RuleLike, UpdateRule, as_rule
@@ -155,16 +156,7 @@ class MAML(nn.Module):
         Raises:
             ValueError: every parameter chosen by ``adapt`` is frozen, so the inner loop would change nothing.
         """
-        params = self.params()
-        chosen = select(params, self.adapt_names)
-        names = [k for k in chosen if params[k].requires_grad]
-        if not names:
-            raise ValueError(
-                f"{type(self).__name__}: every parameter the inner loop adapts ({chosen}) has requires_grad=False, so "
-                f"adaptation would change nothing; unfreeze them (requires_grad_(True)) or choose trainable ones with "
-                f"adapt= (ANIL: head=)"
-            )
-        return names
+        return select_trainable(self.params(), self.adapt_names, type(self).__name__)
 
     def task_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         """``loss_fn(model(x; params), y)`` for one task ``x [K, ...]``."""
@@ -332,14 +324,7 @@ class Learner(nn.Module):
         self.fast = dict(params)
         self.rule = as_rule(rule)
         self.first_order = first_order
-        chosen = select(self.fast, names)
-        self.names = [k for k in chosen if self.fast[k].requires_grad]  # frozen parameters stay as they are
-        if not self.names:
-            raise ValueError(
-                f"Learner: none of the parameters it adapts ({chosen}) requires grad, so adapt could not "
-                f"differentiate a loss with respect to them; give parameters that require grad (frozen ones, "
-                f"requires_grad=False, are never adapted)"
-            )
+        self.names = select_trainable(self.fast, names, "Learner")  # frozen parameters stay as they are
         self._adapt_names = names
         self.state = self.rule.init({k: self.fast[k] for k in self.names})
         self.step_count = 0

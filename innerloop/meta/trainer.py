@@ -290,7 +290,8 @@ def evaluate_run(cfg: MetaConfig, algo: MAML | None = None, split: str = "test",
     if algo is None:
         algo, newest = _load_algorithm(cfg)
     else:  # the trainer's: its last checkpoint is the newest
-        newest = ([None, *checkpoint_steps(out / "checkpoints")])[-1]
+        written = checkpoint_steps(out / "checkpoints")
+        newest = written[-1] if written else None
     tasks = build_tasks(cfg, split)
     counts = eval_step_counts(cfg)
     per_step: dict[int, list[torch.Tensor]] = {s: [] for s in counts}

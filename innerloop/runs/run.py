@@ -215,11 +215,11 @@ class Run:
     def _extension_recorded(self, old: Any, new: Any) -> bool:
         """Whether ``config.json`` records an extension of the step count from ``old`` to ``new`` (one asked for with
         ``extend=True`` by the run that wrote it)."""
-        if old is None or new is None or new == old or not (self.out / "config.json").is_file():
+        if old is None or new is None or new == old:
             return False
         try:
-            extensions = (read_json(self.out / "config.json").get("resolved") or {}).get("extensions") or []
-        except (ValueError, AttributeError):  # unreadable, or not a config: nothing recorded
+            extensions = read_config(self.out, self.command)[1].get("extensions") or []
+        except (OSError, ValueError, AttributeError):  # missing, unreadable, or not a config: nothing recorded
             return False
         return any(isinstance(e, dict) and e.get("from") == old and e.get("to") == new for e in extensions)
 

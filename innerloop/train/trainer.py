@@ -193,13 +193,8 @@ class Trainer(TrainLoop):
             check_finite(loss_value, "loss", self, step)
             if cfg.grad_clip > 0:  # over DTensor gradients (FSDP) the norm is of the whole, sharded gradient
                 norm = as_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-            elif self.fsdp:
+            else:  # the norm clip_grad_norm_ reports, with one host sync (sharded FSDP gradients too)
                 norm = total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-            else:
-                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-                # one host sync for the whole norm (a float() per parameter stalled a GPU once per tensor)
-                norm = as_float(torch.linalg.vector_norm(torch.stack(
-                    [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))) if grads else 0.0
             check_finite(norm, "gradient norm", self, step)
         except TrainingDivergedError:
             self.optimizer.zero_grad(set_to_none=True)

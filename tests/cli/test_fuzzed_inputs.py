@@ -199,7 +199,8 @@ def _usage_error(argv: list[str], capsys) -> str:
         (["rl", "baselines", "--env", "mdp", "--baselines", "psrl", "--ucrl2-c", "0.3"], "--ucrl2-c sets ucrl2"),
         (["forecast", "eval", "--out", "x", "--adapt-lr", "0.01"], "--adapt-lr applies to --adapt online only"),
         (["forecast", "eval", "--out", "x", "--adapt", "online", "--streams", "2"], "--streams applies to"),
-        (["forecast", "eval", "--out", "x", "--adapt", "online", "--adapter-rank", "2"], "applies to the adapter"),
+        (["forecast", "eval", "--out", "x", "--adapt", "online", "--adapter-rank", "2"],
+         "applies to --adapt-params adapter only"),
         # out of range
         (["lm", "train", "--adam-eps", "inf"], "adam_eps must be a finite number > 0"),
         (["lm", "train", "--beta2", "1"], "betas must lie in [0, 1)"),

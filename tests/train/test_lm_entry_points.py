@@ -112,7 +112,7 @@ def test_an_infinite_temperature_is_refused_not_uniform():
 
 
 def test_sampling_at_ordinary_temperatures_is_unchanged():
-    """The overflow guard selects the scaled logits themselves: seeded draws equal the plain formula's."""
+    """Scaling after subtracting the row maximum (the overflow guard) keeps seeded draws equal to the plain formula."""
     torch.manual_seed(0)
     logits = torch.randn(4, 50) * 3
     for t, k, p in ((1.0, None, None), (0.7, 20, 0.9), (1.3, None, 0.5), (1e-3, 5, None)):

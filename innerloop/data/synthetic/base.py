@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from innerloop.errors import check_whole
+
 __all__ = ["IGNORE", "TASKS", "SynthBatch", "SyntheticTask", "make_task", "register_task"]
 
 IGNORE = -100  # target value of unscored positions (torch.nn.functional.cross_entropy's ignore_index)
@@ -61,9 +63,8 @@ class SyntheticTask:
             TypeError: ``batch_size`` or ``length`` is not a whole number (a float, a bool).
             ValueError: ``batch_size < 1`` or ``length`` below the task's ``min_length``.
         """
-        for name, v in (("batch_size", batch_size), ("length", length)):
-            if isinstance(v, bool) or not hasattr(v, "__index__"):  # 2.7 would silently become 2, True 1
-                raise TypeError(f"task {self.name!r}: {name} must be a whole number, got {v!r}")
+        check_whole(f"task {self.name!r}: batch_size", batch_size)
+        check_whole(f"task {self.name!r}: length", length)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if length < self.min_length:

@@ -191,13 +191,13 @@ def _tokens_within(doc: np.ndarray, token_lengths: np.ndarray, val_fraction: flo
     """How many leading tokens of ``doc`` end within its first ``int(bytes * (1 - val_fraction))`` bytes (read in
     blocks: a corpus of billions of tokens never needs an array of their lengths)."""
     lengths = np.asarray(token_lengths, dtype=np.int64)
-    total = sum(int(lengths[doc[i : i + block]].sum()) for i in range(0, len(doc), block))
-    cut, seen = int(total * (1 - val_fraction)), 0
-    for i in range(0, len(doc), block):
-        ends = seen + np.cumsum(lengths[doc[i : i + block]])
-        if ends[-1] > cut:
-            return i + int(np.searchsorted(ends, cut, side="right"))
-        seen = int(ends[-1])
+    starts = range(0, len(doc), block)
+    sums = [int(lengths[doc[i : i + block]].sum()) for i in starts]  # bytes per block: the one full pass
+    cut, seen = int(sum(sums) * (1 - val_fraction)), 0
+    for i, size in zip(starts, sums):
+        if seen + size > cut:  # the cut falls in this block: find the token
+            return i + int(np.searchsorted(seen + np.cumsum(lengths[doc[i : i + block]]), cut, side="right"))
+        seen += size
     return len(doc)
 
 
@@ -222,8 +222,10 @@ def split_cache(
     if n_docs == 1:
         num_val_docs(2, val_fraction)  # validates val_fraction
         doc = cache.docs[0]
-        n = int(len(doc) * (1 - val_fraction)) if token_lengths is None else _tokens_within(doc, token_lengths,
-                                                                                              val_fraction)  # fmt: skip
+        if token_lengths is None:
+            n = int(len(doc) * (1 - val_fraction))
+        else:
+            n = _tokens_within(doc, token_lengths, val_fraction)
         return doc[:n], doc[n:], [doc[n:]]
     cut = int(cache.doc_offsets[n_docs - num_val_docs(n_docs, val_fraction)])
     val_docs = cache.docs[n_docs - num_val_docs(n_docs, val_fraction) :]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from innerloop.errors import check_whole
+
 __all__ = ["ETT_HOURLY_BORDERS", "ForecastData", "StandardScaler", "WindowDataset", "make_forecast_data",
            "split_borders"]  # fmt: skip
 
@@ -172,9 +174,8 @@ def make_forecast_data(values: np.ndarray, lookback: int, horizon: int, ends: Se
         TypeError: ``lookback`` or ``horizon`` is not an integer.
         ValueError: ``values`` is not 2-D or holds NaN / infinity, or a split is too short for the windows.
     """
-    for name, v in (("lookback", lookback), ("horizon", horizon)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be a whole number of rows, got {v!r}")
+    check_whole("lookback", lookback)
+    check_whole("horizon", horizon)
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] == 0:
         raise ValueError(f"values must be [T, C] with C >= 1 (rows = time steps, one column per channel), got shape "

@@ -88,13 +88,17 @@ def _check_positions(input_ids: Tensor, attention_mask: Tensor | None, cache: In
     packing several sequences into one row (positions restarting at 0, or ``cu_seq_lens_*`` / ``seq_idx``) would
     otherwise carry each recurrent state from one sequence into the next, silently.
     """
-    packed = [k for k in _PACKED_KWARGS if kwargs.get(k) is not None]
+    refused = [k for k in _PACKED_KWARGS if kwargs.get(k) is not None]  # packed-batch arguments, then positions
+    positions = {"position_ids": position_ids, "cache_position": kwargs.get("cache_position")}
+    given_positions = [(n, g) for n, g in positions.items() if g is not None]
+    if refused:  # a packed batch: refused below whatever the positions say
+        given_positions = []
+    elif not given_positions:  # the usual call: nothing to compare
+        return
     T = input_ids.shape[1]
     past = 0 if cache is None else cache.get_seq_length()
     want = torch.arange(past, past + T, device=input_ids.device)
-    for name, given in (("position_ids", position_ids), ("cache_position", kwargs.get("cache_position"))):
-        if given is None or packed:
-            continue
+    for name, given in given_positions:
         given = torch.as_tensor(given, device=input_ids.device)
         rows_fit = given.dim() == 1 or (given.dim() == 2 and given.shape[0] in (1, len(input_ids)))
         if not rows_fit or given.shape[-1] != T:
@@ -103,9 +107,9 @@ def _check_positions(input_ids: Tensor, attention_mask: Tensor | None, cache: In
         if name == "position_ids" and attention_mask is not None and attention_mask.shape == input_ids.shape:
             ok = ok | ~attention_mask.bool()  # right pads: any position (HF's cumsum-1 gives them 1 or the last)
         if not bool(ok.all()):
-            packed.append(name)
-    if packed:
-        raise NotImplementedError(f"{' and '.join(packed)} must be the positions the model uses: each row's tokens "
+            refused.append(name)
+    if refused:
+        raise NotImplementedError(f"{' and '.join(refused)} must be the positions the model uses: each row's tokens "
                                   f"continue the cache ({past} tokens), positions {past}..{past + T - 1}. An innerloop "
                                   "model reads positions from its recurrent state, so it cannot take packed sequences "
                                   "(several in one row, e.g. DataCollatorWithFlattening: the state would carry from "

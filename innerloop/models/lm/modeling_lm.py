@@ -123,19 +123,17 @@ def sample_next(
 ) -> Tensor:
     """Sample one token per row from ``logits [B, V]``; ``temperature == 0`` is greedy. Returns ``[B]`` long.
 
-    A temperature so small that ``logits / temperature`` overflows float32 (e.g. ``1e-40``) samples the row's argmax,
-    the limit of the distribution as the temperature goes to 0 (softmax of the overflowed row would be NaN).
+    The logits are scaled after subtracting each row's maximum (softmax, top-k and top-p are unchanged by it), so a
+    temperature small enough to overflow float32 (e.g. ``1e-40``) cannot give ``inf - inf``: the other tokens fall to
+    ``-inf`` and the row samples its argmax, the limit of the distribution as the temperature goes to 0.
     """
     if not 0 <= temperature < float("inf"):
         raise ValueError(f"temperature must be >= 0 and finite, got {temperature}")
     if temperature == 0:
         return logits.argmax(-1)
-    scaled = logits.float() / temperature
-    # Rows whose finite max overflowed to +-inf keep their argmax only (NaN logits still fail in multinomial);
-    # torch.where, not a host branch: no device sync per token.
-    overflow = scaled.amax(-1, keepdim=True).isinf() & logits.amax(-1, keepdim=True).isfinite()
-    greedy = torch.full_like(scaled, float("-inf")).scatter_(-1, logits.argmax(-1, keepdim=True), 0.0)
-    logits = torch.where(overflow, greedy, scaled)
+    logits = logits.float()
+    # a temperature below float32's smallest normal would be 0 in float32 (0 / 0 at the maximum): same limit
+    logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -58,8 +58,7 @@ def _choose_cuda_kernel(device: torch.device) -> tuple[Scan | None, str | None]:
     none did. A chunked kernel that fails while the sequential one passes is logged as a warning."""
     failures = []
     for name, fn in _cuda_kernels().items():
-        with self_check_mode(device):  # not the caller's bf16 autocast or inference_mode
-            failure = _self_check_failure(device, fn)
+        failure = _self_check_failure(device, fn)
         if failure is None:
             if failures:
                 logger.warning("selective scan on %s: %s; using the sequential Triton kernel", device, failures[0])
@@ -71,7 +70,13 @@ def _choose_cuda_kernel(device: torch.device) -> tuple[Scan | None, str | None]:
 def _self_check_failure(device: torch.device, fn: Callable[..., tuple[Tensor, Tensor]],
                         dtype: torch.dtype = torch.float32) -> str | None:  # fmt: skip
     """None if ``fn`` matches :func:`chunk_selective_scan` on ``device`` at ``dtype``, else what went wrong
-    (:func:`self_check`)."""
+    (:func:`self_check`). Runs in :func:`self_check_mode`: the check is cached, so its first caller's mode (bf16
+    autocast, inference or no-grad) must not decide it."""
+    with self_check_mode(device):
+        return _compare(device, fn, dtype)
+
+
+def _compare(device: torch.device, fn: Callable[..., tuple[Tensor, Tensor]], dtype: torch.dtype) -> str | None:
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     ins = [r(2, 45, 37), torch.nn.functional.softplus(r(2, 45, 37) - 1), -torch.exp(0.5 * r(37, 16)), r(2, 45, 16),
@@ -79,12 +84,11 @@ def _self_check_failure(device: torch.device, fn: Callable[..., tuple[Tensor, Te
     w_y, w_h = r(2, 45, 37), r(2, 37, 16)
     results = []
     try:
-        with torch.enable_grad():  # the caller may be under no_grad (eval, generate): the check needs gradients
-            for f in (chunk_selective_scan, fn):
-                xs = [x.to(device).requires_grad_() for x in ins]
-                y, h = f(*xs, chunk_size=16)
-                loss = (y * w_y.to(device)).sum() + (h * w_h.to(device)).sum()
-                results.append([t.detach().cpu() for t in (y, h, *torch.autograd.grad(loss, xs))])
+        for f in (chunk_selective_scan, fn):
+            xs = [x.to(device).requires_grad_() for x in ins]
+            y, h = f(*xs, chunk_size=16)
+            loss = (y * w_y.to(device)).sum() + (h * w_h.to(device)).sum()
+            results.append([t.detach().cpu() for t in (y, h, *torch.autograd.grad(loss, xs))])
     except Exception as e:  # noqa: BLE001 - any failure of the kernel means: do not use it
         return f"it raised {type(e).__name__}: {e}"
     names = ("y", "final state", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
@@ -137,8 +141,7 @@ def fused_scan_unavailable(device: torch.device | str, dtype: torch.dtype = torc
         if device.type == "cuda":
             _CHECKED[key] = _choose_cuda_kernel(device)
         else:
-            with self_check_mode(device):  # as on CUDA: not decided by the first caller's autocast/inference_mode
-                failure = _self_check_failure(device, _kernel(device), cpu_dtype)
+            failure = _self_check_failure(device, _kernel(device), cpu_dtype)
             _CHECKED[key] = (_kernel(device), None) if failure is None else (
                 None, f"the kernel failed its self-check: {failure}")
     return _CHECKED[key][1]

@@ -41,16 +41,15 @@ def _compare(device: torch.device, ref: Op, fn: Op, ins: list[Tensor], n_params:
     g = torch.Generator().manual_seed(seed)
     results, weights = [], None
     try:
-        with self_check_mode(device):  # gradients on, autocast off, whatever the caller's mode (eval, generate, bf16)
-            for f in (ref, fn):
-                xs = [x.to(device).requires_grad_() for x in ins]
-                params, grads = tuple(xs[7:7 + n_params]), tuple(xs[7 + n_params:])
-                o, s = f(*xs[:7], TTTState(params, grads, off))
-                outs = [o, *s.params, *s.grads]
-                if weights is None:
-                    weights = [torch.randn(x.shape, generator=g) for x in outs]
-                loss = sum((x.float() * w.to(device)).sum() for x, w in zip(outs, weights))
-                results.append([t.detach().float().cpu() for t in (*outs, *torch.autograd.grad(loss, xs))])
+        for f in (ref, fn):
+            xs = [x.to(device).requires_grad_() for x in ins]
+            params, grads = tuple(xs[7:7 + n_params]), tuple(xs[7 + n_params:])
+            o, s = f(*xs[:7], TTTState(params, grads, off))
+            outs = [o, *s.params, *s.grads]
+            if weights is None:
+                weights = [torch.randn(x.shape, generator=g) for x in outs]
+            loss = sum((x.float() * w.to(device)).sum() for x, w in zip(outs, weights))
+            results.append([t.detach().float().cpu() for t in (*outs, *torch.autograd.grad(loss, xs))])
     except Exception as e:  # noqa: BLE001 - any failure of the kernel means: do not use it
         return f"it raised {type(e).__name__}: {e}"
     for name, ref_t, got in zip(names, *results):
@@ -72,7 +71,14 @@ _IN_NAMES = ("o", "dq", "dk", "dv", "dlr", "dtau", "dln_weight", "dln_bias")
 
 
 def _self_check_failure(device: torch.device, fn: Op) -> str | None:
-    """None if ``fn`` matches :func:`chunk_ttt_linear` on ``device``, else what went wrong."""
+    """None if ``fn`` matches :func:`chunk_ttt_linear` on ``device``, else what went wrong. Runs in
+    :func:`self_check_mode` (inputs included): the check is cached, so its first caller's mode (bf16 autocast,
+    inference or no-grad) must not decide it."""
+    with self_check_mode(device):
+        return _linear_failure(device, fn)
+
+
+def _linear_failure(device: torch.device, fn: Op) -> str | None:
     g = torch.Generator().manual_seed(0)
     B, T, H, D, bsz, off = 2, 45, 3, 64, 16, 5  # segments of 11, 16, 16 and 2 tokens: every kind of mini-batch
 
@@ -87,7 +93,13 @@ def _self_check_failure(device: torch.device, fn: Op) -> str | None:
 
 
 def _self_check_failure_mlp(device: torch.device, fn: Op) -> str | None:
-    """None if ``fn`` matches :func:`chunk_ttt_mlp` on ``device``, else what went wrong."""
+    """None if ``fn`` matches :func:`chunk_ttt_mlp` on ``device``, else what went wrong (in :func:`self_check_mode`,
+    as :func:`_self_check_failure`)."""
+    with self_check_mode(device):
+        return _mlp_failure(device, fn)
+
+
+def _mlp_failure(device: torch.device, fn: Op) -> str | None:
     g = torch.Generator().manual_seed(0)
     B, T, H, D, bsz, off = 2, 45, 2, 64, 16, 5  # segments of 11, 16, 16 and 2 tokens: every kind of mini-batch
     F = 4 * D
@@ -114,8 +126,7 @@ def self_check(device: torch.device | str, fn: Op | None = None) -> bool:
     device = torch.device(device)
     if fn is None:
         from .triton_linear import triton_ttt_linear as fn
-    with self_check_mode(device):
-        failure = _self_check_failure(device, fn)
+    failure = _self_check_failure(device, fn)
     if failure is not None:
         logger.error("Triton TTT-Linear on %s failed its self-check (%s); using the dual form", device, failure)
     return failure is None
@@ -142,8 +153,7 @@ def _checked_kernel(device: torch.device | str, kind: str, checked: dict[str, st
         return reason
     key = str(device)
     if key not in checked:
-        with self_check_mode(device):  # the inputs too: made under the caller's inference_mode they take no grad
-            why = failure(device)
+        why = failure(device)
         checked[key] = None if why is None else f"the kernel failed its self-check: {why}"
     return checked[key]
 
@@ -201,8 +211,7 @@ def self_check_mlp(device: torch.device | str, fn: Op | None = None) -> bool:
     device = torch.device(device)
     if fn is None:
         from .triton_mlp import triton_ttt_mlp as fn
-    with self_check_mode(device):
-        failure = _self_check_failure_mlp(device, fn)
+    failure = _self_check_failure_mlp(device, fn)
     if failure is not None:
         logger.error("Triton TTT-MLP on %s failed its self-check (%s); using the dual form", device, failure)
     return failure is None

@@ -99,6 +99,15 @@ def test_trpo_direction_is_the_natural_gradient_and_respects_the_kl_bound():
     assert stats.loss_after < stats.loss_before
 
 
+def _unflatten(v: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The flat vector ``v`` as tensors shaped (and named, in order) as ``like``."""
+    out, i = {}, 0
+    for k, t in like.items():
+        out[k] = v[i: i + t.numel()].reshape(t.shape)
+        i += t.numel()
+    return out
+
+
 def _linear_gaussian_batch(dtype=torch.float64):
     """A tiny linear-Gaussian MAML-RL problem: linear mean, fixed trajectories (2 tasks x 3 x 4 steps)."""
     torch.manual_seed(1)
@@ -119,11 +128,7 @@ def test_meta_gradient_matches_finite_differences():
     names = list(theta)
 
     def loss_of(flat):
-        p, i = {}, 0
-        for k in names:
-            p[k] = flat[i: i + theta[k].numel()].reshape(theta[k].shape)
-            i += theta[k].numel()
-        return meta_objective(pol, p, batch, inner_lr=0.5)
+        return meta_objective(pol, _unflatten(flat, theta), batch, inner_lr=0.5)
 
     flat = torch.cat([theta[k].flatten() for k in names]).requires_grad_(True)
     grad_loss, grad_kl = (torch.autograd.grad(x, flat, retain_graph=True)[0] for x in loss_of(flat))
@@ -188,16 +193,7 @@ def _two_step_tanh_batch():
         for ep in train:
             fast = adapt_tasks(pol, fast, ep, 0.3)
         batch.old_mean, batch.old_log_std = pol.forward_tasks(fast, batch.valid.obs)
-    names = list(theta)
-
-    def unflat(v):
-        out, i = {}, 0
-        for k in names:
-            out[k] = v[i: i + theta[k].numel()].reshape(theta[k].shape)
-            i += theta[k].numel()
-        return out
-
-    return pol, theta, batch, unflat, torch.cat([theta[k].flatten() for k in names])
+    return pol, theta, batch, lambda v: _unflatten(v, theta), torch.cat([t.flatten() for t in theta.values()])
 
 
 def test_two_inner_steps_meta_gradient_matches_finite_differences():
