@@ -221,10 +221,9 @@ def test_unsupported_strategies_and_inputs_are_refused():
         m.generate(x, max_new_tokens=3, assistant_model=model("ttt_linear"))
     with pytest.raises(ValueError, match="assisted generation is not supported"):
         m.generate(x, max_new_tokens=3, prompt_lookup_num_tokens=2)
-    with pytest.raises(NotImplementedError, match="padding"):
-        m.generate(x, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]), max_new_tokens=3)
-    with pytest.raises(NotImplementedError, match="padding"):  # right padding too: the rows would not continue
-        m.generate(x, attention_mask=torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]), max_new_tokens=3)
+    for mask in ([[1, 1, 1, 1, 0], [1] * 5], [[1, 0, 1, 1, 1], [1] * 5], [[0] * 5, [1] * 5]):
+        with pytest.raises(NotImplementedError, match="padding"):  # right padding, a hole, an empty row
+            m.generate(x, attention_mask=torch.tensor(mask), max_new_tokens=3)
     with pytest.raises(TypeError, match="InnerloopCache"):
         m(x, cache=DynamicCache())
     with pytest.raises(NotImplementedError, match="roll the state back"):
@@ -433,15 +432,69 @@ def test_right_padding_is_exact_and_left_padding_refused_for_every_mixer(mixer, 
     base = InnerloopModel(tiny(mixer, backbone, mini_batch_size=4))
     base.model.load_state_dict(m.model.state_dict())
     torch.testing.assert_close(base(x, attention_mask=mask).last_hidden_state[1, :6], base(x[1:2, :6])[0][0])
-    # a padded forward cannot hand out a state, and left padding or padding in generate is refused
+    # a padded forward cannot hand out a state; left padding in forward and right padding in generate are refused
     with pytest.raises(ValueError, match="use_cache=True with a right-padded batch"):
         m(x, attention_mask=mask, use_cache=True)
-    left = mask.flip(1)
     with pytest.raises(NotImplementedError, match="only right padding is supported"):
-        m(x, attention_mask=left)
-    for pad in (mask, left):
-        with pytest.raises(NotImplementedError, match="generate.. with padding"):
-            m.generate(x, attention_mask=pad, max_new_tokens=2, do_sample=False)
+        m(x, attention_mask=mask.flip(1))
+    with pytest.raises(NotImplementedError, match="generate.. with padding takes left-padded prompts only"):
+        m.generate(x, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
+def _left_padded(lengths: list[int], t: int, pad: int = 0, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = (torch.arange(t) >= t - torch.tensor(lengths)[:, None]).long()
+    return ids(len(lengths), t, seed).clamp(1, 62).masked_fill(mask == 0, pad), mask  # 63: a pad id of the tests
+
+
+@pytest.mark.parametrize(("mixer", "backbone"), SOME)
+def test_generate_on_a_left_padded_batch_gives_each_row_its_own_tokens(mixer, backbone):
+    # each row continues its real tokens exactly as generating it alone (remainders and rows past a mini-batch), laid
+    # out as transformers lays out a batch: the pads, the prompt, the new tokens, pad_token_id after an early stop
+    m, (x, mask), lengths = model(mixer, backbone, mini_batch_size=4), _left_padded([9, 6, 1], 9), [9, 6, 1]
+    alone = [m.generate(x[r : r + 1, 9 - n :], max_new_tokens=6, do_sample=False)[0] for r, n in enumerate(lengths)]
+    eos = int(alone[1][6])  # row 1 stops after its first new token (and any row that makes it too)
+    out = m.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=63)
+    assert out.shape[0] == 3 and torch.equal(out[:, :9], x)
+    for r, n in enumerate(lengths):
+        want = m.generate(x[r : r + 1, 9 - n :], max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=63)
+        got = out[r, 9 - n :]
+        assert torch.equal(got[: want.shape[1]], want[0]) and bool((got[want.shape[1] :] == 63).all())
+    assert out.shape[1] > 10 and torch.equal(out[1, 9:], torch.tensor([eos] + [63] * (out.shape[1] - 10)))
+    # max_length counts the padded prompt (as transformers): every row gets max_length - 9 new tokens
+    out = m.generate(x, attention_mask=mask, max_length=12, do_sample=False)
+    assert out.shape == (3, 12) and all(torch.equal(out[r, 9 - n :], a[: n + 3]) for r, (n, a) in
+                                        enumerate(zip(lengths, alone)))  # fmt: skip
+    # beam search with several returned sequences: each row's group as that row's own beam search
+    out = m.generate(x, attention_mask=mask, max_new_tokens=3, num_beams=3, num_return_sequences=2, do_sample=False)
+    for r, n in enumerate(lengths):
+        want = m.generate(x[r : r + 1, 9 - n :], max_new_tokens=3, num_beams=3, num_return_sequences=2,
+                          do_sample=False)  # fmt: skip
+        assert torch.equal(out[2 * r : 2 * r + 2, 9 - n :], want)
+
+
+def test_generate_on_a_left_padding_tokenizers_batch():
+    # the usual transformers call: tokenizer(texts, padding=True) with padding_side="left", then generate(**batch)
+    texts = ["to be or not to be", "that is the question", "to"]
+    m, tok = model("ttt_linear", vocab_size=16), _word_tokenizer("left")
+    batch = tok(texts, padding=True, return_tensors="pt")
+    out = m.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    for r, text in enumerate(texts):
+        one = tok(text, return_tensors="pt")["input_ids"]
+        n = one.shape[1]
+        assert torch.equal(out[r, width - n :], m.generate(one, max_new_tokens=4, do_sample=False)[0])
+    # transformers' text-generation pipeline batches with the tokenizer's left padding: the texts of one at a time
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=m, tokenizer=tok, device="cpu")
+    batched = pipe(texts, batch_size=3, max_new_tokens=4, do_sample=False)
+    assert batched == [pipe(t, max_new_tokens=4, do_sample=False) for t in texts]
+    # per-step outputs of the whole batch, a streamer and a cache cannot be assembled from row-by-row generations
+    with pytest.raises(NotImplementedError, match="return_dict_in_generate is not supported with padding"):
+        m.generate(**batch, max_new_tokens=2, return_dict_in_generate=True)
+    state = m(batch["input_ids"][:, -1:], use_cache=True)
+    with pytest.raises(NotImplementedError, match="cannot continue a cache"):
+        m.generate(**batch, max_new_tokens=2, cache=state.cache if hasattr(state, "cache") else state.past_key_values)
 
 
 def test_padding_after_a_cache_or_of_another_shape_is_refused():

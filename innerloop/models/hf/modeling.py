@@ -24,6 +24,7 @@ from innerloop.models.lm import CausalLM
 
 from .cache import InnerloopCache
 from .configuration import MODEL_TYPE, InnerloopConfig
+from .padded_generate import generate_left_padded, left_padding
 
 __all__ = ["InnerloopForCausalLM", "InnerloopModel", "InnerloopPreTrainedModel"]
 
@@ -71,7 +72,7 @@ def _check_inputs(input_ids: Tensor | None, attention_mask: Tensor | None, input
         raise NotImplementedError("only right padding is supported (each row of attention_mask: ones, then zeros): "
                                   "left padding would feed the pads into every recurrent state and shift the "
                                   "positions. Pad on the right (tokenizer.padding_side = 'right'), or batch prompts of "
-                                  "equal length")  # fmt: skip
+                                  "equal length (generate() takes left-padded prompts)")  # fmt: skip
     return True
 
 
@@ -119,10 +120,10 @@ def _check_positions(input_ids: Tensor, attention_mask: Tensor | None, cache: In
 
 def _refuse_padded_generation(attention_mask: Tensor | None) -> None:
     if attention_mask is not None and attention_mask.numel() and not bool(attention_mask.bool().all()):
-        raise NotImplementedError("generate() with padding (zeros in attention_mask) is not supported: the decode "
-                                  "state has one position for the whole batch, so rows of different lengths cannot "
-                                  "continue together. Generate prompts of different lengths one at a time, or batch "
-                                  "prompts of equal length")  # fmt: skip
+        raise NotImplementedError("generate() with padding takes left-padded prompts only (tokenizer.padding_side = "
+                                  "'left': each row of attention_mask zeros, then ones, the shape of input_ids, no "
+                                  "cache): right padding would continue each row after its pads. Pad on the left, or "
+                                  "generate prompts of different lengths one at a time")  # fmt: skip
 
 
 def _expand_cache_for(cache: InnerloopCache, input_ids: Tensor) -> None:
@@ -292,8 +293,9 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
     ``generate()`` works with greedy search, sampling (temperature, top-k, top-p), repetition penalty, stopping
     criteria and beam search (the states are reordered); assisted/speculative decoding is refused (a recurrent state
     cannot be rolled back). ``forward`` takes right-padded batches (transformers' padding collators, training and
-    scoring: exact, since every mixer is causal; no cache is returned); left padding, and padding in ``generate``, are
-    refused: generate prompts of different lengths one at a time.
+    scoring: exact, since every mixer is causal; no cache is returned), and refuses left padding; ``generate`` takes
+    left-padded prompts (``tokenizer.padding_side = "left"``) and generates each row alone, exactly
+    (:mod:`~innerloop.models.hf.padded_generate`), and refuses right padding.
 
     Args:
         config (InnerloopConfig): the model's config.
@@ -394,6 +396,19 @@ class InnerloopForCausalLM(InnerloopPreTrainedModel, GenerationMixin):
                 loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
         out = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=all_h, **{_CACHE_FIELD: cache})
         return out if _return_dict(self.config, return_dict) else out.to_tuple()
+
+    def generate(self, inputs: Tensor | None = None, generation_config: Any = None, **kwargs: Any) -> Any:
+        """transformers' ``generate``; a left-padded batch (``attention_mask`` zeros then ones per row, as a
+        tokenizer with ``padding_side="left"`` makes) is generated row by row from each row's real tokens and laid
+        out as a batched generation (:func:`~innerloop.models.hf.padded_generate.generate_left_padded`): greedy and
+        beam search give each row the tokens of generating it alone. Returns the sequences ``[B * n, P + G]`` then
+        (``return_dict_in_generate`` and per-step outputs are refused with padding)."""
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if not left_padding(input_ids, kwargs.get("attention_mask")):
+            return super().generate(inputs, generation_config, **kwargs)
+        rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}
+        return generate_left_padded(super().generate, generation_config, self.generation_config, input_ids,
+                                    kwargs["attention_mask"], rest)  # fmt: skip
 
     def prepare_inputs_for_generation(
         self, input_ids: Tensor, cache: Any = None, past_key_values: Any = None, attention_mask: Tensor | None = None,
