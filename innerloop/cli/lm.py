@@ -129,6 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: 0.8")  # fmt: skip
     g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; default: 0 = off")
     g.add_argument("--top-p", type=number, default=1.0, help="nucleus mass in (0, 1]; default: 1 = off")
+    g.add_argument("--stop", default=None, help="end where the new text first contains this text (not printed), "
+                   "e.g. --stop $'\\n\\n' in bash; default: none (--max-new-tokens tokens)")  # fmt: skip
     g.add_argument("--seed", type=int, default=None, help="sampling seed; default: random")
     g.add_argument("--device", default="auto", help=_DEVICE_HELP)
     g.set_defaults(func=run_generate)
@@ -285,12 +287,15 @@ def run_generate(args: argparse.Namespace) -> int:
     from innerloop.train.lm import load_run  # the model only
 
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    if args.stop == "":
+        raise ValueError("--stop '' would end before the first token: give some text, or leave --stop out")
     model, cfg = load_run(args.run, args.device)
     prompt = args.prompt.encode("utf-8")
     sys.stdout.write(args.prompt)
     write = stdout_writer()
     stream_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                    write=write, tokenizer=load_tokenizer(cfg.tokenizer, args.run))  # fmt: skip
+                    write=write, tokenizer=load_tokenizer(cfg.tokenizer, args.run),
+                    stop=None if args.stop is None else args.stop.encode("utf-8"))  # fmt: skip
     write(b"", final=True)  # a multi-byte character cut short by the last token: U+FFFD, not dropped
     print(flush=True)
     return 0

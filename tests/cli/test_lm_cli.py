@@ -40,6 +40,14 @@ def test_train_eval_generate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--stride is for --full" in err and "--stride 33 must be in 1..32 (the context): a larger stride" in err
     assert main(["lm", "generate", "--run", str(run), "--prompt", "KING:", "--max-new-tokens", "5", "--seed", "0"]) == 0
+    capsys.readouterr()
+    assert main(["lm", "generate", "--run", str(run), "--prompt", "KING:", "--max-new-tokens", "30", "--seed", "0",
+                 "--temperature", "0"]) == 0  # fmt: skip
+    full = capsys.readouterr().out[len("KING:") : -1]
+    stop = full[5:7]
+    assert main(["lm", "generate", "--run", str(run), "--prompt", "KING:", "--max-new-tokens", "30", "--seed", "0",
+                 "--temperature", "0", "--stop", stop]) == 0  # fmt: skip
+    assert capsys.readouterr().out == "KING:" + full[: full.find(stop)] + "\n"
     # resume: same flags, more steps is a config change -> clear error, exit code 2, nothing overwritten
     before = (run / "log.csv").read_text()
     assert main(["lm", "train", "--steps", "5", "--out", str(run), *TINY]) == 2
@@ -54,6 +62,7 @@ def test_train_eval_generate(tmp_path, capsys):
         (["lm", "generate", "--run", "/no/run", "--top-p", "2"], "top_p must be in"),
         (["lm", "generate", "--run", "/no/run", "--temperature", "inf", "--top-k", "1"], "and finite"),
         (["lm", "generate", "--run", "/no/run"], "config.json not found"),
+        (["lm", "generate", "--run", "/no/run", "--stop", ""], "--stop '' would end before the first token"),
         (["lm", "eval", "--run", "/no/run"], "config.json not found"),
         (["lm", "compare", "--mixers", "ttt_linear", "lsmt"], "invalid choice: 'lsmt'"),
     ],

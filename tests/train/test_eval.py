@@ -153,6 +153,46 @@ def test_stream_generate_seeded_and_filters():
         model, b"\n", 10, temperature=0.0)
 
 
+class _Scripted(torch.nn.Module):
+    """A stand-in LM whose generation is a fixed byte string (counts the tokens it was asked for)."""
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__()
+        self.p, self.text, self.yielded = torch.nn.Parameter(torch.zeros(1)), text, 0
+
+    def iter_generate(self, ids, max_new_tokens, *args):
+        for b in self.text[:max_new_tokens]:
+            self.yielded += 1
+            yield torch.tensor([[b]])
+
+
+@pytest.mark.parametrize(
+    ("text", "stop", "want", "chunks", "tokens"),
+    [
+        (b"hello\n\nworld", b"\n\n", b"hello", [b"h", b"e", b"l", b"l", b"o"], 7),  # spans two tokens; stops there
+        (b"ab\nc\n", b"\n\n", b"ab\nc\n", [b"a", b"b", b"\nc", b"\n"], 5),  # held back, then released
+        (b"\n\nx", b"\n\n", b"", [], 2),  # at the very start: nothing written
+        (b"abcab", b"abd", b"abcab", [b"abc", b"ab"], 5),  # a partial match at the end flushed
+        (b"xxabab", b"ab", b"xx", [b"x", b"x"], 4),
+    ],
+)
+def test_stream_generate_stops_at_a_stop_string_and_never_writes_it(text, stop, want, chunks, tokens):
+    model, seen = _Scripted(text), []
+    assert stream_generate(model, b"p", 50, temperature=0.0, write=seen.append, stop=stop) == want
+    assert seen == chunks and model.yielded == tokens
+    with pytest.raises(ValueError, match="stop must not be empty"):
+        stream_generate(model, b"p", 5, stop=b"")
+
+
+def test_stream_generate_stop_with_a_real_model():
+    model = tiny_lm("ttt_linear")
+    full = stream_generate(model, b"ROMEO:", 40, temperature=0.0)
+    stop = full[12:15]
+    seen = []
+    out = stream_generate(model, b"ROMEO:", 40, temperature=0.0, write=seen.append, stop=stop)
+    assert out == full[: full.find(stop)] and b"".join(seen) == out
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
