@@ -2,6 +2,10 @@
 
 Layout: hidden states ``[B, T, C]``; per-head tensors ``[B, T, H, D]``; the cache stores ``[B, H, S, D]``
 (the layout SDPA takes).
+
+Non-finite inputs: as in every SDPA-based attention, a NaN/inf key or value at position ``t`` makes the outputs of
+earlier positions non-finite too (SDPA multiplies it by the causal mask's exact zero weight, or adds ``-inf`` to a
+NaN score); finite inputs are unaffected.
 """
 
 from __future__ import annotations

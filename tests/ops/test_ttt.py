@@ -332,3 +332,26 @@ def test_chunk_refuses_double_backward(model):
         meta_grad(OPS[("chunk", model)])
     ref = meta_grad(OPS[("naive", model)])
     assert_close("recurrent second derivative", ref, meta_grad(OPS[("recurrent", model)]), **TOL[torch.float64])
+
+
+def test_mlp_gradients_with_saturated_gelu():
+    """Hidden pre-activations ~1e10 (GELU saturated, ``gelu'' = 0``): the float32 chunk backward's gradients equal the
+    float64 token loop's (``gelu''``'s cubic factor used to overflow float32 there: ``0 * inf`` = NaN in dk, dW1)."""
+    torch.manual_seed(0)
+    tensors, off = make_inputs(1, 20, 1, 16, "mlp")
+    with torch.no_grad():
+        tensors[7].mul_(1e10)  # W1: |XK W1| ~ 1e10
+
+    def run(op, ts):
+        o, s = call(op, ts, off)
+        outs = [o, *s.params]
+        gen = torch.Generator().manual_seed(1)
+        loss = sum((x.double() * torch.randn(x.shape, generator=gen, dtype=torch.float64)).sum() for x in outs)
+        return outs + list(torch.autograd.grad(loss, ts[:11]))
+
+    ref = run(naive_ttt_mlp, tensors)
+    got = run(chunk_ttt_mlp, [t.detach().float().requires_grad_() for t in tensors])
+    names = ["o", "W1", "b1", "W2", "b2", *(f"d{n}" for n in INPUT_NAMES), "dW1", "db1", "dW2", "db2"]
+    for name, r, x in zip(names, ref, got):
+        assert torch.isfinite(x).all(), name
+        assert err_ratio(r, x) < 1e-5, name

@@ -426,3 +426,17 @@ def test_layer_with_the_kernel(monkeypatch):
     assert len(res["auto"]) == len(res["chunk"])
     for i, (a, b) in enumerate(zip(res["chunk"], res["auto"])):
         assert_close(f"layer [{i}]", a, b, atol=1e-9, rtol=1e-7)
+
+
+def test_fp32_saturated_gelu_gradients():
+    """Hidden pre-activations ~1e10 (GELU saturated, ``gelu'' = 0``): the kernel's float32 gradients match the float64
+    dual form (``gelu''``'s cubic factor used to overflow float32 there: ``0 * inf`` = NaN in most gradients)."""
+    ts64 = make_inputs(1, 20, 1, 16)
+    with torch.no_grad():
+        ts64[7].mul_(1e10)  # W1_0: |XK W1| ~ 1e10
+    ts = [None if t is None else t.detach().float().requires_grad_() for t in ts64]
+    ref, _, ref_g = outputs_and_grads(chunk_ttt_mlp, ts64, 0)
+    got, _, got_g = outputs_and_grads(triton_ttt_mlp, ts, 0)
+    for name, r, x in zip(names(True), ref + ref_g, got + got_g):
+        assert torch.isfinite(x).all(), name
+        assert err_ratio(r, x) < 1e-5, name

@@ -22,6 +22,7 @@ _gelu_bwd = torch.ops.aten.gelu_backward  # (grad, x) -> grad * gelu'(x), one fu
 _GROUP = 16  # mini-batches per batched recompute in the backward
 _C = 0.7978845608028654  # sqrt(2 / pi)
 _A = 0.044715
+_SAT = 20.0  # |x| past which 1 - tanh(u(x))^2 is exactly 0 in float32 and float64
 
 
 def _gelu(x: Tensor) -> Tensor:
@@ -29,7 +30,13 @@ def _gelu(x: Tensor) -> Tensor:
 
 
 def _gelu_dd(x: Tensor) -> Tensor:
-    """Second derivative of the tanh-approximate GELU: ``(1 - t^2) (u' + x/2 (u'' - 2 t u'^2))``."""
+    """Second derivative of the tanh-approximate GELU: ``(1 - t^2) (u' + x/2 (u'' - 2 t u'^2))``.
+
+    ``x`` is clamped to ``[-20, 20]``: beyond, ``tanh(u)`` rounds to ``±1`` (float32 and float64), so ``1 - t^2`` is
+    exactly 0 either way, and the clamp keeps the cubic factor finite (unclamped, ``0 * inf = NaN`` from ``|x| ~ 1e9``
+    in float32, where the true value and autograd's are 0).
+    """
+    x = x.clamp(-_SAT, _SAT)
     x2 = x * x
     t = torch.tanh(_C * x * (1 + _A * x2))
     du = _C * (1 + 3 * _A * x2)
