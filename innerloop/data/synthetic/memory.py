@@ -210,12 +210,13 @@ class Addition(SyntheticTask):
 class MQAR(SyntheticTask):
     """Multi-query associative recall (Arora et al. 2023, Zoology).
 
-    Keys are tokens ``0 .. V//2 - 1``, values ``V//2 .. V-1``. ``length`` = ``N`` key-value pairs (distinct keys).
+    Keys are tokens ``0 .. V//2 - 1``, values ``V//2 .. V-1``. ``length`` = ``N`` key-value pairs (distinct keys,
+    distinct values, both drawn without replacement as in Zoology).
     ``inputs = [k_1, v_1, .., k_N, v_N, q_1 .. q_Q]`` with the queries a random order of ``Q = N`` of the keys
     (``num_queries`` caps ``Q``); ``targets`` = IGNORE on the pairs, the queried key's value at each query.
-    Values are drawn independently (with replacement, so pairs may share a value; Zoology draws them without).
     Baselines: uniform value guess ``1 / M`` (``M = V - V//2`` value tokens); guessing one of the ``N`` values in
-    context ``(1 + (N - 1) / M) / N`` (the right one, or another pair's equal value), not ``1 / N``.
+    context ``1 / N``. (Before 2026-12-01 values were drawn with replacement, so that guess scored
+    ``(1 + (N - 1) / M) / N``.)
     """
 
     name = "mqar"
@@ -231,7 +232,7 @@ class MQAR(SyntheticTask):
         _check_vocab(self.name, self.vocab_size, 2 * N, f"{N} distinct keys and their values")
         Q = N if self.num_queries is None else min(N, self.num_queries)
         keys = torch.rand(B, nk, generator=g).argsort(1)[:, :N]  # [B, N] distinct
-        vals = _randint(nk, self.vocab_size, (B, N), g)
+        vals = nk + torch.rand(B, self.vocab_size - nk, generator=g).argsort(1)[:, :N]  # [B, N] distinct
         order = torch.rand(B, N, generator=g).argsort(1)[:, :Q]  # which pairs are queried
         inputs = torch.empty(B, 2 * N + Q, dtype=torch.long)
         inputs[:, 0 : 2 * N : 2], inputs[:, 1 : 2 * N : 2] = keys, vals
@@ -241,8 +242,8 @@ class MQAR(SyntheticTask):
         return SynthBatch(inputs, targets, targets != IGNORE)
 
     def baseline(self, length: int) -> dict[str, float]:
-        m = self.vocab_size - self.vocab_size // 2  # value tokens; values repeat, so a context guess also hits copies
-        return {"token_acc": 1.0 / m, "context_guess_acc": (1.0 + (length - 1) / m) / length}
+        m = self.vocab_size - self.vocab_size // 2  # value tokens
+        return {"token_acc": 1.0 / m, "context_guess_acc": 1.0 / length}
 
 
 for _task in (Copy, CopyingMemory, SelectiveCopy, Reverse, Adding, Addition, MQAR):
