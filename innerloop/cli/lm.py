@@ -291,10 +291,15 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError("--stop '' would end before the first token: give some text, or leave --stop out")
     model, cfg = load_run(args.run, args.device)
     prompt = args.prompt.encode("utf-8")
+    tokenizer = load_tokenizer(cfg.tokenizer, args.run)
+    total = len(tokenizer.encode(prompt)) + args.max_new_tokens
+    if cfg.model.mixer == "attention" and total > cfg.context:  # recurrent mixers carry their state past it
+        print(f"note: attention was trained on {cfg.context}-token windows; this prompt + --max-new-tokens reach "
+              f"{total} tokens, and past {cfg.context} its positions (RoPE) are extrapolated", file=sys.stderr)
     sys.stdout.write(args.prompt)
     write = stdout_writer()
     stream_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                    write=write, tokenizer=load_tokenizer(cfg.tokenizer, args.run),
+                    write=write, tokenizer=tokenizer,
                     stop=None if args.stop is None else args.stop.encode("utf-8"))  # fmt: skip
     write(b"", final=True)  # a multi-byte character cut short by the last token: U+FFFD, not dropped
     print(flush=True)

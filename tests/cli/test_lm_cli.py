@@ -90,6 +90,13 @@ def test_compare_equal_budget(tmp_path, capsys):
     assert all(abs(r["params"] - 30000) / 30000 < 0.25 for r in rows)
     assert (out / "results.md").exists() and (out / "loss_curves.png").exists()
     assert "| ttt_linear |" in capsys.readouterr().out
+    # generating past the training context: a note for attention (RoPE extrapolated), none for a recurrent mixer
+    for mixer, noted in (("attention", True), ("ttt_linear", False)):
+        assert main(["lm", "generate", "--run", str(out / mixer), "--prompt", "ab", "--max-new-tokens", "30"]) == 0
+        assert "note: attention" not in capsys.readouterr().err  # 2 + 30 tokens: within the context
+        assert main(["lm", "generate", "--run", str(out / mixer), "--prompt", "abc", "--max-new-tokens", "30"]) == 0
+        err = capsys.readouterr().err
+        assert ("note: attention was trained on 32-token windows" in err) == noted
 
 
 def test_demo_quick(tmp_path, capsys):
