@@ -101,10 +101,11 @@ class _RecurrentMixer(nn.Module):
         raise NotImplementedError
 
     def _no_fused_kernel(self, x: Tensor) -> bool:
-        """Whether the torch.nn kernel cannot run here: the LSTM under float16 autocast on the CPU (oneDNN raises
-        "could not create a primitive descriptor"; float16 parameters without autocast work)."""
+        """Whether the torch.nn kernel cannot run here: the LSTM under float16 or bfloat16 autocast on the CPU
+        (oneDNN raises "could not create a primitive descriptor", for bfloat16 on CPUs without native bfloat16, e.g.
+        ``innerloop lm train --mixer lstm --dtype bf16 --device cpu``; float16 parameters without autocast work)."""
         return (self.has_cell and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") == torch.float16)
+                and torch.get_autocast_dtype("cpu") in (torch.float16, torch.bfloat16))
 
     def forward(self, x: Tensor, state: RNNState | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor, RNNState]:
@@ -125,9 +126,10 @@ class _RecurrentMixer(nn.Module):
             return x.new_zeros(x.shape[0], 0, self.hidden_size), state
         mode = resolve_mode(self.mode, self.modes, type(self).__name__)  # re-read: it may be set after init
         if mode != "naive" and self._no_fused_kernel(x):
-            log_once(f"rnn-fp16-cpu:{type(self).__name__}", "%s: torch.nn.%s has no float16 kernel on the CPU "
-                     "(oneDNN fails under float16 autocast); using the reference cells (mode='naive')",
-                     type(self).__name__, self.core_cls.__name__)
+            half = str(torch.get_autocast_dtype("cpu")).removeprefix("torch.")
+            log_once(f"rnn-{half}-cpu:{type(self).__name__}", "%s: torch.nn.%s has no %s kernel on the CPU "
+                     "(oneDNN fails under %s autocast); using the reference cells (mode='naive')",
+                     type(self).__name__, self.core_cls.__name__, half, half)
             mode = "naive"
         y, state = (self._naive if mode == "naive" else self._fused)(x, state, lengths)
         if self.out_proj is not None:
