@@ -17,6 +17,7 @@ Flags of ``train``/``compare`` are generated from :class:`innerloop.train.TrainC
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -109,6 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--stride", type=at_least(1), default=None,
                    help="with --full: tokens each window slides on; default: the context (non-overlapping windows, "
                    "each from an empty state); smaller gives every token at least context - stride tokens before it")
+    e.add_argument("--dtype", choices=["run", "fp32", "bf16"], default="run",
+                   help="precision of the scoring: run = as the run's training evaluated (its --dtype; auto is bf16 "
+                   "autocast on CUDA, fp32 elsewhere), so the numbers reproduce metrics.json; default: run")
     e.add_argument("--length", type=at_least(0), default=0,
                    help="score positions 0..length-1 of long held-out documents; default: 0 = off")
     e.add_argument("--chunk", type=at_least(0), default=0,
@@ -236,6 +240,10 @@ def run_eval(args: argparse.Namespace) -> int:
     curves, results, nbytes = {}, {}, {}
     for run, name in zip(args.run, run_names(args.run)):
         model, cfg = load_run(run, args.device)
+        device_type = model.embed_tokens.weight.device.type
+        dtype = cfg.dtype if args.dtype == "run" else args.dtype
+        bf16 = dtype == "bf16" or (dtype == "auto" and device_type == "cuda")  # as the Trainer's autocast
+        scoring = functools.partial(torch.autocast, device_type, dtype=torch.bfloat16, enabled=bf16)
         tok = load_tokenizer(cfg.tokenizer, run)
         data = cfg.data if args.data is None else args.data
         d = load_data(data, tok, cache_dir_of(run, cfg.cache_dir), args.gutenberg or cfg.gutenberg, cfg.val_fraction)
@@ -243,27 +251,31 @@ def run_eval(args: argparse.Namespace) -> int:
         unit = "byte" if tok.name == "bytes" else "token"
         if args.full:
             stride = args.stride or cfg.context  # full_windows refuses one larger than the context
-            m = evaluate_lm_full(model, d.val, cfg.context, stride, cfg.micro_batch_size(), token_bytes_of(tok))
+            with scoring():
+                m = evaluate_lm_full(model, d.val, cfg.context, stride, cfg.micro_batch_size(), token_bytes_of(tok))
             results[name] = {**m, "data": d.source, "tokenizer": tok.ident, "protocol": "full", "context": cfg.context,
-                             "stride": stride, "val_tokens": len(d.val)}  # fmt: skip
+                             "stride": stride, "val_tokens": len(d.val),
+                             "dtype": "bf16" if bf16 else "fp32"}  # fmt: skip
             how = ("consecutive windows, each from an empty state" if stride == cfg.context
                    else f"windows sliding by {stride}, each token with at least {cfg.context - stride} before it")
             print(f"{run}: val loss {m['loss']:.4f} nats/{unit}, {m['bpb']:.4f} bits/byte (every one of the "
                   f"validation split's {m['scored_tokens']:,} targets, in {m['windows']:,} {how}; context "
                   f"{cfg.context})")  # fmt: skip
         else:
-            m = evaluate_lm(model, d.val, cfg.context, cfg.micro_batch_size(), cfg.eval_batches * cfg.batch_size,
-                            token_bytes=token_bytes_of(tok))  # fmt: skip
+            with scoring():
+                m = evaluate_lm(model, d.val, cfg.context, cfg.micro_batch_size(), cfg.eval_batches * cfg.batch_size,
+                                token_bytes=token_bytes_of(tok))  # fmt: skip
             # what was scored: evenly spaced windows, each from an empty state (a sample of the split, as in training)
             windows = len(val_starts(len(d.val), cfg.context, cfg.eval_batches * cfg.batch_size))
-            scored = {"protocol": "sample", "windows": windows, "context": cfg.context, "val_tokens": len(d.val)}
+            scored = {"protocol": "sample", "windows": windows, "context": cfg.context, "val_tokens": len(d.val),
+                      "dtype": "bf16" if bf16 else "fp32"}  # fmt: skip
             results[name] = {**m, "data": d.source, "tokenizer": tok.ident, **scored}
             print(f"{run}: val loss {m['loss']:.4f} nats/{unit}, {m['bpb']:.4f} bits/byte (on {windows} evenly spaced "
                   f"windows of {cfg.context} tokens, each from an empty state: "
                   f"{min(windows * cfg.context / len(d.val), 1.0):.0%} of the validation split's {len(d.val):,} "
                   f"tokens; --full scores all of it)")  # fmt: skip
         if args.length:
-            with torch.no_grad():
+            with torch.no_grad(), scoring():
                 curves[name] = loss_by_position(model, d.val_docs, args.length, args.chunk or cfg.context)
             if tok.name != "bytes":  # positions are tokens; bits per byte divides by the bytes they hold
                 nbytes[name] = bytes_by_position(d.val_docs, args.length, token_bytes_of(tok))

@@ -250,3 +250,18 @@ def test_eval_of_runs_with_the_same_folder_name_keeps_each(tmp_path, capsys):
     capsys.readouterr()
     assert main(["lm", "eval", "--run", str(first), f"{first}/"]) == 2  # one folder written two ways
     assert "names the same folder twice" in capsys.readouterr().err
+
+
+def test_eval_reproduces_the_runs_evaluation_in_its_precision(tmp_path, capsys):
+    # a bf16 run: lm eval scores under the run's autocast by default, so it reproduces metrics.json's val_loss
+    # (in fp32 it scored otherwise, by bf16 rounding); --dtype fp32 scores in float32, and eval.json says which
+    run = tmp_path / "bf16"
+    assert main(["lm", "train", "--steps", "2", "--dtype", "bf16", "--out", str(run), *TINY]) == 0
+    val = json.loads((run / "metrics.json").read_text())["val_loss"]
+    scores = {}
+    for dtype in ("run", "fp32"):
+        assert main(["lm", "eval", "--run", str(run), "--dtype", dtype]) == 0
+        scores[dtype] = json.loads((run / "eval.json").read_text())["bf16"]
+    assert scores["run"]["loss"] == pytest.approx(val, rel=1e-6) and scores["run"]["dtype"] == "bf16"
+    assert scores["fp32"]["dtype"] == "fp32" and scores["fp32"]["loss"] != pytest.approx(val, rel=1e-6)
+    capsys.readouterr()
