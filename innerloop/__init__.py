@@ -2,9 +2,9 @@
 
 A sequence model is a learning algorithm and its hidden state is what it has learned. The package is layered
 (``docs/architecture.md``): ``ops`` (pure functions) -> ``layers`` (nn.Modules, the mixers) -> ``models`` ->
-``meta`` / ``optim`` / ``train`` / ``eval`` / ``synth`` / ``diagnostics`` -> ``cli``, with ``data`` beside them and
-the run scaffold ``runs`` at the bottom. Import what you use from its package (``innerloop.layers``,
-``innerloop.models.lm``, ``innerloop.meta``, ...); this top level stays light.
+``meta`` / ``optim`` / ``train`` / ``eval`` / ``synth`` / ``rl`` / ``forecast`` / ``icl`` / ``diagnostics`` ->
+``cli``, with ``data`` beside them and the run scaffold ``runs`` at the bottom. Import what you use from its package
+(``innerloop.layers``, ``innerloop.models.lm``, ``innerloop.meta``, ...); this top level stays light.
 """
 
 __version__ = "0.1.0"

@@ -20,8 +20,8 @@ PKG = "innerloop"
 
 # Units, bottom to top. A module's unit is the first name after ``innerloop.``:
 #   bottom  private top-level helpers ``innerloop._*`` (``_config``, ``_io``, ...), ``errors``, ``testing``
-#           (assert_close helpers for tests and benchmarks; it imports only torch, so any floor may use it) and
-#           ``runs`` (the run scaffold: run directory, checkpoints, the training loop; no model code, so every
+#           (assert_close helpers for tests and benchmarks; it imports only torch and ``runs``, so any floor may use
+#           it) and ``runs`` (the run scaffold: run directory, checkpoints, the training loop; no model code, so every
 #           trainer above can stand on it)
 #   ops     pure functions over tensors, one sub-package per op
 #   data    a side room: datasets, tokenizers, task samplers; imports only the bottom, used from above ``models``

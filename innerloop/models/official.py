@@ -66,10 +66,10 @@ def official_to_lm_config(config: Mapping[str, Any] | Any, mode: str = "auto") -
     for k in ("use_gate", "share_qk", "pre_conv", "tie_word_embeddings"):
         if not isinstance(c[k], bool):
             problems.append(f"{k} must be a bool, got {c[k]!r}")
-    if not problems:
-        H, C = c["num_attention_heads"], c["hidden_size"]
-        if C % H or (C // H) % 2:
-            problems.append(f"hidden_size {C} / num_attention_heads {H} must give an even integer head_dim")
+    H, C = c["num_attention_heads"], c["hidden_size"]
+    sizes_ok = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (H, C))
+    if sizes_ok and (C % H or (C // H) % 2):  # checked with the other problems, so one error lists them all
+        problems.append(f"hidden_size {C} / num_attention_heads {H} must give an even integer head_dim")
     if problems:
         raise ValueError("unsupported official TTT config:\n  " + "\n  ".join(problems))
     return LMConfig(

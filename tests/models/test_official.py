@@ -214,6 +214,13 @@ def test_bad_configs_raise(change, match):
         load_official_ttt(c, {})
 
 
+def test_one_error_lists_every_config_problem():
+    """An odd head dim is reported together with the other problems (it was checked only when there were none)."""
+    c = {**official_config("linear", False), "hidden_size": 30, "hidden_act": "gelu", "foo": 1}
+    with pytest.raises(ValueError, match=r"(?s)unknown config keys \['foo'\].*hidden_act.*head_dim"):
+        load_official_ttt(c, {})
+
+
 def test_bad_inputs_fail_before_a_model_is_built(monkeypatch):
     """With the default (1B, ~5 GB) config, an empty or wrong state dict fails at once: names and shapes are checked
     against a model on the meta device, and no real model is ever built."""

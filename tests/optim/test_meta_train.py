@@ -119,7 +119,7 @@ def test_every_rule_weight_gets_a_meta_gradient(name, problem_fn):
     rule = make_rule(MetaOptConfig(rule=name), problem)
     instances, params = sample_instances(problem, 4, torch.Generator().manual_seed(1))
     if isinstance(rule, MLPRule | TinyRule):  # TinyRule: the same, with its one hidden layer
-        # At its random init ~6 of the 32 first-layer ReLU units are inactive on every coordinate (the progress
+        # At its random init ~7-19 of the 32 first-layer ReLU units are inactive on every coordinate (the progress
         # features are near-constant, acting as a negative bias), so their weights get exactly zero gradient: that
         # is ReLU, not the plumbing. Raise each hidden bias above the largest |W x| its inputs allow, so every unit
         # is active; then every weight must be reached through the unroll (every feature column included).
