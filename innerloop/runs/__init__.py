@@ -34,11 +34,12 @@ from innerloop.runs.loop import (
     check_finite,
     progress_bar,
 )
-from innerloop.runs.run import ConfigMismatchError, Run, config_diff, fill_added_fields, read_config
+from innerloop.runs.run import ConfigMismatchError, Run, RunInUseError, config_diff, fill_added_fields, read_config
 from innerloop.runs.threads import torch_threads
 
 __all__ = [
-    "CSVLogger", "Callback", "ConfigMismatchError", "GeneratorState", "CorruptCheckpointError", "Run", "RunInterrupted",
+    "CSVLogger", "Callback", "ConfigMismatchError", "GeneratorState", "CorruptCheckpointError", "Run", "RunInUseError",
+    "RunInterrupted",
     "TrainLoop", "TrainingDivergedError", "capture_rng", "check_finite", "config_diff", "fill_added_fields",
     "latest_checkpoint", "load_checkpoint", "load_latest_weights", "load_state", "load_weights", "progress_bar",
     "read_config", "read_log", "restore_rng", "save_checkpoint", "torch_threads", "verify_checkpoint",

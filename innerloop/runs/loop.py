@@ -265,7 +265,18 @@ class TrainLoop:
         return row
 
     def fit(self, map_location: Any = "cpu") -> dict[str, Any]:
-        """Train from the newest checkpoint (or from scratch) to ``steps``; returns :meth:`summary`."""
+        """Train from the newest checkpoint (or from scratch) to ``steps``; returns :meth:`summary`.
+
+        The run directory is locked while this runs (:meth:`Run.acquire`): another process training the same ``out``
+        meanwhile gets :class:`~innerloop.runs.RunInUseError`.
+        """
+        try:
+            return self._fit(map_location)
+        finally:
+            if self.run is not None:
+                self.run.release()  # another process may train this run from now on
+
+    def _fit(self, map_location: Any) -> dict[str, Any]:
         resumed = self.resume(map_location)
         logger = None
         if self.run is not None and self.is_main:

@@ -38,11 +38,38 @@ from innerloop.runs.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["ConfigMismatchError", "Run", "config_diff", "fill_added_fields", "read_config"]
+__all__ = ["ConfigMismatchError", "Run", "RunInUseError", "config_diff", "fill_added_fields", "read_config"]
 
 
 class ConfigMismatchError(ValueError):
     """A run directory holds a checkpoint made with a different config."""
+
+
+class RunInUseError(ValueError):
+    """Another process is training into the run directory (it holds the directory's lock)."""
+
+
+def _lock_dir(path: Path) -> int | None:
+    """An exclusive ``flock`` on the directory ``path`` (its open descriptor, to close to release it); None where the
+    platform or file system has no such locks (then runs are not guarded). The OS releases it when the process ends,
+    however it ends, so a crashed run never leaves a stale lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunInUseError(f"{path} is in use: another process is training this run now (the same command started "
+                            f"twice, or a requeued job whose first copy still runs). Wait for it to end, or stop it "
+                            f"(Ctrl-C saves a checkpoint first) and run the command again to resume, or use another "
+                            f"--out; nothing was changed.") from None  # fmt: skip
+    except OSError:  # a file system without flock (some network mounts): unguarded, as before
+        os.close(fd)
+        return None
+    return fd
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -148,7 +175,28 @@ class Run:
         self.ckpt_dir = self.out / "checkpoints"
         self.extensions: list[dict[str, int]] = []
         self.moved_to: Path | None = None
+        self._lock: int | None = None
         self._check_one_writer()
+
+    # ---- one writer at a time
+    def acquire(self) -> None:
+        """Take the run directory's lock (main process; creates ``out``): a second process training into the same
+        ``out`` at the same time raises :class:`RunInUseError` instead of interleaving its checkpoints and log rows
+        with this one's. Held until :meth:`release` (the trainers release it when ``fit`` returns or raises), or until
+        the process ends, however it ends. Taking it again is a no-op."""
+        if self._lock is not None or not self.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_dir(self.out)
+
+    def release(self) -> None:
+        """Give the lock back (no-op without it)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __del__(self) -> None:
+        self.release()
 
     def _check_one_writer(self) -> None:
         """Refuse to be one of several processes that would each write ``out`` as its only writer: a trainer that
@@ -176,6 +224,8 @@ class Run:
         """With ``fresh=True``, move an existing non-empty ``out`` aside (rank 0) so the run starts from nothing."""
         if not (self.fresh and self.is_main and self._has_contents()):
             return
+        held = self._lock is not None
+        self.acquire()  # never move aside a run another process is writing (held through the rename)
         target = self.out.with_name(f"{self.out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         n = 1
         while target.exists():
@@ -183,6 +233,9 @@ class Run:
             target = self.out.with_name(f"{self.out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
         self.out.rename(target)
         self.moved_to = target
+        self.release()  # the lock went with the folder moved aside
+        if held:  # ... and this run holds its own
+            self.acquire()
 
     def check_config(self, saved: dict[str, Any], path: Path) -> None:
         """Refuse a checkpoint of a different run (one line naming the fields and the fixes)."""
@@ -229,6 +282,7 @@ class Run:
         A damaged checkpoint is skipped with a warning naming it; a checkpoint of another config raises
         :class:`ConfigMismatchError` before anything is loaded or written.
         """
+        self.acquire()
         self.start_fresh_if_asked()
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # under torchrun, no rank reads ``out`` before rank 0 has moved an old run aside

@@ -284,3 +284,39 @@ def test_an_extension_is_recorded_once_when_a_damaged_checkpoint_is_skipped(tmp_
         Toy(tmp_path / "r", steps=6, extend=True).fit()
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["resolved"]["extensions"]
     assert saved == [{"from": 4, "to": 6, "at_step": 2}]
+
+
+def test_one_process_trains_a_run_at_a_time(tmp_path):
+    """A second trainer of the same ``out`` (another process, or another Run here: flock conflicts between open
+    descriptions) is refused while the first holds the run, ``--fresh`` included (it would move the run being
+    written aside), with nothing changed; the lock is given back when ``fit`` returns or raises."""
+    from innerloop.runs import RunInUseError
+
+    out = tmp_path / "r"
+    Toy(out, steps=2).fit()  # fit released the lock: the same run resumes in the same process
+    holder = Run(out, {"lr": 0.1, "steps": 4}, extend=True)
+    holder.acquire()
+    before = sorted(p.name for p in out.rglob("*"))
+    for kw in ({"extend": True}, {"fresh": True}):
+        with pytest.raises(RunInUseError, match=r"is in use: another process is training this run now"):
+            Toy(out, steps=4, **kw).fit()
+    assert sorted(p.name for p in out.rglob("*")) == before and not list(tmp_path.glob("r.previous-*"))
+    holder.release()
+    assert Toy(out, steps=4, extend=True).fit()["steps"] == 4
+    with pytest.raises(TrainingDivergedError):
+        Toy(tmp_path / "nan", poison_at=0).fit()
+    Toy(tmp_path / "nan", steps=2, fresh=True).fit()  # the diverged fit gave its lock back
+    assert (tmp_path / "nan").exists() and list(tmp_path.glob("nan.previous-*"))
+
+
+def test_a_killed_process_leaves_no_stale_lock(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    code = (f"import os; from innerloop.runs import Run; r = Run({str(out)!r}, {{}}); r.acquire(); "
+            "print('locked', flush=True); os._exit(9)")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 9 and "locked" in p.stdout
+    assert Toy(out, steps=2).fit()["steps"] == 2
