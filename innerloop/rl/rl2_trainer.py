@@ -148,6 +148,9 @@ def build_rl2(cfg: RL2Config) -> tuple[RL2Policy, torch.optim.Optimizer]:
 # change how a run is reported, not what it computes: allowed to differ on resume
 RESUME_FREE_KEYS = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "max_seconds", "eval_trials",
                               "eval_every", "threads"})  # fmt: skip
+# the resume-free keys ``val_return`` depends on: a finished run run again with another value is evaluated again
+# (``eval_every`` only adds evaluations during training; ``threads`` changes at most rounding)
+EVAL_KEYS = ("eval_trials",)
 LOG_FIELDS = ["step", "loss", "return", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
               "val_return", "train_seconds"]  # fmt: skip
 
@@ -200,7 +203,7 @@ class RL2Trainer(TrainLoop):
         super().__init__(policy, the_run, cfg.steps, stateful=stateful, log_fields=LOG_FIELDS,
                          average=("loss", "return"), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                          eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callbacks=callbacks,
-                         progress=progress, desc=f"RL² {cfg.mixer} {cfg.describe()}",
+                         progress=progress, desc=f"RL² {cfg.mixer} {cfg.describe()}", eval_keys=EVAL_KEYS,
                          diverged_hint=f"Try a lower --lr (now {cfg.lr}) or --max-grad-norm.")  # fmt: skip
 
     def _init_from(self, path: Path) -> None:

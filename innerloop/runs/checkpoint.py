@@ -128,9 +128,15 @@ def save_checkpoint(directory: str | Path, step: int, model: nn.Module, state: d
             kept = f"the newest checkpoint {directory / (directory / POINTER).read_text().strip()} is kept"
         raise OSError(f"cannot write checkpoint {final} ({type(e).__name__}: {e}); {kept}. Free disk space (or "
                       f"check the folder's permissions) and run the same command again to resume") from e  # fmt: skip
-    if final.exists():  # re-saving the same step (e.g. a resumed run that ends where it started)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.exists():  # re-saving the same step (e.g. a finished run evaluated again with other settings)
+        # moved aside, not deleted first: a process killed meanwhile leaves *.tmp debris, not a half-deleted checkpoint
+        old = directory / f"{final.name}.old.tmp"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
     atomic_write_text(directory / POINTER, final.name + "\n")
     done = checkpoint_steps(directory) if keep > 0 else []
     for old in done[: max(len(done) - keep, 0)]:

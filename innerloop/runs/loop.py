@@ -8,6 +8,9 @@ identically for every trainer:
 - log rows to ``log.csv`` (averaged columns are means over the last ``log_every`` steps, from the saved history, so a
   resumed run logs the same numbers as an uninterrupted one);
 - evaluate every ``eval_every`` steps and at the end; checkpoint every ``checkpoint_every`` steps and at the end;
+- a finished run run again reports its saved evaluation, unless a setting the evaluation depends on (``eval_keys``:
+  resume-free config keys such as the number of validation batches) differs from the one it was computed with: then
+  it is evaluated again and the checkpoint re-saved with it, so the reported numbers always match ``config.json``;
 - stop after ``max_seconds`` of training (checkpointed; the budget counts the whole run's training time, so a run it
   stopped trains nothing more until it is resumed with a larger one) or when a callback sets ``should_stop``;
 - stop on a NaN/inf loss without saving (the last good checkpoint stays the newest);
@@ -31,7 +34,7 @@ from torch import nn
 
 from innerloop.runs.checkpoint import capture_rng, restore_rng
 from innerloop.runs.log import CSVLogger
-from innerloop.runs.run import ConfigMismatchError, Run
+from innerloop.runs.run import ConfigMismatchError, Run, config_diff
 
 __all__ = ["Callback", "GeneratorState", "RunInterrupted", "TrainLoop", "TrainingDivergedError", "check_finite",
            "progress_bar"]
@@ -120,6 +123,12 @@ class TrainLoop:
         tokens_per_step (int, Optional): > 0 adds ``tokens`` and ``tokens_per_s`` to the log. Default: 0.
         diverged_hint (str, Optional): what to try when training diverges (appended to the error). Default: "".
         verbose (bool, Optional): say on stderr when a run resumes or starts over. Default: False.
+        eval_keys (Sequence[str], Optional): the config keys ``evaluate_metrics`` depends on that may change on
+            resume (resume-free keys of ``run``; nested ones dotted, ``"model.x"``). A finished run (or one whose time
+            budget is spent) run again with other values of them is evaluated again, and its checkpoint re-saved
+            with the new evaluation (the training state in it is unchanged); with the same values it reports the
+            saved evaluation. The values the saved evaluation was made with are read from the config saved in the
+            checkpoint (the final checkpoint is written right after the final evaluation). Default: ().
     """
 
     def __init__(
@@ -127,7 +136,7 @@ class TrainLoop:
         log_fields: Sequence[str] = ("step", "loss"), average: Sequence[str] = ("loss",), log_every: int = 10,
         checkpoint_every: int = 0, eval_every: int = 0, max_seconds: float = 0.0, callbacks: Sequence[Callback] = (),
         is_main: bool = True, progress: bool = False, desc: str = "", tokens_per_step: int = 0,
-        diverged_hint: str = "", verbose: bool = False,
+        diverged_hint: str = "", verbose: bool = False, eval_keys: Sequence[str] = (),
     ) -> None:  # fmt: skip
         self.model, self.run, self.total_steps = module, run, steps
         self.stateful = dict(stateful or {})
@@ -136,6 +145,9 @@ class TrainLoop:
         self.max_seconds, self.callbacks, self.is_main = max_seconds, list(callbacks), is_main
         self.progress, self.desc, self.tokens_per_step = progress, desc, tokens_per_step
         self.diverged_hint, self.verbose = diverged_hint, verbose
+        self.eval_keys = tuple(eval_keys)
+        # eval_keys whose values differ from those of the resumed checkpoint's evaluation: {key: (saved, now)}
+        self.eval_changed: dict[str, tuple[Any, Any]] = {}
         self.step = 0
         self.history: dict[str, list[float]] = {k: [] for k in self._recorded()}
         self.train_seconds = 0.0
@@ -228,10 +240,36 @@ class TrainLoop:
         if state is None:
             return False
         self.load_state_dict(state)
+        self.eval_changed = self._eval_settings_changed(state.get("config"))
         self.resumed_from = self.last_saved = state["path"]
         if self.verbose and self.is_main:
             print(f"resumed from step {self.step} ({state['path']})", file=sys.stderr, flush=True)
         return True
+
+    def _eval_settings_changed(self, saved: Any) -> dict[str, tuple[Any, Any]]:
+        """The ``eval_keys`` whose values in ``saved`` (a checkpoint's config) differ from the run's now.
+
+        A checkpoint without a config (written before configs were saved in it) counts as matching.
+        """
+        if self.run is None or not self.eval_keys or not isinstance(saved, dict):
+            return {}
+        if self.run.upgrade is not None:
+            saved = self.run.upgrade(saved)
+        diff = config_diff(saved, self.run.config)
+        return {k: v for k, v in diff.items() if k in self.eval_keys}
+
+    def _evaluate_again(self) -> None:
+        """Evaluate a run that trains no further under the changed ``eval_keys`` and re-save its checkpoint with the
+        new evaluation (and the config that records its settings); the generator states saved are the checkpoint's."""
+        if self.verbose and self.is_main:
+            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self.eval_changed.items())
+            print(f"evaluating step {self.step} again: the saved evaluation was made with other settings ({changed})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        rng = capture_rng()
+        self.evaluate()
+        restore_rng(rng)
+        self.save()
+        self.eval_changed = {}
 
     def evaluate(self) -> dict[str, float]:
         if not self.is_main:
@@ -278,6 +316,7 @@ class TrainLoop:
 
     def _fit(self, map_location: Any) -> dict[str, Any]:
         resumed = self.resume(map_location)
+        start = self.step
         logger = None
         if self.run is not None and self.is_main:
             self.run.out.mkdir(parents=True, exist_ok=True)
@@ -338,6 +377,9 @@ class TrainLoop:
                         break
             if resumed and self.step >= self.total_steps and not self.last_eval:
                 self.evaluate()
+            elif resumed and self.step == start and self.last_eval and self.eval_changed:
+                # nothing trained (finished, or the time budget spent): the saved evaluation is of other settings
+                self._evaluate_again()
         finally:
             if bar is not None:
                 bar.close()

@@ -36,6 +36,10 @@ from .schedules import lr_at
 
 __all__ = ["LOG_FIELDS", "Callback", "ConfigMismatchError", "Trainer", "TrainingDivergedError"]
 
+# the resume-free config keys the validation (``eval_fn`` of :func:`innerloop.train.train_lm`) depends on: a finished
+# run run again with another value is evaluated again. ``eval_every`` only adds evaluations during training; the others
+# (``model.mode``, ``parallel``, the process count that sets the evaluation's batch size) change at most rounding.
+EVAL_KEYS = ("eval_batches",)
 LOG_FIELDS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "train_seconds", "val_loss", "val_bpb"]
 
 
@@ -98,6 +102,7 @@ class Trainer(TrainLoop):
             average=("loss",), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
             eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callbacks=callbacks, is_main=self.dist.is_main,
             progress=progress, desc=cfg.model.mixer, tokens_per_step=tokens_per_step, verbose=progress,
+            eval_keys=EVAL_KEYS if eval_fn is not None else (),
             diverged_hint=f"Try a lower --lr (now {cfg.lr}), a smaller --grad-clip, or fp32 (--dtype fp32).",
         )  # fmt: skip
         self.ckpt_dir = run.ckpt_dir
@@ -153,7 +158,8 @@ class Trainer(TrainLoop):
         if not self.fsdp or self.is_main:
             return super().evaluate()
         # FSDP: the sharded forward all-gathers weights, so every rank runs the evaluation; only rank 0 reports it.
-        # The others keep the numbers too: the loop decides from ``last_eval`` whether to evaluate again.
+        # The others keep the numbers too: the loop decides from ``last_eval`` (and ``eval_keys``) whether to evaluate
+        # again.
         self.evaluate_now()
         return {}
 

@@ -385,3 +385,30 @@ def test_an_eval_seed_that_drew_training_tasks_is_refused():
     assert _step_seed(0, 1) == 7920
     for seed in (EVAL_SEED, 3000, _step_seed(cfg.seed, STEPS)):  # not drawn by training: fine
         assert evaluate_rl2(cfg, policy, seed=seed)["trials"] == cfg.eval_trials
+
+
+def test_a_finished_run_rerun_with_other_eval_trials_is_evaluated_again(tmp_path):
+    from innerloop.rl import train_rl2
+    from innerloop.runs import Callback
+
+    class CountEvals(Callback):
+        n = 0
+
+        def on_eval(self, trainer, step, metrics):
+            CountEvals.n += 1
+
+    kw = dict(env="mdp", states=3, actions=2, horizon=2, episodes=3, trials=4, epochs=1, minibatches=1, steps=2,
+              eval_every=0, threads=1)  # fmt: skip
+    out = tmp_path / "r"
+    first = train_rl2(config(str(out), eval_trials=8, **kw), callbacks=[CountEvals()])
+    assert CountEvals.n == 1
+    assert train_rl2(config(str(out), eval_trials=8, **kw), callbacks=[CountEvals()])["val_return"] == \
+        first["val_return"] and CountEvals.n == 1  # unchanged: the saved evaluation is reported
+    m = train_rl2(config(str(out), eval_trials=40, **kw), callbacks=[CountEvals()])
+    fresh = train_rl2(config(str(tmp_path / "fresh"), eval_trials=40, **kw))
+    assert CountEvals.n == 2 and m["val_return"] == fresh["val_return"] != first["val_return"]
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["val_return"] == m["val_return"] and written["test"]["trials"] == 40
+    assert m["test"] == {**fresh["test"], "seconds": m["test"]["seconds"]}
+    train_rl2(config(str(out), eval_trials=40, **kw), evaluate_after=False, callbacks=[CountEvals()])
+    assert CountEvals.n == 2  # the checkpoint was re-saved with the new evaluation

@@ -320,3 +320,70 @@ def test_a_killed_process_leaves_no_stale_lock(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 9 and "locked" in p.stdout
     assert Toy(out, steps=2).fit()["steps"] == 2
+class EvalToy(Toy):
+    """Toy whose validation depends on the resume-free setting ``eval_n`` (the number of validation rows)."""
+
+    def __init__(self, out, eval_n=2, steps=6, max_seconds=0.0, eval_keys=("eval_n",), **kw):
+        self.eval_n, self.evaluations = eval_n, 0
+        super().__init__(None, steps=steps)
+        self.run = Run(out, {"lr": 0.1, "steps": steps, "eval_n": eval_n, "max_seconds": max_seconds},
+                       resume_free={"eval_n", "max_seconds"}, **kw)  # fmt: skip
+        self.max_seconds, self.eval_keys = max_seconds, tuple(eval_keys)
+
+    def evaluate_metrics(self):
+        self.evaluations += 1
+        x = torch.linspace(-1, 1, 3 * self.eval_n).reshape(self.eval_n, 3)
+        return {"loss": (self.net(x) - x.sum(1, keepdim=True)).pow(2).mean()}
+
+
+def test_a_finished_run_is_evaluated_again_only_when_its_eval_settings_changed(tmp_path):
+    out = tmp_path / "a"
+    first = EvalToy(out, eval_n=2)
+    first.fit()
+    assert first.evaluations == 1
+    same = EvalToy(out, eval_n=2)
+    assert same.fit()["val_loss"] == first.last_eval["loss"] and same.evaluations == 0  # the saved evaluation
+    rows = read_log(out / "log.csv")
+    changed = EvalToy(out, eval_n=5)
+    s = changed.fit()
+    fresh = EvalToy(tmp_path / "fresh", eval_n=5)
+    assert changed.evaluations == 1 and s["val_loss"] == fresh.fit()["val_loss"] != first.last_eval["loss"]
+    assert read_log(out / "log.csv") == rows  # the log keeps the rows as they were logged
+    again = EvalToy(out, eval_n=5)  # the checkpoint was re-saved with the new evaluation and its settings
+    assert again.fit()["val_loss"] == s["val_loss"] and again.evaluations == 0
+    back = EvalToy(out, eval_n=2)
+    assert back.fit()["val_loss"] == first.last_eval["loss"] and back.evaluations == 1
+    # the training state re-saved is the run's: extended, it trains on as the never re-evaluated run does
+    for o in (out, tmp_path / "fresh"):
+        EvalToy(o, eval_n=2, steps=8, extend=True).fit()
+    losses = [[r["loss"] for r in read_log(o / "log.csv")] for o in (out, tmp_path / "fresh")]
+    assert losses[0] == losses[1]
+    assert not list((out / "checkpoints").glob("*.tmp"))
+
+
+def test_eval_settings_unknown_to_an_old_checkpoint_count_as_matching(tmp_path):
+    out = tmp_path / "a"
+    EvalToy(out, eval_n=2).fit()
+    path = latest_checkpoint(out / "checkpoints")
+    state = torch.load(path / "trainer.pt", weights_only=False)
+    del state["config"]  # written before checkpoints carried their config
+    torch.save(state, path / "trainer.pt")
+    (path / MANIFEST).unlink()
+    changed = EvalToy(out, eval_n=5)
+    changed.fit()
+    assert changed.evaluations == 0
+    no_keys = EvalToy(tmp_path / "b", eval_n=2, eval_keys=())
+    no_keys.fit()
+    later = EvalToy(tmp_path / "b", eval_n=5, eval_keys=())
+    later.fit()
+    assert later.evaluations == 0  # a trainer that names no eval keys reports its saved evaluation, as before
+
+
+def test_a_run_whose_time_budget_is_spent_is_evaluated_again_with_changed_settings(tmp_path):
+    out = tmp_path / "a"
+    first = EvalToy(out, eval_n=2, max_seconds=1e-9)  # stops after its first step
+    s = first.fit()
+    assert s["stopped_early"] and s["steps"] == 1
+    changed = EvalToy(out, eval_n=5, max_seconds=1e-9)
+    s2 = changed.fit()
+    assert s2["steps"] == 1 and changed.evaluations == 1 and s2["val_loss"] != s["val_loss"]

@@ -105,6 +105,32 @@ def test_resume_free_keys_and_extending_nothing(tmp_path):
     assert m["steps"] == 3 and math.isfinite(m["val_loss"])
 
 
+class CountEvals(Callback):
+    def __init__(self) -> None:
+        self.n = 0
+
+    def on_eval(self, trainer, step, metrics):
+        self.n += 1
+
+
+def test_a_finished_run_rerun_with_other_eval_batches_is_evaluated_again(tmp_path):
+    import json
+
+    train_lm(tiny(tmp_path, steps=3, eval_batches=1))
+    count = CountEvals()
+    same = train_lm(tiny(tmp_path, steps=3, eval_batches=1), callbacks=[count])
+    assert count.n == 0  # unchanged: the saved evaluation is reported
+    m = train_lm(tiny(tmp_path, steps=3, eval_batches=3), callbacks=[count])
+    fresh = train_lm(tiny(tmp_path, "fresh", steps=3, eval_batches=3))
+    assert count.n == 1 and m["val_loss"] == fresh["val_loss"] != same["val_loss"]
+    assert m["val_bpb"] == fresh["val_bpb"] and m["steps"] == 3
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["val_loss"] == fresh["val_loss"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["eval_batches"] == 3
+    again = train_lm(tiny(tmp_path, steps=3, eval_batches=3), callbacks=[count])  # the re-saved checkpoint's
+    assert count.n == 1 and again["val_loss"] == fresh["val_loss"]
+
+
 def test_checkpoint_debris_is_ignored(tmp_path):
     cfg = tiny(tmp_path, steps=3)
     train_lm(cfg)
