@@ -178,12 +178,23 @@ class CausalSelfAttention(nn.Module):
     def _check(self, x: Tensor, state: KVCache | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"expected x of shape [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        w = self.q_proj.weight
+        if not x.is_floating_point() or (x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type)):
+            raise TypeError(f"input dtype {x.dtype} != parameter dtype {w.dtype}; cast the input or the module")
+        if x.device != w.device:
+            raise ValueError(f"input on {x.device}, parameters on {w.device}")
         if state is None:
             return
         if not isinstance(state, KVCache):
             raise TypeError(f"state must be a KVCache (from init_state or a previous forward), got {type(state)}")
-        want = (x.shape[0], self.num_heads, self.head_dim)
-        got = (state.k.shape[0], state.k.shape[1], state.k.shape[3])
+        self._check_cache(state.k, x.shape[0])
+        if state.k.device != x.device or state.v.device != x.device:
+            raise ValueError(f"the KV cache is on {state.k.device} but the input on {x.device}; move the state")
+
+    def _check_cache(self, k: Tensor, batch_size: int | None) -> None:
+        """The cache's keys ``[B, H, S, D]`` fit this layer (and ``batch_size`` rows, unless None)."""
+        want = (batch_size if batch_size is not None else k.shape[0], self.num_heads, self.head_dim)
+        got = (k.shape[0], k.shape[1], k.shape[3]) if k.dim() == 4 else tuple(k.shape)
         if got != want:
             raise ValueError(f"state holds [B, H, S, D] with (B, H, D) = {got}, but this input needs {want}")
 
@@ -209,6 +220,11 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)  # [B, H, T, D]
         v = v.transpose(1, 2)
         # Without a state there is nothing to copy: the new state views this call's keys/values.
+        if state is not None and torch.promote_types(state.k.dtype, k.dtype) != state.k.dtype:
+            # a lower-precision cache (a bfloat16 autocast prefill continued in float32): widen it once rather than
+            # round every later key and value to it
+            dt = torch.promote_types(state.k.dtype, k.dtype)
+            state = KVCache(state.keys.to(dt), state.values.to(dt), state.length, [state.length])
         state = KVCache(k, v, T, [T]) if state is None else state.append(k.to(state.k.dtype), v.to(state.v.dtype))
         keys, values = state.keys.to(q.dtype), state.values.to(q.dtype)
         if start == 0 or T == 1:
@@ -230,6 +246,7 @@ class CausalSelfAttention(nn.Module):
         """
         if not isinstance(state, KVCache):
             raise TypeError(f"state must be a KVCache (after a prefill), got {type(state)}")
+        self._check_cache(state.k, None)
         if state.length > max_length:
             raise ValueError(f"the cache holds {state.length} positions, more than max_length={max_length}; "
                              f"pass max_length >= {state.length}")
@@ -245,6 +262,9 @@ class CausalSelfAttention(nn.Module):
         and value are written into ``cache`` in place, then it attends over positions ``<= position``. ``y [B, 1, C]``.
         """
         B, T, C = x.shape
+        if cache.k.shape[0] != B:
+            raise ValueError(f"the static cache holds {cache.k.shape[0]} rows but the step has {B}: build the static "
+                             f"state from a state of this batch size")
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)

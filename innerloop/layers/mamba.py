@@ -187,6 +187,11 @@ class Mamba(nn.Module):
     def _check(self, x: Tensor, state: MambaState | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"Mamba expects x of shape [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        w = self.in_proj.weight
+        if not x.is_floating_point() or (x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type)):
+            raise TypeError(f"Mamba: input dtype {x.dtype} != parameter dtype {w.dtype}; cast the input or the module")
+        if x.device != w.device:
+            raise ValueError(f"Mamba: input on {x.device}, parameters on {w.device}")
         if state is None:
             return
         if not isinstance(state, MambaState):
@@ -196,6 +201,8 @@ class Mamba(nn.Module):
         got = (tuple(state.conv.shape), tuple(state.ssm.shape))
         if got != want:
             raise ValueError(f"state shapes (conv, ssm) {got} do not fit this layer and batch: expected {want}")
+        if state.conv.device != x.device or state.ssm.device != x.device:
+            raise ValueError(f"state on {state.ssm.device} but input on {x.device}; move the state")
 
     def forward(self, x: Tensor, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
         """Run ``x [B, T, C]`` from ``state`` (None = sequence start).
@@ -205,6 +212,10 @@ class Mamba(nn.Module):
             any split into chunks with the state carried.
         """
         self._check(x, state)
+        if (state is not None and torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+                and (state.conv.is_inference() or state.ssm.is_inference())):
+            # a state made under torch.inference_mode() cannot be saved for backward (the one-token step saves it)
+            state = MambaState(state.conv.clone(), state.ssm.clone())
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, E] each
         xs, conv_state = self.conv(xs, None if state is None else state.conv)
         xs = F.silu(xs)

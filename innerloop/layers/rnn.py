@@ -21,10 +21,33 @@ from .registry import register_mixer
 
 
 class RNNState(NamedTuple):
-    """Recurrent state: ``h [L, B, S]`` and, for the LSTM, the cell ``c [L, B, S]`` (None otherwise)."""
+    """Recurrent state: ``h [L, B, S]`` and, for the LSTM, the cell ``c [L, B, S]`` (None otherwise).
+
+    Each mixer returns its own subclass (:class:`ElmanState`, :class:`LSTMState`, :class:`GRUState`), so a state of
+    one kind given to another (an RNN's ``h`` to a GRU of the same width: same shapes) is an error instead of a
+    silently wrong continuation. A plain ``RNNState`` built by hand is accepted by every kind.
+    """
 
     h: Tensor
     c: Tensor | None = None
+
+
+class ElmanState(RNNState):
+    """:class:`RNNState` of the ``'rnn'`` mixer (:class:`RNN`)."""
+
+    __slots__ = ()
+
+
+class LSTMState(RNNState):
+    """:class:`RNNState` of the ``'lstm'`` mixer (:class:`LSTM`)."""
+
+    __slots__ = ()
+
+
+class GRUState(RNNState):
+    """:class:`RNNState` of the ``'gru'`` mixer (:class:`GRU`)."""
+
+    __slots__ = ()
 
 
 class _RecurrentMixer(nn.Module):
@@ -42,6 +65,7 @@ class _RecurrentMixer(nn.Module):
     """
 
     core_cls: type[nn.RNNBase] = nn.RNN
+    state_cls: type[RNNState] = RNNState
     has_cell = False
     modes: ClassVar[tuple[str, ...]] = ("auto", "naive", "fused")
     config_options: ClassVar[tuple[str, ...]] = ()
@@ -64,24 +88,56 @@ class _RecurrentMixer(nn.Module):
         w = self.core.weight_hh_l0
         shape = (self.num_layers, batch_size, self.state_size)
         z = lambda: torch.zeros(shape, device=device or w.device, dtype=dtype or w.dtype)  # noqa: E731
-        return RNNState(z(), z() if self.has_cell else None)
+        return self.state_cls(z(), z() if self.has_cell else None)
 
     def _check(self, x: Tensor, state: RNNState | None, lengths: Tensor | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"{type(self).__name__} expects x of shape [B, T, {self.hidden_size}], "
                              f"got {tuple(x.shape)}")
+        w = self.core.weight_hh_l0
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if not x.is_floating_point() or (x.dtype != w.dtype and not autocast):
+            raise TypeError(f"{type(self).__name__}: input dtype {x.dtype} != parameter dtype {w.dtype}; cast the "
+                            f"input or the module")
+        if x.device != w.device:
+            raise ValueError(f"{type(self).__name__}: input on {x.device}, parameters on {w.device}")
         if state is not None:
             if not isinstance(state, RNNState) or (state.c is None) == self.has_cell:
-                raise TypeError(f"state must be an RNNState from {type(self).__name__}.init_state / forward")
+                raise TypeError(f"state must be an RNNState from {type(self).__name__}.init_state / forward, got "
+                                f"{type(state).__name__}")
+            if type(state) is not RNNState and not isinstance(state, self.state_cls):
+                raise TypeError(f"state is a {type(state).__name__}, the state of another recurrent mixer; "
+                                f"{type(self).__name__} takes the {self.state_cls.__name__} of its init_state / "
+                                f"forward")
             want = (self.num_layers, x.shape[0], self.state_size)
             for s in (state.h,) if state.c is None else (state.h, state.c):
                 if tuple(s.shape) != want:
                     raise ValueError(f"state tensors must be [L, B, S] = {list(want)}, got {tuple(s.shape)}")
-                if s.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+                if s.device != x.device:
+                    raise ValueError(f"state on {s.device} but input on {x.device}; move the state")
+                # a lower-precision state (bfloat16 autocast prefill, then float32) is cast up, losslessly
+                if s.dtype != x.dtype and not autocast and torch.promote_types(s.dtype, x.dtype) != x.dtype:
                     raise TypeError(f"state dtype {s.dtype} != input dtype {x.dtype}; cast the state, or build it "
                                     f"with init_state(batch_size, dtype=x.dtype)")
-        if lengths is not None and lengths.shape != (x.shape[0],):
-            raise ValueError(f"lengths must be [B] = [{x.shape[0]}], got {tuple(lengths.shape)}")
+        if lengths is not None:
+            if not isinstance(lengths, Tensor) or lengths.is_floating_point() or lengths.is_complex() \
+                    or lengths.dtype == torch.bool:
+                got = lengths.dtype if isinstance(lengths, Tensor) else type(lengths).__name__
+                raise TypeError(f"lengths must be an integer tensor [B], got {got} (a fractional length has no "
+                                f"meaning: the paths would round it differently)")
+            if lengths.shape != (x.shape[0],):
+                raise ValueError(f"lengths must be [B] = [{x.shape[0]}], got {tuple(lengths.shape)}")
+
+    def _usable_state(self, x: Tensor, state: RNNState) -> RNNState:
+        """``state`` in ``x``'s dtype (outside autocast) and, under autograd, outside inference mode: a state made
+        under ``torch.inference_mode()`` cannot be saved for backward, so it is copied (``[L, B, S]``: cheap)."""
+        ts = (state.h, state.c)
+        cast = not torch.is_autocast_enabled(x.device.type) and state.h.dtype != x.dtype
+        inference = (torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+                     and any(t is not None and t.is_inference() for t in ts))
+        if not (cast or inference):
+            return state
+        return type(state)(*(None if t is None else t.to(x.dtype if cast else t.dtype).clone() for t in ts))
 
     def _fused(self, x: Tensor, state: RNNState, lengths: Tensor | None) -> tuple[Tensor, RNNState]:
         hx = (state.h, state.c) if self.has_cell else state.h
@@ -89,13 +145,15 @@ class _RecurrentMixer(nn.Module):
             y, hn = self.core(x, hx)
         else:
             lengths = lengths.cpu()
+            if lengths.numel() == 0:  # batch 0: nothing to pack
+                return self.core(x, hx)[0], state
             if lengths.min() < 1 or lengths.max() > x.shape[1]:
                 raise ValueError(f"lengths must lie in [1, T = {x.shape[1]}], got [{int(lengths.min())}, "
                                  f"{int(lengths.max())}]")
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             y, hn = self.core(packed, hx)
             y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
-        return y, RNNState(*hn) if self.has_cell else RNNState(hn)
+        return y, self.state_cls(*hn) if self.has_cell else self.state_cls(hn)
 
     def _naive(self, x: Tensor, state: RNNState, lengths: Tensor | None) -> tuple[Tensor, RNNState]:
         raise NotImplementedError
@@ -120,8 +178,7 @@ class _RecurrentMixer(nn.Module):
             tuple[Tensor, RNNState]: ``y [B, T, C]`` and the state after the last (valid) token.
         """
         self._check(x, state, lengths)
-        if state is None:
-            state = self.init_state(x.shape[0], x.device, x.dtype)
+        state = self.init_state(x.shape[0], x.device, x.dtype) if state is None else self._usable_state(x, state)
         if x.shape[1] == 0:  # an empty chunk: the state unchanged (as for every mixer; torch.nn's RNNs refuse T = 0)
             return x.new_zeros(x.shape[0], 0, self.hidden_size), state
         mode = resolve_mode(self.mode, self.modes, type(self).__name__)  # re-read: it may be set after init
@@ -154,6 +211,7 @@ class RNN(_RecurrentMixer):
     """
 
     core_cls = nn.RNN
+    state_cls = ElmanState
 
     def __init__(self, hidden_size: int, num_heads: int = 1, *, state_size: int | None = None, num_layers: int = 1,
                  bias: bool = True, mode: str = "auto", nonlinearity: str = "tanh") -> None:
@@ -164,7 +222,7 @@ class RNN(_RecurrentMixer):
 
     def _naive(self, x, state, lengths):
         y, h = naive_rnn(x, weights_of(self.core), state.h, self.core.nonlinearity, lengths)
-        return y, RNNState(h)
+        return y, ElmanState(h)
 
 
 @register_mixer("lstm")
@@ -178,11 +236,12 @@ class LSTM(_RecurrentMixer):
     """
 
     core_cls = nn.LSTM
+    state_cls = LSTMState
     has_cell = True
 
     def _naive(self, x, state, lengths):
         y, (h, c) = naive_lstm(x, weights_of(self.core), (state.h, state.c), lengths)
-        return y, RNNState(h, c)
+        return y, LSTMState(h, c)
 
 
 @register_mixer("gru")
@@ -190,10 +249,11 @@ class GRU(_RecurrentMixer):
     """GRU mixer (``torch.nn.GRU``; gates ``r, z, n``). Arguments as :class:`_RecurrentMixer`."""
 
     core_cls = nn.GRU
+    state_cls = GRUState
 
     def _naive(self, x, state, lengths):
         y, h = naive_gru(x, weights_of(self.core), state.h, lengths)
-        return y, RNNState(h)
+        return y, GRUState(h)
 
 
-__all__ = ["GRU", "LSTM", "RNN", "RNNState"]
+__all__ = ["GRU", "LSTM", "RNN", "ElmanState", "GRUState", "LSTMState", "RNNState"]

@@ -232,11 +232,16 @@ class TTTBase(nn.Module):
             raise TypeError(f"input dtype {x.dtype} != parameter dtype {w}; cast the input or the module")
         if state is None:
             return
+        self._check_state(state, x.shape[0])
+
+    def _check_state(self, state: TTTLayerState, batch_size: int | None) -> None:
+        """``state`` fits this layer (and ``batch_size`` rows, unless None): inner model shapes, conv states, and its
+        mini-batch offset against its position (another ``mini_batch_size``)."""
         if not isinstance(state, TTTLayerState):
             raise TypeError(f"state must be a TTTLayerState from {type(self).__name__}.init_state, got {type(state)}")
         ref = self.inner_params()
         got = state.ttt.params
-        B = x.shape[0]
+        B = batch_size if batch_size is not None else (got[0].shape[0] if got else 0)
         ok = len(got) == len(ref) and all(g.shape == (B, *r.shape) for g, r in zip(got, ref))
         if not ok:
             raise ValueError(
@@ -331,6 +336,7 @@ class TTTBase(nn.Module):
         gradients in at least float32 as the recurrent step keeps them); ``max_length`` does not matter here."""
         if not isinstance(state, TTTLayerState):
             raise TypeError(f"state must be a TTTLayerState (after a prefill), got {type(state)}")
+        self._check_state(state, None)  # as forward does: another size or mini_batch_size is an error, not garbage
         if state.position > max_length:
             raise ValueError(f"the state is at position {state.position}, past max_length={max_length}; "
                              f"pass max_length >= {state.position}")
@@ -348,6 +354,9 @@ class TTTBase(nn.Module):
     def static_decode_step(self, x: Tensor, buffers: TTTStaticState, position: Tensor) -> Tensor:
         """One token ``x [B, 1, C]`` at ``position`` (long ``[1]``) from ``buffers``, which are updated in place; the
         same values as ``forward`` with ``mode='auto'`` (the recurrent step). Returns ``y [B, 1, C]``."""
+        if x.shape[0] != buffers.params[0].shape[0]:
+            raise ValueError(f"the static state holds {buffers.params[0].shape[0]} rows but the step has "
+                             f"{x.shape[0]}: build the static state from a state of this batch size")
         XQ, XK, XV, cq, ck = self._views(x, position, buffers.conv_q, buffers.conv_k)
         step = ttt_ops.static_step_ttt_linear if self.kind == "linear" else ttt_ops.static_step_ttt_mlp
         ttt = TTTState(buffers.params, buffers.grads, position % self.mini_batch_size)

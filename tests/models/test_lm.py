@@ -210,6 +210,11 @@ def test_errors():
         model(torch.randint(0, 99, (1, 3)), state=LMState((), 0))
     with pytest.raises(ValueError, match="labels"):
         model(torch.randint(0, 99, (1, 3)), labels=torch.randint(0, 99, (1, 4)))
+    ids = torch.randint(0, 99, (2, 5))
+    with pytest.raises(ValueError, match="labels must be integer token ids"):
+        model(ids, labels=ids.float())
+    # int32 labels as int32 input_ids (cross_entropy raised 'expected target dtype to be Long or Byte')
+    assert torch.equal(model(ids.int(), labels=ids.int()).loss, model(ids, labels=ids).loss)
     other = make_model("ttt_mlp", "transformer")
     with pytest.raises(ValueError, match="does not fit"):
         model(torch.randint(0, 99, (1, 3)), state=other.init_state(1))

@@ -173,6 +173,41 @@ def test_mixer_without_static_step():
     assert model.generate(prompt, 3).shape == (1, 5)  # the default decodes eagerly
 
 
+@pytest.mark.parametrize("mixer", BUILTIN)
+def test_static_state_of_another_model_is_an_error(mixer):
+    """static_state did not check the state: one of a model with fewer layers was zipped short (static_step then ran
+    only those blocks: silently wrong logits), a TTT state of another mini_batch_size decoded from a wrong offset,
+    and other head counts or batch sizes failed deep in index_copy_ / broadcasting."""
+    model = make_model(mixer)
+    ids = torch.randint(0, 61, (2, 5))
+    with torch.no_grad():
+        for other, msg in ((dict(num_hidden_layers=1), "LMState with 2 layers"),
+                           (dict(num_hidden_layers=3), "LMState with 2 layers")):
+            torch.manual_seed(0)
+            state = CausalLM(LMConfig(**{**TINY, **other}, mixer=mixer)).eval()(ids).state
+            with pytest.raises(ValueError, match=msg):
+                model.static_state(state, 8)
+        if mixer in ("attention", "ttt_linear", "ttt_mlp"):
+            other = CausalLM(LMConfig(**{**TINY, "num_attention_heads": 4}, mixer=mixer)).eval()
+            with pytest.raises(ValueError, match="state"):
+                model.static_state(other(ids).state, 8)
+            out = model(ids)
+            with pytest.raises(ValueError, match="position 5 but the LMState says 3"):
+                model.static_state(out.state._replace(position=3), 8)
+            static = model.static_state(model(ids[:1]).state, 8)
+            with pytest.raises(ValueError, match="holds 1 rows but the step has 2"):
+                model.static_step(ids[:, :1], static)
+        if mixer.startswith("ttt"):
+            other = CausalLM(LMConfig(**{**TINY, "mini_batch_size": 8}, mixer=mixer)).eval()
+            with pytest.raises(ValueError, match="mini_batch_size"):
+                model.static_state(other(ids).state, 8)
+        static = model.static_state(model(ids).state, 8)
+        for bad in (-1, 61):  # as forward (it said 'index out of range in self')
+            with pytest.raises(ValueError, match=r"token ids must lie in \[0, 61\)"):
+                model.static_step(torch.full((2, 1), bad), static)
+        assert static.length == 5
+
+
 def test_one_query_attention_equals_sdpa():
     q, k, v = torch.randn(2, 3, 1, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :5], v[:, :, :5])

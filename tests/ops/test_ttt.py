@@ -218,6 +218,7 @@ BAD = [  # (id, mutate(ts) -> (args, state), error, message fragment)
     ("ln-shape", lambda ts: (ts[:5] + [ts[5][:, :2], ts[6]], _state(ts)), ValueError, "ln_weight must be"),
     ("offset", lambda ts: (ts[:7], _state(ts, 16)), ValueError, "offset"),
     ("offset-neg", lambda ts: (ts[:7], _state(ts, -1)), ValueError, "offset"),
+    ("offset-bool", lambda ts: (ts[:7], _state(ts, True)), ValueError, "offset"),  # chunk took True as 1
     ("head-dim", lambda ts: ([x[..., :3] for x in ts[:3]] + ts[3:5] + [x[:, :3] for x in ts[5:7]], _state(ts)),
      ValueError, "head_dim"),
     ("batch", lambda ts: ([x[:1] for x in ts[:4]] + ts[4:7], _state(ts)), ValueError, "state tensors"),

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from innerloop.layers.attention import KVCache
 from innerloop.layers.common import at_least_float32
 from innerloop.layers.decode import static_decode_state, static_decode_step
+from innerloop.layers.ttt import TTTLayerState
 
 if TYPE_CHECKING:
     from .modeling_lm import CausalLM, LMState
@@ -56,11 +58,26 @@ def build_static_state(model: CausalLM, state: LMState, max_length: int) -> Stat
         ValueError: ``state`` is already past ``max_length``.
         TypeError: a mixer has no static step (``innerloop.layers.decode``).
     """
+    from .modeling_lm import LMState
+
+    if not isinstance(state, LMState) or len(state.layers) != len(model.layers):
+        got = f"{len(state.layers)} layers" if isinstance(state, LMState) else type(state).__name__
+        raise ValueError(f"state must be an LMState with {len(model.layers)} layers (from init_state / forward), "
+                         f"got {got}: a state of another model?")
     if max_length < state.position:
         raise ValueError(f"the state is at position {state.position}, past max_length={max_length}; pass "
                          f"max_length >= {state.position}")
     layers = []
-    for block, bstate in zip(model.layers, state.layers):
+    for i, (block, bstate) in enumerate(zip(model.layers, state.layers)):
+        if (bstate.conv is None) != (block.conv is None):
+            raise ValueError(f"layer {i}: state {'lacks' if bstate.conv is None else 'has'} a pre-conv state but "
+                             f"this model has pre_conv={block.conv is not None}: a state from another backbone?")
+        # the static step reads every position from state.position: a mixer that counts its own must agree
+        own = bstate.mixer.length if isinstance(bstate.mixer, KVCache) else (
+            bstate.mixer.position if isinstance(bstate.mixer, TTTLayerState) else None)
+        if own is not None and own != state.position:
+            raise ValueError(f"layer {i}: the mixer state is at position {own} but the LMState says "
+                             f"{state.position}; pass the state forward returned, unchanged")
         conv = None if block.conv is None else static_decode_state(block.conv, bstate.conv, max_length)
         layers.append((conv, static_decode_state(block.mixer, bstate.mixer, max_length)))
     device = model.embed_tokens.weight.device
@@ -104,6 +121,9 @@ def static_step(model: CausalLM, static: StaticLMState, input_ids: Tensor) -> Te
     if input_ids.dim() != 2 or input_ids.shape[1] != 1 or input_ids.is_floating_point():
         raise ValueError(f"a static decode step takes one integer token per row [B, 1], got {input_ids.dtype} "
                          f"{tuple(input_ids.shape)}")
+    V = model.config.vocab_size  # range check on the CPU only, as forward: on an accelerator it would synchronise
+    if input_ids.device.type == "cpu" and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= V):
+        raise ValueError(f"token ids must lie in [0, {V}), got [{input_ids.min()}, {input_ids.max()}]")
     _check_room(static)
     logits = _step(model, static, input_ids)
     static.length += 1

@@ -213,10 +213,12 @@ class CausalLM(nn.Module):
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise ValueError(f"labels must be integer token ids, got {labels.dtype}")  # int32 taken, as input_ids
             if labels.shape[1] < 2:  # the loss is over (token t, label t+1) pairs: one token has none (NaN)
                 raise ValueError(f"labels need at least 2 tokens (the loss predicts token t+1 from t), got "
                                  f"{tuple(labels.shape)}; call without labels for one token")  # fmt: skip
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().long(), ignore_index=-100)
         return CausalLMOutput(logits, loss, new_state)
 
     def hidden_states(self, input_ids: Tensor, state: LMState | None = None) -> tuple[Tensor, LMState]:

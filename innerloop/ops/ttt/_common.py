@@ -128,7 +128,7 @@ def check_inputs(
     if not isinstance(state, TTTState) or len(state.params) != n_params or len(state.grads) != n_params:
         kind = "TTT-Linear (W, b)" if n_params == 2 else "TTT-MLP (W1, b1, W2, b2)"
         raise ValueError(f"state must be a TTTState holding the {kind} inner model")
-    if not isinstance(state.offset, int) or not 0 <= state.offset < tau.numel():
+    if not isinstance(state.offset, int) or isinstance(state.offset, bool) or not 0 <= state.offset < tau.numel():
         raise ValueError(f"state.offset {state.offset} must be an int in [0, mini_batch_size={tau.numel()})")
     for p, g in zip(state.params, state.grads):
         if p.shape[:2] != (B, H) or g.shape != p.shape:

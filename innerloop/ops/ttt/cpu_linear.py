@@ -68,8 +68,9 @@ def kernel_unavailable(tensors: list[Tensor]) -> str | None:
     if any(is_functorch_wrapped_tensor(t) or fwAD.unpack_dual(t).tangent is not None for t in tensors):
         # the kernel reads raw memory and makes no graph: it would drop a forward-mode tangent (None) silently
         return "the fused TTT-Linear kernel does not run under forward-mode AD or torch.func transforms"
-    if any(t.device.type != "cpu" for t in tensors):
-        return f"the fused TTT-Linear kernel runs on the CPU only, got {q.device.type} tensors"
+    devices = sorted({t.device.type for t in tensors} - {"cpu"})
+    if devices:
+        return f"the fused TTT-Linear kernel runs on the CPU only, got {', '.join(devices)} tensors"
     if q.dtype not in _REAL or any(t.dtype != q.dtype for t in tensors):
         return f"the fused TTT-Linear kernel needs every operand in float32 or float64 alike (q is {q.dtype})"
     if torch.is_autocast_enabled("cpu"):  # chunk_ttt_linear returns the autocast dtype there
