@@ -230,8 +230,9 @@ class CausalSelfAttention(nn.Module):
         if start == 0 or T == 1:
             # Square causal mask, or one query that sees every cached key (no cuDNN for that one: see above).
             one_query = T == 1 and x.device.type == "cuda"
+            causal = {"is_causal": True} if start == 0 and T > 1 else {}  # no SymBool argument under compile
             with sdpa_kernel(_ONE_QUERY_BACKENDS) if one_query else nullcontext():
-                o = F.scaled_dot_product_attention(q, keys, values, is_causal=start == 0 and T > 1)
+                o = F.scaled_dot_product_attention(q, keys, values, **causal)
         else:
             # Chunk after a prefix: query i sits at position start + i (SDPA's is_causal aligns top-left instead).
             mask = torch.arange(start, start + T, device=x.device)[:, None] >= torch.arange(start + T, device=x.device)

@@ -33,6 +33,7 @@ from .registry import register_mixer
 logger = logging.getLogger(__name__)
 
 
+@torch.compiler.disable  # library lock, one-time self-check: eager under torch.compile (one graph break)
 def _fused_ok(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the fused scan runs on ``device`` for inputs of ``dtype``; logs the reason once per device and dtype
     when it falls back."""

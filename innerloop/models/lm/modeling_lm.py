@@ -227,8 +227,13 @@ class CausalLM(nn.Module):
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
             got = f"{input_ids.dtype} {tuple(input_ids.shape)}"
             raise ValueError(f"input_ids must be an integer [B, T] tensor, got {got}")
-        # Range check on CPU only: on an accelerator it would synchronise every decode step.
-        if input_ids.device.type == "cpu" and input_ids.numel() and (
+        # Range check on CPU only: on an accelerator it would synchronise every decode step. Under torch.compile an
+        # in-graph assertion instead (a Python branch on the values would break the graph twice and refuse
+        # fullgraph=True); it raises RuntimeError with this message.
+        if input_ids.device.type == "cpu" and torch.compiler.is_compiling():
+            bad = (input_ids < 0) | (input_ids >= self.config.vocab_size)
+            torch._assert_async(~bad.any(), f"token ids must lie in [0, {self.config.vocab_size})")
+        elif input_ids.device.type == "cpu" and input_ids.numel() and (
             input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size
         ):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{input_ids.min()}, "

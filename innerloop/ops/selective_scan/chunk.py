@@ -39,6 +39,21 @@ def _chunk_forward(u, delta, A, B, C, h, c: int, save_starts: bool):
     return y, h, starts
 
 
+class _TimeMajor(torch.autograd.Function):
+    """``x [B, T, X] -> [T, B, X]`` contiguous, whose gradient comes back contiguous ``[B, T, X]`` (not a transposed
+    view); used under ``torch.compile`` only. There (AOTAutograd) a transposed gradient met ``softplus_backward`` in
+    the Mamba layer, whose fake implementation (torch 2.13) gives a contiguous result where the real op keeps the
+    transposed layout: the traced backward's ``view`` then failed at run time (``backend='aot_eager'``)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.transpose(0, 1).contiguous()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(0, 1).contiguous()
+
+
 class _ChunkScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0, c):
@@ -135,7 +150,10 @@ def chunk_selective_scan(
     h0 = u.new_zeros(Bn, E, N, dtype=dt) if initial_state is None else initial_state.to(dt)
     if T == 0:
         return u.new_zeros(Bn, 0, E), h0.clone()
-    tm = [t.to(dt).transpose(0, 1).contiguous() for t in (u, delta, B, C)]  # time-major [T, B, X]
+    if torch.compiler.is_compiling():  # the same values; only the layout of the inputs' gradients differs
+        tm = [_TimeMajor.apply(t.to(dt)) for t in (u, delta, B, C)]  # time-major [T, B, X]
+    else:  # eager: unchanged (a contiguous gradient would sum Δ's bias gradient in another order, ~1 ulp)
+        tm = [t.to(dt).transpose(0, 1).contiguous() for t in (u, delta, B, C)]
     y, h = _ChunkScan.apply(tm[0], tm[1], A.to(dt).contiguous(), tm[2], tm[3], h0.contiguous(), chunk_size)
     y = y.transpose(0, 1)
     if D is not None:

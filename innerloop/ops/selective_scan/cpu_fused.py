@@ -102,6 +102,11 @@ class _FusedScan(torch.autograd.Function):
         return du, ddelta, dA, dBp.sum(0), dCp.sum(0), dD, dh0 if ctx.has_h0 else None, None, None
 
 
+@torch.compiler.disable  # ctypes on raw pointers: eager under torch.compile (one graph break)
+def _fused_apply(*args):
+    return _FusedScan.apply(*args)
+
+
 def cpu_fused_selective_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
     initial_state: Tensor | None = None, chunk_size: int = 64,
@@ -138,5 +143,5 @@ def cpu_fused_selective_scan(
     c = lambda t: None if t is None else t.to(dt).contiguous()  # noqa: E731
     ins = [c(t) for t in (u, delta, A, B, C, D, initial_state)]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)
-    y, h = _FusedScan.apply(*ins, chunk_size, save)
+    y, h = _fused_apply(*ins, chunk_size, save)
     return y.to(u.dtype), h

@@ -55,6 +55,7 @@ def cpu_ttt_linear_available(head_dim: int = 64, dtype: torch.dtype = torch.floa
         return False
 
 
+@torch.compiler.disable  # self-check, library lock, functorch query: eager under torch.compile (one graph break)
 def kernel_unavailable(tensors: list[Tensor]) -> str | None:
     """Why the kernel cannot run on these operands (``tensors[0]`` is q), or None if it can: every operand in q's
     dtype (float32/float64) on the CPU, none needing a gradient (nor a forward-mode tangent, nor wrapped by a
@@ -90,6 +91,7 @@ def kernel_unavailable(tensors: list[Tensor]) -> str | None:
     return _CHECKED[key]
 
 
+@torch.compiler.disable  # ctypes on raw pointers: eager under torch.compile (one graph break)
 def _run_kernel(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, tau: Tensor, ln_weight: Tensor | None,
                 ln_bias: Tensor | None, params: tuple[Tensor, ...], eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """The C kernel on whole mini-batches (``T`` a multiple of ``tau.numel()``) from ``params`` at a boundary:
