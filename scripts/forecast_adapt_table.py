@@ -37,15 +37,43 @@ def _cost(r: dict | None) -> str:
     return f"{r['extra_ms_per_window']:+.1f} ms; {r['params_updated']:,} params"
 
 
+def _backbone(d: Path, m: dict) -> str:
+    """The row's backbone from the run's own config (the mixer of a patch model, else the model), not from the folder
+    name, which need not follow the ``<data>-<backbone>-H<horizon>`` pattern."""
+    cfg = _load(d / "config.json") or {}
+    if m.get("model", cfg.get("model")) == "patch":
+        return cfg.get("mixer") or (d.name.split("-") + ["?"])[1]
+    return m.get("model") or cfg.get("model") or (d.name.split("-") + ["?"])[1]
+
+
+def _check_walk(path: Path, r: dict | None, m: dict) -> None:
+    """Refuse an adaptation result that is not a walk of this run's whole test split with its weights: its MSE would
+    sit beside the test MSE of ``metrics.json`` as if of the same windows (``--limit``, ``--split val``, or a run
+    trained again after the walk)."""
+    if r is None:
+        return
+    split, windows = r.get("split", "test"), r.get("windows")
+    if split != "test" or windows != m["windows"]["test"]:
+        raise SystemExit(f"{path}: a walk of {windows} {split} windows, not of the run's {m['windows']['test']} test "
+                         f"windows (--limit or --split?); walk the whole test split again: innerloop forecast eval "
+                         f"--out {path.parent} --adapt {r.get('adapt')} ...")  # fmt: skip
+    if abs(r["frozen_mse"] - m["test_mse"]) > 1e-4 * abs(m["test_mse"]):
+        raise SystemExit(f"{path}: its frozen MSE {r['frozen_mse']:.6f} is not the run's test MSE "
+                         f"{m['test_mse']:.6f}: it walked other weights (the run was trained again after it); walk "
+                         f"it again: innerloop forecast eval --out {path.parent} --adapt {r.get('adapt')} ...")
+
+
 def main(root: str) -> None:
     rows = []
     for d in sorted(Path(root).iterdir()):
         m = _load(d / "metrics.json")
-        if m is None:
-            continue
-        name = d.name.split("-")[1]
-        rows.append((m["data"], m["horizon"], ORDER.index(name) if name in ORDER else 99, name, m,
-                     _load(d / "adapt-state.json"), _load(d / "adapt-online.json")))  # fmt: skip
+        if m is None or not {"data", "horizon", "test_mse"} <= m.keys():
+            continue  # not a forecasting run (an LM, synth, RL run... in the same folder)
+        name = _backbone(d, m)
+        st, on = _load(d / "adapt-state.json"), _load(d / "adapt-online.json")
+        _check_walk(d / "adapt-state.json", st, m)
+        _check_walk(d / "adapt-online.json", on, m)
+        rows.append((m["data"], m["horizon"], ORDER.index(name) if name in ORDER else 99, name, m, st, on))
     print("| data | H | backbone | params | test MSE / MAE (frozen) | frozen ms/window | state: MSE (change) | "
           "state cost | online: MSE (change) | online cost |")
     print("|---|---|---|---|---|---|---|---|---|---|")

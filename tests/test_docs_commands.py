@@ -19,7 +19,8 @@ from tests.test_readme import check_cli_args, innerloop_args
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("RESULTS.md", "BENCHMARKS.md")
-START = re.compile(r"^\s*(?:[A-Z_]+=\S*\s+)*(?:innerloop|python3? -m innerloop|torchrun)\s")
+PREFIX = re.compile(r"^\s*(?:nice -n \d+ )?(?:env )?")  # `nice -n 19 env OMP_NUM_THREADS=1 innerloop ...`
+START = re.compile(PREFIX.pattern + r"(?:[A-Z_]+=\S*\s+)*(?:innerloop|python3? -m innerloop|torchrun)\s")
 PLACEHOLDER = re.compile(r"\$|^[A-Z][A-Z_0-9-]*$")  # $n, ${X}, RUN, H, CHECKPOINT
 
 
@@ -41,7 +42,7 @@ def doc_commands(doc: str) -> list[tuple[int, str]]:
 
 def _argv(command: str) -> list[str] | None:
     """The innerloop arguments, or None for a command written with placeholders."""
-    argv = shlex.split(re.sub(r"\[(--[^\]]*)\]", r"\1", command.split("; done")[0]), comments=True)
+    argv = shlex.split(re.sub(r"\[(--[^\]]*)\]", r"\1", PREFIX.sub("", command.split("; done")[0])), comments=True)
     while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
         argv = argv[1:]
     args = innerloop_args(argv)
@@ -62,3 +63,4 @@ def test_recorded_command_parses(doc, line, command):
 def test_the_docs_have_commands():
     """Guards the extraction: RESULTS.md records many commands, most without placeholders."""
     assert len([c for d, _, c in CASES if d == "RESULTS.md"]) >= 80 and len(ALL) - len(CASES) < 40
+    assert any(c.startswith("nice -n 19 env") for _, _, c in CASES)  # commands run under nice are checked too

@@ -237,7 +237,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.stride is not None and not args.full:
         raise ValueError("--stride is for --full (the windows that score every token); add --full or drop --stride")
-    curves, results, nbytes = {}, {}, {}
+    curves, results, nbytes, contexts = {}, {}, {}, {}
     for run, name in zip(args.run, run_names(args.run)):
         model, cfg = load_run(run, args.device)
         device_type = model.embed_tokens.weight.device.type
@@ -277,6 +277,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.length:
             with torch.no_grad(), scoring():
                 curves[name] = loss_by_position(model, d.val_docs, args.length, args.chunk or cfg.context)
+            contexts[name] = cfg.context
             if tok.name != "bytes":  # positions are tokens; bits per byte divides by the bytes they hold
                 nbytes[name] = bytes_by_position(d.val_docs, args.length, token_bytes_of(tok))
     out = Path(args.out or args.run[0])
@@ -286,7 +287,7 @@ def run_eval(args: argparse.Namespace) -> int:
         width = args.bucket or max(args.length // 32, 1)
         write_position_csv(curves, out / "position.csv", width, nbytes)
         try:
-            plot_loss_by_position(curves, out / "position.png", width, cfg.context, nbytes)
+            plot_loss_by_position(curves, out / "position.png", width, contexts, nbytes)  # each run's context
         except ImportError as e:
             print(f"(no plot: {e})", file=sys.stderr)
         print(f"loss by position: {out / 'position.csv'}, {out / 'position.png'}")

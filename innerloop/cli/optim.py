@@ -8,7 +8,7 @@ et al.) and ``tiny`` (a 4-unit per-coordinate MLP whose step costs about an Adam
 ``digits_mlp`` (``--hidden``, ``--layers``, ``--activation`` give the paper's generalisation optimizees) and
 ``digits_conv`` (its CIFAR conv net at 8x8). Examples::
 
-    innerloop optim train --problem quadratic --rule sgd_lr --episodes 200 --out runs/lopt-quad
+    innerloop optim train --problem quadratic --rule lstm --episodes 200 --out runs/lopt-quad
     innerloop optim eval --out runs/lopt-quad            # re-evaluates the run's checkpoint with its config.json
     innerloop optim eval --out runs/lopt-digits --hidden 40 --eval-out runs/lopt-digits/hidden40  # another optimizee
     innerloop optim export --out runs/lopt-quad --name my-rule   # ship it: LearnedOptimizer(params, rule="my-rule")

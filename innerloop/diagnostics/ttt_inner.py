@@ -87,11 +87,11 @@ def run_ttt_inner(out: str | Path, mixers: tuple[str, ...] = ("ttt_linear", "ttt
         print(f"{mixer}: mean inner loss  W0 {means['W0']:.4f}  W_(t-1) {means['W_prev']:.4f}  "
               f"W_t {means['W_t']:.4f}", flush=True)
     write_csv(rows, out / "ttt_inner.csv")
-    _plot(rows, out / "ttt_inner.png", train_steps)
+    _plot(rows, out / "ttt_inner.png", train_steps, mini_batch_size)
     return rows
 
 
-def _plot(rows: list[dict], path: Path, train_steps: int) -> None:
+def _plot(rows: list[dict], path: Path, train_steps: int, mini_batch_size: int = 16) -> None:
     plt = pyplot()
 
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
@@ -101,12 +101,13 @@ def _plot(rows: list[dict], path: Path, train_steps: int) -> None:
         rs = [r for r in rows if r["mixer"] == m]
         for key, lab in labels.items():
             v = torch.tensor([r[key] for r in rs])
-            k = min(16, len(v))  # moving average over one mini-batch for readability
+            k = min(mini_batch_size, len(v))  # moving average over one mini-batch for readability
             sm = F.avg_pool1d(v[None, None], k, 1).flatten()
             ax.plot(range(k - 1, len(v)), sm.tolist(), label=lab)
         ax.set_title(f"{m} (after {train_steps} LM steps)")
         ax.set_xlabel("token t")
-    axes[0][0].set_ylabel("inner self-supervised loss")
+    k = min(mini_batch_size, len(rows) // len(mixers))  # every mixer is measured on the same tokens
+    axes[0][0].set_ylabel("inner self-supervised loss" + (f" (mean of tokens t-{k - 1}..t)" if k > 1 else ""))
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -215,18 +215,34 @@ def write_position_csv(curves: dict[str, Tensor], path: str | Path, width: int,
     write_csv(rows, path, ["name", "position_start", "position_end", "loss", "bpb"])
 
 
-def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: int, train_context: int = 0,
+def plot_loss_by_position(curves: dict[str, Tensor], path: str | Path, width: int,
+                          train_context: int | dict[str, int] = 0,
                           bytes_per_position: dict[str, Tensor] | None = None) -> None:  # fmt: skip
     """PNG of bits per byte against token position (bucketed by ``width``), one line per curve (BPE curves: give
-    their ``bytes_per_position``, as for :func:`write_position_csv`)."""
+    their ``bytes_per_position``, as for :func:`write_position_csv`).
+
+    ``train_context``: the training context, drawn as a dashed line; runs trained at different contexts give a
+    ``{name: context}`` dict, and each distinct context gets its own line, labelled with the runs it belongs to (0 or
+    an empty dict: none)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     nb = bytes_per_position or {}
+    colors = {}
     for name, losses in curves.items():
         rows = _bucket_bpb(losses, width, nb.get(name))
-        ax.plot([(s + e) / 2 for s, e, *_ in rows], [b for *_, b in rows], marker=".", label=name)
-    if train_context:
-        ax.axvline(train_context, color="gray", ls="--", lw=1, label="training context")
+        (line,) = ax.plot([(s + e) / 2 for s, e, *_ in rows], [b for *_, b in rows], marker=".", label=name)
+        colors[name] = line.get_color()
+    contexts = train_context if isinstance(train_context, dict) else {name: train_context for name in curves}
+    by_context: dict[int, list[str]] = {}
+    for name, c in contexts.items():
+        if c:
+            by_context.setdefault(int(c), []).append(name)
+    for c, names in sorted(by_context.items()):
+        if len(by_context) == 1:  # every run trained at this context
+            ax.axvline(c, color="gray", ls="--", lw=1, label="training context")
+        else:
+            color = colors.get(names[0], "gray") if len(names) == 1 else "gray"
+            ax.axvline(c, color=color, ls="--", lw=1, label=f"training context of {', '.join(names)}")
     ax.set_xlabel("token position")
     ax.set_ylabel("bits per byte")
     ax.set_title("Loss by token position")

@@ -49,14 +49,18 @@ def reproduce_command(cfg: MetaOptConfig, name: str, time_bound: bool = False) -
     return " ".join(["innerloop optim train", *flags, f"--out runs/optim/{name}", f"--export {name}"])
 
 
-def check_export(rule: str, name: str) -> None:
+def check_export(rule: str, name: str, directory: str | Path | None = None) -> None:
     """Refuse an export that :func:`export_rule` could not write, before any training: a bad ``name``, or a ``rule``
     (``MetaOptConfig.rule``) that has no saved form (``sgd_lr``'s per-tensor learning rates belong to one model's
-    parameter names, so it cannot be loaded by name for another model).
+    parameter names, so it cannot be loaded by name for another model). A ``name`` that ``directory`` (default: the
+    package's pretrained folder) already holds, a shipped rule included, is replaced by the export: said on stderr
+    now, before the training, so that it can still be stopped.
 
     Raises:
         ValueError: the name or the rule cannot be exported.
     """
+    import sys
+
     import torch
 
     from innerloop.optim.learned import RULES as SAVABLE
@@ -72,6 +76,10 @@ def check_export(rule: str, name: str) -> None:
         ok = [r for r in RULES if savable(r)]
         raise ValueError(f"--rule {rule} cannot be exported as a pretrained rule: only a rule trained with --rule "
                          f"{', '.join(ok)} can")  # fmt: skip
+    existing = Path(PRETRAINED_DIR if directory is None else directory) / f"{name}.json"
+    if existing.is_file():
+        note = f"note: the export will replace the rule {name!r} already in {existing.parent} (another name keeps it)"
+        print(note, file=sys.stderr)
 
 
 def export_rule(out: str | Path, name: str, directory: str | Path | None = None) -> Path:
@@ -88,7 +96,7 @@ def export_rule(out: str | Path, name: str, directory: str | Path | None = None)
     out = Path(out)
     saved, _ = read_config(out, "innerloop optim train", MetaOptConfig)
     cfg = MetaOptConfig(**{**saved, "device": "cpu"})
-    check_export(cfg.rule, name)
+    check_export(cfg.rule, name, directory)
     rule: nn.Module = _load_rule(cfg, build_problem(cfg))
     checkpoint = latest_checkpoint(out / "checkpoints")
     trained = int(load_state(checkpoint)["step"]) if checkpoint is not None else 0

@@ -18,12 +18,44 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _label(run: Path) -> str:
+def _config(run: Path) -> dict:
     cfg_path = run / "config.json"
-    if not cfg_path.is_file():
+    return json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+
+
+def _label(run: Path) -> str:
+    if not (run / "config.json").is_file():
         return run.name
-    cfg = json.loads(cfg_path.read_text())
-    return f"RL² {cfg.get('mixer', '?')} ({run.name})"
+    return f"RL² {_config(run).get('mixer', '?')} ({run.name})"
+
+
+# ``innerloop rl baselines`` plays MDPs of these sizes only (its table says "mdp S=10 A=5 H=10")
+_BASELINE_MDP = {"states": 10, "actions": 5, "horizon": 10}
+
+
+def _trials_of(settings: dict) -> dict:
+    """The settings that define an RL² trial (``describe()``'s): env, arms (bandit) or MDP sizes, episodes."""
+    env = settings.get("env")
+    keys = ("arms",) if env == "bandit" else tuple(_BASELINE_MDP) if env == "mdp" else ()
+    return {"env": env, **{k: settings.get(k) for k in keys}, "episodes": settings.get("episodes")}
+
+
+def _check_same_trials(run: Path, cfg: dict, row: dict[str, str], path: Path) -> None:
+    """Refuse a baselines.csv row of other trials than the RL² run's (env, arms or MDP sizes, episodes): its line
+    would be drawn beside the run's curve as a baseline of the same task, with nothing in the plot saying otherwise.
+    Settings missing on either side (a hand-written file, an old config) are not compared."""
+    if row.get("env") == "mdp":
+        row = {**_BASELINE_MDP, **row}
+    ours, theirs = _trials_of(cfg), _trials_of(row)
+    differ = [k for k in {**ours, **theirs} if ours.get(k) not in (None, "") and theirs.get(k) not in (None, "")
+              and str(ours[k]) != str(theirs[k])]  # fmt: skip
+    if differ:
+        def text(d: dict) -> str:
+            return ", ".join(f"{k} {v}" for k, v in d.items() if v not in (None, ""))
+
+        raise ValueError(f"--baselines {path}: {row.get('baseline')} was played on other trials ({text(theirs)}) "
+                         f"than the RL² run {run} ({text(ours)}), so its line would not be a baseline of that run; "
+                         f"give the baselines.csv of `innerloop rl baselines` with the run's settings")  # fmt: skip
 
 
 def plot_rl2_curves(runs: Sequence[str | Path], out: str | Path, baselines: str | Path | None = None) -> Path:
@@ -34,10 +66,14 @@ def plot_rl2_curves(runs: Sequence[str | Path], out: str | Path, baselines: str 
             ``log.csv`` holding ``step``, ``return`` (training trials) and ``val_return`` (fixed test trials).
         out (str | Path): the PNG to write.
         baselines (str | Path | None, Optional): a ``baselines.csv`` of ``innerloop rl baselines --out``; each row's
-            ``mean`` is drawn as a dashed line. Default: None.
+            ``mean`` is drawn as a dashed line; every row must be of the runs' trials (env, arms or MDP sizes,
+            episodes). Default: None.
 
     Returns:
         Path: ``out``.
+
+    Raises:
+        ValueError: a baseline of ``baselines`` was played on other trials than a run's.
     """
     logs = []
     for run in map(Path, runs):
@@ -49,7 +85,7 @@ def plot_rl2_curves(runs: Sequence[str | Path], out: str | Path, baselines: str 
         if not rows or not {"step", "return"} <= set(rows[0]):
             raise ValueError(f"{log} has no 'step'/'return' columns: it is not the log of an RL² run")
         logs.append((_label(run), rows))
-    lines = []
+    lines: list[dict[str, str]] = []
     if baselines is not None:  # checked before any drawing: a wrong file is one clear error, not a KeyError
         path = Path(baselines)
         if path.is_dir():
@@ -59,6 +95,10 @@ def plot_rl2_curves(runs: Sequence[str | Path], out: str | Path, baselines: str 
         if not lines or not {"baseline", "mean"} <= set(lines[0]):
             raise ValueError(f"{path} has no 'baseline'/'mean' columns: give the baselines.csv written by "
                              f"`innerloop rl baselines --out DIR`")  # fmt: skip
+        for run in map(Path, runs):
+            cfg = _config(run)
+            for row in lines:
+                _check_same_trials(run, cfg, row, path)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, rows) in enumerate(logs):

@@ -140,6 +140,34 @@ def test_ttt_inner_cli(tmp_path, capsys):
     assert "W_(t-1)" in capsys.readouterr().out
 
 
+def test_ttt_inner_plot_smooths_over_one_mini_batch(tmp_path, monkeypatch):
+    """The plot's moving average spans one TTT mini-batch (--mini-batch-size), as its comment says, and the axis says
+    so: it was 16 tokens whatever the mini-batch (4 mini-batches of 4 smeared into one point)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from innerloop.diagnostics.ttt_inner import _plot
+
+    drawn, labels = [], []
+    plot, set_ylabel = Axes.plot, Axes.set_ylabel
+
+    def record_plot(self, xs, ys, **k):
+        drawn.append((list(xs), list(ys)))
+        return plot(self, xs, ys, **k)
+
+    def record_ylabel(self, text, **k):
+        labels.append(text)
+        return set_ylabel(self, text, **k)
+
+    monkeypatch.setattr(Axes, "plot", record_plot)
+    monkeypatch.setattr(Axes, "set_ylabel", record_ylabel)
+    rows = [{"mixer": "ttt_linear", "t": t, "W0": float(t), "W_prev": float(t), "W_t": float(t)} for t in range(32)]
+    _plot(rows, tmp_path / "p.png", train_steps=1, mini_batch_size=4)
+    xs, ys = drawn[0]
+    assert xs == list(range(3, 32)) and ys[0] == pytest.approx(1.5)  # mean of tokens 0..3
+    assert labels == ["inner self-supervised loss (mean of tokens t-3..t)"]
+
+
 def test_inner_losses_ttt_mlp_and_bad_layer():
     torch.manual_seed(0)
     from innerloop.layers import TTTMLP

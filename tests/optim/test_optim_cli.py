@@ -126,3 +126,37 @@ def test_export_ships_the_rule_with_the_command_that_makes_it(tmp_path, capsys):
     assert meta["meta_steps_trained"] == 1 and meta["meta_steps_planned"] == 2
     assert "--episodes 1 " in meta["command"] and "--max-seconds" not in meta["command"]
     assert main(["optim", "export", "--out", str(tmp_path / "nope"), "--name", "x"]) == 2
+
+
+def test_the_help_exports_a_run_that_can_be_exported():
+    """`innerloop optim --help` exported a run its own examples trained with --rule sgd_lr, which cannot be exported
+    (`optim export` refused it): every `optim export --out X` example exports a run an example trains with a rule that
+    has a saved form."""
+    import shlex
+
+    from innerloop.cli import optim as cli
+    from innerloop.optim.export import check_export
+
+    trained, exports = {}, []
+    for line in cli.__doc__.splitlines():
+        argv = shlex.split(line.strip(), comments=True) if line.strip().startswith("innerloop optim") else []
+        if argv[:3] == ["innerloop", "optim", "train"]:
+            trained[argv[argv.index("--out") + 1]] = argv[argv.index("--rule") + 1]
+        elif argv[:3] == ["innerloop", "optim", "export"]:
+            exports.append((argv[argv.index("--out") + 1], argv[argv.index("--name") + 1]))
+    assert exports
+    for out, name in exports:
+        assert out in trained, out
+        check_export(trained[out], name)
+
+
+def test_an_export_that_replaces_a_rule_says_so_before_training(tmp_path, capsys):
+    """`--export tiny-digits` (README, RESULTS.md) silently replaced the rule shipped under that name: the check made
+    before any training now says on stderr that the export replaces it; a new name says nothing."""
+    from innerloop.optim.export import check_export
+
+    check_export("tiny", "tiny-digits")  # the package's folder, which ships tiny-digits
+    assert "will replace the rule 'tiny-digits'" in capsys.readouterr().err
+    check_export("tiny", "my-own-rule")
+    check_export("tiny", "tiny-digits", tmp_path)
+    assert capsys.readouterr().err == ""

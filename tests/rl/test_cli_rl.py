@@ -25,6 +25,19 @@ def test_baselines_end_to_end(tmp_path, capsys, argv, names):
     assert "| baseline | total reward per trial | 95% CI | trials |" in md and md.count("\n| ") == len(names) + 1
 
 
+def test_baselines_md_rounds_the_means_not_the_csv(tmp_path, monkeypatch):
+    """baselines.md shows each mean to 2 decimals of the mean itself, not of baselines.csv's 4-decimal rounding
+    (1.23496 was 1.235 in the CSV and 1.24 in the table)."""
+    import innerloop.rl.evaluate as evaluate
+
+    results = [evaluate.BaselineResult("ucb1", 1.23496, 0.01496, 0.5, 100)]
+    monkeypatch.setattr(evaluate, "evaluate_baselines", lambda *a, **k: results)
+    assert main(["rl", "baselines", "--arms", "2", "--pulls", "3", "--out", str(tmp_path)]) == 0
+    assert "| ucb1 | 1.23 | ± 0.01 | 100 |" in (tmp_path / "baselines.md").read_text()
+    (row,) = csv.DictReader((tmp_path / "baselines.csv").read_text().splitlines())
+    assert (row["mean"], row["ci95"]) == ("1.235", "0.015")
+
+
 def test_options_reach_the_baselines(capsys):
     assert main(["rl", "baselines", "--arms", "2", "--pulls", "3", "--trials", "10", "--baselines", "epsilon_greedy",
                  "--epsilon", "1.0"]) == 0  # fmt: skip

@@ -36,3 +36,27 @@ def test_plot_refuses_a_folder_without_a_log(tmp_path):
     (tmp_path / "log.csv").write_text("iteration,loss\n1,0.5\n")
     with pytest.raises(ValueError, match="not the log of an RL² run"):
         plot_rl2_curves([tmp_path], tmp_path / "x.png")
+
+
+def _rl2_run(tmp_path, name, **settings):
+    run = _run(tmp_path, name)
+    cfg = {"env": "bandit", "arms": 5, "episodes": 10, "states": 10, "actions": 5, "horizon": 10, "mixer": "gru"}
+    (run / "config.json").write_text(json.dumps({**cfg, **settings}))
+    return run
+
+
+def test_plot_refuses_baselines_of_other_trials(tmp_path):
+    """A baseline played on other trials (arms, episodes, env, MDP sizes) than the run's is no baseline of it: its
+    line beside the run's curve would be a silently wrong comparison."""
+    base = tmp_path / "baselines.csv"
+    base.write_text("env,arms,episodes,baseline,mean,ci95,std,trials\nbandit,5,10,ucb1,6.7,0.1,1.0,100\n")
+    plot_rl2_curves([_rl2_run(tmp_path, "same")], tmp_path / "ok.png", base)  # the run's own settings: drawn
+    for name, settings in (("arms", {"arms": 3}), ("pulls", {"episodes": 100}), ("mdp", {"env": "mdp"})):
+        with pytest.raises(ValueError, match="other trials"):
+            plot_rl2_curves([_rl2_run(tmp_path, name, **settings)], tmp_path / "x.png", base)
+    mdp = tmp_path / "mdp.csv"  # `rl baselines --env mdp` plays S=10 A=5 H=10 only
+    mdp.write_text("env,arms,episodes,baseline,mean,ci95,std,trials\nmdp,,10,psrl,30.0,0.5,3.0,100\n")
+    plot_rl2_curves([_rl2_run(tmp_path, "mdp-same", env="mdp")], tmp_path / "ok2.png", mdp)
+    with pytest.raises(ValueError, match="states 10"):
+        plot_rl2_curves([_rl2_run(tmp_path, "mdp-small", env="mdp", states=4)], tmp_path / "x.png", mdp)
+    assert not (tmp_path / "x.png").exists()

@@ -92,6 +92,24 @@ def test_cli_train_and_table(tmp_path, capsys):
     assert "| adding | 2 | mse |" in md and "| adding | 4 | mse |" in md
 
 
+def test_table_md_rounds_the_metrics_not_the_csv(tmp_path, monkeypatch):
+    """table.md shows each score to 3 decimals of metrics.json's number, not of table.csv's 4-decimal rounding
+    (0.21949 was 0.2195 in the CSV and 0.220 in the table)."""
+    import innerloop.synth as synth
+
+    def fake_train(cfg, **_):
+        e = {"length": cfg.train_length, "loss": 0.21949, "mse": 0.21949, "baseline": {"mse": 0.31749},
+             "generalisation": False}
+        return {"num_params": 10, "hidden_size": 8, "train_seconds": 1.26, "eval": [e]}, None
+
+    monkeypatch.setattr(synth, "train", fake_train)
+    assert main(["synth", "table", "--tasks", "adding", "--mixers", "gru", "--eval-lengths", "2", "--train-length", "2",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert "| adding | 2 | mse | 0.317 | 0.219 |" in (tmp_path / "table.md").read_text()
+    (row,) = csv.DictReader((tmp_path / "table.csv").read_text().splitlines())
+    assert (row["score"], row["baseline"], row["seconds"]) == ("0.2195", "0.3175", "1.3")
+
+
 def test_arm_run_writes_rollout_and_plot(tmp_path):
     cfg = SynthConfig(task="arm", task_options={"horizon": 5, "context": 3}, mixer="gru", hidden_size=8, steps=2,
                       batch_size=4, train_length=6, eval_batch_size=8, out=str(tmp_path))
@@ -107,3 +125,15 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["synth", "train", "--task", "adding", "--train-length", "1", "--steps", "1", "--out",
                  str(tmp_path)]) == 2  # fmt: skip
     assert "length must be >= 2" in capsys.readouterr().err
+
+
+def test_cli_arm_names_every_file_it_wrote(tmp_path, capsys):
+    """`synth train --task arm` also writes rollout.csv and trajectories.png (its --help says so), but its closing
+    line named only config.json, log.csv and metrics.json: it names what is in the folder."""
+    out = tmp_path / "arm"
+    assert main(["synth", "train", "--task", "arm", "--task-option", "horizon=5", "--task-option", "context=3",
+                 "--mixer", "gru", "--hidden-size", "8", "--steps", "2", "--batch-size", "4", "--train-length", "6",
+                 "--eval-batch-size", "8", "--out", str(out)]) == 0  # fmt: skip
+    wrote = capsys.readouterr().out.strip().splitlines()[-1]
+    assert wrote.startswith(f"wrote {out}/config.json, log.csv, metrics.json, rollout.csv"), wrote
+    assert all((out / f).is_file() for f in wrote.split("/")[-1].split(", "))

@@ -118,6 +118,25 @@ def test_position_csv_and_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_position_plot_marks_each_runs_training_context(tmp_path, monkeypatch):
+    """Runs trained at different contexts: the dashed "training context" line was drawn at the last run's context
+    only, labelled as if every curve's."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    drawn = []
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, **k: drawn.append((x, k.get("label"))))
+    curves = {"short": torch.ones(40, dtype=torch.float64), "long": torch.ones(40, dtype=torch.float64)}
+    plot_loss_by_position(curves, tmp_path / "p.png", width=10, train_context={"short": 8, "long": 32})
+    assert sorted(drawn) == [(8, "training context of short"), (32, "training context of long")]
+    drawn.clear()
+    plot_loss_by_position(curves, tmp_path / "p.png", width=10, train_context={"short": 16, "long": 16})
+    assert drawn == [(16, "training context")]
+    drawn.clear()
+    plot_loss_by_position(curves, tmp_path / "p.png", width=10, train_context=16)
+    assert drawn == [(16, "training context")]
+
+
 def test_position_bpb_of_a_bpe_run_divides_by_the_bytes_of_the_predicted_tokens(tmp_path):
     """The bpb column of a BPE run used to be bits per *token* (loss / ln 2)."""
     token_bytes = torch.tensor([1, 2, 3, 4])
