@@ -191,7 +191,7 @@ class Run:
 
     def release(self) -> None:
         """Give the lock back (no-op without it)."""
-        if self._lock is not None:
+        if getattr(self, "_lock", None) is not None:  # (None too when __init__ raised before setting it)
             os.close(self._lock)
             self._lock = None
 
