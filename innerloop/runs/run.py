@@ -32,6 +32,7 @@ from torch import nn
 from innerloop._io import atomic_write_json, read_json
 from innerloop.runs.checkpoint import (
     CorruptCheckpointError,
+    checkpoint_steps,
     latest_checkpoint,
     load_state,
     load_weights,
@@ -280,8 +281,15 @@ class Run:
         """Load the newest intact checkpoint's weights into ``module``; return its state (None: start from scratch).
 
         A damaged checkpoint is skipped with a warning naming it; a checkpoint of another config raises
-        :class:`ConfigMismatchError` before anything is loaded or written.
+        :class:`ConfigMismatchError` before anything is loaded or written. ``extend=True`` on a folder that holds no
+        run (no ``config.json``, no checkpoint) raises ``ValueError``: a mistyped ``--out`` would otherwise start a new
+        run with default settings.
         """
+        if self.extend and not self.fresh and not (self.out / "config.json").is_file() \
+                and not checkpoint_steps(self.ckpt_dir):
+            raise ValueError(f"--extend trains a run further, but {self.out} holds no run (no config.json, no "
+                             f"checkpoint): check --out for a typo, or drop --extend to start a new run; nothing was "
+                             f"trained.")  # fmt: skip
         self.acquire()
         self.start_fresh_if_asked()
         if dist.is_available() and dist.is_initialized():

@@ -387,3 +387,13 @@ def test_a_run_whose_time_budget_is_spent_is_evaluated_again_with_changed_settin
     changed = EvalToy(out, eval_n=5, max_seconds=1e-9)
     s2 = changed.fit()
     assert s2["steps"] == 1 and changed.evaluations == 1 and s2["val_loss"] != s["val_loss"]
+
+
+def test_extend_on_a_folder_without_a_run_is_refused(tmp_path):
+    """--extend promises a run to train further: on a folder with no config.json and no checkpoint (a mistyped --out)
+    it is an error, not a new run with default settings; a run that wrote its config but no checkpoint yet goes on."""
+    with pytest.raises(ValueError, match=r"--extend trains a run further, but .*typo holds no run"):
+        Toy(tmp_path / "typo", steps=4, extend=True).fit()
+    assert not (tmp_path / "typo").exists()
+    Run(tmp_path / "r", {"lr": 0.1, "steps": 4}).write_config()  # as a run stopped before its first checkpoint
+    assert Toy(tmp_path / "r", steps=4, extend=True).fit()["steps"] == 4
