@@ -41,9 +41,9 @@ def _backbone(d: Path, m: dict) -> str:
     """The row's backbone from the run's own config (the mixer of a patch model, else the model), not from the folder
     name, which need not follow the ``<data>-<backbone>-H<horizon>`` pattern."""
     cfg = _load(d / "config.json") or {}
-    if m.get("model", cfg.get("model")) == "patch":
-        return cfg.get("mixer") or (d.name.split("-") + ["?"])[1]
-    return m.get("model") or cfg.get("model") or (d.name.split("-") + ["?"])[1]
+    model = m.get("model") or cfg.get("model")
+    name = cfg.get("mixer") if model == "patch" else model
+    return name or (d.name.split("-") + ["?"])[1]  # the folder name only as a last resort
 
 
 def _check_walk(path: Path, r: dict | None, m: dict) -> None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .common import apply_rope, at_least_float32, rope_angles
+from .common import apply_rope, at_least_float32, check_input, rope_angles
 from .modes import resolve_mode
 from .registry import register_mixer
 
@@ -178,11 +178,7 @@ class CausalSelfAttention(nn.Module):
     def _check(self, x: Tensor, state: KVCache | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"expected x of shape [B, T, {self.hidden_size}], got {tuple(x.shape)}")
-        w = self.q_proj.weight
-        if not x.is_floating_point() or (x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type)):
-            raise TypeError(f"input dtype {x.dtype} != parameter dtype {w.dtype}; cast the input or the module")
-        if x.device != w.device:
-            raise ValueError(f"input on {x.device}, parameters on {w.device}")
+        check_input(x, self.q_proj.weight, type(self).__name__)
         if state is None:
             return
         if not isinstance(state, KVCache):

@@ -88,6 +88,24 @@ def rope_angles(
     return ang.cos(), ang.sin()
 
 
+def check_input(x: Tensor, weight: Tensor, name: str) -> None:
+    """A mixer's input ``x`` is floating point, in ``weight``'s dtype (any dtype under autocast) and on its device;
+    else a clear error naming ``name`` (instead of a dtype or device error from deep inside a matmul)."""
+    if not x.is_floating_point() or (x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type)):
+        need = "" if x.is_floating_point() else " (the input must be floating point)"
+        raise TypeError(f"{name}: input dtype {x.dtype} != parameter dtype {weight.dtype}{need}; cast the input or the "
+                        f"module")  # fmt: skip
+    if x.device != weight.device:
+        raise ValueError(f"{name}: input on {x.device}, parameters on {weight.device}")
+
+
+def needs_autograd_copy(*tensors: Tensor | None) -> bool:
+    """Whether a state holding ``tensors`` must be copied before it is continued: made under
+    ``torch.inference_mode()`` and now continued with autograd on (inference tensors cannot be saved for backward)."""
+    return (torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            and any(t is not None and t.is_inference() for t in tensors))  # fmt: skip
+
+
 def at_least_float32(dtype: torch.dtype) -> torch.dtype:
     """The dtype the layers compute norms, RoPE angles and softmax scores in: float32 for float32 and lower
     precision, float64 for a float64 model."""

@@ -26,7 +26,7 @@ from innerloop.ops.selective_scan import (
     naive_selective_scan,
 )
 
-from .common import CausalConv1d, at_least_float32, no_weight_decay
+from .common import CausalConv1d, at_least_float32, check_input, needs_autograd_copy, no_weight_decay
 from .modes import log_once, resolve_mode
 from .registry import register_mixer
 
@@ -188,11 +188,7 @@ class Mamba(nn.Module):
     def _check(self, x: Tensor, state: MambaState | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"Mamba expects x of shape [B, T, {self.hidden_size}], got {tuple(x.shape)}")
-        w = self.in_proj.weight
-        if not x.is_floating_point() or (x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type)):
-            raise TypeError(f"Mamba: input dtype {x.dtype} != parameter dtype {w.dtype}; cast the input or the module")
-        if x.device != w.device:
-            raise ValueError(f"Mamba: input on {x.device}, parameters on {w.device}")
+        check_input(x, self.in_proj.weight, "Mamba")
         if state is None:
             return
         if not isinstance(state, MambaState):
@@ -213,9 +209,7 @@ class Mamba(nn.Module):
             any split into chunks with the state carried.
         """
         self._check(x, state)
-        if (state is not None and torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-                and (state.conv.is_inference() or state.ssm.is_inference())):
-            # a state made under torch.inference_mode() cannot be saved for backward (the one-token step saves it)
+        if state is not None and needs_autograd_copy(state.conv, state.ssm):  # the one-token step saves it
             state = MambaState(state.conv.clone(), state.ssm.clone())
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, E] each
         xs, conv_state = self.conv(xs, None if state is None else state.conv)

@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from innerloop.ops.rnn import naive_gru, naive_lstm, naive_rnn, weights_of
 
+from .common import check_input, needs_autograd_copy
 from .modes import log_once, resolve_mode
 from .registry import register_mixer
 
@@ -94,13 +95,8 @@ class _RecurrentMixer(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"{type(self).__name__} expects x of shape [B, T, {self.hidden_size}], "
                              f"got {tuple(x.shape)}")
-        w = self.core.weight_hh_l0
+        check_input(x, self.core.weight_hh_l0, type(self).__name__)
         autocast = torch.is_autocast_enabled(x.device.type)
-        if not x.is_floating_point() or (x.dtype != w.dtype and not autocast):
-            raise TypeError(f"{type(self).__name__}: input dtype {x.dtype} != parameter dtype {w.dtype}; cast the "
-                            f"input or the module")
-        if x.device != w.device:
-            raise ValueError(f"{type(self).__name__}: input on {x.device}, parameters on {w.device}")
         if state is not None:
             if not isinstance(state, RNNState) or (state.c is None) == self.has_cell:
                 raise TypeError(f"state must be an RNNState from {type(self).__name__}.init_state / forward, got "
@@ -133,9 +129,7 @@ class _RecurrentMixer(nn.Module):
         under ``torch.inference_mode()`` cannot be saved for backward, so it is copied (``[L, B, S]``: cheap)."""
         ts = (state.h, state.c)
         cast = not torch.is_autocast_enabled(x.device.type) and state.h.dtype != x.dtype
-        inference = (torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-                     and any(t is not None and t.is_inference() for t in ts))
-        if not (cast or inference):
+        if not (cast or needs_autograd_copy(*ts)):
             return state
         return type(state)(*(None if t is None else t.to(x.dtype if cast else t.dtype).clone() for t in ts))
 

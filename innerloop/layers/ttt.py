@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from innerloop.ops import ttt as ttt_ops
 from innerloop.ops.ttt import TTTState
 
-from .common import CausalConv1d, apply_rope, at_least_float32, rope_angles
+from .common import CausalConv1d, apply_rope, at_least_float32, check_input, rope_angles
 from .modes import resolve_mode
 from .registry import register_mixer
 
@@ -225,11 +225,7 @@ class TTTBase(nn.Module):
             raise ValueError(f"{type(self).__name__} expects x of shape [B, T, C], got {tuple(x.shape)}")
         if x.shape[-1] != self.hidden_size:
             raise ValueError(f"input width {x.shape[-1]} != hidden_size {self.hidden_size}")
-        if not x.is_floating_point():
-            raise TypeError(f"input must be floating point, got {x.dtype}")
-        w = self.q_proj.weight.dtype
-        if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"input dtype {x.dtype} != parameter dtype {w}; cast the input or the module")
+        check_input(x, self.q_proj.weight, type(self).__name__)
         if state is None:
             return
         self._check_state(state, x.shape[0])

@@ -24,9 +24,8 @@ def _config(run: Path) -> dict:
 
 
 def _label(run: Path) -> str:
-    if not (run / "config.json").is_file():
-        return run.name
-    return f"RL² {_config(run).get('mixer', '?')} ({run.name})"
+    cfg = _config(run)
+    return f"RL² {cfg.get('mixer', '?')} ({run.name})" if cfg else run.name
 
 
 # ``innerloop rl baselines`` plays MDPs of these sizes only (its table says "mdp S=10 A=5 H=10")

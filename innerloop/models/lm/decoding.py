@@ -51,6 +51,20 @@ class StaticLMState:
 
 
 @torch.no_grad()
+def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
+    """Raise ``ValueError`` for token ids outside ``[0, vocab_size)`` (an embedding would read garbage or fail deep
+    inside). On the CPU only: on an accelerator the check would synchronise every decode step. Under torch.compile
+    an in-graph assertion (a Python branch on the values would break the graph twice and refuse fullgraph=True),
+    raising ``RuntimeError`` with the same message."""
+    if input_ids.device.type != "cpu":
+        return
+    if torch.compiler.is_compiling():
+        bad = (input_ids < 0) | (input_ids >= vocab_size)
+        torch._assert_async(~bad.any(), f"token ids must lie in [0, {vocab_size})")
+    elif input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{input_ids.min()}, {input_ids.max()}]")
+
+
 def build_static_state(model: CausalLM, state: LMState, max_length: int) -> StaticLMState:
     """Buffers holding ``state`` (the state after a prefill) for decoding up to ``max_length`` positions in all.
 
@@ -58,12 +72,9 @@ def build_static_state(model: CausalLM, state: LMState, max_length: int) -> Stat
         ValueError: ``state`` is already past ``max_length``.
         TypeError: a mixer has no static step (``innerloop.layers.decode``).
     """
-    from .modeling_lm import LMState
+    from .modeling_lm import check_lm_state
 
-    if not isinstance(state, LMState) or len(state.layers) != len(model.layers):
-        got = f"{len(state.layers)} layers" if isinstance(state, LMState) else type(state).__name__
-        raise ValueError(f"state must be an LMState with {len(model.layers)} layers (from init_state / forward), "
-                         f"got {got}: a state of another model?")
+    check_lm_state(state, len(model.layers))
     if max_length < state.position:
         raise ValueError(f"the state is at position {state.position}, past max_length={max_length}; pass "
                          f"max_length >= {state.position}")
@@ -121,9 +132,7 @@ def static_step(model: CausalLM, static: StaticLMState, input_ids: Tensor) -> Te
     if input_ids.dim() != 2 or input_ids.shape[1] != 1 or input_ids.is_floating_point():
         raise ValueError(f"a static decode step takes one integer token per row [B, 1], got {input_ids.dtype} "
                          f"{tuple(input_ids.shape)}")
-    V = model.config.vocab_size  # range check on the CPU only, as forward: on an accelerator it would synchronise
-    if input_ids.device.type == "cpu" and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= V):
-        raise ValueError(f"token ids must lie in [0, {V}), got [{input_ids.min()}, {input_ids.max()}]")
+    check_token_ids(input_ids, model.config.vocab_size)
     _check_room(static)
     logits = _step(model, static, input_ids)
     static.length += 1

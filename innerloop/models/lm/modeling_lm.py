@@ -22,7 +22,7 @@ from innerloop.layers.modes import log_once
 from innerloop.layers.ttt import TTTBase
 
 from .configuration_lm import LMConfig
-from .decoding import CUDAGraphStep, StaticLMState, build_static_state, static_step
+from .decoding import CUDAGraphStep, StaticLMState, build_static_state, check_token_ids, static_step
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,14 @@ def sample_next(
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
+def check_lm_state(state: Any, num_layers: int) -> None:
+    """Raise ``ValueError`` unless ``state`` is an :class:`LMState` of ``num_layers`` layers."""
+    if not isinstance(state, LMState) or len(state.layers) != num_layers:
+        got = f"{len(state.layers)} layers" if isinstance(state, LMState) else type(state).__name__
+        raise ValueError(f"state must be an LMState with {num_layers} layers (from init_state / forward), got {got}: "
+                         f"a state of another model?")
+
+
 class CausalLM(nn.Module):
     """Token embedding -> blocks -> RMSNorm -> lm_head (tied to the embedding by default).
 
@@ -227,19 +235,9 @@ class CausalLM(nn.Module):
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
             got = f"{input_ids.dtype} {tuple(input_ids.shape)}"
             raise ValueError(f"input_ids must be an integer [B, T] tensor, got {got}")
-        # Range check on CPU only: on an accelerator it would synchronise every decode step. Under torch.compile an
-        # in-graph assertion instead (a Python branch on the values would break the graph twice and refuse
-        # fullgraph=True); it raises RuntimeError with this message.
-        if input_ids.device.type == "cpu" and torch.compiler.is_compiling():
-            bad = (input_ids < 0) | (input_ids >= self.config.vocab_size)
-            torch._assert_async(~bad.any(), f"token ids must lie in [0, {self.config.vocab_size})")
-        elif input_ids.device.type == "cpu" and input_ids.numel() and (
-            input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size
-        ):
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{input_ids.min()}, "
-                             f"{input_ids.max()}]")
-        if state is not None and (not isinstance(state, LMState) or len(state.layers) != len(self.layers)):
-            raise ValueError(f"state must be an LMState with {len(self.layers)} layers (from init_state / forward)")
+        check_token_ids(input_ids, self.config.vocab_size)
+        if state is not None:
+            check_lm_state(state, len(self.layers))
         h = self.embed_tokens(input_ids)
         new_states = []
         for i, block in enumerate(self.layers):
